@@ -1,0 +1,4 @@
+//! The `palletizer` command line.
+fn main() -> std::process::ExitCode {
+    palletizer::cli::main()
+}

@@ -1,0 +1,244 @@
+//! The `palletizer` command line: argument parsing and output over [`crate::registry`].
+//!
+//! Every command is a thin shell over one library call. Errors are printed as one line on
+//! stderr, and the exit status is non-zero.
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use lexopt::prelude::*;
+
+use crate::registry::{check, InitOptions, Registry};
+
+const USAGE: &str = "\
+usage: palletizer [-r DIR] COMMAND [ARGS]
+
+commands:
+  init --url URL [--index-dir D] [--crates-dir D] [--no-crates-io] [--allowed-registry INDEX_URL]...
+                            create a registry in DIR
+  add FILE.crate...         publish crate files (metadata from their Cargo.toml)
+  yank NAME VERSION         mark a version yanked
+  unyank NAME VERSION       undo a yank
+  delete NAME [VERSION]     remove one version, or every version, and their crate files
+  list [NAME]               list crates and versions
+  check [--repair]          verify the index against the crate files and git
+  serve [CONFIG.toml] [--bind ADDR]
+                            run the server (with no config: a registry in DIR, created if needed)
+
+options:
+  -r, --registry DIR        the registry directory (default: the current directory)
+  -h, --help                this help
+";
+
+/// A failure to report: one line, exit status 1.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> CliError {
+        CliError(e.to_string())
+    }
+}
+
+/// Runs the command line and turns the outcome into an exit status.
+pub fn main() -> ExitCode {
+    match run(std::env::args_os().skip(1).collect()) {
+        Ok(code) => code,
+        Err(CliError(msg)) => {
+            let _ = writeln!(io::stderr(), "error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a line on stdout; a closed stdout (`| head`) is not an error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stdout(), $($arg)*);
+    }};
+}
+
+fn string(v: OsString) -> Result<String, CliError> {
+    v.into_string()
+        .map_err(|v| CliError(format!("argument is not UTF-8: {}", v.to_string_lossy())))
+}
+
+pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut dir = PathBuf::from(".");
+    let mut command: Option<String> = None;
+    let mut rest: Vec<OsString> = Vec::new();
+    let mut flags: Vec<(String, Option<OsString>)> = Vec::new();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('r') | Long("registry") => dir = parser.value()?.into(),
+            Short('h') | Long("help") => {
+                out!("{USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Long(flag @ ("url" | "index-dir" | "crates-dir" | "allowed-registry" | "bind")) => {
+                let flag = flag.to_owned();
+                flags.push((flag, Some(parser.value()?)));
+            }
+            Long(flag @ ("no-crates-io" | "repair")) => flags.push((flag.to_owned(), None)),
+            Short('q') | Long("quiet") => flags.push(("quiet".into(), None)),
+            Short('v') | Long("verbose") => flags.push(("verbose".into(), None)),
+            Value(v) if command.is_none() => command = Some(string(v)?),
+            Value(v) => rest.push(v),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let Some(command) = command else {
+        return Err(CliError(format!("no command given\n{USAGE}")));
+    };
+    let allowed: &[&str] = match command.as_str() {
+        "init" => &[
+            "url",
+            "index-dir",
+            "crates-dir",
+            "allowed-registry",
+            "no-crates-io",
+        ],
+        "check" => &["repair"],
+        "serve" => &["bind", "quiet", "verbose"],
+        _ => &[],
+    };
+    if let Some((f, _)) = flags.iter().find(|(f, _)| !allowed.contains(&f.as_str())) {
+        return Err(CliError(format!("`--{f}` does not apply to `{command}`")));
+    }
+    let flag = |name: &str| {
+        flags
+            .iter()
+            .find(|(f, _)| f == name)
+            .map(|(_, v)| v.clone())
+    };
+    let positional =
+        |n: std::ops::RangeInclusive<usize>, what: &str| -> Result<Vec<String>, CliError> {
+            if !n.contains(&rest.len()) {
+                return Err(CliError(format!("usage: palletizer {command} {what}")));
+            }
+            rest.iter().cloned().map(string).collect()
+        };
+    match command.as_str() {
+        "init" => {
+            positional(0..=0, "--url URL [options]")?;
+            let path = |name| flag(name).flatten().map(PathBuf::from);
+            let url = flag("url")
+                .flatten()
+                .ok_or_else(|| CliError("init needs --url URL".into()))?;
+            let opts = InitOptions {
+                url: string(url)?,
+                index_dir: path("index-dir"),
+                crates_dir: path("crates-dir"),
+                crates_io: flag("no-crates-io").is_none(),
+                allowed_registries: flags
+                    .iter()
+                    .filter(|(f, _)| f == "allowed-registry")
+                    .filter_map(|(_, v)| v.clone())
+                    .map(string)
+                    .collect::<Result<_, _>>()?,
+            };
+            let reg = Registry::init(&dir, opts)?;
+            out!(
+                "Created registry in {} for {}",
+                dir.display(),
+                reg.settings().url
+            );
+        }
+        "add" => {
+            if rest.is_empty() {
+                return Err(CliError("usage: palletizer add FILE.crate...".into()));
+            }
+            let reg = Registry::open(&dir)?;
+            let mut failed = 0;
+            for file in &rest {
+                let path = PathBuf::from(file);
+                match reg.add_file(&path) {
+                    Ok(e) => out!("Added {} {}", e.name, e.vers),
+                    Err(e) => {
+                        failed += 1;
+                        let _ = writeln!(io::stderr(), "error: {}: {e}", path.display());
+                    }
+                }
+            }
+            if failed > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        "yank" | "unyank" => {
+            let a = positional(2..=2, "NAME VERSION")?;
+            let reg = Registry::open(&dir)?;
+            let yank = command == "yank";
+            let changed = reg.set_yanked(&a[0], &a[1], yank)?;
+            let state = if yank { "yanked" } else { "not yanked" };
+            if changed {
+                out!("{} {} is now {state}", a[0], a[1]);
+            } else {
+                out!("{} {} was already {state}", a[0], a[1]);
+            }
+        }
+        "delete" => {
+            let a = positional(1..=2, "NAME [VERSION]")?;
+            let reg = Registry::open(&dir)?;
+            for v in reg.delete(&a[0], a.get(1).map(String::as_str))? {
+                out!("Deleted {} {v}", a[0]);
+            }
+        }
+        "list" => {
+            let a = positional(0..=1, "[NAME]")?;
+            let reg = Registry::open(&dir)?;
+            let listed = reg.list(a.first().map(String::as_str))?;
+            if listed.is_empty() {
+                if let Some(name) = a.first() {
+                    return Err(CliError(format!("crate `{name}` does not exist")));
+                }
+            }
+            for l in listed {
+                let y = if l.yanked { " (yanked)" } else { "" };
+                out!("{} {}{y}", l.name, l.vers);
+            }
+        }
+        "check" => {
+            positional(0..=0, "[--repair]")?;
+            let reg = Registry::open_as_is(&dir)?;
+            let problems = check::check(&reg)?;
+            for p in &problems {
+                out!("problem: {p}");
+            }
+            let mut remaining = problems.len();
+            if flag("repair").is_some() && problems.iter().any(check::Problem::repairable) {
+                for done in reg.recover()? {
+                    out!("repaired: {done}");
+                }
+                let left = check::check(&reg)?;
+                for p in &left {
+                    out!("not repaired: {p}");
+                }
+                remaining = left.len();
+            } else if flag("repair").is_some() {
+                for p in &problems {
+                    out!("not repaired: {p}");
+                }
+            }
+            if remaining > 0 {
+                let _ = writeln!(io::stderr(), "error: {remaining} problem(s) remain");
+                return Ok(ExitCode::FAILURE);
+            }
+            out!("registry is consistent");
+        }
+        "serve" => return serve(dir, &rest, flag("bind").flatten(), &flags),
+        other => return Err(CliError(format!("unknown command `{other}`\n{USAGE}"))),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(
+    _dir: PathBuf,
+    _rest: &[OsString],
+    _bind: Option<OsString>,
+    _flags: &[(String, Option<OsString>)],
+) -> Result<ExitCode, CliError> {
+    Err(CliError("serve is not available yet".into()))
+}

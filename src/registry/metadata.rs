@@ -1,0 +1,444 @@
+//! Publish metadata: the JSON cargo sends with `cargo publish`, and the same structure derived
+//! from the normalized `Cargo.toml` inside a `.crate` file (for `palletizer add`).
+//!
+//! Both roads end in [`PublishMetadata`], so the index line is built by one function whatever
+//! the way in.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::index::CRATES_IO_INDEX;
+use super::names;
+
+/// What a dependency is for. Serialized lowercase, as in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DepKind {
+    #[default]
+    Normal,
+    Dev,
+    Build,
+}
+
+/// The JSON part of a publish request, as cargo 1.95 sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishMetadata {
+    pub name: String,
+    pub vers: String,
+    #[serde(default)]
+    pub deps: Vec<PublishDep>,
+    #[serde(default)]
+    pub features: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub authors: Vec<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub documentation: Option<String>,
+    #[serde(default)]
+    pub homepage: Option<String>,
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    #[serde(default)]
+    pub categories: Vec<String>,
+    #[serde(default)]
+    pub license: Option<String>,
+    #[serde(default)]
+    pub repository: Option<String>,
+    #[serde(default)]
+    pub links: Option<String>,
+    #[serde(default)]
+    pub rust_version: Option<String>,
+}
+
+/// One dependency in publish metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishDep {
+    pub name: String,
+    pub version_req: String,
+    #[serde(default)]
+    pub features: Vec<String>,
+    #[serde(default)]
+    pub optional: bool,
+    #[serde(default = "yes")]
+    pub default_features: bool,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub kind: DepKind,
+    /// Absent for this registry; the full index URL of any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// The name used in `Cargo.toml` when the dependency is renamed (`name` is then the real one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explicit_name_in_toml: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Why a manifest could not be turned into metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("Cargo.toml is not valid TOML: {0}")]
+    Toml(String),
+    #[error("Cargo.toml has no [package] table with a name and a version")]
+    NoPackage,
+    #[error("Cargo.toml: dependency `{0}` is malformed: {1}")]
+    BadDep(String, String),
+}
+
+// The subset of a normalized manifest that publish metadata needs.
+#[derive(Deserialize)]
+struct Manifest {
+    package: Option<Package>,
+    #[serde(default)]
+    dependencies: BTreeMap<String, TomlDep>,
+    #[serde(default, alias = "dev_dependencies", rename = "dev-dependencies")]
+    dev_dependencies: BTreeMap<String, TomlDep>,
+    #[serde(default, alias = "build_dependencies", rename = "build-dependencies")]
+    build_dependencies: BTreeMap<String, TomlDep>,
+    #[serde(default)]
+    target: BTreeMap<String, Target>,
+    #[serde(default)]
+    features: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Package {
+    name: String,
+    version: toml::Value,
+    #[serde(default)]
+    authors: Option<toml::Value>,
+    description: Option<toml::Value>,
+    documentation: Option<toml::Value>,
+    homepage: Option<toml::Value>,
+    keywords: Option<toml::Value>,
+    categories: Option<toml::Value>,
+    license: Option<toml::Value>,
+    repository: Option<toml::Value>,
+    links: Option<String>,
+    rust_version: Option<toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct Target {
+    #[serde(default)]
+    dependencies: BTreeMap<String, TomlDep>,
+    #[serde(default, alias = "dev_dependencies", rename = "dev-dependencies")]
+    dev_dependencies: BTreeMap<String, TomlDep>,
+    #[serde(default, alias = "build_dependencies", rename = "build-dependencies")]
+    build_dependencies: BTreeMap<String, TomlDep>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TomlDep {
+    Version(String),
+    Detailed(DetailedDep),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+struct DetailedDep {
+    version: Option<String>,
+    #[serde(default)]
+    optional: bool,
+    default_features: Option<bool>,
+    #[serde(rename = "default_features")]
+    default_features_legacy: Option<bool>,
+    #[serde(default)]
+    features: Vec<String>,
+    package: Option<String>,
+    registry_index: Option<String>,
+    registry: Option<String>,
+}
+
+// Fields a workspace could leave unresolved; a normalized manifest always holds plain values.
+fn plain_string(v: Option<toml::Value>) -> Option<String> {
+    v.and_then(|v| v.as_str().map(str::to_owned))
+}
+
+fn plain_strings(v: Option<toml::Value>) -> Vec<String> {
+    v.and_then(|v| {
+        v.as_array().map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+    })
+    .unwrap_or_default()
+}
+
+impl PublishMetadata {
+    /// Derives publish metadata from a normalized `Cargo.toml` (what `cargo package` writes),
+    /// converting it the way cargo does for a publish: requirements re-serialized (`1` →
+    /// `^1`), renamed dependencies split into alias and package, `registry-index` kept, and a
+    /// dependency without one pointing at crates.io.
+    pub fn from_manifest(text: &str) -> Result<PublishMetadata, ManifestError> {
+        let m: Manifest =
+            toml::from_str(text).map_err(|e| ManifestError::Toml(e.message().to_owned()))?;
+        let p = m.package.ok_or(ManifestError::NoPackage)?;
+        let vers = p
+            .version
+            .as_str()
+            .ok_or(ManifestError::NoPackage)?
+            .to_owned();
+        let mut deps = Vec::new();
+        let tables = [
+            (None, &m.dependencies, DepKind::Normal),
+            (None, &m.dev_dependencies, DepKind::Dev),
+            (None, &m.build_dependencies, DepKind::Build),
+        ];
+        for (target, table, kind) in tables {
+            push_deps(&mut deps, target, table, kind)?;
+        }
+        for (cfg, t) in &m.target {
+            for (table, kind) in [
+                (&t.dependencies, DepKind::Normal),
+                (&t.dev_dependencies, DepKind::Dev),
+                (&t.build_dependencies, DepKind::Build),
+            ] {
+                push_deps(&mut deps, Some(cfg), table, kind)?;
+            }
+        }
+        Ok(PublishMetadata {
+            name: p.name,
+            vers,
+            deps,
+            features: m.features,
+            authors: plain_strings(p.authors),
+            description: plain_string(p.description),
+            documentation: plain_string(p.documentation),
+            homepage: plain_string(p.homepage),
+            keywords: plain_strings(p.keywords),
+            categories: plain_strings(p.categories),
+            license: plain_string(p.license),
+            repository: plain_string(p.repository),
+            links: p.links,
+            rust_version: plain_string(p.rust_version),
+        })
+    }
+}
+
+fn push_deps(
+    out: &mut Vec<PublishDep>,
+    target: Option<&String>,
+    table: &BTreeMap<String, TomlDep>,
+    kind: DepKind,
+) -> Result<(), ManifestError> {
+    for (key, dep) in table {
+        let d = match dep {
+            TomlDep::Version(v) => DetailedDep {
+                version: Some(v.clone()),
+                ..Default::default()
+            },
+            TomlDep::Detailed(d) => DetailedDep {
+                version: d.version.clone(),
+                optional: d.optional,
+                default_features: d.default_features,
+                default_features_legacy: d.default_features_legacy,
+                features: d.features.clone(),
+                package: d.package.clone(),
+                registry_index: d.registry_index.clone(),
+                registry: d.registry.clone(),
+            },
+        };
+        if d.registry.is_some() && d.registry_index.is_none() {
+            // A normalized manifest names other registries by URL; a bare name cannot be resolved.
+            return Err(ManifestError::BadDep(
+                key.clone(),
+                "`registry` by name is not resolvable here (package with `cargo package`)".into(),
+            ));
+        }
+        let req = match &d.version {
+            Some(v) => semver::VersionReq::parse(v)
+                .map_err(|e| ManifestError::BadDep(key.clone(), e.to_string()))?
+                .to_string(),
+            None => "*".to_owned(),
+        };
+        let (name, explicit) = match &d.package {
+            Some(real) => (real.clone(), Some(key.clone())),
+            None => (key.clone(), None),
+        };
+        out.push(PublishDep {
+            name,
+            version_req: req,
+            features: d.features,
+            optional: d.optional,
+            default_features: d
+                .default_features
+                .or(d.default_features_legacy)
+                .unwrap_or(true),
+            target: target.cloned(),
+            kind,
+            registry: Some(
+                d.registry_index
+                    .unwrap_or_else(|| CRATES_IO_INDEX.to_owned()),
+            ),
+            explicit_name_in_toml: explicit,
+        });
+    }
+    Ok(())
+}
+
+/// Checks what the index line will carry: names, requirements, features, rust-version.
+/// Returns a message a person can act on.
+pub fn validate(meta: &PublishMetadata) -> Result<(), String> {
+    names::validate_name(&meta.name).map_err(|e| e.to_string())?;
+    names::Version::parse(&meta.vers).map_err(|e| e.to_string())?;
+    for d in &meta.deps {
+        let shown = d.explicit_name_in_toml.as_deref().unwrap_or(&d.name);
+        if !names::validate_dep_name(&d.name) {
+            return Err(format!("invalid dependency name `{}`", d.name));
+        }
+        if let Some(alias) = &d.explicit_name_in_toml {
+            if !names::validate_dep_name(alias) {
+                return Err(format!("invalid dependency rename `{alias}`"));
+            }
+        }
+        if semver::VersionReq::parse(&d.version_req).is_err() {
+            return Err(format!(
+                "dependency `{shown}` has an invalid version requirement `{}`",
+                d.version_req
+            ));
+        }
+        if d.version_req.trim() == "*" && d.kind != DepKind::Dev {
+            return Err(format!(
+                "wildcard (`*`) dependency constraints are not allowed: dependency `{shown}`"
+            ));
+        }
+        if let Some(f) = d
+            .features
+            .iter()
+            .find(|f| !names::validate_feature_value(f))
+        {
+            return Err(format!(
+                "dependency `{shown}` asks for an invalid feature `{f}`"
+            ));
+        }
+    }
+    for (feature, values) in &meta.features {
+        if !names::validate_feature_name(feature) {
+            return Err(format!("invalid feature name `{feature}`"));
+        }
+        if let Some(v) = values.iter().find(|v| !names::validate_feature_value(v)) {
+            return Err(format!("feature `{feature}` has an invalid value `{v}`"));
+        }
+    }
+    if let Some(rv) = &meta.rust_version {
+        if rv.is_empty() || !rv.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return Err(format!("invalid rust-version `{rv}`: only digits and dots"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &str = r#"
+[package]
+edition = "2021"
+name = "rich"
+version = "0.2.0"
+build = false
+description = "A crate with every kind of dependency"
+keywords = ["test", "deps"]
+links = "rich"
+rust-version = "1.70"
+
+[features]
+default = ["std"]
+std = []
+extra = ["dep:abdep", "leaf/fast"]
+weak = ["abdep?/x"]
+
+[lib]
+name = "rich"
+path = "src/lib.rs"
+
+[dependencies.abdep]
+version = "1"
+optional = true
+package = "ab"
+registry-index = "sparse+http://127.0.0.1:1/index/"
+
+[dependencies.leaf]
+version = "0.1.0"
+default-features = false
+features = ["fast"]
+registry-index = "sparse+http://127.0.0.1:1/index/"
+
+[dev-dependencies.tester]
+version = "=0.3"
+registry-index = "sparse+http://127.0.0.1:1/index/"
+
+[build-dependencies]
+cc = "1.0"
+
+[target."cfg(unix)".dependencies.unixy]
+version = "0.1"
+registry-index = "https://elsewhere.example/index"
+"#;
+
+    #[test]
+    fn manifest_to_metadata() {
+        let m = PublishMetadata::from_manifest(MANIFEST).unwrap();
+        assert_eq!((m.name.as_str(), m.vers.as_str()), ("rich", "0.2.0"));
+        assert_eq!(
+            m.description.as_deref(),
+            Some("A crate with every kind of dependency")
+        );
+        assert_eq!(m.keywords, ["test", "deps"]);
+        assert_eq!(m.links.as_deref(), Some("rich"));
+        assert_eq!(m.rust_version.as_deref(), Some("1.70"));
+        assert_eq!(m.features["extra"], ["dep:abdep", "leaf/fast"]);
+        let by = |n: &str| m.deps.iter().find(|d| d.name == n).unwrap();
+        let ab = by("ab");
+        assert_eq!(ab.explicit_name_in_toml.as_deref(), Some("abdep"));
+        assert!(ab.optional);
+        assert_eq!(ab.version_req, "^1");
+        let leaf = by("leaf");
+        assert!(!leaf.default_features);
+        assert_eq!(leaf.features, ["fast"]);
+        assert_eq!(by("tester").kind, DepKind::Dev);
+        assert_eq!(by("tester").version_req, "=0.3");
+        let cc = by("cc");
+        assert_eq!(cc.kind, DepKind::Build);
+        assert_eq!(cc.registry.as_deref(), Some(CRATES_IO_INDEX));
+        assert_eq!(cc.version_req, "^1.0");
+        let unixy = by("unixy");
+        assert_eq!(unixy.target.as_deref(), Some("cfg(unix)"));
+        assert_eq!(
+            unixy.registry.as_deref(),
+            Some("https://elsewhere.example/index")
+        );
+        assert_eq!(validate(&m), Ok(()));
+    }
+
+    #[test]
+    fn invalid_metadata_is_explained() {
+        let mut m = PublishMetadata::from_manifest(MANIFEST).unwrap();
+        m.features.insert("bad name".into(), vec![]);
+        assert!(validate(&m).unwrap_err().contains("bad name"));
+        let mut m = PublishMetadata::from_manifest(MANIFEST).unwrap();
+        m.deps[0].version_req = "not a req".into();
+        assert!(validate(&m).unwrap_err().contains("not a req"));
+        let mut m = PublishMetadata::from_manifest(MANIFEST).unwrap();
+        m.rust_version = Some("1.70-nightly".into());
+        assert!(validate(&m).is_err());
+        assert!(matches!(
+            PublishMetadata::from_manifest("[package]\nname='x'"),
+            Err(ManifestError::Toml(_) | ManifestError::NoPackage)
+        ));
+        assert!(matches!(
+            PublishMetadata::from_manifest("nope = ["),
+            Err(ManifestError::Toml(_))
+        ));
+    }
+}

@@ -1,0 +1,691 @@
+//! The registry as files: `palletizer.toml`, the `index/` git repository whose working tree is
+//! the sparse index, and `crates/` with one immutable `.crate` file per version.
+//!
+//! Every change goes through one path: take the registry lock (an advisory file lock), write
+//! files under a temp name, fsync and rename them into place, rewrite the crate's index file
+//! whole, make one git commit, release the lock. Opening a registry repairs what a crash left
+//! half-done: temp files are removed and index edits on disk but not committed are committed.
+//!
+//! This module knows no sockets and no HTTP; the CLI and the server call the same functions.
+
+pub mod check;
+pub mod git;
+pub mod index;
+pub mod metadata;
+pub mod names;
+pub mod settings;
+pub mod tarball;
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use index::{IndexEntry, CRATES_IO_INDEX};
+pub use metadata::PublishMetadata;
+pub use settings::Settings;
+
+use names::Version;
+
+/// The registry's settings file, at its root.
+pub const SETTINGS_FILE: &str = "palletizer.toml";
+const LOCK_FILE: &str = ".palletizer.lock";
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// Everything that can go wrong in a registry operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("index repository: {0}")]
+    Git(#[from] git2::Error),
+    #[error("{0}")]
+    Settings(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches a description of what was being done to an I/O error.
+pub(crate) trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: what(),
+            source,
+        })
+    }
+}
+
+impl From<tarball::TarballError> for Error {
+    fn from(e: tarball::TarballError) -> Error {
+        match e {
+            tarball::TarballError::TooLarge(_) | tarball::TarballError::UnpackedTooLarge(_) => {
+                Error::TooLarge(e.to_string())
+            }
+            e => Error::Invalid(e.to_string()),
+        }
+    }
+}
+
+/// True for the names the writer path gives its temp files.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
+
+/// A unique temp path inside `dir`, on the same filesystem as the file it will become.
+pub fn temp_path(dir: &Path, hint: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("{TEMP_PREFIX}{}-{n}-{hint}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("registry paths have a parent");
+    fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+    let tmp = temp_path(dir, "write");
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.context(|| format!("writing {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// An open registry.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    root: PathBuf,
+    settings: Settings,
+    index_dir: PathBuf,
+    crates_dir: PathBuf,
+}
+
+/// Options for `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub url: String,
+    pub index_dir: Option<PathBuf>,
+    pub crates_dir: Option<PathBuf>,
+    pub crates_io: bool,
+    pub allowed_registries: Vec<String>,
+}
+
+/// Held while the registry is being written; released on drop.
+struct WriteLock(File);
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// One version as `list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub vers: String,
+    pub yanked: bool,
+}
+
+impl Registry {
+    /// Creates a registry in `root`: settings, the index repository with `config.json`, and
+    /// the crates directory. Refuses to touch an existing registry.
+    pub fn init(root: &Path, opts: InitOptions) -> Result<Registry> {
+        let url = opts.url.trim_end_matches('/').to_owned();
+        settings::check_url(&url).map_err(Error::Settings)?;
+        let settings_path = root.join(SETTINGS_FILE);
+        if settings_path.exists() {
+            return Err(Error::Conflict(format!(
+                "a registry already exists in {} (found {SETTINGS_FILE})",
+                root.display()
+            )));
+        }
+        let mut allowed = Vec::new();
+        if opts.crates_io {
+            allowed.push(CRATES_IO_INDEX.to_owned());
+        }
+        allowed.extend(opts.allowed_registries);
+        let settings = Settings {
+            url,
+            index_dir: opts.index_dir.unwrap_or_else(|| "index".into()),
+            crates_dir: opts.crates_dir.unwrap_or_else(|| "crates".into()),
+            allowed_registries: allowed,
+            ..Settings::default()
+        };
+        let index_dir = root.join(&settings.index_dir);
+        if index_dir.exists()
+            && fs::read_dir(&index_dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            return Err(Error::Conflict(format!(
+                "index directory {} exists and is not empty",
+                index_dir.display()
+            )));
+        }
+        fs::create_dir_all(root).context(|| format!("creating {}", root.display()))?;
+        let crates_dir = root.join(&settings.crates_dir);
+        fs::create_dir_all(&crates_dir).context(|| format!("creating {}", crates_dir.display()))?;
+        fs::create_dir_all(&index_dir).context(|| format!("creating {}", index_dir.display()))?;
+        git::init(&index_dir, &settings.config_json())?;
+        // The settings file is written last: its presence marks a complete registry.
+        write_atomic(&settings_path, settings.to_toml().as_bytes())?;
+        Registry::open(root)
+    }
+
+    /// Opens the registry whose `palletizer.toml` is in `root`, finishing or discarding what
+    /// a crash left half-done.
+    pub fn open(root: &Path) -> Result<Registry> {
+        let reg = Registry::open_as_is(root)?;
+        reg.recover()?;
+        Ok(reg)
+    }
+
+    /// Opens the registry without repairing anything (for `check`).
+    pub fn open_as_is(root: &Path) -> Result<Registry> {
+        let path = root.join(SETTINGS_FILE);
+        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(format!(
+                "no registry in {} (no {SETTINGS_FILE}; create one with `palletizer init`)",
+                root.display()
+            )),
+            _ => Error::Io {
+                context: format!("reading {}", path.display()),
+                source: e,
+            },
+        })?;
+        let settings = Settings::parse(&text)
+            .map_err(|e| Error::Settings(format!("{}: {e}", path.display())))?;
+        let reg = Registry {
+            root: root.to_owned(),
+            index_dir: root.join(&settings.index_dir),
+            crates_dir: root.join(&settings.crates_dir),
+            settings,
+        };
+        if !reg.index_dir.join(".git").exists() {
+            return Err(Error::Settings(format!(
+                "index directory {} is not a git repository",
+                reg.index_dir.display()
+            )));
+        }
+        Ok(reg)
+    }
+
+    /// Removes temp files and commits index edits left uncommitted. Returns what it did.
+    pub fn recover(&self) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        let _lock = self.lock()?;
+        for t in self.temp_files()? {
+            fs::remove_file(&t).context(|| format!("removing {}", t.display()))?;
+            done.push(format!("removed temp file {}", t.display()));
+        }
+        if git::commit_all(&self.index_dir, "Commit index changes left uncommitted")? {
+            done.push("committed uncommitted index changes".to_owned());
+        }
+        Ok(done)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+    pub fn index_dir(&self) -> &Path {
+        &self.index_dir
+    }
+    pub fn crates_dir(&self) -> &Path {
+        &self.crates_dir
+    }
+
+    fn lock(&self) -> Result<WriteLock> {
+        let path = self.root.join(LOCK_FILE);
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .context(|| format!("opening {}", path.display()))?;
+        f.lock().context(|| format!("locking {}", path.display()))?;
+        Ok(WriteLock(f))
+    }
+
+    /// The path of a version's crate file: `crates/{name}/{name}-{vers}.crate`.
+    pub fn crate_path(&self, name: &str, vers: &str) -> PathBuf {
+        self.crates_dir
+            .join(name)
+            .join(format!("{name}-{vers}.crate"))
+    }
+
+    /// Reads a crate's index entries (empty when the crate is unknown).
+    pub fn entries(&self, name: &str) -> Result<Vec<IndexEntry>> {
+        let path = self.index_dir.join(index::index_path(name));
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(index::parse_file(&text)
+                .into_iter()
+                .filter(|e| e.name.eq_ignore_ascii_case(name))
+                .collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Whether a dependency's registry URL names this registry.
+    pub fn is_own_index(&self, url: &str) -> bool {
+        let norm = |u: &str| u.trim_end_matches('/').to_owned();
+        let url = norm(url);
+        let file_url = format!("file://{}", self.index_dir.display());
+        self.settings
+            .own_index_urls()
+            .iter()
+            .any(|u| norm(u) == url)
+            || norm(&file_url) == url
+    }
+
+    /// Publishes a `.crate` file with the metadata in its `Cargo.toml` (`palletizer add`).
+    /// A file named like a crate file must be named for the crate it holds.
+    pub fn add_file(&self, path: &Path) -> Result<IndexEntry> {
+        let f = File::open(path).context(|| format!("opening {}", path.display()))?;
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.ends_with(".crate"));
+        self.publish_checked(None, f, file_name)
+    }
+
+    /// Publishes a crate: `meta` is what cargo sent (None: derive it from the manifest),
+    /// `tarball` the `.crate` bytes. Checks everything before touching the registry.
+    pub fn publish(&self, meta: Option<PublishMetadata>, tarball: impl Read) -> Result<IndexEntry> {
+        self.publish_checked(meta, tarball, None)
+    }
+
+    fn publish_checked(
+        &self,
+        meta: Option<PublishMetadata>,
+        tarball: impl Read,
+        file_name: Option<&str>,
+    ) -> Result<IndexEntry> {
+        fs::create_dir_all(&self.crates_dir)
+            .context(|| format!("creating {}", self.crates_dir.display()))?;
+        let tmp = temp_path(&self.crates_dir, "upload.crate");
+        let result = self.publish_via(&tmp, meta, tarball, file_name);
+        if tmp.exists() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn publish_via(
+        &self,
+        tmp: &Path,
+        meta: Option<PublishMetadata>,
+        tarball: impl Read,
+        file_name: Option<&str>,
+    ) -> Result<IndexEntry> {
+        let mut out = File::create(tmp).context(|| format!("creating {}", tmp.display()))?;
+        let limits = tarball::Limits {
+            max_size: self.settings.max_crate_size,
+            max_unpacked: self.settings.max_unpacked_size,
+        };
+        let inspected = tarball::inspect(
+            Tee {
+                inner: tarball,
+                out: &mut out,
+            },
+            limits,
+        )?;
+        let from_manifest = PublishMetadata::from_manifest(&inspected.manifest)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let meta = match meta {
+            Some(m) => {
+                if m.name != from_manifest.name || m.vers != from_manifest.vers {
+                    return Err(Error::Invalid(format!(
+                        "metadata says {} {} but the crate file's Cargo.toml says {} {}",
+                        m.name, m.vers, from_manifest.name, from_manifest.vers
+                    )));
+                }
+                m
+            }
+            None => from_manifest,
+        };
+        metadata::validate(&meta).map_err(Error::Invalid)?;
+        let top = format!("{}-{}", meta.name, meta.vers);
+        if let Some(file_name) = file_name {
+            if file_name != format!("{top}.crate") {
+                return Err(Error::Invalid(format!(
+                    "file name `{file_name}` does not match its manifest ({} {}); expected `{top}.crate`",
+                    meta.name, meta.vers
+                )));
+            }
+        }
+        if inspected.top_dir != top {
+            return Err(Error::Invalid(format!(
+                "crate file's files are under `{}/`, expected `{top}/`",
+                inspected.top_dir
+            )));
+        }
+        for d in &meta.deps {
+            if let Some(r) = &d.registry {
+                if !self.is_own_index(r) && !self.settings.allowed_registries.iter().any(|a| a == r)
+                {
+                    return Err(Error::Invalid(format!(
+                        "dependency `{}` is from registry {r}, which this registry does not allow",
+                        d.name
+                    )));
+                }
+            }
+        }
+        out.sync_all()
+            .context(|| format!("syncing {}", tmp.display()))?;
+        drop(out);
+
+        let version = Version::parse(&meta.vers).map_err(|e| Error::Invalid(e.to_string()))?;
+        let entry = IndexEntry::from_publish(&meta, &inspected.cksum, index::pubtime_now(), |u| {
+            self.is_own_index(u)
+        });
+        let _lock = self.lock()?;
+        self.check_name_free(&meta.name)?;
+        let mut entries = self.entries(&meta.name)?;
+        if let Some(e) = entries
+            .iter()
+            .find(|e| Version::parse(&e.vers).is_ok_and(|v| v.same_release(&version)))
+        {
+            return Err(Error::Conflict(format!(
+                "crate version `{}` of `{}` is already uploaded (as {})",
+                meta.vers, meta.name, e.vers
+            )));
+        }
+        let dest = self.crate_path(&meta.name, &meta.vers);
+        let dest_dir = dest.parent().expect("crate paths have a parent");
+        fs::create_dir_all(dest_dir).context(|| format!("creating {}", dest_dir.display()))?;
+        fs::rename(tmp, &dest).context(|| format!("moving crate file to {}", dest.display()))?;
+        sync_dir(dest_dir).context(|| format!("syncing {}", dest_dir.display()))?;
+        entries.push(entry.clone());
+        let message = format!("Add {} {}", meta.name, meta.vers);
+        if let Err(e) = self.write_index_file(&meta.name, &entries, &message) {
+            let _ = fs::remove_file(&dest);
+            return Err(e);
+        }
+        Ok(entry)
+    }
+
+    /// Refuses a name whose canonical form belongs to a crate spelled differently.
+    fn check_name_free(&self, name: &str) -> Result<()> {
+        if let Some(existing) = self.find_canonical(name)? {
+            if existing != name {
+                return Err(Error::Conflict(format!(
+                    "crate name `{name}` is too similar to the existing crate `{existing}`"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The spelling of the published crate whose canonical name equals `name`'s, if any.
+    /// Only the first four characters choose an index directory, so at most eight
+    /// directories (`-`/`_` at positions 1..4) can hold a colliding name.
+    pub fn find_canonical(&self, name: &str) -> Result<Option<String>> {
+        let canon = names::canonical(name);
+        let lower = name.to_ascii_lowercase();
+        let head: Vec<char> = lower.chars().take(4).collect();
+        let seps: Vec<usize> = (0..head.len())
+            .filter(|&i| head[i] == '-' || head[i] == '_')
+            .collect();
+        let mut dirs = Vec::new();
+        for mask in 0..(1u32 << seps.len()) {
+            let mut variant: Vec<char> = lower.chars().collect();
+            for (bit, &i) in seps.iter().enumerate() {
+                variant[i] = if mask & (1 << bit) != 0 { '-' } else { '_' };
+            }
+            let v: String = variant.into_iter().collect();
+            let p = index::index_path(&v);
+            let dir = Path::new(&p)
+                .parent()
+                .expect("index paths have a directory")
+                .to_owned();
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for dir in dirs {
+            let Ok(rd) = fs::read_dir(self.index_dir.join(&dir)) else {
+                continue;
+            };
+            for f in rd.flatten() {
+                let fname = f.file_name();
+                let Some(fname) = fname.to_str() else {
+                    continue;
+                };
+                if is_temp_name(fname) || names::canonical(fname) != canon {
+                    continue;
+                }
+                let path = format!("{}/{fname}", dir.display());
+                let text = fs::read_to_string(self.index_dir.join(&path))
+                    .context(|| format!("reading index file {path}"))?;
+                if let Some(e) = index::parse_file(&text).into_iter().next() {
+                    return Ok(Some(e.name));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rewrites a crate's index file from `entries` (removing it when empty) and commits.
+    /// Must be called with the lock held.
+    fn write_index_file(&self, name: &str, entries: &[IndexEntry], message: &str) -> Result<()> {
+        let rel = index::index_path(name);
+        let path = self.index_dir.join(&rel);
+        let old = fs::read(&path).ok();
+        if entries.is_empty() {
+            if old.is_some() {
+                fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
+            }
+        } else {
+            write_atomic(&path, index::render_file(entries).as_bytes())?;
+        }
+        if let Err(e) = git::commit_paths(&self.index_dir, &[&rel], message) {
+            // Put the file back as it was so the working tree matches the last commit.
+            let _ = match old {
+                Some(bytes) => write_atomic(&path, &bytes),
+                None => fs::remove_file(&path).context(String::new),
+            };
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn find_version(&self, name: &str, vers: &str) -> Result<(Vec<IndexEntry>, usize)> {
+        let wanted = Version::parse(vers).map_err(|e| Error::Invalid(e.to_string()))?;
+        let entries = self.entries(name)?;
+        if entries.is_empty() {
+            return Err(Error::NotFound(format!("crate `{name}` does not exist")));
+        }
+        let i = entries
+            .iter()
+            .position(|e| Version::parse(&e.vers).is_ok_and(|v| v.0 == wanted.0))
+            .ok_or_else(|| Error::NotFound(format!("crate `{name}` has no version `{vers}`")))?;
+        Ok((entries, i))
+    }
+
+    /// Marks a version yanked (or not). Returns false when it already was in that state.
+    pub fn set_yanked(&self, name: &str, vers: &str, yanked: bool) -> Result<bool> {
+        let _lock = self.lock()?;
+        let (mut entries, i) = self.find_version(name, vers)?;
+        if entries[i].yanked == yanked {
+            return Ok(false);
+        }
+        entries[i].yanked = yanked;
+        let verb = if yanked { "Yank" } else { "Unyank" };
+        let message = format!("{verb} {} {}", entries[i].name, entries[i].vers);
+        self.write_index_file(name, &entries, &message)?;
+        Ok(true)
+    }
+
+    /// Removes one version, or every version, of a crate: index lines first (committed), then
+    /// crate files. Returns the versions removed.
+    pub fn delete(&self, name: &str, vers: Option<&str>) -> Result<Vec<String>> {
+        let _lock = self.lock()?;
+        let (kept, removed): (Vec<IndexEntry>, Vec<IndexEntry>) = match vers {
+            Some(v) => {
+                let (mut entries, i) = self.find_version(name, v)?;
+                let gone = entries.remove(i);
+                (entries, vec![gone])
+            }
+            None => {
+                let entries = self.entries(name)?;
+                if entries.is_empty() {
+                    return Err(Error::NotFound(format!("crate `{name}` does not exist")));
+                }
+                (Vec::new(), entries)
+            }
+        };
+        let real = removed[0].name.clone();
+        let message = match vers {
+            Some(_) => format!("Delete {real} {}", removed[0].vers),
+            None => format!("Delete {real} (all versions)"),
+        };
+        self.write_index_file(name, &kept, &message)?;
+        for e in &removed {
+            let p = self.crate_path(&e.name, &e.vers);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err).context(|| format!("removing {}", p.display())),
+            }
+        }
+        let _ = fs::remove_dir(self.crates_dir.join(&real));
+        Ok(removed.into_iter().map(|e| e.vers).collect())
+    }
+
+    /// Every version of every crate (or of `name`), sorted by name then version.
+    pub fn list(&self, name: Option<&str>) -> Result<Vec<Listed>> {
+        let mut entries = match name {
+            Some(n) => self.entries(n)?,
+            None => {
+                let mut all = Vec::new();
+                for (_, path) in self.index_files()? {
+                    let text = fs::read_to_string(&path)
+                        .context(|| format!("reading {}", path.display()))?;
+                    all.extend(index::parse_file(&text));
+                }
+                all
+            }
+        };
+        entries.sort_by(|a, b| {
+            let key = |e: &IndexEntry| semver::Version::parse(&e.vers).ok();
+            a.name.cmp(&b.name).then_with(|| key(a).cmp(&key(b)))
+        });
+        Ok(entries
+            .into_iter()
+            .map(|e| Listed {
+                name: e.name,
+                vers: e.vers,
+                yanked: e.yanked,
+            })
+            .collect())
+    }
+
+    /// Every crate index file: (path relative to the index root, absolute path).
+    pub fn index_files(&self) -> Result<Vec<(String, PathBuf)>> {
+        let mut out = Vec::new();
+        walk_files(&self.index_dir, "", &mut |rel, path| {
+            let top_level = !rel.contains('/');
+            let name = rel.rsplit('/').next().unwrap_or(rel);
+            if !top_level && !is_temp_name(name) {
+                out.push((rel.to_owned(), path.to_owned()));
+            }
+        })
+        .context(|| format!("reading {}", self.index_dir.display()))?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Temp files anywhere in the registry: crates dir, index tree, registry root.
+    pub fn temp_files(&self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for dir in [&self.crates_dir, &self.index_dir] {
+            walk_files(dir, "", &mut |rel, path| {
+                if rel.rsplit('/').next().is_some_and(is_temp_name) {
+                    out.push(path.to_owned());
+                }
+            })
+            .context(|| format!("reading {}", dir.display()))?;
+        }
+        if let Ok(rd) = fs::read_dir(&self.root) {
+            for f in rd.flatten() {
+                if f.file_name().to_str().is_some_and(is_temp_name) && f.path().is_file() {
+                    out.push(f.path());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Walks regular files under `dir`, skipping `.git`, calling `f(relative, absolute)`.
+fn walk_files(dir: &Path, prefix: &str, f: &mut dyn FnMut(&str, &Path)) -> io::Result<()> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in rd {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == ".git" {
+            continue;
+        }
+        let rel = if prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            walk_files(&entry.path(), &rel, f)?;
+        } else if ty.is_file() {
+            f(&rel, &entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// Copies everything read from `inner` into `out`.
+struct Tee<'a, R> {
+    inner: R,
+    out: &'a mut File,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
