@@ -100,7 +100,11 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
     super::walk_files(reg.crates_dir(), "", &mut |_, p| found.push(p.to_owned()))
         .context(|| format!("reading {}", reg.crates_dir().display()))?;
     for p in found {
-        if !expected.contains(&p) && !temps.contains(&p) {
+        let temp = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(super::is_temp_name);
+        if !expected.contains(&p) && !temp {
             problems.push(Problem::OrphanCrateFile { path: p });
         }
     }

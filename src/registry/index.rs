@@ -240,7 +240,7 @@ mod tests {
             "{line}"
         );
         assert!(line.contains(r#""cksum":"ab12""#) && line.contains(r#""yanked":false"#));
-        assert_eq!(parse_file(&render_file(&[e.clone()])), vec![e]);
+        assert_eq!(parse_file(&render_file(std::slice::from_ref(&e))), vec![e]);
     }
 
     #[test]

@@ -87,6 +87,18 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX)
 }
 
+/// True for a temp file whose writer is gone: its name carries the writer's process id, and
+/// a live writer's files (an upload in progress in another process) must be left alone.
+pub fn is_stale_temp(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+        return false;
+    };
+    match rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) {
+        Some(pid) => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
+        None => true,
+    }
+}
+
 /// A unique temp path inside `dir`, on the same filesystem as the file it will become.
 pub fn temp_path(dir: &Path, hint: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -625,12 +637,12 @@ impl Registry {
         Ok(out)
     }
 
-    /// Temp files anywhere in the registry: crates dir, index tree, registry root.
+    /// Temp files left by writers that are gone: crates dir, index tree, registry root.
     pub fn temp_files(&self) -> Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         for dir in [&self.crates_dir, &self.index_dir] {
             walk_files(dir, "", &mut |rel, path| {
-                if rel.rsplit('/').next().is_some_and(is_temp_name) {
+                if rel.rsplit('/').next().is_some_and(is_stale_temp) {
                     out.push(path.to_owned());
                 }
             })
@@ -638,7 +650,7 @@ impl Registry {
         }
         if let Ok(rd) = fs::read_dir(&self.root) {
             for f in rd.flatten() {
-                if f.file_name().to_str().is_some_and(is_temp_name) && f.path().is_file() {
+                if f.file_name().to_str().is_some_and(is_stale_temp) && f.path().is_file() {
                     out.push(f.path());
                 }
             }

@@ -1,0 +1,444 @@
+//! The `palletizer` CLI end to end, with the real cargo reading the registry through a
+//! `file://` index (no server).
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+
+use palletizer::registry::tarball::testing::{crate_bytes, file, simple_crate, Entry};
+use support::{show, snapshot, Sandbox};
+
+fn init(s: &Sandbox) {
+    let url = format!("file://{}", s.reg().display());
+    s.palletizer_ok(&["init", "--url", &url]);
+    s.cargo_config(&format!(
+        "[registries.local]\nindex = \"file://{}/index\"\n[net]\nretry = 0\n",
+        s.reg().display()
+    ));
+}
+
+fn index_line(s: &Sandbox, rel: &str, vers: &str) -> serde_json::Value {
+    let text = fs::read_to_string(s.reg().join("index").join(rel)).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["vers"] == vers)
+        .unwrap_or_else(|| panic!("no {vers} in {rel}:\n{text}"))
+}
+
+fn lock_versions(lock: &str) -> Vec<(String, String)> {
+    let lock: toml::Table = toml::from_str(lock).unwrap();
+    let mut v: Vec<(String, String)> = lock["package"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["version"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn commits(s: &Sandbox) -> Vec<String> {
+    let repo = git2::Repository::open(s.reg().join("index")).unwrap();
+    let mut walk = repo.revwalk().unwrap();
+    walk.push_head().unwrap();
+    walk.map(|id| {
+        repo.find_commit(id.unwrap())
+            .unwrap()
+            .summary()
+            .unwrap()
+            .unwrap()
+            .to_owned()
+    })
+    .collect()
+}
+
+#[test]
+fn real_cargo_builds_from_a_file_registry_and_skips_yanked() {
+    let s = Sandbox::new();
+    init(&s);
+    for (name, vers) in [
+        ("leaf", "0.1.0"),
+        ("leaf", "0.1.1"),
+        ("ab", "1.0.0"),
+        ("tgt", "0.3.0"),
+        ("devonly", "0.1.0"),
+    ] {
+        let file = s.package(name, Some(vers));
+        let out = s.palletizer_ok(&["add", file.to_str().unwrap()]);
+        assert_eq!(out.trim(), format!("Added {name} {vers}"));
+    }
+    // rich depends on crates of ours, so it can only be packaged once they are in the index.
+    let rich = s.package("rich", None);
+    s.palletizer_ok(&["add", rich.to_str().unwrap()]);
+
+    let line = index_line(&s, "ri/ch/rich", "0.2.0");
+    let deps = line["deps"].as_array().unwrap();
+    let dep = |n: &str| {
+        deps.iter()
+            .find(|d| d["name"] == n)
+            .unwrap_or_else(|| panic!("no dep {n}: {line}"))
+    };
+    assert_eq!(dep("abdep")["package"], "ab");
+    assert_eq!(dep("abdep")["optional"], true);
+    assert_eq!(dep("abdep")["req"], "^1");
+    assert_eq!(dep("leaf")["default_features"], false);
+    assert_eq!(dep("leaf")["features"], serde_json::json!(["fast"]));
+    assert_eq!(dep("tgt")["target"], "cfg(unix)");
+    assert_eq!(dep("devonly")["kind"], "dev");
+    for d in deps {
+        assert!(
+            d["registry"].is_null(),
+            "same-registry deps carry registry null: {d}"
+        );
+    }
+    assert_eq!(line["features2"]["extra"], serde_json::json!(["dep:abdep"]));
+    assert_eq!(line["features2"]["weak"], serde_json::json!(["abdep?/x"]));
+    assert_eq!(line["v"], 2);
+    assert_eq!(line["rust_version"], "1.70");
+    let pubtime = line["pubtime"].as_str().unwrap();
+    assert_eq!(pubtime.len(), 20, "{pubtime}");
+    let crate_file = s.reg().join("crates/rich/rich-0.2.0.crate");
+    let sum =
+        palletizer::registry::tarball::sha256_hex(fs::File::open(&crate_file).unwrap()).unwrap();
+    assert_eq!(line["cksum"], sum);
+
+    let app = s.test_crate("app", None);
+    let out = s.cargo_ok(&app, &["run", "-q"]);
+    assert!(out.contains("leaf 0.1.1 + ab + tgt"), "{out}");
+    let lock = fs::read_to_string(app.join("Cargo.lock")).unwrap();
+    let versions = lock_versions(&lock);
+    for (n, v) in [
+        ("ab", "1.0.0"),
+        ("leaf", "0.1.1"),
+        ("rich", "0.2.0"),
+        ("tgt", "0.3.0"),
+    ] {
+        assert!(
+            versions.contains(&(n.into(), v.into())),
+            "{n} {v} in {versions:?}"
+        );
+    }
+    assert!(
+        !versions.iter().any(|(n, _)| n == "devonly"),
+        "dev deps of deps are not resolved"
+    );
+
+    let out = s.palletizer_ok(&["yank", "leaf", "0.1.1"]);
+    assert!(out.contains("yanked"), "{out}");
+    assert_eq!(index_line(&s, "le/af/leaf", "0.1.1")["yanked"], true);
+    fs::remove_file(app.join("Cargo.lock")).unwrap();
+    s.cargo_ok(&app, &["generate-lockfile"]);
+    let versions = lock_versions(&fs::read_to_string(app.join("Cargo.lock")).unwrap());
+    assert!(
+        versions.contains(&("leaf".into(), "0.1.0".into())),
+        "{versions:?}"
+    );
+    assert!(
+        !versions.contains(&("leaf".into(), "0.1.1".into())),
+        "{versions:?}"
+    );
+
+    s.palletizer_ok(&["unyank", "leaf", "0.1.1"]);
+    assert_eq!(index_line(&s, "le/af/leaf", "0.1.1")["yanked"], false);
+    let log = commits(&s);
+    assert_eq!(log[0], "Unyank leaf 0.1.1");
+    assert_eq!(log[1], "Yank leaf 0.1.1");
+    assert_eq!(log[2], "Add rich 0.2.0");
+    assert_eq!(log.last().unwrap(), "Initialize index");
+
+    let list = s.palletizer_ok(&["list"]);
+    assert!(list.contains("leaf 0.1.0\nleaf 0.1.1\n"), "{list}");
+    let check = s.palletizer_ok(&["check"]);
+    assert!(check.contains("consistent"), "{check}");
+}
+
+#[test]
+fn bad_input_leaves_the_registry_unchanged() {
+    let s = Sandbox::new();
+    init(&s);
+    let good = s.path().join("foo-bar-1.0.0.crate");
+    fs::write(&good, simple_crate("foo-bar", "1.0.0", &[])).unwrap();
+    s.palletizer_ok(&["add", good.to_str().unwrap()]);
+    let before = snapshot(&s.reg());
+
+    let m = b"[package]\nname = \"evil\"\nversion = \"1.0.0\"\n";
+    let big: Vec<u8> = {
+        let mut x: u32 = 1;
+        (0..11 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "corrupt-1.0.0.crate",
+            b"\x1f\x8b\x08\x00garbage".to_vec(),
+            "not a valid gzip",
+        ),
+        (
+            "evil-1.0.0.crate",
+            crate_bytes(&[
+                file("evil-1.0.0/Cargo.toml", m),
+                file("evil-1.0.0/../../x", b"x"),
+            ]),
+            "unsafe path",
+        ),
+        (
+            "evil-1.0.0.crate",
+            crate_bytes(&[
+                file("evil-1.0.0/Cargo.toml", m),
+                Entry {
+                    path: "evil-1.0.0/link",
+                    data: b"",
+                    kind: tar::EntryType::Symlink,
+                },
+            ]),
+            "not a plain file",
+        ),
+        (
+            "other-1.0.0.crate",
+            simple_crate("evil", "1.0.0", &[]),
+            "does not match its manifest",
+        ),
+        (
+            "evil-2.0.0.crate",
+            simple_crate("evil", "1.0.0", &[]),
+            "does not match its manifest",
+        ),
+        (
+            "evil-1.0.0.crate",
+            crate_bytes(&[file("evil-1.0.1/Cargo.toml", m)]),
+            "expected `evil-1.0.0/`",
+        ),
+        (
+            "big-1.0.0.crate",
+            simple_crate("big", "1.0.0", &[("blob", &big)]),
+            "larger than the limit",
+        ),
+        (
+            "std-1.0.0.crate",
+            simple_crate("std", "1.0.0", &[]),
+            "reserved",
+        ),
+        (
+            "9x-1.0.0.crate",
+            simple_crate("9x", "1.0.0", &[]),
+            "must start with an ASCII letter",
+        ),
+        (
+            "foo-bar-1.0.0.crate",
+            simple_crate("foo-bar", "1.0.0", &[]),
+            "already uploaded",
+        ),
+        (
+            "foo-bar-1.0.0+meta.crate",
+            simple_crate("foo-bar", "1.0.0+meta", &[]),
+            "already uploaded",
+        ),
+        (
+            "Foo_Bar-1.0.1.crate",
+            simple_crate("Foo_Bar", "1.0.1", &[]),
+            "too similar",
+        ),
+        (
+            "foo_bar-1.0.1.crate",
+            simple_crate("foo_bar", "1.0.1", &[]),
+            "too similar",
+        ),
+    ];
+    for (file_name, bytes, want) in cases {
+        let dir = s.path().join("bad");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(file_name);
+        fs::write(&path, bytes).unwrap();
+        let out = s.palletizer(&["add", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{file_name} was accepted:\n{}",
+            show(&out)
+        );
+        assert!(
+            stderr.contains(want),
+            "{file_name}: want `{want}` in:\n{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            snapshot(&s.reg()) == before,
+            "{file_name} changed the registry"
+        );
+        fs::remove_file(&path).unwrap();
+    }
+    for args in [
+        &["yank", "nope", "1.0.0"][..],
+        &["yank", "foo-bar", "9.9.9"],
+        &["delete", "nope"],
+        &["frobnicate"],
+    ] {
+        let out = s.palletizer(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).starts_with("error: "),
+            "{}",
+            show(&out)
+        );
+        assert!(
+            snapshot(&s.reg()) == before,
+            "{args:?} changed the registry"
+        );
+    }
+    // A second init refuses to overwrite the registry.
+    let out = s.palletizer(&["init", "--url", "http://x"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already exists")
+    );
+    assert!(snapshot(&s.reg()) == before);
+}
+
+#[test]
+fn delete_removes_lines_and_files() {
+    let s = Sandbox::new();
+    init(&s);
+    for v in ["1.0.0", "1.1.0"] {
+        let p = s.path().join(format!("abc-{v}.crate"));
+        fs::write(&p, simple_crate("abc", v, &[])).unwrap();
+        s.palletizer_ok(&["add", p.to_str().unwrap()]);
+    }
+    s.palletizer_ok(&["delete", "abc", "1.0.0"]);
+    assert!(!s.reg().join("crates/abc/abc-1.0.0.crate").exists());
+    assert!(s.reg().join("crates/abc/abc-1.1.0.crate").exists());
+    assert_eq!(s.palletizer_ok(&["list", "abc"]), "abc 1.1.0\n");
+    s.palletizer_ok(&["delete", "abc"]);
+    assert!(!s.reg().join("index/3/a/abc").exists());
+    assert!(!s.reg().join("crates/abc").exists());
+    assert_eq!(
+        commits(&s)[..2],
+        ["Delete abc (all versions)", "Delete abc 1.0.0"]
+    );
+    assert!(s.palletizer_ok(&["check"]).contains("consistent"));
+}
+
+#[test]
+fn check_finds_and_repairs() {
+    let s = Sandbox::new();
+    init(&s);
+    for (n, v) in [("aaaa", "1.0.0"), ("bbbb", "1.0.0"), ("cccc", "1.0.0")] {
+        let p = s.path().join(format!("{n}-{v}.crate"));
+        fs::write(&p, simple_crate(n, v, &[])).unwrap();
+        s.palletizer_ok(&["add", p.to_str().unwrap()]);
+    }
+    let reg = s.reg();
+    fs::remove_file(reg.join("crates/aaaa/aaaa-1.0.0.crate")).unwrap();
+    fs::write(
+        reg.join("crates/bbbb/bbbb-1.0.0.crate"),
+        simple_crate("bbbb", "1.0.0", &[("x", b"x")]),
+    )
+    .unwrap();
+    let cccc = reg.join("index/cc/cc/cccc");
+    let edited = fs::read_to_string(&cccc)
+        .unwrap()
+        .replace("\"yanked\":false", "\"yanked\":true");
+    fs::write(&cccc, edited).unwrap();
+    fs::write(
+        reg.join("crates/.tmp-4000000000-0-upload.crate"),
+        b"partial",
+    )
+    .unwrap();
+    fs::write(reg.join("crates/stray.crate"), b"orphan").unwrap();
+
+    let out = s.palletizer(&["check"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("aaaa 1.0.0: crate file") && text.contains("is missing"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bbbb 1.0.0: crate file")
+            && text.contains("does not match the index checksum"),
+        "{text}"
+    );
+    assert!(
+        text.contains("index file cc/cc/cccc differs from the last commit"),
+        "{text}"
+    );
+    assert!(
+        text.contains("temp file") && text.contains(".tmp-4000000000-0-upload.crate"),
+        "{text}"
+    );
+    assert!(text.contains("stray.crate has no index line"), "{text}");
+
+    let out = s.palletizer(&["check", "--repair"]);
+    assert!(
+        !out.status.success(),
+        "missing and mismatched files cannot be repaired"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("repaired: committed uncommitted index changes"),
+        "{text}"
+    );
+    assert!(text.contains("repaired: removed temp file"), "{text}");
+    assert!(text.contains("not repaired: aaaa 1.0.0"), "{text}");
+    assert!(text.contains("not repaired: bbbb 1.0.0"), "{text}");
+    assert!(!text.contains("not repaired: index file"), "{text}");
+    assert!(!reg.join("crates/.tmp-4000000000-0-upload.crate").exists());
+    assert_eq!(commits(&s)[0], "Commit index changes left uncommitted");
+    assert!(fs::read_to_string(&cccc)
+        .unwrap()
+        .contains("\"yanked\":true"));
+
+    // Once the admin deals with the rest, check passes.
+    s.palletizer_ok(&["delete", "aaaa"]);
+    s.palletizer_ok(&["delete", "bbbb"]);
+    fs::remove_file(reg.join("crates/stray.crate")).unwrap();
+    assert!(s.palletizer_ok(&["check"]).contains("consistent"));
+}
+
+#[test]
+fn concurrent_adds_both_land() {
+    let s = Sandbox::new();
+    init(&s);
+    let files: Vec<_> = (0..2)
+        .map(|i| {
+            let name = format!("conc{i}");
+            let p = s.path().join(format!("{name}-1.0.0.crate"));
+            fs::write(&p, simple_crate(&name, "1.0.0", &[])).unwrap();
+            p
+        })
+        .collect();
+    let children: Vec<_> = files
+        .iter()
+        .map(|f| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_palletizer"))
+                .arg("-r")
+                .arg(s.reg())
+                .args(["add", f.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    let log = commits(&s);
+    assert_eq!(log.len(), 3, "{log:?}");
+    let mut added = log[..2].to_vec();
+    added.sort();
+    assert_eq!(added, ["Add conc0 1.0.0", "Add conc1 1.0.0"]);
+    assert!(s.palletizer_ok(&["check"]).contains("consistent"));
+    assert!(Path::new(&s.reg()).join("index/co/nc/conc0").exists());
+}

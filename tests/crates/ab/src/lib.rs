@@ -1,0 +1,1 @@
+pub fn ab() -> &'static str { "ab" }

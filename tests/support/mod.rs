@@ -1,0 +1,198 @@
+//! Shared test helpers: running `palletizer` and the real `cargo` in temp dirs, each test
+//! with its own `CARGO_HOME`, and copying the test crates from `tests/crates/`.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// One test's sandbox: a temp dir holding the registry, a `CARGO_HOME` and work dirs.
+pub struct Sandbox {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let tmp = tempfile::Builder::new()
+            .prefix("palletizer-test")
+            .tempdir()
+            .unwrap();
+        let s = Sandbox { tmp };
+        fs::create_dir_all(s.cargo_home()).unwrap();
+        s
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn reg(&self) -> PathBuf {
+        self.path().join("reg")
+    }
+
+    pub fn cargo_home(&self) -> PathBuf {
+        self.path().join("cargo-home")
+    }
+
+    /// Writes `$CARGO_HOME/config.toml`.
+    pub fn cargo_config(&self, text: &str) {
+        fs::write(self.cargo_home().join("config.toml"), text).unwrap();
+    }
+
+    /// Runs `palletizer -r REG ARGS`.
+    pub fn palletizer(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_palletizer"))
+            .arg("-r")
+            .arg(self.reg())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `palletizer` and asserts success; returns stdout.
+    pub fn palletizer_ok(&self, args: &[&str]) -> String {
+        let out = self.palletizer(args);
+        assert!(
+            out.status.success(),
+            "palletizer {args:?} failed:\n{}",
+            show(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the real cargo in `dir` with this sandbox's `CARGO_HOME`.
+    pub fn cargo(&self, dir: &Path, args: &[&str]) -> Output {
+        self.cargo_cmd(dir, args).output().unwrap()
+    }
+
+    pub fn cargo_cmd(&self, dir: &Path, args: &[&str]) -> Command {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(dir)
+            .args(args)
+            .env("CARGO_HOME", self.cargo_home())
+            .env("CARGO_TARGET_DIR", self.path().join("target"))
+            .env("CARGO_NET_RETRY", "0")
+            .env("CARGO_TERM_COLOR", "never")
+            .env("CARGO_HTTP_MULTIPLEXING", "true")
+            .env_remove("CARGO_REGISTRIES_LOCAL_TOKEN")
+            .env_remove("RUSTFLAGS");
+        cmd
+    }
+
+    pub fn cargo_ok(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.cargo(dir, args);
+        assert!(
+            out.status.success(),
+            "cargo {args:?} in {} failed:\n{}",
+            dir.display(),
+            show(&out)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// Copies `tests/crates/NAME` into the sandbox (optionally with another version) and
+    /// returns its directory.
+    pub fn test_crate(&self, name: &str, version: Option<&str>) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/crates")
+            .join(name);
+        let label = version
+            .map(|v| format!("{name}-{v}"))
+            .unwrap_or_else(|| name.to_owned());
+        let dst = self.path().join("src").join(label);
+        copy_dir(&src, &dst);
+        if let Some(v) = version {
+            let manifest = dst.join("Cargo.toml");
+            let text = fs::read_to_string(&manifest).unwrap();
+            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            let i = lines
+                .iter()
+                .position(|l| l.starts_with("version = "))
+                .unwrap();
+            lines[i] = format!("version = \"{v}\"");
+            fs::write(&manifest, lines.join("\n") + "\n").unwrap();
+        }
+        dst
+    }
+
+    /// `cargo package` a test crate for registry `local`; returns the `.crate` path.
+    pub fn package(&self, name: &str, version: Option<&str>) -> PathBuf {
+        let dir = self.test_crate(name, version);
+        let target = dir.join("target");
+        let out = self
+            .cargo_cmd(
+                &dir,
+                &[
+                    "package",
+                    "--no-verify",
+                    "--allow-dirty",
+                    "--registry",
+                    "local",
+                ],
+            )
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cargo package {name} failed:\n{}",
+            show(&out)
+        );
+        let text = fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let vers = text
+            .lines()
+            .find_map(|l| l.strip_prefix("version = \""))
+            .unwrap()
+            .trim_end_matches('"');
+        target.join("package").join(format!("{name}-{vers}.crate"))
+    }
+}
+
+pub fn show(out: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn copy_dir(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for e in fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Every file under `dir` with its bytes, for byte-for-byte comparisons (`.git` included).
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push((
+                    p.strip_prefix(base).unwrap().to_owned(),
+                    fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
