@@ -4,4 +4,6 @@
 //! - [`cli`]: the `palletizer` command line over the registry.
 
 pub mod cli;
+pub mod http;
+pub mod net;
 pub mod registry;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use lexopt::prelude::*;
 
+use crate::net::config::{Listener, ServerConfig};
 use crate::registry::{check, InitOptions, Registry};
 
 const USAGE: &str = "\
@@ -235,10 +236,45 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
 }
 
 fn serve(
-    _dir: PathBuf,
-    _rest: &[OsString],
-    _bind: Option<OsString>,
-    _flags: &[(String, Option<OsString>)],
+    dir: PathBuf,
+    rest: &[OsString],
+    bind: Option<OsString>,
+    flags: &[(String, Option<OsString>)],
 ) -> Result<ExitCode, CliError> {
-    Err(CliError("serve is not available yet".into()))
+    let verbosity = if flags.iter().any(|(f, _)| f == "quiet") {
+        0
+    } else if flags.iter().any(|(f, _)| f == "verbose") {
+        2
+    } else {
+        1
+    };
+    crate::net::set_verbosity(verbosity);
+    let (config, path) = match rest {
+        [] => {
+            let bind = match bind {
+                Some(b) => string(b)?,
+                None => "127.0.0.1:8080".to_owned(),
+            };
+            let config = ServerConfig {
+                registry: Some(dir),
+                listeners: vec![Listener { bind, tls: None }],
+                limits: Default::default(),
+            };
+            (config, None)
+        }
+        [path] => {
+            if bind.is_some() {
+                return Err(CliError("--bind applies only without a config file".into()));
+            }
+            let path = PathBuf::from(path);
+            (ServerConfig::load(&path)?, Some(path))
+        }
+        _ => {
+            return Err(CliError(
+                "usage: palletizer serve [CONFIG.toml] [--bind ADDR]".into(),
+            ))
+        }
+    };
+    crate::net::serve(config, path, true)?;
+    Ok(ExitCode::SUCCESS)
 }

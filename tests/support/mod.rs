@@ -196,3 +196,108 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// A running `palletizer serve`, killed on drop. Its stderr (the request log) is collected.
+pub struct ServerProc {
+    pub child: std::process::Child,
+    /// `host:port` of each listener, in order.
+    pub addrs: Vec<String>,
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServerProc {
+    pub fn addr(&self) -> &str {
+        &self.addrs[0]
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addrs[0])
+    }
+
+    /// The request log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Waits for the process to exit (up to `secs`), returning its status.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < until {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sandbox {
+    /// Starts `palletizer serve ARGS` with the registry in `reg/` (created if missing) and
+    /// waits until every listener is up.
+    pub fn serve(&self, args: &[&str]) -> ServerProc {
+        use std::io::BufRead;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_palletizer"));
+        cmd.arg("-r").arg(self.reg()).arg("serve").args(args);
+        if !args.iter().any(|a| a.ends_with(".toml")) && !args.contains(&"--bind") {
+            cmd.args(["--bind", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(Some(addr.split_once("://").unwrap().1.to_owned()));
+                }
+                if line.starts_with("error") {
+                    let _ = tx.send(None);
+                }
+                sink.lock().unwrap().push(line);
+            }
+            let _ = tx.send(None);
+        });
+        let mut addrs = Vec::new();
+        let expected = match args.iter().find(|a| a.ends_with(".toml")) {
+            Some(cfg) => fs::read_to_string(cfg)
+                .unwrap()
+                .matches("[[listener]]")
+                .count(),
+            None => 1,
+        };
+        while addrs.len() < expected {
+            match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+                Ok(Some(a)) => addrs.push(a),
+                _ => panic!("server did not start: {:?}", logs.lock().unwrap()),
+            }
+        }
+        ServerProc { child, addrs, logs }
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost: (cert PEM, key PEM).
+pub fn self_signed() -> (String, String) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    (ck.cert.pem(), ck.signing_key.serialize_pem())
+}

@@ -1,0 +1,184 @@
+//! The server's configuration file:
+//!
+//! ```toml
+//! registry = "/srv/reg"          # default: the config file's folder
+//!
+//! [[listener]]
+//! bind = "[::1]:8080"
+//!
+//! [[listener]]
+//! bind = "127.0.0.1:4333"
+//! tls = {
+//!    private_key = "key.pem",
+//!    certificate_chain = "fullchain.pem",
+//! }
+//!
+//! [limits]                       # all optional
+//! max-connections = 1024
+//! ```
+//!
+//! Relative paths are relative to the config file's folder, not the working directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub private_key: PathBuf,
+    pub certificate_chain: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `host:port`; port 0 picks a free port (printed at start).
+    pub bind: String,
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+/// Bounds on what clients can make the server hold.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Limits {
+    /// Open connections; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), bytes.
+    pub max_head: usize,
+    /// Largest request body, bytes (publish bodies are also capped by the crate size limit).
+    pub max_body: u64,
+    /// Time allowed for a whole request head to arrive, once a connection is opened or a
+    /// first byte of a head arrived.
+    pub head_timeout_ms: u64,
+    /// Time an idle kept-alive connection stays open.
+    pub idle_timeout_ms: u64,
+    /// Time allowed between two reads of a request body, or two writes of a response.
+    pub io_timeout_ms: u64,
+    /// On SIGTERM, time allowed for responses in flight before exiting.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 1024,
+            max_head: 16 * 1024,
+            max_body: 12 * 1024 * 1024,
+            head_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            io_timeout_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn head_timeout(&self) -> Duration {
+        Duration::from_millis(self.head_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn io_timeout(&self) -> Duration {
+        Duration::from_millis(self.io_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default)]
+    pub registry: Option<PathBuf>,
+    #[serde(rename = "listener", default)]
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// Parses a config file's text; relative paths are resolved against `dir`.
+    pub fn parse(text: &str, dir: &Path) -> Result<ServerConfig, String> {
+        let mut c: ServerConfig =
+            toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+        if c.listeners.is_empty() {
+            return Err("no [[listener]] configured".into());
+        }
+        c.registry = Some(dir.join(c.registry.take().unwrap_or_else(|| ".".into())));
+        for l in &mut c.listeners {
+            if let Some(tls) = &mut l.tls {
+                tls.private_key = dir.join(&tls.private_key);
+                tls.certificate_chain = dir.join(&tls.certificate_chain);
+            }
+        }
+        if c.limits.max_connections == 0 || c.limits.max_head < 1024 {
+            return Err("limits: max-connections must be > 0 and max-head at least 1024".into());
+        }
+        Ok(c)
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<ServerConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        ServerConfig::parse(&text, &dir).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_readme_forms_parse() {
+        let text = r#"
+registry = "reg"
+
+[[listener]]
+bind = "[::1]:8080"
+
+[[listener]]
+bind = "127.0.0.1:4333"
+tls = {
+   private_key = "/etc/letsencrypt/live/example.com/privkey.pem",
+   certificate_chain = "certs/fullchain.pem",
+}
+"#;
+        let c = ServerConfig::parse(text, Path::new("/etc/pal")).unwrap();
+        assert_eq!(c.registry.as_deref(), Some(Path::new("/etc/pal/reg")));
+        assert_eq!(c.listeners.len(), 2);
+        let tls = c.listeners[1].tls.as_ref().unwrap();
+        assert_eq!(
+            tls.private_key,
+            Path::new("/etc/letsencrypt/live/example.com/privkey.pem")
+        );
+        assert_eq!(
+            tls.certificate_chain,
+            Path::new("/etc/pal/certs/fullchain.pem")
+        );
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = ServerConfig::parse("[[listener]]\nbind = \"[::1]:8080\"\n", Path::new("/srv"))
+            .unwrap();
+        assert_eq!(c.registry.as_deref(), Some(Path::new("/srv/.")));
+        assert!(ServerConfig::parse("", Path::new("/")).is_err());
+        assert!(ServerConfig::parse("[[listener]]\nbind='x'\nbogus=1", Path::new("/")).is_err());
+        let c = ServerConfig::parse(
+            "[[listener]]\nbind='x'\n[limits]\nhead-timeout-ms = 5",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.limits.head_timeout_ms, 5);
+        assert_eq!(c.limits.max_connections, 1024);
+    }
+}

@@ -1,0 +1,452 @@
+//! The event loop: one thread, mio, every socket. Listeners accept into a slab capped at
+//! `max_connections`; connections advance through their phases as readiness allows; a
+//! periodic sweep closes connections past their deadline; signals stop or reload.
+//!
+//! Invariants: a slab slot is freed only after the whole event batch was handled, so a
+//! reused slot never receives an event meant for its previous connection; the loop never
+//! blocks on anything but `poll`.
+
+pub mod config;
+pub mod conn;
+pub mod transport;
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::http::{files::Trees, Method, Site};
+use crate::registry::Registry;
+
+pub use config::{Limits, ServerConfig};
+use conn::{Conn, Turn};
+use transport::Transport;
+
+const SIGNAL_TOKEN: Token = Token(usize::MAX);
+const FIRST_LISTENER: usize = usize::MAX - 64;
+/// Accepts per listener event before other work gets a turn.
+const ACCEPT_BUDGET: usize = 64;
+
+/// 0: errors only, 1: one line per request (default), 2: debug.
+static VERBOSITY: AtomicU8 = AtomicU8::new(1);
+
+pub fn set_verbosity(v: u8) {
+    VERBOSITY.store(v, Ordering::Relaxed);
+}
+
+fn log_at(level: u8, msg: std::fmt::Arguments<'_>) {
+    if VERBOSITY.load(Ordering::Relaxed) >= level {
+        let _ = writeln!(io::stderr().lock(), "{msg}");
+    }
+}
+
+macro_rules! info { ($($a:tt)*) => { log_at(1, format_args!($($a)*)) } }
+macro_rules! debug { ($($a:tt)*) => { log_at(2, format_args!($($a)*)) } }
+macro_rules! error { ($($a:tt)*) => { log_at(0, format_args!($($a)*)) } }
+
+/// What every connection reads: the site, the limits.
+pub struct Shared {
+    pub site: Site,
+    pub limits: Limits,
+}
+
+impl Shared {
+    fn log_request(
+        &self,
+        peer: SocketAddr,
+        method: Method,
+        target: &str,
+        status: u16,
+        bytes: u64,
+        start: Instant,
+    ) {
+        info!(
+            "{} {} {target} {status} {bytes} {}us",
+            peer.ip(),
+            method.as_str(),
+            start.elapsed().as_micros()
+        );
+    }
+}
+
+struct Listening {
+    socket: TcpListener,
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    config: config::Listener,
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<Listening>,
+    conns: Slab<Conn>,
+    shared: Shared,
+    signals: Signals,
+    config_path: Option<PathBuf>,
+    /// The registry's public URL.
+    url: String,
+    /// Accepting is paused until this instant (EMFILE back-off) or until a slot frees.
+    accept_paused: Option<Instant>,
+    shutdown_at: Option<Instant>,
+}
+
+impl Server {
+    /// Binds every listener, then opens the registry. With `create`, a missing registry is
+    /// created for the first listener's URL (the zero-config start).
+    pub fn bind(
+        config: ServerConfig,
+        config_path: Option<PathBuf>,
+        create: bool,
+    ) -> Result<Server, String> {
+        let poll = Poll::new().map_err(|e| format!("creating the poller: {e}"))?;
+        let mut listeners = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let addr = l
+                .bind
+                .to_socket_addrs()
+                .map_err(|e| format!("listener `{}`: {e}", l.bind))?
+                .next()
+                .ok_or_else(|| format!("listener `{}`: no address", l.bind))?;
+            let tls = match &l.tls {
+                Some(t) => Some(transport::load_tls(&t.certificate_chain, &t.private_key)?),
+                None => None,
+            };
+            let mut socket = TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
+            let addr = socket.local_addr().map_err(|e| e.to_string())?;
+            poll.registry()
+                .register(&mut socket, Token(FIRST_LISTENER + i), Interest::READABLE)
+                .map_err(|e| e.to_string())?;
+            listeners.push(Listening {
+                socket,
+                addr,
+                tls,
+                config: l.clone(),
+            });
+        }
+        let root = config.registry.clone().unwrap_or_else(|| ".".into());
+        let registry = if create && !root.join(crate::registry::SETTINGS_FILE).exists() {
+            let first = &listeners[0];
+            let scheme = if first.tls.is_some() { "https" } else { "http" };
+            let url = format!("{scheme}://{}", first.addr);
+            let opts = crate::registry::InitOptions {
+                url,
+                index_dir: None,
+                crates_dir: None,
+                crates_io: true,
+                allowed_registries: Vec::new(),
+            };
+            let reg = Registry::init(&root, opts).map_err(|e| e.to_string())?;
+            info!(
+                "created a new registry in {} for {}",
+                root.display(),
+                reg.settings().url
+            );
+            reg
+        } else {
+            Registry::open(&root).map_err(|e| e.to_string())?
+        };
+        let site = Site::new(
+            &registry.settings().url,
+            Trees {
+                index_dir: registry.index_dir().to_owned(),
+                crates_dir: registry.crates_dir().to_owned(),
+            },
+        );
+        let mut signals =
+            Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
+            .map_err(|e| e.to_string())?;
+        Ok(Server {
+            poll,
+            listeners,
+            conns: Slab::with_capacity(config.limits.max_connections.min(64)),
+            shared: Shared {
+                site,
+                limits: config.limits,
+            },
+            signals,
+            config_path,
+            url: registry.settings().url.clone(),
+            accept_paused: None,
+            shutdown_at: None,
+        })
+    }
+
+    /// The registry's public URL, as in `config.json`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The bound addresses, with whether each speaks TLS.
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.addr, l.tls.is_some()))
+            .collect()
+    }
+
+    fn sweep_interval(&self) -> Duration {
+        let l = &self.shared.limits;
+        let shortest = l
+            .head_timeout_ms
+            .min(l.idle_timeout_ms)
+            .min(l.io_timeout_ms);
+        Duration::from_millis((shortest / 4).clamp(10, 1000))
+    }
+
+    /// Runs until SIGTERM or SIGINT, then finishes responses in flight (bounded) and returns.
+    pub fn run(mut self) -> Result<(), String> {
+        let mut events = Events::with_capacity(256);
+        let mut again: Vec<usize> = Vec::new();
+        let mut closed: Vec<usize> = Vec::new();
+        let sweep_every = self.sweep_interval();
+        let mut next_sweep = Instant::now() + sweep_every;
+        loop {
+            let now = Instant::now();
+            let mut timeout = if self.conns.is_empty() && self.accept_paused.is_none() {
+                None
+            } else {
+                Some(next_sweep.saturating_duration_since(now))
+            };
+            if let Some(until) = self.accept_paused {
+                timeout = Some(timeout.map_or(until - now.min(until), |t| {
+                    t.min(until.saturating_duration_since(now))
+                }));
+            }
+            if !again.is_empty() {
+                timeout = Some(Duration::ZERO);
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(format!("poll: {e}"));
+            }
+            for key in std::mem::take(&mut again) {
+                self.drive(key, &mut again, &mut closed);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL_TOKEN => self.on_signals(),
+                    Token(t) if t >= FIRST_LISTENER => self.accept(t - FIRST_LISTENER),
+                    Token(key) => {
+                        let Some(conn) = self.conns.get_mut(key) else {
+                            continue;
+                        };
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            conn.readable = true;
+                        }
+                        if event.is_writable() || event.is_write_closed() || event.is_error() {
+                            conn.writable = true;
+                        }
+                        self.drive(key, &mut again, &mut closed);
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= next_sweep {
+                next_sweep = now + sweep_every;
+                for (key, conn) in self.conns.iter_mut() {
+                    if now >= conn.deadline && !closed.contains(&key) {
+                        debug!("{} timed out", conn.peer);
+                        conn.transport.close();
+                        closed.push(key);
+                    }
+                }
+            }
+            again.retain(|k| !closed.contains(k));
+            let freed = !closed.is_empty();
+            for key in closed.drain(..) {
+                let mut conn = self.conns.remove(key);
+                let _ = self.poll.registry().deregister(conn.transport.socket());
+            }
+            if let Some(until) = self.accept_paused {
+                if (freed && self.conns.len() < self.shared.limits.max_connections)
+                    || Instant::now() >= until
+                {
+                    self.accept_paused = None;
+                    for i in 0..self.listeners.len() {
+                        self.accept(i);
+                    }
+                }
+            }
+            if let Some(deadline) = self.shutdown_at {
+                for (key, conn) in self.conns.iter_mut() {
+                    conn.draining = true;
+                    if conn.is_idle() {
+                        closed.push(key);
+                    }
+                }
+                for key in closed.drain(..) {
+                    let mut conn = self.conns.remove(key);
+                    conn.transport.close();
+                    let _ = self.poll.registry().deregister(conn.transport.socket());
+                }
+                if self.conns.is_empty() || Instant::now() >= deadline {
+                    info!("stopped ({} connections cut)", self.conns.len());
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn drive(&mut self, key: usize, again: &mut Vec<usize>, closed: &mut Vec<usize>) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.drive(&self.shared) {
+            Turn::Parked => {}
+            Turn::Again => {
+                if !again.contains(&key) {
+                    again.push(key);
+                }
+            }
+            Turn::Closed => {
+                if !closed.contains(&key) {
+                    closed.push(key);
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, i: usize) {
+        if self.shutdown_at.is_some() || self.accept_paused.is_some() {
+            return;
+        }
+        for _ in 0..ACCEPT_BUDGET {
+            if self.conns.len() >= self.shared.limits.max_connections {
+                // Clients wait in the kernel's backlog until a slot frees.
+                self.accept_paused = Some(Instant::now() + Duration::from_secs(3600));
+                return;
+            }
+            let l = &self.listeners[i];
+            let (mut sock, peer) = match l.socket.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS: back off instead of spinning or dying.
+                    error!("accept on {}: {e}; pausing accepts for 100 ms", l.addr);
+                    self.accept_paused = Some(Instant::now() + Duration::from_millis(100));
+                    return;
+                }
+            };
+            // Without it, keep-alive responses wait ~40 ms on delayed ACKs.
+            let _ = sock.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.poll.registry().register(
+                &mut sock,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                error!("registering {peer}: {e}");
+                continue;
+            }
+            let transport = match &l.tls {
+                Some(cfg) => match Transport::tls(sock, cfg.clone()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        error!("tls for {peer}: {e}");
+                        continue;
+                    }
+                },
+                None => Transport::Plain(sock),
+            };
+            let deadline = Instant::now() + self.shared.limits.head_timeout();
+            entry.insert(Conn::new(transport, peer, deadline));
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for sig in pending {
+            match sig {
+                SIGHUP => self.reload_tls(),
+                _ => {
+                    if self.shutdown_at.is_none() {
+                        info!("stopping: no new connections, finishing responses in flight");
+                        let grace = Duration::from_millis(self.shared.limits.shutdown_grace_ms);
+                        self.shutdown_at = Some(Instant::now() + grace);
+                        for l in &mut self.listeners {
+                            let _ = self.poll.registry().deregister(&mut l.socket);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: re-reads the config file's TLS settings and the certificates. New connections
+    /// get the new ones; open connections keep theirs.
+    fn reload_tls(&mut self) {
+        let fresh = match &self.config_path {
+            Some(path) => match ServerConfig::load(path) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    error!("reload: {e}; keeping the current certificates");
+                    return;
+                }
+            },
+            None => None,
+        };
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            let files = match &fresh {
+                Some(c) => c.listeners.get(i).and_then(|n| n.tls.clone()),
+                None => l.config.tls.clone(),
+            };
+            let Some(files) = files else { continue };
+            match transport::load_tls(&files.certificate_chain, &files.private_key) {
+                Ok(cfg) if l.tls.is_some() => {
+                    l.tls = Some(cfg);
+                    l.config.tls = Some(files);
+                    info!("reloaded TLS certificate for {}", l.addr);
+                }
+                Ok(_) => error!(
+                    "reload: listener {} was not started with TLS; restart to add it",
+                    l.addr
+                ),
+                Err(e) => error!(
+                    "reload: {e}; keeping the current certificate for {}",
+                    l.addr
+                ),
+            }
+        }
+    }
+}
+
+/// Binds, prints where it listens and how to point cargo at it, and runs.
+pub fn serve(
+    config: ServerConfig,
+    config_path: Option<PathBuf>,
+    create: bool,
+) -> Result<(), String> {
+    let server = Server::bind(config, config_path, create)?;
+    for (addr, tls) in server.local_addrs() {
+        let scheme = if tls { "https" } else { "http" };
+        error!("listening on {scheme}://{addr}");
+    }
+    let url = server.url().to_owned();
+    let snippet = format!(
+        "Point cargo at this registry with, in .cargo/config.toml:\n\n\
+         [registries.palletizer]\n\
+         index = \"sparse+{url}/index/\"\n\n\
+         (cargo publish, yank and search use {url}/api/v1)\n"
+    );
+    if VERBOSITY.load(Ordering::Relaxed) > 0 {
+        let _ = writeln!(io::stdout(), "{snippet}");
+        let _ = io::stdout().flush();
+    }
+    server.run()
+}

@@ -1,0 +1,595 @@
+//! The server over loopback: raw HTTP/1.1 and TLS on port 0, and the real cargo resolving
+//! and building through the sparse index over http and https.
+
+mod support;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palletizer::registry::tarball::testing::simple_crate;
+use support::{self_signed, Sandbox, ServerProc};
+
+/// One parsed response.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Reads one response from `r`, keeping extra bytes in `buf`. `head_only` for HEAD.
+fn read_response(r: &mut impl Read, buf: &mut Vec<u8>, head_only: bool) -> Resp {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(len) = resp.parse(buf).unwrap() {
+            let status = resp.code.unwrap();
+            let headers: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let clen: usize = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap_or(0);
+            let body_len = if head_only || status == 304 { 0 } else { clen };
+            while buf.len() < len + body_len {
+                read_more(r, buf);
+            }
+            let body = buf[len..len + body_len].to_vec();
+            buf.drain(..len + body_len);
+            return Resp {
+                status,
+                headers,
+                body,
+            };
+        }
+        read_more(r, buf);
+    }
+}
+
+fn read_more(r: &mut impl Read, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 65536];
+    let n = r.read(&mut chunk).unwrap();
+    assert!(
+        n > 0,
+        "connection closed early; have {:?}",
+        String::from_utf8_lossy(buf)
+    );
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+/// Sends one request on a new connection and reads the answer.
+fn request(addr: &str, raw: &str) -> Resp {
+    let mut s = connect(addr);
+    s.write_all(raw.as_bytes()).unwrap();
+    read_response(&mut s, &mut Vec::new(), raw.starts_with("HEAD"))
+}
+
+fn get(addr: &str, path: &str) -> Resp {
+    request(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"))
+}
+
+/// Whether the server closed the connection (EOF or reset) within the read timeout.
+fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1024];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => continue,
+        }
+    }
+}
+
+fn add_crate(s: &Sandbox, name: &str, vers: &str) {
+    let p = s.path().join(format!("{name}-{vers}.crate"));
+    fs::write(&p, simple_crate(name, vers, &[])).unwrap();
+    s.palletizer_ok(&["add", p.to_str().unwrap()]);
+}
+
+fn started() -> (Sandbox, ServerProc) {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    add_crate(&s, "foo", "1.0.0");
+    (s, srv)
+}
+
+#[test]
+fn keep_alive_pipelining_and_head() {
+    let (_s, srv) = started();
+    let mut c = connect(srv.addr());
+    let mut buf = Vec::new();
+    for _ in 0..3 {
+        c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let r = read_response(&mut c, &mut buf, false);
+        assert_eq!(r.status, 200);
+        assert!(String::from_utf8_lossy(&r.body).contains("\"vers\":\"1.0.0\""));
+    }
+    // Three requests in one write, answered in order.
+    c.write_all(
+        b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\nGET /index/3/n/nop HTTP/1.1\r\nHost: x\r\n\r\n\
+HEAD /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let a = read_response(&mut c, &mut buf, false);
+    let b = read_response(&mut c, &mut buf, false);
+    let h = read_response(&mut c, &mut buf, true);
+    assert_eq!(a.status, 200);
+    assert!(String::from_utf8_lossy(&a.body).contains("\"dl\""));
+    assert_eq!(b.status, 404);
+    assert_eq!(h.status, 200);
+    let len: usize = h.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(
+        len,
+        fs::metadata(_s.reg().join("crates/foo/foo-1.0.0.crate"))
+            .unwrap()
+            .len() as usize
+    );
+    // The HEAD sent no body: the next response starts right after it.
+    c.write_all(b"GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let d = read_response(&mut c, &mut buf, false);
+    assert_eq!(d.status, 200);
+    assert_eq!(
+        d.body,
+        fs::read(_s.reg().join("crates/foo/foo-1.0.0.crate")).unwrap()
+    );
+    assert!(buf.is_empty());
+    // h2c upgrade headers, as cargo sends them, get a plain HTTP/1.1 answer on a kept connection.
+    c.write_all(
+        b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+HTTP2-Settings: AAMAAABkAAQAAQAAAAIAAAAA\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut c, &mut buf, false).status, 200);
+    c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let last = read_response(&mut c, &mut buf, false);
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(closed(&mut c));
+}
+
+#[test]
+fn conditional_requests_and_etags() {
+    let (s, srv) = started();
+    let first = get(srv.addr(), "/index/3/f/foo");
+    let etag = first.header("etag").unwrap().to_owned();
+    let lm = first.header("last-modified").unwrap().to_owned();
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "strong etag: {etag}"
+    );
+    let inm = |tag: &str| {
+        format!("GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\nIf-None-Match: {tag}\r\n\r\n")
+    };
+    let r = request(srv.addr(), &inm(&etag));
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(request(srv.addr(), &inm("\"other\"")).status, 200);
+    let ims = format!("GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: {lm}\r\n\r\n");
+    assert_eq!(request(srv.addr(), &ims).status, 304);
+    // An unconditional request never gets a 304.
+    assert_eq!(get(srv.addr(), "/index/3/f/foo").status, 200);
+    // A yank changes the bytes, so the old ETag no longer matches.
+    s.palletizer_ok(&["yank", "foo", "1.0.0"]);
+    let r = request(srv.addr(), &inm(&etag));
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("\"yanked\":true"));
+    assert_ne!(r.header("etag").unwrap(), etag);
+    // Crate files have validators too.
+    let c = get(srv.addr(), "/crates/foo/foo-1.0.0.crate");
+    let tag = c.header("etag").unwrap();
+    let r = request(
+        srv.addr(),
+        &format!(
+            "GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\nIf-None-Match: {tag}\r\n\r\n"
+        ),
+    );
+    assert_eq!(r.status, 304);
+}
+
+#[test]
+fn traversal_and_bad_requests_are_refused() {
+    let (s, srv) = started();
+    fs::write(s.path().join("secret.txt"), "secret").unwrap();
+    std::os::unix::fs::symlink(s.path().join("secret.txt"), s.reg().join("index/3/f/sym")).unwrap();
+    std::os::unix::fs::symlink(s.path(), s.reg().join("index/ln")).unwrap();
+    for path in [
+        "/index/../palletizer.toml",
+        "/index/%2e%2e/palletizer.toml",
+        "/index/%2E%2E/%2e%2e/secret.txt",
+        "/index//etc/passwd",
+        "/index/3\\f\\foo",
+        "/index/3/f/foo%00",
+        "/index/3/f/sym",
+        "/index/ln/secret.txt",
+        "/index/.git/config",
+        "/crates/../palletizer.toml",
+        "/crates/foo/..%2f..%2fpalletizer.toml",
+        "/palletizer.toml",
+    ] {
+        let r = get(srv.addr(), path);
+        assert!(matches!(r.status, 400 | 404), "{path}: {}", r.status);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            !body.contains("secret") && !body.contains("url ="),
+            "{path} leaked: {body}"
+        );
+        assert!(body.contains("\"errors\""), "{path}: {body}");
+    }
+    assert_eq!(get(srv.addr(), "/index/3/f/foo").status, 200);
+
+    // A 20 KiB header block.
+    let big = format!(
+        "GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let mut c = connect(srv.addr());
+    let _ = c.write_all(big.as_bytes());
+    let r = read_response(&mut c, &mut Vec::new(), false);
+    assert_eq!(r.status, 431);
+    assert_eq!(r.header("connection"), Some("close"));
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20 * 1024));
+    let mut c = connect(srv.addr());
+    let _ = c.write_all(long.as_bytes());
+    assert_eq!(read_response(&mut c, &mut Vec::new(), false).status, 414);
+
+    for (raw, status) in [
+        ("BREW /index/3/f/foo HTTP/1.1\r\n\r\n", 501),
+        ("GET /index/3/f/foo HTTP/2.0\r\n\r\n", 505),
+        ("GARBAGE\r\n\r\n", 400),
+        (
+            "POST /index/3/f/foo HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            405,
+        ),
+        ("DELETE /crates/foo/foo-1.0.0.crate HTTP/1.1\r\n\r\n", 405),
+        ("GET /crates/foo/foo-9.9.9.crate HTTP/1.1\r\n\r\n", 404),
+        ("GET /index/3/n/nop HTTP/1.1\r\n\r\n", 404),
+    ] {
+        let r = request(srv.addr(), raw);
+        assert_eq!(r.status, status, "{raw:?}");
+        assert_eq!(
+            r.header("content-length").unwrap(),
+            r.body.len().to_string()
+        );
+    }
+    assert_eq!(
+        get(srv.addr(), "/index/3/f/foo").status,
+        200,
+        "still serving"
+    );
+}
+
+#[test]
+fn silent_client_times_out_while_others_are_served() {
+    let s = Sandbox::new();
+    let cfg = s.path().join("server.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "registry = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n[limits]\nhead-timeout-ms = 400\nidle-timeout-ms = 400\n",
+            s.reg().display()
+        ),
+    )
+    .unwrap();
+    let srv = s.serve(&[cfg.to_str().unwrap()]);
+    let mut silent = connect(srv.addr());
+    let mut partial = connect(srv.addr());
+    partial
+        .write_all(b"GET /index/config.json HTTP/1.1\r\nHo")
+        .unwrap();
+    let start = Instant::now();
+    assert_eq!(get(srv.addr(), "/index/config.json").status, 200);
+    assert!(closed(&mut silent), "a silent client is closed");
+    assert!(closed(&mut partial), "a slow head is closed");
+    assert!(start.elapsed() < Duration::from_secs(15));
+    assert_eq!(get(srv.addr(), "/index/config.json").status, 200);
+}
+
+/// A TLS client config trusting `cert_pem`.
+fn tls_client(cert_pem: &str) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// GET over TLS; returns the response, the peer's leaf certificate, and the ALPN protocol.
+fn tls_get(addr: &str, cert_pem: &str, path: &str) -> (Resp, Vec<u8>, Option<Vec<u8>>) {
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(tls_client(cert_pem), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, connect(addr));
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let r = read_response(&mut tls, &mut Vec::new(), false);
+    let leaf = tls.conn.peer_certificates().unwrap()[0].to_vec();
+    let alpn = tls.conn.alpn_protocol().map(<[u8]>::to_vec);
+    (r, leaf, alpn)
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+fn tls_sandbox() -> (Sandbox, String, std::path::PathBuf) {
+    let s = Sandbox::new();
+    let (cert, key) = self_signed();
+    fs::write(s.path().join("cert.pem"), &cert).unwrap();
+    fs::write(s.path().join("key.pem"), &key).unwrap();
+    let cfg = s.path().join("server.toml");
+    fs::write(
+        &cfg,
+        "registry = \"reg\"\n\n[[listener]]\nbind = \"127.0.0.1:0\"\ntls = {\n   private_key = \"key.pem\",\n   certificate_chain = \"cert.pem\",\n}\n\n[[listener]]\nbind = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    (s, cert, cfg)
+}
+
+#[test]
+fn tls_serves_and_misbehaving_clients_affect_only_themselves() {
+    let (s, cert, cfg) = tls_sandbox();
+    let srv = s.serve(&[cfg.to_str().unwrap()]);
+    let (tls_addr, plain_addr) = (srv.addrs[0].clone(), srv.addrs[1].clone());
+    let (r, leaf, alpn) = tls_get(&tls_addr, &cert, "/index/config.json");
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains(&format!("https://{tls_addr}")));
+    assert_eq!(leaf, pem_der(&cert));
+    assert_eq!(
+        alpn.as_deref(),
+        Some(&b"http/1.1"[..]),
+        "h2 is never chosen"
+    );
+
+    // A client that stops after part of a ClientHello.
+    let mut stalled = connect(&tls_addr);
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .unwrap();
+    let start = Instant::now();
+    assert_eq!(get(&plain_addr, "/index/config.json").status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "plain client waited for the stalled one"
+    );
+    // Plain HTTP on the TLS port: that connection fails, the server goes on.
+    let mut wrong = connect(&tls_addr);
+    wrong
+        .write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(closed(&mut wrong));
+    let mut garbage = connect(&tls_addr);
+    garbage.write_all(&[0xff; 300]).unwrap();
+    assert!(closed(&mut garbage));
+    assert_eq!(
+        tls_get(&tls_addr, &cert, "/index/config.json").0.status,
+        200
+    );
+    assert_eq!(get(&plain_addr, "/index/config.json").status, 200);
+    drop(stalled);
+}
+
+#[test]
+fn sighup_reloads_the_certificate() {
+    let (s, cert, cfg) = tls_sandbox();
+    let srv = s.serve(&[cfg.to_str().unwrap()]);
+    let tls_addr = srv.addrs[0].clone();
+    assert_eq!(
+        tls_get(&tls_addr, &cert, "/index/config.json").1,
+        pem_der(&cert)
+    );
+    // An open kept-alive connection survives the reload.
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(tls_client(&cert), name).unwrap();
+    let mut old = rustls::StreamOwned::new(conn, connect(&tls_addr));
+    old.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut old, &mut buf, false).status, 200);
+
+    let (cert2, key2) = self_signed();
+    fs::write(s.path().join("cert.pem"), &cert2).unwrap();
+    fs::write(s.path().join("key.pem"), &key2).unwrap();
+    srv.signal(libc::SIGHUP);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(tls_client(&cert2), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, connect(&tls_addr));
+        if tls
+            .write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+            .is_ok()
+        {
+            let mut b = Vec::new();
+            let mut chunk = [0u8; 4096];
+            if let Ok(n) = tls.read(&mut chunk) {
+                b.extend_from_slice(&chunk[..n]);
+                if b.starts_with(b"HTTP/1.1 200") {
+                    assert_eq!(
+                        tls.conn.peer_certificates().unwrap()[0].to_vec(),
+                        pem_der(&cert2)
+                    );
+                    break;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "new certificate never served: {:?}",
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    old.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_response(&mut old, &mut buf, false).status,
+        200,
+        "old connection kept"
+    );
+}
+
+#[test]
+fn sigterm_finishes_in_flight_and_exits_zero() {
+    let (_s, mut srv) = started();
+    let mut c = connect(srv.addr());
+    c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut c, &mut Vec::new(), false).status, 200);
+    srv.signal(libc::SIGTERM);
+    let status = srv.wait_exit(15).expect("server exits");
+    assert!(status.success(), "{status:?}");
+    assert!(closed(&mut c));
+    assert!(
+        TcpStream::connect(srv.addr()).is_err(),
+        "no longer accepting"
+    );
+}
+
+fn consumer(s: &Sandbox, index: &str) -> std::path::PathBuf {
+    s.cargo_config(&format!(
+        "[registries.local]\nindex = \"{index}\"\n[net]\nretry = 0\n"
+    ));
+    let app = s.path().join("consumer");
+    fs::create_dir_all(app.join("src")).unwrap();
+    fs::write(
+        app.join("Cargo.toml"),
+        "[package]\nname = \"consumer\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n\
+[dependencies]\nleaf = { version = \"0.1\", registry = \"local\" }\nab = { version = \"1\", registry = \"local\" }\n",
+    )
+    .unwrap();
+    fs::write(
+        app.join("src/main.rs"),
+        "fn main() { println!(\"{} {}\", leaf::leaf(), ab::ab()); }\n",
+    )
+    .unwrap();
+    app
+}
+
+fn publish_test_crates(s: &Sandbox) {
+    for (name, vers) in [("leaf", "0.1.0"), ("leaf", "0.1.1"), ("ab", "1.0.0")] {
+        let file = s.package(name, Some(vers));
+        s.palletizer_ok(&["add", file.to_str().unwrap()]);
+    }
+}
+
+#[test]
+fn real_cargo_over_sparse_http_revalidates_with_304() {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    let app = consumer(&s, &format!("sparse+{}/index/", srv.url()));
+    publish_test_crates(&s);
+    let out = s.cargo_ok(&app, &["run", "-q"]);
+    assert!(out.contains("leaf 0.1.1 ab"), "{out}");
+    let log = srv.log();
+    assert!(
+        log.iter().any(|l| l.contains("GET /index/le/af/leaf 200")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("GET /crates/leaf/leaf-0.1.1.crate 200")),
+        "{log:?}"
+    );
+
+    let before = srv.log().len();
+    s.cargo_ok(&app, &["generate-lockfile"]);
+    let second: Vec<String> = srv.log()[before..].to_vec();
+    assert!(
+        second
+            .iter()
+            .any(|l| l.contains("GET /index/config.json 200")),
+        "{second:?}"
+    );
+    assert!(
+        second
+            .iter()
+            .any(|l| l.contains("GET /index/le/af/leaf 304")),
+        "{second:?}"
+    );
+    assert!(
+        second.iter().any(|l| l.contains("GET /index/2/ab 304")),
+        "{second:?}"
+    );
+    assert!(
+        !second.iter().any(|l| l.contains("/index/le/af/leaf 200")),
+        "{second:?}"
+    );
+
+    // A yank changes the ETag: the next resolve downloads the file again and avoids 0.1.1.
+    s.palletizer_ok(&["yank", "leaf", "0.1.1"]);
+    fs::remove_file(app.join("Cargo.lock")).unwrap();
+    let before = srv.log().len();
+    s.cargo_ok(&app, &["generate-lockfile"]);
+    let third: Vec<String> = srv.log()[before..].to_vec();
+    assert!(
+        third
+            .iter()
+            .any(|l| l.contains("GET /index/le/af/leaf 200")),
+        "{third:?}"
+    );
+    let lock = fs::read_to_string(app.join("Cargo.lock")).unwrap();
+    assert!(
+        lock.contains("name = \"leaf\"\nversion = \"0.1.0\""),
+        "{lock}"
+    );
+}
+
+#[test]
+fn real_cargo_over_sparse_https() {
+    let (s, cert, cfg) = tls_sandbox();
+    let srv = s.serve(&[cfg.to_str().unwrap()]);
+    let app = consumer(&s, &format!("sparse+https://{}/index/", srv.addrs[0]));
+    publish_test_crates(&s);
+    let out = s
+        .cargo_cmd(&app, &["run", "-q"])
+        .env("CARGO_HTTP_CAINFO", s.path().join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", support::show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("leaf 0.1.1 ab"));
+    let log = srv.log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("GET /crates/ab/ab-1.0.0.crate 200")),
+        "{log:?}"
+    );
+    let _ = cert;
+}
