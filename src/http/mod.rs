@@ -4,6 +4,7 @@
 //! Nothing here knows sockets: the event loop in [`crate::net`] feeds bytes in and writes
 //! the rendered responses out.
 
+pub mod api;
 pub mod files;
 pub mod request;
 pub mod response;
@@ -11,6 +12,7 @@ pub mod response;
 pub use request::{Head, Method};
 pub use response::{Body, BodyCursor, Response};
 
+pub use api::{Job, Routed};
 use files::Trees;
 
 /// What the router needs to know about the registry it serves.
@@ -19,25 +21,38 @@ pub struct Site {
     /// The path of the registry's public URL (`""` or `/prefix`), stripped from requests.
     pub base_path: String,
     pub trees: Trees,
+    /// Largest publish body: the crate size limit plus the metadata and its framing.
+    pub max_upload: u64,
 }
 
 impl Site {
-    pub fn new(url: &str, trees: Trees) -> Site {
+    pub fn new(url: &str, trees: Trees, max_crate_size: u64) -> Site {
         let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
         let base_path = without_scheme
             .find('/')
             .map_or("", |i| &without_scheme[i..])
             .trim_end_matches('/')
             .to_owned();
-        Site { base_path, trees }
+        Site {
+            base_path,
+            trees,
+            max_upload: max_crate_size + api::MAX_METADATA + 8,
+        }
     }
 }
 
-/// Answers a request that needs no registry write.
-pub fn route(site: &Site, head: &Head) -> Response {
+/// Decides what a request needs: an answer now, or a job for the registry worker.
+pub fn route(site: &Site, head: &Head) -> Routed {
     let Some(path) = head.path().strip_prefix(site.base_path.as_str()) else {
-        return Response::error(404, "not found");
+        return Routed::Done(Response::error(404, "not found"));
     };
+    if let Some(api) = path.strip_prefix("/api/v1/") {
+        return api::route(api, head, site.max_upload);
+    }
+    Routed::Done(route_files(path, head, site))
+}
+
+fn route_files(path: &str, head: &Head, site: &Site) -> Response {
     let (tree, rest) = match path.strip_prefix("/index/") {
         Some(rest) => ("index", rest),
         None => match path.strip_prefix("/crates/") {
@@ -69,8 +84,8 @@ mod tests {
             index_dir: "/i".into(),
             crates_dir: "/c".into(),
         };
-        assert_eq!(Site::new("http://h:1", t.clone()).base_path, "");
-        assert_eq!(Site::new("https://h/reg/", t.clone()).base_path, "/reg");
-        assert_eq!(Site::new("file:///tmp/reg", t).base_path, "/tmp/reg");
+        assert_eq!(Site::new("http://h:1", t.clone(), 0).base_path, "");
+        assert_eq!(Site::new("https://h/reg/", t.clone(), 0).base_path, "/reg");
+        assert_eq!(Site::new("file:///tmp/reg", t, 0).base_path, "/tmp/reg");
     }
 }

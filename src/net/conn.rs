@@ -5,17 +5,25 @@
 //! by an event and cleared only on `WouldBlock`, so nothing is lost while a phase does not
 //! want that direction (a response being written stops reading; pipelined requests wait).
 
-use std::io::{self, IoSlice};
+use std::fs::File;
+use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use crate::http::{self, request, Body, BodyCursor, Head, Method, Response};
+use crate::http::{self, request, Body, BodyCursor, Head, Job, Method, Response, Routed};
 
 use super::transport::Transport;
+use super::worker::Ticket;
 use super::Shared;
 
 /// Read size while a head arrives.
 const READ_CHUNK: usize = 4096;
+/// Read size while a body arrives (on the stack, then to the spool file).
+const BODY_CHUNK: usize = 16 * 1024;
+/// How long a connection may wait for the registry worker.
+const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Steps one connection may take per turn of the loop before others get theirs.
 const BUDGET: usize = 32;
 
@@ -25,6 +33,10 @@ pub enum Phase {
     Idle,
     /// A request head is arriving.
     Head(Vec<u8>),
+    /// A request body is arriving.
+    Body(Box<Upload>),
+    /// The registry worker runs the request's job.
+    Waiting(Box<Waiting>),
     /// A response is going out.
     Write(Box<Outgoing>),
     /// Done; the loop removes the connection.
@@ -42,7 +54,37 @@ pub struct Outgoing {
     log: Option<LogLine>,
 }
 
+/// A request body being read, and what to do once it is complete.
+pub struct Upload {
+    log: LogLine,
+    keep_alive: bool,
+    remaining: u64,
+    /// Bytes of `100 Continue` already sent (None: not asked for).
+    continue_sent: Option<usize>,
+    /// The spool file for a publish; None: the body is read and dropped.
+    spool: Option<(File, PathBuf)>,
+    then: Option<Job>,
+    leftover: Vec<u8>,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        // A body never handed to the worker (client gone, timeout) leaves no file behind.
+        if let Some((_, path)) = self.spool.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A request whose job the worker runs.
+pub struct Waiting {
+    log: LogLine,
+    keep_alive: bool,
+    leftover: Vec<u8>,
+}
+
 /// What one request's log line says.
+#[derive(Clone)]
 struct LogLine {
     method: Method,
     target: String,
@@ -52,6 +94,10 @@ struct LogLine {
 }
 
 pub struct Conn {
+    /// Slab key and a serial number unique over the server's life: a worker's answer
+    /// carries both, so it never reaches a later connection in the same slot.
+    pub key: usize,
+    pub serial: u64,
     pub transport: Transport,
     pub phase: Phase,
     pub readable: bool,
@@ -73,8 +119,16 @@ pub enum Turn {
 }
 
 impl Conn {
-    pub fn new(transport: Transport, peer: SocketAddr, deadline: Instant) -> Conn {
+    pub fn new(
+        key: usize,
+        serial: u64,
+        transport: Transport,
+        peer: SocketAddr,
+        deadline: Instant,
+    ) -> Conn {
         Conn {
+            key,
+            serial,
             transport,
             phase: Phase::Idle,
             readable: false,
@@ -97,6 +151,11 @@ impl Conn {
                 Phase::Idle => self.step_idle(shared),
                 Phase::Head(buf) => self.step_head(buf, shared),
                 Phase::Write(out) => self.step_write(out, shared),
+                Phase::Body(up) => self.step_body(up, shared),
+                Phase::Waiting(w) => {
+                    self.phase = Phase::Waiting(w);
+                    Ok(false)
+                }
                 Phase::Closed => return Turn::Closed,
             };
             match step {
@@ -201,21 +260,173 @@ impl Conn {
         }
     }
 
-    /// Routes a complete head and queues the answer.
-    fn respond(&mut self, head: Head, leftover: Vec<u8>, shared: &Shared) {
+    /// Routes a complete head: queues the answer, or starts reading a body, or hands a job
+    /// to the worker.
+    fn respond(&mut self, head: Head, mut leftover: Vec<u8>, shared: &Shared) {
         let start = Instant::now();
-        let response = http::route(&shared.site, &head);
-        // A body we do not read would be taken for the next request: answer, then close.
-        let keep_alive = head.keep_alive && head.content_length == 0 && !self.draining;
+        let routed = http::route(&shared.site, &head);
+        let head_only = head.method == Method::Head;
         let log = LogLine {
             method: head.method,
             target: head.target,
-            status: response.status,
+            status: 0,
             bytes: 0,
             start,
         };
-        let head_only = head.method == Method::Head;
-        self.queue_response(response, Some(log), leftover, keep_alive, head_only);
+        let keep_alive = head.keep_alive && !self.draining;
+        let (spool, then) = match routed {
+            Routed::Done(r) => {
+                // A body we do not read would be taken for the next request: answer, close.
+                let keep_alive = keep_alive && head.content_length == 0;
+                self.queue_response(r, Some(log), leftover, keep_alive, head_only);
+                return;
+            }
+            Routed::Job(job) => {
+                self.start_job(job, log, keep_alive, leftover, shared);
+                return;
+            }
+            Routed::AfterBody(job) => (None, Some(job)),
+            Routed::Upload => {
+                let path = crate::registry::temp_path(&shared.spool_dir, "upload");
+                match File::create(&path) {
+                    Ok(f) => (Some((f, path)), None),
+                    Err(e) => {
+                        eprintln!("error: creating an upload file: {e}");
+                        let r = Response::error(
+                            500,
+                            "cannot store the upload; the server log has details",
+                        );
+                        self.queue_response(r, Some(log), Vec::new(), false, false);
+                        return;
+                    }
+                }
+            }
+        };
+        let rest = leftover.split_off((head.content_length.min(leftover.len() as u64)) as usize);
+        let mut up = Box::new(Upload {
+            log,
+            keep_alive,
+            remaining: head.content_length,
+            continue_sent: head.expect_continue.then_some(0),
+            spool,
+            then,
+            leftover: rest,
+        });
+        if !leftover.is_empty() && up.take_body(&leftover).is_err() {
+            self.queue_response(
+                upload_failed(),
+                Some(up.log.clone()),
+                Vec::new(),
+                false,
+                false,
+            );
+            return;
+        }
+        if up.remaining < head.content_length {
+            up.continue_sent = None; // the client sent the body without waiting
+        }
+        self.deadline = Instant::now() + shared.limits.io_timeout();
+        self.phase = Phase::Body(up);
+    }
+
+    fn start_job(
+        &mut self,
+        job: Job,
+        log: LogLine,
+        keep_alive: bool,
+        leftover: Vec<u8>,
+        shared: &Shared,
+    ) {
+        let ticket = Ticket {
+            key: self.key,
+            serial: self.serial,
+            job,
+        };
+        if shared.jobs.send(ticket).is_err() {
+            let r = Response::error(503, "the registry worker is not running");
+            self.queue_response(r, Some(log), Vec::new(), false, false);
+            return;
+        }
+        self.deadline = Instant::now() + JOB_TIMEOUT;
+        self.phase = Phase::Waiting(Box::new(Waiting {
+            log,
+            keep_alive,
+            leftover,
+        }));
+    }
+
+    /// The worker's answer for this connection's request.
+    pub fn finish_job(&mut self, response: Response) {
+        if let Phase::Waiting(w) = std::mem::replace(&mut self.phase, Phase::Closed) {
+            let w = *w;
+            self.queue_response(response, Some(w.log), w.leftover, w.keep_alive, false);
+        }
+    }
+
+    fn step_body(&mut self, mut up: Box<Upload>, shared: &Shared) -> Result<bool, ()> {
+        if let Some(sent) = up.continue_sent {
+            if sent < CONTINUE.len() {
+                if !self.writable {
+                    self.phase = Phase::Body(up);
+                    return Ok(false);
+                }
+                match self
+                    .transport
+                    .write_vectored(&[IoSlice::new(&CONTINUE[sent..])])
+                {
+                    Ok(n) => up.continue_sent = Some(sent + n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Err(()),
+                }
+                self.phase = Phase::Body(up);
+                return Ok(true);
+            }
+        }
+        if up.remaining == 0 {
+            let mut up = up;
+            let job = match up.spool.take() {
+                Some((file, path)) => {
+                    drop(file);
+                    Job::Publish(path)
+                }
+                None => up.then.take().expect("a body without spool has a job"),
+            };
+            let log = up.log.clone();
+            let leftover = std::mem::take(&mut up.leftover);
+            self.start_job(job, log, up.keep_alive, leftover, shared);
+            return Ok(true);
+        }
+        if !self.readable {
+            self.phase = Phase::Body(up);
+            return Ok(false);
+        }
+        let mut buf = [0u8; BODY_CHUNK];
+        let want = (up.remaining.min(BODY_CHUNK as u64)) as usize;
+        match self.transport.read(&mut buf[..want]) {
+            Ok(0) => Err(()), // client gone mid-body: Upload's drop removes the spool file
+            Ok(n) => {
+                if up.take_body(&buf[..n]).is_err() {
+                    let log = up.log.clone();
+                    self.queue_response(upload_failed(), Some(log), Vec::new(), false, false);
+                    return Ok(true);
+                }
+                self.deadline = Instant::now() + shared.limits.io_timeout();
+                self.phase = Phase::Body(up);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.readable = false;
+                self.phase = Phase::Body(up);
+                self.flush_pending()?;
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.phase = Phase::Body(up);
+                Ok(true)
+            }
+            Err(_) => Err(()),
+        }
     }
 
     fn queue(&mut self, r: Response, log: Option<LogLine>, leftover: Vec<u8>, keep_alive: bool) {
@@ -237,6 +448,7 @@ impl Conn {
         }
         if let Some(l) = &mut log {
             l.bytes = r.body.len();
+            l.status = r.status;
         }
         self.phase = Phase::Write(Box::new(Outgoing {
             head,
@@ -305,4 +517,19 @@ impl Conn {
         }
         Ok(true)
     }
+}
+
+impl Upload {
+    /// Takes body bytes: to the spool file, or dropped.
+    fn take_body(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.remaining -= bytes.len() as u64;
+        match &mut self.spool {
+            Some((f, _)) => f.write_all(bytes),
+            None => Ok(()),
+        }
+    }
+}
+
+fn upload_failed() -> Response {
+    Response::error(500, "cannot store the upload; the server log has details")
 }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod conn;
 pub mod transport;
+pub mod worker;
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -31,6 +32,7 @@ use conn::{Conn, Turn};
 use transport::Transport;
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
+const WAKER_TOKEN: Token = Token(usize::MAX - 1);
 const FIRST_LISTENER: usize = usize::MAX - 64;
 /// Accepts per listener event before other work gets a turn.
 const ACCEPT_BUDGET: usize = 64;
@@ -56,6 +58,9 @@ macro_rules! error { ($($a:tt)*) => { log_at(0, format_args!($($a)*)) } }
 pub struct Shared {
     pub site: Site,
     pub limits: Limits,
+    /// Where request bodies are spooled (inside the registry, for atomic renames).
+    pub spool_dir: PathBuf,
+    pub jobs: std::sync::mpsc::Sender<worker::Ticket>,
 }
 
 impl Shared {
@@ -97,6 +102,8 @@ pub struct Server {
     /// Accepting is paused until this instant (EMFILE back-off) or until a slot frees.
     accept_paused: Option<Instant>,
     shutdown_at: Option<Instant>,
+    done: std::sync::mpsc::Receiver<worker::Done>,
+    next_serial: u64,
 }
 
 impl Server {
@@ -160,7 +167,14 @@ impl Server {
                 index_dir: registry.index_dir().to_owned(),
                 crates_dir: registry.crates_dir().to_owned(),
             },
+            registry.settings().max_crate_size,
         );
+        let waker =
+            Arc::new(mio::Waker::new(poll.registry(), WAKER_TOKEN).map_err(|e| e.to_string())?);
+        let url = registry.settings().url.clone();
+        let spool_dir = registry.root().to_owned();
+        let (jobs, done) =
+            worker::spawn(registry, waker).map_err(|e| format!("starting the worker: {e}"))?;
         let mut signals =
             Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
         poll.registry()
@@ -173,10 +187,14 @@ impl Server {
             shared: Shared {
                 site,
                 limits: config.limits,
+                spool_dir,
+                jobs,
             },
             signals,
             config_path,
-            url: registry.settings().url.clone(),
+            url,
+            done,
+            next_serial: 0,
             accept_paused: None,
             shutdown_at: None,
         })
@@ -238,6 +256,18 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.on_signals(),
+                    WAKER_TOKEN => {
+                        while let Ok(d) = self.done.try_recv() {
+                            let Some(conn) = self.conns.get_mut(d.key) else {
+                                continue;
+                            };
+                            if conn.serial != d.serial || closed.contains(&d.key) {
+                                continue;
+                            }
+                            conn.finish_job(d.response);
+                            self.drive(d.key, &mut again, &mut closed);
+                        }
+                    }
                     Token(t) if t >= FIRST_LISTENER => self.accept(t - FIRST_LISTENER),
                     Token(key) => {
                         let Some(conn) = self.conns.get_mut(key) else {
@@ -365,7 +395,8 @@ impl Server {
                 None => Transport::Plain(sock),
             };
             let deadline = Instant::now() + self.shared.limits.head_timeout();
-            entry.insert(Conn::new(transport, peer, deadline));
+            self.next_serial += 1;
+            entry.insert(Conn::new(key, self.next_serial, transport, peer, deadline));
         }
     }
 

@@ -13,6 +13,7 @@ pub mod git;
 pub mod index;
 pub mod metadata;
 pub mod names;
+pub mod search;
 pub mod settings;
 pub mod tarball;
 
@@ -443,6 +444,13 @@ impl Registry {
             let _ = fs::remove_file(&dest);
             return Err(e);
         }
+        let newest = search::max_version(&entries);
+        let described = newest.as_deref() == Some(meta.vers.as_str());
+        self.update_search(
+            &meta.name,
+            &entries,
+            described.then(|| (meta.description.clone(), meta.keywords.clone())),
+        );
         Ok(entry)
     }
 
@@ -531,6 +539,30 @@ impl Registry {
         Ok(())
     }
 
+    /// Refreshes the crate's search line after a write (lock held). The index commit has
+    /// already happened, so a failure here is reported but does not undo the write.
+    fn update_search(
+        &self,
+        name: &str,
+        entries: &[IndexEntry],
+        described: Option<(Option<String>, Vec<String>)>,
+    ) {
+        let line = entries.first().map(|e| search::SearchLine {
+            name: e.name.clone(),
+            max_version: search::max_version(entries).unwrap_or_default(),
+            description: described.as_ref().and_then(|d| d.0.clone()),
+            keywords: described.map(|d| d.1).unwrap_or_default(),
+        });
+        if let Err(e) = search::update(&self.root, name, line) {
+            eprintln!("warning: search data not updated for {name}: {e}");
+        }
+    }
+
+    /// Searches crate names and descriptions (see [`search::search`]).
+    pub fn search(&self, query: &str, per_page: usize) -> Result<search::Found> {
+        search::search(&self.root, query, per_page)
+    }
+
     fn find_version(&self, name: &str, vers: &str) -> Result<(Vec<IndexEntry>, usize)> {
         let wanted = Version::parse(vers).map_err(|e| Error::Invalid(e.to_string()))?;
         let entries = self.entries(name)?;
@@ -555,6 +587,7 @@ impl Registry {
         let verb = if yanked { "Yank" } else { "Unyank" };
         let message = format!("{verb} {} {}", entries[i].name, entries[i].vers);
         self.write_index_file(name, &entries, &message)?;
+        self.update_search(name, &entries, None);
         Ok(true)
     }
 
@@ -582,6 +615,7 @@ impl Registry {
             None => format!("Delete {real} (all versions)"),
         };
         self.write_index_file(name, &kept, &message)?;
+        self.update_search(name, &kept, None);
         for e in &removed {
             let p = self.crate_path(&e.name, &e.vers);
             match fs::remove_file(&p) {

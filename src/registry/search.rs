@@ -1,0 +1,227 @@
+//! Search: one line per crate in `search.jsonl` at the registry root, sorted by canonical
+//! name, holding what `cargo search` shows (name, newest non-yanked version, description)
+//! and keywords. Every write path rewrites the crate's line under the registry lock; a
+//! search streams the file and keeps only one page of hits, never the whole index.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::names::{canonical, Version};
+use super::{index::IndexEntry, temp_path, Context, Result};
+
+pub const SEARCH_FILE: &str = "search.jsonl";
+
+/// One crate as search knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchLine {
+    pub name: String,
+    pub max_version: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub keywords: Vec<String>,
+}
+
+/// What a search returns: one page of hits and the number of all matches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub hits: Vec<SearchLine>,
+    pub total: usize,
+}
+
+pub fn path(root: &Path) -> PathBuf {
+    root.join(SEARCH_FILE)
+}
+
+/// The newest version that is not yanked.
+pub fn max_version(entries: &[IndexEntry]) -> Option<String> {
+    entries
+        .iter()
+        .filter(|e| !e.yanked)
+        .filter_map(|e| Version::parse(&e.vers).ok().map(|v| (v.0, e.vers.clone())))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, s)| s)
+}
+
+/// Rewrites the line for the crate `name` (canonically): removed when `line` is None.
+/// A new line without a description keeps the old line's description and keywords.
+/// Must be called with the registry lock held.
+pub fn update(root: &Path, name: &str, line: Option<SearchLine>) -> Result<()> {
+    let file = path(root);
+    let key = canonical(name);
+    let tmp = temp_path(root, "search");
+    let result = (|| -> io::Result<()> {
+        let mut out = io::BufWriter::new(File::create(&tmp)?);
+        let mut pending = line;
+        let write = |out: &mut io::BufWriter<File>, l: &SearchLine| -> io::Result<()> {
+            serde_json::to_writer(&mut *out, l)?;
+            out.write_all(b"\n")
+        };
+        if let Ok(f) = File::open(&file) {
+            for text in BufReader::new(f).lines() {
+                let text = text?;
+                let Ok(old) = serde_json::from_str::<SearchLine>(&text) else {
+                    continue;
+                };
+                let old_key = canonical(&old.name);
+                if old_key == key {
+                    if let Some(mut new) = pending.take() {
+                        if new.description.is_none() {
+                            new.description = old.description;
+                            new.keywords = old.keywords;
+                        }
+                        write(&mut out, &new)?;
+                    }
+                    continue;
+                }
+                if old_key > key {
+                    if let Some(new) = pending.take() {
+                        write(&mut out, &new)?;
+                    }
+                }
+                write(&mut out, &old)?;
+            }
+        }
+        if let Some(new) = pending.take() {
+            write(&mut out, &new)?;
+        }
+        let f = out.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &file)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.context(|| format!("updating {}", file.display()))
+}
+
+/// Finds crates whose name or description holds every word of `query`, ignoring case and
+/// `-`/`_`. Exact name first, then names starting with the query, then the rest, each by
+/// name. `per_page` hits at most.
+pub fn search(root: &Path, query: &str, per_page: usize) -> Result<Found> {
+    let q = canonical(query.trim());
+    let words: Vec<&str> = q.split_whitespace().collect();
+    let mut exact = Vec::new();
+    let mut prefix = Vec::new();
+    let mut rest = Vec::new();
+    let mut total = 0;
+    let file = path(root);
+    let f = match File::open(&file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Found {
+                hits: Vec::new(),
+                total: 0,
+            })
+        }
+        Err(e) => return Err(e).context(|| format!("reading {}", file.display())),
+    };
+    for text in BufReader::new(f).lines() {
+        let text = text.context(|| format!("reading {}", file.display()))?;
+        let Ok(line) = serde_json::from_str::<SearchLine>(&text) else {
+            continue;
+        };
+        if line.max_version.is_empty() {
+            continue; // every version yanked
+        }
+        let name = canonical(&line.name);
+        let desc = line
+            .description
+            .as_deref()
+            .map(canonical)
+            .unwrap_or_default();
+        let matches = words.iter().all(|w| {
+            name.contains(w) || desc.contains(w) || line.keywords.iter().any(|k| canonical(k) == *w)
+        });
+        if !matches {
+            continue;
+        }
+        total += 1;
+        let bucket = if name == q {
+            &mut exact
+        } else if !q.is_empty() && name.starts_with(&q) {
+            &mut prefix
+        } else {
+            &mut rest
+        };
+        if bucket.len() < per_page {
+            bucket.push(line);
+        }
+    }
+    let hits = exact
+        .into_iter()
+        .chain(prefix)
+        .chain(rest)
+        .take(per_page)
+        .collect();
+    Ok(Found { hits, total })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(name: &str, desc: &str) -> Option<SearchLine> {
+        Some(SearchLine {
+            name: name.into(),
+            max_version: "1.0.0".into(),
+            description: Some(desc.into()),
+            keywords: vec!["kw".into()],
+        })
+    }
+
+    #[test]
+    fn ranking_and_normalization() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for (n, d) in [
+            ("serde_json", "JSON for serde"),
+            ("serde", "Serialization framework"),
+            ("a", "the letter a"),
+            ("ab", "two letters"),
+            ("my-serde-ext", "more"),
+            ("json", "uses serde-json"),
+        ] {
+            update(root, n, line(n, d)).unwrap();
+        }
+        let names = |f: &Found| f.hits.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
+        let f = search(root, "Serde", 10).unwrap();
+        assert_eq!(names(&f), ["serde", "serde_json", "json", "my-serde-ext"]);
+        assert_eq!(f.total, 4);
+        let f = search(root, "serde-json", 10).unwrap();
+        assert_eq!(names(&f), ["serde_json", "json"]);
+        let f = search(root, "a", 1).unwrap();
+        assert_eq!(names(&f), ["a"]);
+        assert!(f.total > 1);
+        assert_eq!(names(&search(root, "ab", 10).unwrap())[0], "ab");
+        assert_eq!(search(root, "kw", 100).unwrap().total, 6);
+        // Removal and replacement keep the file sorted and the description.
+        update(root, "serde", None).unwrap();
+        assert_eq!(names(&search(root, "serde", 10).unwrap())[0], "serde_json");
+        update(
+            root,
+            "serde-json",
+            Some(SearchLine {
+                name: "serde_json".into(),
+                max_version: "2.0.0".into(),
+                description: None,
+                keywords: vec![],
+            }),
+        )
+        .unwrap();
+        let f = search(root, "serde_json", 10).unwrap();
+        assert_eq!(f.hits[0].max_version, "2.0.0");
+        assert_eq!(f.hits[0].description.as_deref(), Some("JSON for serde"));
+        let text = std::fs::read_to_string(path(root)).unwrap();
+        let keys: Vec<String> = text
+            .lines()
+            .map(|l| canonical(&serde_json::from_str::<SearchLine>(l).unwrap().name))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+    }
+}

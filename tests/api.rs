@@ -1,0 +1,597 @@
+//! The web API: the real cargo publishing, yanking and searching against a running server,
+//! and raw requests that must be refused without changing the registry.
+
+mod support;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use palletizer::registry::tarball::testing::simple_crate;
+use support::{show, snapshot, Sandbox, ServerProc};
+
+const TOKEN: &str = "test-token";
+
+fn setup() -> (Sandbox, ServerProc) {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    s.cargo_config(&format!(
+        "[registries.local]\nindex = \"sparse+{}/index/\"\n[net]\nretry = 0\n",
+        srv.url()
+    ));
+    (s, srv)
+}
+
+fn cargo_publish(s: &Sandbox, dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "publish",
+        "--registry",
+        "local",
+        "--allow-dirty",
+        "--no-verify",
+    ];
+    args.extend_from_slice(extra);
+    s.cargo_cmd(dir, &args)
+        .env("CARGO_REGISTRIES_LOCAL_TOKEN", TOKEN)
+        .output()
+        .unwrap()
+}
+
+fn publish_ok(s: &Sandbox, name: &str, version: Option<&str>) {
+    let dir = s.test_crate(name, version);
+    let out = cargo_publish(s, &dir, &[]);
+    assert!(out.status.success(), "publish {name}:\n{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Published"), "{err}");
+}
+
+fn index_line(s: &Sandbox, rel: &str, vers: &str) -> serde_json::Value {
+    let text = fs::read_to_string(s.reg().join("index").join(rel)).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["vers"] == vers)
+        .unwrap_or_else(|| panic!("no {vers} in {rel}"))
+}
+
+fn head_commit(s: &Sandbox) -> String {
+    let repo = git2::Repository::open(s.reg().join("index")).unwrap();
+    let id = repo.head().unwrap().peel_to_commit().unwrap().id();
+    id.to_string()
+}
+
+fn commit_count(s: &Sandbox) -> usize {
+    let repo = git2::Repository::open(s.reg().join("index")).unwrap();
+    let mut walk = repo.revwalk().unwrap();
+    walk.push_head().unwrap();
+    walk.count()
+}
+
+#[test]
+fn cargo_publish_yank_search_end_to_end() {
+    let (s, srv) = setup();
+    for (name, vers) in [
+        ("leaf", "0.1.0"),
+        ("leaf", "0.1.1"),
+        ("ab", "1.0.0"),
+        ("tgt", "0.3.0"),
+        ("devonly", "0.1.0"),
+    ] {
+        publish_ok(&s, name, Some(vers));
+    }
+    publish_ok(&s, "rich", None);
+    let line = index_line(&s, "ri/ch/rich", "0.2.0");
+    let abdep = line["deps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "abdep")
+        .unwrap();
+    assert_eq!(abdep["package"], "ab");
+    assert!(abdep["registry"].is_null());
+    assert_eq!(line["features2"]["extra"], serde_json::json!(["dep:abdep"]));
+    // cargo's post-publish poll found the version at once: one PUT, no repeated polling.
+    let log = srv.log();
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("PUT /api/v1/crates/new 200"))
+            .count(),
+        6,
+        "{log:?}"
+    );
+
+    // A second publish of the same version is refused by cargo itself (it reads the index).
+    let out = cargo_publish(&s, &s.test_crate("ab", None), &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{}",
+        show(&out)
+    );
+
+    // A 5 MiB crate goes through `Expect: 100-continue`.
+    let big = s.test_crate("leaf", Some("0.2.0"));
+    fs::write(big.join("blob.bin"), noise(5 << 20)).unwrap();
+    let out = cargo_publish(&s, &big, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let size = fs::metadata(s.reg().join("crates/leaf/leaf-0.2.0.crate"))
+        .unwrap()
+        .len();
+    assert!(size > 5 << 20, "{size}");
+
+    // Yank and unyank through cargo.
+    let app = s.test_crate("app", None);
+    let yank = |extra: &[&str]| {
+        let mut args = vec!["yank", "--registry", "local", "leaf@0.1.1"];
+        args.extend_from_slice(extra);
+        let out = s
+            .cargo_cmd(&app, &args)
+            .env("CARGO_REGISTRIES_LOCAL_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+    };
+    let etag_before = fs::metadata(s.reg().join("index/le/af/leaf")).unwrap();
+    yank(&[]);
+    assert_eq!(index_line(&s, "le/af/leaf", "0.1.1")["yanked"], true);
+    let etag_after = fs::metadata(s.reg().join("index/le/af/leaf")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(
+        etag_before.ino(),
+        etag_after.ino(),
+        "the file was replaced, so its ETag changed"
+    );
+    let out = s.cargo_ok(&app, &["generate-lockfile"]);
+    let lock = fs::read_to_string(app.join("Cargo.lock")).unwrap();
+    assert!(
+        lock.contains("name = \"leaf\"\nversion = \"0.1.0\""),
+        "{out}\n{lock}"
+    );
+    yank(&["--undo"]);
+    assert_eq!(index_line(&s, "le/af/leaf", "0.1.1")["yanked"], false);
+    s.cargo_ok(&app, &["update", "-p", "leaf"]);
+    let out = s.cargo_ok(&app, &["run", "-q"]);
+    assert!(out.contains("leaf 0.1.1 + ab + tgt"), "{out}");
+
+    // Search: descriptions, the exact name first, and the "and N crates more" line.
+    let out = s.cargo_ok(
+        &app,
+        &["search", "--registry", "local", "leaf", "--limit", "5"],
+    );
+    assert!(out.contains("leaf = \"0.2.0\""), "{out}");
+    assert!(out.contains("# A leaf crate with no dependencies"), "{out}");
+    let out = s.cargo_ok(&app, &["search", "--registry", "local", "", "--limit", "2"]);
+    assert!(out.contains("... and 3 crates more"), "{out}");
+    let out = s.cargo_ok(&app, &["search", "--registry", "local", "ab"]);
+    assert!(
+        out.lines().next().unwrap().starts_with("ab = \"1.0.0\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn dependencies_on_our_registry_and_crates_io() {
+    let (s, _srv) = setup();
+    publish_ok(&s, "leaf", None);
+    // A stand-in for crates.io, so packaging needs no network: cargo still writes the
+    // crates.io index URL for such dependencies.
+    let fake = s.path().join("fake-crates-io");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palletizer"))
+        .args([
+            "-r",
+            fake.to_str().unwrap(),
+            "init",
+            "--url",
+            &format!("file://{}", fake.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let p = s.path().join("cio-1.0.0.crate");
+    fs::write(&p, simple_crate("cio", "1.0.0", &[])).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palletizer"))
+        .args(["-r", fake.to_str().unwrap(), "add", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let cfg = fs::read_to_string(s.cargo_home().join("config.toml")).unwrap();
+    s.cargo_config(&format!(
+        "{cfg}[source.crates-io]\nreplace-with = \"fake\"\n[source.fake]\nregistry = \"file://{}/index\"\n",
+        fake.display()
+    ));
+    let dir = s.path().join("mixed");
+    fs::create_dir_all(dir.join("src")).unwrap();
+    fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"mixed\"\nversion = \"0.1.0\"\nedition = \"2021\"\ndescription = \"ours and theirs\"\nlicense = \"MIT\"\n\n\
+[dependencies]\nleaf = { version = \"0.1\", registry = \"local\" }\ncio = \"1\"\n",
+    )
+    .unwrap();
+    fs::write(dir.join("src/lib.rs"), "").unwrap();
+    let out = cargo_publish(&s, &dir, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let line = index_line(&s, "mi/xe/mixed", "0.1.0");
+    let deps = line["deps"].as_array().unwrap();
+    let dep = |n: &str| deps.iter().find(|d| d["name"] == n).unwrap().clone();
+    assert!(dep("leaf")["registry"].is_null(), "{line}");
+    assert_eq!(
+        dep("cio")["registry"],
+        "https://github.com/rust-lang/crates.io-index",
+        "{line}"
+    );
+}
+
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A publish body: `u32 json_len | json | u32 crate_len | crate`.
+fn framing(json: &[u8], krate: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    b.extend_from_slice(json);
+    b.extend_from_slice(&(krate.len() as u32).to_le_bytes());
+    b.extend_from_slice(krate);
+    b
+}
+
+fn meta(name: &str, vers: &str, deps: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "name": name, "vers": vers, "deps": deps, "features": {}, "authors": [],
+        "description": "d", "documentation": null, "homepage": null, "readme": null,
+        "readme_file": null, "keywords": [], "categories": [], "license": "MIT",
+        "license_file": null, "repository": null, "badges": {}, "links": null, "rust_version": null
+    }))
+    .unwrap()
+}
+
+/// Sends a raw publish and returns (status, body).
+fn raw_publish(addr: &str, body: &[u8]) -> (u16, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(body).unwrap();
+    read_one(&mut c)
+}
+
+fn read_one(c: &mut TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(len)) = r.parse(&buf) {
+            let code = r.code.unwrap();
+            let clen: usize = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |h| {
+                    std::str::from_utf8(h.value).unwrap().parse().unwrap()
+                });
+            if buf.len() >= len + clen {
+                return (
+                    code,
+                    String::from_utf8_lossy(&buf[len..len + clen]).into_owned(),
+                );
+            }
+        }
+        let n = c.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn bad_publishes_are_refused_and_change_nothing() {
+    let (s, srv) = setup();
+    let good = simple_crate("foo-bar", "1.0.0", &[]);
+    let (st, body) = raw_publish(
+        srv.addr(),
+        &framing(&meta("foo-bar", "1.0.0", serde_json::json!([])), &good),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"warnings\""));
+    let before = snapshot(&s.reg());
+    let head = head_commit(&s);
+
+    let other = simple_crate("other", "1.0.0", &[]);
+    let mut truncated = framing(&meta("other", "1.0.0", serde_json::json!([])), &other);
+    truncated.truncate(truncated.len() - 10);
+    let mut beyond = framing(&meta("other", "1.0.0", serde_json::json!([])), &other);
+    let json_len = meta("other", "1.0.0", serde_json::json!([])).len();
+    beyond[4 + json_len..8 + json_len].copy_from_slice(&(other.len() as u32 + 100).to_le_bytes());
+    let mut json_beyond = framing(b"{}", b"");
+    json_beyond[..4].copy_from_slice(&1000u32.to_le_bytes());
+    let dep = |registry: &str| {
+        serde_json::json!([{ "name": "x", "version_req": "^1", "features": [], "optional": false,
+            "default_features": true, "target": null, "kind": "normal", "registry": registry }])
+    };
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("truncated framing", truncated, 400, "goes beyond the body"),
+        (
+            "crate length beyond body",
+            beyond,
+            400,
+            "goes beyond the body",
+        ),
+        (
+            "json length beyond body",
+            json_beyond,
+            400,
+            "metadata length goes beyond",
+        ),
+        ("tiny body", vec![1, 2], 400, "truncated"),
+        (
+            "invalid json",
+            framing(b"{not json", &other),
+            400,
+            "invalid JSON metadata",
+        ),
+        (
+            "name mismatch",
+            framing(&meta("another", "1.0.0", serde_json::json!([])), &other),
+            400,
+            "Cargo.toml says other 1.0.0",
+        ),
+        (
+            "version mismatch",
+            framing(&meta("other", "1.0.1", serde_json::json!([])), &other),
+            400,
+            "Cargo.toml says other 1.0.0",
+        ),
+        (
+            "invalid name",
+            framing(
+                &meta("9bad", "1.0.0", serde_json::json!([])),
+                &simple_crate("9bad", "1.0.0", &[]),
+            ),
+            400,
+            "must start with an ASCII letter",
+        ),
+        (
+            "reserved name",
+            framing(
+                &meta("std", "1.0.0", serde_json::json!([])),
+                &simple_crate("std", "1.0.0", &[]),
+            ),
+            400,
+            "reserved",
+        ),
+        (
+            "existing version",
+            framing(&meta("foo-bar", "1.0.0", serde_json::json!([])), &good),
+            409,
+            "already uploaded",
+        ),
+        (
+            "build metadata",
+            framing(
+                &meta("foo-bar", "1.0.0+meta", serde_json::json!([])),
+                &simple_crate("foo-bar", "1.0.0+meta", &[]),
+            ),
+            409,
+            "already uploaded",
+        ),
+        (
+            "canonical collision",
+            framing(
+                &meta("Foo_Bar", "2.0.0", serde_json::json!([])),
+                &simple_crate("Foo_Bar", "2.0.0", &[]),
+            ),
+            409,
+            "too similar",
+        ),
+        (
+            "registry not allowed",
+            framing(
+                &meta("other", "1.0.0", dep("sparse+https://evil.example/index/")),
+                &other,
+            ),
+            400,
+            "does not allow",
+        ),
+        (
+            "corrupt tarball",
+            framing(
+                &meta("other", "1.0.0", serde_json::json!([])),
+                b"\x1f\x8bnope",
+            ),
+            400,
+            "not a valid gzip",
+        ),
+    ];
+    for (what, body, status, detail) in cases {
+        let (st, text) = raw_publish(srv.addr(), &body);
+        assert_eq!(st, status, "{what}: {text}");
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: {text}"));
+        let d = v["errors"][0]["detail"].as_str().unwrap();
+        assert!(d.contains(detail), "{what}: {d}");
+        assert!(
+            !d.contains(s.path().to_str().unwrap()),
+            "{what}: path leaked: {d}"
+        );
+        assert_eq!(head_commit(&s), head, "{what} committed");
+        assert!(snapshot(&s.reg()) == before, "{what} changed the registry");
+    }
+
+    // Over the limit: refused from the head alone, before `100 Continue` and the body.
+    let mut c = TcpStream::connect(srv.addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let (st, text) = read_one(&mut c);
+    assert_eq!(st, 413);
+    assert!(text.contains("max upload size is: "), "{text}");
+
+    // A client that asks for `100 Continue` gets it before sending the body.
+    let body = framing(
+        &meta("cont", "1.0.0", serde_json::json!([])),
+        &simple_crate("cont", "1.0.0", &[]),
+    );
+    let mut c = TcpStream::connect(srv.addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    c.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    c.write_all(&body).unwrap();
+    assert_eq!(read_one(&mut c).0, 200);
+
+    // A client that disconnects mid-body leaves no file behind.
+    let before = snapshot(&s.reg());
+    let mut c = TcpStream::connect(srv.addr()).unwrap();
+    c.write_all(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    c.write_all(&[0u8; 5000]).unwrap();
+    let spooled = || {
+        fs::read_dir(s.reg())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".tmp-")
+            })
+            .count()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while spooled() == 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(spooled(), 1, "the body is spooled to a temp file");
+    drop(c);
+    while spooled() > 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(spooled(), 0, "temp file removed");
+    assert!(snapshot(&s.reg()) == before);
+}
+
+#[test]
+fn api_errors_are_cargo_readable() {
+    let (_s, srv) = setup();
+    let req = |raw: &str| {
+        let mut c = TcpStream::connect(srv.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(raw.as_bytes()).unwrap();
+        read_one(&mut c)
+    };
+    for (raw, status) in [
+        (
+            "DELETE /api/v1/crates/nope/1.0.0/yank HTTP/1.1\r\nHost: x\r\n\r\n",
+            404,
+        ),
+        (
+            "PUT /api/v1/crates/nope/1.0.0/unyank HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            404,
+        ),
+        (
+            "DELETE /api/v1/crates/nope/x.y/yank HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+        ),
+        (
+            "GET /api/v1/crates/nope/1.0.0/yank HTTP/1.1\r\nHost: x\r\n\r\n",
+            405,
+        ),
+        (
+            "GET /api/v1/crates?q=x&per_page=zero HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+        ),
+        ("GET /api/v1/nothing HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    ] {
+        let (st, body) = req(raw);
+        assert_eq!(st, status, "{raw}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["errors"][0]["detail"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{body}"
+        );
+    }
+    let (st, body) = req("GET /api/v1/crates?q=anything HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(st, 200);
+    assert_eq!(body.trim(), r#"{"crates":[],"meta":{"total":0}}"#);
+}
+
+#[test]
+fn twenty_concurrent_publishes_all_land() {
+    let (s, srv) = setup();
+    let before = commit_count(&s);
+    let dirs: Vec<_> = (0..20)
+        .map(|i| {
+            let dir = s.path().join(format!("c{i}"));
+            fs::create_dir_all(dir.join("src")).unwrap();
+            fs::write(
+                dir.join("Cargo.toml"),
+                format!("[package]\nname = \"conc{i}\"\nversion = \"0.1.0\"\nedition = \"2021\"\ndescription = \"c\"\nlicense = \"MIT\"\n"),
+            )
+            .unwrap();
+            fs::write(dir.join("src/lib.rs"), "").unwrap();
+            dir
+        })
+        .collect();
+    let children: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            s.cargo_cmd(
+                d,
+                &[
+                    "publish",
+                    "--registry",
+                    "local",
+                    "--allow-dirty",
+                    "--no-verify",
+                ],
+            )
+            .env("CARGO_REGISTRIES_LOCAL_TOKEN", TOKEN)
+            .env("CARGO_TARGET_DIR", d.join("target"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    // Index reads keep being answered while the publishes run.
+    let mut answered = 0;
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(srv.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        if read_one(&mut c).0 == 200 {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 20);
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    assert_eq!(commit_count(&s) - before, 20);
+    for i in 0..20 {
+        assert_eq!(
+            index_line(&s, &format!("co/nc/conc{i}"), "0.1.0")["yanked"],
+            false
+        );
+    }
+}
