@@ -593,3 +593,27 @@ fn real_cargo_over_sparse_https() {
     );
     let _ = cert;
 }
+
+#[test]
+fn start_repairs_what_a_crash_left() {
+    let s = Sandbox::new();
+    drop(s.serve(&[])); // creates the registry
+    add_crate(&s, "foo", "1.0.0");
+    let f = s.reg().join("index/3/f/foo");
+    let edited = fs::read_to_string(&f)
+        .unwrap()
+        .replace("\"yanked\":false", "\"yanked\":true");
+    fs::write(&f, edited).unwrap();
+    let stale = s.reg().join("crates/.tmp-4000000000-0-upload.crate");
+    fs::write(&stale, b"half").unwrap();
+    let srv = s.serve(&[]);
+    assert!(!stale.exists(), "stale temp file removed");
+    let repo = git2::Repository::open(s.reg().join("index")).unwrap();
+    let head = repo.head().unwrap().peel_to_commit().unwrap();
+    assert_eq!(
+        head.summary().unwrap(),
+        Some("Commit index changes left uncommitted")
+    );
+    let r = get(srv.addr(), "/index/3/f/foo");
+    assert!(String::from_utf8_lossy(&r.body).contains("\"yanked\":true"));
+}

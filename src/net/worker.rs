@@ -34,7 +34,7 @@ pub fn spawn(
     let (done_tx, done_rx) = channel::<Done>();
     std::thread::Builder::new()
         .name("registry-worker".into())
-        .stack_size(256 * 1024)
+        .stack_size(1024 * 1024)
         .spawn(move || {
             for t in job_rx {
                 let response = catch_unwind(AssertUnwindSafe(|| api::run(&reg, t.job)))
