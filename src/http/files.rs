@@ -9,6 +9,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::request::{percent_decode, Head};
@@ -35,26 +36,62 @@ pub fn safe_relative(raw: &str) -> Result<String, u16> {
     Ok(path)
 }
 
-/// Opens `base/rel` refusing symlinks anywhere below `base`.
-fn open_beneath(base: &Path, rel: &str) -> io::Result<(File, fs::Metadata)> {
-    let mut dir = base.to_path_buf();
-    let segments: Vec<&str> = rel.split('/').collect();
-    for seg in &segments[..segments.len() - 1] {
-        dir.push(seg);
-        if !fs::symlink_metadata(&dir)?.is_dir() {
-            return Err(io::ErrorKind::NotFound.into());
-        }
-    }
-    dir.push(segments[segments.len() - 1]);
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&dir)?;
+/// Opens `rel` inside `tree`, following no symlink anywhere below the tree's root.
+fn open_beneath(tree: &Tree, rel: &str) -> io::Result<(File, fs::Metadata)> {
+    let file = match &tree.dir {
+        Some(dir) => match openat2_beneath(dir, rel) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => open_checked(&tree.path, rel)?,
+            other => other?,
+        },
+        None => open_checked(&tree.path, rel)?,
+    };
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::ErrorKind::NotFound.into());
     }
     Ok((file, meta))
+}
+
+/// One `openat2` call: the kernel refuses symlinks and escapes (Linux 5.6 and later).
+fn openat2_beneath(dir: &File, rel: &str) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let path = std::ffi::CString::new(rel).map_err(|_| io::Error::from(io::ErrorKind::NotFound))?;
+    // SAFETY: open_how is plain integers; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: valid dirfd, NUL-terminated path, and an open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; File takes sole ownership.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
+/// The portable road: lstat each directory below `base`, then open with O_NOFOLLOW.
+fn open_checked(base: &Path, rel: &str) -> io::Result<File> {
+    let mut path = base.to_path_buf();
+    let segments: Vec<&str> = rel.split('/').collect();
+    for seg in &segments[..segments.len() - 1] {
+        path.push(seg);
+        if !fs::symlink_metadata(&path)?.is_dir() {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+    }
+    path.push(segments[segments.len() - 1]);
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
 }
 
 /// A strong validator from the inode, size and modification time: every write to the
@@ -101,11 +138,11 @@ fn not_found(what: &str) -> Response {
 }
 
 /// Serves a file of the index tree (`config.json` or a crate's file).
-pub fn index_file(index_dir: &Path, rel: &str, head: &Head) -> Response {
+pub fn index_file(index: &Tree, rel: &str, head: &Head) -> Response {
     if rel.starts_with(".git") || rel.split('/').any(|s| s.starts_with('.')) {
         return not_found("index file");
     }
-    let Ok((mut file, meta)) = open_beneath(index_dir, rel) else {
+    let Ok((mut file, meta)) = open_beneath(index, rel) else {
         return not_found("index file");
     };
     if meta.len() > MAX_INDEX_FILE {
@@ -121,8 +158,9 @@ pub fn index_file(index_dir: &Path, rel: &str, head: &Head) -> Response {
     if not_modified(head, &tag, mtime) {
         return validators(Response::new(304), &tag, mtime);
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    if file.read_to_end(&mut bytes).is_err() {
+    // Files are replaced by rename, never rewritten in place: the open file keeps its length.
+    let mut bytes = vec![0; meta.len() as usize];
+    if file.read_exact(&mut bytes).is_err() {
         return Response::error(500, "could not read the index file");
     }
     let r = Response::new(200)
@@ -132,11 +170,11 @@ pub fn index_file(index_dir: &Path, rel: &str, head: &Head) -> Response {
 }
 
 /// Serves a crate file through mmap windows.
-pub fn crate_file(crates_dir: &Path, rel: &str, head: &Head) -> Response {
+pub fn crate_file(crates: &Tree, rel: &str, head: &Head) -> Response {
     if !rel.ends_with(".crate") || rel.split('/').any(|s| s.starts_with('.')) {
         return not_found("crate file");
     }
-    let Ok((file, meta)) = open_beneath(crates_dir, rel) else {
+    let Ok((file, meta)) = open_beneath(crates, rel) else {
         return not_found("crate file");
     };
     let tag = etag(&meta);
@@ -150,11 +188,34 @@ pub fn crate_file(crates_dir: &Path, rel: &str, head: &Head) -> Response {
     validators(r, &tag, mtime)
 }
 
-/// Where a served tree lives, for the router.
+/// A served directory, with a descriptor kept open for `openat2`.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    pub path: PathBuf,
+    dir: Option<Arc<File>>,
+}
+
+impl Tree {
+    pub fn new(path: PathBuf) -> Tree {
+        let dir = File::open(&path).ok().map(Arc::new);
+        Tree { path, dir }
+    }
+}
+
+/// Where the served trees live, for the router.
 #[derive(Debug, Clone)]
 pub struct Trees {
-    pub index_dir: PathBuf,
-    pub crates_dir: PathBuf,
+    pub index: Tree,
+    pub crates: Tree,
+}
+
+impl Trees {
+    pub fn new(index_dir: PathBuf, crates_dir: PathBuf) -> Trees {
+        Trees {
+            index: Tree::new(index_dir),
+            crates: Tree::new(crates_dir),
+        }
+    }
 }
 
 #[cfg(test)]

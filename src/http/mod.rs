@@ -69,8 +69,8 @@ fn route_files(path: &str, head: &Head, site: &Site) -> Response {
         Err(status) => return Response::error(status, "invalid path"),
     };
     match tree {
-        "index" => files::index_file(&site.trees.index_dir, &rel, head),
-        _ => files::crate_file(&site.trees.crates_dir, &rel, head),
+        "index" => files::index_file(&site.trees.index, &rel, head),
+        _ => files::crate_file(&site.trees.crates, &rel, head),
     }
 }
 
@@ -80,10 +80,7 @@ mod tests {
 
     #[test]
     fn base_path_from_url() {
-        let t = Trees {
-            index_dir: "/i".into(),
-            crates_dir: "/c".into(),
-        };
+        let t = Trees::new("/i".into(), "/c".into());
         assert_eq!(Site::new("http://h:1", t.clone(), 0).base_path, "");
         assert_eq!(Site::new("https://h/reg/", t.clone(), 0).base_path, "/reg");
         assert_eq!(Site::new("file:///tmp/reg", t, 0).base_path, "/tmp/reg");

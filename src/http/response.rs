@@ -101,7 +101,14 @@ impl BodyCursor {
                     // SAFETY: crate files are written once under a temp name and renamed into
                     // place; nothing writes to or truncates them afterwards (delete unlinks,
                     // which keeps the mapped inode alive).
-                    let map = unsafe { MmapOptions::new().offset(start).len(len).map(&f.file)? };
+                    // Populated up front: one call instead of a page fault per few pages.
+                    let map = unsafe {
+                        MmapOptions::new()
+                            .offset(start)
+                            .len(len)
+                            .populate()
+                            .map(&f.file)?
+                    };
                     f.window = Some((start, map));
                 }
                 let (start, map) = f.window.as_ref().expect("window just mapped");

@@ -175,6 +175,15 @@ impl Conn {
         }
     }
 
+    /// A plain TCP read that returned less than asked for emptied the socket buffer: no
+    /// need for another read to see `WouldBlock` (new data brings a new edge). Saves a
+    /// system call per request. TLS keeps reading, as rustls may hold decrypted bytes.
+    fn note_short_read(&mut self, n: usize, asked: usize) {
+        if n < asked && matches!(self.transport, Transport::Plain(_)) {
+            self.readable = false;
+        }
+    }
+
     /// Flushes TLS records left over (handshake, alerts) when the socket allows.
     fn flush_pending(&mut self) -> Result<(), ()> {
         if self.writable && self.transport.has_pending_output() {
@@ -203,6 +212,7 @@ impl Conn {
         match self.transport.read(&mut stack) {
             Ok(0) => Err(()),
             Ok(n) => {
+                self.note_short_read(n, READ_CHUNK);
                 self.deadline = Instant::now() + shared.limits.head_timeout();
                 self.phase = Phase::Head(stack[..n].to_vec());
                 Ok(true)
@@ -241,6 +251,7 @@ impl Conn {
             Ok(0) => Err(()),
             Ok(n) => {
                 buf.truncate(len + n);
+                self.note_short_read(n, READ_CHUNK);
                 self.phase = Phase::Head(buf);
                 Ok(true)
             }

@@ -164,10 +164,10 @@ impl Server {
         };
         let site = Site::new(
             &registry.settings().url,
-            Trees {
-                index_dir: registry.index_dir().to_owned(),
-                crates_dir: registry.crates_dir().to_owned(),
-            },
+            Trees::new(
+                registry.index_dir().to_owned(),
+                registry.crates_dir().to_owned(),
+            ),
             registry.settings().max_crate_size,
         );
         let waker =
@@ -458,6 +458,25 @@ impl Server {
     }
 }
 
+/// Lifts the soft limit on open files so `max_connections` sockets (plus the listeners,
+/// files being served and the worker's) fit, as far as the hard limit allows.
+fn raise_fd_limit(max_connections: usize) {
+    let want = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    // SAFETY: getrlimit/setrlimit on this process with an initialized struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < want {
+            r.rlim_cur = want.min(r.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 /// Runs the registry's crash recovery (temp files, uncommitted index edits) in a short-lived
 /// child process, so that the long-running server does not keep libgit2's repair code
 /// mapped (about 1 MiB of resident memory on an idle server). Called before any thread
@@ -498,6 +517,7 @@ pub fn serve(
     config_path: Option<PathBuf>,
     create: bool,
 ) -> Result<(), String> {
+    raise_fd_limit(config.limits.max_connections);
     let server = Server::bind(config, config_path, create)?;
     for (addr, tls) in server.local_addrs() {
         let scheme = if tls { "https" } else { "http" };
