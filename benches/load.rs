@@ -291,16 +291,27 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_port(port: u16) -> Duration {
+/// Waits until the server answers an HTTP request (a bound port alone accepts into the
+/// kernel's queue before the server is ready).
+fn wait_ready(port: u16) {
     let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            if s.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+                .is_ok()
+            {
+                let mut b = [0u8; 12];
+                if s.read_exact(&mut b).is_ok() && &b[9..12] == b"200" {
+                    return;
+                }
+            }
+        }
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "server on {port} did not start"
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    start.elapsed()
 }
 
 fn start_palletizer(bin: &str, root: &Path, dir: &Path, port: u16) -> Child {
