@@ -49,7 +49,7 @@ fn main() {
     let lua = work.path().join("roundrobin.lua");
     fs::write(&lua, LUA).unwrap();
 
-    let mut systems: Vec<(&str, Box<dyn Fn(u16) -> Child>)> = Vec::new();
+    let mut systems: Vec<(&str, Starter)> = Vec::new();
     let server_bin = std::env::var("BENCH_SERVER")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_palletizer-server").into());
     let root_p = root.clone();
@@ -154,6 +154,9 @@ fn main() {
     fs::write(&out, &md).unwrap();
     eprintln!("written to {out}");
 }
+
+/// Starts a system under test on a port.
+type Starter = Box<dyn Fn(u16) -> Child>;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
