@@ -1,17 +1,18 @@
-//! The cargo web API under `{api}/api/v1`: routing, and the jobs that run on the registry
-//! worker thread (publish, yank, unyank, search).
+//! The cargo web API under `{api}/api/v1` and the git smart HTTP endpoints under the index:
+//! routing, and the jobs that run on the registry worker thread (publish, yank, unyank,
+//! search, git ref advertisement and upload-pack).
 //!
 //! Every failure is `{"errors":[{"detail":"..."}]}` with a 4xx/5xx status: cargo prints the
 //! details, and panics on `{"ok":false}`, so that shape is never sent. Messages name crates
 //! and versions, never filesystem paths.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use super::request::{percent_decode, query_param, Head, Method};
-use super::response::Response;
-use crate::registry::{self, PublishMetadata, Registry};
+use super::response::{Body, FileBody, Response};
+use crate::registry::{self, gitpack, PublishMetadata, Registry};
 
 /// Largest JSON part of a publish (crates.io's limit).
 pub const MAX_METADATA: u64 = 1 << 20;
@@ -21,11 +22,21 @@ pub const MAX_SMALL_BODY: u64 = 64 * 1024;
 const DEFAULT_PER_PAGE: usize = 10;
 const MAX_PER_PAGE: usize = 100;
 
+/// Largest git upload-pack request accepted (libgit2 sends at most 256 haves per round).
+pub const MAX_GIT_REQUEST: u64 = 1 << 20;
+
 /// Work for the registry worker thread.
 #[derive(Debug)]
 pub enum Job {
     /// A publish body spooled to this file (removed by the job).
     Publish(PathBuf),
+    /// The index repository's ref advertisement.
+    GitRefs,
+    /// A git upload-pack request body spooled to this file (removed by the job).
+    GitUploadPack {
+        body: PathBuf,
+        gzip: bool,
+    },
     Yank {
         name: String,
         vers: String,
@@ -43,14 +54,71 @@ pub enum Routed {
     Done(Response),
     /// Run now: no body to read.
     Job(Job),
-    /// Spool the body to a file, then run `Job::Publish` with it.
-    Upload,
+    /// Spool the body to a file, then run the job made from it.
+    Upload(Spooled),
     /// Read and drop a small body, then run the job.
     AfterBody(Job),
 }
 
 fn decode(seg: &str) -> Option<String> {
     percent_decode(seg).and_then(|b| String::from_utf8(b).ok())
+}
+
+/// What a spooled body becomes once it is complete.
+#[derive(Debug, Clone, Copy)]
+pub enum Spooled {
+    Publish,
+    GitUploadPack { gzip: bool },
+}
+
+impl Spooled {
+    pub fn job(self, body: PathBuf) -> Job {
+        match self {
+            Spooled::Publish => Job::Publish(body),
+            Spooled::GitUploadPack { gzip } => Job::GitUploadPack { body, gzip },
+        }
+    }
+}
+
+/// Routes the git smart HTTP endpoints below the index (`rest` follows `/index/`).
+/// `None`: not a git endpoint.
+pub fn route_git(rest: &str, head: &Head) -> Option<Routed> {
+    match rest {
+        "info/refs" => Some(match head.method {
+            Method::Get | Method::Head => {
+                let service = head.query().and_then(|q| query_param(q, "service"));
+                if service.as_deref() == Some("git-upload-pack") {
+                    Routed::Job(Job::GitRefs)
+                } else {
+                    // Dumb HTTP would need the object store exposed; only smart HTTP is served.
+                    Routed::Done(Response::error(
+                        403,
+                        "only git smart HTTP (git-upload-pack) is served",
+                    ))
+                }
+            }
+            _ => Routed::Done(Response::error(405, "use GET here").header("Allow", "GET, HEAD")),
+        }),
+        "git-upload-pack" => Some(match head.method {
+            Method::Post if head.content_length == 0 => {
+                Routed::Done(Response::error(400, "upload-pack request has no body"))
+            }
+            Method::Post if head.content_length > MAX_GIT_REQUEST => {
+                Routed::Done(Response::error(413, "upload-pack request too large"))
+            }
+            Method::Post => match head.content_encoding.as_deref() {
+                None | Some("identity") => Routed::Upload(Spooled::GitUploadPack { gzip: false }),
+                Some("gzip" | "x-gzip") => Routed::Upload(Spooled::GitUploadPack { gzip: true }),
+                Some(_) => Routed::Done(Response::error(415, "unsupported Content-Encoding")),
+            },
+            _ => Routed::Done(Response::error(405, "use POST here").header("Allow", "POST")),
+        }),
+        "git-receive-pack" => Some(Routed::Done(Response::error(
+            403,
+            "pushing to the index is not allowed",
+        ))),
+        _ => None,
+    }
 }
 
 /// Routes `path` (the part after `/api/v1`).
@@ -69,7 +137,7 @@ pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
                 let detail = format!("max upload size is: {max_upload}");
                 return Routed::Done(Response::error(413, &detail));
             }
-            Routed::Upload
+            Routed::Upload(Spooled::Publish)
         }
         (_, ["crates", "new"]) => allow("PUT"),
         (Method::Get, ["crates"]) => {
@@ -122,6 +190,21 @@ pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
 /// Runs a job against the registry and renders its answer.
 pub fn run(reg: &Registry, job: Job) -> Response {
     match job {
+        Job::GitRefs => match gitpack::advertise(reg.index_dir()) {
+            Ok(bytes) => Response::new(200)
+                .header(
+                    "Content-Type",
+                    "application/x-git-upload-pack-advertisement",
+                )
+                .header("Cache-Control", "no-cache")
+                .body(Body::Bytes(bytes)),
+            Err(e) => git_error(e),
+        },
+        Job::GitUploadPack { body, gzip } => {
+            let r = upload_pack(reg, &body, gzip);
+            let _ = std::fs::remove_file(&body);
+            r
+        }
         Job::Publish(path) => {
             let r = publish(reg, &path);
             let _ = std::fs::remove_file(&path);
@@ -152,6 +235,55 @@ pub fn run(reg: &Registry, job: Job) -> Response {
             Err(e) => registry_error(e),
         },
     }
+}
+
+fn git_error(e: gitpack::GitError) -> Response {
+    match e {
+        gitpack::GitError::BadRequest(m) => Response::error(400, &m),
+        e => {
+            eprintln!("error: git: {e}");
+            Response::error(500, "internal error while reading the index repository")
+        }
+    }
+}
+
+/// Runs upload-pack on a spooled request; the answer goes to a temp file that is unlinked
+/// once open, then sent through the file body (small answers are read into memory).
+fn upload_pack(reg: &Registry, path: &std::path::Path, gzip: bool) -> Response {
+    let mut raw = Vec::new();
+    let read = File::open(path).and_then(|f| {
+        if gzip {
+            flate2::read::GzDecoder::new(f)
+                .take(MAX_GIT_REQUEST * 8)
+                .read_to_end(&mut raw)
+        } else {
+            f.take(MAX_GIT_REQUEST).read_to_end(&mut raw)
+        }
+    });
+    if read.is_err() {
+        return Response::error(400, "unreadable upload-pack request body");
+    }
+    let out_path = registry::temp_path(reg.root(), "git-pack");
+    let result = (|| -> Result<File, gitpack::GitError> {
+        let mut out = std::io::BufWriter::new(File::create(&out_path)?);
+        gitpack::upload_pack(reg.index_dir(), &raw, &mut out)?;
+        out.flush()?;
+        Ok(File::open(&out_path)?)
+    })();
+    let _ = std::fs::remove_file(&out_path);
+    let file = match result {
+        Ok(f) => f,
+        Err(e) => return git_error(e),
+    };
+    let len = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(_) => return Response::error(500, "internal error while building the pack"),
+    };
+    // The file was written completely before being mapped and is unlinked: nothing changes it.
+    Response::new(200)
+        .header("Content-Type", "application/x-git-upload-pack-result")
+        .header("Cache-Control", "no-cache")
+        .body(Body::File(FileBody::new(file, len)))
 }
 
 /// Maps a registry error to a status and a message for the client. Internal errors are

@@ -49,6 +49,12 @@ pub fn route(site: &Site, head: &Head) -> Routed {
     if let Some(api) = path.strip_prefix("/api/v1/") {
         return api::route(api, head, site.max_upload);
     }
+    if let Some(git) = path
+        .strip_prefix("/index/")
+        .and_then(|rest| api::route_git(rest, head))
+    {
+        return git;
+    }
     Routed::Done(route_files(path, head, site))
 }
 

@@ -48,6 +48,7 @@ pub struct Head {
     pub if_modified_since: Option<String>,
     pub authorization: Option<String>,
     pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
     /// Bytes of the buffer the head took, body excluded.
     pub len: usize,
 }
@@ -116,6 +117,7 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<Head>, ParseError> {
         if_modified_since: None,
         authorization: None,
         content_type: None,
+        content_encoding: None,
         len,
     };
     let mut seen_length = false;
@@ -161,6 +163,8 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<Head>, ParseError> {
             head.authorization = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("content-type") {
             head.content_type = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("content-encoding") {
+            head.content_encoding = Some(value.to_ascii_lowercase());
         }
         // Upgrade: h2c and HTTP2-Settings are ignored: the answer is plain HTTP/1.1.
     }

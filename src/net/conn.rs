@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::http::api::Spooled;
 use crate::http::{self, request, Body, BodyCursor, Head, Job, Method, Response, Routed};
 
 use super::transport::Transport;
@@ -61,8 +62,8 @@ pub struct Upload {
     remaining: u64,
     /// Bytes of `100 Continue` already sent (None: not asked for).
     continue_sent: Option<usize>,
-    /// The spool file for a publish; None: the body is read and dropped.
-    spool: Option<(File, PathBuf)>,
+    /// The spool file and what it becomes; None: the body is read and dropped.
+    spool: Option<(File, PathBuf, Spooled)>,
     then: Option<Job>,
     leftover: Vec<u8>,
 }
@@ -70,7 +71,7 @@ pub struct Upload {
 impl Drop for Upload {
     fn drop(&mut self) {
         // A body never handed to the worker (client gone, timeout) leaves no file behind.
-        if let Some((_, path)) = self.spool.take() {
+        if let Some((_, path, _)) = self.spool.take() {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -297,10 +298,10 @@ impl Conn {
                 return;
             }
             Routed::AfterBody(job) => (None, Some(job)),
-            Routed::Upload => {
+            Routed::Upload(kind) => {
                 let path = crate::registry::temp_path(&shared.spool_dir, "upload");
                 match File::create(&path) {
-                    Ok(f) => (Some((f, path)), None),
+                    Ok(f) => (Some((f, path, kind)), None),
                     Err(e) => {
                         eprintln!("error: creating an upload file: {e}");
                         let r = Response::error(
@@ -397,9 +398,9 @@ impl Conn {
         if up.remaining == 0 {
             let mut up = up;
             let job = match up.spool.take() {
-                Some((file, path)) => {
+                Some((file, path, kind)) => {
                     drop(file);
-                    Job::Publish(path)
+                    kind.job(path)
                 }
                 None => up.then.take().expect("a body without spool has a job"),
             };
@@ -535,7 +536,7 @@ impl Upload {
     fn take_body(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.remaining -= bytes.len() as u64;
         match &mut self.spool {
-            Some((f, _)) => f.write_all(bytes),
+            Some((f, _, _)) => f.write_all(bytes),
             None => Ok(()),
         }
     }

@@ -528,6 +528,9 @@ pub fn serve(
         "Point cargo at this registry with, in .cargo/config.toml:\n\n\
          [registries.palletizer]\n\
          index = \"sparse+{url}/index/\"\n\n\
+         or, for a cargo older than 1.68 (git index over smart HTTP):\n\n\
+         [registries.palletizer]\n\
+         index = \"{url}/index\"\n\n\
          (cargo publish, yank and search use {url}/api/v1)\n"
     );
     if VERBOSITY.load(Ordering::Relaxed) > 0 {

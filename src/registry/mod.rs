@@ -10,6 +10,7 @@
 
 pub mod check;
 pub mod git;
+pub mod gitpack;
 pub mod index;
 pub mod metadata;
 pub mod names;
