@@ -283,7 +283,7 @@ fn upload_pack(reg: &Registry, path: &std::path::Path, gzip: bool) -> Response {
     Response::new(200)
         .header("Content-Type", "application/x-git-upload-pack-result")
         .header("Cache-Control", "no-cache")
-        .body(Body::File(FileBody::new(file, len)))
+        .body(Body::File(FileBody::new(std::sync::Arc::new(file), len)))
 }
 
 /// Maps a registry error to a status and a message for the client. Internal errors are

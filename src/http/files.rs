@@ -5,11 +5,15 @@
 //! refused if it holds `..`, `.`, empty segments, backslashes, NUL or other bytes that no
 //! index or crate path contains, and no symlink is followed.
 
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::request::{percent_decode, Head};
@@ -39,8 +43,26 @@ pub fn safe_relative(raw: &str) -> Result<String, u16> {
     Ok(path)
 }
 
-/// Opens `rel` inside `tree`, following no symlink anywhere below the tree's root.
-fn open_beneath(tree: &Tree, rel: &str) -> io::Result<(File, fs::Metadata)> {
+/// Opens `rel` inside `tree` (through its cache of open files), following no symlink
+/// anywhere below the tree's root.
+fn open_beneath(tree: &Tree, rel: &str) -> io::Result<(Arc<File>, fs::Metadata)> {
+    let now = Instant::now();
+    let mut cache = tree.cache.borrow_mut();
+    if let Some(file) = cache.get(rel, now) {
+        let meta = file.metadata()?;
+        // Writers replace files by rename: an unlinked inode is a stale entry.
+        if meta.nlink() > 0 && meta.is_file() {
+            return Ok((file, meta));
+        }
+        cache.remove(rel);
+    }
+    let (file, meta) = open_uncached(tree, rel)?;
+    let file = Arc::new(file);
+    cache.insert(rel, file.clone(), now);
+    Ok((file, meta))
+}
+
+fn open_uncached(tree: &Tree, rel: &str) -> io::Result<(File, fs::Metadata)> {
     let file = match &tree.dir {
         Some(dir) => match openat2_beneath(dir, rel) {
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => open_checked(&tree.path, rel)?,
@@ -132,7 +154,7 @@ fn not_modified(head: &Head, tag: &str, mtime: SystemTime) -> bool {
 }
 
 fn validators(r: Response, tag: &str, mtime: SystemTime) -> Response {
-    r.header("ETag", tag)
+    r.header("ETag", tag.to_owned())
         .header("Last-Modified", httpdate::fmt_http_date(mtime))
 }
 
@@ -145,7 +167,7 @@ pub fn index_file(index: &Tree, rel: &str, head: &Head) -> Response {
     if rel.starts_with(".git") || rel.split('/').any(|s| s.starts_with('.')) {
         return not_found("index file");
     }
-    let Ok((mut file, meta)) = open_beneath(index, rel) else {
+    let Ok((file, meta)) = open_beneath(index, rel) else {
         return not_found("index file");
     };
     if meta.len() > MAX_INDEX_FILE {
@@ -163,7 +185,7 @@ pub fn index_file(index: &Tree, rel: &str, head: &Head) -> Response {
     }
     // Files are replaced by rename, never rewritten in place: the open file keeps its length.
     let mut bytes = vec![0; meta.len() as usize];
-    if file.read_exact(&mut bytes).is_err() {
+    if file.read_exact_at(&mut bytes, 0).is_err() {
         return Response::error(500, "could not read the index file");
     }
     let r = Response::new(200)
@@ -189,8 +211,7 @@ pub fn crate_file(crates: &Tree, rel: &str, head: &Head) -> Response {
         // Mapping costs more than copying a small file: map, populate, and an unmap that
         // must flush the worker thread's TLB too.
         let mut bytes = vec![0; meta.len() as usize];
-        let mut file = file;
-        if file.read_exact(&mut bytes).is_err() {
+        if file.read_exact_at(&mut bytes, 0).is_err() {
             return Response::error(500, "could not read the crate file");
         }
         Body::Bytes(bytes)
@@ -203,32 +224,99 @@ pub fn crate_file(crates: &Tree, rel: &str, head: &Head) -> Response {
     validators(r, &tag, mtime)
 }
 
-/// A served directory, with a descriptor kept open for `openat2`.
-#[derive(Debug, Clone)]
+/// A served directory, with a descriptor kept open for `openat2` and a cache of open files.
+#[derive(Debug)]
 pub struct Tree {
     pub path: PathBuf,
-    dir: Option<Arc<File>>,
+    dir: Option<File>,
+    cache: RefCell<OpenFiles>,
 }
 
 impl Tree {
-    pub fn new(path: PathBuf) -> Tree {
-        let dir = File::open(&path).ok().map(Arc::new);
-        Tree { path, dir }
+    pub fn new(path: PathBuf, cached_files: usize) -> Tree {
+        let dir = File::open(&path).ok();
+        Tree {
+            path,
+            dir,
+            cache: RefCell::new(OpenFiles::new(cached_files)),
+        }
     }
 }
 
 /// Where the served trees live, for the router.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Trees {
     pub index: Tree,
     pub crates: Tree,
 }
 
 impl Trees {
-    pub fn new(index_dir: PathBuf, crates_dir: PathBuf) -> Trees {
+    /// `cached_files`: open files kept per tree (0: none).
+    pub fn new(index_dir: PathBuf, crates_dir: PathBuf, cached_files: usize) -> Trees {
         Trees {
-            index: Tree::new(index_dir),
-            crates: Tree::new(crates_dir),
+            index: Tree::new(index_dir, cached_files),
+            crates: Tree::new(crates_dir, cached_files),
+        }
+    }
+}
+
+/// Open files by relative path, so a request costs an `fstat` instead of a path walk, an
+/// open and a close. Contents are never cached: every response reads the file, and an entry
+/// whose inode was unlinked (replaced by rename, or deleted) is dropped on use. Entries also
+/// expire after a few seconds, in case a directory above them was moved. First in, first out.
+#[derive(Debug)]
+struct OpenFiles {
+    map: HashMap<String, (Arc<File>, Instant, u64)>,
+    order: VecDeque<(String, u64)>,
+    cap: usize,
+    next: u64,
+}
+
+/// How long an open file is trusted without a reopen.
+const OPEN_FILE_TTL: Duration = Duration::from_secs(10);
+
+impl OpenFiles {
+    fn new(cap: usize) -> OpenFiles {
+        OpenFiles {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+            next: 0,
+        }
+    }
+
+    fn get(&mut self, rel: &str, now: Instant) -> Option<Arc<File>> {
+        let (file, opened, _) = self.map.get(rel)?;
+        if now.duration_since(*opened) > OPEN_FILE_TTL {
+            self.map.remove(rel);
+            return None;
+        }
+        Some(file.clone())
+    }
+
+    fn remove(&mut self, rel: &str) {
+        self.map.remove(rel);
+    }
+
+    fn insert(&mut self, rel: &str, file: Arc<File>, now: Instant) {
+        if self.cap == 0 {
+            return;
+        }
+        while self.map.len() >= self.cap {
+            let Some((key, generation)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&key).is_some_and(|e| e.2 == generation) {
+                self.map.remove(&key);
+            }
+        }
+        self.next += 1;
+        self.map.insert(rel.to_owned(), (file, now, self.next));
+        self.order.push_back((rel.to_owned(), self.next));
+        if self.order.len() > 2 * self.cap {
+            let map = &self.map;
+            self.order
+                .retain(|(k, g)| map.get(k).is_some_and(|e| e.2 == *g));
         }
     }
 }
@@ -281,5 +369,62 @@ mod tests {
         h.if_none_match = None;
         assert!(not_modified(&h, "\"a\"", t));
         assert!(!not_modified(&h, "\"a\"", t + Duration::from_secs(1)));
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn get(tree: &Tree, rel: &str) -> (u16, Vec<u8>) {
+        let h = crate::http::request::parse(b"GET / HTTP/1.1\r\n\r\n", 100)
+            .unwrap()
+            .unwrap();
+        let r = index_file(tree, rel, &h);
+        let body = match r.body {
+            Body::Bytes(b) => b,
+            _ => Vec::new(),
+        };
+        (r.status, body)
+    }
+
+    #[test]
+    fn cached_files_never_serve_stale_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("3/f")).unwrap();
+        let file = dir.path().join("3/f/foo");
+        fs::write(&file, "one\n").unwrap();
+        let tree = Tree::new(dir.path().to_owned(), 4);
+        assert_eq!(get(&tree, "3/f/foo"), (200, b"one\n".to_vec()));
+        assert_eq!(
+            get(&tree, "3/f/foo"),
+            (200, b"one\n".to_vec()),
+            "served from the cached descriptor"
+        );
+        // Replaced by rename, as the registry writes.
+        let tmp = dir.path().join("3/f/.tmp");
+        fs::write(&tmp, "two, longer\n").unwrap();
+        fs::rename(&tmp, &file).unwrap();
+        assert_eq!(get(&tree, "3/f/foo"), (200, b"two, longer\n".to_vec()));
+        // Rewritten in place (an editor): the fresh length and bytes are read.
+        fs::write(&file, "3\n").unwrap();
+        assert_eq!(get(&tree, "3/f/foo"), (200, b"3\n".to_vec()));
+        fs::remove_file(&file).unwrap();
+        assert_eq!(get(&tree, "3/f/foo").0, 404);
+        // More files than the cache holds still all work.
+        for i in 0..10 {
+            fs::write(dir.path().join(format!("3/f/f{i}")), format!("{i}")).unwrap();
+        }
+        for round in 0..2 {
+            for i in 0..10 {
+                assert_eq!(
+                    get(&tree, &format!("3/f/f{i}")),
+                    (200, format!("{i}").into_bytes()),
+                    "round {round}"
+                );
+            }
+        }
+        assert!(tree.cache.borrow().map.len() <= 4);
+        assert!(tree.cache.borrow().order.len() <= 8);
     }
 }

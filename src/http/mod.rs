@@ -16,7 +16,7 @@ pub use api::{Job, Routed};
 use files::Trees;
 
 /// What the router needs to know about the registry it serves.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Site {
     /// The path of the registry's public URL (`""` or `/prefix`), stripped from requests.
     pub base_path: String,
@@ -86,9 +86,9 @@ mod tests {
 
     #[test]
     fn base_path_from_url() {
-        let t = Trees::new("/i".into(), "/c".into());
-        assert_eq!(Site::new("http://h:1", t.clone(), 0).base_path, "");
-        assert_eq!(Site::new("https://h/reg/", t.clone(), 0).base_path, "/reg");
-        assert_eq!(Site::new("file:///tmp/reg", t, 0).base_path, "/tmp/reg");
+        let t = || Trees::new("/i".into(), "/c".into(), 0);
+        assert_eq!(Site::new("http://h:1", t(), 0).base_path, "");
+        assert_eq!(Site::new("https://h/reg/", t(), 0).base_path, "/reg");
+        assert_eq!(Site::new("file:///tmp/reg", t(), 0).base_path, "/tmp/reg");
     }
 }

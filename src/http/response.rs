@@ -4,9 +4,12 @@
 //! Every response carries `Content-Length` (RFC 9112 6.3: the client needs it to find the
 //! next response on a kept-alive connection), except 1xx, 204 and 304, which have no body.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fs::File;
 use std::io;
+use std::io::Write;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use memmap2::{Mmap, MmapOptions};
@@ -27,7 +30,7 @@ pub enum Body {
 /// A crate file sent through a sliding mmap window.
 #[derive(Debug)]
 pub struct FileBody {
-    file: File,
+    file: Arc<File>,
     len: u64,
     pos: u64,
     window: Option<(u64, Mmap)>,
@@ -36,7 +39,7 @@ pub struct FileBody {
 impl FileBody {
     /// `file` must never change after it was renamed into place (crate files don't), so the
     /// mapping cannot observe a write or a truncation.
-    pub fn new(file: File, len: u64) -> FileBody {
+    pub fn new(file: Arc<File>, len: u64) -> FileBody {
         FileBody {
             file,
             len,
@@ -131,7 +134,7 @@ impl BodyCursor {
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     pub body: Body,
     /// Close the connection after this response.
     pub close: bool,
@@ -147,7 +150,7 @@ impl Response {
         }
     }
 
-    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+    pub fn header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Response {
         self.headers.push((name, value.into()));
         self
     }
@@ -179,8 +182,7 @@ impl Response {
     pub fn render_head(&self, keep_alive: bool) -> Vec<u8> {
         let mut h = Vec::with_capacity(160);
         h.extend_from_slice(b"HTTP/1.1 ");
-        h.extend_from_slice(self.status.to_string().as_bytes());
-        h.push(b' ');
+        let _ = write!(h, "{} ", self.status);
         h.extend_from_slice(reason(self.status).as_bytes());
         h.extend_from_slice(b"\r\nServer: palletizer\r\nDate: ");
         with_date(|d| h.extend_from_slice(d.as_bytes()));
@@ -192,9 +194,7 @@ impl Response {
             h.extend_from_slice(b"\r\n");
         }
         if !matches!(self.status, 100..=199 | 204 | 304) {
-            h.extend_from_slice(b"Content-Length: ");
-            h.extend_from_slice(self.body.len().to_string().as_bytes());
-            h.extend_from_slice(b"\r\n");
+            let _ = write!(h, "Content-Length: {}\r\n", self.body.len());
         }
         if !keep_alive || self.close {
             h.extend_from_slice(b"Connection: close\r\n");
@@ -253,7 +253,6 @@ pub fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[test]
     fn head_has_length_and_close() {
@@ -279,7 +278,7 @@ mod tests {
             .map(|i| (i % 251) as u8)
             .collect();
         f.write_all(&data).unwrap();
-        let mut c = BodyCursor::new(Body::File(FileBody::new(f, data.len() as u64)));
+        let mut c = BodyCursor::new(Body::File(FileBody::new(Arc::new(f), data.len() as u64)));
         let mut out = Vec::new();
         while c.remaining() > 0 {
             let chunk = c.chunk().unwrap();

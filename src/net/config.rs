@@ -59,6 +59,8 @@ pub struct Limits {
     pub io_timeout_ms: u64,
     /// On SIGTERM, time allowed for responses in flight before exiting.
     pub shutdown_grace_ms: u64,
+    /// Open files kept per served tree (index, crates); 0 opens every file per request.
+    pub open_files: usize,
 }
 
 impl Default for Limits {
@@ -71,6 +73,7 @@ impl Default for Limits {
             idle_timeout_ms: 60_000,
             io_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
+            open_files: 512,
         }
     }
 }
@@ -115,6 +118,9 @@ impl ServerConfig {
         }
         if c.limits.max_connections == 0 || c.limits.max_head < 1024 {
             return Err("limits: max-connections must be > 0 and max-head at least 1024".into());
+        }
+        if c.limits.open_files > c.limits.max_connections {
+            return Err("limits: open-files must not exceed max-connections".into());
         }
         Ok(c)
     }

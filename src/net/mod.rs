@@ -167,6 +167,7 @@ impl Server {
             Trees::new(
                 registry.index_dir().to_owned(),
                 registry.crates_dir().to_owned(),
+                config.limits.open_files,
             ),
             registry.settings().max_crate_size,
         );
@@ -459,7 +460,8 @@ impl Server {
 }
 
 /// Lifts the soft limit on open files so `max_connections` sockets (plus the listeners,
-/// files being served and the worker's) fit, as far as the hard limit allows.
+/// the open-file caches, files being served and the worker's) fit, as far as the hard
+/// limit allows.
 fn raise_fd_limit(max_connections: usize) {
     let want = (max_connections as u64)
         .saturating_mul(2)
