@@ -91,7 +91,12 @@ fn cargo_publish_yank_search_end_to_end() {
     assert!(abdep["registry"].is_null());
     assert_eq!(line["features2"]["extra"], serde_json::json!(["dep:abdep"]));
     // cargo's post-publish poll found the version at once: one PUT, no repeated polling.
-    let log = srv.log();
+    let puts = |l: &[String]| {
+        l.iter()
+            .filter(|l| l.contains("PUT /api/v1/crates/new 200"))
+            .count()
+    };
+    let log = srv.log_when(0, |l| puts(l) >= 6);
     assert_eq!(
         log.iter()
             .filter(|l| l.contains("PUT /api/v1/crates/new 200"))
@@ -167,6 +172,15 @@ fn cargo_publish_yank_search_end_to_end() {
         out.lines().next().unwrap().starts_with("ab = \"1.0.0\""),
         "{out}"
     );
+    // max_version skips yanked versions.
+    let yanked = s
+        .cargo_cmd(&app, &["yank", "--registry", "local", "leaf@0.2.0"])
+        .env("CARGO_REGISTRIES_LOCAL_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(yanked.status.success(), "{}", show(&yanked));
+    let out = s.cargo_ok(&app, &["search", "--registry", "local", "leaf"]);
+    assert!(out.contains("leaf = \"0.1.1\""), "{out}");
 }
 
 #[test]

@@ -49,7 +49,7 @@ fn cargo_resolves_through_the_git_index_and_fetches_incrementally() {
     .unwrap();
     let out = s.cargo_ok(&app, &["run", "-q"]);
     assert!(out.contains("leaf 0.1.0 ab"), "{out}");
-    let log = srv.log();
+    let log = srv.log_from_with(0, "POST /index/git-upload-pack 200");
     assert!(
         log.iter()
             .any(|l| l.contains("GET /index/info/refs?service=git-upload-pack 200")),
@@ -77,7 +77,12 @@ fn cargo_resolves_through_the_git_index_and_fetches_incrementally() {
         lock.contains("name = \"leaf\"\nversion = \"0.1.1\""),
         "{lock}"
     );
-    let fetch: Vec<String> = srv.log()[before..].to_vec();
+    let posts = |l: &[String]| {
+        l.iter()
+            .filter(|l| l.contains("POST /index/git-upload-pack 200"))
+            .count()
+    };
+    let fetch = srv.log_when(before, |l| posts(l) >= 2);
     assert!(
         fetch
             .iter()

@@ -219,6 +219,25 @@ impl ServerProc {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Log lines from index `from` on, once one of them contains `pat` (the server logs a
+    /// request after its response went out, so the line may trail the client's view).
+    /// Gives up after a few seconds and returns what there is.
+    pub fn log_from_with(&self, from: usize, pat: &str) -> Vec<String> {
+        self.log_when(from, |lines| lines.iter().any(|l| l.contains(pat)))
+    }
+
+    /// Log lines from index `from` on, once `done` holds for them (or after a few seconds).
+    pub fn log_when(&self, from: usize, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let lines: Vec<String> = self.log().get(from..).unwrap_or_default().to_vec();
+            if done(&lines) || std::time::Instant::now() > until {
+                return lines;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: plain kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
@@ -249,12 +268,18 @@ impl Sandbox {
     /// Starts `palletizer serve ARGS` with the registry in `reg/` (created if missing) and
     /// waits until every listener is up.
     pub fn serve(&self, args: &[&str]) -> ServerProc {
+        self.serve_with(args, |_| {})
+    }
+
+    /// `serve`, with a chance to adjust the command (limits, environment) first.
+    pub fn serve_with(&self, args: &[&str], adjust: impl FnOnce(&mut Command)) -> ServerProc {
         use std::io::BufRead;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_palletizer"));
         cmd.arg("-r").arg(self.reg()).arg("serve").args(args);
         if !args.iter().any(|a| a.ends_with(".toml")) && !args.contains(&"--bind") {
             cmd.args(["--bind", "127.0.0.1:0"]);
         }
+        adjust(&mut cmd);
         let mut child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
