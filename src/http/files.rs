@@ -19,9 +19,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::request::{percent_decode, Head};
 use super::response::{Body, FileBody, Response};
 
-/// Crate files up to this size are read into memory instead of mapped.
-const READ_SMALL_CRATE: u64 = 64 * 1024;
-
 /// Index files are small; anything larger is not one of ours.
 const MAX_INDEX_FILE: u64 = 16 << 20;
 
@@ -207,17 +204,7 @@ pub fn crate_file(crates: &Tree, rel: &str, head: &Head) -> Response {
     if not_modified(head, &tag, mtime) {
         return validators(Response::new(304), &tag, mtime);
     }
-    let body = if meta.len() <= READ_SMALL_CRATE {
-        // Mapping costs more than copying a small file: map, populate, and an unmap that
-        // must flush the worker thread's TLB too.
-        let mut bytes = vec![0; meta.len() as usize];
-        if file.read_exact_at(&mut bytes, 0).is_err() {
-            return Response::error(500, "could not read the crate file");
-        }
-        Body::Bytes(bytes)
-    } else {
-        Body::File(FileBody::new(file, meta.len()))
-    };
+    let body = Body::File(FileBody::new(file, meta.len()));
     let r = Response::new(200)
         .header("Content-Type", "application/gzip")
         .body(body);
