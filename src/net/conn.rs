@@ -87,7 +87,7 @@ pub struct Waiting {
 /// What one request's log line says.
 #[derive(Clone)]
 struct LogLine {
-    method: Method,
+    method: &'static str,
     target: String,
     status: u16,
     bytes: u64,
@@ -238,7 +238,14 @@ impl Conn {
             Ok(None) => {}
             Err(e) => {
                 let r = Response::error(e.status, e.detail);
-                self.queue(r, None, Vec::new(), false);
+                let log = LogLine {
+                    method: "-",
+                    target: "(malformed request)".into(),
+                    status: 0,
+                    bytes: 0,
+                    start: Instant::now(),
+                };
+                self.queue_response(r, Some(log), Vec::new(), false, false);
                 return Ok(true);
             }
         }
@@ -279,7 +286,7 @@ impl Conn {
         let routed = http::route(&shared.site, &head);
         let head_only = head.method == Method::Head;
         let log = LogLine {
-            method: head.method,
+            method: head.method.as_str(),
             target: head.target,
             status: 0,
             bytes: 0,
@@ -439,10 +446,6 @@ impl Conn {
             }
             Err(_) => Err(()),
         }
-    }
-
-    fn queue(&mut self, r: Response, log: Option<LogLine>, leftover: Vec<u8>, keep_alive: bool) {
-        self.queue_response(r, log, leftover, keep_alive, false)
     }
 
     fn queue_response(

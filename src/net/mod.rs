@@ -24,7 +24,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::http::{files::Trees, Method, Site};
+use crate::http::{files::Trees, Site};
 use crate::registry::Registry;
 
 pub use config::{Limits, ServerConfig};
@@ -67,7 +67,7 @@ impl Shared {
     fn log_request(
         &self,
         peer: SocketAddr,
-        method: Method,
+        method: &str,
         target: &str,
         status: u16,
         bytes: u64,
@@ -76,7 +76,7 @@ impl Shared {
         info!(
             "{} {} {target} {status} {bytes} {}us",
             peer.ip(),
-            method.as_str(),
+            method,
             start.elapsed().as_micros()
         );
     }
