@@ -687,3 +687,70 @@ fn running_out_of_file_descriptors_is_not_fatal() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Whether the server closed the connection: EOF or reset, not the client's read timeout.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1024];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn random_garbage_never_stops_the_server() {
+    // Timeouts far longer than the client waits: every connection must end because the
+    // server saw the client's end, not because a timer fired.
+    let s = Sandbox::new();
+    let cfg = s.path().join("server.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "registry = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n[limits]\nhead-timeout-ms = 600000\nio-timeout-ms = 600000\nidle-timeout-ms = 600000\n",
+            s.reg().display()
+        ),
+    )
+    .unwrap();
+    let srv = s.serve(&[cfg.to_str().unwrap()]);
+    add_crate(&s, "foo", "1.0.0");
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let prefixes: [&[u8]; 5] = [
+        b"",
+        b"GET /index/3/f/foo HTTP/1.1\r\n",
+        b"PUT /api/v1/crates/new HTTP/1.1\r\nContent-Length: 40\r\n\r\n",
+        b"GET /index/",
+        b"POST /index/git-upload-pack HTTP/1.1\r\nContent-Length: 30\r\n\r\n",
+    ];
+    for i in 0..200 {
+        let mut payload = prefixes[i % prefixes.len()].to_vec();
+        let n = (next() % 600) as usize;
+        payload.extend((0..n).map(|_| next() as u8));
+        let mut c = connect(srv.addr());
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.write_all(&payload);
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        assert!(
+            closed_by_server(&mut c),
+            "connection {i} left open after the client's end: {:?}",
+            String::from_utf8_lossy(&payload[..payload.len().min(80)])
+        );
+    }
+    assert_eq!(get(srv.addr(), "/index/3/f/foo").status, 200);
+}

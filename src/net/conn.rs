@@ -103,6 +103,8 @@ pub struct Conn {
     pub phase: Phase,
     pub readable: bool,
     pub writable: bool,
+    /// The peer's FIN was reported: reads must go on until they return 0.
+    pub read_closed: bool,
     pub deadline: Instant,
     pub peer: SocketAddr,
     /// No new request is started (shutdown).
@@ -134,6 +136,7 @@ impl Conn {
             phase: Phase::Idle,
             readable: false,
             writable: false,
+            read_closed: false,
             deadline,
             peer,
             draining: false,
@@ -179,8 +182,9 @@ impl Conn {
     /// A plain TCP read that returned less than asked for emptied the socket buffer: no
     /// need for another read to see `WouldBlock` (new data brings a new edge). Saves a
     /// system call per request. TLS keeps reading, as rustls may hold decrypted bytes.
+    /// Not when the peer's FIN was already reported: it brings no further edge.
     fn note_short_read(&mut self, n: usize, asked: usize) {
-        if n < asked && matches!(self.transport, Transport::Plain(_)) {
+        if n < asked && !self.read_closed && matches!(self.transport, Transport::Plain(_)) {
             self.readable = false;
         }
     }
