@@ -239,9 +239,8 @@ impl Server {
                 Some(next_sweep.saturating_duration_since(now))
             };
             if let Some(until) = self.accept_paused {
-                timeout = Some(timeout.map_or(until - now.min(until), |t| {
-                    t.min(until.saturating_duration_since(now))
-                }));
+                let wait = until.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
             }
             if !again.is_empty() {
                 timeout = Some(Duration::ZERO);

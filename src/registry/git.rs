@@ -84,10 +84,3 @@ pub fn dirty_paths(dir: &Path) -> Result<Vec<String>, git2::Error> {
         .filter(|p| !p.rsplit('/').next().is_some_and(super::is_temp_name))
         .collect())
 }
-
-/// The commit id HEAD points at.
-pub fn head(dir: &Path) -> Result<String, git2::Error> {
-    let repo = Repository::open(dir)?;
-    let id = repo.head()?.peel_to_commit()?.id();
-    Ok(id.to_string())
-}
