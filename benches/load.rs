@@ -3,7 +3,8 @@
 //! with the same headers, driven in turn by the same load generator (wrk).
 //!
 //! `cargo bench --bench load` — settings through the environment:
-//! - `BENCH_SECS` (default 5): seconds per scenario;
+//! - `BENCH_SECS` (default 4): seconds per scenario and system;
+//! - `BENCH_ROUNDS` (default 3): rounds over all scenarios; the table shows medians;
 //! - `BENCH_CRATES` (default 2000): crates in the generated registry (5 versions each);
 //! - `BENCH_OUT` (default `target/bench-load.md`): where the Markdown table is written;
 //! - `BENCH_SERVER`: a palletizer-server binary to measure instead of the bench build
@@ -34,7 +35,8 @@ fn main() {
         eprintln!("the load bench needs wrk: apt-get install wrk");
         std::process::exit(1);
     }
-    let secs: u64 = env_or("BENCH_SECS", 5);
+    let secs: u64 = env_or("BENCH_SECS", 4);
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
     let crates: usize = env_or("BENCH_CRATES", 2000);
     let work = tempfile::Builder::new()
         .prefix("palletizer-bench")
@@ -84,18 +86,21 @@ fn main() {
         ("1M c10", &lists.big, 10),
         ("index c1000", &lists.index, 1000),
     ];
+    // Every system runs at once on its own port (an idle server costs nothing), and each
+    // scenario drives them in turn, round after round: a burst of noise from other tenants
+    // of the machine then hits all systems alike, and the medians over rounds smooth it.
+    let mut running = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
     for (name, start) in &systems {
-        eprintln!("== {name}");
+        eprintln!("== {name}: memory");
         let port = free_port();
-        let mut child = start(port);
+        let child = start(port);
         wait_ready(port);
         std::thread::sleep(Duration::from_millis(300));
         let pid = child.id();
-        let idle = mem(pid);
         let mut row = Row {
             name: name.to_string(),
-            idle_rss: idle.rss,
+            idle_rss: mem(pid).rss,
             ..Default::default()
         };
         // Per-connection memory: 1,000 idle keep-alive connections.
@@ -109,31 +114,50 @@ fn main() {
         // Ten concurrent 1 MiB downloads.
         parallel_downloads(port, &lists.big_paths, 10, 3);
         row.hwm_downloads = mem(pid).hwm;
-        // Warm-up, then the scenarios.
-        wrk(port, &lua, &lists.index, 10, 1);
+        wrk(port, &lua, &lists.index, 10, 1); // warm-up
+        rows.push(row);
+        running.push((child, port));
+    }
+    let mut samples: Vec<BTreeMap<String, Vec<(WrkResult, f64)>>> =
+        vec![BTreeMap::new(); rows.len()];
+    for round in 0..rounds {
         for (label, list, conns) in &scenarios {
-            let cpu0 = cpu_us(pid);
-            let r = wrk(port, &lua, list, *conns, secs);
-            let cpu = cpu_us(pid) - cpu0;
-            eprintln!(
-                "   {label}: {:.0} req/s {:.1} MB/s p50 {} us p99 {} us, {:.1} us CPU/req",
-                r.rps,
-                r.mbps,
-                r.p50,
-                r.p99,
-                cpu / r.requests.max(1) as f64
-            );
-            row.results.insert(label.to_string(), (r, cpu));
+            for (i, (child, port)) in running.iter().enumerate() {
+                let pid = child.id();
+                let cpu0 = cpu_us(pid);
+                let r = wrk(*port, &lua, list, *conns, secs);
+                let cpu = cpu_us(pid) - cpu0;
+                eprintln!(
+                    "   round {round} {label} {}: {:.0} req/s {:.1} MB/s p50 {} us p99 {} us, {:.1} us CPU/req",
+                    rows[i].name,
+                    r.rps,
+                    r.mbps,
+                    r.p50,
+                    r.p99,
+                    cpu / r.requests.max(1) as f64
+                );
+                samples[i]
+                    .entry(label.to_string())
+                    .or_default()
+                    .push((r, cpu));
+            }
         }
-        if *name == "palletizer" {
-            row.publish = Some(publish_loop(port, pid, &root));
+    }
+    for (i, (mut child, port)) in running.into_iter().enumerate() {
+        let pid = child.id();
+        for (label, mut runs) in std::mem::take(&mut samples[i]) {
+            runs.sort_by(|a, b| a.0.rps.total_cmp(&b.0.rps));
+            let median = runs[runs.len() / 2].clone();
+            rows[i].results.insert(label, median);
+        }
+        if rows[i].name == "palletizer" {
+            rows[i].publish = Some(publish_loop(port, pid, &root));
         }
         let m = mem(pid);
-        row.hwm_after = m.hwm;
-        row.threads = m.threads;
+        rows[i].hwm_after = m.hwm;
+        rows[i].threads = m.threads;
         let _ = child.kill();
         let _ = child.wait();
-        rows.push(row);
     }
     let scale = if std::env::var("BENCH_SKIP_SCALE").is_ok() {
         Vec::new()
@@ -143,7 +167,7 @@ fn main() {
             .map(|&n| scale_run(&server_bin, work.path(), n))
             .collect()
     };
-    let md = render(&rows, &scale, secs, crates);
+    let md = render(&rows, &scale, secs, rounds, crates);
     println!("\n{md}");
     let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -712,7 +736,7 @@ fn mib(kib: u64) -> String {
     format!("{:.2} MiB", kib as f64 / 1024.0)
 }
 
-fn render(rows: &[Row], scale: &[Scale], secs: u64, crates: usize) -> String {
+fn render(rows: &[Row], scale: &[Scale], secs: u64, rounds: usize, crates: usize) -> String {
     let mut md = String::new();
     let base = &rows[0];
     let ratio = |r: &Row, key: &str, f: fn(&WrkResult) -> f64| {
@@ -722,8 +746,8 @@ fn render(rows: &[Row], scale: &[Scale], secs: u64, crates: usize) -> String {
     };
     let _ = writeln!(
         md,
-        "Registry: {crates} crates x 5 versions; {secs} s per scenario; wrk -t1 on the same host; \
-         ratios against palletizer.\n"
+        "Registry: {crates} crates x 5 versions; {secs} s per scenario and system, median of \
+         {rounds} interleaved rounds; wrk -t1 on the same host; ratios against palletizer.\n"
     );
     let _ = writeln!(md, "| system | index c10 req/s | index c256 req/s | 20 KiB c10 MB/s | 1 MiB c10 MB/s | index c1000 req/s | index c10 p50/p99 µs | server CPU µs/req (index c10) | errors |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
