@@ -17,6 +17,9 @@
 //! max-connections = 1024
 //! ```
 //!
+//! Request bodies are bounded by what they are for: a publish by the registry's
+//! `max-crate-size` plus 1 MiB of metadata, anything else by a small fixed cap.
+//!
 //! Relative paths are relative to the config file's folder, not the working directory.
 
 use std::path::{Path, PathBuf};
@@ -48,8 +51,6 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head (request line and headers), bytes.
     pub max_head: usize,
-    /// Largest request body, bytes (publish bodies are also capped by the crate size limit).
-    pub max_body: u64,
     /// Time allowed for a whole request head to arrive, once a connection is opened or a
     /// first byte of a head arrived.
     pub head_timeout_ms: u64,
@@ -68,7 +69,6 @@ impl Default for Limits {
         Limits {
             max_connections: 1024,
             max_head: 16 * 1024,
-            max_body: 12 * 1024 * 1024,
             head_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             io_timeout_ms: 30_000,
