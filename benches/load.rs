@@ -769,6 +769,27 @@ fn render(rows: &[Row], scale: &[Scale], secs: u64, rounds: usize, crates: usize
             errors
         );
     }
+    let _ = writeln!(
+        md,
+        "\n| system | latency p50/p99 µs: index c10 | index c256 | 20 KiB c10 | 1 MiB c10 | index c1000 |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for r in rows {
+        let lat = |key: &str| {
+            let w = &r.results[key].0;
+            format!("{}/{}", w.p50, w.p99)
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.name,
+            lat("index c10"),
+            lat("index c256"),
+            lat("20K c10"),
+            lat("1M c10"),
+            lat("index c1000")
+        );
+    }
     let _ = writeln!(md, "\n| system | idle VmRSS | KiB per idle keep-alive conn | VmHWM after 1,000 idle conns | VmHWM after 10×1 MiB downloads | VmHWM after the run | threads |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for r in rows {
