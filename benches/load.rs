@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palletizer::registry::tarball::testing::simple_crate;
+use palletizer::registry::tarball::testing::{noise, simple_crate};
 use palletizer::registry::{git, index, InitOptions, Registry};
 
 fn main() {
@@ -410,9 +410,8 @@ struct Mem {
     threads: u64,
 }
 
-/// RSS, HWM (KiB) and threads summed over a process and its children (nginx's workers).
-fn mem(pid: u32) -> Mem {
-    let mut m = Mem::default();
+/// A process and its children (nginx's workers).
+fn tree(pid: u32) -> Vec<u32> {
     let mut pids = vec![pid];
     if let Ok(children) = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
         pids.extend(
@@ -421,7 +420,13 @@ fn mem(pid: u32) -> Mem {
                 .filter_map(|p| p.parse::<u32>().ok()),
         );
     }
-    for p in pids {
+    pids
+}
+
+/// RSS, HWM (KiB) and threads summed over a process and its children.
+fn mem(pid: u32) -> Mem {
+    let mut m = Mem::default();
+    for p in tree(pid) {
         let Ok(status) = fs::read_to_string(format!("/proc/{p}/status")) else {
             continue;
         };
@@ -446,14 +451,7 @@ fn mem(pid: u32) -> Mem {
 
 /// CPU time (user + system) of a process and its children, in µs.
 fn cpu_us(pid: u32) -> f64 {
-    let mut pids = vec![pid];
-    if let Ok(children) = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
-        pids.extend(
-            children
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
-    }
+    let pids = tree(pid);
     // SAFETY: sysconf is always safe to call.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     pids.iter()
@@ -653,17 +651,7 @@ fn publish_loop(port: u16, pid: u32, _root: &Path) -> PublishStats {
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
     let hwm_before_big = mem(pid).hwm;
-    let noise: Vec<u8> = {
-        let mut x: u64 = 88172645463325252;
-        (0..5 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
+    let noise = noise(5 << 20);
     publish(port, "pub-big", "1.0.0", &[("blob.bin", &noise)]);
     PublishStats {
         publishes: n,

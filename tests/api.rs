@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use palletizer::registry::tarball::testing::simple_crate;
+use palletizer::registry::tarball::testing::{noise, simple_crate};
 use support::{show, snapshot, Sandbox, ServerProc};
 
 const TOKEN: &str = "test-token";
@@ -233,18 +233,6 @@ fn dependencies_on_our_registry_and_crates_io() {
         "https://github.com/rust-lang/crates.io-index",
         "{line}"
     );
-}
-
-fn noise(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545F4914F6CDD1D;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A publish body: `u32 json_len | json | u32 crate_len | crate`.

@@ -6,7 +6,7 @@ mod support;
 use std::fs;
 use std::path::Path;
 
-use palletizer::registry::tarball::testing::{crate_bytes, file, simple_crate, Entry};
+use palletizer::registry::tarball::testing::{crate_bytes, file, noise, simple_crate, Entry};
 use support::{show, snapshot, Sandbox};
 
 fn init(s: &Sandbox) {
@@ -168,17 +168,7 @@ fn bad_input_leaves_the_registry_unchanged() {
     let before = snapshot(&s.reg());
 
     let m = b"[package]\nname = \"evil\"\nversion = \"1.0.0\"\n";
-    let big: Vec<u8> = {
-        let mut x: u32 = 1;
-        (0..11 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    };
+    let big = noise(11 << 20);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "corrupt-1.0.0.crate",

@@ -34,19 +34,7 @@ fn cargo_resolves_through_the_git_index_and_fetches_incrementally() {
     for i in 0..25 {
         add(&s, &format!("filler{i}"), "1.0.0");
     }
-    let app = s.path().join("consumer");
-    fs::create_dir_all(app.join("src")).unwrap();
-    fs::write(
-        app.join("Cargo.toml"),
-        "[package]\nname = \"consumer\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n\
-[dependencies]\nleaf = { version = \"0.1\", registry = \"local\" }\nab = { version = \"1\", registry = \"local\" }\n",
-    )
-    .unwrap();
-    fs::write(
-        app.join("src/main.rs"),
-        "fn main() { println!(\"{} {}\", leaf::leaf(), ab::ab()); }\n",
-    )
-    .unwrap();
+    let app = s.consumer();
     let out = s.cargo_ok(&app, &["run", "-q"]);
     assert!(out.contains("leaf 0.1.0 ab"), "{out}");
     let log = srv.log_from_with(0, "POST /index/git-upload-pack 200");

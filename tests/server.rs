@@ -495,20 +495,7 @@ fn consumer(s: &Sandbox, index: &str) -> std::path::PathBuf {
     s.cargo_config(&format!(
         "[registries.local]\nindex = \"{index}\"\n[net]\nretry = 0\n"
     ));
-    let app = s.path().join("consumer");
-    fs::create_dir_all(app.join("src")).unwrap();
-    fs::write(
-        app.join("Cargo.toml"),
-        "[package]\nname = \"consumer\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n\
-[dependencies]\nleaf = { version = \"0.1\", registry = \"local\" }\nab = { version = \"1\", registry = \"local\" }\n",
-    )
-    .unwrap();
-    fs::write(
-        app.join("src/main.rs"),
-        "fn main() { println!(\"{} {}\", leaf::leaf(), ab::ab()); }\n",
-    )
-    .unwrap();
-    app
+    s.consumer()
 }
 
 fn publish_test_crates(s: &Sandbox) {

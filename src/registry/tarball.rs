@@ -252,6 +252,19 @@ pub mod testing {
         gz.finish().unwrap()
     }
 
+    /// `n` incompressible bytes (xorshift), the same for every call.
+    pub fn noise(n: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     /// A minimal valid crate file for `name` `vers`, plus extra files.
     pub fn simple_crate(name: &str, vers: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
         let dir = format!("{name}-{vers}");
@@ -354,15 +367,7 @@ mod tests {
 
     #[test]
     fn compressed_limit() {
-        let mut x: u64 = 0x9E3779B97F4A7C15;
-        let noise: Vec<u8> = (0..300_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = noise(300_000);
         let bytes = simple_crate("foo", "1.0.0", &[("noise", &noise)]);
         let small = Limits {
             max_size: 100_000,

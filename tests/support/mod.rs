@@ -120,6 +120,25 @@ impl Sandbox {
         dst
     }
 
+    /// A consumer project depending on `leaf ^0.1` and `ab ^1` from registry `local`, whose
+    /// binary prints both crates' strings.
+    pub fn consumer(&self) -> PathBuf {
+        let app = self.path().join("consumer");
+        fs::create_dir_all(app.join("src")).unwrap();
+        fs::write(
+            app.join("Cargo.toml"),
+            "[package]\nname = \"consumer\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n\
+[dependencies]\nleaf = { version = \"0.1\", registry = \"local\" }\nab = { version = \"1\", registry = \"local\" }\n",
+        )
+        .unwrap();
+        fs::write(
+            app.join("src/main.rs"),
+            "fn main() { println!(\"{} {}\", leaf::leaf(), ab::ab()); }\n",
+        )
+        .unwrap();
+        app
+    }
+
     /// `cargo package` a test crate for registry `local`; returns the `.crate` path.
     pub fn package(&self, name: &str, version: Option<&str>) -> PathBuf {
         let dir = self.test_crate(name, version);
