@@ -46,14 +46,6 @@ fn publish_ok(s: &Sandbox, name: &str, version: Option<&str>) {
     assert!(err.contains("Published"), "{err}");
 }
 
-fn index_line(s: &Sandbox, rel: &str, vers: &str) -> serde_json::Value {
-    let text = fs::read_to_string(s.reg().join("index").join(rel)).unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|v| v["vers"] == vers)
-        .unwrap_or_else(|| panic!("no {vers} in {rel}"))
-}
-
 fn head_commit(s: &Sandbox) -> String {
     let repo = git2::Repository::open(s.reg().join("index")).unwrap();
     let id = repo.head().unwrap().peel_to_commit().unwrap().id();
@@ -80,7 +72,7 @@ fn cargo_publish_yank_search_end_to_end() {
         publish_ok(&s, name, Some(vers));
     }
     publish_ok(&s, "rich", None);
-    let line = index_line(&s, "ri/ch/rich", "0.2.0");
+    let line = s.index_line("ri/ch/rich", "0.2.0");
     let abdep = line["deps"]
         .as_array()
         .unwrap()
@@ -138,7 +130,7 @@ fn cargo_publish_yank_search_end_to_end() {
     };
     let etag_before = fs::metadata(s.reg().join("index/le/af/leaf")).unwrap();
     yank(&[]);
-    assert_eq!(index_line(&s, "le/af/leaf", "0.1.1")["yanked"], true);
+    assert_eq!(s.index_line("le/af/leaf", "0.1.1")["yanked"], true);
     let etag_after = fs::metadata(s.reg().join("index/le/af/leaf")).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_ne!(
@@ -153,7 +145,7 @@ fn cargo_publish_yank_search_end_to_end() {
         "{out}\n{lock}"
     );
     yank(&["--undo"]);
-    assert_eq!(index_line(&s, "le/af/leaf", "0.1.1")["yanked"], false);
+    assert_eq!(s.index_line("le/af/leaf", "0.1.1")["yanked"], false);
     s.cargo_ok(&app, &["update", "-p", "leaf"]);
     let out = s.cargo_ok(&app, &["run", "-q"]);
     assert!(out.contains("leaf 0.1.1 + ab + tgt"), "{out}");
@@ -224,7 +216,7 @@ fn dependencies_on_our_registry_and_crates_io() {
     fs::write(dir.join("src/lib.rs"), "").unwrap();
     let out = cargo_publish(&s, &dir, &[]);
     assert!(out.status.success(), "{}", show(&out));
-    let line = index_line(&s, "mi/xe/mixed", "0.1.0");
+    let line = s.index_line("mi/xe/mixed", "0.1.0");
     let deps = line["deps"].as_array().unwrap();
     let dep = |n: &str| deps.iter().find(|d| d["name"] == n).unwrap().clone();
     assert!(dep("leaf")["registry"].is_null(), "{line}");
@@ -592,7 +584,7 @@ fn twenty_concurrent_publishes_all_land() {
     assert_eq!(commit_count(&s) - before, 20);
     for i in 0..20 {
         assert_eq!(
-            index_line(&s, &format!("co/nc/conc{i}"), "0.1.0")["yanked"],
+            s.index_line(&format!("co/nc/conc{i}"), "0.1.0")["yanked"],
             false
         );
     }

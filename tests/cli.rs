@@ -18,14 +18,6 @@ fn init(s: &Sandbox) {
     ));
 }
 
-fn index_line(s: &Sandbox, rel: &str, vers: &str) -> serde_json::Value {
-    let text = fs::read_to_string(s.reg().join("index").join(rel)).unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|v| v["vers"] == vers)
-        .unwrap_or_else(|| panic!("no {vers} in {rel}:\n{text}"))
-}
-
 fn lock_versions(lock: &str) -> Vec<(String, String)> {
     let lock: toml::Table = toml::from_str(lock).unwrap();
     let mut v: Vec<(String, String)> = lock["package"]
@@ -77,7 +69,7 @@ fn real_cargo_builds_from_a_file_registry_and_skips_yanked() {
     let rich = s.package("rich", None);
     s.palletizer_ok(&["add", rich.to_str().unwrap()]);
 
-    let line = index_line(&s, "ri/ch/rich", "0.2.0");
+    let line = s.index_line("ri/ch/rich", "0.2.0");
     let deps = line["deps"].as_array().unwrap();
     let dep = |n: &str| {
         deps.iter()
@@ -131,7 +123,7 @@ fn real_cargo_builds_from_a_file_registry_and_skips_yanked() {
 
     let out = s.palletizer_ok(&["yank", "leaf", "0.1.1"]);
     assert!(out.contains("yanked"), "{out}");
-    assert_eq!(index_line(&s, "le/af/leaf", "0.1.1")["yanked"], true);
+    assert_eq!(s.index_line("le/af/leaf", "0.1.1")["yanked"], true);
     fs::remove_file(app.join("Cargo.lock")).unwrap();
     s.cargo_ok(&app, &["generate-lockfile"]);
     let versions = lock_versions(&fs::read_to_string(app.join("Cargo.lock")).unwrap());
@@ -145,7 +137,7 @@ fn real_cargo_builds_from_a_file_registry_and_skips_yanked() {
     );
 
     s.palletizer_ok(&["unyank", "leaf", "0.1.1"]);
-    assert_eq!(index_line(&s, "le/af/leaf", "0.1.1")["yanked"], false);
+    assert_eq!(s.index_line("le/af/leaf", "0.1.1")["yanked"], false);
     let log = commits(&s);
     assert_eq!(log[0], "Unyank leaf 0.1.1");
     assert_eq!(log[1], "Yank leaf 0.1.1");

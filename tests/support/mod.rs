@@ -120,6 +120,15 @@ impl Sandbox {
         dst
     }
 
+    /// The index line of version `vers` in the index file `rel` (e.g. `le/af/leaf`).
+    pub fn index_line(&self, rel: &str, vers: &str) -> serde_json::Value {
+        let text = fs::read_to_string(self.reg().join("index").join(rel)).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["vers"] == vers)
+            .unwrap_or_else(|| panic!("no {vers} in {rel}:\n{text}"))
+    }
+
     /// A consumer project depending on `leaf ^0.1` and `ab ^1` from registry `local`, whose
     /// binary prints both crates' strings.
     pub fn consumer(&self) -> PathBuf {
