@@ -741,3 +741,41 @@ fn random_garbage_never_stops_the_server() {
     }
     assert_eq!(get(srv.addr(), "/index/3/f/foo").status, 200);
 }
+
+#[test]
+fn downloads_are_byte_exact_small_and_across_mmap_windows() {
+    let (s, srv) = started();
+    let big = s.path().join("big-1.0.0.crate");
+    fs::write(
+        &big,
+        simple_crate(
+            "big",
+            "1.0.0",
+            &[(
+                "blob",
+                &palletizer::registry::tarball::testing::noise(700 * 1024),
+            )],
+        ),
+    )
+    .unwrap();
+    s.palletizer_ok(&["add", big.to_str().unwrap()]);
+    let mut c = connect(srv.addr());
+    let mut buf = Vec::new();
+    for (path, file) in [
+        ("/crates/big/big-1.0.0.crate", "crates/big/big-1.0.0.crate"),
+        ("/crates/foo/foo-1.0.0.crate", "crates/foo/foo-1.0.0.crate"),
+        ("/crates/big/big-1.0.0.crate", "crates/big/big-1.0.0.crate"),
+    ] {
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let r = read_response(&mut c, &mut buf, false);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, fs::read(s.reg().join(file)).unwrap(), "{path}");
+    }
+    assert!(
+        fs::metadata(s.reg().join("crates/big/big-1.0.0.crate"))
+            .unwrap()
+            .len()
+            > 512 * 1024
+    );
+}

@@ -9,7 +9,6 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,9 +27,9 @@ pub enum Body {
     File(FileBody),
 }
 
-/// Files up to this size are never mapped: mapping, populating and unmapping (which must
-/// also flush the TLB of the worker thread's core) cost more than copying them. On plain
-/// TCP they go out with `sendfile`; otherwise they are read into memory once.
+/// On plain TCP, files up to this size go out with `sendfile`: mapping, populating and
+/// unmapping them (the unmap also flushes the TLB of the worker thread's core) costs more
+/// than the copy it saves. Larger files, and every file over TLS, go through mmap windows.
 pub const SMALL_FILE: u64 = 64 * 1024;
 
 /// A crate file sent through a sliding mmap window (small files: see [`SMALL_FILE`]).
@@ -40,8 +39,6 @@ pub struct FileBody {
     len: u64,
     pos: u64,
     window: Option<(u64, Mmap)>,
-    /// A small file's bytes, once read (when it cannot go out with `sendfile`).
-    copy: Option<Vec<u8>>,
 }
 
 impl FileBody {
@@ -53,7 +50,6 @@ impl FileBody {
             len,
             pos: 0,
             window: None,
-            copy: None,
         }
     }
 }
@@ -102,15 +98,6 @@ impl BodyCursor {
                 if f.pos >= f.len {
                     return Ok(&[]);
                 }
-                if f.len <= SMALL_FILE {
-                    if f.copy.is_none() {
-                        let mut bytes = vec![0; f.len as usize];
-                        f.file.read_exact_at(&mut bytes, 0)?;
-                        f.copy = Some(bytes);
-                    }
-                    let bytes = f.copy.as_deref().expect("just read");
-                    return Ok(&bytes[f.pos as usize..]);
-                }
                 let stale = match &f.window {
                     Some((start, map)) => f.pos >= start + map.len() as u64,
                     None => true,
@@ -138,11 +125,11 @@ impl BodyCursor {
         }
     }
 
-    /// For a small file not yet copied: the file, the offset to send from, and the bytes
-    /// left, for `sendfile`.
+    /// For a small file not yet mapped: the file, the offset to send from, and the bytes
+    /// left, for `sendfile` (the caller knows whether its transport allows it).
     pub fn sendfile_source(&self) -> Option<(&File, u64, u64)> {
         match &self.body {
-            Body::File(f) if f.len <= SMALL_FILE && f.copy.is_none() => {
+            Body::File(f) if f.len <= SMALL_FILE && f.window.is_none() => {
                 Some((&f.file, f.pos, f.len - f.pos))
             }
             _ => None,
