@@ -155,6 +155,23 @@ fn validators(r: Response, tag: &str, mtime: SystemTime) -> Response {
         .header("Last-Modified", httpdate::fmt_http_date(mtime))
 }
 
+/// A missing file, a symlink or an escape is a 404. Anything else (out of descriptors, an
+/// I/O error) is the server's trouble: a 503 that cargo retries, never a 404 that would tell
+/// it the crate does not exist.
+fn open_failed(e: io::Error, what: &str) -> Response {
+    let missing = e.kind() == io::ErrorKind::NotFound
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV | libc::EISDIR)
+        );
+    if missing {
+        return not_found(what);
+    }
+    eprintln!("error: opening a {what}: {e}");
+    Response::error(503, "the server cannot open files right now; try again")
+        .header("Retry-After", "1")
+}
+
 fn not_found(what: &str) -> Response {
     Response::error(404, &format!("{what} not found"))
 }
@@ -164,8 +181,9 @@ pub fn index_file(index: &Tree, rel: &str, head: &Head) -> Response {
     if rel.starts_with(".git") || rel.split('/').any(|s| s.starts_with('.')) {
         return not_found("index file");
     }
-    let Ok((file, meta)) = open_beneath(index, rel) else {
-        return not_found("index file");
+    let (file, meta) = match open_beneath(index, rel) {
+        Ok(opened) => opened,
+        Err(e) => return open_failed(e, "index file"),
     };
     if meta.len() > MAX_INDEX_FILE {
         return not_found("index file");
@@ -196,8 +214,9 @@ pub fn crate_file(crates: &Tree, rel: &str, head: &Head) -> Response {
     if !rel.ends_with(".crate") || rel.split('/').any(|s| s.starts_with('.')) {
         return not_found("crate file");
     }
-    let Ok((file, meta)) = open_beneath(crates, rel) else {
-        return not_found("crate file");
+    let (file, meta) = match open_beneath(crates, rel) {
+        Ok(opened) => opened,
+        Err(e) => return open_failed(e, "crate file"),
     };
     let tag = etag(&meta);
     let mtime = modified(&meta);
@@ -339,6 +358,25 @@ mod tests {
             safe_relative("foo/foo-1.0.0%2Bmeta.crate").unwrap(),
             "foo/foo-1.0.0+meta.crate"
         );
+    }
+
+    #[test]
+    fn open_errors_are_404_only_when_the_file_is_not_there() {
+        for errno in [libc::ENOENT, libc::ENOTDIR, libc::ELOOP, libc::EXDEV] {
+            assert_eq!(
+                open_failed(io::Error::from_raw_os_error(errno), "x").status,
+                404,
+                "{errno}"
+            );
+        }
+        for errno in [libc::EMFILE, libc::ENFILE, libc::EIO, libc::EACCES] {
+            let r = open_failed(io::Error::from_raw_os_error(errno), "x");
+            assert_eq!(r.status, 503, "{errno}");
+            assert!(r
+                .headers
+                .iter()
+                .any(|(n, v)| *n == "Retry-After" && v == "1"));
+        }
     }
 
     #[test]
