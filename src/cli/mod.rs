@@ -92,7 +92,9 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
         }
     }
     let Some(command) = command else {
-        return Err(CliError(format!("no command given\n{USAGE}")));
+        return Err(CliError(
+            "no command given (see `palletizer --help`)".into(),
+        ));
     };
     let allowed: &[&str] = match command.as_str() {
         "init" => &[
@@ -230,7 +232,11 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
             out!("registry is consistent");
         }
         "serve" => return serve(dir, &rest, flag("bind").flatten(), &flags),
-        other => return Err(CliError(format!("unknown command `{other}`\n{USAGE}"))),
+        other => {
+            return Err(CliError(format!(
+                "unknown command `{other}` (see `palletizer --help`)"
+            )))
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

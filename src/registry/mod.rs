@@ -324,7 +324,7 @@ impl Registry {
     /// Publishes a `.crate` file with the metadata in its `Cargo.toml` (`palletizer add`).
     /// A file named like a crate file must be named for the crate it holds.
     pub fn add_file(&self, path: &Path) -> Result<IndexEntry> {
-        let f = File::open(path).context(|| format!("opening {}", path.display()))?;
+        let f = File::open(path).context(|| "cannot read the crate file".to_owned())?;
         let file_name = path
             .file_name()
             .and_then(|n| n.to_str())
