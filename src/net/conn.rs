@@ -189,6 +189,27 @@ impl Conn {
         }
     }
 
+    /// One read: `Some(n)` bytes arrived, `None` nothing for now (readiness cleared, pending
+    /// TLS records flushed), `Err` the peer is gone or the read failed.
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ()> {
+        loop {
+            match self.transport.read(buf) {
+                Ok(0) => return Err(()),
+                Ok(n) => {
+                    self.note_short_read(n, buf.len());
+                    return Ok(Some(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    self.flush_pending()?;
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(()),
+            }
+        }
+    }
+
     /// Flushes TLS records left over (handshake, alerts) when the socket allows.
     fn flush_pending(&mut self) -> Result<(), ()> {
         if self.writable && self.transport.has_pending_output() {
@@ -214,22 +235,12 @@ impl Conn {
             return Ok(false);
         }
         let mut stack = [0u8; READ_CHUNK];
-        match self.transport.read(&mut stack) {
-            Ok(0) => Err(()),
-            Ok(n) => {
-                self.note_short_read(n, READ_CHUNK);
-                self.deadline = Instant::now() + shared.limits.head_timeout();
-                self.phase = Phase::Head(stack[..n].to_vec());
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.readable = false;
-                self.flush_pending()?;
-                Ok(false)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(_) => Err(()),
-        }
+        let Some(n) = self.read_some(&mut stack)? else {
+            return Ok(false);
+        };
+        self.deadline = Instant::now() + shared.limits.head_timeout();
+        self.phase = Phase::Head(stack[..n].to_vec());
+        Ok(true)
     }
 
     fn step_head(&mut self, mut buf: Vec<u8>, shared: &Shared) -> Result<bool, ()> {
@@ -259,28 +270,10 @@ impl Conn {
         }
         let len = buf.len();
         buf.resize(len + READ_CHUNK, 0);
-        match self.transport.read(&mut buf[len..]) {
-            Ok(0) => Err(()),
-            Ok(n) => {
-                buf.truncate(len + n);
-                self.note_short_read(n, READ_CHUNK);
-                self.phase = Phase::Head(buf);
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                buf.truncate(len);
-                self.readable = false;
-                self.phase = Phase::Head(buf);
-                self.flush_pending()?;
-                Ok(false)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                buf.truncate(len);
-                self.phase = Phase::Head(buf);
-                Ok(true)
-            }
-            Err(_) => Err(()),
-        }
+        let got = self.read_some(&mut buf[len..])?;
+        buf.truncate(len + got.unwrap_or(0));
+        self.phase = Phase::Head(buf);
+        Ok(got.is_some())
     }
 
     /// Routes a complete head: queues the answer, or starts reading a body, or hands a job
@@ -315,11 +308,7 @@ impl Conn {
                     Ok(f) => (Some((f, path, kind)), None),
                     Err(e) => {
                         eprintln!("error: creating an upload file: {e}");
-                        let r = Response::error(
-                            500,
-                            "cannot store the upload; the server log has details",
-                        );
-                        self.queue_response(r, Some(log), Vec::new(), false, false);
+                        self.queue_response(upload_failed(), Some(log), Vec::new(), false, false);
                         return;
                     }
                 }
@@ -426,30 +415,19 @@ impl Conn {
         }
         let mut buf = [0u8; BODY_CHUNK];
         let want = (up.remaining.min(BODY_CHUNK as u64)) as usize;
-        match self.transport.read(&mut buf[..want]) {
-            Ok(0) => Err(()), // client gone mid-body: Upload's drop removes the spool file
-            Ok(n) => {
-                if up.take_body(&buf[..n]).is_err() {
-                    let log = up.log.clone();
-                    self.queue_response(upload_failed(), Some(log), Vec::new(), false, false);
-                    return Ok(true);
-                }
-                self.deadline = Instant::now() + shared.limits.io_timeout();
-                self.phase = Phase::Body(up);
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.readable = false;
-                self.phase = Phase::Body(up);
-                self.flush_pending()?;
-                Ok(false)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                self.phase = Phase::Body(up);
-                Ok(true)
-            }
-            Err(_) => Err(()),
+        // On Err the client is gone mid-body: Upload's drop removes the spool file.
+        let Some(n) = self.read_some(&mut buf[..want])? else {
+            self.phase = Phase::Body(up);
+            return Ok(false);
+        };
+        if up.take_body(&buf[..n]).is_err() {
+            let log = up.log.clone();
+            self.queue_response(upload_failed(), Some(log), Vec::new(), false, false);
+            return Ok(true);
         }
+        self.deadline = Instant::now() + shared.limits.io_timeout();
+        self.phase = Phase::Body(up);
+        Ok(true)
     }
 
     fn queue_response(
