@@ -97,7 +97,7 @@ pub fn route_git(rest: &str, head: &Head) -> Option<Routed> {
                     ))
                 }
             }
-            _ => Routed::Done(Response::error(405, "use GET here").header("Allow", "GET, HEAD")),
+            _ => Routed::Done(Response::not_allowed("GET, HEAD")),
         }),
         "git-upload-pack" => Some(match head.method {
             Method::Post if head.content_length == 0 => {
@@ -111,7 +111,7 @@ pub fn route_git(rest: &str, head: &Head) -> Option<Routed> {
                 Some("gzip" | "x-gzip") => Routed::Upload(Spooled::GitUploadPack { gzip: true }),
                 Some(_) => Routed::Done(Response::error(415, "unsupported Content-Encoding")),
             },
-            _ => Routed::Done(Response::error(405, "use POST here").header("Allow", "POST")),
+            _ => Routed::Done(Response::not_allowed("POST")),
         }),
         "git-receive-pack" => Some(Routed::Done(Response::error(
             403,
@@ -124,9 +124,7 @@ pub fn route_git(rest: &str, head: &Head) -> Option<Routed> {
 /// Routes `path` (the part after `/api/v1`).
 pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let allow = |methods: &'static str| {
-        Routed::Done(Response::error(405, &format!("use {methods} here")).header("Allow", methods))
-    };
+    let allow = |methods: &'static str| Routed::Done(Response::not_allowed(methods));
     match (head.method, segs.as_slice()) {
         (Method::Put, ["crates", "new"]) => {
             if head.content_length == 0 {

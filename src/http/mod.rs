@@ -67,8 +67,7 @@ fn route_files(path: &str, head: &Head, site: &Site) -> Response {
         },
     };
     if !matches!(head.method, Method::Get | Method::Head) {
-        return Response::error(405, "only GET and HEAD are allowed here")
-            .header("Allow", "GET, HEAD");
+        return Response::not_allowed("GET, HEAD");
     }
     let rel = match files::safe_relative(rest) {
         Ok(rel) => rel,

@@ -193,8 +193,14 @@ impl Response {
         )
     }
 
-    /// Renders the status line and headers. `head_only` (a HEAD request) keeps the
-    /// `Content-Length` of the body that a GET would get.
+    /// 405 with the `Allow` header RFC 9110 15.5.6 requires, e.g. `"GET, HEAD"`.
+    pub fn not_allowed(methods: &'static str) -> Response {
+        Response::error(405, &format!("method not allowed here; use {methods}"))
+            .header("Allow", methods)
+    }
+
+    /// Renders the status line and headers. `Content-Length` is the body's, so the head of a
+    /// HEAD answer (whose body the connection then drops) matches what a GET would get.
     pub fn render_head(&self, keep_alive: bool) -> Vec<u8> {
         let mut h = Vec::with_capacity(160);
         h.extend_from_slice(b"HTTP/1.1 ");

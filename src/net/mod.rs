@@ -301,8 +301,7 @@ impl Server {
             again.retain(|k| !closed.contains(k));
             let freed = !closed.is_empty();
             for key in closed.drain(..) {
-                let mut conn = self.conns.remove(key);
-                let _ = self.poll.registry().deregister(conn.transport.socket());
+                self.remove(key);
             }
             if let Some(until) = self.accept_paused {
                 if (freed && self.conns.len() < self.shared.limits.max_connections)
@@ -318,13 +317,12 @@ impl Server {
                 for (key, conn) in self.conns.iter_mut() {
                     conn.draining = true;
                     if conn.is_idle() {
+                        conn.transport.close();
                         closed.push(key);
                     }
                 }
                 for key in closed.drain(..) {
-                    let mut conn = self.conns.remove(key);
-                    conn.transport.close();
-                    let _ = self.poll.registry().deregister(conn.transport.socket());
+                    self.remove(key);
                 }
                 if self.conns.is_empty() || Instant::now() >= deadline {
                     info!("stopped ({} connections cut)", self.conns.len());
@@ -332,6 +330,12 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Frees a connection's slot (its transport is already closed).
+    fn remove(&mut self, key: usize) {
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(conn.transport.socket());
     }
 
     fn drive(&mut self, key: usize, again: &mut Vec<usize>, closed: &mut Vec<usize>) {
