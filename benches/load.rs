@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palletizer::registry::tarball::testing::{noise, simple_crate};
+use palletizer::registry::tarball::testing::{noise, publish_body, simple_crate};
 use palletizer::registry::{git, index, InitOptions, Registry};
 
 fn main() {
@@ -602,12 +602,7 @@ fn publish(port: u16, name: &str, vers: &str, extra: &[(&str, &[u8])]) {
     let krate = simple_crate(name, vers, extra);
     let meta = serde_json::json!({"name": name, "vers": vers, "deps": [], "features": {}, "authors": [],
         "description": "bench", "keywords": [], "categories": [], "links": null, "rust_version": null});
-    let json = serde_json::to_vec(&meta).unwrap();
-    let mut body = Vec::new();
-    body.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    body.extend_from_slice(&json);
-    body.extend_from_slice(&(krate.len() as u32).to_le_bytes());
-    body.extend_from_slice(&krate);
+    let body = publish_body(&serde_json::to_vec(&meta).unwrap(), &krate);
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(
         format!(

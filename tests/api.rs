@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use palletizer::registry::tarball::testing::{noise, simple_crate};
+use palletizer::registry::tarball::testing::{noise, publish_body, simple_crate};
 use support::{show, snapshot, Sandbox, ServerProc};
 
 const TOKEN: &str = "test-token";
@@ -227,16 +227,6 @@ fn dependencies_on_our_registry_and_crates_io() {
     );
 }
 
-/// A publish body: `u32 json_len | json | u32 crate_len | crate`.
-fn framing(json: &[u8], krate: &[u8]) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    b.extend_from_slice(json);
-    b.extend_from_slice(&(krate.len() as u32).to_le_bytes());
-    b.extend_from_slice(krate);
-    b
-}
-
 fn meta(name: &str, vers: &str, deps: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "name": name, "vers": vers, "deps": deps, "features": {}, "authors": [],
@@ -294,7 +284,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
     let good = simple_crate("foo-bar", "1.0.0", &[]);
     let (st, body) = raw_publish(
         srv.addr(),
-        &framing(&meta("foo-bar", "1.0.0", serde_json::json!([])), &good),
+        &publish_body(&meta("foo-bar", "1.0.0", serde_json::json!([])), &good),
     );
     assert_eq!(st, 200, "{body}");
     assert!(body.contains("\"warnings\""));
@@ -302,12 +292,12 @@ fn bad_publishes_are_refused_and_change_nothing() {
     let head = head_commit(&s);
 
     let other = simple_crate("other", "1.0.0", &[]);
-    let mut truncated = framing(&meta("other", "1.0.0", serde_json::json!([])), &other);
+    let mut truncated = publish_body(&meta("other", "1.0.0", serde_json::json!([])), &other);
     truncated.truncate(truncated.len() - 10);
-    let mut beyond = framing(&meta("other", "1.0.0", serde_json::json!([])), &other);
+    let mut beyond = publish_body(&meta("other", "1.0.0", serde_json::json!([])), &other);
     let json_len = meta("other", "1.0.0", serde_json::json!([])).len();
     beyond[4 + json_len..8 + json_len].copy_from_slice(&(other.len() as u32 + 100).to_le_bytes());
-    let mut json_beyond = framing(b"{}", b"");
+    let mut json_beyond = publish_body(b"{}", b"");
     json_beyond[..4].copy_from_slice(&1000u32.to_le_bytes());
     let dep = |registry: &str| {
         serde_json::json!([{ "name": "x", "version_req": "^1", "features": [], "optional": false,
@@ -330,25 +320,25 @@ fn bad_publishes_are_refused_and_change_nothing() {
         ("tiny body", vec![1, 2], 400, "truncated"),
         (
             "invalid json",
-            framing(b"{not json", &other),
+            publish_body(b"{not json", &other),
             400,
             "invalid JSON metadata",
         ),
         (
             "name mismatch",
-            framing(&meta("another", "1.0.0", serde_json::json!([])), &other),
+            publish_body(&meta("another", "1.0.0", serde_json::json!([])), &other),
             400,
             "Cargo.toml says other 1.0.0",
         ),
         (
             "version mismatch",
-            framing(&meta("other", "1.0.1", serde_json::json!([])), &other),
+            publish_body(&meta("other", "1.0.1", serde_json::json!([])), &other),
             400,
             "Cargo.toml says other 1.0.0",
         ),
         (
             "invalid name",
-            framing(
+            publish_body(
                 &meta("9bad", "1.0.0", serde_json::json!([])),
                 &simple_crate("9bad", "1.0.0", &[]),
             ),
@@ -357,7 +347,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
         ),
         (
             "reserved name",
-            framing(
+            publish_body(
                 &meta("std", "1.0.0", serde_json::json!([])),
                 &simple_crate("std", "1.0.0", &[]),
             ),
@@ -366,13 +356,13 @@ fn bad_publishes_are_refused_and_change_nothing() {
         ),
         (
             "existing version",
-            framing(&meta("foo-bar", "1.0.0", serde_json::json!([])), &good),
+            publish_body(&meta("foo-bar", "1.0.0", serde_json::json!([])), &good),
             409,
             "already uploaded",
         ),
         (
             "build metadata",
-            framing(
+            publish_body(
                 &meta("foo-bar", "1.0.0+meta", serde_json::json!([])),
                 &simple_crate("foo-bar", "1.0.0+meta", &[]),
             ),
@@ -381,7 +371,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
         ),
         (
             "canonical collision",
-            framing(
+            publish_body(
                 &meta("Foo_Bar", "2.0.0", serde_json::json!([])),
                 &simple_crate("Foo_Bar", "2.0.0", &[]),
             ),
@@ -390,7 +380,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
         ),
         (
             "registry not allowed",
-            framing(
+            publish_body(
                 &meta("other", "1.0.0", dep("sparse+https://evil.example/index/")),
                 &other,
             ),
@@ -399,7 +389,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
         ),
         (
             "corrupt tarball",
-            framing(
+            publish_body(
                 &meta("other", "1.0.0", serde_json::json!([])),
                 b"\x1f\x8bnope",
             ),
@@ -432,7 +422,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
     assert!(text.contains("max upload size is: "), "{text}");
 
     // A client that asks for `100 Continue` gets it before sending the body.
-    let body = framing(
+    let body = publish_body(
         &meta("cont", "1.0.0", serde_json::json!([])),
         &simple_crate("cont", "1.0.0", &[]),
     );
@@ -565,18 +555,30 @@ fn twenty_concurrent_publishes_all_land() {
             .unwrap()
         })
         .collect();
-    // Index reads keep being answered while the publishes run.
-    let mut answered = 0;
-    for _ in 0..20 {
+    // Index reads keep being answered for as long as the publishes run, including between
+    // the first and the last of them (the worker commits; the loop never waits for it).
+    let mut children = children;
+    let puts = || {
+        srv.log()
+            .iter()
+            .filter(|l| l.contains("PUT /api/v1/crates/new 200"))
+            .count()
+    };
+    let mut during = 0;
+    while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
         let mut c = TcpStream::connect(srv.addr()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         c.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
-        if read_one(&mut c).0 == 200 {
-            answered += 1;
+        assert_eq!(read_one(&mut c).0, 200);
+        if (1..20).contains(&puts()) {
+            during += 1;
         }
     }
-    assert_eq!(answered, 20);
+    assert!(
+        during > 0,
+        "no index read was answered while publishes were in progress"
+    );
     for c in children {
         let out = c.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", show(&out));

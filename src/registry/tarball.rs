@@ -252,6 +252,16 @@ pub mod testing {
         gz.finish().unwrap()
     }
 
+    /// A publish request body: `u32 LE json_len | json | u32 LE crate_len | crate`.
+    pub fn publish_body(json: &[u8], krate: &[u8]) -> Vec<u8> {
+        let mut b = Vec::with_capacity(8 + json.len() + krate.len());
+        b.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        b.extend_from_slice(json);
+        b.extend_from_slice(&(krate.len() as u32).to_le_bytes());
+        b.extend_from_slice(krate);
+        b
+    }
+
     /// `n` incompressible bytes (xorshift), the same for every call.
     pub fn noise(n: usize) -> Vec<u8> {
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
