@@ -476,18 +476,39 @@ fn sighup_reloads_the_certificate() {
 
 #[test]
 fn sigterm_finishes_in_flight_and_exits_zero() {
-    let (_s, mut srv) = started();
-    let mut c = connect(srv.addr());
-    c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
+    use palletizer::registry::tarball::testing::publish_body;
+    let (s, mut srv) = started();
+    let mut idle = connect(srv.addr());
+    idle.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    assert_eq!(read_response(&mut c, &mut Vec::new(), false).status, 200);
+    assert_eq!(read_response(&mut idle, &mut Vec::new(), false).status, 200);
+    // A publish in flight: head and half the body sent.
+    let json = br#"{"name":"late","vers":"1.0.0","deps":[],"features":{}}"#;
+    let body = publish_body(json, &simple_crate("late", "1.0.0", &[]));
+    let mut busy = connect(srv.addr());
+    let head = format!(
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    busy.write_all(head.as_bytes()).unwrap();
+    busy.write_all(&body[..body.len() / 2]).unwrap();
     srv.signal(libc::SIGTERM);
+    // The idle connection is closed at once: the server is stopping...
+    assert!(closed(&mut idle));
+    // ...and no longer accepting, while the upload goes on and is answered.
+    busy.write_all(&body[body.len() / 2..]).unwrap();
+    let r = read_response(&mut busy, &mut Vec::new(), false);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("connection"), Some("close"));
     let status = srv.wait_exit(15).expect("server exits");
     assert!(status.success(), "{status:?}");
-    assert!(closed(&mut c));
     assert!(
         TcpStream::connect(srv.addr()).is_err(),
         "no longer accepting"
+    );
+    assert!(
+        s.reg().join("index/la/te/late").exists(),
+        "the in-flight publish landed"
     );
 }
 

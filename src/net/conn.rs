@@ -289,7 +289,7 @@ impl Conn {
             bytes: 0,
             start,
         };
-        let keep_alive = head.keep_alive && !self.draining;
+        let keep_alive = head.keep_alive;
         let (spool, then) = match routed {
             Routed::Done(r) => {
                 // A body we do not read would be taken for the next request: answer, close.
@@ -438,7 +438,8 @@ impl Conn {
         keep_alive: bool,
         head_only: bool,
     ) {
-        let keep_alive = keep_alive && !r.close;
+        // A stopping server announces the close on every answer still going out.
+        let keep_alive = keep_alive && !r.close && !self.draining;
         let head = r.render_head(keep_alive);
         if head_only {
             r.body = Body::Empty;
