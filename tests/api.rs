@@ -62,13 +62,7 @@ fn commit_count(s: &Sandbox) -> usize {
 #[test]
 fn cargo_publish_yank_search_end_to_end() {
     let (s, srv) = setup();
-    for (name, vers) in [
-        ("leaf", "0.1.0"),
-        ("leaf", "0.1.1"),
-        ("ab", "1.0.0"),
-        ("tgt", "0.3.0"),
-        ("devonly", "0.1.0"),
-    ] {
+    for (name, vers) in support::RICH_DEPS {
         publish_ok(&s, name, Some(vers));
     }
     publish_ok(&s, "rich", None);

@@ -54,13 +54,7 @@ fn commits(s: &Sandbox) -> Vec<String> {
 fn real_cargo_builds_from_a_file_registry_and_skips_yanked() {
     let s = Sandbox::new();
     init(&s);
-    for (name, vers) in [
-        ("leaf", "0.1.0"),
-        ("leaf", "0.1.1"),
-        ("ab", "1.0.0"),
-        ("tgt", "0.3.0"),
-        ("devonly", "0.1.0"),
-    ] {
+    for (name, vers) in support::RICH_DEPS {
         let file = s.package(name, Some(vers));
         let out = s.palletizer_ok(&["add", file.to_str().unwrap()]);
         assert_eq!(out.trim(), format!("Added {name} {vers}"));

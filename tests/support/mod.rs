@@ -6,6 +6,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The test crates (and versions) that `rich` depends on, directly or as dev-dependencies.
+pub const RICH_DEPS: [(&str, &str); 5] = [
+    ("leaf", "0.1.0"),
+    ("leaf", "0.1.1"),
+    ("ab", "1.0.0"),
+    ("tgt", "0.3.0"),
+    ("devonly", "0.1.0"),
+];
+
 /// One test's sandbox: a temp dir holding the registry, a `CARGO_HOME` and work dirs.
 pub struct Sandbox {
     pub tmp: tempfile::TempDir,
