@@ -482,15 +482,19 @@ fn sigterm_finishes_in_flight_and_exits_zero() {
     idle.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     assert_eq!(read_response(&mut idle, &mut Vec::new(), false).status, 200);
-    // A publish in flight: head and half the body sent.
+    // A publish in flight. The interim `100 Continue` shows the server has taken the head
+    // and is reading the body when the signal arrives.
     let json = br#"{"name":"late","vers":"1.0.0","deps":[],"features":{}}"#;
     let body = publish_body(json, &simple_crate("late", "1.0.0", &[]));
     let mut busy = connect(srv.addr());
     let head = format!(
-        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     busy.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    busy.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
     busy.write_all(&body[..body.len() / 2]).unwrap();
     srv.signal(libc::SIGTERM);
     // The idle connection is closed at once: the server is stopping...
