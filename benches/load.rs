@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use palletizer::registry::names::Version;
 use palletizer::registry::tarball::testing::{noise, publish_body, simple_crate};
-use palletizer::registry::{git, index, InitOptions, Registry};
+use palletizer::registry::{git, index, CrateName, InitOptions, Registry};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -247,6 +248,7 @@ fn generate(root: &Path, crates: usize, versions: usize, files: bool) -> Lists {
     let blob20: Vec<u8> = (0..20 * 1024).map(|i| (i * 7 % 251) as u8).collect();
     let blob1m: Vec<u8> = (0..1 << 20).map(|i| (i * 13 % 251) as u8).collect();
     let write_crate = |name: &str, count: usize, blob: &[u8], list: &mut Vec<String>| {
+        let crate_name = CrateName::parse(name).unwrap();
         let mut lines = String::new();
         for v in 0..count {
             let vers = format!("0.{v}.0");
@@ -261,13 +263,13 @@ fn generate(root: &Path, crates: usize, versions: usize, files: bool) -> Lists {
             lines.push_str(&line.to_string());
             lines.push('\n');
             if files && !blob.is_empty() {
-                let p = reg.crate_path(name, &vers);
+                let p = reg.crate_path(&crate_name, &Version::parse(&vers).unwrap());
                 fs::create_dir_all(p.parent().unwrap()).unwrap();
                 fs::write(&p, blob).unwrap();
                 list.push(format!("/crates/{name}/{name}-{vers}.crate"));
             }
         }
-        let rel = index::index_path(name);
+        let rel = index::index_path(&crate_name);
         let p = root.join("index").join(&rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, lines).unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use palletizer::http::request;
 use palletizer::registry::index::{self, IndexEntry};
-use palletizer::registry::PublishMetadata;
+use palletizer::registry::{CrateName, PublishMetadata};
 
 /// Runs `f` repeatedly for about `budget` and prints ns per call (median of 5 rounds).
 fn bench(name: &str, mut f: impl FnMut()) {
@@ -54,8 +54,9 @@ fn main() {
     bench("request::parse (cargo index request)", || {
         black_box(request::parse(black_box(CARGO_HEAD), 16 * 1024).unwrap());
     });
+    let name = CrateName::parse("bar-baz").unwrap();
     bench("index::index_path", || {
-        black_box(index::index_path(black_box("bar-baz")));
+        black_box(index::index_path(black_box(&name)));
     });
     let meta: PublishMetadata = serde_json::from_str(META).unwrap();
     let entry = IndexEntry::from_publish(

@@ -331,6 +331,17 @@ fn check_finds_and_repairs() {
     )
     .unwrap();
     fs::write(reg.join("crates/stray.crate"), b"orphan").unwrap();
+    // What a writer killed inside a git commit leaves: lock files that fail every later
+    // commit, and a search line that was never written.
+    fs::write(reg.join("index/.git/index.lock"), b"").unwrap();
+    fs::write(reg.join("index/.git/refs/heads/master.lock"), b"").unwrap();
+    let search = fs::read_to_string(reg.join("search.jsonl")).unwrap();
+    let without_bbbb: String = search
+        .lines()
+        .filter(|l| !l.contains("\"bbbb\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(reg.join("search.jsonl"), without_bbbb).unwrap();
 
     let out = s.palletizer(&["check"]);
     assert!(!out.status.success());
@@ -353,6 +364,16 @@ fn check_finds_and_repairs() {
         "{text}"
     );
     assert!(text.contains("stray.crate has no index line"), "{text}");
+    assert!(text.contains("index.lock left behind"), "{text}");
+    assert!(text.contains("master.lock left behind"), "{text}");
+    assert!(
+        text.contains("search data for bbbb disagrees with the index"),
+        "{text}"
+    );
+    assert!(
+        text.contains("search data for cccc disagrees with the index"),
+        "yanking every version changes what search shows: {text}"
+    );
 
     let out = s.palletizer(&["check", "--repair"]);
     assert!(
@@ -369,6 +390,19 @@ fn check_finds_and_repairs() {
     assert!(text.contains("not repaired: bbbb 1.0.0"), "{text}");
     assert!(!text.contains("not repaired: index file"), "{text}");
     assert!(!reg.join("crates/.tmp-4000000000-0-upload.crate").exists());
+    assert!(!reg.join("index/.git/index.lock").exists());
+    assert!(!reg.join("index/.git/refs/heads/master.lock").exists());
+    // Orphans are moved aside, never deleted.
+    assert!(!reg.join("crates/stray.crate").exists());
+    assert_eq!(
+        fs::read(reg.join("orphans/stray.crate")).unwrap(),
+        b"orphan"
+    );
+    let search = fs::read_to_string(reg.join("search.jsonl")).unwrap();
+    assert!(
+        search.contains("\"bbbb\"") && search.contains("test crate bbbb"),
+        "the rebuilt line takes its description from the crate file: {search}"
+    );
     assert_eq!(commits(&s)[0], "Commit index changes left uncommitted");
     assert!(fs::read_to_string(&cccc)
         .unwrap()
@@ -377,7 +411,6 @@ fn check_finds_and_repairs() {
     // Once the admin deals with the rest, check passes.
     s.palletizer_ok(&["delete", "aaaa"]);
     s.palletizer_ok(&["delete", "bbbb"]);
-    fs::remove_file(reg.join("crates/stray.crate")).unwrap();
     assert!(s.palletizer_ok(&["check"]).contains("consistent"));
 }
 

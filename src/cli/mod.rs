@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use lexopt::prelude::*;
 
 use crate::net::config::{Listener, ServerConfig};
-use crate::registry::{check, InitOptions, Registry};
+use crate::registry::{check, CrateName, InitOptions, Registry};
 
 const USAGE: &str = "\
 usage: palletizer [-r DIR] COMMAND [ARGS]
@@ -172,9 +172,10 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
         }
         "yank" | "unyank" => {
             let a = positional(2..=2, "NAME VERSION")?;
+            let name = CrateName::parse(&a[0])?;
             let reg = Registry::open(&dir)?;
             let yank = command == "yank";
-            let changed = reg.set_yanked(&a[0], &a[1], yank)?;
+            let changed = reg.set_yanked(&name, &a[1], yank)?;
             let state = if yank { "yanked" } else { "not yanked" };
             if changed {
                 out!("{} {} is now {state}", a[0], a[1]);
@@ -184,15 +185,17 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
         }
         "delete" => {
             let a = positional(1..=2, "NAME [VERSION]")?;
+            let name = CrateName::parse(&a[0])?;
             let reg = Registry::open(&dir)?;
-            for v in reg.delete(&a[0], a.get(1).map(String::as_str))? {
+            for v in reg.delete(&name, a.get(1).map(String::as_str))? {
                 out!("Deleted {} {v}", a[0]);
             }
         }
         "list" => {
             let a = positional(0..=1, "[NAME]")?;
+            let name = a.first().map(|n| CrateName::parse(n)).transpose()?;
             let reg = Registry::open(&dir)?;
-            let listed = reg.list(a.first().map(String::as_str))?;
+            let listed = reg.list(name.as_ref())?;
             if listed.is_empty() {
                 if let Some(name) = a.first() {
                     return Err(CliError(format!("crate `{name}` does not exist")));
@@ -212,7 +215,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
             }
             let mut remaining = problems.len();
             if flag("repair").is_some() && problems.iter().any(check::Problem::repairable) {
-                for done in reg.recover()? {
+                for done in check::repair(&reg, &problems)? {
                     out!("repaired: {done}");
                 }
                 let left = check::check(&reg)?;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use super::request::{percent_decode, query_param, Head, Method};
 use super::response::{Body, FileBody, Response};
-use crate::registry::{self, gitpack, PublishMetadata, Registry};
+use crate::registry::{self, gitpack, CrateName, PublishMetadata, Registry};
 
 /// Largest JSON part of a publish (crates.io's limit).
 pub const MAX_METADATA: u64 = 1 << 20;
@@ -38,7 +38,7 @@ pub enum Job {
         gzip: bool,
     },
     Yank {
-        name: String,
+        name: CrateName,
         vers: String,
         yank: bool,
     },
@@ -163,6 +163,10 @@ pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
                     "invalid crate name or version in path",
                 ));
             };
+            let name = match CrateName::parse(&name) {
+                Ok(n) => n,
+                Err(e) => return Routed::Done(Response::error(400, &e.to_string())),
+            };
             let yank = *action == "yank";
             let wanted = if yank { Method::Delete } else { Method::Put };
             if method != wanted {
@@ -285,9 +289,14 @@ fn upload_pack(reg: &Registry, path: &std::path::Path, gzip: bool) -> Response {
 }
 
 /// Maps a registry error to a status and a message for the client. Internal errors are
-/// logged with their detail and answered without it.
+/// logged with their detail and answered without it; storage trouble (a full disk) is a 507
+/// that says so, never a 400 that blames the crate.
 pub fn registry_error(e: registry::Error) -> Response {
     use registry::Error as E;
+    if let Some(detail) = e.storage_trouble() {
+        eprintln!("error: registry: {e}");
+        return Response::error(507, detail);
+    }
     match e {
         E::NotFound(m) => Response::error(404, &m),
         E::Invalid(m) => Response::error(400, &m),

@@ -1,13 +1,16 @@
 //! `palletizer check`: the registry's invariants, verified from the files.
 //!
 //! Every index line has its crate file with the same SHA-256; every crate file has a line;
-//! the index working tree equals its last commit; no temp files are left.
+//! the index working tree and git's index equal the last commit; no git lock file, temp file
+//! or journal is left; `search.jsonl` agrees with the index. The check holds the registry
+//! lock, so a writer at work is never mistaken for a crash.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
 
-use super::{index, tarball, Context, Registry, Result};
+use super::names::{canonical, CrateName};
+use super::{git, index, search, tarball, Context, IndexEntry, Registry, Result};
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,21 +25,39 @@ pub enum Problem {
         vers: String,
         path: PathBuf,
     },
+    InvalidEntry {
+        file: String,
+        detail: String,
+    },
     OrphanCrateFile {
         path: PathBuf,
     },
     Uncommitted {
         path: String,
     },
+    Staged {
+        path: String,
+    },
+    StaleGitFile {
+        path: PathBuf,
+    },
     TempFile {
         path: PathBuf,
+    },
+    SearchOutOfDate {
+        name: String,
     },
 }
 
 impl Problem {
     /// Whether `--repair` can fix it without inventing or losing data.
     pub fn repairable(&self) -> bool {
-        matches!(self, Problem::Uncommitted { .. } | Problem::TempFile { .. })
+        !matches!(
+            self,
+            Problem::MissingCrateFile { .. }
+                | Problem::ChecksumMismatch { .. }
+                | Problem::InvalidEntry { .. }
+        )
     }
 }
 
@@ -51,28 +72,55 @@ impl std::fmt::Display for Problem {
                 "{name} {vers}: crate file {} does not match the index checksum",
                 path.display()
             ),
+            Problem::InvalidEntry { file, detail } => {
+                write!(f, "index file {file} has an invalid line: {detail}")
+            }
             Problem::OrphanCrateFile { path } => write!(
                 f,
-                "crate file {} has no index line (publish it with `palletizer add`, or remove it)",
-                path.display()
+                "crate file {} has no index line (--repair moves it to {}/)",
+                path.display(),
+                super::ORPHANS_DIR
             ),
             Problem::Uncommitted { path } => {
                 write!(f, "index file {path} differs from the last commit")
             }
+            Problem::Staged { path } => {
+                write!(
+                    f,
+                    "git's index stages {path}, which the last commit does not have"
+                )
+            }
+            Problem::StaleGitFile { path } => {
+                write!(f, "git lock or temp file {} left behind", path.display())
+            }
             Problem::TempFile { path } => write!(f, "temp file {} left behind", path.display()),
+            Problem::SearchOutOfDate { name } => {
+                write!(f, "search data for {name} disagrees with the index")
+            }
         }
     }
 }
 
 /// Lists every broken invariant.
 pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
+    let _lock = reg.lock()?;
     let mut problems = Vec::new();
     let mut expected = BTreeSet::new();
-    for (_, path) in reg.index_files()? {
+    let mut crates: BTreeMap<String, Vec<IndexEntry>> = BTreeMap::new();
+    for (rel, path) in reg.index_files()? {
         let text =
             std::fs::read_to_string(&path).context(|| format!("reading {}", path.display()))?;
         for e in index::parse_file(&text) {
-            let crate_path = reg.crate_path(&e.name, &e.vers);
+            let crate_path = match reg.entry_crate_path(&e) {
+                Ok(p) => p,
+                Err(err) => {
+                    problems.push(Problem::InvalidEntry {
+                        file: rel.clone(),
+                        detail: err.to_string(),
+                    });
+                    continue;
+                }
+            };
             expected.insert(crate_path.clone());
             let (name, vers) = (e.name.clone(), e.vers.clone());
             match File::open(&crate_path) {
@@ -93,6 +141,7 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
                     }
                 }
             }
+            crates.entry(canonical(&e.name)).or_default().push(e);
         }
     }
     let temps: BTreeSet<PathBuf> = reg.temp_files()?.into_iter().collect();
@@ -108,9 +157,81 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
             problems.push(Problem::OrphanCrateFile { path: p });
         }
     }
-    for path in super::git::dirty_paths(reg.index_dir())? {
+    for path in git::dirty_paths(reg.index_dir())? {
         problems.push(Problem::Uncommitted { path });
     }
+    for path in git::staged(reg.index_dir())? {
+        problems.push(Problem::Staged { path });
+    }
+    for path in git::stale_files(reg.index_dir())
+        .context(|| format!("reading {}", reg.index_dir().display()))?
+    {
+        problems.push(Problem::StaleGitFile { path });
+    }
     problems.extend(temps.into_iter().map(|path| Problem::TempFile { path }));
+    problems.extend(search_problems(reg, &crates)?);
     Ok(problems)
+}
+
+/// Crates whose search line is missing, stale or left over.
+fn search_problems(
+    reg: &Registry,
+    crates: &BTreeMap<String, Vec<IndexEntry>>,
+) -> Result<Vec<Problem>> {
+    let mut lines = BTreeMap::new();
+    let file = search::path(reg.root());
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        for l in text.lines() {
+            if let Ok(line) = serde_json::from_str::<search::SearchLine>(l) {
+                lines.insert(canonical(&line.name), line);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (key, entries) in crates {
+        let agrees = lines.remove(key).is_some_and(|l| {
+            l.name == entries[0].name
+                && l.max_version == search::max_version(entries).unwrap_or_default()
+        });
+        if !agrees {
+            out.push(Problem::SearchOutOfDate {
+                name: entries[0].name.clone(),
+            });
+        }
+    }
+    out.extend(
+        lines
+            .into_values()
+            .map(|l| Problem::SearchOutOfDate { name: l.name }),
+    );
+    Ok(out)
+}
+
+/// Fixes what `--repair` can: the crash recovery of [`Registry::recover`], then orphan
+/// crate files moved aside and search lines rebuilt. Returns what it did.
+pub fn repair(reg: &Registry, problems: &[Problem]) -> Result<Vec<String>> {
+    let mut done = reg.recover()?;
+    let _lock = reg.lock()?;
+    for p in problems {
+        match p {
+            Problem::OrphanCrateFile { path } if path.exists() => {
+                let to = reg.move_aside(path)?;
+                done.push(format!(
+                    "moved crate file without index line {} to {}",
+                    path.display(),
+                    to.display()
+                ));
+            }
+            Problem::SearchOutOfDate { name } => {
+                let entries = match CrateName::parse(name) {
+                    Ok(n) => reg.entries(&n)?,
+                    Err(_) => Vec::new(),
+                };
+                reg.rebuild_search_line(name, &entries)?;
+                done.push(format!("rebuilt the search line of {name}"));
+            }
+            _ => {}
+        }
+    }
+    Ok(done)
 }

@@ -1,7 +1,14 @@
 //! The index repository: creating it, committing changes to it, and telling whether its
 //! working tree matches its last commit. Only the registry's writer path calls these.
+//!
+//! Durability: the repository sets `core.fsyncObjectFiles`, which makes libgit2 fsync every
+//! object and every ref it writes (and their directories), so a commit that returned is on
+//! disk. A commit that fails leaves git's index as HEAD has it: nothing staged survives a
+//! failed write to be swept into the next commit.
 
-use std::path::Path;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use git2::{IndexAddOption, Repository, Signature, Status, StatusOptions};
 
@@ -12,6 +19,7 @@ fn signature() -> Result<Signature<'static>, git2::Error> {
 /// Creates the repository with its first commit holding `config.json`.
 pub fn init(dir: &Path, config_json: &str) -> Result<(), git2::Error> {
     let repo = Repository::init(dir)?;
+    ensure_durable(&repo)?;
     std::fs::write(dir.join("config.json"), config_json)
         .map_err(|e| git2::Error::from_str(&format!("writing config.json: {e}")))?;
     let mut index = repo.index()?;
@@ -23,25 +31,173 @@ pub fn init(dir: &Path, config_json: &str) -> Result<(), git2::Error> {
     Ok(())
 }
 
+/// Makes libgit2 fsync objects and refs in this repository (see the module docs).
+fn ensure_durable(repo: &Repository) -> Result<(), git2::Error> {
+    let mut config = repo.config()?;
+    if !config.get_bool("core.fsyncObjectFiles").unwrap_or(false) {
+        config.set_bool("core.fsyncObjectFiles", true)?;
+    }
+    Ok(())
+}
+
 /// Stages the given paths (added, changed or removed) and commits them with `message`.
-/// Returns false when the tree did not change, in which case nothing is committed.
+/// Returns false when the tree did not change, in which case nothing is committed. On
+/// failure git's index is put back to HEAD's tree.
 pub fn commit_paths(dir: &Path, paths: &[&str], message: &str) -> Result<bool, git2::Error> {
     let repo = Repository::open(dir)?;
     let mut index = repo.index()?;
-    for p in paths {
-        if dir.join(p).exists() {
-            index.add_path(Path::new(p))?;
-        } else {
-            index.remove_path(Path::new(p))?;
+    let result = (|| {
+        for p in paths {
+            if dir.join(p).exists() {
+                index.add_path(Path::new(p))?;
+            } else {
+                index.remove_path(Path::new(p))?;
+            }
+        }
+        commit_index(&repo, &mut index, message)
+    })();
+    if result.is_err() {
+        let _ = reset_to_head(&repo);
+    }
+    result
+}
+
+/// Puts git's index back to HEAD's tree (the working tree is left alone).
+fn reset_to_head(repo: &Repository) -> Result<(), git2::Error> {
+    let tree = repo.head()?.peel_to_tree()?;
+    let mut index = repo.index()?;
+    index.read_tree(&tree)?;
+    index.write()
+}
+
+/// What a writer killed mid-commit can leave in `.git`: lock files (`index.lock`,
+/// `HEAD.lock`, `refs/heads/master.lock`, ...) that make every later commit fail, and
+/// libgit2's temp object files. Only safe to remove while holding the registry lock.
+pub fn stale_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let git = dir.join(".git");
+    let mut out = Vec::new();
+    for name in ["index.lock", "HEAD.lock", "config.lock", "packed-refs.lock"] {
+        let p = git.join(name);
+        if p.exists() {
+            out.push(p);
         }
     }
-    commit_index(&repo, &mut index, message)
+    collect(
+        &git.join("refs"),
+        &mut |p| p.extension().is_some_and(|e| e == "lock"),
+        &mut out,
+    )?;
+    collect(
+        &git.join("objects"),
+        &mut |p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("tmp_object") || n.starts_with("tmp_pack"))
+        },
+        &mut out,
+    )?;
+    out.sort();
+    Ok(out)
+}
+
+fn collect(
+    dir: &Path,
+    want: &mut dyn FnMut(&Path) -> bool,
+    out: &mut Vec<PathBuf>,
+) -> io::Result<()> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in rd {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            collect(&path, want, out)?;
+        } else if want(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Crash recovery for the repository (registry lock held): removes stale lock and temp
+/// files, turns on durable writes for repositories made before they were, and puts git's
+/// index back to HEAD. Returns what it removed and whether the index had staged changes.
+pub fn repair(dir: &Path) -> Result<(Vec<PathBuf>, bool), git2::Error> {
+    let stale = stale_files(dir).map_err(|e| io_error("listing lock files", e))?;
+    for p in &stale {
+        fs::remove_file(p).map_err(|e| io_error(&format!("removing {}", p.display()), e))?;
+    }
+    let repo = Repository::open(dir)?;
+    ensure_durable(&repo)?;
+    let staged = !staged_paths(&repo)?.is_empty();
+    if staged {
+        reset_to_head(&repo)?;
+    }
+    Ok((stale, staged))
+}
+
+fn io_error(what: &str, e: io::Error) -> git2::Error {
+    git2::Error::new(
+        git2::ErrorCode::GenericError,
+        git2::ErrorClass::Os,
+        format!("{what}: {e}"),
+    )
+}
+
+/// Paths whose staged content differs from HEAD (what a failed commit can leave behind).
+fn staged_paths(repo: &Repository) -> Result<Vec<String>, git2::Error> {
+    let head = repo.head()?.peel_to_tree()?;
+    let index = repo.index()?;
+    let diff = repo.diff_tree_to_index(Some(&head), Some(&index), None)?;
+    Ok(diff
+        .deltas()
+        .filter_map(|d| {
+            d.new_file()
+                .path()
+                .or(d.old_file().path())
+                .and_then(|p| p.to_str())
+                .map(str::to_owned)
+        })
+        .collect())
+}
+
+/// [`staged_paths`] for `check`.
+pub fn staged(dir: &Path) -> Result<Vec<String>, git2::Error> {
+    staged_paths(&Repository::open(dir)?)
+}
+
+/// Whether git's history is one line of commits from HEAD back to the root.
+pub fn history_is_linear(dir: &Path) -> Result<bool, git2::Error> {
+    let repo = Repository::open(dir)?;
+    let mut commit = repo.head()?.peel_to_commit()?;
+    loop {
+        match commit.parent_count() {
+            0 => return Ok(true),
+            1 => commit = commit.parent(0)?,
+            _ => return Ok(false),
+        }
+    }
 }
 
 /// Stages every change in the working tree (temp files excepted) and commits it.
 pub fn commit_all(dir: &Path, message: &str) -> Result<bool, git2::Error> {
     let repo = Repository::open(dir)?;
     let mut index = repo.index()?;
+    let result = commit_all_in(&repo, &mut index, message);
+    if result.is_err() {
+        let _ = reset_to_head(&repo);
+    }
+    result
+}
+
+fn commit_all_in(
+    repo: &Repository,
+    index: &mut git2::Index,
+    message: &str,
+) -> Result<bool, git2::Error> {
     let mut skip_temp = |path: &Path, _: &[u8]| -> i32 {
         let temp = path
             .file_name()
@@ -51,7 +207,7 @@ pub fn commit_all(dir: &Path, message: &str) -> Result<bool, git2::Error> {
     };
     index.add_all(["*"], IndexAddOption::DEFAULT, Some(&mut skip_temp))?;
     index.update_all(["*"], None)?;
-    commit_index(&repo, &mut index, message)
+    commit_index(repo, index, message)
 }
 
 fn commit_index(

@@ -9,13 +9,19 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::metadata::{DepKind, PublishDep, PublishMetadata};
+use super::names::CrateName;
 
 /// The crates.io index as cargo spells it in publish metadata.
 pub const CRATES_IO_INDEX: &str = "https://github.com/rust-lang/crates.io-index";
 
 /// The path of a crate's index file, relative to the index root: `1/a`, `2/ab`, `3/f/foo`,
-/// `ab/cd/abcd`. Always lowercase. The name must already be valid (ASCII).
-pub fn index_path(name: &str) -> String {
+/// `ab/cd/abcd`. Always lowercase.
+pub fn index_path(name: &CrateName) -> String {
+    index_path_of(name)
+}
+
+/// [`index_path`] for a string known to be a valid name (a `-`/`_` variant of one).
+pub(crate) fn index_path_of(name: &str) -> String {
     let n = name.to_ascii_lowercase();
     match n.len() {
         1 => format!("1/{n}"),
@@ -169,15 +175,19 @@ pub fn pubtime_now() -> String {
 mod tests {
     use super::*;
 
+    fn n(name: &str) -> CrateName {
+        CrateName::parse(name).unwrap()
+    }
+
     #[test]
     fn paths_by_length_and_case() {
-        assert_eq!(index_path("a"), "1/a");
-        assert_eq!(index_path("AB"), "2/ab");
-        assert_eq!(index_path("foo"), "3/f/foo");
-        assert_eq!(index_path("Foo"), "3/f/foo");
-        assert_eq!(index_path("abcd"), "ab/cd/abcd");
-        assert_eq!(index_path("bar-baz"), "ba/r-/bar-baz");
-        assert_eq!(index_path("MyCrate"), "my/cr/mycrate");
+        assert_eq!(index_path(&n("a")), "1/a");
+        assert_eq!(index_path(&n("AB")), "2/ab");
+        assert_eq!(index_path(&n("foo")), "3/f/foo");
+        assert_eq!(index_path(&n("Foo")), "3/f/foo");
+        assert_eq!(index_path(&n("abcd")), "ab/cd/abcd");
+        assert_eq!(index_path(&n("bar-baz")), "ba/r-/bar-baz");
+        assert_eq!(index_path(&n("MyCrate")), "my/cr/mycrate");
     }
 
     #[test]

@@ -1,10 +1,16 @@
 //! The registry as files: `palletizer.toml`, the `index/` git repository whose working tree is
 //! the sparse index, and `crates/` with one immutable `.crate` file per version.
 //!
-//! Every change goes through one path: take the registry lock (an advisory file lock), write
-//! files under a temp name, fsync and rename them into place, rewrite the crate's index file
-//! whole, make one git commit, release the lock. Opening a registry repairs what a crash left
-//! half-done: temp files are removed and index edits on disk but not committed are committed.
+//! Every change goes through one path: take the registry lock (an advisory file lock), note
+//! the crate in the journal (`.pending`), write files under a temp name, fsync and rename
+//! them into place, rewrite the crate's index file whole, make one git commit, update the
+//! search data, clear the journal, release the lock. Opening a registry (under the lock, so
+//! no writer can be alive) repairs what a crash left half-done: stale git lock files and temp
+//! files are removed, git's index is put back to HEAD, index edits on disk but not committed
+//! are committed, and for each crate in the journal, crate files without an index line are
+//! moved aside to `orphans/` (never deleted) and the search line is rebuilt.
+//!
+//! Crate names enter only as [`CrateName`], which only validation makes.
 //!
 //! This module knows no sockets and no HTTP; the CLI and the server call the same functions.
 
@@ -27,12 +33,18 @@ pub use index::{IndexEntry, CRATES_IO_INDEX};
 pub use metadata::PublishMetadata;
 pub use settings::Settings;
 
+pub use names::CrateName;
 use names::Version;
 
 /// The registry's settings file, at its root.
 pub const SETTINGS_FILE: &str = "palletizer.toml";
 const LOCK_FILE: &str = ".palletizer.lock";
 const TEMP_PREFIX: &str = ".tmp-";
+/// The journal of crates a write is changing: one name per line, removed when the write is
+/// complete. What it names is checked and repaired at the next open.
+const JOURNAL_FILE: &str = ".pending";
+/// Where crate files without an index line are moved (outside every served tree).
+pub const ORPHANS_DIR: &str = "orphans";
 
 /// Everything that can go wrong in a registry operation.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +70,46 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<names::NameError> for Error {
+    fn from(e: names::NameError) -> Error {
+        Error::Invalid(e.to_string())
+    }
+}
+
+impl Error {
+    /// For errors caused by the storage rather than the request (disk full, quota, I/O error,
+    /// read-only file system): a short explanation for the client. Decided here once for
+    /// every route and command.
+    pub fn storage_trouble(&self) -> Option<&'static str> {
+        const FULL: &str = "the registry's disk is full; nothing was stored";
+        const FAILED: &str = "the registry's storage failed (I/O error); nothing was stored";
+        match self {
+            Error::Io { source, .. } => match source.raw_os_error() {
+                Some(libc::ENOSPC | libc::EDQUOT) => Some(FULL),
+                Some(libc::EIO | libc::EROFS) => Some(FAILED),
+                _ => None,
+            },
+            // libgit2 reports OS errors as text: match the C library's own wording.
+            Error::Git(e) => {
+                let msg = e.message();
+                let has = |code: i32| {
+                    let text = io::Error::from_raw_os_error(code).to_string();
+                    let text = text.split(" (os error").next().unwrap_or(&text).to_owned();
+                    msg.contains(&text)
+                };
+                if has(libc::ENOSPC) || has(libc::EDQUOT) {
+                    Some(FULL)
+                } else if has(libc::EIO) || has(libc::EROFS) {
+                    Some(FAILED)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+}
 
 /// Attaches a description of what was being done to an I/O error.
 pub(crate) trait Context<T> {
@@ -250,10 +302,17 @@ impl Registry {
         Ok(reg)
     }
 
-    /// Removes temp files and commits index edits left uncommitted. Returns what it did.
+    /// Repairs what a crash left (see the module docs). Returns what it did.
     pub fn recover(&self) -> Result<Vec<String>> {
         let mut done = Vec::new();
         let _lock = self.lock()?;
+        let (stale, staged) = git::repair(&self.index_dir)?;
+        for p in stale {
+            done.push(format!("removed stale git file {}", p.display()));
+        }
+        if staged {
+            done.push("reset git's index to the last commit".to_owned());
+        }
         for t in self.temp_files()? {
             fs::remove_file(&t).context(|| format!("removing {}", t.display()))?;
             done.push(format!("removed temp file {}", t.display()));
@@ -261,7 +320,173 @@ impl Registry {
         if git::commit_all(&self.index_dir, "Commit index changes left uncommitted")? {
             done.push("committed uncommitted index changes".to_owned());
         }
+        done.extend(self.finish_journal()?);
         Ok(done)
+    }
+
+    /// Completes the writes the journal names (lock held): orphan crate files of those
+    /// crates are moved aside and their search lines rebuilt from the index.
+    fn finish_journal(&self) -> Result<Vec<String>> {
+        let path = self.root.join(JOURNAL_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).context(|| format!("reading {}", path.display())),
+        };
+        let mut done = Vec::new();
+        for name in text.lines().filter_map(|l| CrateName::parse(l.trim()).ok()) {
+            done.extend(self.repair_crate(&name)?);
+        }
+        fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
+        Ok(done)
+    }
+
+    /// Makes one crate's files agree with its index lines (lock held): crate files without
+    /// a line are moved aside, a search line that disagrees is rebuilt.
+    pub(crate) fn repair_crate(&self, name: &CrateName) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        let entries = self.entries(name)?;
+        for orphan in self.orphans_of(name, &entries)? {
+            let to = self.move_aside(&orphan)?;
+            done.push(format!(
+                "moved crate file without index line {} to {}",
+                orphan.display(),
+                to.display()
+            ));
+        }
+        if self.search_disagrees(name, &entries)? {
+            self.rebuild_search_line(name, &entries)?;
+            done.push(format!("rebuilt the search line of {name}"));
+        }
+        Ok(done)
+    }
+
+    /// Notes in the journal that `name` is about to change (lock held). A journal left by
+    /// an earlier write is completed first.
+    fn journal(&self, name: &str) -> Result<()> {
+        self.finish_journal()?;
+        write_atomic(
+            &self.root.join(JOURNAL_FILE),
+            format!("{name}\n").as_bytes(),
+        )
+    }
+
+    /// The write the journal names is complete.
+    fn journal_done(&self) {
+        let _ = fs::remove_file(self.root.join(JOURNAL_FILE));
+    }
+
+    /// Crate files in `name`'s directory that no index entry accounts for.
+    pub(crate) fn orphans_of(&self, name: &str, entries: &[IndexEntry]) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.crates_dir.join(name)];
+        if let Some(e) = entries.first() {
+            if e.name != name {
+                dirs.push(self.crates_dir.join(&e.name));
+            }
+        }
+        let expected: Vec<PathBuf> = entries
+            .iter()
+            .filter_map(|e| self.entry_crate_path(e).ok())
+            .collect();
+        for dir in dirs {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).context(|| format!("reading {}", dir.display())),
+            };
+            for f in rd {
+                let f = f.context(|| format!("reading {}", dir.display()))?;
+                let p = f.path();
+                let temp = f.file_name().to_str().is_some_and(is_temp_name);
+                if !temp && !expected.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves a crate file without an index line to `orphans/` (never deleting data).
+    pub(crate) fn move_aside(&self, path: &Path) -> Result<PathBuf> {
+        let dir = self.root.join(ORPHANS_DIR);
+        fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("crate")
+            .to_owned();
+        let mut to = dir.join(&file);
+        let mut n = 1;
+        while to.exists() {
+            to = dir.join(format!("{file}.{n}"));
+            n += 1;
+        }
+        if let Err(e) = fs::rename(path, &to) {
+            if e.raw_os_error() != Some(libc::EXDEV) {
+                return Err(e).context(|| format!("moving {}", path.display()));
+            }
+            // The crates directory is on another file system: copy, sync, then remove.
+            let bytes = fs::read(path).context(|| format!("reading {}", path.display()))?;
+            write_atomic(&to, &bytes)?;
+            fs::remove_file(path).context(|| format!("removing {}", path.display()))?;
+        }
+        sync_dir(&dir).context(|| format!("syncing {}", dir.display()))?;
+        if let Some(parent) = path.parent() {
+            let _ = fs::remove_dir(parent); // only if now empty
+        }
+        Ok(to)
+    }
+
+    /// Whether `search.jsonl` says something else than the index about `name`.
+    pub(crate) fn search_disagrees(&self, name: &str, entries: &[IndexEntry]) -> Result<bool> {
+        let line = search::find(&self.root, name)?;
+        Ok(match (entries.first(), line) {
+            (None, None) => false,
+            (Some(e), Some(l)) => {
+                l.name != e.name
+                    || l.max_version != search::max_version(entries).unwrap_or_default()
+            }
+            _ => true,
+        })
+    }
+
+    /// Rewrites `name`'s search line from the index; the description and keywords come
+    /// from the newest version's `Cargo.toml`.
+    pub(crate) fn rebuild_search_line(&self, name: &str, entries: &[IndexEntry]) -> Result<()> {
+        let Some(first) = entries.first() else {
+            return search::update(&self.root, name, None);
+        };
+        let newest = entries
+            .iter()
+            .filter_map(|e| Version::parse(&e.vers).ok().map(|v| (v.0, e)))
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, e)| e);
+        let (description, keywords) = match newest {
+            Some(e) => self.described_by_crate_file(e).unwrap_or_default(),
+            None => (None, Vec::new()),
+        };
+        let line = search::SearchLine {
+            name: first.name.clone(),
+            max_version: search::max_version(entries).unwrap_or_default(),
+            description,
+            keywords,
+        };
+        search::replace(&self.root, name, line)
+    }
+
+    /// The description and keywords in a version's crate file.
+    fn described_by_crate_file(&self, e: &IndexEntry) -> Result<(Option<String>, Vec<String>)> {
+        let path = self.entry_crate_path(e)?;
+        let f = File::open(&path).context(|| format!("opening {}", path.display()))?;
+        let limits = tarball::Limits {
+            max_size: u64::MAX,
+            max_unpacked: self.settings.max_unpacked_size,
+        };
+        let inspected = tarball::inspect(f, limits)?;
+        let meta = PublishMetadata::from_manifest(&inspected.manifest)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok((meta.description, meta.keywords))
     }
 
     pub fn root(&self) -> &Path {
@@ -290,14 +515,22 @@ impl Registry {
     }
 
     /// The path of a version's crate file: `crates/{name}/{name}-{vers}.crate`.
-    pub fn crate_path(&self, name: &str, vers: &str) -> PathBuf {
+    pub fn crate_path(&self, name: &CrateName, vers: &Version) -> PathBuf {
         self.crates_dir
-            .join(name)
+            .join(name.as_str())
             .join(format!("{name}-{vers}.crate"))
     }
 
+    /// The crate file of an index entry (whose name and version are checked again: an index
+    /// file is data on disk like any other).
+    pub fn entry_crate_path(&self, e: &IndexEntry) -> Result<PathBuf> {
+        let name = CrateName::parse(&e.name)?;
+        let vers = Version::parse(&e.vers).map_err(|err| Error::Invalid(err.to_string()))?;
+        Ok(self.crate_path(&name, &vers))
+    }
+
     /// Reads a crate's index entries (empty when the crate is unknown).
-    pub fn entries(&self, name: &str) -> Result<Vec<IndexEntry>> {
+    pub fn entries(&self, name: &CrateName) -> Result<Vec<IndexEntry>> {
         let path = self.index_dir.join(index::index_path(name));
         match fs::read_to_string(&path) {
             Ok(text) => Ok(index::parse_file(&text)
@@ -324,7 +557,8 @@ impl Registry {
     /// Publishes a `.crate` file with the metadata in its `Cargo.toml` (`palletizer add`).
     /// A file named like a crate file must be named for the crate it holds.
     pub fn add_file(&self, path: &Path) -> Result<IndexEntry> {
-        let f = File::open(path).context(|| "cannot read the crate file".to_owned())?;
+        let f = File::open(path)
+            .map_err(|e| Error::Invalid(format!("cannot read the crate file: {e}")))?;
         let file_name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -366,13 +600,24 @@ impl Registry {
             max_size: self.settings.max_crate_size,
             max_unpacked: self.settings.max_unpacked_size,
         };
+        let mut write_error = None;
         let inspected = tarball::inspect(
             Tee {
                 inner: tarball,
                 out: &mut out,
+                write_error: &mut write_error,
             },
             limits,
-        )?;
+        );
+        // A failed write (disk full) surfaces through the tar reader as a broken archive:
+        // report it as what it is, the storage's trouble, not the crate's.
+        if let Some(source) = write_error {
+            return Err(Error::Io {
+                context: "storing the crate file".into(),
+                source,
+            });
+        }
+        let inspected = inspected?;
         let from_manifest = PublishMetadata::from_manifest(&inspected.manifest)
             .map_err(|e| Error::Invalid(e.to_string()))?;
         let meta = match meta {
@@ -388,6 +633,7 @@ impl Registry {
             None => from_manifest,
         };
         metadata::validate(&meta).map_err(Error::Invalid)?;
+        let name = CrateName::parse(&meta.name)?;
         let top = format!("{}-{}", meta.name, meta.vers);
         if let Some(file_name) = file_name {
             if file_name != format!("{top}.crate") {
@@ -423,8 +669,8 @@ impl Registry {
             self.is_own_index(u)
         });
         let _lock = self.lock()?;
-        self.check_name_free(&meta.name)?;
-        let mut entries = self.entries(&meta.name)?;
+        self.check_name_free(&name)?;
+        let mut entries = self.entries(&name)?;
         if let Some(e) = entries
             .iter()
             .find(|e| Version::parse(&e.vers).is_ok_and(|v| v.same_release(&version)))
@@ -434,21 +680,28 @@ impl Registry {
                 meta.vers, meta.name, e.vers
             )));
         }
-        let dest = self.crate_path(&meta.name, &meta.vers);
+        let dest = self.crate_path(&name, &version);
         let dest_dir = dest.parent().expect("crate paths have a parent");
-        fs::create_dir_all(dest_dir).context(|| format!("creating {}", dest_dir.display()))?;
-        fs::rename(tmp, &dest).context(|| format!("moving crate file to {}", dest.display()))?;
-        sync_dir(dest_dir).context(|| format!("syncing {}", dest_dir.display()))?;
+        self.journal(&name)?;
+        let placed = (|| {
+            fs::create_dir_all(dest_dir).context(|| format!("creating {}", dest_dir.display()))?;
+            fs::rename(tmp, &dest)
+                .context(|| format!("moving crate file to {}", dest.display()))?;
+            sync_dir(dest_dir).context(|| format!("syncing {}", dest_dir.display()))
+        })();
         entries.push(entry.clone());
         let message = format!("Add {} {}", meta.name, meta.vers);
-        if let Err(e) = self.write_index_file(&meta.name, &entries, &message) {
+        if let Err(e) = placed.and_then(|()| self.write_index_file(&name, &entries, &message)) {
+            // Nothing of this publish stays: no crate file, no index line, nothing staged.
             let _ = fs::remove_file(&dest);
+            let _ = fs::remove_dir(dest_dir);
+            self.journal_done();
             return Err(e);
         }
         let newest = search::max_version(&entries);
         let described = newest.as_deref() == Some(meta.vers.as_str());
         self.update_search(
-            &meta.name,
+            &name,
             &entries,
             described.then(|| (meta.description.clone(), meta.keywords.clone())),
         );
@@ -456,9 +709,9 @@ impl Registry {
     }
 
     /// Refuses a name whose canonical form belongs to a crate spelled differently.
-    fn check_name_free(&self, name: &str) -> Result<()> {
+    fn check_name_free(&self, name: &CrateName) -> Result<()> {
         if let Some(existing) = self.find_canonical(name)? {
-            if existing != name {
+            if existing != name.as_str() {
                 return Err(Error::Conflict(format!(
                     "crate name `{name}` is too similar to the existing crate `{existing}`"
                 )));
@@ -470,8 +723,8 @@ impl Registry {
     /// The spelling of the published crate whose canonical name equals `name`'s, if any.
     /// Only the first four characters choose an index directory, so at most eight
     /// directories (`-`/`_` at positions 1..4) can hold a colliding name.
-    pub fn find_canonical(&self, name: &str) -> Result<Option<String>> {
-        let canon = names::canonical(name);
+    pub fn find_canonical(&self, name: &CrateName) -> Result<Option<String>> {
+        let canon = name.canonical();
         let lower = name.to_ascii_lowercase();
         let head: Vec<char> = lower.chars().take(4).collect();
         let seps: Vec<usize> = (0..head.len())
@@ -484,7 +737,7 @@ impl Registry {
                 variant[i] = if mask & (1 << bit) != 0 { '-' } else { '_' };
             }
             let v: String = variant.into_iter().collect();
-            let p = index::index_path(&v);
+            let p = index::index_path_of(&v);
             let dir = Path::new(&p)
                 .parent()
                 .expect("index paths have a directory")
@@ -517,34 +770,58 @@ impl Registry {
     }
 
     /// Rewrites a crate's index file from `entries` (removing it when empty) and commits.
-    /// Must be called with the lock held.
-    fn write_index_file(&self, name: &str, entries: &[IndexEntry], message: &str) -> Result<()> {
+    /// Must be called with the lock held. On failure the file is put back as it was: the old
+    /// one is kept under a hard link (which needs no data blocks) until the commit is done,
+    /// so putting it back works on a full disk too.
+    fn write_index_file(
+        &self,
+        name: &CrateName,
+        entries: &[IndexEntry],
+        message: &str,
+    ) -> Result<()> {
         let rel = index::index_path(name);
         let path = self.index_dir.join(&rel);
-        let old = fs::read(&path).ok();
-        if entries.is_empty() {
-            if old.is_some() {
-                fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
-            }
+        let dir = path.parent().expect("index paths have a parent");
+        let backup = if path.exists() {
+            let b = temp_path(dir, "old");
+            fs::hard_link(&path, &b).context(|| format!("keeping {}", path.display()))?;
+            Some(b)
         } else {
-            write_atomic(&path, index::render_file(entries).as_bytes())?;
+            None
+        };
+        let result = (|| {
+            if entries.is_empty() {
+                if backup.is_some() {
+                    fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
+                }
+            } else {
+                write_atomic(&path, index::render_file(entries).as_bytes())?;
+            }
+            git::commit_paths(&self.index_dir, &[&rel], message)?;
+            Ok(())
+        })();
+        match (&result, backup) {
+            (Ok(()), Some(b)) => {
+                let _ = fs::remove_file(b);
+            }
+            (Ok(()), None) => {}
+            // Put the file back so the working tree matches the last commit.
+            (Err(_), Some(b)) => {
+                let _ = fs::rename(&b, &path);
+            }
+            (Err(_), None) => {
+                let _ = fs::remove_file(&path);
+            }
         }
-        if let Err(e) = git::commit_paths(&self.index_dir, &[&rel], message) {
-            // Put the file back as it was so the working tree matches the last commit.
-            let _ = match old {
-                Some(bytes) => write_atomic(&path, &bytes),
-                None => fs::remove_file(&path).context(String::new),
-            };
-            return Err(e.into());
-        }
-        Ok(())
+        result
     }
 
-    /// Refreshes the crate's search line after a write (lock held). The index commit has
-    /// already happened, so a failure here is reported but does not undo the write.
+    /// Refreshes the crate's search line after a write (lock held) and clears the journal.
+    /// The index commit has already happened, so a failure here is reported but does not
+    /// undo the write: the journal keeps the crate, and the next write or open rebuilds it.
     fn update_search(
         &self,
-        name: &str,
+        name: &CrateName,
         entries: &[IndexEntry],
         described: Option<(Option<String>, Vec<String>)>,
     ) {
@@ -554,8 +831,9 @@ impl Registry {
             description: described.as_ref().and_then(|d| d.0.clone()),
             keywords: described.map(|d| d.1).unwrap_or_default(),
         });
-        if let Err(e) = search::update(&self.root, name, line) {
-            eprintln!("warning: search data not updated for {name}: {e}");
+        match search::update(&self.root, name, line) {
+            Ok(()) => self.journal_done(),
+            Err(e) => eprintln!("warning: search data not updated for {name}: {e}"),
         }
     }
 
@@ -564,7 +842,7 @@ impl Registry {
         search::search(&self.root, query, per_page)
     }
 
-    fn find_version(&self, name: &str, vers: &str) -> Result<(Vec<IndexEntry>, usize)> {
+    fn find_version(&self, name: &CrateName, vers: &str) -> Result<(Vec<IndexEntry>, usize)> {
         let wanted = Version::parse(vers).map_err(|e| Error::Invalid(e.to_string()))?;
         let entries = self.entries(name)?;
         if entries.is_empty() {
@@ -578,7 +856,7 @@ impl Registry {
     }
 
     /// Marks a version yanked (or not). Returns false when it already was in that state.
-    pub fn set_yanked(&self, name: &str, vers: &str, yanked: bool) -> Result<bool> {
+    pub fn set_yanked(&self, name: &CrateName, vers: &str, yanked: bool) -> Result<bool> {
         let _lock = self.lock()?;
         let (mut entries, i) = self.find_version(name, vers)?;
         if entries[i].yanked == yanked {
@@ -587,14 +865,18 @@ impl Registry {
         entries[i].yanked = yanked;
         let verb = if yanked { "Yank" } else { "Unyank" };
         let message = format!("{verb} {} {}", entries[i].name, entries[i].vers);
-        self.write_index_file(name, &entries, &message)?;
+        self.journal(name)?;
+        if let Err(e) = self.write_index_file(name, &entries, &message) {
+            self.journal_done();
+            return Err(e);
+        }
         self.update_search(name, &entries, None);
         Ok(true)
     }
 
     /// Removes one version, or every version, of a crate: index lines first (committed), then
     /// crate files. Returns the versions removed.
-    pub fn delete(&self, name: &str, vers: Option<&str>) -> Result<Vec<String>> {
+    pub fn delete(&self, name: &CrateName, vers: Option<&str>) -> Result<Vec<String>> {
         let _lock = self.lock()?;
         let (kept, removed): (Vec<IndexEntry>, Vec<IndexEntry>) = match vers {
             Some(v) => {
@@ -615,10 +897,14 @@ impl Registry {
             Some(_) => format!("Delete {real} {}", removed[0].vers),
             None => format!("Delete {real} (all versions)"),
         };
-        self.write_index_file(name, &kept, &message)?;
-        self.update_search(name, &kept, None);
+        // Journaled by the real spelling: the crate files live under it.
+        self.journal(&real)?;
+        if let Err(e) = self.write_index_file(name, &kept, &message) {
+            self.journal_done();
+            return Err(e);
+        }
         for e in &removed {
-            let p = self.crate_path(&e.name, &e.vers);
+            let p = self.entry_crate_path(e)?;
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -626,11 +912,12 @@ impl Registry {
             }
         }
         let _ = fs::remove_dir(self.crates_dir.join(&real));
+        self.update_search(name, &kept, None);
         Ok(removed.into_iter().map(|e| e.vers).collect())
     }
 
     /// Every version of every crate (or of `name`), sorted by name then version.
-    pub fn list(&self, name: Option<&str>) -> Result<Vec<Listed>> {
+    pub fn list(&self, name: Option<&CrateName>) -> Result<Vec<Listed>> {
         let mut entries = match name {
             Some(n) => self.entries(n)?,
             None => {
@@ -723,16 +1010,22 @@ fn walk_files(dir: &Path, prefix: &str, f: &mut dyn FnMut(&str, &Path)) -> io::R
     Ok(())
 }
 
-/// Copies everything read from `inner` into `out`.
+/// Copies everything read from `inner` into `out`, keeping a write error apart so that it
+/// is not mistaken for a broken archive.
 struct Tee<'a, R> {
     inner: R,
     out: &'a mut File,
+    write_error: &'a mut Option<io::Error>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.out.write_all(&buf[..n])?;
+        if let Err(e) = self.out.write_all(&buf[..n]) {
+            let kind = e.kind();
+            *self.write_error = Some(e);
+            return Err(kind.into());
+        }
         Ok(n)
     }
 }

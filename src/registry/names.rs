@@ -58,19 +58,82 @@ const WINDOWS_DEVICES: &[&str] = &[
     "com9", "lpt1", "lpt2", "lpt3", "lpt4", "lpt5", "lpt6", "lpt7", "lpt8", "lpt9",
 ];
 
-/// Why a name was refused.
+/// Why a name was refused. The name is echoed shortened and escaped: it may come from a URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error("crate name must not be empty")]
     Empty,
-    #[error("crate name `{0}` is longer than {MAX_NAME_LEN} characters")]
+    #[error("crate name `{}` is longer than {MAX_NAME_LEN} characters", shown(.0))]
     TooLong(String),
-    #[error("crate name `{0}` must start with an ASCII letter")]
+    #[error("crate name `{}` must start with an ASCII letter", shown(.0))]
     BadStart(String),
-    #[error("crate name `{0}` may only contain ASCII letters, digits, `-` and `_`")]
+    #[error("crate name `{}` may only contain ASCII letters, digits, `-` and `_`", shown(.0))]
     BadChar(String),
-    #[error("crate name `{0}` is reserved")]
+    #[error("crate name `{}` is reserved", shown(.0))]
     Reserved(String),
+}
+
+/// How much of a refused name or path an error message repeats.
+const SHOWN_CHARS: usize = 80;
+
+/// A client-supplied string made safe to repeat in a message: at most [`SHOWN_CHARS`]
+/// characters (then `…`), control and non-ASCII characters escaped.
+pub fn shown(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == SHOWN_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_ascii_graphic() || c == ' ' {
+            out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+    }
+    out
+}
+
+/// A crate name that passed [`validate_name`]. Every registry function that turns a name into
+/// a path takes this type, and the only way to make one is [`CrateName::parse`]: no
+/// unvalidated string (from a URL, a command line or a file) reaches the file system.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CrateName(String);
+
+impl CrateName {
+    pub fn parse(name: &str) -> Result<CrateName, NameError> {
+        validate_name(name)?;
+        Ok(CrateName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The form collisions are detected in (see [`canonical`]).
+    pub fn canonical(&self) -> String {
+        canonical(&self.0)
+    }
+}
+
+impl std::ops::Deref for CrateName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CrateName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for CrateName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<CrateName, NameError> {
+        CrateName::parse(s)
+    }
 }
 
 /// The form two names are compared in: lowercase, `-` as `_`.
@@ -147,9 +210,9 @@ pub struct Version(pub semver::Version);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VersionError {
-    #[error("version `{0}` is longer than {MAX_VERSION_LEN} characters")]
+    #[error("version `{}` is longer than {MAX_VERSION_LEN} characters", shown(.0))]
     TooLong(String),
-    #[error("version `{0}` is not valid SemVer: {1}")]
+    #[error("version `{}` is not valid SemVer: {}", shown(.0), .1)]
     Invalid(String, String),
 }
 
@@ -234,6 +297,24 @@ mod tests {
         }
         assert_eq!(validate_name("stdx"), Ok(()));
         assert_eq!(validate_name("com10"), Ok(()));
+    }
+
+    #[test]
+    fn crate_names_come_only_from_validation() {
+        assert_eq!(CrateName::parse("Foo-Bar").unwrap().as_str(), "Foo-Bar");
+        for bad in ["", "..", "../../etc", "a/b", "aéb", "a\0b", "std", "9x"] {
+            assert!(CrateName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refused_names_are_echoed_bounded_and_escaped() {
+        let long = format!("{}\n\x1b[31m", "x".repeat(10_000));
+        let msg = validate_name(&long).unwrap_err().to_string();
+        assert!(msg.len() < 200, "{msg}");
+        let msg = validate_name("a\nb\u{1b}").unwrap_err().to_string();
+        assert!(!msg.chars().any(char::is_control), "{msg:?}");
+        assert!(msg.contains("a\\nb"), "{msg}");
     }
 
     #[test]

@@ -46,10 +46,44 @@ pub fn max_version(entries: &[IndexEntry]) -> Option<String> {
         .map(|(_, s)| s)
 }
 
+/// The line for the crate `name` (canonically), if any.
+pub fn find(root: &Path, name: &str) -> Result<Option<SearchLine>> {
+    let file = path(root);
+    let key = canonical(name);
+    let f = match File::open(&file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context(|| format!("reading {}", file.display())),
+    };
+    for text in BufReader::new(f).lines() {
+        let text = text.context(|| format!("reading {}", file.display()))?;
+        if let Ok(line) = serde_json::from_str::<SearchLine>(&text) {
+            if canonical(&line.name) == key {
+                return Ok(Some(line));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Rewrites the line for the crate `name` (canonically): removed when `line` is None.
 /// A new line without a description keeps the old line's description and keywords.
 /// Must be called with the registry lock held.
 pub fn update(root: &Path, name: &str, line: Option<SearchLine>) -> Result<()> {
+    rewrite(root, name, line, true)
+}
+
+/// Like [`update`], but the new line replaces the old one whole.
+pub fn replace(root: &Path, name: &str, line: SearchLine) -> Result<()> {
+    rewrite(root, name, Some(line), false)
+}
+
+fn rewrite(
+    root: &Path,
+    name: &str,
+    line: Option<SearchLine>,
+    keep_description: bool,
+) -> Result<()> {
     let file = path(root);
     let key = canonical(name);
     let tmp = temp_path(root, "search");
@@ -69,7 +103,7 @@ pub fn update(root: &Path, name: &str, line: Option<SearchLine>) -> Result<()> {
                 let old_key = canonical(&old.name);
                 if old_key == key {
                     if let Some(mut new) = pending.take() {
-                        if new.description.is_none() {
+                        if keep_description && new.description.is_none() {
                             new.description = old.description;
                             new.keywords = old.keywords;
                         }
