@@ -9,9 +9,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use palletizer::registry::tarball::testing::{noise, publish_body, simple_crate};
-use support::{show, snapshot, Sandbox, ServerProc};
-
-const TOKEN: &str = "test-token";
+use support::{meta, raw_publish, read_one, show, snapshot, Sandbox, ServerProc, TOKEN};
 
 fn setup() -> (Sandbox, ServerProc) {
     let s = Sandbox::new();
@@ -219,57 +217,6 @@ fn dependencies_on_our_registry_and_crates_io() {
         "https://github.com/rust-lang/crates.io-index",
         "{line}"
     );
-}
-
-fn meta(name: &str, vers: &str, deps: serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "name": name, "vers": vers, "deps": deps, "features": {}, "authors": [],
-        "description": "d", "documentation": null, "homepage": null, "readme": null,
-        "readme_file": null, "keywords": [], "categories": [], "license": "MIT",
-        "license_file": null, "repository": null, "badges": {}, "links": null, "rust_version": null
-    }))
-    .unwrap()
-}
-
-/// Sends a raw publish and returns (status, body).
-fn raw_publish(addr: &str, body: &[u8]) -> (u16, String) {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let head = format!(
-        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    c.write_all(head.as_bytes()).unwrap();
-    c.write_all(body).unwrap();
-    read_one(&mut c)
-}
-
-fn read_one(c: &mut TcpStream) -> (u16, String) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut r = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(len)) = r.parse(&buf) {
-            let code = r.code.unwrap();
-            let clen: usize = r
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .map_or(0, |h| {
-                    std::str::from_utf8(h.value).unwrap().parse().unwrap()
-                });
-            if buf.len() >= len + clen {
-                return (
-                    code,
-                    String::from_utf8_lossy(&buf[len..len + clen]).into_owned(),
-                );
-            }
-        }
-        let n = c.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
 }
 
 #[test]
@@ -509,6 +456,51 @@ fn api_errors_are_cargo_readable() {
     let (st, body) = req("GET /api/v1/crates?q=anything HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(st, 200);
     assert_eq!(body.trim(), r#"{"crates":[],"meta":{"total":0}}"#);
+}
+
+#[test]
+fn names_from_urls_never_reach_the_file_system() {
+    let (s, srv) = setup();
+    publish_ok(&s, "leaf", None);
+    // Bait outside the registry that would parse as an index line: the traversal used to
+    // rewrite such a file, and answered 500 where a missing one answered 404.
+    let bait = s.path().join("etc");
+    fs::write(
+        &bait,
+        r#"{"name":"etc","vers":"1.0.0","deps":[],"cksum":"00","features":{}}"#,
+    )
+    .unwrap();
+    let before = snapshot(s.path());
+    let long = "x".repeat(5000);
+    for name in [
+        "..%2F..%2F..%2Fetc",
+        "..%2F..%2Fetc",
+        "%2E%2E",
+        "",
+        "a%C3%A9b",
+        "a%00b",
+        "%2Fetc",
+        "a%2Fb",
+        long.as_str(),
+    ] {
+        for (method, action) in [("DELETE", "yank"), ("PUT", "unyank")] {
+            let raw = format!(
+                "{method} /api/v1/crates/{name}/1.0.0/{action} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+            );
+            let mut c = TcpStream::connect(srv.addr()).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.write_all(raw.as_bytes()).unwrap();
+            let (st, body) = read_one(&mut c);
+            assert!(
+                st == 400 || (name.is_empty() && st == 404),
+                "{method} {name:.40}: {st} {body}"
+            );
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let detail = v["errors"][0]["detail"].as_str().unwrap();
+            assert!(detail.len() < 300, "bounded echo: {detail}");
+        }
+    }
+    assert_eq!(snapshot(s.path()), before, "nothing changed anywhere");
 }
 
 #[test]

@@ -451,3 +451,34 @@ fn concurrent_adds_both_land() {
     assert!(s.palletizer_ok(&["check"]).contains("consistent"));
     assert!(Path::new(&s.reg()).join("index/co/nc/conc0").exists());
 }
+
+#[test]
+fn names_from_the_command_line_never_reach_the_file_system() {
+    let s = Sandbox::new();
+    init(&s);
+    // Bait outside the registry that would parse as an index line.
+    let bait = s.path().join("etc");
+    fs::write(
+        &bait,
+        r#"{"name":"etc","vers":"1.0.0","deps":[],"cksum":"00","features":{}}"#,
+    )
+    .unwrap();
+    let before = snapshot(s.path());
+    for args in [
+        &["list", "aéb"][..],
+        &["list", ""],
+        &["yank", "../../etc", "1.0.0"],
+        &["unyank", "../../etc", "1.0.0"],
+        &["delete", "../../etc"],
+        &["delete", "a/b", "1.0.0"],
+        &["yank", &"x".repeat(5000), "1.0.0"],
+    ] {
+        let out = s.palletizer(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: crate name"), "{args:?}: {err}");
+        assert!(err.len() < 300, "the name is echoed bounded: {err}");
+    }
+    assert_eq!(snapshot(s.path()), before);
+}

@@ -234,6 +234,93 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// The token tests send (the server does not check it yet).
+pub const TOKEN: &str = "test-token";
+
+/// Publish metadata as cargo sends it, with a description.
+pub fn meta(name: &str, vers: &str, deps: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "name": name, "vers": vers, "deps": deps, "features": {}, "authors": [],
+        "description": "d", "documentation": null, "homepage": null, "readme": null,
+        "readme_file": null, "keywords": [], "categories": [], "license": "MIT",
+        "license_file": null, "repository": null, "badges": {}, "links": null, "rust_version": null
+    }))
+    .unwrap()
+}
+
+/// Sends a raw publish and returns (status, body).
+pub fn raw_publish(addr: &str, body: &[u8]) -> (u16, String) {
+    try_raw_publish(addr, body).unwrap()
+}
+
+/// [`raw_publish`] that reports a failed or cut connection instead of panicking.
+pub fn try_raw_publish(addr: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(addr)?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let head = format!(
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes())?;
+    c.write_all(body)?;
+    try_read_one(&mut c)
+}
+
+/// Reads one response: (status, body).
+pub fn read_one(c: &mut impl std::io::Read) -> (u16, String) {
+    try_read_one(c).unwrap()
+}
+
+/// [`read_one`] that reports a connection closed before the whole response as an error.
+pub fn try_read_one(c: &mut impl std::io::Read) -> std::io::Result<(u16, String)> {
+    let (code, body) = try_read_bytes(c)?;
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One response with its body as bytes.
+pub fn try_read_bytes(c: &mut impl std::io::Read) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(len)) = r.parse(&buf) {
+            let code = r.code.unwrap();
+            let clen: usize = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |h| {
+                    std::str::from_utf8(h.value).unwrap().parse().unwrap()
+                });
+            if buf.len() >= len + clen {
+                return Ok((code, buf[len..len + clen].to_vec()));
+            }
+        }
+        let n = c.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("closed after: {}", String::from_utf8_lossy(&buf)),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// `GET path` on a new connection: (status, body bytes).
+pub fn get_bytes(addr: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(addr)?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    try_read_bytes(&mut c)
+}
+
 /// A running `palletizer serve`, killed on drop. Its stderr (the request log) is collected.
 pub struct ServerProc {
     pub child: std::process::Child,

@@ -1,0 +1,429 @@
+//! Crashes and full disks: what a registry must survive without losing an acknowledged write
+//! or keeping a refused one.
+//!
+//! - a commit that fails leaves nothing staged for the next one to sweep in;
+//! - a journaled write cut short is finished at the next open;
+//! - the crash loop: publishes through the server and `palletizer add` killed with SIGKILL at
+//!   random moments (`PALLETIZER_CRASH_KILLS`, default 10; `PALLETIZER_CRASH_SEED` replays);
+//! - a full disk (a small tmpfs; needs root): every failure is a 507 that leaves no trace.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use palletizer::registry::tarball::sha256_hex;
+use palletizer::registry::tarball::testing::{noise, publish_body, simple_crate};
+use palletizer::registry::{check, git, index, CrateName, InitOptions, Registry};
+use support::{get_bytes, meta, show, try_raw_publish, Sandbox};
+
+fn init(root: &Path) -> Registry {
+    Registry::init(
+        root,
+        InitOptions {
+            url: "http://127.0.0.1:1".into(),
+            index_dir: None,
+            crates_dir: None,
+            crates_io: true,
+            allowed_registries: Vec::new(),
+        },
+    )
+    .unwrap()
+}
+
+fn head(reg: &Path) -> String {
+    let repo = git2::Repository::open(reg.join("index")).unwrap();
+    let id = repo.head().unwrap().peel_to_commit().unwrap().id();
+    id.to_string()
+}
+
+fn head_has(reg: &Path, rel: &str) -> bool {
+    let repo = git2::Repository::open(reg.join("index")).unwrap();
+    let tree = repo.head().unwrap().peel_to_tree().unwrap();
+    tree.get_path(Path::new(rel)).is_ok()
+}
+
+fn name(n: &str) -> CrateName {
+    CrateName::parse(n).unwrap()
+}
+
+#[test]
+fn a_failed_commit_leaves_no_ghost_for_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = init(dir.path());
+    reg.publish(None, &simple_crate("first", "1.0.0", &[])[..])
+        .unwrap();
+    let before = head(dir.path());
+    // A ref lock the commit cannot take: the publish fails inside the commit.
+    let lock = dir.path().join("index/.git/refs/heads/master.lock");
+    fs::write(&lock, b"").unwrap();
+    let err = reg
+        .publish(None, &simple_crate("ghost", "1.0.0", &[])[..])
+        .unwrap_err();
+    assert!(err.to_string().contains("lock"), "{err}");
+    assert_eq!(head(dir.path()), before);
+    assert!(!dir.path().join("crates/ghost").exists(), "no crate file");
+    let rel = index::index_path(&name("ghost"));
+    assert!(
+        !dir.path().join("index").join(&rel).exists(),
+        "no index file"
+    );
+    assert!(git::staged(&dir.path().join("index")).unwrap().is_empty());
+    fs::remove_file(&lock).unwrap();
+    reg.publish(None, &simple_crate("second", "1.0.0", &[])[..])
+        .unwrap();
+    assert!(
+        !head_has(dir.path(), &rel),
+        "the next commit must not carry the failed publish"
+    );
+    assert!(reg.entries(&name("ghost")).unwrap().is_empty());
+    assert!(check::check(&reg).unwrap().is_empty());
+}
+
+#[test]
+fn stale_git_locks_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = init(dir.path());
+    for f in ["index/.git/index.lock", "index/.git/refs/heads/master.lock"] {
+        fs::write(dir.path().join(f), b"").unwrap();
+    }
+    let problems = check::check(&reg).unwrap();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    let reg = Registry::open(dir.path()).unwrap();
+    reg.publish(None, &simple_crate("after", "1.0.0", &[])[..])
+        .unwrap();
+    assert!(check::check(&reg).unwrap().is_empty());
+}
+
+#[test]
+fn a_journaled_write_cut_short_is_finished_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let reg = init(root);
+    reg.publish(None, &simple_crate("jour", "1.0.0", &[])[..])
+        .unwrap();
+    // As a kill after the crate file was renamed into place, before its index line, and
+    // before the search line of the last write was updated.
+    fs::write(
+        root.join("crates/jour/jour-2.0.0.crate"),
+        simple_crate("jour", "2.0.0", &[]),
+    )
+    .unwrap();
+    fs::write(root.join("search.jsonl"), b"").unwrap();
+    fs::write(root.join(".pending"), b"jour\n").unwrap();
+    let problems = check::check(&reg).unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| matches!(p, check::Problem::OrphanCrateFile { .. })),
+        "{problems:?}"
+    );
+    let reg = Registry::open(root).unwrap();
+    assert!(!root.join("crates/jour/jour-2.0.0.crate").exists());
+    assert!(
+        root.join("orphans/jour-2.0.0.crate").exists(),
+        "moved, not deleted"
+    );
+    assert!(!root.join(".pending").exists());
+    let found = reg.search("jour", 10).unwrap();
+    assert_eq!(found.hits.len(), 1);
+    assert_eq!(found.hits[0].max_version, "1.0.0");
+    assert_eq!(
+        found.hits[0].description.as_deref(),
+        Some("test crate jour")
+    );
+    assert!(check::check(&reg).unwrap().is_empty());
+}
+
+/// A small xorshift: the crash loop's moments, replayable from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// A write the registry acknowledged: it must be there after every later crash.
+#[derive(Clone)]
+struct Acked {
+    name: String,
+    cksum: String,
+}
+
+fn crate_for(name: &str, salt: u64) -> Vec<u8> {
+    let data = noise(2000 + (salt as usize % 5000));
+    simple_crate(name, "1.0.0", &[("data", &data)])
+}
+
+fn verify(s: &Sandbox, addr: &str, acked: &[Acked]) {
+    for a in acked {
+        let rel = index::index_path(&name(&a.name));
+        let (st, body) = get_bytes(addr, &format!("/index/{rel}")).unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(st, 200, "{} lost from the index", a.name);
+        assert!(body.contains(&a.cksum), "{}: {body}", a.name);
+        let (st, bytes) = get_bytes(addr, &format!("/crates/{0}/{0}-1.0.0.crate", a.name)).unwrap();
+        assert_eq!(st, 200, "{} crate file lost", a.name);
+        assert_eq!(sha256_hex(&bytes[..]).unwrap(), a.cksum, "{}", a.name);
+    }
+    let out = s.palletizer(&["check"]);
+    assert!(out.status.success(), "check after restart:\n{}", show(&out));
+    let index = s.reg().join("index");
+    assert!(git::history_is_linear(&index).unwrap());
+    let fsck = Command::new("git")
+        .arg("-C")
+        .arg(&index)
+        .args(["fsck", "--no-dangling", "--no-progress"])
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "git fsck:\n{}", show(&fsck));
+}
+
+#[test]
+fn crash_loop_loses_no_acknowledged_publish() {
+    let kills: usize = std::env::var("PALLETIZER_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let seed: u64 = std::env::var("PALLETIZER_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("crash loop: {kills} kills, PALLETIZER_CRASH_SEED={seed}");
+    let mut rng = Rng(seed);
+    let s = Sandbox::new();
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    let started = Instant::now();
+    for round in 0..kills {
+        let srv = s.serve(&["-q"]);
+        verify(&s, srv.addr(), &acked.lock().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let addr = srv.addr().to_owned();
+        let publisher = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                for j in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let name = format!("srv{round}n{j}");
+                    let krate = crate_for(&name, (round * 1000 + j) as u64);
+                    let body = publish_body(&meta(&name, "1.0.0", serde_json::json!([])), &krate);
+                    match try_raw_publish(&addr, &body) {
+                        Ok((200, _)) => acked.lock().unwrap().push(Acked {
+                            cksum: sha256_hex(&krate[..]).unwrap(),
+                            name,
+                        }),
+                        Ok((status, body)) => panic!("{name}: {status} {body}"),
+                        Err(_) => break, // the server was killed
+                    }
+                }
+            })
+        };
+        let adding: Arc<Mutex<Option<u32>>> = Arc::default();
+        let adder = {
+            let (stop, acked, adding) = (stop.clone(), acked.clone(), adding.clone());
+            let reg = s.reg();
+            let dir = s.path().join(format!("add{round}"));
+            fs::create_dir_all(&dir).unwrap();
+            std::thread::spawn(move || {
+                for j in 0.. {
+                    let name = format!("cli{round}n{j}");
+                    let krate = crate_for(&name, (round * 1000 + j + 500) as u64);
+                    let file = dir.join(format!("{name}-1.0.0.crate"));
+                    fs::write(&file, &krate).unwrap();
+                    let mut child = {
+                        let mut slot = adding.lock().unwrap();
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let child = Command::new(env!("CARGO_BIN_EXE_palletizer"))
+                            .arg("-r")
+                            .arg(&reg)
+                            .arg("add")
+                            .arg(&file)
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::null())
+                            .spawn()
+                            .unwrap();
+                        *slot = Some(child.id());
+                        child
+                    };
+                    let status = child.wait().unwrap();
+                    *adding.lock().unwrap() = None;
+                    if status.success() {
+                        acked.lock().unwrap().push(Acked {
+                            cksum: sha256_hex(&krate[..]).unwrap(),
+                            name,
+                        });
+                    }
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20 + rng.below(400)));
+        srv.signal(libc::SIGKILL);
+        {
+            let slot = adding.lock().unwrap();
+            stop.store(true, Ordering::Relaxed);
+            if let Some(pid) = *slot {
+                if rng.below(2) == 0 {
+                    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        }
+        publisher.join().unwrap();
+        adder.join().unwrap();
+        drop(srv);
+    }
+    let srv = s.serve(&["-q"]);
+    let acked = acked.lock().unwrap().clone();
+    verify(&s, srv.addr(), &acked);
+    eprintln!(
+        "crash loop: {kills} kills, {} acknowledged publishes all present, in {:.1} s",
+        acked.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        acked.len() >= kills,
+        "the loop published too little to test"
+    );
+}
+
+/// A tmpfs of `size` mounted at `dir`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(show(&out));
+        }
+        Ok(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// What a refused publish must leave exactly as it was: the served trees (index working
+/// tree, crate files), the search data, HEAD and git's index (nothing staged).
+fn visible_state(reg: &Path) -> (Vec<(std::path::PathBuf, Vec<u8>)>, String) {
+    let mut files: Vec<_> = support::snapshot(reg)
+        .into_iter()
+        .filter(|(p, _)| {
+            let p = p.to_string_lossy();
+            !p.contains(".git/") && !p.contains("filler") && !p.contains(".tmp-")
+        })
+        .collect();
+    files.sort();
+    (files, head(reg))
+}
+
+#[test]
+fn a_full_disk_answers_507_and_keeps_nothing() {
+    let s = Sandbox::new();
+    let mnt = match Tmpfs::mount(&s.reg(), "6m") {
+        Ok(m) => m,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED a_full_disk_answers_507_and_keeps_nothing: mounting a tmpfs needs root ({e})");
+            return;
+        }
+        Err(e) => panic!("mounting a tmpfs: {e}"),
+    };
+    let srv = s.serve(&["-q"]);
+    let reg = s.reg();
+    // Leave about 1.5 MiB free.
+    let free = || {
+        let st = nix_statvfs(&reg);
+        st.0 * st.1
+    };
+    let filler = reg.join("filler");
+    fs::write(
+        &filler,
+        vec![0u8; (free() as usize).saturating_sub(1536 << 10)],
+    )
+    .unwrap();
+    let mut rng = Rng(0x5eed);
+    let (mut ok, mut full, mut first_refused) = (0, 0, None);
+    for j in 0..200 {
+        let name = format!("fill{j}");
+        let size = 10_000 + rng.below(250_000) as usize;
+        let krate = simple_crate(&name, "1.0.0", &[("data", &noise(size))]);
+        let body = publish_body(&meta(&name, "1.0.0", serde_json::json!([])), &krate);
+        let before = visible_state(&reg);
+        let (st, text) = try_raw_publish(srv.addr(), &body).unwrap();
+        match st {
+            200 => {
+                ok += 1;
+                let repo = git2::Repository::open(reg.join("index")).unwrap();
+                let head = repo.head().unwrap().peel_to_commit().unwrap();
+                assert_eq!(
+                    head.parent_id(0).unwrap().to_string(),
+                    before.1,
+                    "one commit per 200"
+                );
+                assert_eq!(head.message().unwrap(), format!("Add {name} 1.0.0"));
+            }
+            507 => {
+                full += 1;
+                first_refused.get_or_insert((name.clone(), body.clone()));
+                assert!(text.contains("disk is full"), "{text}");
+                assert!(
+                    visible_state(&reg) == before,
+                    "a refused publish left a trace"
+                );
+                assert!(git::staged(&reg.join("index")).unwrap().is_empty());
+            }
+            other => panic!("{name} ({size} bytes): {other} {text}"),
+        }
+        if full >= 15 {
+            break;
+        }
+    }
+    eprintln!("disk full: {ok} publishes stored, {full} refused with 507");
+    assert!(ok > 0 && full >= 15, "ok {ok}, full {full}");
+    let out = s.palletizer(&["check"]);
+    assert!(out.status.success(), "{}", show(&out));
+    // Room again: the same publish now succeeds.
+    fs::remove_file(&filler).unwrap();
+    let (name, body) = first_refused.unwrap();
+    let (st, text) = try_raw_publish(srv.addr(), &body).unwrap();
+    assert_eq!(st, 200, "{name}: {text}");
+    drop(srv);
+    drop(mnt);
+}
+
+/// (block size, free blocks) of the file system holding `path`.
+fn nix_statvfs(path: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path and a zeroed struct the call fills.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(c.as_ptr(), &mut st), 0);
+        (st.f_frsize as u64, st.f_bavail as u64)
+    }
+}
