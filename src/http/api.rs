@@ -240,6 +240,15 @@ pub fn run(reg: &Registry, job: Job) -> Response {
 }
 
 fn git_error(e: gitpack::GitError) -> Response {
+    let trouble = match &e {
+        gitpack::GitError::Io(io) => registry::storage_trouble(io),
+        gitpack::GitError::Git(g) => registry::git_storage_trouble(g),
+        gitpack::GitError::BadRequest(_) => None,
+    };
+    if let Some(detail) = trouble {
+        eprintln!("error: git: {e}");
+        return storage_error(detail);
+    }
     match e {
         gitpack::GitError::BadRequest(m) => Response::error(400, &m),
         e => {
@@ -295,7 +304,7 @@ pub fn registry_error(e: registry::Error) -> Response {
     use registry::Error as E;
     if let Some(detail) = e.storage_trouble() {
         eprintln!("error: registry: {e}");
-        return Response::error(507, detail);
+        return storage_error(detail);
     }
     match e {
         E::NotFound(m) => Response::error(404, &m),
@@ -310,6 +319,12 @@ pub fn registry_error(e: registry::Error) -> Response {
             )
         }
     }
+}
+
+/// RFC 4918 11.5: 507 Insufficient Storage, for what the storage refused (see
+/// [`registry::storage_trouble`]).
+pub fn storage_error(detail: &str) -> Response {
+    Response::error(507, detail)
 }
 
 /// `u32 LE json_len | json | u32 LE crate_len | .crate`, with nothing after the tarball.

@@ -78,36 +78,45 @@ impl From<names::NameError> for Error {
 }
 
 impl Error {
-    /// For errors caused by the storage rather than the request (disk full, quota, I/O error,
-    /// read-only file system): a short explanation for the client. Decided here once for
-    /// every route and command.
+    /// See [`storage_trouble`].
     pub fn storage_trouble(&self) -> Option<&'static str> {
-        const FULL: &str = "the registry's disk is full; nothing was stored";
-        const FAILED: &str = "the registry's storage failed (I/O error); nothing was stored";
         match self {
-            Error::Io { source, .. } => match source.raw_os_error() {
-                Some(libc::ENOSPC | libc::EDQUOT) => Some(FULL),
-                Some(libc::EIO | libc::EROFS) => Some(FAILED),
-                _ => None,
-            },
-            // libgit2 reports OS errors as text: match the C library's own wording.
-            Error::Git(e) => {
-                let msg = e.message();
-                let has = |code: i32| {
-                    let text = io::Error::from_raw_os_error(code).to_string();
-                    let text = text.split(" (os error").next().unwrap_or(&text).to_owned();
-                    msg.contains(&text)
-                };
-                if has(libc::ENOSPC) || has(libc::EDQUOT) {
-                    Some(FULL)
-                } else if has(libc::EIO) || has(libc::EROFS) {
-                    Some(FAILED)
-                } else {
-                    None
-                }
-            }
+            Error::Io { source, .. } => storage_trouble(source),
+            Error::Git(e) => git_storage_trouble(e),
             _ => None,
         }
+    }
+}
+
+/// For errors caused by the storage rather than the request (disk full, quota, I/O error,
+/// read-only file system): a short explanation for the client. The one place that decides
+/// it, for every route and command: the server answers these with 507.
+pub fn storage_trouble(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => Some(DISK_FULL),
+        Some(libc::EIO | libc::EROFS) => Some(DISK_FAILED),
+        _ => None,
+    }
+}
+
+const DISK_FULL: &str = "the registry's disk is full; nothing was stored";
+const DISK_FAILED: &str = "the registry's storage failed (I/O error); nothing was stored";
+
+/// [`storage_trouble`] for libgit2, which reports OS errors as text: the C library's own
+/// wording is matched.
+pub fn git_storage_trouble(e: &git2::Error) -> Option<&'static str> {
+    let msg = e.message();
+    let has = |code: i32| {
+        let text = io::Error::from_raw_os_error(code).to_string();
+        let text = text.split(" (os error").next().unwrap_or(&text).to_owned();
+        msg.contains(&text)
+    };
+    if has(libc::ENOSPC) || has(libc::EDQUOT) {
+        Some(DISK_FULL)
+    } else if has(libc::EIO) || has(libc::EROFS) {
+        Some(DISK_FAILED)
+    } else {
+        None
     }
 }
 
