@@ -397,3 +397,93 @@ fn publish(reg: &Registry, path: &std::path::Path) -> Response {
         Err(e) => registry_error(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::tarball::testing::{publish_body, simple_crate};
+    use crate::registry::InitOptions;
+    use proptest::prelude::*;
+
+    fn registry() -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::init(
+            dir.path(),
+            InitOptions {
+                url: "http://127.0.0.1:1".into(),
+                index_dir: None,
+                crates_dir: None,
+                crates_io: true,
+                allowed_registries: Vec::new(),
+            },
+        )
+        .unwrap();
+        (dir, reg)
+    }
+
+    fn valid_body() -> Vec<u8> {
+        let json = serde_json::json!({
+            "name": "framed", "vers": "1.0.0", "deps": [], "features": {}, "authors": [],
+            "description": null, "documentation": null, "homepage": null, "readme": null,
+            "readme_file": null, "keywords": [], "categories": [], "license": null,
+            "license_file": null, "repository": null, "badges": {}, "links": null,
+            "rust_version": null
+        });
+        publish_body(
+            &serde_json::to_vec(&json).unwrap(),
+            &simple_crate("framed", "1.0.0", &[]),
+        )
+    }
+
+    fn run_publish(reg: &Registry, body: &[u8]) -> Response {
+        let path = registry::temp_path(reg.root(), "test-upload");
+        std::fs::write(&path, body).unwrap();
+        run(reg, Job::Publish(path.clone()))
+    }
+
+    #[test]
+    fn the_valid_framing_publishes() {
+        let (_dir, reg) = registry();
+        assert_eq!(run_publish(&reg, &valid_body()).status, 200);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Publish framing on mutated bodies: never a panic, never a 2xx for a body that is
+        /// not the valid one, always a cargo-readable error, and the spool file is removed.
+        #[test]
+        fn mutated_publish_bodies_are_refused_cleanly(
+            cut in 0usize..4096,
+            flips in proptest::collection::vec((0usize..4096, any::<u8>()), 0..4),
+            extra in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let (_dir, reg) = registry();
+            let mut body = valid_body();
+            body.truncate(body.len().saturating_sub(cut % 64));
+            for (at, b) in &flips {
+                let len = body.len();
+                if len > 0 {
+                    body[at % len] ^= b | 1;
+                }
+            }
+            body.extend_from_slice(&extra);
+            let unchanged = body == valid_body();
+            let r = run_publish(&reg, &body);
+            if !unchanged {
+                prop_assert!(r.status >= 400 && r.status < 500 || r.status == 200, "{}", r.status);
+            }
+            if r.status != 200 {
+                let Body::Bytes(bytes) = &r.body else { panic!("error without a body") };
+                let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+                prop_assert!(v["errors"][0]["detail"].as_str().is_some_and(|d| !d.is_empty()));
+            }
+            let left: Vec<_> = std::fs::read_dir(reg.root())
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().contains("test-upload"))
+                .collect();
+            prop_assert!(left.is_empty(), "spool file left behind");
+        }
+    }
+}
