@@ -230,17 +230,7 @@ fn crate_name(i: usize) -> String {
 /// Writes a registry: index files for every crate, search data, 20 KiB crate files for
 /// the first 200 crates and 1 MiB ones for eight `big-N` crates, and the path lists.
 fn generate(root: &Path, crates: usize, versions: usize, files: bool) -> Lists {
-    let reg = Registry::init(
-        root,
-        InitOptions {
-            url: "http://127.0.0.1:1".into(),
-            index_dir: None,
-            crates_dir: None,
-            crates_io: true,
-            allowed_registries: Vec::new(),
-        },
-    )
-    .unwrap();
+    let reg = Registry::init(root, InitOptions::for_url("http://127.0.0.1:1")).unwrap();
     let mut index_paths = Vec::new();
     let mut small = Vec::new();
     let mut big = Vec::new();

@@ -464,12 +464,7 @@ fn names_from_urls_never_reach_the_file_system() {
     publish_ok(&s, "leaf", None);
     // Bait outside the registry that would parse as an index line: the traversal used to
     // rewrite such a file, and answered 500 where a missing one answered 404.
-    let bait = s.path().join("etc");
-    fs::write(
-        &bait,
-        r#"{"name":"etc","vers":"1.0.0","deps":[],"cksum":"00","features":{}}"#,
-    )
-    .unwrap();
+    support::index_line_bait(s.path());
     let before = snapshot(s.path());
     let long = "x".repeat(5000);
     for name in [

@@ -457,12 +457,7 @@ fn names_from_the_command_line_never_reach_the_file_system() {
     let s = Sandbox::new();
     init(&s);
     // Bait outside the registry that would parse as an index line.
-    let bait = s.path().join("etc");
-    fs::write(
-        &bait,
-        r#"{"name":"etc","vers":"1.0.0","deps":[],"cksum":"00","features":{}}"#,
-    )
-    .unwrap();
+    support::index_line_bait(s.path());
     let before = snapshot(s.path());
     for args in [
         &["list", "aéb"][..],

@@ -22,17 +22,7 @@ use palletizer::registry::{check, git, index, CrateName, InitOptions, Registry};
 use support::{get_bytes, meta, show, try_raw_publish, Sandbox};
 
 fn init(root: &Path) -> Registry {
-    Registry::init(
-        root,
-        InitOptions {
-            url: "http://127.0.0.1:1".into(),
-            index_dir: None,
-            crates_dir: None,
-            crates_io: true,
-            allowed_registries: Vec::new(),
-        },
-    )
-    .unwrap()
+    Registry::init(root, InitOptions::for_url("http://127.0.0.1:1")).unwrap()
 }
 
 fn head(reg: &Path) -> String {

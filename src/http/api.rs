@@ -407,17 +407,7 @@ mod tests {
 
     fn registry() -> (tempfile::TempDir, Registry) {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::init(
-            dir.path(),
-            InitOptions {
-                url: "http://127.0.0.1:1".into(),
-                index_dir: None,
-                crates_dir: None,
-                crates_io: true,
-                allowed_registries: Vec::new(),
-            },
-        )
-        .unwrap();
+        let reg = Registry::init(dir.path(), InitOptions::for_url("http://127.0.0.1:1")).unwrap();
         (dir, reg)
     }
 

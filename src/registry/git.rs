@@ -82,44 +82,19 @@ pub fn stale_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
             out.push(p);
         }
     }
-    collect(
-        &git.join("refs"),
-        &mut |p| p.extension().is_some_and(|e| e == "lock"),
-        &mut out,
-    )?;
-    collect(
-        &git.join("objects"),
-        &mut |p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("tmp_object") || n.starts_with("tmp_pack"))
-        },
-        &mut out,
-    )?;
+    let mut found = |dir: &str, stale: &dyn Fn(&str) -> bool| {
+        super::walk_files_in(&git.join(dir), "", false, &mut |rel, path| {
+            if stale(rel.rsplit('/').next().unwrap_or(rel)) {
+                out.push(path.to_owned());
+            }
+        })
+    };
+    found("refs", &|name| name.ends_with(".lock"))?;
+    found("objects", &|name| {
+        name.starts_with("tmp_object") || name.starts_with("tmp_pack")
+    })?;
     out.sort();
     Ok(out)
-}
-
-fn collect(
-    dir: &Path,
-    want: &mut dyn FnMut(&Path) -> bool,
-    out: &mut Vec<PathBuf>,
-) -> io::Result<()> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in rd {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            collect(&path, want, out)?;
-        } else if want(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// Crash recovery for the repository (registry lock held): removes stale lock and temp

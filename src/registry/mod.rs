@@ -210,6 +210,19 @@ pub struct InitOptions {
     pub allowed_registries: Vec<String>,
 }
 
+impl InitOptions {
+    /// The defaults: `index/` and `crates/`, dependencies on crates.io allowed.
+    pub fn for_url(url: &str) -> InitOptions {
+        InitOptions {
+            url: url.to_owned(),
+            index_dir: None,
+            crates_dir: None,
+            crates_io: true,
+            allowed_registries: Vec::new(),
+        }
+    }
+}
+
 /// Held while the registry is being written; released on drop.
 struct WriteLock(File);
 
@@ -992,6 +1005,16 @@ impl Registry {
 
 /// Walks regular files under `dir`, skipping `.git`, calling `f(relative, absolute)`.
 fn walk_files(dir: &Path, prefix: &str, f: &mut dyn FnMut(&str, &Path)) -> io::Result<()> {
+    walk_files_in(dir, prefix, true, f)
+}
+
+/// [`walk_files`], into `.git` too when `skip_git` is false.
+pub(crate) fn walk_files_in(
+    dir: &Path,
+    prefix: &str,
+    skip_git: bool,
+    f: &mut dyn FnMut(&str, &Path),
+) -> io::Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -1001,7 +1024,7 @@ fn walk_files(dir: &Path, prefix: &str, f: &mut dyn FnMut(&str, &Path)) -> io::R
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name == ".git" {
+        if skip_git && name == ".git" {
             continue;
         }
         let rel = if prefix.is_empty() {
@@ -1011,7 +1034,7 @@ fn walk_files(dir: &Path, prefix: &str, f: &mut dyn FnMut(&str, &Path)) -> io::R
         };
         let ty = entry.file_type()?;
         if ty.is_dir() {
-            walk_files(&entry.path(), &rel, f)?;
+            walk_files_in(&entry.path(), &rel, skip_git, f)?;
         } else if ty.is_file() {
             f(&rel, &entry.path());
         }

@@ -234,6 +234,16 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// Bait outside a registry, in `dir`: a file that would parse as an index line, for tests
+/// that traversal never reaches or rewrites it.
+pub fn index_line_bait(dir: &Path) {
+    fs::write(
+        dir.join("etc"),
+        r#"{"name":"etc","vers":"1.0.0","deps":[],"cksum":"00","features":{}}"#,
+    )
+    .unwrap();
+}
+
 /// The token tests send (the server does not check it yet).
 pub const TOKEN: &str = "test-token";
 
