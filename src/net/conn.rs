@@ -44,6 +44,10 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Steps one connection may take per turn of the loop before others get theirs.
 const BUDGET: usize = 32;
+/// How long a new connection may stay silent before it counts as idle for reclaiming: its
+/// first bytes may be in flight, or not yet reported, and a client just let in must not be
+/// the first one closed again.
+pub const FRESH_GRACE: Duration = Duration::from_secs(1);
 /// Seconds a client refused by the spool cap is asked to wait.
 const SPOOL_RETRY_AFTER: &str = "5";
 
@@ -212,10 +216,14 @@ impl<S: Stream> Conn<S> {
     }
 
     /// Whether closing it loses nobody's request: idle with no unread byte reported (kept
-    /// alive between requests, or accepted with nothing sent yet), or lingering.
-    pub fn is_reclaimable(&self) -> bool {
+    /// alive between requests, or accepted and silent for [`FRESH_GRACE`]), or lingering.
+    pub fn is_reclaimable(&self, now: Instant) -> bool {
         match self.phase {
-            Phase::Idle => !self.readable && !self.transport.has_pending_output(),
+            Phase::Idle => {
+                !self.readable
+                    && !self.transport.has_pending_output()
+                    && (self.served > 0 || now >= self.since + FRESH_GRACE)
+            }
             Phase::Linger => true,
             _ => false,
         }
@@ -709,4 +717,546 @@ fn send_head_then_file(
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection state machine in memory: a scripted stream stands in for the socket
+    //! (reads, short writes, `WouldBlock`s) and the test answers the worker's jobs itself.
+
+    use std::collections::VecDeque;
+    use std::sync::mpsc::{channel, Receiver};
+
+    use super::*;
+    use crate::http::files::Trees;
+    use crate::http::Site;
+    use crate::net::config::Limits;
+    use crate::net::worker::SpoolBudget;
+
+    /// One scripted read.
+    #[derive(Clone)]
+    enum R {
+        Data(&'static [u8]),
+        Owned(Vec<u8>),
+        Block,
+        Eof,
+    }
+
+    /// An in-memory stream: reads follow the script (then `WouldBlock`); each write takes
+    /// at most the next scripted amount (`0`: `WouldBlock`), then everything.
+    struct Script {
+        reads: VecDeque<R>,
+        writes: VecDeque<usize>,
+        out: Vec<u8>,
+        closed: bool,
+    }
+
+    impl Stream for Script {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let data = match self.reads.pop_front() {
+                None | Some(R::Block) => return Err(io::ErrorKind::WouldBlock.into()),
+                Some(R::Eof) => return Ok(0),
+                Some(R::Data(d)) => d.to_vec(),
+                Some(R::Owned(d)) => d,
+            };
+            let n = data.len().min(buf.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            if n < data.len() {
+                self.reads.push_front(R::Owned(data[n..].to_vec()));
+            }
+            Ok(n)
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut allow = self.writes.pop_front().unwrap_or(usize::MAX);
+            if allow == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(allow);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                allow -= take;
+            }
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<bool> {
+            Ok(true)
+        }
+
+        fn has_pending_output(&self) -> bool {
+            false
+        }
+
+        fn close(&mut self) {
+            self.closed = true;
+        }
+    }
+
+    struct World {
+        _dir: tempfile::TempDir,
+        shared: Shared,
+        tickets: Receiver<Ticket>,
+    }
+
+    const CONFIG_JSON: &[u8] = b"{\"dl\":\"http://h/crates\"}\n";
+
+    fn world(spool_cap: u64) -> World {
+        crate::net::set_verbosity(0);
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join("index");
+        std::fs::create_dir_all(&index).unwrap();
+        std::fs::create_dir_all(dir.path().join("crates")).unwrap();
+        std::fs::write(index.join("config.json"), CONFIG_JSON).unwrap();
+        let (jobs, tickets) = channel();
+        let shared = Shared {
+            site: Site::new(
+                "http://h",
+                Trees::new(index, dir.path().join("crates"), 0),
+                1000,
+            ),
+            limits: Limits::default(),
+            spool_dir: dir.path().to_owned(),
+            jobs,
+            spool: SpoolBudget::new(spool_cap),
+        };
+        World {
+            _dir: dir,
+            shared,
+            tickets,
+        }
+    }
+
+    /// What a scripted connection did.
+    struct Run {
+        out: Vec<u8>,
+        /// Each job the worker got, with its body when it had one.
+        jobs: Vec<(String, Vec<u8>)>,
+        closed: bool,
+        /// The phase the connection was left in.
+        phase: &'static str,
+    }
+
+    /// Drives a connection through `reads` and `writes` as the event loop would (each pass
+    /// a new readiness edge), answering every job the way the worker would.
+    fn run(w: &World, reads: &[R], writes: &[usize]) -> Run {
+        let script = Script {
+            reads: reads.iter().cloned().collect(),
+            writes: writes.iter().copied().collect(),
+            out: Vec::new(),
+            closed: false,
+        };
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let mut conn = Conn::new(0, 1, script, peer, Instant::now() + Duration::from_secs(60));
+        let mut jobs = Vec::new();
+        let mut closed = false;
+        for _ in 0..200 {
+            conn.readable = true;
+            conn.writable = true;
+            if conn.drive(&w.shared) == Turn::Closed {
+                closed = true;
+                break;
+            }
+            while let Ok(t) = w.tickets.try_recv() {
+                let (name, body, r) = fake_worker(t.job);
+                jobs.push((name, body));
+                drop(t.reserved);
+                conn.finish_job(r, &w.shared);
+            }
+            let nothing_left = conn.transport.reads.is_empty() && conn.transport.writes.is_empty();
+            if nothing_left && matches!(conn.phase, Phase::Idle | Phase::Linger) {
+                break;
+            }
+        }
+        let phase = match conn.phase {
+            Phase::Idle => "idle",
+            Phase::Head(_) => "head",
+            Phase::Body(_) => "body",
+            Phase::Waiting(_) => "waiting",
+            Phase::Write(_) => "write",
+            Phase::Linger => "linger",
+            Phase::Closed => "closed",
+        };
+        Run {
+            out: std::mem::take(&mut conn.transport.out),
+            jobs,
+            closed: closed || conn.transport.closed,
+            phase,
+        }
+    }
+
+    fn fake_worker(job: Job) -> (String, Vec<u8>, Response) {
+        let ok = |body: &[u8]| Response::new(200).body(Body::Bytes(body.to_vec()));
+        match job {
+            Job::Search { query, .. } => (format!("search {query}"), Vec::new(), ok(b"{}")),
+            Job::GitRefs => ("refs".into(), Vec::new(), ok(b"001e# service=git-upload-pack\n")),
+            Job::Publish(path) => {
+                let body = std::fs::read(&path).unwrap();
+                std::fs::remove_file(&path).unwrap();
+                ("publish".into(), body, ok(b"{\"warnings\":{}}"))
+            }
+            Job::GitUploadPack { body, .. } => {
+                let bytes = std::fs::read(&body).unwrap();
+                std::fs::remove_file(&body).unwrap();
+                ("upload-pack".into(), bytes, ok(b"0008NAK\n"))
+            }
+            Job::Yank { name, .. } => (format!("yank {name}"), Vec::new(), ok(b"{\"ok\":true}")),
+        }
+    }
+
+    /// One expected response: its status, whether a body follows its head, whether it
+    /// announces `Connection: close`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Resp {
+        status: u16,
+        body: bool,
+        close: bool,
+    }
+
+    const fn resp(status: u16) -> Resp {
+        Resp {
+            status,
+            body: true,
+            close: false,
+        }
+    }
+    const fn head_only(status: u16) -> Resp {
+        Resp {
+            status,
+            body: false,
+            close: false,
+        }
+    }
+    const fn closing(status: u16) -> Resp {
+        Resp {
+            status,
+            body: true,
+            close: true,
+        }
+    }
+
+    /// Splits the output into responses; `expected` says which carry a body (a HEAD
+    /// answer has `Content-Length` but no body). Every byte must be accounted for.
+    fn responses(out: &[u8], expected: &[Resp]) -> Vec<Resp> {
+        let mut rest = out;
+        let mut got = Vec::new();
+        while !rest.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut r = httparse::Response::new(&mut headers);
+            let len = match r.parse(rest) {
+                Ok(httparse::Status::Complete(len)) => len,
+                other => panic!("not a response: {other:?} in {:?}", String::from_utf8_lossy(out)),
+            };
+            let status = r.code.unwrap();
+            let find = |name: &str| {
+                r.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            let clen: usize = find("content-length").map_or(0, |v| v.parse().unwrap());
+            let close = find("connection").as_deref() == Some("close");
+            let with_body = status != 100
+                && expected.get(got.len()).is_none_or(|e: &Resp| e.body);
+            let body = if with_body { clen } else { 0 };
+            assert!(rest.len() >= len + body, "short body in {:?}", String::from_utf8_lossy(out));
+            got.push(Resp {
+                status,
+                body: with_body && clen > 0,
+                close,
+            });
+            rest = &rest[len + body..];
+        }
+        got
+    }
+
+    const SEARCH: &[u8] = b"GET /api/v1/crates?q=x HTTP/1.1\r\nHost: x\r\n\r\n";
+    const CONFIG: &[u8] = b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    struct Case {
+        name: &'static str,
+        reads: Vec<R>,
+        writes: Vec<usize>,
+        responses: Vec<Resp>,
+        jobs: Vec<(&'static str, &'static [u8])>,
+        /// Whether the connection ends closed (or lingering) rather than idle.
+        closes: bool,
+    }
+
+    fn cat(parts: &[&[u8]]) -> R {
+        R::Owned(parts.concat())
+    }
+
+    fn cases() -> Vec<Case> {
+        let smuggled = [
+            &b"GET /api/v1/crates?q=x HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\n\r\n"[..],
+            CONFIG,
+        ];
+        assert_eq!(CONFIG.len(), 44);
+        vec![
+            Case {
+                name: "pipelined requests in one read",
+                reads: vec![cat(&[CONFIG, CONFIG, SEARCH])],
+                writes: vec![],
+                responses: vec![resp(200), resp(200), resp(200)],
+                jobs: vec![("search x", b"")],
+                closes: false,
+            },
+            Case {
+                name: "a read returns WouldBlock mid-head",
+                reads: vec![
+                    R::Data(b"GET /index/con"),
+                    R::Block,
+                    R::Data(b"fig.json HTTP/1.1\r\nHo"),
+                    R::Block,
+                    R::Data(b"st: x\r\n\r\n"),
+                ],
+                writes: vec![],
+                responses: vec![resp(200)],
+                jobs: vec![],
+                closes: false,
+            },
+            Case {
+                name: "partial writes and WouldBlock while answering",
+                reads: vec![R::Data(CONFIG)],
+                writes: vec![7, 0, 30, 0, 1, 5],
+                responses: vec![resp(200)],
+                jobs: vec![],
+                closes: false,
+            },
+            Case {
+                name: "a publish body split across reads",
+                reads: vec![
+                    R::Data(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"),
+                    R::Block,
+                    R::Data(b"defg"),
+                    R::Block,
+                    R::Data(b"hij"),
+                    R::Data(CONFIG),
+                ],
+                writes: vec![],
+                responses: vec![resp(200), resp(200)],
+                jobs: vec![("publish", b"abcdefghij")],
+                closes: false,
+            },
+            Case {
+                name: "Expect: 100-continue invites the publish body",
+                reads: vec![
+                    R::Data(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"),
+                    R::Block,
+                    R::Data(b"xyz"),
+                ],
+                writes: vec![],
+                responses: vec![
+                    Resp { status: 100, body: false, close: false },
+                    resp(200),
+                ],
+                jobs: vec![("publish", b"xyz")],
+                closes: false,
+            },
+            Case {
+                name: "HEAD on a job route sends no body",
+                reads: vec![R::Data(
+                    b"HEAD /index/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\r\n",
+                ), R::Data(CONFIG)],
+                writes: vec![],
+                responses: vec![head_only(200), resp(200)],
+                jobs: vec![("refs", b"")],
+                closes: false,
+            },
+            Case {
+                name: "HEAD on a file route sends no body",
+                reads: vec![R::Data(b"HEAD /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")],
+                writes: vec![],
+                responses: vec![head_only(200)],
+                jobs: vec![],
+                closes: false,
+            },
+            Case {
+                name: "GET with a body on a job route: the body is no request",
+                reads: vec![cat(&smuggled)],
+                writes: vec![],
+                responses: vec![resp(200)],
+                jobs: vec![("search x", b"")],
+                closes: false,
+            },
+            Case {
+                name: "GET with a body on a job route, the body arriving later",
+                reads: vec![R::Owned(smuggled[0].to_vec()), R::Block, R::Data(CONFIG), R::Data(CONFIG)],
+                writes: vec![],
+                responses: vec![resp(200), resp(200)],
+                jobs: vec![("search x", b"")],
+                closes: false,
+            },
+            Case {
+                name: "GET with a body on a file route: drained, then the next request",
+                reads: vec![cat(&[
+                    b"GET /index/config.json HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+                    CONFIG,
+                ])],
+                writes: vec![],
+                responses: vec![resp(200), resp(200)],
+                jobs: vec![],
+                closes: false,
+            },
+            Case {
+                name: "a body larger than the drain cap closes after the answer",
+                reads: vec![
+                    cat(&[b"GET /api/v1/crates?q=x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", CONFIG]),
+                    R::Block,
+                    R::Owned(vec![b'G'; 5000]),
+                    R::Eof,
+                ],
+                writes: vec![],
+                responses: vec![closing(200)],
+                jobs: vec![("search x", b"")],
+                closes: true,
+            },
+            Case {
+                name: "an unwanted body the client waits to be invited for is not invited",
+                reads: vec![R::Data(
+                    b"GET /index/config.json HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+                )],
+                writes: vec![],
+                responses: vec![closing(200)],
+                jobs: vec![],
+                closes: true,
+            },
+            Case {
+                name: "Content-Length: +5 is refused and closes",
+                reads: vec![cat(&[b"GET /index/config.json HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n", CONFIG])],
+                writes: vec![],
+                responses: vec![closing(400)],
+                jobs: vec![],
+                closes: true,
+            },
+            Case {
+                name: "HTTP/1.1 without Host is refused",
+                reads: vec![R::Data(b"GET /index/config.json HTTP/1.1\r\n\r\n")],
+                writes: vec![],
+                responses: vec![closing(400)],
+                jobs: vec![],
+                closes: true,
+            },
+            Case {
+                name: "HTTP/1.0 without Host is served and closed",
+                reads: vec![R::Data(b"GET /index/config.json HTTP/1.0\r\n\r\n")],
+                writes: vec![],
+                responses: vec![closing(200)],
+                jobs: vec![],
+                closes: true,
+            },
+            Case {
+                name: "the peer closing mid-body leaves no job",
+                reads: vec![
+                    R::Data(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"),
+                    R::Eof,
+                ],
+                writes: vec![],
+                responses: vec![],
+                jobs: vec![],
+                closes: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn scripted_connections() {
+        let w = world(1 << 20);
+        for case in cases() {
+            let r = run(&w, &case.reads, &case.writes);
+            let got = responses(&r.out, &case.responses);
+            assert_eq!(got, case.responses, "{}: {:?}", case.name, String::from_utf8_lossy(&r.out));
+            let jobs: Vec<(String, Vec<u8>)> = case
+                .jobs
+                .iter()
+                .map(|(n, b)| (n.to_string(), b.to_vec()))
+                .collect();
+            assert_eq!(r.jobs, jobs, "{}", case.name);
+            assert_eq!(r.closed, case.closes, "{}: left {}", case.name, r.phase);
+            assert_eq!(w.shared.spool.used(), 0, "{}: spool budget released", case.name);
+            assert!(
+                !std::fs::read_dir(&w.shared.spool_dir)
+                    .unwrap()
+                    .any(|e| e.unwrap().file_name().to_string_lossy().contains("upload")),
+                "{}: no spool file left",
+                case.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_spool_cap_refuses_before_the_body_and_before_100_continue() {
+        let w = world(100);
+        let held = w.shared.spool.reserve(60).unwrap();
+        let put = |len: usize| {
+            R::Owned(
+                format!("PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n")
+                    .into_bytes(),
+            )
+        };
+        let r = run(&w, &[put(50)], &[]);
+        let text = String::from_utf8_lossy(&r.out).into_owned();
+        assert_eq!(responses(&r.out, &[]), vec![closing(503)], "{text}");
+        assert!(text.contains("Retry-After: 5\r\n"), "{text}");
+        assert!(text.contains(r#"{"errors":[{"detail":"the registry is busy with other uploads; try again"}]}"#), "{text}");
+        assert!(r.jobs.is_empty());
+        assert_eq!(w.shared.spool.used(), 60);
+        // Larger than the whole cap: it could never fit.
+        let r = run(&w, &[put(101)], &[]);
+        assert_eq!(responses(&r.out, &[]), vec![closing(413)]);
+        // Once the other upload is done, the same one is invited.
+        drop(held);
+        let r = run(&w, &[put(3), R::Block, R::Data(b"abc")], &[]);
+        assert_eq!(responses(&r.out, &[]).iter().map(|r| r.status).collect::<Vec<_>>(), [100, 200]);
+        assert_eq!(r.jobs, [("publish".to_string(), b"abc".to_vec())]);
+        assert_eq!(w.shared.spool.used(), 0);
+    }
+
+    #[test]
+    fn an_abandoned_upload_gives_its_spool_share_back() {
+        let w = world(100);
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let script = Script {
+            reads: [R::Data(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 80\r\n\r\nab")]
+                .into_iter()
+                .collect(),
+            writes: VecDeque::new(),
+            out: Vec::new(),
+            closed: false,
+        };
+        let mut conn = Conn::new(0, 1, script, peer, Instant::now());
+        conn.readable = true;
+        conn.writable = true;
+        assert_eq!(conn.drive(&w.shared), Turn::Parked);
+        assert!(matches!(conn.phase, Phase::Body(_)));
+        assert_eq!(w.shared.spool.used(), 80);
+        // The loop drops a timed-out connection with its phase.
+        drop(conn);
+        assert_eq!(w.shared.spool.used(), 0);
+    }
+
+    #[test]
+    fn answers_from_the_worker_get_a_fresh_io_deadline() {
+        let w = world(100);
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let script = Script {
+            reads: [R::Data(SEARCH)].into_iter().collect(),
+            writes: [0].into_iter().collect(),
+            out: Vec::new(),
+            closed: false,
+        };
+        let mut conn = Conn::new(0, 1, script, peer, Instant::now());
+        conn.readable = true;
+        conn.writable = true;
+        assert_eq!(conn.drive(&w.shared), Turn::Parked);
+        assert!(conn.deadline > Instant::now() + Duration::from_secs(300), "job timeout");
+        let t = w.tickets.try_recv().unwrap();
+        conn.finish_job(fake_worker(t.job).2, &w.shared);
+        assert_eq!(conn.drive(&w.shared), Turn::Parked);
+        assert!(matches!(conn.phase, Phase::Write(_)));
+        assert!(conn.deadline <= Instant::now() + w.shared.limits.io_timeout());
+    }
 }

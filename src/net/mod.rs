@@ -49,6 +49,8 @@ const FIRST_LISTENER: usize = usize::MAX - 64;
 const ACCEPT_BUDGET: usize = 64;
 /// Idle connections closed at once when the table is full (nginx's drain batch).
 const RECLAIM_BATCH: usize = 32;
+/// How long a full table with nothing to reclaim is left alone before the next scan.
+const RECLAIM_RETRY: Duration = Duration::from_millis(20);
 /// The listen backlog: clients the kernel holds while the table is full or the loop busy
 /// (the standard library's 128 drops the connection attempts of a burst beyond it).
 const LISTEN_BACKLOG: i32 = 1024;
@@ -125,6 +127,8 @@ pub struct Server {
     accept_more: bool,
     /// Candidates for reclaiming, kept to reuse its allocation.
     reclaim: Vec<(Instant, usize)>,
+    /// A scan of a full table found nothing to reclaim: the next waits until then.
+    reclaim_blocked_until: Option<Instant>,
     shutdown_at: Option<Instant>,
     done: std::sync::mpsc::Receiver<worker::Done>,
     next_serial: u64,
@@ -230,6 +234,7 @@ impl Server {
             accept_paused: None,
             accept_more: false,
             reclaim: Vec::new(),
+            reclaim_blocked_until: None,
             shutdown_at: None,
         })
     }
@@ -380,12 +385,16 @@ impl Server {
     /// The table is full: closes the oldest reclaimable connections, a batch at most.
     /// Returns how many slots it freed. Runs outside an event batch.
     fn reclaim(&mut self, again: &mut Vec<usize>) -> usize {
+        let now = Instant::now();
+        if self.reclaim_blocked_until.is_some_and(|t| now < t) {
+            return 0;
+        }
         let mut found = std::mem::take(&mut self.reclaim);
         found.clear();
         found.extend(
             self.conns
                 .iter()
-                .filter(|(_, c)| c.is_reclaimable())
+                .filter(|(_, c)| c.is_reclaimable(now))
                 .map(|(key, c)| (c.since, key)),
         );
         if found.len() > RECLAIM_BATCH {
@@ -401,6 +410,8 @@ impl Server {
         }
         let n = found.len();
         self.reclaim = found;
+        // A table full of busy connections is not rescanned on every turn of the loop.
+        self.reclaim_blocked_until = (n == 0).then(|| now + RECLAIM_RETRY);
         n
     }
 
