@@ -64,7 +64,10 @@ fn accept_drains_the_backlog_after_a_stall() {
             unanswered += 1;
         }
     }
-    assert_eq!(unanswered, 0, "connections made while the server was stopped");
+    assert_eq!(
+        unanswered, 0,
+        "connections made while the server was stopped"
+    );
 }
 
 /// What each attacking socket does.
@@ -271,7 +274,14 @@ GET /index/3/n/nop HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let rs = split_responses(&out, &[0]);
     assert_eq!(rs.len(), 2, "{:?}", String::from_utf8_lossy(&out));
     assert_eq!(rs[0].status, 200);
-    assert!(rs[0].header("content-length").unwrap().parse::<u64>().unwrap() > 0);
+    assert!(
+        rs[0]
+            .header("content-length")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
     assert_eq!(rs[1].status, 404, "the HEAD answer carried a body");
 }
 
@@ -292,7 +302,11 @@ fn content_length_with_a_sign_and_http11_without_host_are_refused() {
         assert_eq!(rs[0].header("connection"), Some("close"));
     }
     let out = send_until_close(srv.addr(), b"GET /index/config.json HTTP/1.0\r\n\r\n");
-    assert_eq!(split_responses(&out, &[])[0].status, 200, "HTTP/1.0 needs no Host");
+    assert_eq!(
+        split_responses(&out, &[])[0].status,
+        200,
+        "HTTP/1.0 needs no Host"
+    );
 }
 
 /// Starts a publish of `len` bytes that waits for `100 Continue`; returns the connection
@@ -337,7 +351,10 @@ fn uploads_beyond_the_spool_cap_wait_their_turn() {
     holder.write_all(&vec![0u8; 200_000]).unwrap();
     assert_eq!(read_one(&mut holder, Instant::now() + NEVER), Some(400));
     let (second, first) = start_publish(srv.addr(), 200_000);
-    assert_eq!(&first, b"HTTP/1.1 100 Continue\r\n\r\n", "released after the job");
+    assert_eq!(
+        &first, b"HTTP/1.1 100 Continue\r\n\r\n",
+        "released after the job"
+    );
 
     // An upload abandoned halfway gives its share back too.
     drop(second);
@@ -347,7 +364,10 @@ fn uploads_beyond_the_spool_cap_wait_their_turn() {
         if &first == b"HTTP/1.1 100 Continue\r\n\r\n" {
             break;
         }
-        assert!(Instant::now() < until, "the abandoned upload kept its share");
+        assert!(
+            Instant::now() < until,
+            "the abandoned upload kept its share"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

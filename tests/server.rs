@@ -268,8 +268,14 @@ fn traversal_and_bad_requests_are_refused() {
             "POST /index/3/f/foo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
             405,
         ),
-        ("DELETE /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n", 405),
-        ("GET /crates/foo/foo-9.9.9.crate HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        (
+            "DELETE /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n",
+            405,
+        ),
+        (
+            "GET /crates/foo/foo-9.9.9.crate HTTP/1.1\r\nHost: x\r\n\r\n",
+            404,
+        ),
         ("GET /index/3/n/nop HTTP/1.1\r\nHost: x\r\n\r\n", 404),
     ] {
         let r = request(srv.addr(), raw);

@@ -290,9 +290,12 @@ if-none-match: \"abc\"\r\n\r\nNEXT";
             .unwrap()
             .unwrap();
         assert!(h.keep_alive);
-        let h = parse(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 8192)
-            .unwrap()
-            .unwrap();
+        let h = parse(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            8192,
+        )
+        .unwrap()
+        .unwrap();
         assert!(!h.keep_alive);
         let h = parse(
             b"PUT /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
@@ -306,9 +309,22 @@ if-none-match: \"abc\"\r\n\r\nNEXT";
 
     #[test]
     fn content_length_is_digits_only() {
-        for bad in ["+5", "-1", "5 5", "0x5", "5,5", "", "1e3", "18446744073709551616"] {
+        for bad in [
+            "+5",
+            "-1",
+            "5 5",
+            "0x5",
+            "5,5",
+            "",
+            "1e3",
+            "18446744073709551616",
+        ] {
             let raw = format!("PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: {bad}\r\n\r\n");
-            assert_eq!(parse(raw.as_bytes(), 8192).unwrap_err().status, 400, "{bad:?}");
+            assert_eq!(
+                parse(raw.as_bytes(), 8192).unwrap_err().status,
+                400,
+                "{bad:?}"
+            );
         }
         let raw = b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length:  007 \r\n\r\n";
         assert_eq!(parse(raw, 8192).unwrap().unwrap().content_length, 7);

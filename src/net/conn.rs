@@ -891,7 +891,11 @@ mod tests {
         let ok = |body: &[u8]| Response::new(200).body(Body::Bytes(body.to_vec()));
         match job {
             Job::Search { query, .. } => (format!("search {query}"), Vec::new(), ok(b"{}")),
-            Job::GitRefs => ("refs".into(), Vec::new(), ok(b"001e# service=git-upload-pack\n")),
+            Job::GitRefs => (
+                "refs".into(),
+                Vec::new(),
+                ok(b"001e# service=git-upload-pack\n"),
+            ),
             Job::Publish(path) => {
                 let body = std::fs::read(&path).unwrap();
                 std::fs::remove_file(&path).unwrap();
@@ -947,7 +951,10 @@ mod tests {
             let mut r = httparse::Response::new(&mut headers);
             let len = match r.parse(rest) {
                 Ok(httparse::Status::Complete(len)) => len,
-                other => panic!("not a response: {other:?} in {:?}", String::from_utf8_lossy(out)),
+                other => panic!(
+                    "not a response: {other:?} in {:?}",
+                    String::from_utf8_lossy(out)
+                ),
             };
             let status = r.code.unwrap();
             let find = |name: &str| {
@@ -958,10 +965,13 @@ mod tests {
             };
             let clen: usize = find("content-length").map_or(0, |v| v.parse().unwrap());
             let close = find("connection").as_deref() == Some("close");
-            let with_body = status != 100
-                && expected.get(got.len()).is_none_or(|e: &Resp| e.body);
+            let with_body = status != 100 && expected.get(got.len()).is_none_or(|e: &Resp| e.body);
             let body = if with_body { clen } else { 0 };
-            assert!(rest.len() >= len + body, "short body in {:?}", String::from_utf8_lossy(out));
+            assert!(
+                rest.len() >= len + body,
+                "short body in {:?}",
+                String::from_utf8_lossy(out)
+            );
             got.push(Resp {
                 status,
                 body: with_body && clen > 0,
@@ -1168,7 +1178,13 @@ mod tests {
         for case in cases() {
             let r = run(&w, &case.reads, &case.writes);
             let got = responses(&r.out, &case.responses);
-            assert_eq!(got, case.responses, "{}: {:?}", case.name, String::from_utf8_lossy(&r.out));
+            assert_eq!(
+                got,
+                case.responses,
+                "{}: {:?}",
+                case.name,
+                String::from_utf8_lossy(&r.out)
+            );
             let jobs: Vec<(String, Vec<u8>)> = case
                 .jobs
                 .iter()
@@ -1176,11 +1192,18 @@ mod tests {
                 .collect();
             assert_eq!(r.jobs, jobs, "{}", case.name);
             assert_eq!(r.closed, case.closes, "{}: left {}", case.name, r.phase);
-            assert_eq!(w.shared.spool.used(), 0, "{}: spool budget released", case.name);
+            assert_eq!(
+                w.shared.spool.used(),
+                0,
+                "{}: spool budget released",
+                case.name
+            );
             assert!(
-                !std::fs::read_dir(&w.shared.spool_dir)
+                !std::fs::read_dir(&w.shared.spool_dir).unwrap().any(|e| e
                     .unwrap()
-                    .any(|e| e.unwrap().file_name().to_string_lossy().contains("upload")),
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("upload")),
                 "{}: no spool file left",
                 case.name
             );
@@ -1201,7 +1224,12 @@ mod tests {
         let text = String::from_utf8_lossy(&r.out).into_owned();
         assert_eq!(responses(&r.out, &[]), vec![closing(503)], "{text}");
         assert!(text.contains("Retry-After: 5\r\n"), "{text}");
-        assert!(text.contains(r#"{"errors":[{"detail":"the registry is busy with other uploads; try again"}]}"#), "{text}");
+        assert!(
+            text.contains(
+                r#"{"errors":[{"detail":"the registry is busy with other uploads; try again"}]}"#
+            ),
+            "{text}"
+        );
         assert!(r.jobs.is_empty());
         assert_eq!(w.shared.spool.used(), 60);
         // Larger than the whole cap: it could never fit.
@@ -1210,7 +1238,13 @@ mod tests {
         // Once the other upload is done, the same one is invited.
         drop(held);
         let r = run(&w, &[put(3), R::Block, R::Data(b"abc")], &[]);
-        assert_eq!(responses(&r.out, &[]).iter().map(|r| r.status).collect::<Vec<_>>(), [100, 200]);
+        assert_eq!(
+            responses(&r.out, &[])
+                .iter()
+                .map(|r| r.status)
+                .collect::<Vec<_>>(),
+            [100, 200]
+        );
         assert_eq!(r.jobs, [("publish".to_string(), b"abc".to_vec())]);
         assert_eq!(w.shared.spool.used(), 0);
     }
@@ -1220,9 +1254,11 @@ mod tests {
         let w = world(100);
         let peer = "127.0.0.1:1".parse().unwrap();
         let script = Script {
-            reads: [R::Data(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 80\r\n\r\nab")]
-                .into_iter()
-                .collect(),
+            reads: [R::Data(
+                b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 80\r\n\r\nab",
+            )]
+            .into_iter()
+            .collect(),
             writes: VecDeque::new(),
             out: Vec::new(),
             closed: false,
@@ -1252,7 +1288,10 @@ mod tests {
         conn.readable = true;
         conn.writable = true;
         assert_eq!(conn.drive(&w.shared), Turn::Parked);
-        assert!(conn.deadline > Instant::now() + Duration::from_secs(300), "job timeout");
+        assert!(
+            conn.deadline > Instant::now() + Duration::from_secs(300),
+            "job timeout"
+        );
         let t = w.tickets.try_recv().unwrap();
         conn.finish_job(fake_worker(t.job).2, &w.shared);
         assert_eq!(conn.drive(&w.shared), Turn::Parked);

@@ -337,7 +337,10 @@ impl Server {
             for key in closed.drain(..) {
                 self.remove(key);
             }
-            if self.accept_paused.is_some_and(|until| Instant::now() >= until) {
+            if self
+                .accept_paused
+                .is_some_and(|until| Instant::now() >= until)
+            {
                 self.accept_paused = None;
             }
             self.accept_more = false;
@@ -372,7 +375,10 @@ impl Server {
             let slow_head = pressure && conn.awaits_head() && now >= conn.since + short_head;
             if (now >= conn.deadline || slow_head) && !closed.contains(&key) {
                 if slow_head && now < conn.deadline {
-                    debug!("{} closed: head too slow while the table is busy", conn.peer);
+                    debug!(
+                        "{} closed: head too slow while the table is busy",
+                        conn.peer
+                    );
                 } else {
                     debug!("{} timed out", conn.peer);
                 }
@@ -444,13 +450,11 @@ impl Server {
     /// reports `WouldBlock`: the listener is edge-triggered, and clients left in the
     /// backlog would bring no new event.
     fn accept(&mut self, i: usize, again: &mut Vec<usize>) {
-        if self.shutdown_at.is_some() || self.accept_paused.is_some() || !self.listeners[i].ready
-        {
+        if self.shutdown_at.is_some() || self.accept_paused.is_some() || !self.listeners[i].ready {
             return;
         }
         for _ in 0..ACCEPT_BUDGET {
-            if self.conns.len() >= self.shared.limits.max_connections && self.reclaim(again) == 0
-            {
+            if self.conns.len() >= self.shared.limits.max_connections && self.reclaim(again) == 0 {
                 // Every connection is busy: clients wait in the kernel's backlog until a
                 // slot frees (the loop retries after every turn).
                 return;
