@@ -493,8 +493,11 @@ impl<S: Stream> Conn<S> {
             job,
             reserved,
         };
-        // On failure the ticket (its spool file path, its reservation) comes back and drops.
-        if shared.jobs.send(ticket).is_err() {
+        // On failure the ticket comes back: its reservation drops, its spool file goes.
+        if let Err(std::sync::mpsc::SendError(t)) = shared.jobs.send(ticket) {
+            if let Job::Publish(path) | Job::GitUploadPack { body: path, .. } = t.job {
+                let _ = std::fs::remove_file(path);
+            }
             let r = Response::error(503, "the registry worker is not running");
             return self.queue_response(r, ex, shared);
         }
