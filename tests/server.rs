@@ -255,22 +255,28 @@ fn traversal_and_bad_requests_are_refused() {
     let r = read_response(&mut c, &mut Vec::new(), false);
     assert_eq!(r.status, 431);
     assert_eq!(r.header("connection"), Some("close"));
-    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20 * 1024));
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(20 * 1024));
     let mut c = connect(srv.addr());
     let _ = c.write_all(long.as_bytes());
     assert_eq!(read_response(&mut c, &mut Vec::new(), false).status, 414);
 
     for (raw, status) in [
-        ("BREW /index/3/f/foo HTTP/1.1\r\n\r\n", 501),
+        ("BREW /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n", 501),
         ("GET /index/3/f/foo HTTP/2.0\r\n\r\n", 505),
         ("GARBAGE\r\n\r\n", 400),
         (
-            "POST /index/3/f/foo HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "POST /index/3/f/foo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
             405,
         ),
-        ("DELETE /crates/foo/foo-1.0.0.crate HTTP/1.1\r\n\r\n", 405),
-        ("GET /crates/foo/foo-9.9.9.crate HTTP/1.1\r\n\r\n", 404),
-        ("GET /index/3/n/nop HTTP/1.1\r\n\r\n", 404),
+        (
+            "DELETE /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n",
+            405,
+        ),
+        (
+            "GET /crates/foo/foo-9.9.9.crate HTTP/1.1\r\nHost: x\r\n\r\n",
+            404,
+        ),
+        ("GET /index/3/n/nop HTTP/1.1\r\nHost: x\r\n\r\n", 404),
     ] {
         let r = request(srv.addr(), raw);
         assert_eq!(r.status, status, "{raw:?}");

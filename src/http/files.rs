@@ -381,7 +381,7 @@ mod tests {
 
     #[test]
     fn conditional_matching() {
-        let mut h = crate::http::request::parse(b"GET / HTTP/1.1\r\n\r\n", 100)
+        let mut h = crate::http::request::parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 100)
             .unwrap()
             .unwrap();
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
@@ -402,7 +402,7 @@ mod cache_tests {
     use super::*;
 
     fn get(tree: &Tree, rel: &str) -> (u16, Vec<u8>) {
-        let h = crate::http::request::parse(b"GET / HTTP/1.1\r\n\r\n", 100)
+        let h = crate::http::request::parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 100)
             .unwrap()
             .unwrap();
         let r = index_file(tree, rel, &h);

@@ -121,12 +121,17 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<Head>, ParseError> {
         len,
     };
     let mut seen_length = false;
+    let mut hosts = 0;
     for h in req.headers.iter() {
         let value =
             std::str::from_utf8(h.value).map_err(|_| err(400, "header value is not UTF-8"))?;
         let value = value.trim();
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
+            // RFC 9110 8.6: Content-Length = 1*DIGIT; `+5`, `-1`, `5 5`, `0x5` frame nothing.
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err(400, "invalid Content-Length"));
+            }
             let n: u64 = value
                 .parse()
                 .map_err(|_| err(400, "invalid Content-Length"))?;
@@ -142,6 +147,15 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<Head>, ParseError> {
                 501,
                 "chunked request bodies are not supported; send Content-Length",
             ));
+        } else if name.eq_ignore_ascii_case("host") {
+            // RFC 9112 3.2: more than one Host, or an invalid one, is a 400.
+            hosts += 1;
+            if hosts > 1 {
+                return Err(err(400, "more than one Host header"));
+            }
+            if !value.bytes().all(is_host_byte) {
+                return Err(err(400, "invalid Host header"));
+            }
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
@@ -168,7 +182,16 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<Head>, ParseError> {
         }
         // Upgrade: h2c and HTTP2-Settings are ignored: the answer is plain HTTP/1.1.
     }
+    // RFC 9112 3.2: an HTTP/1.1 request without Host is a 400 (HTTP/1.0 predates Host).
+    if minor == 1 && hosts == 0 {
+        return Err(err(400, "an HTTP/1.1 request needs a Host header"));
+    }
     Ok(Some(head))
+}
+
+/// Bytes of `uri-host [ ":" port ]` (RFC 3986 3.2.2): reg-name or IP literal characters.
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)
 }
 
 fn too_long(buf: &[u8], max_head: usize) -> ParseError {
@@ -239,7 +262,7 @@ if-none-match: \"abc\"\r\n\r\nNEXT";
         let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(9000));
         assert_eq!(parse(big.as_bytes(), 8192).unwrap_err().status, 431);
         let many: String = (0..60).map(|i| format!("X-{i}: y\r\n")).collect();
-        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
         assert_eq!(parse(many.as_bytes(), 8192).unwrap_err().status, 431);
     }
 
@@ -267,18 +290,139 @@ if-none-match: \"abc\"\r\n\r\nNEXT";
             .unwrap()
             .unwrap();
         assert!(h.keep_alive);
-        let h = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 8192)
-            .unwrap()
-            .unwrap();
+        let h = parse(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            8192,
+        )
+        .unwrap()
+        .unwrap();
         assert!(!h.keep_alive);
         let h = parse(
-            b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            b"PUT /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
             8192,
         )
         .unwrap()
         .unwrap();
         assert!(h.expect_continue);
         assert_eq!(h.content_length, 5);
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        for bad in [
+            "+5",
+            "-1",
+            "5 5",
+            "0x5",
+            "5,5",
+            "",
+            "1e3",
+            "18446744073709551616",
+        ] {
+            let raw = format!("PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: {bad}\r\n\r\n");
+            assert_eq!(
+                parse(raw.as_bytes(), 8192).unwrap_err().status,
+                400,
+                "{bad:?}"
+            );
+        }
+        let raw = b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length:  007 \r\n\r\n";
+        assert_eq!(parse(raw, 8192).unwrap().unwrap().content_length, 7);
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_valid_host() {
+        let status = |raw: &[u8]| parse(raw, 8192).map(|h| h.map(|h| h.minor));
+        assert_eq!(status(b"GET / HTTP/1.1\r\n\r\n").unwrap_err().status, 400);
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            status(b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(status(b"GET / HTTP/1.0\r\n\r\n"), Ok(Some(0)));
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost:\r\n\r\n"), Ok(Some(1)));
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"),
+            Ok(Some(1))
+        );
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const VALID: &[u8] = b"PUT /api/v1/crates/new?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\
+Content-Length: 12\r\nExpect: 100-continue\r\nConnection: keep-alive\r\n\
+If-None-Match: \"abc\"\r\nAuthorization: token\r\n\r\nbody follows";
+
+        /// The parser's contract on any input: no panic; a complete head lies within the
+        /// input and within `max_head`; a longer head is refused rather than waited for.
+        fn check(input: &[u8], max_head: usize) -> Result<(), TestCaseError> {
+            match parse(input, max_head) {
+                Ok(Some(h)) => {
+                    prop_assert!(h.len <= input.len());
+                    prop_assert!(h.len <= max_head);
+                }
+                Ok(None) => prop_assert!(input.len() <= max_head),
+                Err(e) => prop_assert!((400..=505).contains(&e.status)),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                input in proptest::collection::vec(any::<u8>(), 0..600),
+                max_head in 0usize..700,
+            ) {
+                check(&input, max_head)?;
+            }
+
+            #[test]
+            fn mutated_heads_never_panic(
+                edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 0..8),
+                cut in any::<usize>(),
+                max_head in 16usize..400,
+            ) {
+                let mut input = VALID.to_vec();
+                for (at, byte, op) in edits {
+                    let i = at % (input.len() + 1);
+                    match op {
+                        0 if i < input.len() => input[i] = byte,
+                        1 => input.insert(i, byte),
+                        _ if i < input.len() => { input.remove(i); }
+                        _ => {}
+                    }
+                }
+                input.truncate(cut % (input.len() + 1));
+                check(&input, max_head)?;
+            }
+        }
+
+        #[test]
+        fn the_valid_head_parses_within_its_bytes() {
+            let h = parse(VALID, 8192).unwrap().unwrap();
+            assert_eq!(&VALID[h.len..], b"body follows");
+            assert_eq!(h.content_length, 12);
+            let head_len = h.len;
+            assert!(parse(VALID, head_len - 1).is_err(), "max_head is honoured");
+            assert!(parse(VALID, head_len).unwrap().is_some());
+        }
     }
 
     #[test]

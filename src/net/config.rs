@@ -62,6 +62,10 @@ pub struct Limits {
     pub shutdown_grace_ms: u64,
     /// Open files kept per served tree (index, crates); 0 opens every file per request.
     pub open_files: usize,
+    /// Bytes of request bodies spooled to disk at once, over every upload (publishes, git
+    /// upload-pack requests); an upload that would pass it is answered 503 before its body
+    /// is read. 0: four times the largest publish body.
+    pub max_spool_bytes: u64,
 }
 
 impl Default for Limits {
@@ -74,6 +78,7 @@ impl Default for Limits {
             io_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             open_files: 512,
+            max_spool_bytes: 0,
         }
     }
 }
@@ -87,6 +92,19 @@ impl Limits {
     }
     pub fn io_timeout(&self) -> Duration {
         Duration::from_millis(self.io_timeout_ms)
+    }
+    /// The head timeout while the connection table is more than three quarters full: a
+    /// tenth of it, at least a second, so slow heads (slowloris) give their slots back.
+    pub fn head_timeout_under_pressure(&self) -> Duration {
+        let short = (self.head_timeout_ms / 10).max(1000);
+        Duration::from_millis(short.min(self.head_timeout_ms))
+    }
+    /// The spool cap for a registry whose largest publish body is `max_upload`.
+    pub fn spool_cap(&self, max_upload: u64) -> u64 {
+        match self.max_spool_bytes {
+            0 => max_upload.saturating_mul(4),
+            n => n,
+        }
     }
 }
 
@@ -186,5 +204,16 @@ tls = {
         .unwrap();
         assert_eq!(c.limits.head_timeout_ms, 5);
         assert_eq!(c.limits.max_connections, 1024);
+        assert_eq!(c.limits.spool_cap(100), 400);
+        let c = ServerConfig::parse(
+            "[[listener]]\nbind='x'\n[limits]\nmax-spool-bytes = 5000\nhead-timeout-ms = 60000",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.limits.spool_cap(100), 5000);
+        assert_eq!(
+            c.limits.head_timeout_under_pressure(),
+            Duration::from_secs(6)
+        );
     }
 }

@@ -4,6 +4,16 @@
 //! Sockets are registered once for read and write, edge-triggered. A readiness bit is set
 //! by an event and cleared only on `WouldBlock`, so nothing is lost while a phase does not
 //! want that direction (a response being written stops reading; pipelined requests wait).
+//!
+//! Framing is decided here, once, for every route. A request's facts (keep-alive, HEAD,
+//! body bytes nobody has read yet, bytes read past it, its log line) travel in one
+//! [`Exchange`] through the phases (`Body`, `Waiting`, `Write`), whoever answers: a body
+//! the handler does not want is read and dropped (up to [`DRAIN_CAP`]) or the connection
+//! closes after the answer, and the answer to a HEAD never carries a body. Bytes after a
+//! request are only ever parsed as the next request once its body is wholly consumed.
+//!
+//! The connection is generic over its [`Stream`], so the tests below drive it through a
+//! scripted in-memory stream.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
@@ -14,19 +24,32 @@ use std::time::{Duration, Instant};
 use crate::http::api::Spooled;
 use crate::http::{self, request, Body, BodyCursor, Head, Job, Method, Response, Routed};
 
-use super::transport::Transport;
-use super::worker::Ticket;
+use super::transport::{Stream, Transport};
+use super::worker::{Reservation, Ticket};
 use super::Shared;
 
 /// Read size while a head arrives.
 const READ_CHUNK: usize = 4096;
 /// Read size while a body arrives (on the stack, then to the spool file).
 const BODY_CHUNK: usize = 16 * 1024;
+/// The most body bytes read and dropped for a request whose handler does not want them, to
+/// keep the connection; a larger unwanted body closes the connection after the answer.
+pub const DRAIN_CAP: u64 = 64 * 1024;
+/// How long a connection closing with request bytes still coming keeps reading (and
+/// dropping) them: closing a socket with unread input resets it, and the reset can destroy
+/// the answer before the client read it (nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(2);
 /// How long a connection may wait for the registry worker.
 const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Steps one connection may take per turn of the loop before others get theirs.
 const BUDGET: usize = 32;
+/// How long a new connection may stay silent before it counts as idle for reclaiming: its
+/// first bytes may be in flight, or not yet reported, and a client just let in must not be
+/// the first one closed again.
+pub const FRESH_GRACE: Duration = Duration::from_secs(1);
+/// Seconds a client refused by the spool cap is asked to wait.
+const SPOOL_RETRY_AFTER: &str = "5";
 
 pub enum Phase {
     /// Nothing buffered: a new connection, a TLS handshake, or a kept-alive one between
@@ -37,55 +60,92 @@ pub enum Phase {
     /// A request body is arriving.
     Body(Box<Upload>),
     /// The registry worker runs the request's job.
-    Waiting(Box<Waiting>),
+    Waiting(Box<Exchange>),
     /// A response is going out.
     Write(Box<Outgoing>),
+    /// The last answer is out and our side is shut; what the client still sends is dropped
+    /// until it closes or [`LINGER`] passes.
+    Linger,
     /// Done; the loop removes the connection.
     Closed,
 }
 
-/// A response in flight, with what comes after it.
+/// One request's facts that decide its framing, from its head to the end of its answer.
+pub struct Exchange {
+    log: LogLine,
+    /// The client lets the connection stay open after this exchange.
+    keep_alive: bool,
+    /// HEAD: the answer goes out without its body, whoever made it.
+    head_only: bool,
+    /// Body bytes the client has yet to send that nobody read. Any left when the answer
+    /// goes out close the connection: the next request would start inside them.
+    /// `u64::MAX` when the framing is unknown (a head that did not parse).
+    unread: u64,
+    /// Bytes read past this request's head: its body first, then pipelined requests.
+    leftover: Vec<u8>,
+}
+
+impl Exchange {
+    /// Takes the part of `leftover` that belongs to the body.
+    fn take_buffered_body(&mut self) -> Vec<u8> {
+        let n = self.unread.min(self.leftover.len() as u64) as usize;
+        let rest = self.leftover.split_off(n);
+        self.unread -= n as u64;
+        std::mem::replace(&mut self.leftover, rest)
+    }
+}
+
+/// A response in flight, with the exchange it answers.
 pub struct Outgoing {
     head: Vec<u8>,
     head_pos: usize,
     body: BodyCursor,
-    /// Bytes of pipelined requests read after this one's head.
-    leftover: Vec<u8>,
-    keep_alive: bool,
-    log: Option<LogLine>,
+    ex: Exchange,
 }
 
-/// A request body being read, and what to do once it is complete.
+/// A request body being read, and what comes once it is complete.
 pub struct Upload {
-    log: LogLine,
-    keep_alive: bool,
-    remaining: u64,
+    ex: Exchange,
     /// Bytes of `100 Continue` already sent (None: not asked for).
     continue_sent: Option<usize>,
-    /// The spool file and what it becomes; None: the body is read and dropped.
-    spool: Option<(File, PathBuf, Spooled)>,
-    then: Option<Job>,
-    leftover: Vec<u8>,
+    then: Then,
 }
 
-impl Drop for Upload {
+/// What a request body is read for.
+enum Then {
+    /// Spooled to a file that becomes the job.
+    Spool(Spool),
+    /// Dropped; then the job runs.
+    Job(Job),
+    /// Dropped; then this answer goes out.
+    Answer(Response),
+}
+
+/// A spool file and its share of the spool budget. Dropped before its job was handed to
+/// the worker (client gone, timeout, error), it removes the file and gives the share back.
+struct Spool {
+    file: File,
+    path: PathBuf,
+    kind: Spooled,
+    reserved: Option<Reservation>,
+}
+
+impl Spool {
+    fn into_job(mut self) -> (Job, Option<Reservation>) {
+        let path = std::mem::take(&mut self.path);
+        (self.kind.job(path), self.reserved.take())
+    }
+}
+
+impl Drop for Spool {
     fn drop(&mut self) {
-        // A body never handed to the worker (client gone, timeout) leaves no file behind.
-        if let Some((_, path, _)) = self.spool.take() {
-            let _ = std::fs::remove_file(path);
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
 
-/// A request whose job the worker runs.
-pub struct Waiting {
-    log: LogLine,
-    keep_alive: bool,
-    leftover: Vec<u8>,
-}
-
 /// What one request's log line says.
-#[derive(Clone)]
 struct LogLine {
     method: &'static str,
     target: String,
@@ -94,18 +154,23 @@ struct LogLine {
     start: Instant,
 }
 
-pub struct Conn {
+pub struct Conn<S = Transport> {
     /// Slab key and a serial number unique over the server's life: a worker's answer
     /// carries both, so it never reaches a later connection in the same slot.
     pub key: usize,
     pub serial: u64,
-    pub transport: Transport,
+    pub transport: S,
     pub phase: Phase,
     pub readable: bool,
     pub writable: bool,
     /// The peer's FIN was reported: reads must go on until they return 0.
     pub read_closed: bool,
     pub deadline: Instant,
+    /// When the connection last became idle, or its current head started: orders idle
+    /// connections for reclaiming and times heads under pressure.
+    pub since: Instant,
+    /// Requests answered so far.
+    pub served: u64,
     pub peer: SocketAddr,
     /// No new request is started (shutdown).
     pub draining: bool,
@@ -121,14 +186,14 @@ pub enum Turn {
     Closed,
 }
 
-impl Conn {
+impl<S: Stream> Conn<S> {
     pub fn new(
         key: usize,
         serial: u64,
-        transport: Transport,
+        transport: S,
         peer: SocketAddr,
         deadline: Instant,
-    ) -> Conn {
+    ) -> Conn<S> {
         Conn {
             key,
             serial,
@@ -138,6 +203,8 @@ impl Conn {
             writable: false,
             read_closed: false,
             deadline,
+            since: Instant::now(),
+            served: 0,
             peer,
             draining: false,
         }
@@ -146,6 +213,30 @@ impl Conn {
     /// Whether the connection sits between requests (safe to close at shutdown).
     pub fn is_idle(&self) -> bool {
         matches!(self.phase, Phase::Idle) && !self.transport.has_pending_output()
+    }
+
+    /// Whether closing it loses nobody's request: idle with no unread byte reported (kept
+    /// alive between requests, or accepted and silent for [`FRESH_GRACE`]), or lingering.
+    pub fn is_reclaimable(&self, now: Instant) -> bool {
+        match self.phase {
+            Phase::Idle => {
+                !self.readable
+                    && !self.transport.has_pending_output()
+                    && (self.served > 0 || now >= self.since + FRESH_GRACE)
+            }
+            Phase::Linger => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the client owes a request head: a head arriving, or a new connection (or
+    /// TLS handshake) with no request yet.
+    pub fn awaits_head(&self) -> bool {
+        match self.phase {
+            Phase::Head(_) => true,
+            Phase::Idle => self.served == 0,
+            _ => false,
+        }
     }
 
     /// Advances the connection as far as readiness allows.
@@ -160,6 +251,7 @@ impl Conn {
                     self.phase = Phase::Waiting(w);
                     Ok(false)
                 }
+                Phase::Linger => self.step_linger(),
                 Phase::Closed => return Turn::Closed,
             };
             match step {
@@ -184,7 +276,7 @@ impl Conn {
     /// system call per request. TLS keeps reading, as rustls may hold decrypted bytes.
     /// Not when the peer's FIN was already reported: it brings no further edge.
     fn note_short_read(&mut self, n: usize, asked: usize) {
-        if n < asked && !self.read_closed && matches!(self.transport, Transport::Plain(_)) {
+        if n < asked && !self.read_closed && self.transport.plain_socket().is_some() {
             self.readable = false;
         }
     }
@@ -238,9 +330,15 @@ impl Conn {
         let Some(n) = self.read_some(&mut stack)? else {
             return Ok(false);
         };
-        self.deadline = Instant::now() + shared.limits.head_timeout();
-        self.phase = Phase::Head(stack[..n].to_vec());
+        self.start_head(stack[..n].to_vec(), shared);
         Ok(true)
+    }
+
+    fn start_head(&mut self, buf: Vec<u8>, shared: &Shared) {
+        let now = Instant::now();
+        self.deadline = now + shared.limits.head_timeout();
+        self.since = now;
+        self.phase = Phase::Head(buf);
     }
 
     fn step_head(&mut self, mut buf: Vec<u8>, shared: &Shared) -> Result<bool, ()> {
@@ -252,15 +350,20 @@ impl Conn {
             }
             Ok(None) => {}
             Err(e) => {
-                let r = Response::error(e.status, e.detail);
-                let log = LogLine {
-                    method: "-",
-                    target: "(malformed request)".into(),
-                    status: 0,
-                    bytes: 0,
-                    start: Instant::now(),
+                let ex = Exchange {
+                    log: LogLine {
+                        method: "-",
+                        target: "(malformed request)".into(),
+                        status: 0,
+                        bytes: 0,
+                        start: Instant::now(),
+                    },
+                    keep_alive: false,
+                    head_only: false,
+                    unread: u64::MAX,
+                    leftover: Vec::new(),
                 };
-                self.queue_response(r, Some(log), Vec::new(), false, false);
+                self.queue_response(Response::error(e.status, e.detail), ex, shared);
                 return Ok(true);
             }
         }
@@ -276,102 +379,136 @@ impl Conn {
         Ok(got.is_some())
     }
 
-    /// Routes a complete head: queues the answer, or starts reading a body, or hands a job
-    /// to the worker.
-    fn respond(&mut self, head: Head, mut leftover: Vec<u8>, shared: &Shared) {
+    /// Routes a complete head and decides what happens to its body: read for the handler,
+    /// read and dropped, or left unread (then the connection closes after the answer).
+    fn respond(&mut self, head: Head, leftover: Vec<u8>, shared: &Shared) {
         let start = Instant::now();
         let routed = http::route(&shared.site, &head);
-        let head_only = head.method == Method::Head;
-        let log = LogLine {
-            method: head.method.as_str(),
-            target: head.target,
-            status: 0,
-            bytes: 0,
-            start,
+        let expect = head.expect_continue;
+        let ex = Exchange {
+            log: LogLine {
+                method: head.method.as_str(),
+                target: head.target,
+                status: 0,
+                bytes: 0,
+                start,
+            },
+            keep_alive: head.keep_alive,
+            head_only: head.method == Method::Head,
+            unread: head.content_length,
+            leftover,
         };
-        let keep_alive = head.keep_alive;
-        let (spool, then) = match routed {
-            Routed::Done(r) => {
-                // A body we do not read would be taken for the next request: answer, close.
-                let keep_alive = keep_alive && head.content_length == 0;
-                self.queue_response(r, Some(log), leftover, keep_alive, head_only);
-                return;
-            }
-            Routed::Job(job) => {
-                self.start_job(job, log, keep_alive, leftover, shared);
-                return;
-            }
-            Routed::AfterBody(job) => (None, Some(job)),
-            Routed::Upload(kind) => {
-                let path = crate::registry::temp_path(&shared.spool_dir, "upload");
-                match File::create(&path) {
-                    Ok(f) => (Some((f, path, kind)), None),
-                    Err(e) => {
-                        eprintln!("error: creating an upload file: {e}");
-                        self.queue_response(upload_failed(), Some(log), Vec::new(), false, false);
-                        return;
-                    }
-                }
-            }
-        };
-        let rest = leftover.split_off((head.content_length.min(leftover.len() as u64)) as usize);
-        let mut up = Box::new(Upload {
-            log,
-            keep_alive,
-            remaining: head.content_length,
-            continue_sent: head.expect_continue.then_some(0),
-            spool,
-            then,
-            leftover: rest,
-        });
-        if !leftover.is_empty() && up.take_body(&leftover).is_err() {
-            self.queue_response(
-                upload_failed(),
-                Some(up.log.clone()),
-                Vec::new(),
-                false,
-                false,
+        match routed {
+            Routed::Upload(kind) => self.start_upload(kind, ex, expect, shared),
+            Routed::AfterBody(job) => self.read_body(ex, Then::Job(job), expect, shared),
+            Routed::Job(job) => self.skip_body(ex, Then::Job(job), expect, shared),
+            Routed::Done(r) => self.skip_body(ex, Then::Answer(r), expect, shared),
+        }
+    }
+
+    /// A handler that does not want the body: a small one is read and dropped first, so
+    /// the connection can go on; a large one, or one the client waits to be invited for
+    /// (`Expect: 100-continue`), is not read, and the connection closes after the answer.
+    fn skip_body(&mut self, mut ex: Exchange, then: Then, expect: bool, shared: &Shared) {
+        let buffered = ex.take_buffered_body();
+        let waits_for_invitation = expect && buffered.is_empty();
+        if ex.unread == 0 || ex.unread > DRAIN_CAP || waits_for_invitation {
+            self.proceed(ex, then, shared);
+        } else {
+            self.read_body(ex, then, false, shared);
+        }
+    }
+
+    /// A body to spool: refused before any of it is read (and before `100 Continue`) when
+    /// it would pass the spool cap.
+    fn start_upload(&mut self, kind: Spooled, ex: Exchange, expect: bool, shared: &Shared) {
+        let len = ex.unread;
+        if len > shared.spool.cap() {
+            let detail = format!(
+                "the upload is larger than the {} bytes this server spools at once",
+                shared.spool.cap()
             );
-            return;
+            return self.queue_response(Response::error(413, &detail), ex, shared);
         }
-        if up.remaining < head.content_length {
-            up.continue_sent = None; // the client sent the body without waiting
+        let Some(reserved) = shared.spool.reserve(len) else {
+            let r = Response::error(503, "the registry is busy with other uploads; try again")
+                .header("Retry-After", SPOOL_RETRY_AFTER);
+            return self.queue_response(r, ex, shared);
+        };
+        let path = crate::registry::temp_path(&shared.spool_dir, "upload");
+        let file = match File::create(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: creating an upload file: {e}");
+                return self.queue_response(upload_failed(), ex, shared);
+            }
+        };
+        let spool = Spool {
+            file,
+            path,
+            kind,
+            reserved: Some(reserved),
+        };
+        self.read_body(ex, Then::Spool(spool), expect, shared);
+    }
+
+    /// Enters the body phase, taking what arrived with the head first.
+    fn read_body(&mut self, mut ex: Exchange, mut then: Then, expect: bool, shared: &Shared) {
+        let buffered = ex.take_buffered_body();
+        if take_body(&mut then, &buffered).is_err() {
+            return self.queue_response(upload_failed(), ex, shared);
         }
+        // A client that sent some of the body already did not wait for the invitation.
+        let invite = expect && buffered.is_empty() && ex.unread > 0;
         self.deadline = Instant::now() + shared.limits.io_timeout();
-        self.phase = Phase::Body(up);
+        self.phase = Phase::Body(Box::new(Upload {
+            ex,
+            continue_sent: invite.then_some(0),
+            then,
+        }));
+    }
+
+    /// The body is read (or will never be): the answer or the job goes next.
+    fn proceed(&mut self, ex: Exchange, then: Then, shared: &Shared) {
+        match then {
+            Then::Answer(r) => self.queue_response(r, ex, shared),
+            Then::Job(job) => self.start_job(job, None, ex, shared),
+            Then::Spool(spool) => {
+                let (job, reserved) = spool.into_job();
+                self.start_job(job, reserved, ex, shared)
+            }
+        }
     }
 
     fn start_job(
         &mut self,
         job: Job,
-        log: LogLine,
-        keep_alive: bool,
-        leftover: Vec<u8>,
+        reserved: Option<Reservation>,
+        ex: Exchange,
         shared: &Shared,
     ) {
         let ticket = Ticket {
             key: self.key,
             serial: self.serial,
             job,
+            reserved,
         };
-        if shared.jobs.send(ticket).is_err() {
+        // On failure the ticket comes back: its reservation drops, its spool file goes.
+        if let Err(std::sync::mpsc::SendError(t)) = shared.jobs.send(ticket) {
+            if let Job::Publish(path) | Job::GitUploadPack { body: path, .. } = t.job {
+                let _ = std::fs::remove_file(path);
+            }
             let r = Response::error(503, "the registry worker is not running");
-            self.queue_response(r, Some(log), Vec::new(), false, false);
-            return;
+            return self.queue_response(r, ex, shared);
         }
         self.deadline = Instant::now() + JOB_TIMEOUT;
-        self.phase = Phase::Waiting(Box::new(Waiting {
-            log,
-            keep_alive,
-            leftover,
-        }));
+        self.phase = Phase::Waiting(Box::new(ex));
     }
 
     /// The worker's answer for this connection's request.
-    pub fn finish_job(&mut self, response: Response) {
-        if let Phase::Waiting(w) = std::mem::replace(&mut self.phase, Phase::Closed) {
-            let w = *w;
-            self.queue_response(response, Some(w.log), w.leftover, w.keep_alive, false);
+    pub fn finish_job(&mut self, response: Response, shared: &Shared) {
+        if let Phase::Waiting(ex) = std::mem::replace(&mut self.phase, Phase::Closed) {
+            self.queue_response(response, *ex, shared);
         }
     }
 
@@ -386,6 +523,7 @@ impl Conn {
                     .transport
                     .write_vectored(&[IoSlice::new(&CONTINUE[sent..])])
                 {
+                    Ok(0) => return Err(()),
                     Ok(n) => up.continue_sent = Some(sent + n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -395,18 +533,9 @@ impl Conn {
                 return Ok(true);
             }
         }
-        if up.remaining == 0 {
-            let mut up = up;
-            let job = match up.spool.take() {
-                Some((file, path, kind)) => {
-                    drop(file);
-                    kind.job(path)
-                }
-                None => up.then.take().expect("a body without spool has a job"),
-            };
-            let log = up.log.clone();
-            let leftover = std::mem::take(&mut up.leftover);
-            self.start_job(job, log, up.keep_alive, leftover, shared);
+        if up.ex.unread == 0 {
+            let up = *up;
+            self.proceed(up.ex, up.then, shared);
             return Ok(true);
         }
         if !self.readable {
@@ -414,15 +543,16 @@ impl Conn {
             return Ok(false);
         }
         let mut buf = [0u8; BODY_CHUNK];
-        let want = (up.remaining.min(BODY_CHUNK as u64)) as usize;
-        // On Err the client is gone mid-body: Upload's drop removes the spool file.
+        let want = (up.ex.unread.min(BODY_CHUNK as u64)) as usize;
+        // On Err the client is gone mid-body: the spool's drop removes its file.
         let Some(n) = self.read_some(&mut buf[..want])? else {
             self.phase = Phase::Body(up);
             return Ok(false);
         };
-        if up.take_body(&buf[..n]).is_err() {
-            let log = up.log.clone();
-            self.queue_response(upload_failed(), Some(log), Vec::new(), false, false);
+        up.ex.unread -= n as u64;
+        if take_body(&mut up.then, &buf[..n]).is_err() {
+            let up = *up;
+            self.queue_response(upload_failed(), up.ex, shared);
             return Ok(true);
         }
         self.deadline = Instant::now() + shared.limits.io_timeout();
@@ -430,31 +560,24 @@ impl Conn {
         Ok(true)
     }
 
-    fn queue_response(
-        &mut self,
-        mut r: Response,
-        mut log: Option<LogLine>,
-        leftover: Vec<u8>,
-        keep_alive: bool,
-        head_only: bool,
-    ) {
-        // A stopping server announces the close on every answer still going out.
-        let keep_alive = keep_alive && !r.close && !self.draining;
-        let head = r.render_head(keep_alive);
-        if head_only {
+    /// Queues the answer to `ex`. The one place that decides whether the connection goes
+    /// on after it, and whether a body goes out.
+    fn queue_response(&mut self, mut r: Response, mut ex: Exchange, shared: &Shared) {
+        // Unread body bytes would be taken for the next request; a stopping server
+        // announces the close on every answer still going out.
+        ex.keep_alive = ex.keep_alive && ex.unread == 0 && !r.close && !self.draining;
+        let head = r.render_head(ex.keep_alive);
+        if ex.head_only {
             r.body = Body::Empty;
         }
-        if let Some(l) = &mut log {
-            l.bytes = r.body.len();
-            l.status = r.status;
-        }
+        ex.log.bytes = r.body.len();
+        ex.log.status = r.status;
+        self.deadline = Instant::now() + shared.limits.io_timeout();
         self.phase = Phase::Write(Box::new(Outgoing {
             head,
             head_pos: 0,
             body: BodyCursor::new(r.body),
-            leftover,
-            keep_alive,
-            log,
+            ex,
         }));
     }
 
@@ -465,8 +588,8 @@ impl Conn {
         }
         let remaining = (out.head.len() - out.head_pos) as u64 + out.body.remaining();
         if remaining > 0 {
-            let result = if let (Transport::Plain(sock), Some((file, offset, left))) =
-                (&self.transport, out.body.sendfile_source())
+            let result = if let (Some(sock), Some((file, offset, left))) =
+                (self.transport.plain_socket(), out.body.sendfile_source())
             {
                 send_head_then_file(sock, &out.head[out.head_pos..], file, offset, left)
             } else {
@@ -504,31 +627,54 @@ impl Conn {
             }
             Err(_) => return Err(()),
         }
-        if let Some(l) = out.log.take() {
-            shared.log_request(self.peer, l.method, &l.target, l.status, l.bytes, l.start);
+        let Outgoing { ex, .. } = *out;
+        let l = &ex.log;
+        shared.log_request(self.peer, l.method, &l.target, l.status, l.bytes, l.start);
+        self.served += 1;
+        if !ex.keep_alive {
+            if ex.unread == 0 {
+                return Err(());
+            }
+            self.transport.close();
+            self.deadline = Instant::now() + LINGER;
+            self.phase = Phase::Linger;
+            return Ok(true);
         }
-        if !out.keep_alive {
-            return Err(());
-        }
-        if out.leftover.is_empty() {
-            self.deadline = Instant::now() + shared.limits.idle_timeout();
+        let now = Instant::now();
+        if ex.leftover.is_empty() {
+            self.deadline = now + shared.limits.idle_timeout();
+            self.since = now;
             self.phase = Phase::Idle;
         } else {
-            self.deadline = Instant::now() + shared.limits.head_timeout();
-            self.phase = Phase::Head(std::mem::take(&mut out.leftover));
+            self.start_head(ex.leftover, shared);
         }
         Ok(true)
     }
+
+    /// Reads and drops what the client still sends after the last answer.
+    fn step_linger(&mut self) -> Result<bool, ()> {
+        self.phase = Phase::Linger;
+        if !self.readable {
+            return Ok(false);
+        }
+        let mut buf = [0u8; BODY_CHUNK];
+        match self.read_some(&mut buf) {
+            Ok(Some(_)) => Ok(true),
+            Ok(None) => Ok(false),
+            Err(()) => {
+                // Our side was shut when lingering began.
+                self.phase = Phase::Closed;
+                Ok(true)
+            }
+        }
+    }
 }
 
-impl Upload {
-    /// Takes body bytes: to the spool file, or dropped.
-    fn take_body(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.remaining -= bytes.len() as u64;
-        match &mut self.spool {
-            Some((f, _, _)) => f.write_all(bytes),
-            None => Ok(()),
-        }
+/// Takes body bytes: to the spool file, or dropped.
+fn take_body(then: &mut Then, bytes: &[u8]) -> io::Result<()> {
+    match then {
+        Then::Spool(s) => s.file.write_all(bytes),
+        Then::Job(_) | Then::Answer(_) => Ok(()),
     }
 }
 
@@ -574,4 +720,585 @@ fn send_head_then_file(
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(n as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection state machine in memory: a scripted stream stands in for the socket
+    //! (reads, short writes, `WouldBlock`s) and the test answers the worker's jobs itself.
+
+    use std::collections::VecDeque;
+    use std::sync::mpsc::{channel, Receiver};
+
+    use super::*;
+    use crate::http::files::Trees;
+    use crate::http::Site;
+    use crate::net::config::Limits;
+    use crate::net::worker::SpoolBudget;
+
+    /// One scripted read.
+    #[derive(Clone)]
+    enum R {
+        Data(&'static [u8]),
+        Owned(Vec<u8>),
+        Block,
+        Eof,
+    }
+
+    /// An in-memory stream: reads follow the script (then `WouldBlock`); each write takes
+    /// at most the next scripted amount (`0`: `WouldBlock`), then everything.
+    struct Script {
+        reads: VecDeque<R>,
+        writes: VecDeque<usize>,
+        out: Vec<u8>,
+        closed: bool,
+    }
+
+    impl Stream for Script {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let data = match self.reads.pop_front() {
+                None | Some(R::Block) => return Err(io::ErrorKind::WouldBlock.into()),
+                Some(R::Eof) => return Ok(0),
+                Some(R::Data(d)) => d.to_vec(),
+                Some(R::Owned(d)) => d,
+            };
+            let n = data.len().min(buf.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            if n < data.len() {
+                self.reads.push_front(R::Owned(data[n..].to_vec()));
+            }
+            Ok(n)
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut allow = self.writes.pop_front().unwrap_or(usize::MAX);
+            if allow == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(allow);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                allow -= take;
+            }
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<bool> {
+            Ok(true)
+        }
+
+        fn has_pending_output(&self) -> bool {
+            false
+        }
+
+        fn close(&mut self) {
+            self.closed = true;
+        }
+    }
+
+    struct World {
+        _dir: tempfile::TempDir,
+        shared: Shared,
+        tickets: Receiver<Ticket>,
+    }
+
+    const CONFIG_JSON: &[u8] = b"{\"dl\":\"http://h/crates\"}\n";
+
+    fn world(spool_cap: u64) -> World {
+        crate::net::set_verbosity(0);
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join("index");
+        std::fs::create_dir_all(&index).unwrap();
+        std::fs::create_dir_all(dir.path().join("crates")).unwrap();
+        std::fs::write(index.join("config.json"), CONFIG_JSON).unwrap();
+        let (jobs, tickets) = channel();
+        let shared = Shared {
+            site: Site::new(
+                "http://h",
+                Trees::new(index, dir.path().join("crates"), 0),
+                1000,
+            ),
+            limits: Limits::default(),
+            spool_dir: dir.path().to_owned(),
+            jobs,
+            spool: SpoolBudget::new(spool_cap),
+        };
+        World {
+            _dir: dir,
+            shared,
+            tickets,
+        }
+    }
+
+    /// What a scripted connection did.
+    struct Run {
+        out: Vec<u8>,
+        /// Each job the worker got, with its body when it had one.
+        jobs: Vec<(String, Vec<u8>)>,
+        closed: bool,
+        /// The phase the connection was left in.
+        phase: &'static str,
+    }
+
+    /// Drives a connection through `reads` and `writes` as the event loop would (each pass
+    /// a new readiness edge), answering every job the way the worker would.
+    fn run(w: &World, reads: &[R], writes: &[usize]) -> Run {
+        let script = Script {
+            reads: reads.iter().cloned().collect(),
+            writes: writes.iter().copied().collect(),
+            out: Vec::new(),
+            closed: false,
+        };
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let mut conn = Conn::new(0, 1, script, peer, Instant::now() + Duration::from_secs(60));
+        let mut jobs = Vec::new();
+        let mut closed = false;
+        for _ in 0..200 {
+            conn.readable = true;
+            conn.writable = true;
+            if conn.drive(&w.shared) == Turn::Closed {
+                closed = true;
+                break;
+            }
+            while let Ok(t) = w.tickets.try_recv() {
+                let (name, body, r) = fake_worker(t.job);
+                jobs.push((name, body));
+                drop(t.reserved);
+                conn.finish_job(r, &w.shared);
+            }
+            let nothing_left = conn.transport.reads.is_empty() && conn.transport.writes.is_empty();
+            if nothing_left && matches!(conn.phase, Phase::Idle | Phase::Linger) {
+                break;
+            }
+        }
+        let phase = match conn.phase {
+            Phase::Idle => "idle",
+            Phase::Head(_) => "head",
+            Phase::Body(_) => "body",
+            Phase::Waiting(_) => "waiting",
+            Phase::Write(_) => "write",
+            Phase::Linger => "linger",
+            Phase::Closed => "closed",
+        };
+        Run {
+            out: std::mem::take(&mut conn.transport.out),
+            jobs,
+            closed: closed || conn.transport.closed,
+            phase,
+        }
+    }
+
+    fn fake_worker(job: Job) -> (String, Vec<u8>, Response) {
+        let ok = |body: &[u8]| Response::new(200).body(Body::Bytes(body.to_vec()));
+        match job {
+            Job::Search { query, .. } => (format!("search {query}"), Vec::new(), ok(b"{}")),
+            Job::GitRefs => (
+                "refs".into(),
+                Vec::new(),
+                ok(b"001e# service=git-upload-pack\n"),
+            ),
+            Job::Publish(path) => {
+                let body = std::fs::read(&path).unwrap();
+                std::fs::remove_file(&path).unwrap();
+                ("publish".into(), body, ok(b"{\"warnings\":{}}"))
+            }
+            Job::GitUploadPack { body, .. } => {
+                let bytes = std::fs::read(&body).unwrap();
+                std::fs::remove_file(&body).unwrap();
+                ("upload-pack".into(), bytes, ok(b"0008NAK\n"))
+            }
+            Job::Yank { name, .. } => (format!("yank {name}"), Vec::new(), ok(b"{\"ok\":true}")),
+        }
+    }
+
+    /// One expected response: its status, whether a body follows its head, whether it
+    /// announces `Connection: close`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Resp {
+        status: u16,
+        body: bool,
+        close: bool,
+    }
+
+    const fn resp(status: u16) -> Resp {
+        Resp {
+            status,
+            body: true,
+            close: false,
+        }
+    }
+    const fn head_only(status: u16) -> Resp {
+        Resp {
+            status,
+            body: false,
+            close: false,
+        }
+    }
+    const fn closing(status: u16) -> Resp {
+        Resp {
+            status,
+            body: true,
+            close: true,
+        }
+    }
+
+    /// Splits the output into responses; `expected` says which carry a body (a HEAD
+    /// answer has `Content-Length` but no body). Every byte must be accounted for.
+    fn responses(out: &[u8], expected: &[Resp]) -> Vec<Resp> {
+        let mut rest = out;
+        let mut got = Vec::new();
+        while !rest.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut r = httparse::Response::new(&mut headers);
+            let len = match r.parse(rest) {
+                Ok(httparse::Status::Complete(len)) => len,
+                other => panic!(
+                    "not a response: {other:?} in {:?}",
+                    String::from_utf8_lossy(out)
+                ),
+            };
+            let status = r.code.unwrap();
+            let find = |name: &str| {
+                r.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            let clen: usize = find("content-length").map_or(0, |v| v.parse().unwrap());
+            let close = find("connection").as_deref() == Some("close");
+            let with_body = status != 100 && expected.get(got.len()).is_none_or(|e: &Resp| e.body);
+            let body = if with_body { clen } else { 0 };
+            assert!(
+                rest.len() >= len + body,
+                "short body in {:?}",
+                String::from_utf8_lossy(out)
+            );
+            got.push(Resp {
+                status,
+                body: with_body && clen > 0,
+                close,
+            });
+            rest = &rest[len + body..];
+        }
+        got
+    }
+
+    const SEARCH: &[u8] = b"GET /api/v1/crates?q=x HTTP/1.1\r\nHost: x\r\n\r\n";
+    const CONFIG: &[u8] = b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    struct Case {
+        name: &'static str,
+        reads: Vec<R>,
+        writes: Vec<usize>,
+        responses: Vec<Resp>,
+        jobs: Vec<(&'static str, &'static [u8])>,
+        /// Whether the connection ends closed (or lingering) rather than idle.
+        closes: bool,
+    }
+
+    fn cat(parts: &[&[u8]]) -> R {
+        R::Owned(parts.concat())
+    }
+
+    fn cases() -> Vec<Case> {
+        let smuggled = [
+            &b"GET /api/v1/crates?q=x HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\n\r\n"[..],
+            CONFIG,
+        ];
+        assert_eq!(CONFIG.len(), 44);
+        vec![
+            Case {
+                name: "pipelined requests in one read",
+                reads: vec![cat(&[CONFIG, CONFIG, SEARCH])],
+                writes: vec![],
+                responses: vec![resp(200), resp(200), resp(200)],
+                jobs: vec![("search x", b"")],
+                closes: false,
+            },
+            Case {
+                name: "a read returns WouldBlock mid-head",
+                reads: vec![
+                    R::Data(b"GET /index/con"),
+                    R::Block,
+                    R::Data(b"fig.json HTTP/1.1\r\nHo"),
+                    R::Block,
+                    R::Data(b"st: x\r\n\r\n"),
+                ],
+                writes: vec![],
+                responses: vec![resp(200)],
+                jobs: vec![],
+                closes: false,
+            },
+            Case {
+                name: "partial writes and WouldBlock while answering",
+                reads: vec![R::Data(CONFIG)],
+                writes: vec![7, 0, 30, 0, 1, 5],
+                responses: vec![resp(200)],
+                jobs: vec![],
+                closes: false,
+            },
+            Case {
+                name: "a publish body split across reads",
+                reads: vec![
+                    R::Data(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"),
+                    R::Block,
+                    R::Data(b"defg"),
+                    R::Block,
+                    R::Data(b"hij"),
+                    R::Data(CONFIG),
+                ],
+                writes: vec![],
+                responses: vec![resp(200), resp(200)],
+                jobs: vec![("publish", b"abcdefghij")],
+                closes: false,
+            },
+            Case {
+                name: "Expect: 100-continue invites the publish body",
+                reads: vec![
+                    R::Data(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"),
+                    R::Block,
+                    R::Data(b"xyz"),
+                ],
+                writes: vec![],
+                responses: vec![
+                    Resp { status: 100, body: false, close: false },
+                    resp(200),
+                ],
+                jobs: vec![("publish", b"xyz")],
+                closes: false,
+            },
+            Case {
+                name: "HEAD on a job route sends no body",
+                reads: vec![R::Data(
+                    b"HEAD /index/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\r\n",
+                ), R::Data(CONFIG)],
+                writes: vec![],
+                responses: vec![head_only(200), resp(200)],
+                jobs: vec![("refs", b"")],
+                closes: false,
+            },
+            Case {
+                name: "HEAD on a file route sends no body",
+                reads: vec![R::Data(b"HEAD /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")],
+                writes: vec![],
+                responses: vec![head_only(200)],
+                jobs: vec![],
+                closes: false,
+            },
+            Case {
+                name: "GET with a body on a job route: the body is no request",
+                reads: vec![cat(&smuggled)],
+                writes: vec![],
+                responses: vec![resp(200)],
+                jobs: vec![("search x", b"")],
+                closes: false,
+            },
+            Case {
+                name: "GET with a body on a job route, the body arriving later",
+                reads: vec![R::Owned(smuggled[0].to_vec()), R::Block, R::Data(CONFIG), R::Data(CONFIG)],
+                writes: vec![],
+                responses: vec![resp(200), resp(200)],
+                jobs: vec![("search x", b"")],
+                closes: false,
+            },
+            Case {
+                name: "GET with a body on a file route: drained, then the next request",
+                reads: vec![cat(&[
+                    b"GET /index/config.json HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+                    CONFIG,
+                ])],
+                writes: vec![],
+                responses: vec![resp(200), resp(200)],
+                jobs: vec![],
+                closes: false,
+            },
+            Case {
+                name: "a body larger than the drain cap closes after the answer",
+                reads: vec![
+                    cat(&[b"GET /api/v1/crates?q=x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", CONFIG]),
+                    R::Block,
+                    R::Owned(vec![b'G'; 5000]),
+                    R::Eof,
+                ],
+                writes: vec![],
+                responses: vec![closing(200)],
+                jobs: vec![("search x", b"")],
+                closes: true,
+            },
+            Case {
+                name: "an unwanted body the client waits to be invited for is not invited",
+                reads: vec![R::Data(
+                    b"GET /index/config.json HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+                )],
+                writes: vec![],
+                responses: vec![closing(200)],
+                jobs: vec![],
+                closes: true,
+            },
+            Case {
+                name: "Content-Length: +5 is refused and closes",
+                reads: vec![cat(&[b"GET /index/config.json HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n", CONFIG])],
+                writes: vec![],
+                responses: vec![closing(400)],
+                jobs: vec![],
+                closes: true,
+            },
+            Case {
+                name: "HTTP/1.1 without Host is refused",
+                reads: vec![R::Data(b"GET /index/config.json HTTP/1.1\r\n\r\n")],
+                writes: vec![],
+                responses: vec![closing(400)],
+                jobs: vec![],
+                closes: true,
+            },
+            Case {
+                name: "HTTP/1.0 without Host is served and closed",
+                reads: vec![R::Data(b"GET /index/config.json HTTP/1.0\r\n\r\n")],
+                writes: vec![],
+                responses: vec![closing(200)],
+                jobs: vec![],
+                closes: true,
+            },
+            Case {
+                name: "the peer closing mid-body leaves no job",
+                reads: vec![
+                    R::Data(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"),
+                    R::Eof,
+                ],
+                writes: vec![],
+                responses: vec![],
+                jobs: vec![],
+                closes: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn scripted_connections() {
+        let w = world(1 << 20);
+        for case in cases() {
+            let r = run(&w, &case.reads, &case.writes);
+            let got = responses(&r.out, &case.responses);
+            assert_eq!(
+                got,
+                case.responses,
+                "{}: {:?}",
+                case.name,
+                String::from_utf8_lossy(&r.out)
+            );
+            let jobs: Vec<(String, Vec<u8>)> = case
+                .jobs
+                .iter()
+                .map(|(n, b)| (n.to_string(), b.to_vec()))
+                .collect();
+            assert_eq!(r.jobs, jobs, "{}", case.name);
+            assert_eq!(r.closed, case.closes, "{}: left {}", case.name, r.phase);
+            assert_eq!(
+                w.shared.spool.used(),
+                0,
+                "{}: spool budget released",
+                case.name
+            );
+            assert!(
+                !std::fs::read_dir(&w.shared.spool_dir).unwrap().any(|e| e
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("upload")),
+                "{}: no spool file left",
+                case.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_spool_cap_refuses_before_the_body_and_before_100_continue() {
+        let w = world(100);
+        let held = w.shared.spool.reserve(60).unwrap();
+        let put = |len: usize| {
+            R::Owned(
+                format!("PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n")
+                    .into_bytes(),
+            )
+        };
+        let r = run(&w, &[put(50)], &[]);
+        let text = String::from_utf8_lossy(&r.out).into_owned();
+        assert_eq!(responses(&r.out, &[]), vec![closing(503)], "{text}");
+        assert!(text.contains("Retry-After: 5\r\n"), "{text}");
+        assert!(
+            text.contains(
+                r#"{"errors":[{"detail":"the registry is busy with other uploads; try again"}]}"#
+            ),
+            "{text}"
+        );
+        assert!(r.jobs.is_empty());
+        assert_eq!(w.shared.spool.used(), 60);
+        // Larger than the whole cap: it could never fit.
+        let r = run(&w, &[put(101)], &[]);
+        assert_eq!(responses(&r.out, &[]), vec![closing(413)]);
+        // Once the other upload is done, the same one is invited.
+        drop(held);
+        let r = run(&w, &[put(3), R::Block, R::Data(b"abc")], &[]);
+        assert_eq!(
+            responses(&r.out, &[])
+                .iter()
+                .map(|r| r.status)
+                .collect::<Vec<_>>(),
+            [100, 200]
+        );
+        assert_eq!(r.jobs, [("publish".to_string(), b"abc".to_vec())]);
+        assert_eq!(w.shared.spool.used(), 0);
+    }
+
+    #[test]
+    fn an_abandoned_upload_gives_its_spool_share_back() {
+        let w = world(100);
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let script = Script {
+            reads: [R::Data(
+                b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 80\r\n\r\nab",
+            )]
+            .into_iter()
+            .collect(),
+            writes: VecDeque::new(),
+            out: Vec::new(),
+            closed: false,
+        };
+        let mut conn = Conn::new(0, 1, script, peer, Instant::now());
+        conn.readable = true;
+        conn.writable = true;
+        assert_eq!(conn.drive(&w.shared), Turn::Parked);
+        assert!(matches!(conn.phase, Phase::Body(_)));
+        assert_eq!(w.shared.spool.used(), 80);
+        // The loop drops a timed-out connection with its phase.
+        drop(conn);
+        assert_eq!(w.shared.spool.used(), 0);
+    }
+
+    #[test]
+    fn answers_from_the_worker_get_a_fresh_io_deadline() {
+        let w = world(100);
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let script = Script {
+            reads: [R::Data(SEARCH)].into_iter().collect(),
+            writes: [0].into_iter().collect(),
+            out: Vec::new(),
+            closed: false,
+        };
+        let mut conn = Conn::new(0, 1, script, peer, Instant::now());
+        conn.readable = true;
+        conn.writable = true;
+        assert_eq!(conn.drive(&w.shared), Turn::Parked);
+        assert!(
+            conn.deadline > Instant::now() + Duration::from_secs(300),
+            "job timeout"
+        );
+        let t = w.tickets.try_recv().unwrap();
+        conn.finish_job(fake_worker(t.job).2, &w.shared);
+        assert_eq!(conn.drive(&w.shared), Turn::Parked);
+        assert!(matches!(conn.phase, Phase::Write(_)));
+        assert!(conn.deadline <= Instant::now() + w.shared.limits.io_timeout());
+    }
 }

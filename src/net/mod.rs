@@ -2,9 +2,20 @@
 //! `max_connections`; connections advance through their phases as readiness allows; a
 //! periodic sweep closes connections past their deadline; signals stop or reload.
 //!
+//! Every edge-triggered source is drained or re-queued: a listener is accepted from until
+//! `WouldBlock`, a budget at a time, and stays marked ready (the next turn polls without
+//! waiting) until it is drained; connections out of budget run again next turn; the
+//! worker's answers and the signal pipe are read until empty.
+//!
+//! Under pressure the table makes room as nginx does: when full, the oldest reclaimable
+//! connections (idle between requests, accepted with nothing sent, or lingering) are closed
+//! a batch at a time for new clients; when more than three quarters full, heads must arrive
+//! within a tenth of the head timeout (at least a second), so slow-head clients give their
+//! slots back.
+//!
 //! Invariants: a slab slot is freed only after the whole event batch was handled, so a
-//! reused slot never receives an event meant for its previous connection; the loop never
-//! blocks on anything but `poll`.
+//! reused slot never receives an event meant for its previous connection (accepting, which
+//! may reclaim slots, runs after the batch); the loop never blocks on anything but `poll`.
 
 pub mod config;
 pub mod conn;
@@ -29,13 +40,20 @@ use crate::registry::Registry;
 
 pub use config::{Limits, ServerConfig};
 use conn::{Conn, Turn};
-use transport::Transport;
+use transport::{Stream, Transport};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
 const WAKER_TOKEN: Token = Token(usize::MAX - 1);
 const FIRST_LISTENER: usize = usize::MAX - 64;
-/// Accepts per listener event before other work gets a turn.
+/// Accepts per listener and turn of the loop before other work gets a turn.
 const ACCEPT_BUDGET: usize = 64;
+/// Idle connections closed at once when the table is full (nginx's drain batch).
+const RECLAIM_BATCH: usize = 32;
+/// How long a full table with nothing to reclaim is left alone before the next scan.
+const RECLAIM_RETRY: Duration = Duration::from_millis(20);
+/// The listen backlog: clients the kernel holds while the table is full or the loop busy
+/// (the standard library's 128 drops the connection attempts of a burst beyond it).
+const LISTEN_BACKLOG: i32 = 1024;
 
 /// 0: errors only, 1: one line per request (default), 2: debug.
 static VERBOSITY: AtomicU8 = AtomicU8::new(1);
@@ -61,6 +79,8 @@ pub struct Shared {
     /// Where request bodies are spooled (inside the registry, for atomic renames).
     pub spool_dir: PathBuf,
     pub jobs: std::sync::mpsc::Sender<worker::Ticket>,
+    /// Bytes of request bodies on disk at once, over every connection.
+    pub spool: Arc<worker::SpoolBudget>,
 }
 
 impl Shared {
@@ -87,6 +107,8 @@ struct Listening {
     addr: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
     config: config::Listener,
+    /// Reported readable and not yet accepted from until `WouldBlock`.
+    ready: bool,
 }
 
 /// A bound server, ready to run.
@@ -99,8 +121,14 @@ pub struct Server {
     config_path: Option<PathBuf>,
     /// The registry's public URL.
     url: String,
-    /// Accepting is paused until this instant (EMFILE back-off) or until a slot frees.
+    /// Accepting is paused until this instant (EMFILE back-off).
     accept_paused: Option<Instant>,
+    /// A listener used its accept budget with clients left: the next poll does not wait.
+    accept_more: bool,
+    /// Candidates for reclaiming, kept to reuse its allocation.
+    reclaim: Vec<(Instant, usize)>,
+    /// A scan of a full table found nothing to reclaim: the next waits until then.
+    reclaim_blocked_until: Option<Instant>,
     shutdown_at: Option<Instant>,
     done: std::sync::mpsc::Receiver<worker::Done>,
     next_serial: u64,
@@ -128,6 +156,9 @@ impl Server {
                 None => None,
             };
             let mut socket = TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
+            // listen(2) again on a listening socket only changes its backlog.
+            // SAFETY: a valid listening socket.
+            unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&socket), LISTEN_BACKLOG) };
             let addr = socket.local_addr().map_err(|e| e.to_string())?;
             poll.registry()
                 .register(&mut socket, Token(FIRST_LISTENER + i), Interest::READABLE)
@@ -137,6 +168,7 @@ impl Server {
                 addr,
                 tls,
                 config: l.clone(),
+                ready: true,
             });
         }
         let root = config.registry.clone().unwrap_or_else(|| ".".into());
@@ -173,6 +205,7 @@ impl Server {
         );
         let waker =
             Arc::new(mio::Waker::new(poll.registry(), WAKER_TOKEN).map_err(|e| e.to_string())?);
+        let spool = worker::SpoolBudget::new(config.limits.spool_cap(site.max_upload));
         let url = registry.settings().url.clone();
         let spool_dir = registry.root().to_owned();
         let (jobs, done) =
@@ -191,6 +224,7 @@ impl Server {
                 limits: config.limits,
                 spool_dir,
                 jobs,
+                spool,
             },
             signals,
             config_path,
@@ -198,6 +232,9 @@ impl Server {
             done,
             next_serial: 0,
             accept_paused: None,
+            accept_more: false,
+            reclaim: Vec::new(),
+            reclaim_blocked_until: None,
             shutdown_at: None,
         })
     }
@@ -242,7 +279,7 @@ impl Server {
                 let wait = until.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
             }
-            if !again.is_empty() {
+            if !again.is_empty() || self.accept_more {
                 timeout = Some(Duration::ZERO);
             }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -265,11 +302,15 @@ impl Server {
                             if conn.serial != d.serial || closed.contains(&d.key) {
                                 continue;
                             }
-                            conn.finish_job(d.response);
+                            conn.finish_job(d.response, &self.shared);
                             self.drive(d.key, &mut again, &mut closed);
                         }
                     }
-                    Token(t) if t >= FIRST_LISTENER => self.accept(t - FIRST_LISTENER),
+                    Token(t) if t >= FIRST_LISTENER => {
+                        if let Some(l) = self.listeners.get_mut(t - FIRST_LISTENER) {
+                            l.ready = true;
+                        }
+                    }
                     Token(key) => {
                         let Some(conn) = self.conns.get_mut(key) else {
                             continue;
@@ -290,28 +331,21 @@ impl Server {
             let now = Instant::now();
             if now >= next_sweep {
                 next_sweep = now + sweep_every;
-                for (key, conn) in self.conns.iter_mut() {
-                    if now >= conn.deadline && !closed.contains(&key) {
-                        debug!("{} timed out", conn.peer);
-                        conn.transport.close();
-                        closed.push(key);
-                    }
-                }
+                self.sweep(now, &mut closed);
             }
             again.retain(|k| !closed.contains(k));
-            let freed = !closed.is_empty();
             for key in closed.drain(..) {
                 self.remove(key);
             }
-            if let Some(until) = self.accept_paused {
-                if (freed && self.conns.len() < self.shared.limits.max_connections)
-                    || Instant::now() >= until
-                {
-                    self.accept_paused = None;
-                    for i in 0..self.listeners.len() {
-                        self.accept(i);
-                    }
-                }
+            if self
+                .accept_paused
+                .is_some_and(|until| Instant::now() >= until)
+            {
+                self.accept_paused = None;
+            }
+            self.accept_more = false;
+            for i in 0..self.listeners.len() {
+                self.accept(i, &mut again);
             }
             if let Some(deadline) = self.shutdown_at {
                 for (key, conn) in self.conns.iter_mut() {
@@ -330,6 +364,61 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Closes connections past their deadline; under pressure, heads get a shorter one.
+    fn sweep(&mut self, now: Instant, closed: &mut Vec<usize>) {
+        let limits = &self.shared.limits;
+        let pressure = self.conns.len() * 4 > limits.max_connections * 3;
+        let short_head = limits.head_timeout_under_pressure();
+        for (key, conn) in self.conns.iter_mut() {
+            let slow_head = pressure && conn.awaits_head() && now >= conn.since + short_head;
+            if (now >= conn.deadline || slow_head) && !closed.contains(&key) {
+                if slow_head && now < conn.deadline {
+                    debug!(
+                        "{} closed: head too slow while the table is busy",
+                        conn.peer
+                    );
+                } else {
+                    debug!("{} timed out", conn.peer);
+                }
+                conn.transport.close();
+                closed.push(key);
+            }
+        }
+    }
+
+    /// The table is full: closes the oldest reclaimable connections, a batch at most.
+    /// Returns how many slots it freed. Runs outside an event batch.
+    fn reclaim(&mut self, again: &mut Vec<usize>) -> usize {
+        let now = Instant::now();
+        if self.reclaim_blocked_until.is_some_and(|t| now < t) {
+            return 0;
+        }
+        let mut found = std::mem::take(&mut self.reclaim);
+        found.clear();
+        found.extend(
+            self.conns
+                .iter()
+                .filter(|(_, c)| c.is_reclaimable(now))
+                .map(|(key, c)| (c.since, key)),
+        );
+        if found.len() > RECLAIM_BATCH {
+            found.select_nth_unstable(RECLAIM_BATCH - 1);
+            found.truncate(RECLAIM_BATCH);
+        }
+        for &(_, key) in &found {
+            let conn = &mut self.conns[key];
+            debug!("{} reclaimed: idle while the table is full", conn.peer);
+            conn.transport.close();
+            again.retain(|&k| k != key);
+            self.remove(key);
+        }
+        let n = found.len();
+        self.reclaim = found;
+        // A table full of busy connections is not rescanned on every turn of the loop.
+        self.reclaim_blocked_until = (n == 0).then(|| now + RECLAIM_RETRY);
+        n
     }
 
     /// Frees a connection's slot (its transport is already closed).
@@ -357,20 +446,26 @@ impl Server {
         }
     }
 
-    fn accept(&mut self, i: usize) {
-        if self.shutdown_at.is_some() || self.accept_paused.is_some() {
+    /// Accepts from listener `i`, a budget at a time. It stays `ready` until `accept`
+    /// reports `WouldBlock`: the listener is edge-triggered, and clients left in the
+    /// backlog would bring no new event.
+    fn accept(&mut self, i: usize, again: &mut Vec<usize>) {
+        if self.shutdown_at.is_some() || self.accept_paused.is_some() || !self.listeners[i].ready {
             return;
         }
         for _ in 0..ACCEPT_BUDGET {
-            if self.conns.len() >= self.shared.limits.max_connections {
-                // Clients wait in the kernel's backlog until a slot frees.
-                self.accept_paused = Some(Instant::now() + Duration::from_secs(3600));
+            if self.conns.len() >= self.shared.limits.max_connections && self.reclaim(again) == 0 {
+                // Every connection is busy: clients wait in the kernel's backlog until a
+                // slot frees (the loop retries after every turn).
                 return;
             }
-            let l = &self.listeners[i];
+            let l = &mut self.listeners[i];
             let (mut sock, peer) = match l.socket.accept() {
                 Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    l.ready = false;
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
@@ -406,6 +501,7 @@ impl Server {
             self.next_serial += 1;
             entry.insert(Conn::new(key, self.next_serial, transport, peer, deadline));
         }
+        self.accept_more = true;
     }
 
     fn on_signals(&mut self) {

@@ -27,6 +27,27 @@ pub struct TlsStream {
     conn: ServerConnection,
 }
 
+/// What a connection needs from its byte stream. Plain TCP and TLS implement it; tests
+/// drive a connection through a scripted in-memory stream that injects `WouldBlock`s and
+/// short reads and writes.
+pub trait Stream {
+    /// Reads plaintext. `Ok(0)` is the end of the stream.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes or queues plaintext; returns how much was taken.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Sends what the stream has buffered. `Ok(true)` once nothing is left.
+    fn flush(&mut self) -> io::Result<bool>;
+    /// Whether the stream holds bytes the socket has not taken yet.
+    fn has_pending_output(&self) -> bool;
+    /// Starts an orderly close (TLS: close_notify, best effort); the peer may still send.
+    fn close(&mut self);
+    /// The socket, when bytes reach it unchanged (plain TCP): then a short read proves the
+    /// kernel's buffer empty, and small files may go out with `sendfile`.
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
 impl Transport {
     pub fn tls(sock: TcpStream, config: Arc<ServerConfig>) -> io::Result<Transport> {
         let conn = ServerConnection::new(config).map_err(io::Error::other)?;
@@ -39,46 +60,50 @@ impl Transport {
             Transport::Tls(t) => &mut t.sock,
         }
     }
+}
 
-    /// Reads plaintext. `Ok(0)` is the end of the stream.
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl Stream for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
             Transport::Tls(t) => t.read(buf),
         }
     }
 
-    /// Writes or queues plaintext; returns how much was taken.
-    pub fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.write_vectored(bufs),
             Transport::Tls(t) => t.write_vectored(bufs),
         }
     }
 
-    /// Sends what TLS has buffered. `Ok(true)` once nothing is left.
-    pub fn flush(&mut self) -> io::Result<bool> {
+    fn flush(&mut self) -> io::Result<bool> {
         match self {
             Transport::Plain(_) => Ok(true),
             Transport::Tls(t) => t.flush_tls(),
         }
     }
 
-    /// Whether TLS holds records the socket has not taken yet.
-    pub fn has_pending_output(&self) -> bool {
+    fn has_pending_output(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
             Transport::Tls(t) => t.conn.wants_write(),
         }
     }
 
-    /// Starts an orderly close: TLS sends close_notify (best effort).
-    pub fn close(&mut self) {
+    fn close(&mut self) {
         if let Transport::Tls(t) = self {
             t.conn.send_close_notify();
             let _ = t.flush_tls();
         }
         let _ = self.socket().shutdown(std::net::Shutdown::Write);
+    }
+
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        match self {
+            Transport::Plain(s) => Some(s),
+            Transport::Tls(_) => None,
+        }
     }
 }
 

@@ -1,8 +1,13 @@
 //! The registry worker thread: every registry write and every slow read runs here, one job
 //! at a time, so the event loop never waits on git, fsync or tarball checks. The loop sends
 //! jobs over a channel; the worker answers over another and wakes the loop's poller.
+//!
+//! A spooled upload's share of the spool budget travels with its job and is given back
+//! only once the job has run (the job removes the spool file), or when the upload is
+//! abandoned: whichever path a body takes, its reservation is released exactly once.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
@@ -16,6 +21,60 @@ pub struct Ticket {
     pub key: usize,
     pub serial: u64,
     pub job: Job,
+    /// The spool budget its body holds, released after the job ran.
+    pub reserved: Option<Reservation>,
+}
+
+/// Bytes of request bodies on disk at once, over every connection, bounded so that many
+/// clients uploading at once cannot fill the disk.
+#[derive(Debug)]
+pub struct SpoolBudget {
+    cap: u64,
+    used: AtomicU64,
+}
+
+impl SpoolBudget {
+    pub fn new(cap: u64) -> Arc<SpoolBudget> {
+        Arc::new(SpoolBudget {
+            cap,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Reserves `bytes`, or `None` if that would pass the cap.
+    pub fn reserve(self: &Arc<Self>, bytes: u64) -> Option<Reservation> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.cap)
+            })
+            .ok()?;
+        Some(Reservation {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+}
+
+/// A share of the spool budget, given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<SpoolBudget>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// A finished job.
@@ -41,6 +100,8 @@ pub fn spawn(
                     .unwrap_or_else(|_| {
                         Response::error(500, "internal error; the server log has details")
                     });
+                // The job removed its spool file: the space is free again.
+                drop(t.reserved);
                 if done_tx
                     .send(Done {
                         key: t.key,
@@ -55,4 +116,23 @@ pub fn spawn(
             }
         })?;
     Ok((job_tx, done_rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_stay_under_the_cap_and_come_back_on_drop() {
+        let budget = SpoolBudget::new(100);
+        let a = budget.reserve(60).unwrap();
+        assert!(budget.reserve(41).is_none());
+        let b = budget.reserve(40).unwrap();
+        assert_eq!(budget.used(), 100);
+        assert!(budget.reserve(u64::MAX).is_none());
+        drop(a);
+        assert_eq!(budget.used(), 40);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
 }

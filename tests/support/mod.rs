@@ -460,3 +460,116 @@ pub fn self_signed() -> (String, String) {
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     (ck.cert.pem(), ck.signing_key.serialize_pem())
 }
+
+// ---------------------------------------------------------------------------------------
+// Hostile-client helpers (tests/hostile.rs): many sockets, raw exchanges, config files.
+// ---------------------------------------------------------------------------------------
+
+/// Raises this process's soft limit on open files to `want` (as far as the hard limit
+/// allows), for tests that hold over a thousand sockets.
+pub fn raise_nofile(want: u64) {
+    // SAFETY: getrlimit/setrlimit on this process with an initialized struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+        if r.rlim_cur < want {
+            r.rlim_cur = want.min(r.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
+        }
+    }
+}
+
+impl Sandbox {
+    /// Writes `server.toml` serving this sandbox's registry on 127.0.0.1:0 with `limits`
+    /// (lines of the `[limits]` table); returns its path.
+    pub fn server_config(&self, limits: &str) -> PathBuf {
+        let cfg = self.path().join("server.toml");
+        fs::write(
+            &cfg,
+            format!(
+                "registry = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n[limits]\n{limits}\n",
+                self.reg().display()
+            ),
+        )
+        .unwrap();
+        cfg
+    }
+}
+
+/// One response read off the wire.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Splits what a server sent into responses. `no_body[i]` marks the i-th as the answer to
+/// a HEAD (its `Content-Length` announces a body that must not follow). Panics on bytes
+/// that are not a whole response.
+pub fn split_responses(mut bytes: &[u8], no_body: &[usize]) -> Vec<RawResponse> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        let len = match r.parse(bytes) {
+            Ok(httparse::Status::Complete(len)) => len,
+            other => panic!(
+                "not a response ({other:?}): {:?}",
+                String::from_utf8_lossy(bytes)
+            ),
+        };
+        let headers: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let status = r.code.unwrap();
+        let clen: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let body_len = if no_body.contains(&out.len()) || status == 100 {
+            0
+        } else {
+            clen
+        };
+        assert!(bytes.len() >= len + body_len, "truncated response");
+        out.push(RawResponse {
+            status,
+            headers,
+            body: bytes[len..len + body_len].to_vec(),
+        });
+        bytes = &bytes[len + body_len..];
+    }
+    out
+}
+
+/// Sends `raw` on a new connection and reads until the server closes it (or 30 s pass).
+pub fn send_until_close(addr: &str, raw: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    c.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    out
+}
