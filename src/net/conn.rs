@@ -438,10 +438,7 @@ impl<S: Stream> Conn<S> {
         let path = crate::registry::temp_path(&shared.spool_dir, "upload");
         let file = match File::create(&path) {
             Ok(f) => f,
-            Err(e) => {
-                eprintln!("error: creating an upload file: {e}");
-                return self.queue_response(upload_failed(), ex, shared);
-            }
+            Err(e) => return self.queue_response(upload_failed(&e), ex, shared),
         };
         let spool = Spool {
             file,
@@ -455,8 +452,8 @@ impl<S: Stream> Conn<S> {
     /// Enters the body phase, taking what arrived with the head first.
     fn read_body(&mut self, mut ex: Exchange, mut then: Then, expect: bool, shared: &Shared) {
         let buffered = ex.take_buffered_body();
-        if take_body(&mut then, &buffered).is_err() {
-            return self.queue_response(upload_failed(), ex, shared);
+        if let Err(e) = take_body(&mut then, &buffered) {
+            return self.queue_response(upload_failed(&e), ex, shared);
         }
         // A client that sent some of the body already did not wait for the invitation.
         let invite = expect && buffered.is_empty() && ex.unread > 0;
@@ -550,9 +547,9 @@ impl<S: Stream> Conn<S> {
             return Ok(false);
         };
         up.ex.unread -= n as u64;
-        if take_body(&mut up.then, &buf[..n]).is_err() {
+        if let Err(e) = take_body(&mut up.then, &buf[..n]) {
             let up = *up;
-            self.queue_response(upload_failed(), up.ex, shared);
+            self.queue_response(upload_failed(&e), up.ex, shared);
             return Ok(true);
         }
         self.deadline = Instant::now() + shared.limits.io_timeout();
@@ -678,8 +675,13 @@ fn take_body(then: &mut Then, bytes: &[u8]) -> io::Result<()> {
     }
 }
 
-fn upload_failed() -> Response {
-    Response::error(500, "cannot store the upload; the server log has details")
+/// A spool file that could not be created or written: a full disk is a 507 that says so.
+fn upload_failed(e: &io::Error) -> Response {
+    eprintln!("error: storing an upload: {e}");
+    match crate::registry::storage_trouble(e) {
+        Some(detail) => crate::http::api::storage_error(detail),
+        None => Response::error(500, "cannot store the upload; the server log has details"),
+    }
 }
 
 /// Plain TCP and a small file: the head with `MSG_MORE` (so head and body leave in one

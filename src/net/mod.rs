@@ -176,13 +176,7 @@ impl Server {
             let first = &listeners[0];
             let scheme = if first.tls.is_some() { "https" } else { "http" };
             let url = format!("{scheme}://{}", first.addr);
-            let opts = crate::registry::InitOptions {
-                url,
-                index_dir: None,
-                crates_dir: None,
-                crates_io: true,
-                allowed_registries: Vec::new(),
-            };
+            let opts = crate::registry::InitOptions::for_url(&url);
             let reg = Registry::init(&root, opts).map_err(|e| e.to_string())?;
             info!(
                 "created a new registry in {} for {}",

@@ -3,8 +3,13 @@
 //!
 //! Durability: the repository sets `core.fsyncObjectFiles`, which makes libgit2 fsync every
 //! object and every ref it writes (and their directories), so a commit that returned is on
-//! disk. A commit that fails leaves git's index as HEAD has it: nothing staged survives a
-//! failed write to be swept into the next commit.
+//! disk.
+//!
+//! Git's index file is only a cache here: a commit is built in memory from HEAD's tree (the
+//! cached index when it still equals HEAD, for its stat data) and the index file is written
+//! only after the commit. A commit that fails, on a full disk too, leaves nothing staged for
+//! the next one to sweep in; an index file that could not be written afterwards is noticed
+//! by the next commit and not trusted.
 
 use std::fs;
 use std::io;
@@ -41,25 +46,29 @@ fn ensure_durable(repo: &Repository) -> Result<(), git2::Error> {
 }
 
 /// Stages the given paths (added, changed or removed) and commits them with `message`.
-/// Returns false when the tree did not change, in which case nothing is committed. On
-/// failure git's index is put back to HEAD's tree.
+/// Returns false when the tree did not change, in which case nothing is committed.
 pub fn commit_paths(dir: &Path, paths: &[&str], message: &str) -> Result<bool, git2::Error> {
     let repo = Repository::open(dir)?;
-    let mut index = repo.index()?;
-    let result = (|| {
-        for p in paths {
-            if dir.join(p).exists() {
-                index.add_path(Path::new(p))?;
-            } else {
-                index.remove_path(Path::new(p))?;
-            }
+    let mut index = head_index(&repo)?;
+    for p in paths {
+        if dir.join(p).exists() {
+            index.add_path(Path::new(p))?;
+        } else {
+            index.remove_path(Path::new(p))?;
         }
-        commit_index(&repo, &mut index, message)
-    })();
-    if result.is_err() {
-        let _ = reset_to_head(&repo);
     }
-    result
+    commit_index(&repo, &mut index, message)
+}
+
+/// Git's index as HEAD has it: the cached file when it agrees with HEAD (keeping its stat
+/// data), else rebuilt in memory from HEAD's tree.
+fn head_index(repo: &Repository) -> Result<git2::Index, git2::Error> {
+    let head = repo.head()?.peel_to_tree()?;
+    let mut index = repo.index()?;
+    if index.write_tree()? != head.id() {
+        index.read_tree(&head)?;
+    }
+    Ok(index)
 }
 
 /// Puts git's index back to HEAD's tree (the working tree is left alone).
@@ -160,19 +169,7 @@ pub fn history_is_linear(dir: &Path) -> Result<bool, git2::Error> {
 /// Stages every change in the working tree (temp files excepted) and commits it.
 pub fn commit_all(dir: &Path, message: &str) -> Result<bool, git2::Error> {
     let repo = Repository::open(dir)?;
-    let mut index = repo.index()?;
-    let result = commit_all_in(&repo, &mut index, message);
-    if result.is_err() {
-        let _ = reset_to_head(&repo);
-    }
-    result
-}
-
-fn commit_all_in(
-    repo: &Repository,
-    index: &mut git2::Index,
-    message: &str,
-) -> Result<bool, git2::Error> {
+    let mut index = head_index(&repo)?;
     let mut skip_temp = |path: &Path, _: &[u8]| -> i32 {
         let temp = path
             .file_name()
@@ -182,15 +179,16 @@ fn commit_all_in(
     };
     index.add_all(["*"], IndexAddOption::DEFAULT, Some(&mut skip_temp))?;
     index.update_all(["*"], None)?;
-    commit_index(repo, index, message)
+    commit_index(&repo, &mut index, message)
 }
 
+/// Commits the in-memory index, then caches it in the index file (best effort: the commit
+/// is what counts, and the next commit checks the cache against HEAD).
 fn commit_index(
     repo: &Repository,
     index: &mut git2::Index,
     message: &str,
 ) -> Result<bool, git2::Error> {
-    index.write()?;
     let tree_id = index.write_tree()?;
     let head = repo.head()?.peel_to_commit()?;
     if head.tree_id() == tree_id {
@@ -199,6 +197,7 @@ fn commit_index(
     let tree = repo.find_tree(tree_id)?;
     let sig = signature()?;
     repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&head])?;
+    let _ = index.write();
     Ok(true)
 }
 
