@@ -407,7 +407,6 @@ mod tests {
     use super::*;
     use crate::registry::auth::{AuthView, Need, Refusal};
     use crate::registry::tarball::testing::simple_crate;
-    use crate::registry::InitOptions;
 
     struct Cli {
         _tmp: tempfile::TempDir,
@@ -416,19 +415,8 @@ mod tests {
 
     impl Cli {
         fn new() -> Cli {
-            let tmp = tempfile::tempdir().unwrap();
-            let dir = tmp.path().join("reg");
-            Registry::init(
-                &dir,
-                InitOptions {
-                    url: "http://127.0.0.1:1".into(),
-                    index_dir: None,
-                    crates_dir: None,
-                    crates_io: true,
-                    allowed_registries: Vec::new(),
-                },
-            )
-            .unwrap();
+            let (tmp, reg) = crate::registry::auth::scratch_registry();
+            let dir = reg.root().to_owned();
             Cli { _tmp: tmp, dir }
         }
 

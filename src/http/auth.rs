@@ -326,6 +326,7 @@ mod tests {
     fn every_route_in_every_mode() {
         use Method::*;
         // method, path, open, public, private
+        #[rustfmt::skip]
         let table: &[(Method, &str, &str, &str, &str)] = &[
             (Get, "/index/config.json", "-", "-", "read"),
             (Head, "/index/config.json", "-", "-", "read"),
@@ -347,38 +348,14 @@ mod tests {
             (Get, "/api/v1/crates", "-", "-", "read"),
             (Head, "/api/v1/crates", "-", "-", "read"),
             (Delete, "/api/v1/crates", "-", "-", "read"),
-            (
-                Delete,
-                "/api/v1/crates/foo/1.0.0/yank",
-                "-",
-                "yank:foo",
-                "yank:foo",
-            ),
+            (Delete, "/api/v1/crates/foo/1.0.0/yank", "-", "yank:foo", "yank:foo"),
             (Put, "/api/v1/crates/foo/1.0.0/yank", "-", "-", "read"),
-            (
-                Put,
-                "/api/v1/crates/Foo%2Dbar/1.0.0/unyank",
-                "-",
-                "yank:Foo-bar",
-                "yank:Foo-bar",
-            ),
+            (Put, "/api/v1/crates/Foo%2Dbar/1.0.0/unyank", "-", "yank:Foo-bar", "yank:Foo-bar"),
             (Delete, "/api/v1/crates/foo/1.0.0/unyank", "-", "-", "read"),
             (Get, "/api/v1/crates/foo/owners", "-", "-", "read"),
             (Head, "/api/v1/crates/foo/owners", "-", "-", "read"),
-            (
-                Put,
-                "/api/v1/crates/foo/owners",
-                "-",
-                "owners:foo",
-                "owners:foo",
-            ),
-            (
-                Delete,
-                "/api/v1/crates/foo/owners",
-                "-",
-                "owners:foo",
-                "owners:foo",
-            ),
+            (Put, "/api/v1/crates/foo/owners", "-", "owners:foo", "owners:foo"),
+            (Delete, "/api/v1/crates/foo/owners", "-", "owners:foo", "owners:foo"),
             (Post, "/api/v1/crates/foo/owners", "-", "-", "read"),
             (Get, "/api/v1/nothing/here", "-", "-", "read"),
             (Put, "/api/v1/nothing/here", "-", "-", "read"),
@@ -573,22 +550,11 @@ mod tests {
 
     #[test]
     fn authorize_reads_every_header_form() {
-        let tmp = tempfile::tempdir().unwrap();
-        let reg = crate::registry::Registry::init(
-            tmp.path(),
-            crate::registry::InitOptions {
-                url: "http://127.0.0.1:1".into(),
-                index_dir: None,
-                crates_dir: None,
-                crates_io: true,
-                allowed_registries: Vec::new(),
-            },
-        )
-        .unwrap();
+        let (_tmp, reg) = crate::registry::auth::scratch_registry();
         let secret = crate::registry::auth::bootstrap_admin(&reg, 100)
             .unwrap()
             .unwrap();
-        let view = AuthView::load(tmp.path()).unwrap();
+        let view = AuthView::load(reg.root()).unwrap();
         let req = required(Private, Method::Post, "/index/git-upload-pack").unwrap();
         for h in [
             secret.clone(),

@@ -662,6 +662,24 @@ fn may_change_owners(data: &AuthFile, by: Option<&Principal>, krate: &str) -> Re
     authorize_owner(data, p, krate)
 }
 
+/// Runs an owner change on a published crate, under the lock, once `by` is allowed to.
+fn change_owners(
+    reg: &Registry,
+    krate: &str,
+    users: &[String],
+    by: Option<&Principal>,
+    change: impl FnOnce(&mut AuthFile, &str) -> Result<String, AuthError>,
+) -> Result<String, AuthError> {
+    let real = existing_crate(reg, krate)?;
+    if users.is_empty() {
+        return Err(AuthError::Invalid("name at least one user".into()));
+    }
+    modify(reg, |data| {
+        may_change_owners(data, by, &real)?;
+        change(data, &real)
+    })
+}
+
 /// Adds owners to a published crate. Returns the message cargo prints.
 pub fn add_owners(
     reg: &Registry,
@@ -669,16 +687,11 @@ pub fn add_owners(
     users: &[String],
     by: Option<&Principal>,
 ) -> Result<String, AuthError> {
-    let real = existing_crate(reg, krate)?;
-    if users.is_empty() {
-        return Err(AuthError::Invalid("name at least one user to add".into()));
-    }
-    modify(reg, |data| {
-        may_change_owners(data, by, &real)?;
+    change_owners(reg, krate, users, by, |data, real| {
         let mut added = Vec::new();
         for name in users {
             let user = data.user_or_err(name)?.name.clone();
-            if data.is_owner(&user, &real) || added.contains(&user) {
+            if data.is_owner(&user, real) || added.contains(&user) {
                 return Err(AuthError::Conflict(format!(
                     "`{user}` is already an owner of `{real}`"
                 )));
@@ -690,7 +703,7 @@ pub fn add_owners(
             added.join(", ")
         );
         data.owners
-            .entry(canonical(&real))
+            .entry(canonical(real))
             .or_default()
             .extend(added);
         Ok(msg)
@@ -705,15 +718,8 @@ pub fn remove_owners(
     users: &[String],
     by: Option<&Principal>,
 ) -> Result<String, AuthError> {
-    let real = existing_crate(reg, krate)?;
-    if users.is_empty() {
-        return Err(AuthError::Invalid(
-            "name at least one user to remove".into(),
-        ));
-    }
-    modify(reg, |data| {
-        may_change_owners(data, by, &real)?;
-        let key = canonical(&real);
+    change_owners(reg, krate, users, by, |data, real| {
+        let key = canonical(real);
         let mut owners = data.owners.get(&key).cloned().unwrap_or_default();
         for name in users {
             let before = owners.len();
@@ -1217,28 +1223,30 @@ impl AuthView {
     }
 }
 
+/// A fresh registry in a temp dir, for tests here and in the HTTP and CLI layers.
+#[cfg(test)]
+pub(crate) fn scratch_registry() -> (tempfile::TempDir, Registry) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let opts = super::InitOptions {
+        url: "http://127.0.0.1:1".into(),
+        index_dir: None,
+        crates_dir: None,
+        crates_io: true,
+        allowed_registries: Vec::new(),
+    };
+    let reg = Registry::init(&tmp.path().join("reg"), opts).expect("init");
+    (tmp, reg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::registry::tarball::testing::simple_crate;
-    use crate::registry::InitOptions;
 
     const T0: u64 = 1_800_000_000;
 
     fn registry() -> (tempfile::TempDir, Registry) {
-        let tmp = tempfile::tempdir().unwrap();
-        let reg = Registry::init(
-            &tmp.path().join("reg"),
-            InitOptions {
-                url: "http://127.0.0.1:1".into(),
-                index_dir: None,
-                crates_dir: None,
-                crates_io: true,
-                allowed_registries: Vec::new(),
-            },
-        )
-        .unwrap();
-        (tmp, reg)
+        scratch_registry()
     }
 
     fn publish(reg: &Registry, name: &str) {
