@@ -10,6 +10,8 @@ use std::process::ExitCode;
 
 use lexopt::prelude::*;
 
+pub mod auth;
+
 use crate::net::config::{Listener, ServerConfig};
 use crate::registry::{check, CrateName, InitOptions, Registry};
 

@@ -5,6 +5,7 @@
 //! the rendered responses out.
 
 pub mod api;
+pub mod auth;
 pub mod files;
 pub mod request;
 pub mod response;

@@ -14,6 +14,7 @@
 //!
 //! This module knows no sockets and no HTTP; the CLI and the server call the same functions.
 
+pub mod auth;
 pub mod check;
 pub mod git;
 pub mod gitpack;

@@ -4,15 +4,48 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Who may read the registry.
+/// Who may do what without a token (see [`super::auth`] for users and tokens).
+///
+/// Files written before `open` existed say `public` or `private`; both still parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Access {
-    /// Anyone may read the index and download; writes need a token.
+    /// No checks at all: anyone who reaches the server may publish and yank.
+    Open,
+    /// Anyone may read the index and download; every write needs a token.
     #[default]
     Public,
     /// Every request needs a token (`auth-required` in `config.json`).
     Private,
+}
+
+impl Access {
+    pub const ALL: [Access; 3] = [Access::Open, Access::Public, Access::Private];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Open => "open",
+            Access::Public => "public",
+            Access::Private => "private",
+        }
+    }
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Access {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Access, String> {
+        Access::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown access mode `{s}`; use open, public or private"))
+    }
 }
 
 /// The registry's settings.
@@ -95,7 +128,8 @@ impl Settings {
         toml::to_string(self).expect("settings always serialize")
     }
 
-    /// `config.json` for the index root.
+    /// `config.json` for the index root. It carries `"auth-required": true` exactly when
+    /// the registry is private: cargo then sends its token with every request.
     pub fn config_json(&self) -> String {
         let mut v = serde_json::json!({
             "dl": format!("{}/crates/{{crate}}/{{crate}}-{{version}}.crate", self.url),
@@ -140,5 +174,28 @@ mod tests {
         assert!(cfg.get("auth-required").is_none());
         assert!(Settings::parse("url = \"ftp://x\"").is_err());
         assert!(Settings::parse("url = \"http://x\"\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn access_modes_parse_and_config_json_follows_them() {
+        // Files written before `open` existed carry `public` (the old default) or `private`.
+        for (text, want) in [
+            ("", Access::Public),
+            ("access = \"public\"\n", Access::Public),
+            ("access = \"private\"\n", Access::Private),
+            ("access = \"open\"\n", Access::Open),
+        ] {
+            let s = Settings::parse(&format!("url = \"http://h\"\n{text}")).unwrap();
+            assert_eq!(s.access, want, "{text}");
+            assert_eq!(Settings::parse(&s.to_toml()).unwrap(), s);
+            let cfg: serde_json::Value = serde_json::from_str(&s.config_json()).unwrap();
+            let required = cfg.get("auth-required").and_then(|v| v.as_bool());
+            assert_eq!(required == Some(true), want == Access::Private, "{text}");
+            assert_eq!(want.as_str().parse::<Access>(), Ok(want));
+        }
+        assert_eq!(Settings::default().access, Access::Public);
+        assert!(Settings::parse("url = \"http://h\"\naccess = \"secret\"").is_err());
+        let e = "closed".parse::<Access>().unwrap_err();
+        assert!(e.contains("open, public or private"), "{e}");
     }
 }

@@ -1,0 +1,683 @@
+//! Access control on HTTP: what each route needs in each access mode, the token in the
+//! `Authorization` header, and the refusals cargo and git understand. Pure functions: the
+//! token check itself is [`AuthView::authorize`], which makes no system call.
+//!
+//! - `open`: nothing is checked.
+//! - `public`: reads (index, downloads, git, search, owner lists) are free; publish, yank,
+//!   unyank and owner changes need a token with the matching scope.
+//! - `private`: every route below the registry's base path needs at least `read`, except
+//!   the login page that tells a person how to get a token.
+//!
+//! Missing or bad credentials are a 401 with a challenge (`Cargo login_url=...` for cargo,
+//! `Basic realm=...` on the git routes, since git only sends credentials after that); good
+//! credentials that are not enough are a 403. Bodies are cargo's `{"errors":[{"detail":..}]}`.
+
+use std::borrow::Cow;
+
+use super::request::{percent_decode, Method};
+use super::response::{Body, Response};
+use crate::registry::auth::{AuthError, AuthView, Need, Principal, Refusal, User};
+use crate::registry::settings::Access;
+
+/// The realm git shows when it asks for credentials.
+pub const GIT_REALM: &str = "palletizer";
+
+/// How a 401 tells the client to authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// `WWW-Authenticate: Cargo login_url="<url>/login"`: cargo's sparse index and API.
+    Cargo,
+    /// `WWW-Authenticate: Basic realm="..."`: the git smart HTTP routes.
+    Basic,
+}
+
+/// What a request needs besides being well-formed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Required {
+    pub need: Need,
+    /// The crate the route acts on (yank, unyank, owners), percent-decoded; the token's
+    /// crate patterns are checked against it. Publish learns its crate from the body.
+    pub krate: Option<String>,
+    pub challenge: Challenge,
+}
+
+/// What a request to `path` (below the registry's base path, without the query) needs in
+/// `access` mode. `None`: nothing. Mirrors the matching of [`super::route`] and
+/// [`super::api::route`], including the slashes they tolerate; a request that matches no
+/// route needs `read` in a private registry, so a probe learns nothing there.
+pub fn required(access: Access, method: Method, path: &str) -> Option<Required> {
+    if access == Access::Open || matches!(path, "/login" | "/me") {
+        return None;
+    }
+    let read = |challenge| {
+        (access == Access::Private).then_some(Required {
+            need: Need::Read,
+            krate: None,
+            challenge,
+        })
+    };
+    let write = |need, krate: Option<&str>| {
+        Some(Required {
+            need,
+            // An undecodable name is refused by the router (400) after this check.
+            krate: krate
+                .and_then(percent_decode)
+                .and_then(|b| String::from_utf8(b).ok()),
+            challenge: Challenge::Cargo,
+        })
+    };
+    if let Some(api) = path.strip_prefix("/api/v1/") {
+        let segs: Vec<&str> = api.trim_start_matches('/').split('/').collect();
+        return match (method, segs.as_slice()) {
+            (Method::Put, ["crates", "new"]) => write(Need::Publish, None),
+            (Method::Delete, ["crates", name, _, "yank"])
+            | (Method::Put, ["crates", name, _, "unyank"]) => write(Need::Yank, Some(name)),
+            (Method::Put | Method::Delete, ["crates", name, "owners"]) => {
+                write(Need::ChangeOwners, Some(name))
+            }
+            _ => read(Challenge::Cargo),
+        };
+    }
+    let git = path
+        .strip_prefix("/index/")
+        .is_some_and(|rest| matches!(rest, "info/refs" | "git-upload-pack" | "git-receive-pack"));
+    read(if git {
+        Challenge::Basic
+    } else {
+        Challenge::Cargo
+    })
+}
+
+/// The token in an `Authorization` header: the raw token (what cargo sends), `Bearer
+/// <token>`, or HTTP Basic with the token as password (what git sends; a token given as the
+/// user name with an empty password is taken too). A Basic value that does not decode is
+/// passed on as is, so it meets the same lookup as any wrong token.
+pub fn token_from_header(value: &str) -> Option<Cow<'_, str>> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    let scheme = |name: &str| {
+        value
+            .get(..name.len() + 1)
+            .filter(|s| s[..name.len()].eq_ignore_ascii_case(name) && s.ends_with(' '))
+            .map(|s| value[s.len()..].trim())
+    };
+    if let Some(rest) = scheme("Bearer") {
+        return Some(Cow::Borrowed(rest));
+    }
+    if let Some(rest) = scheme("Basic") {
+        let decoded = base64_decode(rest).and_then(|b| String::from_utf8(b).ok());
+        let Some(pair) = decoded else {
+            return Some(Cow::Borrowed(value));
+        };
+        let (user, password) = pair.split_once(':').unwrap_or((&pair, ""));
+        let token = if password.is_empty() { user } else { password };
+        return Some(Cow::Owned(token.to_owned()));
+    }
+    Some(Cow::Borrowed(value))
+}
+
+/// Standard base64 with padding (RFC 4648 section 4), as HTTP Basic uses it.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.as_bytes();
+    if !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let chunks = text.len() / 4;
+    for (i, chunk) in text.chunks(4).enumerate() {
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && i + 1 != chunks) {
+            return None;
+        }
+        let mut n: u32 = 0;
+        for &c in &chunk[..4 - pad] {
+            n = (n << 6) | u32::from(value(c)?);
+        }
+        n <<= 6 * pad as u32;
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..4 - pad]);
+    }
+    Some(out)
+}
+
+/// Checks a request that needs `req` against the server's view.
+pub fn authorize(
+    view: &AuthView,
+    req: &Required,
+    authorization: Option<&str>,
+    now: u64,
+) -> Result<Principal, Refusal> {
+    let token = authorization.and_then(token_from_header);
+    view.authorize(token.as_deref(), req.need, req.krate.as_deref(), now)
+}
+
+/// The answer to a refused request: 401 with the challenge for `challenge` when the
+/// credentials are missing or no good, 403 otherwise. `base_url` is the registry's URL.
+pub fn refused(refusal: &Refusal, challenge: Challenge, base_url: &str) -> Response {
+    if !refusal.is_unauthenticated() {
+        return Response::error(403, &refusal.detail());
+    }
+    let value = match challenge {
+        Challenge::Cargo => format!("Cargo login_url=\"{base_url}/login\""),
+        Challenge::Basic => format!("Basic realm=\"{GIT_REALM}\""),
+    };
+    Response::error(401, &refusal.detail()).header("WWW-Authenticate", value)
+}
+
+/// Maps an access control error on an API route (owners) to its answer. Internal errors are
+/// logged and answered without their detail.
+pub fn auth_error(e: AuthError, base_url: &str) -> Response {
+    match e {
+        AuthError::Refused(r) => refused(&r, Challenge::Cargo, base_url),
+        AuthError::Invalid(m) | AuthError::Conflict(m) => Response::error(400, &m),
+        AuthError::NotFound(m) => Response::error(404, &m),
+        AuthError::Registry(e) => super::api::registry_error(e),
+        e @ (AuthError::Corrupt { .. } | AuthError::Random(_)) => {
+            eprintln!("error: access control: {e}");
+            Response::error(
+                500,
+                "internal error in access control; the server log has details",
+            )
+        }
+    }
+}
+
+/// `GET /api/v1/crates/{name}/owners`: `{"users":[{"id":..,"login":..,"name":null}]}`.
+pub fn owners_response(users: &[User]) -> Response {
+    let users: Vec<_> = users
+        .iter()
+        .map(|u| serde_json::json!({ "id": u.id, "login": u.name, "name": null }))
+        .collect();
+    Response::json(200, &serde_json::json!({ "users": users }))
+}
+
+/// `PUT`/`DELETE` owners: cargo fails without `msg`.
+pub fn owners_changed(msg: &str) -> Response {
+    Response::json(200, &serde_json::json!({ "ok": true, "msg": msg }))
+}
+
+/// The body of an owners `PUT`/`DELETE`: `{"users":["alice","bob"]}`.
+pub fn owners_request(body: &[u8]) -> Result<Vec<String>, Response> {
+    #[derive(serde::Deserialize)]
+    struct Users {
+        users: Vec<String>,
+    }
+    serde_json::from_slice::<Users>(body)
+        .map(|u| u.users)
+        .map_err(|e| Response::error(400, &format!("expected {{\"users\":[...]}}: {e}")))
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `/login` (and `/me`, where `cargo login` points without a challenge): how a person gets a
+/// token and configures cargo. Served in every mode, without a token.
+pub fn login_page(method: Method, base_url: &str, access: Access) -> Response {
+    if !matches!(method, Method::Get | Method::Head) {
+        return Response::not_allowed("GET, HEAD");
+    }
+    let url = html_escape(base_url);
+    let host = html_escape(
+        base_url
+            .split_once("://")
+            .map_or(base_url, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or(""),
+    );
+    let scheme = html_escape(base_url.split_once("://").map_or("https", |(s, _)| s));
+    let mode = match access {
+        Access::Open => "open: no token is checked",
+        Access::Public => {
+            "public: anyone may read; publishing, yanking and owner changes need a token"
+        }
+        Access::Private => "private: every request needs a token with the <code>read</code> scope",
+    };
+    let page = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Palletizer: getting a token</title></head>\n\
+<body>\n<h1>Getting a token for {url}</h1>\n<p>This registry is {mode}.</p>\n\
+<p>Tokens are made on the registry's machine by its administrator:</p>\n\
+<pre>palletizer user add NAME\npalletizer token create --user NAME [--scope read] [--expires 90d]</pre>\n\
+<p>The token is shown once. Then, in <code>~/.cargo/config.toml</code>:</p>\n\
+<pre>[registries.palletizer]\nindex = \"sparse+{url}/index/\"\n\n\
+[registry]\nglobal-credential-providers = [\"cargo:token\"]</pre>\n\
+<p>and run <code>cargo login --registry palletizer</code> and paste the token.</p>\n\
+<p>For the git index (<code>net.git-fetch-with-cli</code> or cargo's libgit2), git asks for \
+credentials: any user name, the token as password, e.g. with <code>git config --global \
+credential.helper store</code> and the line <code>{scheme}://token:TOKEN@{host}</code> in \
+<code>~/.git-credentials</code>.</p>\n</body></html>\n"
+    );
+    Response::new(200)
+        .header("Content-Type", "text/html; charset=utf-8")
+        .header("Cache-Control", "no-cache")
+        .body(Body::Bytes(page.into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::api::{Job, Routed, Spooled};
+    use crate::http::files::Trees;
+    use crate::http::{route, Head, Site};
+    use crate::registry::auth::Scopes;
+    use crate::registry::settings::Access::{Open, Private, Public};
+
+    const METHODS: [Method; 6] = [
+        Method::Get,
+        Method::Head,
+        Method::Put,
+        Method::Post,
+        Method::Delete,
+        Method::Other,
+    ];
+
+    fn head(method: Method, target: &str) -> Head {
+        Head {
+            method,
+            target: target.into(),
+            minor: 1,
+            keep_alive: true,
+            content_length: 10,
+            expect_continue: false,
+            if_none_match: None,
+            if_modified_since: None,
+            authorization: None,
+            content_type: None,
+            content_encoding: None,
+            len: 0,
+        }
+    }
+
+    /// `-`: nothing; `read`, `read/basic`, `publish`, `yank:NAME`, `owners:NAME`.
+    fn short(r: Option<Required>) -> String {
+        let Some(r) = r else { return "-".into() };
+        let need = match r.need {
+            Need::Read => "read",
+            Need::Publish => "publish",
+            Need::Yank => "yank",
+            Need::ChangeOwners => "owners",
+            Need::Admin => "admin",
+        };
+        let mut s = need.to_owned();
+        if r.challenge == Challenge::Basic {
+            s.push_str("/basic");
+        }
+        if let Some(k) = r.krate {
+            s = format!("{s}:{k}");
+        }
+        s
+    }
+
+    #[test]
+    fn every_route_in_every_mode() {
+        use Method::*;
+        // method, path, open, public, private
+        #[rustfmt::skip]
+        let table: &[(Method, &str, &str, &str, &str)] = &[
+            (Get, "/index/config.json", "-", "-", "read"),
+            (Head, "/index/config.json", "-", "-", "read"),
+            (Get, "/index/3/f/foo", "-", "-", "read"),
+            (Get, "/index/my/cr/mycrate", "-", "-", "read"),
+            (Put, "/index/config.json", "-", "-", "read"),
+            (Get, "/crates/foo/foo-1.0.0.crate", "-", "-", "read"),
+            (Head, "/crates/foo/foo-1.0.0.crate", "-", "-", "read"),
+            (Delete, "/crates/foo/foo-1.0.0.crate", "-", "-", "read"),
+            (Get, "/index/info/refs", "-", "-", "read/basic"),
+            (Head, "/index/info/refs", "-", "-", "read/basic"),
+            (Post, "/index/git-upload-pack", "-", "-", "read/basic"),
+            (Get, "/index/git-upload-pack", "-", "-", "read/basic"),
+            (Post, "/index/git-receive-pack", "-", "-", "read/basic"),
+            (Put, "/api/v1/crates/new", "-", "publish", "publish"),
+            (Put, "/api/v1//crates/new", "-", "publish", "publish"),
+            (Get, "/api/v1/crates/new", "-", "-", "read"),
+            (Post, "/api/v1/crates/new", "-", "-", "read"),
+            (Get, "/api/v1/crates", "-", "-", "read"),
+            (Head, "/api/v1/crates", "-", "-", "read"),
+            (Delete, "/api/v1/crates", "-", "-", "read"),
+            (Delete, "/api/v1/crates/foo/1.0.0/yank", "-", "yank:foo", "yank:foo"),
+            (Put, "/api/v1/crates/foo/1.0.0/yank", "-", "-", "read"),
+            (Put, "/api/v1/crates/Foo%2Dbar/1.0.0/unyank", "-", "yank:Foo-bar", "yank:Foo-bar"),
+            (Delete, "/api/v1/crates/foo/1.0.0/unyank", "-", "-", "read"),
+            (Get, "/api/v1/crates/foo/owners", "-", "-", "read"),
+            (Head, "/api/v1/crates/foo/owners", "-", "-", "read"),
+            (Put, "/api/v1/crates/foo/owners", "-", "owners:foo", "owners:foo"),
+            (Delete, "/api/v1/crates/foo/owners", "-", "owners:foo", "owners:foo"),
+            (Post, "/api/v1/crates/foo/owners", "-", "-", "read"),
+            (Get, "/api/v1/nothing/here", "-", "-", "read"),
+            (Put, "/api/v1/nothing/here", "-", "-", "read"),
+            (Other, "/api/v1/crates/new", "-", "-", "read"),
+            (Get, "/", "-", "-", "read"),
+            (Get, "/index/", "-", "-", "read"),
+            (Get, "/elsewhere", "-", "-", "read"),
+            (Get, "/login", "-", "-", "-"),
+            (Head, "/login", "-", "-", "-"),
+            (Get, "/me", "-", "-", "-"),
+        ];
+        for &(method, path, open, public, private) in table {
+            for (mode, want) in [(Open, open), (Public, public), (Private, private)] {
+                let got = short(required(mode, method, path));
+                assert_eq!(got, want, "{} {path} in {mode} mode", method.as_str());
+            }
+        }
+    }
+
+    /// Whatever the router turns into a write, `required` asks a token for, with the crate
+    /// the write acts on; in a private registry it asks one for everything. Checked against
+    /// the real router, so a route added there without a rule here fails this test.
+    #[test]
+    fn required_covers_what_the_router_does() {
+        let tmp = tempfile::tempdir().unwrap();
+        let trees = Trees::new(tmp.path().join("i"), tmp.path().join("c"), 4);
+        let site = Site::new("http://127.0.0.1:1", trees, 1 << 20);
+        let paths = [
+            "/index/config.json",
+            "/index/3/f/foo",
+            "/crates/foo/foo-1.0.0.crate",
+            "/index/info/refs?service=git-upload-pack",
+            "/index/info/refs",
+            "/index/git-upload-pack",
+            "/index/git-receive-pack",
+            "/api/v1/crates/new",
+            "/api/v1//crates/new",
+            "/api/v1///crates/new",
+            "/api/v1/crates?q=foo&per_page=3",
+            "/api/v1/crates/foo/1.0.0/yank",
+            "/api/v1/crates/foo/1.0.0/unyank",
+            "/api/v1//crates/f%6Fo/1.0.0/unyank",
+            "/api/v1/crates/foo/owners",
+            "/api/v1/crates/foo",
+            "/api/v1/crates/foo/1.0.0",
+            "/api/v1/crates/foo/1.0.0/download",
+            "/api/v1/",
+            "/api/v1",
+            "/index",
+            "/",
+        ];
+        for path in paths {
+            for method in METHODS {
+                let h = head(method, path);
+                let what = format!("{} {path}", method.as_str());
+                let need = |mode| required(mode, method, h.path());
+                assert_eq!(need(Open), None, "{what}");
+                assert!(need(Private).is_some(), "{what}");
+                let public = need(Public);
+                // (write need, crate) the router's decision calls for; None: a read.
+                let wanted: Option<(Need, Option<String>)> = match route(&site, &h) {
+                    Routed::Upload(Spooled::Publish) => Some((Need::Publish, None)),
+                    Routed::Upload(Spooled::GitUploadPack { .. }) => None,
+                    Routed::Done(_) => None,
+                    Routed::Job(job) | Routed::AfterBody(job) => match job {
+                        Job::Yank { name, .. } => Some((Need::Yank, Some(name))),
+                        Job::Publish(_) => Some((Need::Publish, None)),
+                        Job::GitRefs | Job::GitUploadPack { .. } | Job::Search { .. } => None,
+                    },
+                };
+                match wanted {
+                    Some((n, krate)) => {
+                        let r = public.unwrap_or_else(|| panic!("{what}: a write needs a token"));
+                        assert_eq!((r.need, r.krate), (n, krate), "{what}");
+                        let p = need(Private).unwrap();
+                        assert_eq!(p.need, n, "{what}");
+                    }
+                    None => {
+                        // Reads are free in public mode; only the owners routes (not yet
+                        // routed) may ask more than the router does today.
+                        if let Some(r) = public {
+                            assert_eq!(r.need, Need::ChangeOwners, "{what}");
+                        }
+                        assert_ne!(need(Private).unwrap().need, Need::Publish, "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_from_the_authorization_header() {
+        // base64("x:pal_abc") and base64("pal_abc:") and base64("user:")
+        for (header, want) in [
+            ("pal_abc", Some("pal_abc")),
+            ("  pal_abc  ", Some("pal_abc")),
+            ("Bearer pal_abc", Some("pal_abc")),
+            ("bearer   pal_abc", Some("pal_abc")),
+            ("Basic eDpwYWxfYWJj", Some("pal_abc")),
+            ("basic cGFsX2FiYzo=", Some("pal_abc")),
+            ("Basic dXNlcjo=", Some("user")),
+            ("Basic !!!!", Some("Basic !!!!")),
+            ("Basic eDpw", Some("p")),
+            ("Bearerpal_abc", Some("Bearerpal_abc")),
+            ("", None),
+            ("   ", None),
+        ] {
+            assert_eq!(token_from_header(header).as_deref(), want, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn base64_decodes_what_git_sends() {
+        for (text, want) in [
+            ("", &b""[..]),
+            ("YQ==", b"a"),
+            ("YWI=", b"ab"),
+            ("YWJj", b"abc"),
+            (
+                "dG9rZW46cGFsXzAxMjM0NTY3ODlhYmNkZWY=",
+                b"token:pal_0123456789abcdef",
+            ),
+            ("+/+/", &[0xfb, 0xff, 0xbf]),
+        ] {
+            assert_eq!(base64_decode(text).as_deref(), Some(want), "{text}");
+        }
+        for bad in ["Y", "YQ=", "Y===", "YQ==YQ==", "a b=", "YQ-_"] {
+            assert_eq!(base64_decode(bad), None, "{bad}");
+        }
+    }
+
+    fn body_detail(r: &Response) -> String {
+        let Body::Bytes(b) = &r.body else {
+            panic!("no body")
+        };
+        let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+        v["errors"][0]["detail"].as_str().unwrap().to_owned()
+    }
+
+    fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
+    }
+
+    #[test]
+    fn refusals_answer_401_with_a_challenge_or_403() {
+        let url = "https://reg.example/sub";
+        let r = refused(&Refusal::NoToken, Challenge::Cargo, url);
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            header(&r, "WWW-Authenticate"),
+            Some("Cargo login_url=\"https://reg.example/sub/login\"")
+        );
+        assert!(body_detail(&r).contains("needs a token"));
+        let r = refused(&Refusal::Unknown, Challenge::Basic, url);
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            header(&r, "WWW-Authenticate"),
+            Some("Basic realm=\"palletizer\"")
+        );
+        for refusal in [Refusal::Expired { token: 1 }, Refusal::Revoked { token: 1 }] {
+            assert_eq!(refused(&refusal, Challenge::Cargo, url).status, 401);
+        }
+        let r = refused(
+            &Refusal::NotOwner {
+                user: "bob".into(),
+                krate: "foo".into(),
+            },
+            Challenge::Cargo,
+            url,
+        );
+        assert_eq!(r.status, 403);
+        assert_eq!(header(&r, "WWW-Authenticate"), None);
+        assert!(body_detail(&r).contains("`bob` is not an owner of crate `foo`"));
+        let r = refused(
+            &Refusal::Scope {
+                token: 3,
+                needed: Scopes::READ,
+            },
+            Challenge::Cargo,
+            url,
+        );
+        assert_eq!(r.status, 403);
+        assert!(
+            body_detail(&r).contains("`read` scope"),
+            "{}",
+            body_detail(&r)
+        );
+    }
+
+    #[test]
+    fn authorize_reads_every_header_form() {
+        let (_tmp, reg) = crate::registry::auth::scratch_registry();
+        let secret = crate::registry::auth::bootstrap_admin(&reg, 100)
+            .unwrap()
+            .unwrap();
+        let view = AuthView::load(reg.root()).unwrap();
+        let req = required(Private, Method::Post, "/index/git-upload-pack").unwrap();
+        for h in [
+            secret.clone(),
+            format!("Bearer {secret}"),
+            format!(
+                "Basic {}",
+                base64_encode(format!("git:{secret}").as_bytes())
+            ),
+        ] {
+            let p = authorize(&view, &req, Some(&h), 100).unwrap();
+            assert_eq!(&*p.user, "admin");
+        }
+        assert_eq!(authorize(&view, &req, None, 100), Err(Refusal::NoToken));
+        assert_eq!(
+            authorize(&view, &req, Some("Basic !!!!"), 100),
+            Err(Refusal::Unknown)
+        );
+    }
+
+    /// The inverse of the decoder, for tests only.
+    fn base64_encode(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let mut n = 0u32;
+            for (i, &b) in chunk.iter().enumerate() {
+                n |= u32::from(b) << (16 - 8 * i);
+            }
+            for i in 0..4 {
+                out.push(if i <= chunk.len() {
+                    ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char
+                } else {
+                    '='
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        for len in 0..12 {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 250) as u8).collect();
+            assert_eq!(base64_decode(&base64_encode(&bytes)).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn owners_bodies_as_cargo_reads_and_sends_them() {
+        let users = [User {
+            id: 7,
+            name: "alice".into(),
+            admin: false,
+            created: 0,
+        }];
+        let Body::Bytes(b) = owners_response(&users).body else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["users"][0]["id"], 7);
+        assert_eq!(v["users"][0]["login"], "alice");
+        let Body::Bytes(b) = owners_changed("done").body else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            (v["ok"].as_bool(), v["msg"].as_str()),
+            (Some(true), Some("done"))
+        );
+        assert_eq!(
+            owners_request(br#"{"users":["a","b"]}"#).unwrap(),
+            ["a", "b"]
+        );
+        let bad = owners_request(b"[1]").unwrap_err();
+        assert_eq!(bad.status, 400);
+        assert!(body_detail(&bad).contains("users"));
+    }
+
+    #[test]
+    fn auth_errors_map_to_statuses() {
+        let url = "http://h";
+        assert_eq!(auth_error(AuthError::NotFound("x".into()), url).status, 404);
+        assert_eq!(auth_error(AuthError::Conflict("x".into()), url).status, 400);
+        assert_eq!(auth_error(AuthError::Invalid("x".into()), url).status, 400);
+        assert_eq!(
+            auth_error(Refusal::Revoked { token: 1 }.into(), url).status,
+            401
+        );
+        let e = AuthError::Refused(Refusal::NotOwner {
+            user: "b".into(),
+            krate: "f".into(),
+        });
+        assert_eq!(auth_error(e, url).status, 403);
+        let corrupt = AuthError::Corrupt {
+            path: "/secret/place".into(),
+            msg: "bad".into(),
+        };
+        let r = auth_error(corrupt, url);
+        assert_eq!(r.status, 500);
+        assert!(!body_detail(&r).contains("/secret/place"));
+    }
+
+    #[test]
+    fn login_page_tells_how_to_get_a_token() {
+        let r = login_page(Method::Get, "https://reg.example:8443/sub", Private);
+        assert_eq!(r.status, 200);
+        assert_eq!(header(&r, "Content-Type"), Some("text/html; charset=utf-8"));
+        let Body::Bytes(b) = &r.body else { panic!() };
+        let page = String::from_utf8(b.clone()).unwrap();
+        for want in [
+            "palletizer token create --user NAME",
+            "sparse+https://reg.example:8443/sub/index/",
+            "global-credential-providers = [\"cargo:token\"]",
+            "cargo login --registry palletizer",
+            "https://token:TOKEN@reg.example:8443",
+            "<code>read</code> scope",
+        ] {
+            assert!(page.contains(want), "{want}\n{page}");
+        }
+        let r = login_page(Method::Get, "http://h/<x>", Public);
+        let Body::Bytes(b) = &r.body else { panic!() };
+        assert!(!String::from_utf8_lossy(b).contains("<x>"));
+        assert_eq!(login_page(Method::Put, "http://h", Public).status, 405);
+    }
+}
