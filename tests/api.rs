@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use palletizer::registry::tarball::testing::{noise, publish_body, simple_crate};
-use support::{meta, raw_publish, read_one, show, snapshot, Sandbox, ServerProc, TOKEN};
+use support::{meta, raw_publish, read_one, show, snapshot, Sandbox, ServerProc};
 
 fn setup() -> (Sandbox, ServerProc) {
     let s = Sandbox::new();
@@ -31,7 +31,7 @@ fn cargo_publish(s: &Sandbox, dir: &std::path::Path, extra: &[&str]) -> std::pro
     ];
     args.extend_from_slice(extra);
     s.cargo_cmd(dir, &args)
-        .env("CARGO_REGISTRIES_LOCAL_TOKEN", TOKEN)
+        .env("CARGO_REGISTRIES_LOCAL_TOKEN", s.token())
         .output()
         .unwrap()
 }
@@ -115,7 +115,7 @@ fn cargo_publish_yank_search_end_to_end() {
         args.extend_from_slice(extra);
         let out = s
             .cargo_cmd(&app, &args)
-            .env("CARGO_REGISTRIES_LOCAL_TOKEN", TOKEN)
+            .env("CARGO_REGISTRIES_LOCAL_TOKEN", s.token())
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", show(&out));
@@ -159,7 +159,7 @@ fn cargo_publish_yank_search_end_to_end() {
     // max_version skips yanked versions.
     let yanked = s
         .cargo_cmd(&app, &["yank", "--registry", "local", "leaf@0.2.0"])
-        .env("CARGO_REGISTRIES_LOCAL_TOKEN", TOKEN)
+        .env("CARGO_REGISTRIES_LOCAL_TOKEN", s.token())
         .output()
         .unwrap();
     assert!(yanked.status.success(), "{}", show(&yanked));
@@ -225,6 +225,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
     let good = simple_crate("foo-bar", "1.0.0", &[]);
     let (st, body) = raw_publish(
         srv.addr(),
+        &s.token(),
         &publish_body(&meta("foo-bar", "1.0.0", serde_json::json!([])), &good),
     );
     assert_eq!(st, 200, "{body}");
@@ -339,7 +340,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
         ),
     ];
     for (what, body, status, detail) in cases {
-        let (st, text) = raw_publish(srv.addr(), &body);
+        let (st, text) = raw_publish(srv.addr(), &s.token(), &body);
         assert_eq!(st, status, "{what}: {text}");
         let v: serde_json::Value =
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: {text}"));
@@ -356,7 +357,8 @@ fn bad_publishes_are_refused_and_change_nothing() {
     // Over the limit: refused from the head alone, before `100 Continue` and the body.
     let mut c = TcpStream::connect(srv.addr()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\nExpect: 100-continue\r\n\r\n")
+    let token = s.token();
+    c.write_all(format!("PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: 200000000\r\nExpect: 100-continue\r\n\r\n").as_bytes())
         .unwrap();
     let (st, text) = read_one(&mut c);
     assert_eq!(st, 413);
@@ -370,7 +372,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
     let mut c = TcpStream::connect(srv.addr()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let head = format!(
-        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()
     );
     c.write_all(head.as_bytes()).unwrap();
@@ -383,7 +385,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
     // A client that disconnects mid-body leaves no file behind.
     let before = snapshot(&s.reg());
     let mut c = TcpStream::connect(srv.addr()).unwrap();
-    c.write_all(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    c.write_all(format!("PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: 100000\r\n\r\n").as_bytes())
         .unwrap();
     c.write_all(&[0u8; 5000]).unwrap();
     let spooled = || {
@@ -413,11 +415,12 @@ fn bad_publishes_are_refused_and_change_nothing() {
 
 #[test]
 fn api_errors_are_cargo_readable() {
-    let (_s, srv) = setup();
+    let (s, srv) = setup();
+    let auth = format!("\r\nAuthorization: {}\r\n", s.token());
     let req = |raw: &str| {
         let mut c = TcpStream::connect(srv.addr()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c.write_all(raw.as_bytes()).unwrap();
+        c.write_all(raw.replacen("\r\n", &auth, 1).as_bytes()).unwrap();
         read_one(&mut c)
     };
     for (raw, status) in [
@@ -480,7 +483,8 @@ fn names_from_urls_never_reach_the_file_system() {
     ] {
         for (method, action) in [("DELETE", "yank"), ("PUT", "unyank")] {
             let raw = format!(
-                "{method} /api/v1/crates/{name}/1.0.0/{action} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                "{method} /api/v1/crates/{name}/1.0.0/{action} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 0\r\n\r\n",
+                s.token()
             );
             let mut c = TcpStream::connect(srv.addr()).unwrap();
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -528,7 +532,7 @@ fn twenty_concurrent_publishes_all_land() {
                     "--no-verify",
                 ],
             )
-            .env("CARGO_REGISTRIES_LOCAL_TOKEN", TOKEN)
+            .env("CARGO_REGISTRIES_LOCAL_TOKEN", s.token())
             .env("CARGO_TARGET_DIR", d.join("target"))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

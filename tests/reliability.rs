@@ -203,6 +203,7 @@ fn crash_loop_loses_no_acknowledged_publish() {
         verify(&s, srv.addr(), &acked.lock().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
         let addr = srv.addr().to_owned();
+        let token = s.token();
         let publisher = {
             let (stop, acked) = (stop.clone(), acked.clone());
             std::thread::spawn(move || {
@@ -213,7 +214,7 @@ fn crash_loop_loses_no_acknowledged_publish() {
                     let name = format!("srv{round}n{j}");
                     let krate = crate_for(&name, (round * 1000 + j) as u64);
                     let body = publish_body(&meta(&name, "1.0.0", serde_json::json!([])), &krate);
-                    match try_raw_publish(&addr, &body) {
+                    match try_raw_publish(&addr, &token, &body) {
                         Ok((200, _)) => acked.lock().unwrap().push(Acked {
                             cksum: sha256_hex(&krate[..]).unwrap(),
                             name,
@@ -371,7 +372,7 @@ fn a_full_disk_answers_507_and_keeps_nothing() {
         let krate = simple_crate(&name, "1.0.0", &[("data", &noise(size))]);
         let body = publish_body(&meta(&name, "1.0.0", serde_json::json!([])), &krate);
         let before = visible_state(&reg);
-        let (st, text) = try_raw_publish(srv.addr(), &body).unwrap();
+        let (st, text) = try_raw_publish(srv.addr(), &s.token(), &body).unwrap();
         match st {
             200 => {
                 ok += 1;
@@ -411,7 +412,7 @@ fn a_full_disk_answers_507_and_keeps_nothing() {
     fs::remove_file(&filler).unwrap();
     let (name, body) = first_refused.unwrap();
     stored.push(name.clone());
-    let (st, text) = try_raw_publish(srv.addr(), &body).unwrap();
+    let (st, text) = try_raw_publish(srv.addr(), &s.token(), &body).unwrap();
     assert_eq!(st, 200, "{name}: {text}");
     drop(srv);
     // HEAD holds exactly the publishes that were answered 200: no refused one was swept

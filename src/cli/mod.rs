@@ -13,14 +13,16 @@ use lexopt::prelude::*;
 pub mod auth;
 
 use crate::net::config::{Listener, ServerConfig};
+use crate::registry::settings::Access;
 use crate::registry::{check, CrateName, InitOptions, Registry};
 
 const USAGE: &str = "\
 usage: palletizer [-r DIR] COMMAND [ARGS]
 
 commands:
-  init --url URL [--index-dir D] [--crates-dir D] [--no-crates-io] [--allowed-registry INDEX_URL]...
-                            create a registry in DIR
+  init --url URL [--access MODE] [--index-dir D] [--crates-dir D] [--no-crates-io]
+       [--allowed-registry INDEX_URL]...
+                            create a registry in DIR (access: open, public (default), private)
   add FILE.crate...         publish crate files (metadata from their Cargo.toml)
   yank NAME VERSION         mark a version yanked
   unyank NAME VERSION       undo a yank
@@ -78,17 +80,25 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
         match arg {
             Short('r') | Long("registry") => dir = parser.value()?.into(),
             Short('h') | Long("help") => {
-                out!("{USAGE}");
+                out!("{USAGE}\naccess control:\n{}", auth::USAGE);
                 return Ok(ExitCode::SUCCESS);
             }
-            Long(flag @ ("url" | "index-dir" | "crates-dir" | "allowed-registry" | "bind")) => {
+            Long(
+                flag @ ("url" | "access" | "index-dir" | "crates-dir" | "allowed-registry" | "bind"),
+            ) => {
                 let flag = flag.to_owned();
                 flags.push((flag, Some(parser.value()?)));
             }
             Long(flag @ ("no-crates-io" | "repair")) => flags.push((flag.to_owned(), None)),
             Short('q') | Long("quiet") => flags.push(("quiet".into(), None)),
             Short('v') | Long("verbose") => flags.push(("verbose".into(), None)),
-            Value(v) if command.is_none() => command = Some(string(v)?),
+            Value(v) if command.is_none() => {
+                let c = string(v)?;
+                if auth::COMMANDS.contains(&c.as_str()) {
+                    return auth::run(&c, parser.raw_args()?.collect(), &dir);
+                }
+                command = Some(c);
+            }
             Value(v) => rest.push(v),
             other => return Err(other.unexpected().into()),
         }
@@ -101,6 +111,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
     let allowed: &[&str] = match command.as_str() {
         "init" => &[
             "url",
+            "access",
             "index-dir",
             "crates-dir",
             "allowed-registry",
@@ -145,12 +156,26 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
                     .map(string)
                     .collect::<Result<_, _>>()?,
             };
+            let access = match flag("access").flatten() {
+                Some(a) => string(a)?.parse::<Access>()?,
+                None => Access::Public,
+            };
             let reg = Registry::init(&dir, opts)?;
+            if access != reg.settings().access {
+                crate::registry::auth::set_access(&reg, access)?;
+            }
             out!(
-                "Created registry in {} for {}",
+                "Created registry in {} for {} (access: {access})",
                 dir.display(),
                 reg.settings().url
             );
+            if access != Access::Open {
+                out!(
+                    "Tokens are needed to {}: `palletizer user add NAME --admin`, then \
+                     `palletizer token create --user NAME`",
+                    if access == Access::Private { "use it" } else { "publish" }
+                );
+            }
         }
         "add" => {
             if rest.is_empty() {

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use super::request::{percent_decode, query_param, Head, Method};
 use super::response::{Body, FileBody, Response};
+use crate::registry::auth::{self, AuthFile, Principal, Refusal};
 use crate::registry::{self, gitpack, CrateName, PublishMetadata, Registry};
 
 /// Largest JSON part of a publish (crates.io's limit).
@@ -46,6 +47,34 @@ pub enum Job {
         query: String,
         per_page: usize,
     },
+    /// List a crate's owners, or change them with the `{"users":[...]}` body spooled here
+    /// (removed by the job).
+    Owners {
+        name: CrateName,
+        change: Option<(OwnersChange, PathBuf)>,
+    },
+}
+
+/// `PUT` (add) or `DELETE` (remove) on a crate's owners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnersChange {
+    Add,
+    Remove,
+}
+
+impl Job {
+    /// The spooled body this job owns and removes, if any.
+    pub fn body_file(&self) -> Option<&std::path::Path> {
+        match self {
+            Job::Publish(path)
+            | Job::GitUploadPack { body: path, .. }
+            | Job::Owners {
+                change: Some((_, path)),
+                ..
+            } => Some(path),
+            _ => None,
+        }
+    }
 }
 
 /// What the router decided for an API request.
@@ -65,10 +94,11 @@ fn decode(seg: &str) -> Option<String> {
 }
 
 /// What a spooled body becomes once it is complete.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Spooled {
     Publish,
     GitUploadPack { gzip: bool },
+    Owners { name: CrateName, change: OwnersChange },
 }
 
 impl Spooled {
@@ -76,8 +106,23 @@ impl Spooled {
         match self {
             Spooled::Publish => Job::Publish(body),
             Spooled::GitUploadPack { gzip } => Job::GitUploadPack { body, gzip },
+            Spooled::Owners { name, change } => Job::Owners {
+                name,
+                change: Some((change, body)),
+            },
         }
     }
+}
+
+/// A crate name from a URL segment: decoded and validated, or the 400 to answer.
+fn crate_in_path(seg: &str) -> Result<CrateName, Routed> {
+    let Some(name) = decode(seg) else {
+        return Err(Routed::Done(Response::error(
+            400,
+            "invalid crate name in path",
+        )));
+    };
+    CrateName::parse(&name).map_err(|e| Routed::Done(Response::error(400, &e.to_string())))
 }
 
 /// Routes the git smart HTTP endpoints below the index (`rest` follows `/index/`).
@@ -157,15 +202,12 @@ pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
         }
         (_, ["crates"]) => allow("GET"),
         (method, ["crates", name, vers, action @ ("yank" | "unyank")]) => {
-            let (Some(name), Some(vers)) = (decode(name), decode(vers)) else {
-                return Routed::Done(Response::error(
-                    400,
-                    "invalid crate name or version in path",
-                ));
-            };
-            let name = match CrateName::parse(&name) {
+            let name = match crate_in_path(name) {
                 Ok(n) => n,
-                Err(e) => return Routed::Done(Response::error(400, &e.to_string())),
+                Err(refused) => return refused,
+            };
+            let Some(vers) = decode(vers) else {
+                return Routed::Done(Response::error(400, "invalid version in path"));
             };
             let yank = *action == "yank";
             let wanted = if yank { Method::Delete } else { Method::Put };
@@ -181,16 +223,47 @@ pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
                 Routed::Done(Response::error(413, "request body too large"))
             }
         }
-        (_, ["crates", _, "owners"]) => Routed::Done(Response::error(
-            501,
-            "this registry does not manage crate owners yet",
-        )),
+        (method, ["crates", name, "owners"]) => {
+            let change = match method {
+                Method::Get => None,
+                Method::Put => Some(OwnersChange::Add),
+                Method::Delete => Some(OwnersChange::Remove),
+                _ => return allow("GET, PUT, DELETE"),
+            };
+            let name = match crate_in_path(name) {
+                Ok(n) => n,
+                Err(refused) => return refused,
+            };
+            match change {
+                None => Routed::Job(Job::Owners { name, change: None }),
+                Some(_) if head.content_length == 0 => Routed::Done(Response::error(
+                    400,
+                    "owner changes need a body: {\"users\":[...]}",
+                )),
+                Some(_) if head.content_length > MAX_SMALL_BODY => {
+                    Routed::Done(Response::error(413, "request body too large"))
+                }
+                Some(change) => Routed::Upload(Spooled::Owners { name, change }),
+            }
+        }
         _ => Routed::Done(Response::error(404, "no such API endpoint")),
     }
 }
 
-/// Runs a job against the registry and renders its answer.
-pub fn run(reg: &Registry, job: Job) -> Response {
+/// Runs a job against the registry and renders its answer. `who` is the token holder the
+/// event loop let through (None where the access mode asks for no token); ownership is
+/// checked here, against the current `auth.json`, since only here is it known whether the
+/// crate exists.
+pub fn run(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
+    let spooled = job.body_file().map(std::path::Path::to_owned);
+    let response = run_job(reg, job, who);
+    if let Some(path) = spooled {
+        let _ = std::fs::remove_file(path);
+    }
+    response
+}
+
+fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
     match job {
         Job::GitRefs => match gitpack::advertise(reg.index_dir()) {
             Ok(bytes) => Response::new(200)
@@ -202,20 +275,20 @@ pub fn run(reg: &Registry, job: Job) -> Response {
                 .body(Body::Bytes(bytes)),
             Err(e) => git_error(e),
         },
-        Job::GitUploadPack { body, gzip } => {
-            let r = upload_pack(reg, &body, gzip);
-            let _ = std::fs::remove_file(&body);
-            r
+        Job::GitUploadPack { body, gzip } => upload_pack(reg, &body, gzip),
+        Job::Publish(path) => publish(reg, &path, who),
+        Job::Yank { name, vers, yank } => {
+            if let Some(p) = who {
+                if let Err(r) = check_owner(reg, p, &name) {
+                    return r;
+                }
+            }
+            match reg.set_yanked(&name, &vers, yank) {
+                Ok(_) => Response::json(200, &serde_json::json!({ "ok": true })),
+                Err(e) => registry_error(e),
+            }
         }
-        Job::Publish(path) => {
-            let r = publish(reg, &path);
-            let _ = std::fs::remove_file(&path);
-            r
-        }
-        Job::Yank { name, vers, yank } => match reg.set_yanked(&name, &vers, yank) {
-            Ok(_) => Response::json(200, &serde_json::json!({ "ok": true })),
-            Err(e) => registry_error(e),
-        },
+        Job::Owners { name, change } => owners(reg, &name, change, who),
         Job::Search { query, per_page } => match reg.search(&query, per_page) {
             Ok(found) => {
                 let crates: Vec<_> = found
@@ -327,8 +400,66 @@ pub fn storage_error(detail: &str) -> Response {
     Response::error(507, detail)
 }
 
+/// A refusal decided on the worker (ownership): logged with its reason, never the token.
+fn refused_here(p: &Principal, refusal: Refusal, route: &str) -> Response {
+    eprintln!(
+        "refused {route} for user {} (token {}): {}",
+        p.user,
+        p.token,
+        refusal.reason()
+    );
+    Response::error(403, &refusal.detail())
+}
+
+/// Whether `p` may act as an owner of `name` (yank, unyank).
+fn check_owner(reg: &Registry, p: &Principal, name: &CrateName) -> Result<(), Response> {
+    let data = AuthFile::load(reg).map_err(|e| super::auth::auth_error(e, ""))?;
+    auth::authorize_owner(&data, p, &reg.find_canonical(name).ok().flatten().unwrap_or_else(|| name.to_string()))
+        .map_err(|refusal| refused_here(p, refusal, &format!("yank of {name}")))
+}
+
+/// `GET`, `PUT` and `DELETE /api/v1/crates/{name}/owners`.
+fn owners(
+    reg: &Registry,
+    name: &CrateName,
+    change: Option<(OwnersChange, PathBuf)>,
+    who: Option<&Principal>,
+) -> Response {
+    let url = &reg.settings().url;
+    let Some((change, body)) = change else {
+        return match auth::list_owners(reg, name) {
+            Ok(users) => super::auth::owners_response(&users),
+            Err(e) => super::auth::auth_error(e, url),
+        };
+    };
+    let body = match std::fs::read(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return registry_error(registry::Error::Io {
+                context: "reading the request".into(),
+                source: e,
+            })
+        }
+    };
+    let users = match super::auth::owners_request(&body) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let result = match change {
+        OwnersChange::Add => auth::add_owners(reg, name, &users, who),
+        OwnersChange::Remove => auth::remove_owners(reg, name, &users, who),
+    };
+    match result {
+        Ok(msg) => super::auth::owners_changed(&msg),
+        Err(auth::AuthError::Refused(refusal)) if who.is_some() => {
+            refused_here(who.expect("checked"), refusal, &format!("owner change of {name}"))
+        }
+        Err(e) => super::auth::auth_error(e, url),
+    }
+}
+
 /// `u32 LE json_len | json | u32 LE crate_len | .crate`, with nothing after the tarball.
-fn publish(reg: &Registry, path: &std::path::Path) -> Response {
+fn publish(reg: &Registry, path: &std::path::Path, who: Option<&Principal>) -> Response {
     let bad = |m: &str| Response::error(400, m);
     let mut f = match File::open(path) {
         Ok(f) => f,
@@ -389,13 +520,45 @@ fn publish(reg: &Registry, path: &std::path::Path) -> Response {
     if f.seek(SeekFrom::Start(8 + json_len)).is_err() {
         return bad("publish body is unreadable");
     }
+    // Who may publish this crate is known only now that its name is.
+    let mut new_crate = false;
+    if let Some(p) = who {
+        let name = match CrateName::parse(&meta.name) {
+            Ok(n) => n,
+            Err(e) => return bad(&e.to_string()),
+        };
+        let exists = match reg.find_canonical(&name) {
+            Ok(found) => found.is_some(),
+            Err(e) => return registry_error(e),
+        };
+        let data = match AuthFile::load(reg) {
+            Ok(d) => d,
+            Err(e) => return super::auth::auth_error(e, &reg.settings().url),
+        };
+        if let Err(refusal) = auth::authorize_publish(&data, p, &name, exists) {
+            return refused_here(p, refusal, &format!("publish of {name}"));
+        }
+        new_crate = !exists;
+    }
+    let name = meta.name.clone();
     match reg.publish(Some(meta), f.take(crate_len)) {
-        Ok(_) => Response::json(
-            200,
-            &serde_json::json!({ "warnings": { "invalid_categories": [], "invalid_badges": [], "other": [] } }),
-        ),
+        Ok(_) => {
+            if let (Some(p), true) = (who, new_crate) {
+                if let Err(e) = auth::record_first_owner(reg, &name, &p.user) {
+                    eprintln!("warning: {name} has no recorded owner (the admins own it): {e}");
+                }
+            }
+            publish_ok()
+        }
         Err(e) => registry_error(e),
     }
+}
+
+fn publish_ok() -> Response {
+    Response::json(
+        200,
+        &serde_json::json!({ "warnings": { "invalid_categories": [], "invalid_badges": [], "other": [] } }),
+    )
 }
 
 #[cfg(test)]
@@ -428,7 +591,7 @@ mod tests {
     fn run_publish(reg: &Registry, body: &[u8]) -> Response {
         let path = registry::temp_path(reg.root(), "test-upload");
         std::fs::write(&path, body).unwrap();
-        run(reg, Job::Publish(path.clone()))
+        run(reg, Job::Publish(path.clone()), None)
     }
 
     #[test]

@@ -419,11 +419,20 @@ mod tests {
                 let wanted: Option<(Need, Option<String>)> = match route(&site, &h) {
                     Routed::Upload(Spooled::Publish) => Some((Need::Publish, None)),
                     Routed::Upload(Spooled::GitUploadPack { .. }) => None,
+                    Routed::Upload(Spooled::Owners { name, .. }) => {
+                        Some((Need::ChangeOwners, Some(name.to_string())))
+                    }
                     Routed::Done(_) => None,
                     Routed::Job(job) | Routed::AfterBody(job) => match job {
-                        Job::Yank { name, .. } => Some((Need::Yank, Some(name))),
+                        Job::Yank { name, .. } => Some((Need::Yank, Some(name.to_string()))),
                         Job::Publish(_) => Some((Need::Publish, None)),
-                        Job::GitRefs | Job::GitUploadPack { .. } | Job::Search { .. } => None,
+                        Job::GitRefs
+                        | Job::GitUploadPack { .. }
+                        | Job::Search { .. }
+                        | Job::Owners { change: None, .. } => None,
+                        Job::Owners { name, .. } => {
+                            Some((Need::ChangeOwners, Some(name.to_string())))
+                        }
                     },
                 };
                 match wanted {
@@ -434,11 +443,8 @@ mod tests {
                         assert_eq!(p.need, n, "{what}");
                     }
                     None => {
-                        // Reads are free in public mode; only the owners routes (not yet
-                        // routed) may ask more than the router does today.
-                        if let Some(r) = public {
-                            assert_eq!(r.need, Need::ChangeOwners, "{what}");
-                        }
+                        // Reads are free in public mode.
+                        assert_eq!(public, None, "{what}");
                         assert_ne!(need(Private).unwrap().need, Need::Publish, "{what}");
                     }
                 }

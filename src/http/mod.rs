@@ -16,14 +16,21 @@ pub use response::{Body, BodyCursor, Response};
 pub use api::{Job, Routed};
 use files::Trees;
 
+use crate::registry::auth::{AuthView, Principal, Refusal};
+use crate::registry::settings::Access;
+
 /// What the router needs to know about the registry it serves.
 #[derive(Debug)]
 pub struct Site {
+    /// The registry's public URL, as in `config.json` (login URLs are made from it).
+    pub url: String,
     /// The path of the registry's public URL (`""` or `/prefix`), stripped from requests.
     pub base_path: String,
     pub trees: Trees,
     /// Largest publish body: the crate size limit plus the metadata and its framing.
     pub max_upload: u64,
+    /// Who may do what; reloaded by the server when `auth.json` or `palletizer.toml` change.
+    pub auth: AuthView,
 }
 
 impl Site {
@@ -35,11 +42,46 @@ impl Site {
             .trim_end_matches('/')
             .to_owned();
         Site {
+            url: url.trim_end_matches('/').to_owned(),
             base_path,
             trees,
             max_upload: max_crate_size + api::MAX_METADATA + 8,
+            auth: AuthView::new(Access::Open, &Default::default()),
         }
     }
+
+    /// The access mode in force.
+    pub fn access(&self) -> Access {
+        self.auth.access()
+    }
+}
+
+/// What [`authorize`] refused: the answer, and the reason for the log (never the token).
+#[derive(Debug)]
+pub struct Refused {
+    pub response: Response,
+    pub refusal: Refusal,
+}
+
+/// Checks a request's credentials against what its route needs in the access mode in
+/// force, before anything else happens (no body is read, no `100 Continue` sent for a
+/// refused request). `Ok(None)`: the route needs nothing. `now`: seconds since the epoch.
+pub fn authorize(site: &Site, head: &Head, now: u64) -> Result<Option<Principal>, Box<Refused>> {
+    let path = head
+        .path()
+        .strip_prefix(site.base_path.as_str())
+        .unwrap_or(head.path());
+    let Some(req) = auth::required(site.access(), head.method, path) else {
+        return Ok(None);
+    };
+    auth::authorize(&site.auth, &req, head.authorization.as_deref(), now)
+        .map(Some)
+        .map_err(|refusal| {
+            Box::new(Refused {
+                response: auth::refused(&refusal, req.challenge, &site.url),
+                refusal,
+            })
+        })
 }
 
 /// Decides what a request needs: an answer now, or a job for the registry worker.
@@ -47,6 +89,9 @@ pub fn route(site: &Site, head: &Head) -> Routed {
     let Some(path) = head.path().strip_prefix(site.base_path.as_str()) else {
         return Routed::Done(Response::error(404, "not found"));
     };
+    if matches!(path, "/login" | "/me") {
+        return Routed::Done(auth::login_page(head.method, &site.url, site.access()));
+    }
     if let Some(api) = path.strip_prefix("/api/v1/") {
         return api::route(api, head, site.max_upload);
     }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::http::api::Spooled;
 use crate::http::{self, request, Body, BodyCursor, Head, Job, Method, Response, Routed};
+use crate::registry::auth::Principal;
 
 use super::transport::{Stream, Transport};
 use super::worker::{Reservation, Ticket};
@@ -83,6 +84,8 @@ pub struct Exchange {
     unread: u64,
     /// Bytes read past this request's head: its body first, then pipelined requests.
     leftover: Vec<u8>,
+    /// The token holder the access check let through (None: the route needs no token).
+    principal: Option<Principal>,
 }
 
 impl Exchange {
@@ -133,7 +136,8 @@ struct Spool {
 impl Spool {
     fn into_job(mut self) -> (Job, Option<Reservation>) {
         let path = std::mem::take(&mut self.path);
-        (self.kind.job(path), self.reserved.take())
+        let kind = std::mem::replace(&mut self.kind, Spooled::Publish);
+        (kind.job(path), self.reserved.take())
     }
 }
 
@@ -362,6 +366,7 @@ impl<S: Stream> Conn<S> {
                     head_only: false,
                     unread: u64::MAX,
                     leftover: Vec::new(),
+                    principal: None,
                 };
                 self.queue_response(Response::error(e.status, e.detail), ex, shared);
                 return Ok(true);
@@ -383,9 +388,17 @@ impl<S: Stream> Conn<S> {
     /// read and dropped, or left unread (then the connection closes after the answer).
     fn respond(&mut self, head: Head, leftover: Vec<u8>, shared: &Shared) {
         let start = Instant::now();
-        let routed = http::route(&shared.site, &head);
+        // Credentials first: a refused request gets no `100 Continue` and no body is read.
+        let checked = http::authorize(&shared.site, &head, crate::registry::auth::now());
+        let (routed, principal) = match checked {
+            Ok(principal) => (http::route(&shared.site, &head), principal),
+            Err(refused) => {
+                shared.log_refusal(self.peer, &head, refused.refusal.reason());
+                (Routed::Done(refused.response), None)
+            }
+        };
         let expect = head.expect_continue;
-        let ex = Exchange {
+        let mut ex = Exchange {
             log: LogLine {
                 method: head.method.as_str(),
                 target: head.target,
@@ -397,7 +410,9 @@ impl<S: Stream> Conn<S> {
             head_only: head.method == Method::Head,
             unread: head.content_length,
             leftover,
+            principal: None,
         };
+        ex.principal = principal;
         match routed {
             Routed::Upload(kind) => self.start_upload(kind, ex, expect, shared),
             Routed::AfterBody(job) => self.read_body(ex, Then::Job(job), expect, shared),
@@ -489,10 +504,11 @@ impl<S: Stream> Conn<S> {
             serial: self.serial,
             job,
             reserved,
+            principal: ex.principal.clone(),
         };
         // On failure the ticket comes back: its reservation drops, its spool file goes.
         if let Err(std::sync::mpsc::SendError(t)) = shared.jobs.send(ticket) {
-            if let Job::Publish(path) | Job::GitUploadPack { body: path, .. } = t.job {
+            if let Some(path) = t.job.body_file() {
                 let _ = std::fs::remove_file(path);
             }
             let r = Response::error(503, "the registry worker is not running");
@@ -912,6 +928,14 @@ mod tests {
                 ("upload-pack".into(), bytes, ok(b"0008NAK\n"))
             }
             Job::Yank { name, .. } => (format!("yank {name}"), Vec::new(), ok(b"{\"ok\":true}")),
+            Job::Owners { name, change } => {
+                let body = change.map(|(_, path)| {
+                    let bytes = std::fs::read(&path).unwrap();
+                    std::fs::remove_file(&path).unwrap();
+                    bytes
+                });
+                (format!("owners {name}"), body.unwrap_or_default(), ok(b"{\"ok\":true,\"msg\":\"\"}"))
+            }
         }
     }
 

@@ -36,6 +36,8 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::http::{files::Trees, Site};
+use crate::registry::auth::{self, AuthView};
+use crate::registry::settings::Access;
 use crate::registry::Registry;
 
 pub use config::{Limits, ServerConfig};
@@ -84,6 +86,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A request refused for its credentials: peer, route and reason, never the token.
+    fn log_refusal(&self, peer: SocketAddr, head: &crate::http::Head, reason: &str) {
+        info!(
+            "{} refused {} {}: {reason}",
+            peer.ip(),
+            head.method.as_str(),
+            head.path()
+        );
+    }
+
     fn log_request(
         &self,
         peer: SocketAddr,
@@ -132,7 +144,19 @@ pub struct Server {
     shutdown_at: Option<Instant>,
     done: std::sync::mpsc::Receiver<worker::Done>,
     next_serial: u64,
+    /// The registry's root, where `auth.json` and `palletizer.toml` are watched.
+    root: PathBuf,
+    /// When `auth.json` and `palletizer.toml` are next compared with the loaded view.
+    next_auth_check: Instant,
+    /// The admin token a zero-config start created, to be shown once.
+    first_token: Option<String>,
+    /// The stamp of access control files that failed to load (not retried until changed).
+    auth_broken: Option<auth::Stamp>,
 }
+
+/// How often the access control files are checked for changes: a token revoked with the
+/// CLI stops working within this (two `stat` calls per check, none per request).
+const AUTH_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 impl Server {
     /// Binds every listener, then opens the registry. With `create`, a missing registry is
@@ -172,6 +196,7 @@ impl Server {
             });
         }
         let root = config.registry.clone().unwrap_or_else(|| ".".into());
+        let mut first_token = None;
         let registry = if create && !root.join(crate::registry::SETTINGS_FILE).exists() {
             let first = &listeners[0];
             let scheme = if first.tls.is_some() { "https" } else { "http" };
@@ -183,12 +208,13 @@ impl Server {
                 root.display(),
                 reg.settings().url
             );
+            first_token = auth::bootstrap_admin(&reg, auth::now()).map_err(|e| e.to_string())?;
             reg
         } else {
             recover_in_child(&root)?;
             Registry::open_as_is(&root).map_err(|e| e.to_string())?
         };
-        let site = Site::new(
+        let mut site = Site::new(
             &registry.settings().url,
             Trees::new(
                 registry.index_dir().to_owned(),
@@ -197,6 +223,20 @@ impl Server {
             ),
             registry.settings().max_crate_size,
         );
+        site.auth = AuthView::load(&root).map_err(|e| e.to_string())?;
+        match site.access() {
+            Access::Open if listeners.iter().any(|l| !l.addr.ip().is_loopback()) => error!(
+                "warning: access is `open`: anyone who reaches {} can publish and yank; \
+                 `palletizer access public` asks for tokens",
+                listeners[0].addr
+            ),
+            Access::Public | Access::Private if site.auth.user_count() == 0 => error!(
+                "note: access is `{}` and there are no users yet: \
+                 `palletizer user add NAME --admin` and `palletizer token create --user NAME`",
+                site.access()
+            ),
+            _ => {}
+        }
         let waker =
             Arc::new(mio::Waker::new(poll.registry(), WAKER_TOKEN).map_err(|e| e.to_string())?);
         let spool = worker::SpoolBudget::new(config.limits.spool_cap(site.max_upload));
@@ -230,7 +270,45 @@ impl Server {
             reclaim: Vec::new(),
             reclaim_blocked_until: None,
             shutdown_at: None,
+            root,
+            next_auth_check: Instant::now() + AUTH_CHECK_EVERY,
+            first_token,
+            auth_broken: None,
         })
+    }
+
+    /// The admin token a zero-config start created (shown once).
+    pub fn take_first_token(&mut self) -> Option<String> {
+        self.first_token.take()
+    }
+
+    /// Reloads the access control view when its files changed. A file that does not parse
+    /// keeps the old view (and is reported once per change).
+    fn check_auth(&mut self, now: Instant) {
+        if now < self.next_auth_check {
+            return;
+        }
+        self.next_auth_check = now + AUTH_CHECK_EVERY;
+        let stamp = auth::Stamp::current(&self.root);
+        if stamp == self.shared.site.auth.stamp() || Some(stamp) == self.auth_broken {
+            return;
+        }
+        match AuthView::load(&self.root) {
+            Ok(view) => {
+                debug!(
+                    "access control reloaded: {}, {} users, {} tokens",
+                    view.access(),
+                    view.user_count(),
+                    view.token_count()
+                );
+                self.shared.site.auth = view;
+                self.auth_broken = None;
+            }
+            Err(e) => {
+                error!("access control not reloaded, keeping the previous one: {e}");
+                self.auth_broken = Some(stamp);
+            }
+        }
     }
 
     /// The registry's public URL, as in `config.json`.
@@ -326,6 +404,7 @@ impl Server {
             if now >= next_sweep {
                 next_sweep = now + sweep_every;
                 self.sweep(now, &mut closed);
+                self.check_auth(now);
             }
             again.retain(|k| !closed.contains(k));
             for key in closed.drain(..) {
@@ -583,10 +662,10 @@ fn recover_in_child(root: &std::path::Path) -> Result<(), String> {
     // SAFETY: the process is single-threaded at this point; the child only runs registry
     // code and leaves with _exit, never returning into the parent's stack.
     match unsafe { libc::fork() } {
-        -1 => Registry::open(root).map(drop).map_err(|e| e.to_string()),
+        -1 => open_and_sync(root),
         0 => {
-            let code = match Registry::open(root) {
-                Ok(_) => 0,
+            let code = match open_and_sync(root) {
+                Ok(()) => 0,
                 Err(e) => {
                     let _ = writeln!(io::stderr(), "error: {e}");
                     1
@@ -609,6 +688,14 @@ fn recover_in_child(root: &std::path::Path) -> Result<(), String> {
     }
 }
 
+/// Opens the registry (its crash recovery) and makes `config.json` say what the access
+/// setting says.
+fn open_and_sync(root: &std::path::Path) -> Result<(), String> {
+    let reg = Registry::open(root).map_err(|e| e.to_string())?;
+    auth::sync_config_json(&reg).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Binds, prints where it listens and how to point cargo at it, and runs.
 pub fn serve(
     config: ServerConfig,
@@ -616,12 +703,22 @@ pub fn serve(
     create: bool,
 ) -> Result<(), String> {
     raise_fd_limit(config.limits.max_connections);
-    let server = Server::bind(config, config_path, create)?;
+    let mut server = Server::bind(config, config_path, create)?;
+    let url = server.url().to_owned();
+    if let Some(token) = server.take_first_token() {
+        // Shown once, on stdout only (never in the log): it is not stored anywhere readable.
+        let _ = writeln!(
+            io::stdout(),
+            "Created the admin user `{}` and its token (shown once; more with \
+             `palletizer token create`):\n\n  cargo login --registry palletizer {token}\n",
+            auth::FIRST_ADMIN
+        );
+        let _ = io::stdout().flush();
+    }
     for (addr, tls) in server.local_addrs() {
         let scheme = if tls { "https" } else { "http" };
         error!("listening on {scheme}://{addr}");
     }
-    let url = server.url().to_owned();
     let snippet = format!(
         "Point cargo at this registry with, in .cargo/config.toml:\n\n\
          [registries.palletizer]\n\

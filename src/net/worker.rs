@@ -14,6 +14,7 @@ use std::sync::Arc;
 use mio::Waker;
 
 use crate::http::{api, Job, Response};
+use crate::registry::auth::Principal;
 use crate::registry::Registry;
 
 /// A job tagged with the connection waiting for it (slab key and serial number).
@@ -23,6 +24,8 @@ pub struct Ticket {
     pub job: Job,
     /// The spool budget its body holds, released after the job ran.
     pub reserved: Option<Reservation>,
+    /// The token holder the loop let through, for the ownership checks on the worker.
+    pub principal: Option<Principal>,
 }
 
 /// Bytes of request bodies on disk at once, over every connection, bounded so that many
@@ -96,7 +99,7 @@ pub fn spawn(
         .stack_size(1024 * 1024)
         .spawn(move || {
             for t in job_rx {
-                let response = catch_unwind(AssertUnwindSafe(|| api::run(&reg, t.job)))
+                let response = catch_unwind(AssertUnwindSafe(|| api::run(&reg, t.job, t.principal.as_ref())))
                     .unwrap_or_else(|_| {
                         Response::error(500, "internal error; the server log has details")
                     });

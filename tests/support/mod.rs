@@ -18,6 +18,8 @@ pub const RICH_DEPS: [(&str, &str); 5] = [
 /// One test's sandbox: a temp dir holding the registry, a `CARGO_HOME` and work dirs.
 pub struct Sandbox {
     pub tmp: tempfile::TempDir,
+    /// The admin token the zero-config start that created the registry printed.
+    token: std::sync::Mutex<Option<String>>,
 }
 
 impl Sandbox {
@@ -26,9 +28,21 @@ impl Sandbox {
             .prefix("palletizer-test")
             .tempdir()
             .unwrap();
-        let s = Sandbox { tmp };
+        let s = Sandbox {
+            tmp,
+            token: Default::default(),
+        };
         fs::create_dir_all(s.cargo_home()).unwrap();
         s
+    }
+
+    /// The admin token of a registry created by [`Sandbox::serve`] (all scopes).
+    pub fn token(&self) -> String {
+        self.token
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the registry was not created by a zero-config serve")
     }
 
     pub fn path(&self) -> &Path {
@@ -244,9 +258,6 @@ pub fn index_line_bait(dir: &Path) {
     .unwrap();
 }
 
-/// The token tests send (the server does not check it yet).
-pub const TOKEN: &str = "test-token";
-
 /// Publish metadata as cargo sends it, with a description.
 pub fn meta(name: &str, vers: &str, deps: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
@@ -258,18 +269,18 @@ pub fn meta(name: &str, vers: &str, deps: serde_json::Value) -> Vec<u8> {
     .unwrap()
 }
 
-/// Sends a raw publish and returns (status, body).
-pub fn raw_publish(addr: &str, body: &[u8]) -> (u16, String) {
-    try_raw_publish(addr, body).unwrap()
+/// Sends a raw publish with `token` and returns (status, body).
+pub fn raw_publish(addr: &str, token: &str, body: &[u8]) -> (u16, String) {
+    try_raw_publish(addr, token, body).unwrap()
 }
 
 /// [`raw_publish`] that reports a failed or cut connection instead of panicking.
-pub fn try_raw_publish(addr: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+pub fn try_raw_publish(addr: &str, token: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
     use std::io::Write;
     let mut c = std::net::TcpStream::connect(addr)?;
     c.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     let head = format!(
-        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     c.write_all(head.as_bytes())?;
@@ -414,11 +425,22 @@ impl Sandbox {
             cmd.args(["--bind", "127.0.0.1:0"]);
         }
         adjust(&mut cmd);
+        let creates = !self.reg().join("palletizer.toml").exists();
         let mut child = cmd
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (token_tx, token_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(t) = line.trim().strip_prefix("cargo login --registry palletizer ") {
+                    let _ = token_tx.send(t.to_owned());
+                }
+            }
+        });
         let stderr = child.stderr.take().unwrap();
         let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -449,6 +471,12 @@ impl Sandbox {
                 Ok(Some(a)) => addrs.push(a),
                 _ => panic!("server did not start: {:?}", logs.lock().unwrap()),
             }
+        }
+        if creates {
+            let token = token_rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("a new registry's admin token on stdout");
+            *self.token.lock().unwrap() = Some(token);
         }
         ServerProc { child, addrs, logs }
     }
