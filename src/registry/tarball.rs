@@ -466,21 +466,18 @@ fn parse_pax(data: &[u8]) -> Result<Pax, TarballError> {
             .filter(|i| *i > 0)
             .ok_or_else(|| bad("a record has no key"))?;
         let (key, value) = (&body[..eq], &body[eq + 1..]);
-        match key {
-            b"path" => {
-                if pax.path.replace(value.to_vec()).is_some() {
-                    return Err(bad("`path` given twice"));
-                }
-            }
+        let repeated = match key {
+            b"path" => pax.path.replace(value.to_vec()).is_some(),
             b"size" => {
                 let size = decimal(value).ok_or_else(|| bad("`size` is not a number"))?;
-                if pax.size.replace(size).is_some() {
-                    return Err(bad("`size` given twice"));
-                }
+                pax.size.replace(size).is_some()
             }
             // `linkpath` only matters to links, which are refused; other keys (times, owners,
             // extended attributes) do not change where or how much an entry unpacks.
-            _ => {}
+            _ => false,
+        };
+        if repeated {
+            return Err(bad(&format!("`{}` given twice", shown(key))));
         }
     }
     Ok(pax)
