@@ -265,3 +265,113 @@ mod tests {
         assert!(entries[0].features.is_empty() && !entries[0].yanked);
     }
 }
+
+#[cfg(test)]
+mod round_trip {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        // Any characters: quotes, backslashes, newlines and non-ASCII must survive JSON.
+        proptest::string::string_regex("(?s).{0,12}").unwrap()
+    }
+
+    fn features() -> impl Strategy<Value = BTreeMap<String, Vec<String>>> {
+        proptest::collection::btree_map(text(), proptest::collection::vec(text(), 0..4), 0..4)
+    }
+
+    fn kind() -> impl Strategy<Value = DepKind> {
+        prop_oneof![
+            Just(DepKind::Normal),
+            Just(DepKind::Dev),
+            Just(DepKind::Build)
+        ]
+    }
+
+    fn dep() -> impl Strategy<Value = IndexDep> {
+        (
+            (text(), text(), proptest::collection::vec(text(), 0..3)),
+            (any::<bool>(), any::<bool>(), proptest::option::of(text())),
+            (
+                proptest::option::of(kind()),
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+            ),
+        )
+            .prop_map(
+                |(
+                    (name, req, features),
+                    (optional, default_features, target),
+                    (kind, registry, package),
+                )| IndexDep {
+                    name,
+                    req,
+                    features,
+                    optional,
+                    default_features,
+                    target,
+                    kind,
+                    registry,
+                    package,
+                },
+            )
+    }
+
+    fn entry() -> impl Strategy<Value = IndexEntry> {
+        (
+            (
+                text(),
+                text(),
+                proptest::collection::vec(dep(), 0..4),
+                "[0-9a-f]{64}",
+            ),
+            (features(), proptest::option::of(features()), any::<bool>()),
+            (
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                proptest::option::of(any::<u32>()),
+                proptest::option::of(text()),
+            ),
+        )
+            .prop_map(
+                |(
+                    (name, vers, deps, cksum),
+                    (features, features2, yanked),
+                    (links, rust_version, v, pubtime),
+                )| IndexEntry {
+                    name,
+                    vers,
+                    deps,
+                    cksum,
+                    features,
+                    features2,
+                    yanked,
+                    links,
+                    rust_version,
+                    v,
+                    pubtime,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 128,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn index_lines_parse_back_to_their_entries(
+            entries in proptest::collection::vec(entry(), 0..4),
+        ) {
+            let text = render_file(&entries);
+            prop_assert_eq!(text.lines().count(), entries.len());
+            for (line, e) in text.lines().zip(&entries) {
+                prop_assert_eq!(&line, &e.to_line());
+            }
+            prop_assert_eq!(parse_file(&text), entries);
+        }
+    }
+}

@@ -678,3 +678,144 @@ registry-index = "https://elsewhere.example/index"
         refused(&m, "is 1048576 bytes long, more than the limit of 64");
     }
 }
+
+#[cfg(test)]
+mod round_trip {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::registry::index;
+
+    fn text() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("(?s).{0,12}").unwrap()
+    }
+
+    /// Mostly valid names, sometimes anything, so both sides of `validate` are reached.
+    fn ident() -> impl Strategy<Value = String> {
+        prop_oneof![
+            19 => "[a-z][a-z0-9_-]{0,10}",
+            1 => text(),
+        ]
+    }
+
+    fn dep() -> impl Strategy<Value = PublishDep> {
+        (
+            (
+                ident(),
+                "\\^[0-9]{1,2}(\\.[0-9]{1,2})?",
+                proptest::collection::vec(ident(), 0..3),
+            ),
+            (any::<bool>(), any::<bool>(), proptest::option::of(text())),
+            (
+                prop_oneof![
+                    Just(DepKind::Normal),
+                    Just(DepKind::Dev),
+                    Just(DepKind::Build)
+                ],
+                proptest::option::of(text()),
+                proptest::option::of(ident()),
+            ),
+        )
+            .prop_map(
+                |(
+                    (name, version_req, features),
+                    (optional, default_features, target),
+                    (kind, registry, explicit_name_in_toml),
+                )| PublishDep {
+                    name,
+                    version_req,
+                    features,
+                    optional,
+                    default_features,
+                    target,
+                    kind,
+                    registry,
+                    explicit_name_in_toml,
+                },
+            )
+    }
+
+    fn meta() -> impl Strategy<Value = PublishMetadata> {
+        let strings = || proptest::collection::vec(text(), 0..3);
+        (
+            (
+                ident(),
+                "[0-9]{1,2}\\.[0-9]{1,2}\\.[0-9]{1,2}(-[a-z]{1,3})?",
+                proptest::collection::vec(dep(), 0..4),
+                proptest::collection::btree_map(
+                    ident(),
+                    proptest::collection::vec(
+                        prop_oneof![ident(), ident().prop_map(|d| format!("dep:{d}"))],
+                        0..3,
+                    ),
+                    0..4,
+                ),
+            ),
+            (strings(), strings(), strings()),
+            (
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                proptest::option::of("[0-9]{1,2}\\.[0-9]{1,2}"),
+            ),
+        )
+            .prop_map(
+                |(
+                    (name, vers, deps, features),
+                    (authors, keywords, categories),
+                    (
+                        description,
+                        documentation,
+                        homepage,
+                        license,
+                        repository,
+                        links,
+                        rust_version,
+                    ),
+                )| PublishMetadata {
+                    name,
+                    vers,
+                    deps,
+                    features,
+                    authors,
+                    description,
+                    documentation,
+                    homepage,
+                    keywords,
+                    categories,
+                    license,
+                    repository,
+                    links,
+                    rust_version,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 128,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn publish_metadata_survives_json(m in meta()) {
+            let json = serde_json::to_string(&m).unwrap();
+            prop_assert_eq!(serde_json::from_str::<PublishMetadata>(&json).unwrap(), m);
+        }
+
+        #[test]
+        fn valid_metadata_makes_an_index_line_that_parses_back(m in meta()) {
+            if validate(&m).is_err() {
+                return Ok(());
+            }
+            let e = IndexEntry::from_publish(&m, &"0".repeat(64), index::pubtime_now(), |_| false);
+            let line = e.to_line();
+            prop_assert!(line.len() <= MAX_INDEX_LINE + 100);
+            prop_assert_eq!(index::parse_file(&format!("{line}\n")), vec![e]);
+        }
+    }
+}

@@ -1262,4 +1262,201 @@ mod tests {
             TarballError::PathTooLong(_)
         ));
     }
+
+    mod mutated {
+        use std::io::Write;
+
+        use proptest::prelude::*;
+
+        use super::super::testing::*;
+        use super::super::*;
+
+        const SMALL: Limits = Limits {
+            max_size: 64 << 10,
+            max_unpacked: 256 << 10,
+        };
+        /// The most a reader can overshoot a limit by: one read of the largest buffer.
+        const SLACK: u64 = 32 << 10;
+
+        /// Valid crates (raw tar) of each shape the checker reads, and two that must hit the
+        /// unpacked limit.
+        fn bases() -> Vec<Vec<u8>> {
+            let manifest = raw_entry(b"foo-1.0.0/Cargo.toml", b'0', FOO_MANIFEST.as_bytes());
+            let lib = raw_entry(b"foo-1.0.0/src/lib.rs", b'0', b"pub fn f() {}\n");
+            let end = vec![0u8; 1024];
+            let long = format!("foo-1.0.0/src/{}.rs", "long".repeat(40));
+            let mut long_name = long.clone().into_bytes();
+            long_name.push(0);
+            let pax = pax_record("path", long.as_bytes());
+            vec![
+                [&manifest[..], &lib, &end].concat(),
+                [
+                    &manifest[..],
+                    &raw_entry(b"././@LongLink", b'L', &long_name),
+                    &raw_entry(b"foo-1.0.0/src/x", b'0', b"x"),
+                    &end,
+                ]
+                .concat(),
+                [
+                    &raw_entry(b"pax_global_header", b'g', &pax_record("comment", b"abc")),
+                    &manifest[..],
+                    &raw_entry(b"PaxHeaders/x", b'x', &pax),
+                    &raw_entry(b"foo-1.0.0/src/y", b'0', b"y"),
+                    &end,
+                ]
+                .concat(),
+                [
+                    &manifest[..],
+                    &raw_entry(b"foo-1.0.0/big", b'0', &[0; 1 << 20]),
+                    &end,
+                ]
+                .concat(),
+                [&manifest[..], &lib, &end, &[0; 1 << 20]].concat(),
+            ]
+        }
+
+        fn gzip(tar: &[u8]) -> Vec<u8> {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(tar).unwrap();
+            gz.finish().unwrap()
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Flip(usize, u8),
+            Insert(usize, u8),
+            Delete(usize),
+            /// Sets a byte of a 512-byte block and recomputes the block's header checksum, so
+            /// that header fields (type, size, name) change and still pass the checksum.
+            Header(usize, usize, u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (any::<usize>(), 0u8..8).prop_map(|(i, b)| Op::Flip(i, b)),
+                (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Op::Insert(i, b)),
+                any::<usize>().prop_map(Op::Delete),
+                (any::<usize>(), 0usize..500, any::<u8>())
+                    .prop_map(|(i, o, b)| Op::Header(i, o, b)),
+            ]
+        }
+
+        fn apply(bytes: &mut Vec<u8>, ops: &[Op]) {
+            for op in ops {
+                if bytes.is_empty() {
+                    return;
+                }
+                let n = bytes.len();
+                match *op {
+                    Op::Flip(i, bit) => bytes[i % n] ^= 1 << bit,
+                    Op::Insert(i, b) => bytes.insert(i % (n + 1), b),
+                    Op::Delete(i) => {
+                        bytes.remove(i % n);
+                    }
+                    Op::Header(i, offset, b) => {
+                        let start = (i % n.div_ceil(512)) * 512;
+                        if start + 512 > n || (148..156).contains(&offset) {
+                            continue;
+                        }
+                        bytes[start + offset] = b;
+                        let mut h = tar::Header::new_old();
+                        h.as_mut_bytes().copy_from_slice(&bytes[start..start + 512]);
+                        h.set_cksum();
+                        bytes[start..start + 512].copy_from_slice(h.as_bytes());
+                    }
+                }
+            }
+        }
+
+        /// Checks one crate file: no panic, no reading past either limit, and anything accepted
+        /// reads the same through the tar crate as cargo unpacks it.
+        fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
+            let mut hashing = Hashing {
+                inner: bytes,
+                hash: Sha256::new(),
+                count: 0,
+                limit: SMALL.max_size,
+            };
+            let inflated = Cell::new(0);
+            let walked = walk(&mut hashing, SMALL, &inflated);
+            prop_assert!(hashing.count <= SMALL.max_size + SLACK);
+            prop_assert!(
+                inflated.get() <= SMALL.max_unpacked + SLACK,
+                "{}",
+                inflated.get()
+            );
+            let Ok((top, manifest)) = walked else {
+                return Ok(());
+            };
+            let mut cargo_view = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+            let mut manifests = 0;
+            for entry in cargo_view.entries().unwrap() {
+                let mut entry = entry.unwrap();
+                let kind = entry.header().entry_type();
+                if kind.is_pax_global_extensions() {
+                    continue;
+                }
+                prop_assert!(kind.is_file() || kind.is_dir(), "{kind:?}");
+                let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+                prop_assert!(
+                    path.starts_with(&format!("{top}/")),
+                    "{path} not under {top}"
+                );
+                if path == format!("{top}/Cargo.toml") {
+                    let mut text = String::new();
+                    entry.read_to_string(&mut text).unwrap();
+                    prop_assert_eq!(&text, &manifest);
+                    manifests += 1;
+                }
+            }
+            prop_assert_eq!(manifests, 1);
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 96,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn mutated_tar_never_panics_nor_reads_past_limits(
+                base in 0usize..5,
+                ops in proptest::collection::vec(op(), 1..6),
+            ) {
+                let mut tar = bases()[base].clone();
+                apply(&mut tar, &ops);
+                check(&gzip(&tar))?;
+            }
+
+            #[test]
+            fn mutated_gzip_never_panics_nor_reads_past_limits(
+                base in 0usize..5,
+                ops in proptest::collection::vec(op().prop_filter("not a header op", |o| !matches!(o, Op::Header(..))), 1..4),
+            ) {
+                let mut gz = gzip(&bases()[base]);
+                apply(&mut gz, &ops);
+                check(&gz)?;
+            }
+        }
+
+        #[test]
+        fn unmutated_bases_are_read_as_expected() {
+            for (i, tar) in bases().iter().enumerate() {
+                let r = inspect(&gzip(tar)[..], SMALL);
+                match i {
+                    3 | 4 => assert!(
+                        matches!(
+                            r,
+                            Err(TarballError::UnpackedTooLarge(_) | TarballError::DataAfterEnd)
+                        ),
+                        "{i}: {r:?}"
+                    ),
+                    _ => assert!(r.is_ok(), "{i}: {r:?}"),
+                }
+                check(&gzip(tar)).unwrap();
+            }
+        }
+    }
 }
