@@ -363,3 +363,61 @@ pub fn self_signed() -> (String, String) {
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     (ck.cert.pem(), ck.signing_key.serialize_pem())
 }
+
+// ---- Hostile input: raw publishes and a process's peak memory --------------------------------
+
+/// The peak resident set (`VmHWM`) of process `pid`, in KiB.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// Publish metadata for `name` `vers` with `features`, as cargo sends it.
+pub fn publish_json(name: &str, vers: &str, features: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "name": name, "vers": vers, "deps": [], "features": features, "authors": [],
+        "description": "d", "keywords": [], "categories": [], "license": "MIT", "links": null,
+    }))
+    .unwrap()
+}
+
+/// Sends `PUT /api/v1/crates/new` with `body` to `addr` and returns (status, body). A server
+/// that answers before taking the whole body may close early: what it answered still counts.
+pub fn put_publish(addr: &str, token: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    let _ = c.write_all(body);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(len)) = r.parse(&buf) {
+            let clen: usize = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |h| {
+                    std::str::from_utf8(h.value).unwrap().parse().unwrap()
+                });
+            if buf.len() >= len + clen {
+                let text = String::from_utf8_lossy(&buf[len..len + clen]).into_owned();
+                return (r.code.unwrap(), text);
+            }
+        }
+        let n = c.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
