@@ -271,51 +271,21 @@ mod round_trip {
     use proptest::prelude::*;
 
     use super::*;
-
-    fn text() -> impl Strategy<Value = String> {
-        // Any characters: quotes, backslashes, newlines and non-ASCII must survive JSON.
-        proptest::string::string_regex("(?s).{0,12}").unwrap()
-    }
+    use crate::registry::metadata::round_trip::{dep as publish_dep, text};
 
     fn features() -> impl Strategy<Value = BTreeMap<String, Vec<String>>> {
         proptest::collection::btree_map(text(), proptest::collection::vec(text(), 0..4), 0..4)
     }
 
-    fn kind() -> impl Strategy<Value = DepKind> {
-        prop_oneof![
-            Just(DepKind::Normal),
-            Just(DepKind::Dev),
-            Just(DepKind::Build)
-        ]
-    }
-
     fn dep() -> impl Strategy<Value = IndexDep> {
-        (
-            (text(), text(), proptest::collection::vec(text(), 0..3)),
-            (any::<bool>(), any::<bool>(), proptest::option::of(text())),
-            (
-                proptest::option::of(kind()),
-                proptest::option::of(text()),
-                proptest::option::of(text()),
-            ),
-        )
-            .prop_map(
-                |(
-                    (name, req, features),
-                    (optional, default_features, target),
-                    (kind, registry, package),
-                )| IndexDep {
-                    name,
-                    req,
-                    features,
-                    optional,
-                    default_features,
-                    target,
-                    kind,
-                    registry,
-                    package,
-                },
-            )
+        // Through the conversion a publish takes, and then any `kind` (old lines have none).
+        (publish_dep(), any::<bool>(), any::<bool>()).prop_map(|(d, own, no_kind)| {
+            let mut dep = IndexDep::from_publish(&d, &|_: &str| own);
+            if no_kind {
+                dep.kind = None;
+            }
+            dep
+        })
     }
 
     fn entry() -> impl Strategy<Value = IndexEntry> {
@@ -356,11 +326,7 @@ mod round_trip {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: 128,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(crate::registry::metadata::round_trip::config(128))]
 
         #[test]
         fn index_lines_parse_back_to_their_entries(

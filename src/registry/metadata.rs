@@ -588,10 +588,9 @@ registry-index = "https://elsewhere.example/index"
         assert_eq!(validate(&m), Ok(()));
     }
 
-    #[test]
-    fn counts_and_lengths_are_capped() {
-        let dep = |i: usize| PublishDep {
-            name: format!("d{i}"),
+    fn dep(name: String) -> PublishDep {
+        PublishDep {
+            name,
             version_req: "^1".into(),
             features: vec![],
             optional: false,
@@ -600,15 +599,19 @@ registry-index = "https://elsewhere.example/index"
             kind: DepKind::Normal,
             registry: None,
             explicit_name_in_toml: None,
-        };
+        }
+    }
+
+    #[test]
+    fn counts_and_lengths_are_capped() {
         let mut m = small();
-        m.deps = (0..MAX_DEPS).map(dep).collect();
+        m.deps = (0..MAX_DEPS).map(|i| dep(format!("d{i}"))).collect();
         assert_eq!(validate(&m), Ok(()));
-        m.deps.push(dep(MAX_DEPS));
+        m.deps.push(dep("one-more".into()));
         refused(&m, "too many dependencies: 501, more than the limit of 500");
 
         let mut m = small();
-        m.deps = vec![dep(0)];
+        m.deps = vec![dep("d0".into())];
         m.deps[0].features = (0..=MAX_DEP_FEATURES).map(|i| format!("f{i}")).collect();
         refused(&m, "too many features asked of dependency `d0`: 301");
 
@@ -660,17 +663,7 @@ registry-index = "https://elsewhere.example/index"
     #[test]
     fn echoed_values_are_bounded() {
         let mut m = small();
-        m.deps = vec![PublishDep {
-            name: format!("\u{1b}[2J{}", "n".repeat(1 << 20)),
-            version_req: "^1".into(),
-            features: vec![],
-            optional: false,
-            default_features: true,
-            target: None,
-            kind: DepKind::Normal,
-            registry: None,
-            explicit_name_in_toml: None,
-        }];
+        m.deps = vec![dep(format!("\u{1b}[2J{}", "n".repeat(1 << 20)))];
         let err = validate(&m).unwrap_err();
         assert!(err.len() < 400 && !err.contains('\u{1b}'), "{err}");
         let mut m = small();
@@ -680,13 +673,23 @@ registry-index = "https://elsewhere.example/index"
 }
 
 #[cfg(test)]
-mod round_trip {
+pub(crate) mod round_trip {
     use proptest::prelude::*;
 
     use super::*;
     use crate::registry::index;
 
-    fn text() -> impl Strategy<Value = String> {
+    /// `cases` cases, and no failure files written into the source tree.
+    pub(crate) fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Any characters: quotes, backslashes, newlines and non-ASCII must survive JSON.
+    pub(crate) fn text() -> impl Strategy<Value = String> {
         proptest::string::string_regex("(?s).{0,12}").unwrap()
     }
 
@@ -698,7 +701,7 @@ mod round_trip {
         ]
     }
 
-    fn dep() -> impl Strategy<Value = PublishDep> {
+    pub(crate) fn dep() -> impl Strategy<Value = PublishDep> {
         (
             (
                 ident(),
@@ -795,11 +798,7 @@ mod round_trip {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: 128,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(config(128))]
 
         #[test]
         fn publish_metadata_survives_json(m in meta()) {

@@ -754,7 +754,7 @@ pub mod testing {
     }
 
     /// Crate files for `foo` 1.0.0 built to make a reader hold or inflate far more than the
-    /// file's size, each with what it attacks. Each is a few hundred KB.
+    /// file's size, each with what it attacks. Each is under 2 MB.
     pub fn hostile_crates() -> Vec<(&'static str, Vec<u8>)> {
         const BIG: u64 = 256 << 20;
         let after = |t: RawTar| t.entry(b"foo-1.0.0/src/lib.rs", b'0', b"").end();
@@ -771,49 +771,29 @@ pub mod testing {
         let many_pax = RawTar::new().foo_manifest().repeat(&pax_and_dir, 9_000);
         let long_name = raw_entry(b"././@LongLink", b'L', &[b'a'; 4000]);
         let long_names = RawTar::new().foo_manifest().repeat(&long_name, 2_000);
-        vec![
-            (
-                "256 MiB GNU long name",
-                after(
-                    RawTar::new()
-                        .foo_manifest()
-                        .zero_entry(b"././@LongLink", b'L', BIG),
-                ),
-            ),
-            (
-                "256 MiB GNU long link",
-                after(
-                    RawTar::new()
-                        .foo_manifest()
-                        .zero_entry(b"././@LongLink", b'K', BIG),
-                ),
-            ),
-            (
-                "256 MiB PAX header",
-                after(
-                    RawTar::new()
-                        .foo_manifest()
-                        .zero_entry(b"PaxHeaders/foo", b'x', BIG),
-                ),
-            ),
-            (
-                "256 MiB PAX global header",
-                after(
-                    RawTar::new()
-                        .foo_manifest()
-                        .zero_entry(b"pax_global_header", b'g', BIG),
-                ),
-            ),
-            (
-                "1 GiB of zeros after the end of the archive",
-                after(RawTar::new().foo_manifest()).zeros(1 << 30),
-            ),
-            ("9,000 PAX headers of 60 KiB", after(many_pax)),
-            ("2,000 GNU long names in a row", after(long_names)),
+        let huge = [
+            ("256 MiB GNU long name", b"././@LongLink".as_slice(), b'L'),
+            ("256 MiB GNU long link", b"././@LongLink", b'K'),
+            ("256 MiB PAX header", b"PaxHeaders/foo", b'x'),
+            ("256 MiB PAX global header", b"pax_global_header", b'g'),
         ]
-        .into_iter()
-        .map(|(what, t)| (what, t.finish()))
-        .collect()
+        .map(|(what, path, kind)| {
+            (
+                what,
+                after(RawTar::new().foo_manifest().zero_entry(path, kind, BIG)),
+            )
+        });
+        huge.into_iter()
+            .chain([
+                (
+                    "1 GiB of zeros after the end of the archive",
+                    after(RawTar::new().foo_manifest()).zeros(1 << 30),
+                ),
+                ("9,000 PAX headers of 60 KiB", after(many_pax)),
+                ("2,000 GNU long names in a row", after(long_names)),
+            ])
+            .map(|(what, t)| (what, t.finish()))
+            .collect()
     }
 
     /// A minimal valid crate file for `name` `vers`, plus extra files.
@@ -1038,6 +1018,15 @@ mod tests {
     #[test]
     fn malformed_extensions_are_refused() {
         let file = |t: RawTar| t.entry(b"foo-1.0.0/a", b'0', b"");
+        // An extension entry of `kind` holding `data`, then a file.
+        let ext = |kind: u8, data: &[u8]| {
+            let path: &[u8] = match kind {
+                b'x' => b"PaxHeaders/x",
+                b'g' => b"pax_global_header",
+                _ => b"././@LongLink",
+            };
+            file(RawTar::new().foo_manifest().entry(path, kind, data))
+        };
         let rec = pax_record;
         let mut two_paths = rec("path", b"foo-1.0.0/a");
         two_paths.extend(rec("path", b"foo-1.0.0/b"));
@@ -1068,70 +1057,23 @@ mod tests {
                         .entry(b"pax_global_header", b'g', &rec("comment", b"x")),
                 ),
             ),
-            (
-                "two PAX paths",
-                file(
-                    RawTar::new()
-                        .foo_manifest()
-                        .entry(b"PaxHeaders/x", b'x', &two_paths),
-                ),
-            ),
+            ("two PAX paths", ext(b'x', &two_paths)),
             (
                 "a PAX size the header does not have",
-                file(RawTar::new().foo_manifest().entry(
-                    b"PaxHeaders/x",
-                    b'x',
-                    &rec("size", b"512"),
-                )),
+                ext(b'x', &rec("size", b"512")),
             ),
-            (
-                "a PAX size with a sign",
-                file(RawTar::new().foo_manifest().entry(
-                    b"PaxHeaders/x",
-                    b'x',
-                    &rec("size", b"+0"),
-                )),
-            ),
+            ("a PAX size with a sign", ext(b'x', &rec("size", b"+0"))),
             (
                 "a PAX record with a wrong length",
-                file(RawTar::new().foo_manifest().entry(
-                    b"PaxHeaders/x",
-                    b'x',
-                    b"99 path=foo-1.0.0/a\n",
-                )),
+                ext(b'x', b"99 path=foo-1.0.0/a\n"),
             ),
             (
                 "a PAX record holding a newline",
-                file(RawTar::new().foo_manifest().entry(
-                    b"PaxHeaders/x",
-                    b'x',
-                    &rec("path", b"a\nb"),
-                )),
+                ext(b'x', &rec("path", b"a\nb")),
             ),
-            (
-                "a PAX record without a key",
-                file(
-                    RawTar::new()
-                        .foo_manifest()
-                        .entry(b"PaxHeaders/x", b'x', b"7 =abc\n"),
-                ),
-            ),
-            (
-                "a malformed global header",
-                file(
-                    RawTar::new()
-                        .foo_manifest()
-                        .entry(b"pax_global_header", b'g', b"garbage"),
-                ),
-            ),
-            (
-                "a long name over PATH_MAX",
-                file(
-                    RawTar::new()
-                        .foo_manifest()
-                        .entry(b"././@LongLink", b'L', &long_name),
-                ),
-            ),
+            ("a PAX record without a key", ext(b'x', b"7 =abc\n")),
+            ("a malformed global header", ext(b'g', b"garbage")),
+            ("a long name over PATH_MAX", ext(b'L', &long_name)),
         ];
         for (what, t) in cases {
             let bytes = match what {
@@ -1414,11 +1356,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-                cases: 96,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            })]
+            #![proptest_config(crate::registry::metadata::round_trip::config(96))]
 
             #[test]
             fn mutated_tar_never_panics_nor_reads_past_limits(
