@@ -420,7 +420,8 @@ fn api_errors_are_cargo_readable() {
     let req = |raw: &str| {
         let mut c = TcpStream::connect(srv.addr()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c.write_all(raw.replacen("\r\n", &auth, 1).as_bytes()).unwrap();
+        c.write_all(raw.replacen("\r\n", &auth, 1).as_bytes())
+            .unwrap();
         read_one(&mut c)
     };
     for (raw, status) in [

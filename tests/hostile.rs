@@ -311,12 +311,12 @@ fn content_length_with_a_sign_and_http11_without_host_are_refused() {
 
 /// Starts a publish of `len` bytes that waits for `100 Continue`; returns the connection
 /// and the status of the server's first answer.
-fn start_publish(addr: &str, len: usize) -> (TcpStream, Vec<u8>) {
+fn start_publish(addr: &str, token: &str, len: usize) -> (TcpStream, Vec<u8>) {
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(NEVER)).unwrap();
     c.write_all(
         format!(
-            "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
+            "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
         )
         .as_bytes(),
     )
@@ -331,12 +331,15 @@ fn uploads_beyond_the_spool_cap_wait_their_turn() {
     let s = Sandbox::new();
     let cfg = s.server_config("max-spool-bytes = 300000");
     let srv = s.serve(&[cfg.to_str().unwrap(), "-q"]);
-    let (mut holder, first) = start_publish(srv.addr(), 200_000);
+    let (mut holder, first) = start_publish(srv.addr(), &s.token(), 200_000);
     assert_eq!(&first, b"HTTP/1.1 100 Continue\r\n\r\n");
 
     // A second upload would pass the cap: refused before its body, with a cargo error.
-    let raw = b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n";
-    let out = send_until_close(srv.addr(), &[&raw[..], &vec![b'x'; 200_000]].concat());
+    let raw = format!(
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 200000\r\n\r\n",
+        s.token()
+    );
+    let out = send_until_close(srv.addr(), &[raw.as_bytes(), &vec![b'x'; 200_000]].concat());
     let rs = split_responses(&out, &[]);
     assert_eq!(rs.len(), 1, "{:?}", String::from_utf8_lossy(&out));
     assert_eq!(rs[0].status, 503);
@@ -350,7 +353,7 @@ fn uploads_beyond_the_spool_cap_wait_their_turn() {
     // The holder's upload finishes (a bad crate: 400 from the worker); its share is free.
     holder.write_all(&vec![0u8; 200_000]).unwrap();
     assert_eq!(read_one(&mut holder, Instant::now() + NEVER), Some(400));
-    let (second, first) = start_publish(srv.addr(), 200_000);
+    let (second, first) = start_publish(srv.addr(), &s.token(), 200_000);
     assert_eq!(
         &first, b"HTTP/1.1 100 Continue\r\n\r\n",
         "released after the job"
@@ -360,7 +363,7 @@ fn uploads_beyond_the_spool_cap_wait_their_turn() {
     drop(second);
     let until = Instant::now() + NEVER;
     loop {
-        let (_c, first) = start_publish(srv.addr(), 200_000);
+        let (_c, first) = start_publish(srv.addr(), &s.token(), 200_000);
         if &first == b"HTTP/1.1 100 Continue\r\n\r\n" {
             break;
         }

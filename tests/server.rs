@@ -494,7 +494,8 @@ fn sigterm_finishes_in_flight_and_exits_zero() {
     let body = publish_body(json, &simple_crate("late", "1.0.0", &[]));
     let mut busy = connect(srv.addr());
     let head = format!(
-        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        s.token(),
         body.len()
     );
     busy.write_all(head.as_bytes()).unwrap();

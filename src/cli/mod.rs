@@ -84,7 +84,8 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
                 return Ok(ExitCode::SUCCESS);
             }
             Long(
-                flag @ ("url" | "access" | "index-dir" | "crates-dir" | "allowed-registry" | "bind"),
+                flag
+                @ ("url" | "access" | "index-dir" | "crates-dir" | "allowed-registry" | "bind"),
             ) => {
                 let flag = flag.to_owned();
                 flags.push((flag, Some(parser.value()?)));
@@ -173,7 +174,11 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
                 out!(
                     "Tokens are needed to {}: `palletizer user add NAME --admin`, then \
                      `palletizer token create --user NAME`",
-                    if access == Access::Private { "use it" } else { "publish" }
+                    if access == Access::Private {
+                        "use it"
+                    } else {
+                        "publish"
+                    }
                 );
             }
         }

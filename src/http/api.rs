@@ -97,8 +97,13 @@ fn decode(seg: &str) -> Option<String> {
 #[derive(Debug, Clone)]
 pub enum Spooled {
     Publish,
-    GitUploadPack { gzip: bool },
-    Owners { name: CrateName, change: OwnersChange },
+    GitUploadPack {
+        gzip: bool,
+    },
+    Owners {
+        name: CrateName,
+        change: OwnersChange,
+    },
 }
 
 impl Spooled {
@@ -414,8 +419,15 @@ fn refused_here(p: &Principal, refusal: Refusal, route: &str) -> Response {
 /// Whether `p` may act as an owner of `name` (yank, unyank).
 fn check_owner(reg: &Registry, p: &Principal, name: &CrateName) -> Result<(), Response> {
     let data = AuthFile::load(reg).map_err(|e| super::auth::auth_error(e, ""))?;
-    auth::authorize_owner(&data, p, &reg.find_canonical(name).ok().flatten().unwrap_or_else(|| name.to_string()))
-        .map_err(|refusal| refused_here(p, refusal, &format!("yank of {name}")))
+    auth::authorize_owner(
+        &data,
+        p,
+        &reg.find_canonical(name)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| name.to_string()),
+    )
+    .map_err(|refusal| refused_here(p, refusal, &format!("yank of {name}")))
 }
 
 /// `GET`, `PUT` and `DELETE /api/v1/crates/{name}/owners`.
@@ -451,9 +463,11 @@ fn owners(
     };
     match result {
         Ok(msg) => super::auth::owners_changed(&msg),
-        Err(auth::AuthError::Refused(refusal)) if who.is_some() => {
-            refused_here(who.expect("checked"), refusal, &format!("owner change of {name}"))
-        }
+        Err(auth::AuthError::Refused(refusal)) if who.is_some() => refused_here(
+            who.expect("checked"),
+            refusal,
+            &format!("owner change of {name}"),
+        ),
         Err(e) => super::auth::auth_error(e, url),
     }
 }

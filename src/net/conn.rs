@@ -934,7 +934,11 @@ mod tests {
                     std::fs::remove_file(&path).unwrap();
                     bytes
                 });
-                (format!("owners {name}"), body.unwrap_or_default(), ok(b"{\"ok\":true,\"msg\":\"\"}"))
+                (
+                    format!("owners {name}"),
+                    body.unwrap_or_default(),
+                    ok(b"{\"ok\":true,\"msg\":\"\"}"),
+                )
             }
         }
     }

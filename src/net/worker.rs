@@ -99,10 +99,12 @@ pub fn spawn(
         .stack_size(1024 * 1024)
         .spawn(move || {
             for t in job_rx {
-                let response = catch_unwind(AssertUnwindSafe(|| api::run(&reg, t.job, t.principal.as_ref())))
-                    .unwrap_or_else(|_| {
-                        Response::error(500, "internal error; the server log has details")
-                    });
+                let response = catch_unwind(AssertUnwindSafe(|| {
+                    api::run(&reg, t.job, t.principal.as_ref())
+                }))
+                .unwrap_or_else(|_| {
+                    Response::error(500, "internal error; the server log has details")
+                });
                 // The job removed its spool file: the space is free again.
                 drop(t.reserved);
                 if done_tx

@@ -643,8 +643,8 @@ pub fn bootstrap_admin(reg: &Registry, now: u64) -> Result<Option<String>, AuthE
 
 /// The spelling of a published crate, or NotFound.
 fn existing_crate(reg: &Registry, krate: &str) -> Result<String, AuthError> {
-    let name = crate::registry::CrateName::parse(krate)
-        .map_err(|e| AuthError::NotFound(e.to_string()))?;
+    let name =
+        crate::registry::CrateName::parse(krate).map_err(|e| AuthError::NotFound(e.to_string()))?;
     reg.find_canonical(&name)?
         .ok_or_else(|| AuthError::NotFound(format!("crate `{krate}` does not exist")))
 }

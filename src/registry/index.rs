@@ -275,3 +275,79 @@ mod tests {
         assert!(entries[0].features.is_empty() && !entries[0].yanked);
     }
 }
+
+#[cfg(test)]
+mod round_trip {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::registry::metadata::round_trip::{dep as publish_dep, text};
+
+    fn features() -> impl Strategy<Value = BTreeMap<String, Vec<String>>> {
+        proptest::collection::btree_map(text(), proptest::collection::vec(text(), 0..4), 0..4)
+    }
+
+    fn dep() -> impl Strategy<Value = IndexDep> {
+        // Through the conversion a publish takes, and then any `kind` (old lines have none).
+        (publish_dep(), any::<bool>(), any::<bool>()).prop_map(|(d, own, no_kind)| {
+            let mut dep = IndexDep::from_publish(&d, &|_: &str| own);
+            if no_kind {
+                dep.kind = None;
+            }
+            dep
+        })
+    }
+
+    fn entry() -> impl Strategy<Value = IndexEntry> {
+        (
+            (
+                text(),
+                text(),
+                proptest::collection::vec(dep(), 0..4),
+                "[0-9a-f]{64}",
+            ),
+            (features(), proptest::option::of(features()), any::<bool>()),
+            (
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                proptest::option::of(any::<u32>()),
+                proptest::option::of(text()),
+            ),
+        )
+            .prop_map(
+                |(
+                    (name, vers, deps, cksum),
+                    (features, features2, yanked),
+                    (links, rust_version, v, pubtime),
+                )| IndexEntry {
+                    name,
+                    vers,
+                    deps,
+                    cksum,
+                    features,
+                    features2,
+                    yanked,
+                    links,
+                    rust_version,
+                    v,
+                    pubtime,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(crate::registry::metadata::round_trip::config(128))]
+
+        #[test]
+        fn index_lines_parse_back_to_their_entries(
+            entries in proptest::collection::vec(entry(), 0..4),
+        ) {
+            let text = render_file(&entries);
+            prop_assert_eq!(text.lines().count(), entries.len());
+            for (line, e) in text.lines().zip(&entries) {
+                prop_assert_eq!(&line, &e.to_line());
+            }
+            prop_assert_eq!(parse_file(&text), entries);
+        }
+    }
+}

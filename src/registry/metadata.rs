@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::index::CRATES_IO_INDEX;
+use super::index::{IndexEntry, CRATES_IO_INDEX};
 use super::names;
 
 /// What a dependency is for. Serialized lowercase, as in the index.
@@ -285,30 +285,140 @@ fn push_deps(
     Ok(())
 }
 
-/// Checks what the index line will carry: names, requirements, features, rust-version.
-/// Returns a message a person can act on.
+/// crates.io's limits, which cargo users already live within.
+pub const MAX_FEATURES: usize = 300;
+pub const MAX_DEPS: usize = 500;
+pub const MAX_KEYWORDS: usize = 5;
+pub const MAX_KEYWORD_LEN: usize = 20;
+pub const MAX_CATEGORIES: usize = 5;
+/// Our own bounds, far above what real crates carry, so that one publish cannot make an index
+/// line (every line of a crate's file is sent to every cargo that resolves it) or a search
+/// record of unbounded size.
+/// A feature can list this crate's features and its dependencies (and their features).
+pub const MAX_FEATURE_VALUES: usize = 1_000;
+/// A dependency can only ask for features it has, at most [`MAX_FEATURES`].
+pub const MAX_DEP_FEATURES: usize = MAX_FEATURES;
+/// Feature names, and each value of a feature's list.
+pub const MAX_FEATURE_LEN: usize = 128;
+pub const MAX_AUTHORS: usize = 100;
+pub const MAX_DESCRIPTION_LEN: usize = 4_096;
+/// Every other string: URLs, license, `links`, requirements, targets, registries, authors,
+/// categories.
+pub const MAX_FIELD_LEN: usize = 1_024;
+/// The whole index line, a backstop over the limits above.
+pub const MAX_INDEX_LINE: usize = 256 * 1024;
+
+/// A value as an error message may repeat it (bounded, control characters escaped).
+fn shown(s: &str) -> String {
+    super::tarball::shown(s.as_bytes())
+}
+
+fn check_count(what: &str, n: usize, max: usize) -> Result<(), String> {
+    if n > max {
+        return Err(format!("{what}: {n}, more than the limit of {max}"));
+    }
+    Ok(())
+}
+
+fn check_len(what: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max {
+        return Err(format!(
+            "{what} `{}` is {} bytes long, more than the limit of {max}",
+            shown(s),
+            s.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the sizes of everything a publish carries into the index and the search file.
+fn check_sizes(meta: &PublishMetadata) -> Result<(), String> {
+    // Before the name rules, whose messages repeat the whole value.
+    check_len("crate name", &meta.name, names::MAX_NAME_LEN)?;
+    check_len("version", &meta.vers, names::MAX_VERSION_LEN)?;
+    check_count("too many features", meta.features.len(), MAX_FEATURES)?;
+    check_count("too many dependencies", meta.deps.len(), MAX_DEPS)?;
+    check_count("too many keywords", meta.keywords.len(), MAX_KEYWORDS)?;
+    check_count("too many categories", meta.categories.len(), MAX_CATEGORIES)?;
+    check_count("too many authors", meta.authors.len(), MAX_AUTHORS)?;
+    for (feature, values) in &meta.features {
+        check_len("feature name", feature, MAX_FEATURE_LEN)?;
+        check_count(
+            &format!("too many values in feature `{}`", shown(feature)),
+            values.len(),
+            MAX_FEATURE_VALUES,
+        )?;
+        for v in values {
+            check_len("feature value", v, MAX_FEATURE_LEN)?;
+        }
+    }
+    for d in &meta.deps {
+        let shown_name = shown(d.explicit_name_in_toml.as_deref().unwrap_or(&d.name));
+        check_count(
+            &format!("too many features asked of dependency `{shown_name}`"),
+            d.features.len(),
+            MAX_DEP_FEATURES,
+        )?;
+        for f in &d.features {
+            check_len("dependency feature", f, MAX_FEATURE_LEN)?;
+        }
+        check_len("version requirement", &d.version_req, MAX_FIELD_LEN)?;
+        for (what, v) in [("target", &d.target), ("registry", &d.registry)] {
+            if let Some(v) = v {
+                check_len(what, v, MAX_FIELD_LEN)?;
+            }
+        }
+    }
+    for k in &meta.keywords {
+        check_len("keyword", k, MAX_KEYWORD_LEN)?;
+    }
+    for c in meta.categories.iter().chain(&meta.authors) {
+        check_len("category or author", c, MAX_FIELD_LEN)?;
+    }
+    if let Some(d) = &meta.description {
+        check_len("description", d, MAX_DESCRIPTION_LEN)?;
+    }
+    let fields = [
+        ("documentation", &meta.documentation),
+        ("homepage", &meta.homepage),
+        ("license", &meta.license),
+        ("repository", &meta.repository),
+        ("links", &meta.links),
+        ("rust-version", &meta.rust_version),
+    ];
+    for (what, v) in fields {
+        if let Some(v) = v {
+            check_len(what, v, MAX_FIELD_LEN)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks what the index line will carry: sizes, names, requirements, features,
+/// rust-version. Returns a message a person can act on.
 pub fn validate(meta: &PublishMetadata) -> Result<(), String> {
+    check_sizes(meta)?;
     names::validate_name(&meta.name).map_err(|e| e.to_string())?;
     names::Version::parse(&meta.vers).map_err(|e| e.to_string())?;
     for d in &meta.deps {
-        let shown = d.explicit_name_in_toml.as_deref().unwrap_or(&d.name);
+        let shown_name = shown(d.explicit_name_in_toml.as_deref().unwrap_or(&d.name));
         if !names::validate_dep_name(&d.name) {
-            return Err(format!("invalid dependency name `{}`", d.name));
+            return Err(format!("invalid dependency name `{}`", shown(&d.name)));
         }
         if let Some(alias) = &d.explicit_name_in_toml {
             if !names::validate_dep_name(alias) {
-                return Err(format!("invalid dependency rename `{alias}`"));
+                return Err(format!("invalid dependency rename `{}`", shown(alias)));
             }
         }
         if semver::VersionReq::parse(&d.version_req).is_err() {
             return Err(format!(
-                "dependency `{shown}` has an invalid version requirement `{}`",
-                d.version_req
+                "dependency `{shown_name}` has an invalid version requirement `{}`",
+                shown(&d.version_req)
             ));
         }
         if d.version_req.trim() == "*" && d.kind != DepKind::Dev {
             return Err(format!(
-                "wildcard (`*`) dependency constraints are not allowed: dependency `{shown}`"
+                "wildcard (`*`) dependency constraints are not allowed: dependency `{shown_name}`"
             ));
         }
         if let Some(f) = d
@@ -317,22 +427,37 @@ pub fn validate(meta: &PublishMetadata) -> Result<(), String> {
             .find(|f| !names::validate_feature_value(f))
         {
             return Err(format!(
-                "dependency `{shown}` asks for an invalid feature `{f}`"
+                "dependency `{shown_name}` asks for an invalid feature `{}`",
+                shown(f)
             ));
         }
     }
     for (feature, values) in &meta.features {
         if !names::validate_feature_name(feature) {
-            return Err(format!("invalid feature name `{feature}`"));
+            return Err(format!("invalid feature name `{}`", shown(feature)));
         }
         if let Some(v) = values.iter().find(|v| !names::validate_feature_value(v)) {
-            return Err(format!("feature `{feature}` has an invalid value `{v}`"));
+            return Err(format!(
+                "feature `{}` has an invalid value `{}`",
+                shown(feature),
+                shown(v)
+            ));
         }
     }
     if let Some(rv) = &meta.rust_version {
         if rv.is_empty() || !rv.chars().all(|c| c.is_ascii_digit() || c == '.') {
-            return Err(format!("invalid rust-version `{rv}`: only digits and dots"));
+            return Err(format!(
+                "invalid rust-version `{}`: only digits and dots",
+                shown(rv)
+            ));
         }
+    }
+    let line = IndexEntry::from_publish(meta, "", String::new(), |_| false).to_line();
+    if line.len() > MAX_INDEX_LINE {
+        return Err(format!(
+            "the index line for this version would be {} bytes, more than the limit of {MAX_INDEX_LINE}",
+            line.len()
+        ));
     }
     Ok(())
 }
@@ -440,5 +565,256 @@ registry-index = "https://elsewhere.example/index"
             PublishMetadata::from_manifest("nope = ["),
             Err(ManifestError::Toml(_))
         ));
+    }
+
+    fn small() -> PublishMetadata {
+        serde_json::from_str(r#"{"name":"foo","vers":"1.0.0"}"#).unwrap()
+    }
+
+    fn refused(m: &PublishMetadata, want: &str) {
+        let err = validate(m).expect_err(want);
+        assert!(err.contains(want), "want `{want}` in: {err}");
+        assert!(err.len() < 400, "{err}");
+    }
+
+    #[test]
+    fn sixty_thousand_features_are_refused() {
+        let mut m = small();
+        m.features = (0..60_000).map(|i| (format!("f{i}"), vec![])).collect();
+        refused(&m, "too many features: 60000, more than the limit of 300");
+        m.features = (0..MAX_FEATURES)
+            .map(|i| (format!("f{i}"), vec![]))
+            .collect();
+        assert_eq!(validate(&m), Ok(()));
+    }
+
+    fn dep(name: String) -> PublishDep {
+        PublishDep {
+            name,
+            version_req: "^1".into(),
+            features: vec![],
+            optional: false,
+            default_features: true,
+            target: None,
+            kind: DepKind::Normal,
+            registry: None,
+            explicit_name_in_toml: None,
+        }
+    }
+
+    #[test]
+    fn counts_and_lengths_are_capped() {
+        let mut m = small();
+        m.deps = (0..MAX_DEPS).map(|i| dep(format!("d{i}"))).collect();
+        assert_eq!(validate(&m), Ok(()));
+        m.deps.push(dep("one-more".into()));
+        refused(&m, "too many dependencies: 501, more than the limit of 500");
+
+        let mut m = small();
+        m.deps = vec![dep("d0".into())];
+        m.deps[0].features = (0..=MAX_DEP_FEATURES).map(|i| format!("f{i}")).collect();
+        refused(&m, "too many features asked of dependency `d0`: 301");
+
+        let mut m = small();
+        m.features.insert(
+            "all".into(),
+            (0..=MAX_FEATURE_VALUES).map(|i| format!("f{i}")).collect(),
+        );
+        refused(&m, "too many values in feature `all`: 1001");
+
+        let mut m = small();
+        m.keywords = (0..6).map(|i| format!("k{i}")).collect();
+        refused(&m, "too many keywords: 6, more than the limit of 5");
+        m.keywords = vec!["k".repeat(21)];
+        refused(&m, "is 21 bytes long, more than the limit of 20");
+
+        let mut m = small();
+        m.categories = (0..6).map(|i| format!("c{i}")).collect();
+        refused(&m, "too many categories: 6");
+
+        let mut m = small();
+        m.description = Some("d".repeat(MAX_DESCRIPTION_LEN + 1));
+        refused(&m, "description `ddd");
+        m.description = Some("d".repeat(MAX_DESCRIPTION_LEN));
+        assert_eq!(validate(&m), Ok(()));
+
+        let mut m = small();
+        m.repository = Some(format!("https://example.com/{}", "r".repeat(MAX_FIELD_LEN)));
+        refused(&m, "repository `https://example.com/rrr");
+
+        let mut m = small();
+        m.features.insert("f".repeat(MAX_FEATURE_LEN + 1), vec![]);
+        refused(&m, "feature name `fff");
+    }
+
+    #[test]
+    fn index_line_size_is_capped() {
+        // Every count and length within its own limit, the sum of them not.
+        let mut m = small();
+        m.features = (0..MAX_FEATURES)
+            .map(|i| {
+                let values = (0..8).map(|j| format!("v{j}{}", "x".repeat(120))).collect();
+                (format!("f{i}"), values)
+            })
+            .collect();
+        refused(&m, "the index line for this version would be");
+    }
+
+    #[test]
+    fn echoed_values_are_bounded() {
+        let mut m = small();
+        m.deps = vec![dep(format!("\u{1b}[2J{}", "n".repeat(1 << 20)))];
+        let err = validate(&m).unwrap_err();
+        assert!(err.len() < 400 && !err.contains('\u{1b}'), "{err}");
+        let mut m = small();
+        m.name = "n".repeat(1 << 20);
+        refused(&m, "is 1048576 bytes long, more than the limit of 64");
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod round_trip {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::registry::index;
+
+    /// `cases` cases, and no failure files written into the source tree.
+    pub(crate) fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Any characters: quotes, backslashes, newlines and non-ASCII must survive JSON.
+    pub(crate) fn text() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("(?s).{0,12}").unwrap()
+    }
+
+    /// Mostly valid names, sometimes anything, so both sides of `validate` are reached.
+    fn ident() -> impl Strategy<Value = String> {
+        prop_oneof![
+            19 => "[a-z][a-z0-9_-]{0,10}",
+            1 => text(),
+        ]
+    }
+
+    pub(crate) fn dep() -> impl Strategy<Value = PublishDep> {
+        (
+            (
+                ident(),
+                "\\^[0-9]{1,2}(\\.[0-9]{1,2})?",
+                proptest::collection::vec(ident(), 0..3),
+            ),
+            (any::<bool>(), any::<bool>(), proptest::option::of(text())),
+            (
+                prop_oneof![
+                    Just(DepKind::Normal),
+                    Just(DepKind::Dev),
+                    Just(DepKind::Build)
+                ],
+                proptest::option::of(text()),
+                proptest::option::of(ident()),
+            ),
+        )
+            .prop_map(
+                |(
+                    (name, version_req, features),
+                    (optional, default_features, target),
+                    (kind, registry, explicit_name_in_toml),
+                )| PublishDep {
+                    name,
+                    version_req,
+                    features,
+                    optional,
+                    default_features,
+                    target,
+                    kind,
+                    registry,
+                    explicit_name_in_toml,
+                },
+            )
+    }
+
+    fn meta() -> impl Strategy<Value = PublishMetadata> {
+        let strings = || proptest::collection::vec(text(), 0..3);
+        (
+            (
+                ident(),
+                "[0-9]{1,2}\\.[0-9]{1,2}\\.[0-9]{1,2}(-[a-z]{1,3})?",
+                proptest::collection::vec(dep(), 0..4),
+                proptest::collection::btree_map(
+                    ident(),
+                    proptest::collection::vec(
+                        prop_oneof![ident(), ident().prop_map(|d| format!("dep:{d}"))],
+                        0..3,
+                    ),
+                    0..4,
+                ),
+            ),
+            (strings(), strings(), strings()),
+            (
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                proptest::option::of("[0-9]{1,2}\\.[0-9]{1,2}"),
+            ),
+        )
+            .prop_map(
+                |(
+                    (name, vers, deps, features),
+                    (authors, keywords, categories),
+                    (
+                        description,
+                        documentation,
+                        homepage,
+                        license,
+                        repository,
+                        links,
+                        rust_version,
+                    ),
+                )| PublishMetadata {
+                    name,
+                    vers,
+                    deps,
+                    features,
+                    authors,
+                    description,
+                    documentation,
+                    homepage,
+                    keywords,
+                    categories,
+                    license,
+                    repository,
+                    links,
+                    rust_version,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(config(128))]
+
+        #[test]
+        fn publish_metadata_survives_json(m in meta()) {
+            let json = serde_json::to_string(&m).unwrap();
+            prop_assert_eq!(serde_json::from_str::<PublishMetadata>(&json).unwrap(), m);
+        }
+
+        #[test]
+        fn valid_metadata_makes_an_index_line_that_parses_back(m in meta()) {
+            if validate(&m).is_err() {
+                return Ok(());
+            }
+            let e = IndexEntry::from_publish(&m, &"0".repeat(64), index::pubtime_now(), |_| false);
+            let line = e.to_line();
+            prop_assert!(line.len() <= MAX_INDEX_LINE + 100);
+            prop_assert_eq!(index::parse_file(&format!("{line}\n")), vec![e]);
+        }
     }
 }

@@ -260,8 +260,17 @@ pub fn index_line_bait(dir: &Path) {
 
 /// Publish metadata as cargo sends it, with a description.
 pub fn meta(name: &str, vers: &str, deps: serde_json::Value) -> Vec<u8> {
+    meta_with(name, vers, deps, serde_json::json!({}))
+}
+
+fn meta_with(
+    name: &str,
+    vers: &str,
+    deps: serde_json::Value,
+    features: serde_json::Value,
+) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
-        "name": name, "vers": vers, "deps": deps, "features": {}, "authors": [],
+        "name": name, "vers": vers, "deps": deps, "features": features, "authors": [],
         "description": "d", "documentation": null, "homepage": null, "readme": null,
         "readme_file": null, "keywords": [], "categories": [], "license": "MIT",
         "license_file": null, "repository": null, "badges": {}, "links": null, "rust_version": null
@@ -284,7 +293,9 @@ pub fn try_raw_publish(addr: &str, token: &str, body: &[u8]) -> std::io::Result<
         body.len()
     );
     c.write_all(head.as_bytes())?;
-    c.write_all(body)?;
+    // A server that refuses before taking the whole body may close early: what it
+    // answered still counts.
+    let _ = c.write_all(body);
     try_read_one(&mut c)
 }
 
@@ -436,7 +447,10 @@ impl Sandbox {
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(t) = line.trim().strip_prefix("cargo login --registry palletizer ") {
+                if let Some(t) = line
+                    .trim()
+                    .strip_prefix("cargo login --registry palletizer ")
+                {
                     let _ = token_tx.send(t.to_owned());
                 }
             }
@@ -600,4 +614,21 @@ pub fn send_until_close(addr: &str, raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = c.read_to_end(&mut out);
     out
+}
+
+// ---- Hostile input: raw publishes and a process's peak memory --------------------------------
+
+/// The peak resident set (`VmHWM`) of process `pid`, in KiB.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// Publish metadata for `name` `vers` with `features`, as cargo sends it.
+pub fn publish_json(name: &str, vers: &str, features: serde_json::Value) -> Vec<u8> {
+    meta_with(name, vers, serde_json::json!([]), features)
 }
