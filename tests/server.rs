@@ -521,6 +521,14 @@ fn sigterm_finishes_in_flight_and_exits_zero() {
         s.reg().join("index/la/te/late").exists(),
         "the in-flight publish landed"
     );
+    // The token's use was written down on the way out: `token list` shows when (created
+    // and last used are the row's two times; it has no expiry).
+    let list = s.palletizer_ok(&["token", "list"]);
+    let row = list.lines().find(|l| l.contains("admin")).unwrap();
+    let times = row
+        .split_whitespace()
+        .filter(|w| w.ends_with('Z') && w.len() == 20);
+    assert_eq!(times.count(), 2, "{list}");
 }
 
 fn consumer(s: &Sandbox, index: &str) -> std::path::PathBuf {

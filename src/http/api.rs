@@ -47,6 +47,8 @@ pub enum Job {
         query: String,
         per_page: usize,
     },
+    /// Write when tokens were last used: `(token id, unix seconds)`.
+    RecordTokenUse(Vec<(u64, u64)>),
     /// List a crate's owners, or change them with the `{"users":[...]}` body spooled here
     /// (removed by the job).
     Owners {
@@ -294,6 +296,13 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
             }
         }
         Job::Owners { name, change } => owners(reg, &name, change, who),
+        Job::RecordTokenUse(uses) => match auth::record_last_used(reg, &uses) {
+            Ok(()) => Response::new(204),
+            Err(e) => {
+                eprintln!("warning: tokens' last use not recorded: {e}");
+                Response::new(500)
+            }
+        },
         Job::Search { query, per_page } => match reg.search(&query, per_page) {
             Ok(found) => {
                 let crates: Vec<_> = found

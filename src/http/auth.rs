@@ -429,7 +429,8 @@ mod tests {
                         Job::GitRefs
                         | Job::GitUploadPack { .. }
                         | Job::Search { .. }
-                        | Job::Owners { change: None, .. } => None,
+                        | Job::Owners { change: None, .. }
+                        | Job::RecordTokenUse(_) => None,
                         Job::Owners { name, .. } => {
                             Some((Need::ChangeOwners, Some(name.to_string())))
                         }

@@ -391,7 +391,12 @@ impl<S: Stream> Conn<S> {
         // Credentials first: a refused request gets no `100 Continue` and no body is read.
         let checked = http::authorize(&shared.site, &head, crate::registry::auth::now());
         let (routed, principal) = match checked {
-            Ok(principal) => (http::route(&shared.site, &head), principal),
+            Ok(principal) => {
+                if let Some(p) = &principal {
+                    shared.note_token_use(p.token, crate::registry::auth::now());
+                }
+                (http::route(&shared.site, &head), principal)
+            }
             Err(refused) => {
                 shared.log_refusal(self.peer, &head, refused.refusal.reason());
                 (Routed::Done(refused.response), None)
@@ -842,6 +847,7 @@ mod tests {
             spool_dir: dir.path().to_owned(),
             jobs,
             spool: SpoolBudget::new(spool_cap),
+            tokens_used: Default::default(),
         };
         World {
             _dir: dir,
@@ -928,6 +934,7 @@ mod tests {
                 ("upload-pack".into(), bytes, ok(b"0008NAK\n"))
             }
             Job::Yank { name, .. } => (format!("yank {name}"), Vec::new(), ok(b"{\"ok\":true}")),
+            Job::RecordTokenUse(_) => unreachable!("no route makes this job"),
             Job::Owners { name, change } => {
                 let body = change.map(|(_, path)| {
                     let bytes = std::fs::read(&path).unwrap();

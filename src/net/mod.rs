@@ -83,9 +83,17 @@ pub struct Shared {
     pub jobs: std::sync::mpsc::Sender<worker::Ticket>,
     /// Bytes of request bodies on disk at once, over every connection.
     pub spool: Arc<worker::SpoolBudget>,
+    /// Tokens used since the last flush to `auth.json`: token id -> newest use (seconds).
+    /// One entry per token, whatever the number of requests.
+    pub tokens_used: std::cell::RefCell<std::collections::HashMap<u64, u64>>,
 }
 
 impl Shared {
+    /// Notes that a token was used, for `token list`'s "last used".
+    pub fn note_token_use(&self, token: u64, now: u64) {
+        self.tokens_used.borrow_mut().insert(token, now);
+    }
+
     /// A request refused for its credentials: peer, route and reason, never the token.
     fn log_refusal(&self, peer: SocketAddr, head: &crate::http::Head, reason: &str) {
         info!(
@@ -152,11 +160,15 @@ pub struct Server {
     first_token: Option<String>,
     /// The stamp of access control files that failed to load (not retried until changed).
     auth_broken: Option<auth::Stamp>,
+    /// When the tokens' "last used" times are next handed to the worker.
+    next_use_flush: Instant,
 }
 
 /// How often the access control files are checked for changes: a token revoked with the
 /// CLI stops working within this (two `stat` calls per check, none per request).
 const AUTH_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How often the tokens' "last used" times are written to `auth.json` (when any was used).
+const TOKEN_USE_FLUSH_EVERY: Duration = Duration::from_secs(60);
 
 impl Server {
     /// Binds every listener, then opens the registry. With `create`, a missing registry is
@@ -259,6 +271,7 @@ impl Server {
                 spool_dir,
                 jobs,
                 spool,
+                tokens_used: Default::default(),
             },
             signals,
             config_path,
@@ -274,7 +287,38 @@ impl Server {
             next_auth_check: Instant::now() + AUTH_CHECK_EVERY,
             first_token,
             auth_broken: None,
+            next_use_flush: Instant::now() + TOKEN_USE_FLUSH_EVERY,
         })
+    }
+
+    /// Hands the tokens' "last used" times to the worker, which writes them to `auth.json`.
+    /// Its answer goes to no connection.
+    fn flush_token_uses(&mut self) {
+        let uses: Vec<(u64, u64)> = self.shared.tokens_used.borrow_mut().drain().collect();
+        if uses.is_empty() {
+            return;
+        }
+        let _ = self.shared.jobs.send(worker::Ticket {
+            key: usize::MAX,
+            serial: 0,
+            job: crate::http::Job::RecordTokenUse(uses),
+            reserved: None,
+            principal: None,
+        });
+    }
+
+    /// At shutdown, on this thread: the worker may not get to a last job.
+    fn record_token_uses_now(&mut self) {
+        let uses: Vec<(u64, u64)> = self.shared.tokens_used.borrow_mut().drain().collect();
+        if uses.is_empty() {
+            return;
+        }
+        let recorded = Registry::open_as_is(&self.root)
+            .map_err(|e| e.to_string())
+            .and_then(|reg| auth::record_last_used(&reg, &uses).map_err(|e| e.to_string()));
+        if let Err(e) = recorded {
+            error!("tokens' last use not recorded: {e}");
+        }
     }
 
     /// The admin token a zero-config start created (shown once).
@@ -285,6 +329,10 @@ impl Server {
     /// Reloads the access control view when its files changed. A file that does not parse
     /// keeps the old view (and is reported once per change).
     fn check_auth(&mut self, now: Instant) {
+        if now >= self.next_use_flush {
+            self.next_use_flush = now + TOKEN_USE_FLUSH_EVERY;
+            self.flush_token_uses();
+        }
         if now < self.next_auth_check {
             return;
         }
@@ -432,6 +480,7 @@ impl Server {
                     self.remove(key);
                 }
                 if self.conns.is_empty() || Instant::now() >= deadline {
+                    self.record_token_uses_now();
                     info!("stopped ({} connections cut)", self.conns.len());
                     return Ok(());
                 }
