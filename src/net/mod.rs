@@ -236,6 +236,7 @@ impl Server {
             registry.settings().max_crate_size,
         );
         site.auth = AuthView::load(&root).map_err(|e| e.to_string())?;
+        release_freed_memory();
         match site.access() {
             Access::Open if listeners.iter().any(|l| !l.addr.ip().is_loopback()) => error!(
                 "warning: access is `open`: anyone who reaches {} can publish and yank; \
@@ -350,6 +351,7 @@ impl Server {
                     view.token_count()
                 );
                 self.shared.site.auth = view;
+                release_freed_memory();
                 self.auth_broken = None;
             }
             Err(e) => {
@@ -680,6 +682,16 @@ impl Server {
                 ),
             }
         }
+    }
+}
+
+/// Gives the heap pages freed after a load (the parsed `auth.json` is much larger than the
+/// view kept of it) back to the system, so they do not stay resident.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory at the heap's edges to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
