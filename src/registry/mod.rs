@@ -648,7 +648,10 @@ impl Registry {
                 if m.name != from_manifest.name || m.vers != from_manifest.vers {
                     return Err(Error::Invalid(format!(
                         "metadata says {} {} but the crate file's Cargo.toml says {} {}",
-                        m.name, m.vers, from_manifest.name, from_manifest.vers
+                        names::shown(&m.name),
+                        names::shown(&m.vers),
+                        names::shown(&from_manifest.name),
+                        names::shown(&from_manifest.vers)
                     )));
                 }
                 m
@@ -661,15 +664,17 @@ impl Registry {
         if let Some(file_name) = file_name {
             if file_name != format!("{top}.crate") {
                 return Err(Error::Invalid(format!(
-                    "file name `{file_name}` does not match its manifest ({} {}); expected `{top}.crate`",
-                    meta.name, meta.vers
+                    "file name `{}` does not match its manifest ({} {}); expected `{top}.crate`",
+                    names::shown(file_name),
+                    meta.name,
+                    meta.vers
                 )));
             }
         }
         if inspected.top_dir != top {
             return Err(Error::Invalid(format!(
                 "crate file's files are under `{}/`, expected `{top}/`",
-                inspected.top_dir
+                names::shown(&inspected.top_dir)
             )));
         }
         for d in &meta.deps {
