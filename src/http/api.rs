@@ -425,18 +425,15 @@ fn refused_here(p: &Principal, refusal: Refusal, route: &str) -> Response {
     Response::error(403, &refusal.detail())
 }
 
-/// Whether `p` may act as an owner of `name` (yank, unyank).
+/// Whether `p` may act as an owner of `name` (yank, unyank). A crate that does not exist
+/// has no owners to ask: the yank itself answers 404.
 fn check_owner(reg: &Registry, p: &Principal, name: &CrateName) -> Result<(), Response> {
-    let data = AuthFile::load(reg).map_err(|e| super::auth::auth_error(e, ""))?;
-    auth::authorize_owner(
-        &data,
-        p,
-        &reg.find_canonical(name)
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| name.to_string()),
-    )
-    .map_err(|refusal| refused_here(p, refusal, &format!("yank of {name}")))
+    let Some(real) = reg.find_canonical(name).map_err(registry_error)? else {
+        return Ok(());
+    };
+    let data = AuthFile::load(reg).map_err(|e| super::auth::auth_error(e, &reg.settings().url))?;
+    auth::authorize_owner(&data, p, &real)
+        .map_err(|refusal| refused_here(p, refusal, &format!("yank of {real}")))
 }
 
 /// `GET`, `PUT` and `DELETE /api/v1/crates/{name}/owners`.
