@@ -371,34 +371,29 @@ fn a_full_disk_answers_507_and_keeps_nothing() {
         };
         let krate = simple_crate(&name, "1.0.0", &[("data", &noise(size))]);
         let body = publish_body(&meta(&name, "1.0.0", serde_json::json!([])), &krate);
-        let before = visible_state(&reg);
-        let (st, text) = try_raw_publish(srv.addr(), &s.token(), &body).unwrap();
-        match st {
-            200 => {
-                ok += 1;
-                stored.push(name.clone());
-                let repo = git2::Repository::open(reg.join("index")).unwrap();
-                let head = repo.head().unwrap().peel_to_commit().unwrap();
-                assert_eq!(
-                    head.parent_id(0).unwrap().to_string(),
-                    before.1,
-                    "one commit per 200"
-                );
-                assert_eq!(head.message().unwrap(), format!("Add {name} 1.0.0"));
-            }
-            507 => {
-                full += 1;
-                first_refused.get_or_insert((name.clone(), body.clone()));
-                assert!(text.contains("disk is full"), "{text}");
-                assert!(
-                    visible_state(&reg) == before,
-                    "a refused publish left a trace"
-                );
-            }
-            other => panic!("{name} ({size} bytes): {other} {text}"),
+        if publish_checked(srv.addr(), &s.token(), &reg, &name, &body, &mut stored) {
+            ok += 1;
+        } else {
+            full += 1;
+            first_refused.get_or_insert((name.clone(), body.clone()));
         }
         if full >= 40 {
             break;
+        }
+    }
+    // Then every level of free space from 64 KiB down, 2 KiB apart, with a small crate:
+    // whichever write runs out first, the answer and the registry must agree.
+    for (k, leave) in (0..=64u64).rev().step_by(2).enumerate() {
+        let _ = fs::remove_file(&filler);
+        let room = free().saturating_sub(leave << 10) as usize;
+        let _ = fs::write(&filler, vec![0u8; room]);
+        let name = format!("edge{k}");
+        let krate = simple_crate(&name, "1.0.0", &[("data", &noise(3000))]);
+        let body = publish_body(&meta(&name, "1.0.0", serde_json::json!([])), &krate);
+        if publish_checked(srv.addr(), &s.token(), &reg, &name, &body, &mut stored) {
+            ok += 1;
+        } else {
+            full += 1;
         }
     }
     eprintln!("disk full: {ok} publishes stored, {full} refused with 507");
@@ -431,6 +426,43 @@ fn a_full_disk_answers_507_and_keeps_nothing() {
     stored.sort();
     assert_eq!(in_head, stored);
     drop(mnt);
+}
+
+/// Publishes and checks that the answer and the registry agree: a 200 moved HEAD by exactly
+/// its commit; a 507 left nothing visible. Returns whether it was stored.
+fn publish_checked(
+    addr: &str,
+    token: &str,
+    reg: &Path,
+    name: &str,
+    body: &[u8],
+    stored: &mut Vec<String>,
+) -> bool {
+    let before = visible_state(reg);
+    let (st, text) = try_raw_publish(addr, token, body).unwrap();
+    match st {
+        200 => {
+            stored.push(name.to_owned());
+            let repo = git2::Repository::open(reg.join("index")).unwrap();
+            let head = repo.head().unwrap().peel_to_commit().unwrap();
+            assert_eq!(
+                head.parent_id(0).unwrap().to_string(),
+                before.1,
+                "{name}: one commit per 200"
+            );
+            assert_eq!(head.message().unwrap(), format!("Add {name} 1.0.0"));
+            true
+        }
+        507 => {
+            assert!(text.contains("disk is full"), "{text}");
+            assert!(
+                visible_state(reg) == before,
+                "{name}: a refused publish left a trace"
+            );
+            false
+        }
+        other => panic!("{name}: {other} {text}"),
+    }
 }
 
 /// (block size, free blocks) of the file system holding `path`.

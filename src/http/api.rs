@@ -190,7 +190,7 @@ pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
             Routed::Upload(Spooled::Publish)
         }
         (_, ["crates", "new"]) => allow("PUT"),
-        (Method::Get, ["crates"]) => {
+        (Method::Get | Method::Head, ["crates"]) => {
             let query = head.query().unwrap_or("");
             let q = query_param(query, "q").unwrap_or_default();
             let per_page = match query_param(query, "per_page") {
@@ -207,7 +207,7 @@ pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
             };
             Routed::Job(Job::Search { query: q, per_page })
         }
-        (_, ["crates"]) => allow("GET"),
+        (_, ["crates"]) => allow("GET, HEAD"),
         (method, ["crates", name, vers, action @ ("yank" | "unyank")]) => {
             let name = match crate_in_path(name) {
                 Ok(n) => n,
@@ -232,10 +232,10 @@ pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
         }
         (method, ["crates", name, "owners"]) => {
             let change = match method {
-                Method::Get => None,
+                Method::Get | Method::Head => None,
                 Method::Put => Some(OwnersChange::Add),
                 Method::Delete => Some(OwnersChange::Remove),
-                _ => return allow("GET, PUT, DELETE"),
+                _ => return allow("GET, HEAD, PUT, DELETE"),
             };
             let name = match crate_in_path(name) {
                 Ok(n) => n,

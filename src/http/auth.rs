@@ -97,11 +97,14 @@ pub fn token_from_header(value: &str) -> Option<Cow<'_, str>> {
     if value.is_empty() {
         return None;
     }
+    // Compared as bytes: the header may hold any UTF-8, and a cut inside a character must
+    // not be possible.
     let scheme = |name: &str| {
-        value
-            .get(..name.len() + 1)
-            .filter(|s| s[..name.len()].eq_ignore_ascii_case(name) && s.ends_with(' '))
-            .map(|s| value[s.len()..].trim())
+        let b = value.as_bytes();
+        (b.len() > name.len()
+            && b[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+            && b[name.len()] == b' ')
+            .then(|| value[name.len() + 1..].trim())
     };
     if let Some(rest) = scheme("Bearer") {
         return Some(Cow::Borrowed(rest));
@@ -451,6 +454,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A multi-byte character where a scheme's space would be used to panic the event loop.
+    #[test]
+    fn non_ascii_authorization_never_panics() {
+        for v in [
+            "Basicé",
+            "Beareré",
+            "pal_é",
+            "é",
+            "Basic é",
+            "Bearer é",
+            "ééééééé",
+        ] {
+            let t = token_from_header(v);
+            assert!(t.is_some(), "{v}");
+        }
+        assert_eq!(token_from_header("Bearer é").as_deref(), Some("é"));
     }
 
     #[test]

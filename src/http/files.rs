@@ -162,7 +162,14 @@ fn open_failed(e: io::Error, what: &str) -> Response {
     let missing = e.kind() == io::ErrorKind::NotFound
         || matches!(
             e.raw_os_error(),
-            Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV | libc::EISDIR)
+            Some(
+                libc::ENOENT
+                    | libc::ENOTDIR
+                    | libc::ELOOP
+                    | libc::EXDEV
+                    | libc::EISDIR
+                    | libc::ENAMETOOLONG
+            )
         );
     if missing {
         return not_found(what);

@@ -125,7 +125,8 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<Head>, ParseError> {
     for h in req.headers.iter() {
         let value =
             std::str::from_utf8(h.value).map_err(|_| err(400, "header value is not UTF-8"))?;
-        let value = value.trim();
+        // RFC 9110 5.5: only SP and HTAB surround a field value (not Unicode spaces).
+        let value = value.trim_matches([' ', '\t']);
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
             // RFC 9110 8.6: Content-Length = 1*DIGIT; `+5`, `-1`, `5 5`, `0x5` frame nothing.
@@ -174,6 +175,10 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<Head>, ParseError> {
         } else if name.eq_ignore_ascii_case("if-modified-since") {
             head.if_modified_since = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("authorization") {
+            // Two sets of credentials: which one counts would depend on who reads them.
+            if head.authorization.is_some() {
+                return Err(err(400, "more than one Authorization header"));
+            }
             head.authorization = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("content-type") {
             head.content_type = Some(value.to_owned());
@@ -326,6 +331,10 @@ if-none-match: \"abc\"\r\n\r\nNEXT";
                 "{bad:?}"
             );
         }
+        let nbsp = "PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\u{a0}\r\n\r\n";
+        assert_eq!(parse(nbsp.as_bytes(), 8192).unwrap_err().status, 400);
+        let two = b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n";
+        assert_eq!(parse(two, 8192).unwrap_err().status, 400);
         let raw = b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length:  007 \r\n\r\n";
         assert_eq!(parse(raw, 8192).unwrap().unwrap().content_length, 7);
     }

@@ -389,19 +389,32 @@ impl<S: Stream> Conn<S> {
     fn respond(&mut self, head: Head, leftover: Vec<u8>, shared: &Shared) {
         let start = Instant::now();
         // Credentials first: a refused request gets no `100 Continue` and no body is read.
-        let checked = http::authorize(&shared.site, &head, crate::registry::auth::now());
-        let (routed, principal) = match checked {
-            Ok(principal) => {
-                if let Some(p) = &principal {
-                    shared.note_token_use(p.token, crate::registry::auth::now());
+        // A bug in a handler costs its request a 500, never the process.
+        let decided =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match http::authorize(&shared.site, &head, crate::registry::auth::now()) {
+                    Ok(principal) => {
+                        if let Some(p) = &principal {
+                            shared.note_token_use(p.token, crate::registry::auth::now());
+                        }
+                        (http::route(&shared.site, &head), principal)
+                    }
+                    Err(refused) => {
+                        shared.log_refusal(self.peer, &head, refused.refusal.reason());
+                        (Routed::Done(refused.response), None)
+                    }
                 }
-                (http::route(&shared.site, &head), principal)
-            }
-            Err(refused) => {
-                shared.log_refusal(self.peer, &head, refused.refusal.reason());
-                (Routed::Done(refused.response), None)
-            }
-        };
+            }));
+        let (routed, principal) = decided.unwrap_or_else(|_| {
+            eprintln!(
+                "error: {} {} failed inside the server",
+                head.method.as_str(),
+                head.path()
+            );
+            let mut r = Response::error(500, "internal error; the server log has details");
+            r.close = true;
+            (Routed::Done(r), None)
+        });
         let expect = head.expect_continue;
         let mut ex = Exchange {
             log: LogLine {

@@ -64,11 +64,28 @@ pub fn commit_paths(dir: &Path, paths: &[&str], message: &str) -> Result<bool, g
 /// data), else rebuilt in memory from HEAD's tree.
 fn head_index(repo: &Repository) -> Result<git2::Index, git2::Error> {
     let head = repo.head()?.peel_to_tree()?;
-    let mut index = repo.index()?;
+    let mut index = cached_index(repo)?;
     if index.write_tree()? != head.id() {
         index.read_tree(&head)?;
     }
     Ok(index)
+}
+
+/// Git's index file, or, when it cannot be read (torn by a crash, corrupted), a new one: it
+/// is only a cache of HEAD's tree and the working tree's stat data. Writer lock held.
+fn cached_index(repo: &Repository) -> Result<git2::Index, git2::Error> {
+    match repo.index() {
+        Ok(index) => Ok(index),
+        Err(_) => {
+            let _ = fs::remove_file(repo.path().join("index"));
+            repo.index()
+        }
+    }
+}
+
+/// Whether git's index file can be read (for `check`).
+pub fn index_readable(dir: &Path) -> Result<bool, git2::Error> {
+    Ok(Repository::open(dir)?.index().is_ok())
 }
 
 /// Puts git's index back to HEAD's tree (the working tree is left alone).
@@ -116,7 +133,9 @@ pub fn repair(dir: &Path) -> Result<(Vec<PathBuf>, bool), git2::Error> {
     }
     let repo = Repository::open(dir)?;
     ensure_durable(&repo)?;
-    let staged = !staged_paths(&repo)?.is_empty();
+    let unreadable = repo.index().is_err();
+    cached_index(&repo)?;
+    let staged = unreadable || !staged_paths(&repo)?.is_empty();
     if staged {
         reset_to_head(&repo)?;
     }
@@ -170,14 +189,15 @@ pub fn history_is_linear(dir: &Path) -> Result<bool, git2::Error> {
 pub fn commit_all(dir: &Path, message: &str) -> Result<bool, git2::Error> {
     let repo = Repository::open(dir)?;
     let mut index = head_index(&repo)?;
-    let mut skip_temp = |path: &Path, _: &[u8]| -> i32 {
-        let temp = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(super::is_temp_name);
-        i32::from(temp)
+    // Only what the registry itself writes is committed: `config.json` and crate files at
+    // their index paths. Anything else (temp files, strays) stays out, for `check` to report.
+    let mut skip_foreign = |path: &Path, _: &[u8]| -> i32 {
+        let ours = path
+            .to_str()
+            .is_some_and(|p| p == "config.json" || super::index::is_index_path(p));
+        i32::from(!ours)
     };
-    index.add_all(["*"], IndexAddOption::DEFAULT, Some(&mut skip_temp))?;
+    index.add_all(["*"], IndexAddOption::DEFAULT, Some(&mut skip_foreign))?;
     index.update_all(["*"], None)?;
     commit_index(&repo, &mut index, message)
 }
@@ -196,7 +216,19 @@ fn commit_index(
     }
     let tree = repo.find_tree(tree_id)?;
     let sig = signature()?;
-    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&head])?;
+    let oid = repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&head])?;
+    // libgit2 1.9 returns success when writing the commit object fails (a full disk): the
+    // ref is then left alone. Believe the commit only once HEAD names it and it can be read;
+    // the cause, if any, is what libgit2 noted last (taken before the checks overwrite it).
+    let cause = git2::Error::last_error(-1);
+    let landed = repo.head()?.target() == Some(oid) && repo.find_commit(oid).is_ok();
+    if !landed {
+        return Err(git2::Error::new(
+            git2::ErrorCode::GenericError,
+            git2::ErrorClass::Odb,
+            format!("the commit was not written: {}", cause.message()),
+        ));
+    }
     let _ = index.write();
     Ok(true)
 }

@@ -20,6 +20,13 @@ pub fn index_path(name: &CrateName) -> String {
     index_path_of(name)
 }
 
+/// Whether `rel` is where the index keeps a crate's file: a valid crate name, lowercase, in
+/// its directory.
+pub fn is_index_path(rel: &str) -> bool {
+    let file = rel.rsplit('/').next().unwrap_or(rel);
+    CrateName::parse(file).is_ok_and(|n| index_path(&n) == rel)
+}
+
 /// [`index_path`] for a string known to be a valid name (a `-`/`_` variant of one).
 pub(crate) fn index_path_of(name: &str) -> String {
     let n = name.to_ascii_lowercase();

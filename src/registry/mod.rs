@@ -344,15 +344,58 @@ impl Registry {
             done.push("committed uncommitted index changes".to_owned());
         }
         done.extend(self.finish_journal()?);
+        let no_search_file = !search::path(&self.root).exists();
+        if !search::is_sound(&self.root)? || (no_search_file && self.has_crates()?) {
+            let n = self.rebuild_search()?;
+            done.push(format!("rebuilt search.jsonl ({n} crates)"));
+        }
         Ok(done)
+    }
+
+    /// Whether the index holds any crate (stops at the first file found).
+    fn has_crates(&self) -> Result<bool> {
+        Ok(!self.index_files()?.is_empty())
+    }
+
+    /// Rewrites `search.jsonl` whole from the index (lock held): descriptions are kept from
+    /// old lines that can still be read and are current, else read from the crate files.
+    pub(crate) fn rebuild_search(&self) -> Result<usize> {
+        let mut old = std::collections::HashMap::new();
+        if let Ok(bytes) = fs::read(search::path(&self.root)) {
+            for l in String::from_utf8_lossy(&bytes).lines() {
+                if let Ok(line) = serde_json::from_str::<search::SearchLine>(l) {
+                    old.insert(names::canonical(&line.name), line);
+                }
+            }
+        }
+        let mut lines = Vec::new();
+        for (_, path) in self.index_files()? {
+            let text =
+                fs::read_to_string(&path).context(|| format!("reading {}", path.display()))?;
+            let entries = index::parse_file(&text);
+            let Some(first) = entries.first() else {
+                continue;
+            };
+            let max_version = search::max_version(&entries).unwrap_or_default();
+            let line = match old.remove(&names::canonical(&first.name)) {
+                Some(l) if l.name == first.name && l.max_version == max_version => l,
+                _ => self.search_line_from_files(&entries),
+            };
+            lines.push(line);
+        }
+        let n = lines.len();
+        search::write_all(&self.root, lines)?;
+        Ok(n)
     }
 
     /// Completes the writes the journal names (lock held): orphan crate files of those
     /// crates are moved aside and their search lines rebuilt from the index.
     fn finish_journal(&self) -> Result<Vec<String>> {
         let path = self.root.join(JOURNAL_FILE);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
+        // Read as bytes: a torn or garbled journal must not stop the registry from opening;
+        // what does not name a crate is skipped.
+        let text = match fs::read(&path) {
+            Ok(t) => String::from_utf8_lossy(&t).into_owned(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e).context(|| format!("reading {}", path.display())),
         };
@@ -477,9 +520,14 @@ impl Registry {
     /// Rewrites `name`'s search line from the index; the description and keywords come
     /// from the newest version's `Cargo.toml`.
     pub(crate) fn rebuild_search_line(&self, name: &str, entries: &[IndexEntry]) -> Result<()> {
-        let Some(first) = entries.first() else {
+        if entries.is_empty() {
             return search::update(&self.root, name, None);
-        };
+        }
+        search::replace(&self.root, name, self.search_line_from_files(entries))
+    }
+
+    /// A crate's search line from its index entries (not empty) and its newest crate file.
+    fn search_line_from_files(&self, entries: &[IndexEntry]) -> search::SearchLine {
         let newest = entries
             .iter()
             .filter_map(|e| Version::parse(&e.vers).ok().map(|v| (v.0, e)))
@@ -489,13 +537,12 @@ impl Registry {
             Some(e) => self.described_by_crate_file(e).unwrap_or_default(),
             None => (None, Vec::new()),
         };
-        let line = search::SearchLine {
-            name: first.name.clone(),
+        search::SearchLine {
+            name: entries[0].name.clone(),
             max_version: search::max_version(entries).unwrap_or_default(),
             description,
             keywords,
-        };
-        search::replace(&self.root, name, line)
+        }
     }
 
     /// The description and keywords in a version's crate file.

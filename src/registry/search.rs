@@ -46,6 +46,44 @@ pub fn max_version(entries: &[IndexEntry]) -> Option<String> {
         .map(|(_, s)| s)
 }
 
+/// Whether `search.jsonl` can be read as it is written: UTF-8, one valid line per crate,
+/// sorted by canonical name. (A torn or hand-damaged file is rebuilt from the index.)
+pub fn is_sound(root: &Path) -> Result<bool> {
+    let file = path(root);
+    let bytes = match std::fs::read(&file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e).context(|| format!("reading {}", file.display())),
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Ok(false);
+    };
+    let mut last: Option<String> = None;
+    for l in text.lines() {
+        let Ok(line) = serde_json::from_str::<SearchLine>(l) else {
+            return Ok(false);
+        };
+        let key = canonical(&line.name);
+        if last.as_ref().is_some_and(|prev| *prev >= key) {
+            return Ok(false);
+        }
+        last = Some(key);
+    }
+    Ok(bytes.is_empty() || bytes.ends_with(b"\n"))
+}
+
+/// Replaces `search.jsonl` with `lines` (sorted here by canonical name).
+pub fn write_all(root: &Path, mut lines: Vec<SearchLine>) -> Result<()> {
+    lines.sort_by_cached_key(|l| canonical(&l.name));
+    let file = path(root);
+    let mut text = Vec::new();
+    for l in &lines {
+        serde_json::to_writer(&mut text, l).expect("search lines serialize");
+        text.push(b'\n');
+    }
+    super::write_atomic(&file, &text)
+}
+
 /// The line for the crate `name` (canonically), if any.
 pub fn find(root: &Path, name: &str) -> Result<Option<SearchLine>> {
     let file = path(root);
