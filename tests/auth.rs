@@ -47,13 +47,11 @@ fn text(out: &Output) -> String {
 }
 
 fn assert_ok(out: &Output, what: &str) -> String {
-    eprintln!("=== {what}\n{}", text(out));
     assert!(out.status.success(), "{what} failed:\n{}", show(out));
     text(out)
 }
 
 fn assert_fails_with(out: &Output, want: &str, what: &str) -> String {
-    eprintln!("=== {what}\n{}", text(out));
     let all = text(out);
     assert!(
         !out.status.success() && all.contains(want),
@@ -72,7 +70,7 @@ fn cargo_with(s: &Sandbox, dir: &Path, token: &str, args: &[&str]) -> Output {
 }
 
 /// `cargo login --registry local`, the token pasted on stdin.
-fn login(s: &Sandbox, token: &str) -> String {
+fn login(s: &Sandbox, token: &str) {
     let mut child = s
         .cargo_cmd(s.path(), &["login", "--registry", "local"])
         .stdin(Stdio::piped())
@@ -82,10 +80,9 @@ fn login(s: &Sandbox, token: &str) -> String {
         .unwrap();
     writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
     let out = child.wait_with_output().unwrap();
-    let all = assert_ok(&out, "cargo login");
+    assert_ok(&out, "cargo login");
     let creds = fs::read_to_string(s.cargo_home().join("credentials.toml")).unwrap();
     assert!(creds.contains(token), "{creds}");
-    all
 }
 
 /// `palletizer token create ARGS`: the token alone on stdout.
@@ -252,7 +249,11 @@ fn public_registry_owners_decide_who_publishes_and_yanks_with_real_cargo() {
 
     // Reads are public, writes are not: cargo asks for a token before it sends anything.
     let out = s.cargo(&leaf, &PUBLISH);
-    assert_fails_with(&out, "no token found for `local`", "publish without a token");
+    assert_fails_with(
+        &out,
+        "no token found for `local`",
+        "publish without a token",
+    );
     assert!(!s.reg().join("index/le/af/leaf").exists());
 
     login(&s, &alice);
@@ -275,12 +276,18 @@ fn public_registry_owners_decide_who_publishes_and_yanks_with_real_cargo() {
     assert_eq!(s.index_line("le/af/leaf", "0.1.0")["yanked"], false);
 
     // Alice (logged in) makes bob an owner; then he can.
-    let out = s.cargo(s.path(), &["owner", "--registry", "local", "--add", "bob", "leaf"]);
+    let out = s.cargo(
+        s.path(),
+        &["owner", "--registry", "local", "--add", "bob", "leaf"],
+    );
     assert_ok(&out, "cargo owner --add");
     assert_eq!(owners(&s, &alice), ["alice", "bob"]);
     let out = cargo_with(&s, &leaf_next, &bob, &PUBLISH);
     assert!(assert_ok(&out, "bob's publish as owner").contains("Published leaf v0.1.1"));
-    assert_ok(&cargo_with(&s, s.path(), &bob, &yank), "bob's yank as owner");
+    assert_ok(
+        &cargo_with(&s, s.path(), &bob, &yank),
+        "bob's yank as owner",
+    );
     assert_eq!(s.index_line("le/af/leaf", "0.1.0")["yanked"], true);
 
     // Removed again, bob can no longer undo the yank.
@@ -344,10 +351,14 @@ fn private_registry_builds_with_a_read_token_over_sparse_and_git_and_refuses_the
     let out = s.cargo(&app, &["run", "-q"]);
     assert!(assert_ok(&out, "build over sparse").contains("leaf 0.1.1 ab"));
     let lock = fs::read_to_string(app.join("Cargo.lock")).unwrap();
-    assert!(lock.contains(&format!("sparse+{}/index/", srv.url())), "{lock}");
+    assert!(
+        lock.contains(&format!("sparse+{}/index/", srv.url())),
+        "{lock}"
+    );
     let log = srv.log_from_with(0, "GET /crates/ab/ab-1.0.0.crate 200");
     assert!(
-        log.iter().any(|l| l.contains("GET /crates/ab/ab-1.0.0.crate 200")),
+        log.iter()
+            .any(|l| l.contains("GET /crates/ab/ab-1.0.0.crate 200")),
         "{log:?}"
     );
 
@@ -359,11 +370,27 @@ fn private_registry_builds_with_a_read_token_over_sparse_and_git_and_refuses_the
         "publish with a read token",
     );
     assert!(!s.reg().join("index/3/t/tgt").exists());
+    // The admin token of the zero-config start can, and its user owns the new crate.
+    let out = cargo_with(&s, &tgt, &s.token(), &PUBLISH);
+    assert!(assert_ok(&out, "admin's publish").contains("Published tgt v0.3.0"));
+    assert_eq!(s.palletizer_ok(&["owner", "list", "tgt"]).trim(), "admin");
+    // Search is an API call like the others: cargo sends the read token.
+    let out = s.cargo(s.path(), &["search", "--registry", "local", "leaf"]);
+    assert!(assert_ok(&out, "cargo search").contains("leaf = \"0.1.1\""));
 
     // An expired token.
     let short = new_token(
         &s,
-        &["--user", "reader", "--scope", "read", "--expires", "1s", "--label", "short"],
+        &[
+            "--user",
+            "reader",
+            "--scope",
+            "read",
+            "--expires",
+            "1s",
+            "--label",
+            "short",
+        ],
     );
     wait_until("the short token expires", || {
         token_row(&s, "short").last().map(String::as_str) == Some("expired")
@@ -375,7 +402,10 @@ fn private_registry_builds_with_a_read_token_over_sparse_and_git_and_refuses_the
     );
 
     // A token revoked with the CLI stops working on the running server.
-    let soon = new_token(&s, &["--user", "reader", "--scope", "read", "--label", "soon"]);
+    let soon = new_token(
+        &s,
+        &["--user", "reader", "--scope", "read", "--label", "soon"],
+    );
     wait_known(&srv, &soon);
     assert_ok(&cargo_with(&s, &app, &soon, &lockfile), "a live token");
     let id = token_row(&s, "soon")[0].clone();
@@ -396,7 +426,11 @@ fn private_registry_builds_with_a_read_token_over_sparse_and_git_and_refuses_the
             "{reason}: {log:?}"
         );
     }
-    assert!(log.iter().any(|l| l.contains("refused publish of tgt") || l.contains("refused PUT /api/v1/crates/new: scope")), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.ends_with("refused PUT /api/v1/crates/new: scope")),
+        "{log:?}"
+    );
 
     // The git index through cargo's libgit2: git authenticates with HTTP Basic from its
     // credential store; downloads still carry the cargo token.
@@ -427,7 +461,8 @@ fn private_registry_builds_with_a_read_token_over_sparse_and_git_and_refuses_the
         "git is challenged first: {log:?}"
     );
     assert!(
-        log.iter().any(|l| l.contains("POST /index/git-upload-pack 200")),
+        log.iter()
+            .any(|l| l.contains("POST /index/git-upload-pack 200")),
         "{log:?}"
     );
 
@@ -445,15 +480,279 @@ fn private_registry_builds_with_a_read_token_over_sparse_and_git_and_refuses_the
         assert_ok(&out, &format!("cargo {args:?} over git (CLI)"));
     }
     let lock = fs::read_to_string(app.join("Cargo.lock")).unwrap();
-    assert!(lock.contains("name = \"leaf\"\nversion = \"0.1.1\""), "{lock}");
+    assert!(
+        lock.contains("name = \"leaf\"\nversion = \"0.1.1\""),
+        "{lock}"
+    );
     let log = srv.log_from_with(before, "GET /crates/ab/ab-1.0.0.crate 200");
     assert!(
-        log.iter().any(|l| l.contains("POST /index/git-upload-pack 200")),
+        log.iter()
+            .any(|l| l.contains("POST /index/git-upload-pack 200")),
         "{log:?}"
     );
     assert!(
-        log.iter().any(|l| l.contains("GET /crates/ab/ab-1.0.0.crate 200")),
+        log.iter()
+            .any(|l| l.contains("GET /crates/ab/ab-1.0.0.crate 200")),
         "{log:?}"
     );
     assert_log_keeps_secrets(&srv, &[&read, &wrong, &short, &soon, &s.token()]);
+}
+
+/// HTTP Basic credentials as git sends them: `Basic base64(user:password)`.
+fn basic(user: &str, password: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = format!("{user}:{password}").into_bytes();
+    let mut out = String::from("Basic ");
+    for group in bytes.chunks(3) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=group.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+        out.push_str(&"=".repeat(3 - group.len()));
+    }
+    out
+}
+
+/// One route of the table: what it asks and which token of which scope it needs.
+struct Route {
+    method: &'static str,
+    path: String,
+    headers: &'static str,
+    body: Vec<u8>,
+    /// The token with the scope the route needs, and one with another scope.
+    right: String,
+    other: String,
+    git: bool,
+}
+
+#[test]
+fn private_registry_every_route_refuses_no_wrong_and_other_scope_tokens() {
+    let s = Sandbox::new();
+    // `init --access private` writes the URL into config.json before the server runs, so
+    // the port is chosen first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    s.palletizer_ok(&["init", "--url", &url, "--access", "private"]);
+    let leaf = s.path().join("leaf-0.1.0.crate");
+    fs::write(&leaf, simple_crate("leaf", "0.1.0", &[])).unwrap();
+    s.palletizer_ok(&["add", leaf.to_str().unwrap()]);
+    s.palletizer_ok(&["user", "add", "boss", "--admin"]);
+    s.palletizer_ok(&["user", "add", "reader"]);
+    let read = new_token(&s, &["--user", "reader", "--scope", "read"]);
+    let publish = new_token(&s, &["--user", "boss", "--scope", "publish-new"]);
+    let yank = new_token(&s, &["--user", "boss", "--scope", "yank"]);
+    let owners = new_token(&s, &["--user", "boss", "--scope", "change-owners"]);
+    let wrong = format!("pal_{}", "5a".repeat(32));
+    let srv = s.serve(&["--bind", &format!("127.0.0.1:{port}")]);
+    assert_eq!(srv.url(), url);
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.reg().join("index/config.json")).unwrap()).unwrap();
+    assert_eq!(config["auth-required"], true, "{config}");
+    assert_eq!(config["api"], url, "{config}");
+    let dl = config["dl"].as_str().unwrap();
+    let download = dl
+        .strip_prefix(url.as_str())
+        .unwrap()
+        .replace("{crate}", "leaf")
+        .replace("{version}", "0.1.0");
+
+    let head = git2::Repository::open(s.reg().join("index"))
+        .unwrap()
+        .head()
+        .unwrap()
+        .target()
+        .unwrap();
+    let want = format!("want {head}\n");
+    let upload_pack = format!("{:04x}{want}00000009done\n", want.len() + 4).into_bytes();
+    let fresh = publish_body(
+        &meta("fresh", "1.0.0", serde_json::json!([])),
+        &simple_crate("fresh", "1.0.0", &[]),
+    );
+    let json = "Content-Type: application/json\r\n";
+    let route = |method, path: &str, right: &str, other: &str| Route {
+        method,
+        path: path.to_owned(),
+        headers: "",
+        body: Vec::new(),
+        right: right.to_owned(),
+        other: other.to_owned(),
+        git: false,
+    };
+    let mut routes = vec![
+        route("GET", "/index/config.json", &read, &publish),
+        route("GET", "/index/le/af/leaf", &read, &yank),
+        route("GET", &download, &read, &owners),
+        Route {
+            git: true,
+            ..route(
+                "GET",
+                "/index/info/refs?service=git-upload-pack",
+                &read,
+                &publish,
+            )
+        },
+        Route {
+            git: true,
+            headers: "Content-Type: application/x-git-upload-pack-request\r\n",
+            body: upload_pack,
+            ..route("POST", "/index/git-upload-pack", &read, &yank)
+        },
+        route("GET", "/api/v1/crates?q=leaf&per_page=5", &read, &owners),
+        Route {
+            body: fresh,
+            ..route("PUT", "/api/v1/crates/new", &publish, &read)
+        },
+        route("DELETE", "/api/v1/crates/leaf/0.1.0/yank", &yank, &read),
+        Route {
+            headers: json,
+            ..route("PUT", "/api/v1/crates/leaf/0.1.0/unyank", &yank, &read)
+        },
+        route("GET", "/api/v1/crates/leaf/owners", &read, &owners),
+        Route {
+            headers: json,
+            body: br#"{"users":["boss","reader"]}"#.to_vec(),
+            ..route("PUT", "/api/v1/crates/leaf/owners", &owners, &read)
+        },
+        Route {
+            headers: json,
+            body: br#"{"users":["reader"]}"#.to_vec(),
+            ..route("DELETE", "/api/v1/crates/leaf/owners", &owners, &yank)
+        },
+    ];
+    // The login page asks nothing of anyone.
+    routes.push(route("GET", "/login", &read, &publish));
+
+    let login_url = format!("Cargo login_url=\"{url}/login\"");
+    for r in &routes {
+        let what = format!("{} {}", r.method, r.path);
+        let send =
+            |auth: Option<&str>| request(srv.addr(), r.method, &r.path, auth, r.headers, &r.body);
+        // Tokens on git routes as git sends them, elsewhere raw as cargo does.
+        let token = |t: &str| {
+            if r.git {
+                basic("token", t)
+            } else {
+                t.to_owned()
+            }
+        };
+        let (wrong, other, right) = (token(&wrong), token(&r.other), token(&r.right));
+        let cases: [(&str, Option<String>, u16); 4] = if r.path == "/login" {
+            [
+                ("no token", None, 200),
+                ("wrong token", Some(wrong), 200),
+                ("other scope", Some(other), 200),
+                ("right token", Some(right), 200),
+            ]
+        } else {
+            [
+                ("no token", None, 401),
+                ("wrong token", Some(wrong), 401),
+                ("other scope", Some(other), 403),
+                ("right token", Some(right), 200),
+            ]
+        };
+        for (case, auth, status) in cases {
+            let got = send(auth.as_deref());
+            let body = String::from_utf8_lossy(&got.body).into_owned();
+            assert_eq!(got.status, status, "{what} with {case}: {body}");
+            let challenge = got.header("WWW-Authenticate");
+            match status {
+                401 if r.git => {
+                    assert_eq!(
+                        challenge,
+                        Some("Basic realm=\"palletizer\""),
+                        "{what} {case}"
+                    )
+                }
+                401 => assert_eq!(challenge, Some(login_url.as_str()), "{what} {case}"),
+                _ => assert_eq!(challenge, None, "{what} {case}"),
+            }
+            if matches!(status, 401 | 403) {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert!(
+                    v["errors"][0]["detail"].is_string(),
+                    "{what} {case}: {body}"
+                );
+            }
+        }
+    }
+    // The writes the right tokens made, and only those.
+    assert!(s.reg().join("index/fr/es/fresh").exists());
+    assert_eq!(s.index_line("le/af/leaf", "0.1.0")["yanked"], false);
+    let listed = request(
+        srv.addr(),
+        "GET",
+        "/api/v1/crates/leaf/owners",
+        Some(&read),
+        "",
+        b"",
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&listed.body).unwrap();
+    assert_eq!(listed["users"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["users"][0]["login"], "boss", "{listed}");
+
+    // Each refusal is logged with its route and reason, never with the token.
+    let log = srv.log_from_with(0, "refused DELETE /api/v1/crates/leaf/owners: scope");
+    for r in routes.iter().filter(|r| r.path != "/login") {
+        let path = r.path.split('?').next().unwrap();
+        for reason in ["no token", "unknown", "scope"] {
+            let want = format!("refused {} {path}: {reason}", r.method);
+            assert!(log.iter().any(|l| l.ends_with(&want)), "{want}: {log:?}");
+        }
+    }
+    assert!(
+        !log.iter().any(|l| l.contains("refused GET /login")),
+        "{log:?}"
+    );
+    assert_log_keeps_secrets(&srv, &[&read, &publish, &yank, &owners, &wrong]);
+}
+
+/// Removing a user revokes their tokens. The event loop may still let such a token through
+/// until it reloads (within a second); the worker, which reads the current file, then
+/// refuses it, and must do so as a revoked token (401 with the challenge), not as a 403.
+#[test]
+fn removed_users_token_is_a_401_also_when_the_worker_catches_it() {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    let leaf = s.path().join("leaf-0.1.0.crate");
+    fs::write(&leaf, simple_crate("leaf", "0.1.0", &[])).unwrap();
+    s.palletizer_ok(&["add", leaf.to_str().unwrap()]);
+    let login_url = format!("Cargo login_url=\"{}/login\"", srv.url());
+    // Which check refuses depends on when the server last reloaded: try a few times, until
+    // the worker's check has answered once.
+    for i in 0..10 {
+        let name = format!("gone{i}");
+        s.palletizer_ok(&["user", "add", &name]);
+        let token = new_token(&s, &["--user", &name]);
+        wait_known(&srv, &token);
+        s.palletizer_ok(&["user", "remove", &name]);
+        let before = srv.log().len();
+        let r = request(
+            srv.addr(),
+            "DELETE",
+            "/api/v1/crates/leaf/0.1.0/yank",
+            Some(&token),
+            "",
+            b"",
+        );
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(r.status, 401, "{body}");
+        assert_eq!(r.header("WWW-Authenticate"), Some(login_url.as_str()));
+        assert!(body.contains("the token is not valid"), "{body}");
+        let log = srv.log_from_with(before, "/yank 401");
+        if log
+            .iter()
+            .any(|l| l.contains(&format!("for user {name} (token")))
+        {
+            break;
+        }
+    }
+    assert_eq!(s.index_line("le/af/leaf", "0.1.0")["yanked"], false);
 }
