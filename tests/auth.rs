@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use palletizer::registry::tarball::testing::{publish_body, simple_crate};
-use support::{meta, send_until_close, show, RawResponse, Sandbox, ServerProc};
+use support::{meta, read_one, send_until_close, show, RawResponse, Sandbox, ServerProc};
 
 const PUBLISH: [&str; 5] = [
     "publish",
@@ -702,6 +702,21 @@ fn private_registry_every_route_refuses_no_wrong_and_other_scope_tokens() {
     let listed: serde_json::Value = serde_json::from_slice(&listed.body).unwrap();
     assert_eq!(listed["users"].as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed["users"][0]["login"], "boss", "{listed}");
+
+    // A refused upload is answered at once: no `100 Continue`, no wait for the body.
+    for (token, status) in [(None, 401), (Some(&read), 403)] {
+        let mut c = std::net::TcpStream::connect(srv.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
+        write!(
+            c,
+            "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\n{auth}Expect: 100-continue\r\n\
+             Content-Length: 1000000\r\n\r\n"
+        )
+        .unwrap();
+        let (got, body) = read_one(&mut c);
+        assert_eq!(got, status, "{body}");
+    }
 
     // Each refusal is logged with its route and reason, never with the token.
     let log = srv.log_from_with(0, "refused DELETE /api/v1/crates/leaf/owners: scope");
