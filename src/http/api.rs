@@ -415,14 +415,17 @@ pub fn storage_error(detail: &str) -> Response {
 }
 
 /// A refusal decided on the worker (ownership): logged with its reason, never the token.
-fn refused_here(p: &Principal, refusal: Refusal, route: &str) -> Response {
-    eprintln!(
-        "refused {route} for user {} (token {}): {}",
+/// The worker reads the current `auth.json`, so it may be first to see that the token's
+/// user was removed: that is a revoked token, answered as the event loop would (401).
+fn refused_here(reg: &Registry, p: &Principal, refusal: Refusal, route: &str) -> Response {
+    let mut r = super::auth::refused(&refusal, super::auth::Challenge::Cargo, &reg.settings().url);
+    r.refusal = Some(format!(
+        "{route} for user {} (token {}): {}",
         p.user,
         p.token,
         refusal.reason()
-    );
-    Response::error(403, &refusal.detail())
+    ));
+    r
 }
 
 /// Whether `p` may act as an owner of `name` (yank, unyank). A crate that does not exist
@@ -433,7 +436,7 @@ fn check_owner(reg: &Registry, p: &Principal, name: &CrateName) -> Result<(), Re
     };
     let data = AuthFile::load(reg).map_err(|e| super::auth::auth_error(e, &reg.settings().url))?;
     auth::authorize_owner(&data, p, &real)
-        .map_err(|refusal| refused_here(p, refusal, &format!("yank of {real}")))
+        .map_err(|refusal| refused_here(reg, p, refusal, &format!("yank of {real}")))
 }
 
 /// `GET`, `PUT` and `DELETE /api/v1/crates/{name}/owners`.
@@ -470,6 +473,7 @@ fn owners(
     match result {
         Ok(msg) => super::auth::owners_changed(&msg),
         Err(auth::AuthError::Refused(refusal)) if who.is_some() => refused_here(
+            reg,
             who.expect("checked"),
             refusal,
             &format!("owner change of {name}"),
@@ -556,7 +560,7 @@ fn publish(reg: &Registry, path: &std::path::Path, who: Option<&Principal>) -> R
             Err(e) => return super::auth::auth_error(e, &reg.settings().url),
         };
         if let Err(refusal) = auth::authorize_publish(&data, p, &name, exists) {
-            return refused_here(p, refusal, &format!("publish of {name}"));
+            return refused_here(reg, p, refusal, &format!("publish of {name}"));
         }
         new_crate = !exists;
     }

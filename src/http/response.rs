@@ -154,6 +154,8 @@ pub struct Response {
     pub body: Body,
     /// Close the connection after this response.
     pub close: bool,
+    /// Why the request was refused, for the server's log (never a token).
+    pub refusal: Option<String>,
 }
 
 impl Response {
@@ -163,6 +165,7 @@ impl Response {
             headers: Vec::new(),
             body: Body::Empty,
             close: false,
+            refusal: None,
         }
     }
 

@@ -400,7 +400,13 @@ impl<S: Stream> Conn<S> {
                         (http::route(&shared.site, &head), principal)
                     }
                     Err(refused) => {
-                        shared.log_refusal(self.peer, &head, refused.refusal.reason());
+                        let why = format!(
+                            "{} {}: {}",
+                            head.method.as_str(),
+                            head.path(),
+                            refused.refusal.reason()
+                        );
+                        shared.log_refused(self.peer, &why);
                         (Routed::Done(refused.response), None)
                     }
                 }
@@ -538,6 +544,9 @@ impl<S: Stream> Conn<S> {
 
     /// The worker's answer for this connection's request.
     pub fn finish_job(&mut self, response: Response, shared: &Shared) {
+        if let Some(why) = &response.refusal {
+            shared.log_refused(self.peer, why);
+        }
         if let Phase::Waiting(ex) = std::mem::replace(&mut self.phase, Phase::Closed) {
             self.queue_response(response, *ex, shared);
         }

@@ -94,14 +94,10 @@ impl Shared {
         self.tokens_used.borrow_mut().insert(token, now);
     }
 
-    /// A request refused for its credentials: peer, route and reason, never the token.
-    fn log_refusal(&self, peer: SocketAddr, head: &crate::http::Head, reason: &str) {
-        info!(
-            "{} refused {} {}: {reason}",
-            peer.ip(),
-            head.method.as_str(),
-            head.path()
-        );
+    /// A request refused for its credentials or ownership: peer, route and reason, never
+    /// the token.
+    fn log_refused(&self, peer: SocketAddr, why: &str) {
+        info!("{} refused {why}", peer.ip());
     }
 
     fn log_request(
