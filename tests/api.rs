@@ -577,3 +577,75 @@ fn twenty_concurrent_publishes_all_land() {
         );
     }
 }
+
+#[test]
+fn odd_authorization_headers_never_stop_the_server() {
+    let (s, srv) = setup();
+    let body = publish_body(
+        &meta("odd", "1.0.0", serde_json::json!([])),
+        &simple_crate("odd", "1.0.0", &[]),
+    );
+    let long = "x".repeat(10_000);
+    // A multi-byte character where a scheme's space would be used to panic the event loop.
+    for value in [
+        "Basicé",
+        "Beareré",
+        "pal_é",
+        "Basic !!!",
+        "Bearer",
+        long.as_str(),
+    ] {
+        let mut c = TcpStream::connect(srv.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {value}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        let _ = c.write_all(&body);
+        let (st, text) = read_one(&mut c);
+        assert_eq!(st, 401, "{value:.20}: {text}");
+    }
+    // Two sets of credentials: refused, whichever comes first.
+    let mut c = TcpStream::connect(srv.addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let two = format!(
+        "DELETE /api/v1/crates/odd/1.0.0/yank HTTP/1.1\r\nHost: x\r\nAuthorization: wrong\r\nAuthorization: {}\r\n\r\n",
+        s.token()
+    );
+    c.write_all(two.as_bytes()).unwrap();
+    assert_eq!(read_one(&mut c).0, 400);
+    // Still serving, and the publish works with the right token.
+    let (st, text) = raw_publish(srv.addr(), &s.token(), &body);
+    assert_eq!(st, 200, "{text}");
+    // HEAD is allowed wherever GET is; names too long for the file system are not found.
+    for (req, status) in [
+        (
+            "HEAD /api/v1/crates?q=odd HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            200,
+        ),
+        (
+            "HEAD /api/v1/crates/odd/owners HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            200,
+        ),
+        (
+            format!("GET /index/{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(300)),
+            404,
+        ),
+        (
+            format!(
+                "GET /crates/{0}/{0}-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n",
+                "a".repeat(300)
+            ),
+            404,
+        ),
+    ] {
+        let mut c = TcpStream::connect(srv.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(req.as_bytes()).unwrap();
+        let mut buf = [0u8; 12];
+        c.read_exact(&mut buf).unwrap();
+        let got: u16 = std::str::from_utf8(&buf[9..12]).unwrap().parse().unwrap();
+        assert_eq!(got, status, "{req:.60}");
+    }
+}

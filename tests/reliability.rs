@@ -476,3 +476,43 @@ fn nix_statvfs(path: &Path) -> (u64, u64) {
         (st.f_frsize as u64, st.f_bavail as u64)
     }
 }
+
+#[test]
+fn garbled_state_is_repaired_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let reg = init(root);
+    reg.publish(None, &simple_crate("kept", "1.0.0", &[])[..])
+        .unwrap();
+    // What a torn write or a bad disk sector can leave: a journal that is not text, a git
+    // index cut short, a search file that is not UTF-8; and a stray file in the index.
+    fs::write(root.join(".pending"), b"\xff\xfe\nkept\n\x00").unwrap();
+    fs::write(root.join("index/.git/index"), b"DIRC\x00").unwrap();
+    fs::write(root.join("search.jsonl"), b"{\"name\":\"ke\xff").unwrap();
+    fs::write(root.join("index/junk.txt"), b"not an index file").unwrap();
+    let problems = check::check(&reg).unwrap();
+    for want in [".pending", "git's index file", "search data for kept"] {
+        assert!(
+            problems.iter().any(|p| p.to_string().contains(want)),
+            "{want}: {problems:?}"
+        );
+    }
+    let reg = Registry::open(root).expect("opens and repairs");
+    let found = reg.search("kept", 10).unwrap();
+    assert_eq!(found.hits.len(), 1, "search rebuilt");
+    assert_eq!(
+        found.hits[0].description.as_deref(),
+        Some("test crate kept")
+    );
+    assert!(git::staged(&root.join("index")).unwrap().is_empty());
+    assert!(
+        !head_has(root, "junk.txt"),
+        "recovery commits only index files"
+    );
+    let problems = check::check(&reg).unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].to_string().contains("junk.txt"), "{problems:?}");
+    reg.publish(None, &simple_crate("after", "1.0.0", &[])[..])
+        .unwrap();
+    assert!(!head_has(root, "junk.txt"));
+}

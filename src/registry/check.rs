@@ -41,6 +41,10 @@ pub enum Problem {
     StaleGitFile {
         path: PathBuf,
     },
+    /// Git's index file (a cache) cannot be read.
+    BrokenGitIndex,
+    /// A write was cut short: the journal still names the crates it was changing.
+    UnfinishedWrite,
     TempFile {
         path: PathBuf,
     },
@@ -94,6 +98,12 @@ impl std::fmt::Display for Problem {
                 write!(f, "git lock or temp file {} left behind", path.display())
             }
             Problem::TempFile { path } => write!(f, "temp file {} left behind", path.display()),
+            Problem::BrokenGitIndex => write!(f, "git's index file cannot be read"),
+            Problem::UnfinishedWrite => write!(
+                f,
+                "a write was cut short (the journal {} names crates to finish)",
+                super::JOURNAL_FILE
+            ),
             Problem::SearchOutOfDate { name } => {
                 write!(f, "search data for {name} disagrees with the index")
             }
@@ -157,11 +167,15 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
             problems.push(Problem::OrphanCrateFile { path: p });
         }
     }
-    for path in git::dirty_paths(reg.index_dir())? {
-        problems.push(Problem::Uncommitted { path });
-    }
-    for path in git::staged(reg.index_dir())? {
-        problems.push(Problem::Staged { path });
+    if git::index_readable(reg.index_dir())? {
+        for path in git::dirty_paths(reg.index_dir())? {
+            problems.push(Problem::Uncommitted { path });
+        }
+        for path in git::staged(reg.index_dir())? {
+            problems.push(Problem::Staged { path });
+        }
+    } else {
+        problems.push(Problem::BrokenGitIndex);
     }
     for path in git::stale_files(reg.index_dir())
         .context(|| format!("reading {}", reg.index_dir().display()))?
@@ -169,6 +183,9 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
         problems.push(Problem::StaleGitFile { path });
     }
     problems.extend(temps.into_iter().map(|path| Problem::TempFile { path }));
+    if reg.root().join(super::JOURNAL_FILE).exists() {
+        problems.push(Problem::UnfinishedWrite);
+    }
     problems.extend(search_problems(reg, &crates)?);
     Ok(problems)
 }

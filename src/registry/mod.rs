@@ -343,12 +343,12 @@ impl Registry {
         if git::commit_all(&self.index_dir, "Commit index changes left uncommitted")? {
             done.push("committed uncommitted index changes".to_owned());
         }
-        done.extend(self.finish_journal()?);
         let no_search_file = !search::path(&self.root).exists();
         if !search::is_sound(&self.root)? || (no_search_file && self.has_crates()?) {
             let n = self.rebuild_search()?;
             done.push(format!("rebuilt search.jsonl ({n} crates)"));
         }
+        done.extend(self.finish_journal()?);
         Ok(done)
     }
 

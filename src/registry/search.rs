@@ -93,9 +93,9 @@ pub fn find(root: &Path, name: &str) -> Result<Option<SearchLine>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).context(|| format!("reading {}", file.display())),
     };
-    for text in BufReader::new(f).lines() {
+    for text in BufReader::new(f).split(b'\n') {
         let text = text.context(|| format!("reading {}", file.display()))?;
-        if let Ok(line) = serde_json::from_str::<SearchLine>(&text) {
+        if let Ok(line) = serde_json::from_slice::<SearchLine>(&text) {
             if canonical(&line.name) == key {
                 return Ok(Some(line));
             }
@@ -133,9 +133,10 @@ fn rewrite(
             out.write_all(b"\n")
         };
         if let Ok(f) = File::open(&file) {
-            for text in BufReader::new(f).lines() {
+            // Line by line as bytes: a damaged line is dropped, not fatal.
+            for text in BufReader::new(f).split(b'\n') {
                 let text = text?;
-                let Ok(old) = serde_json::from_str::<SearchLine>(&text) else {
+                let Ok(old) = serde_json::from_slice::<SearchLine>(&text) else {
                     continue;
                 };
                 let old_key = canonical(&old.name);
@@ -191,9 +192,9 @@ pub fn search(root: &Path, query: &str, per_page: usize) -> Result<Found> {
         }
         Err(e) => return Err(e).context(|| format!("reading {}", file.display())),
     };
-    for text in BufReader::new(f).lines() {
+    for text in BufReader::new(f).split(b'\n') {
         let text = text.context(|| format!("reading {}", file.display()))?;
-        let Ok(line) = serde_json::from_str::<SearchLine>(&text) else {
+        let Ok(line) = serde_json::from_slice::<SearchLine>(&text) else {
             continue;
         };
         if line.max_version.is_empty() {
