@@ -776,3 +776,49 @@ fn removed_users_token_is_a_401_also_when_the_worker_catches_it() {
     }
     assert_eq!(s.index_line("le/af/leaf", "0.1.0")["yanked"], false);
 }
+
+/// `access` edited by hand in `palletizer.toml` (what made the setting and `config.json`
+/// disagree before): the server's start makes `config.json` follow, and refuses readers.
+#[test]
+fn config_json_follows_the_access_setting_at_start() {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    drop(srv);
+    let settings = s.reg().join("palletizer.toml");
+    let text = fs::read_to_string(&settings).unwrap();
+    assert!(text.contains("access = \"public\""), "{text}");
+    fs::write(
+        &settings,
+        text.replace("access = \"public\"", "access = \"private\""),
+    )
+    .unwrap();
+    let srv = s.serve(&[]);
+    let config = fs::read_to_string(s.reg().join("index/config.json")).unwrap();
+    assert!(config.contains("\"auth-required\": true"), "{config}");
+    let repo = git2::Repository::open(s.reg().join("index")).unwrap();
+    let head = repo.head().unwrap().peel_to_commit().unwrap();
+    assert_eq!(head.message().unwrap(), "Set access to private");
+    assert_eq!(get_status(srv.addr(), "/index/config.json", None), 401);
+    assert_eq!(
+        get_status(srv.addr(), "/index/config.json", Some(&s.token())),
+        200
+    );
+}
+
+/// An open registry listening beyond loopback says so at start.
+#[test]
+fn open_access_beyond_loopback_is_warned_about() {
+    let s = Sandbox::new();
+    let out = s.palletizer(&["init", "--url", "http://reg.example", "--access", "open"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let srv = s.serve(&["--bind", "0.0.0.0:0"]);
+    let log = srv.log_from_with(0, "access is `open`");
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("warning: access is `open`")),
+        "{log:?}"
+    );
+    drop(srv);
+    let srv = s.serve(&["--bind", "127.0.0.1:0"]);
+    assert!(!srv.log().iter().any(|l| l.contains("access is `open`")));
+}
