@@ -822,3 +822,99 @@ fn open_access_beyond_loopback_is_warned_about() {
     let srv = s.serve(&["--bind", "127.0.0.1:0"]);
     assert!(!srv.log().iter().any(|l| l.contains("access is `open`")));
 }
+
+/// A token revoked while its upload is still arriving: the publish is refused when the body
+/// is complete, not accepted on the strength of the check made when the head arrived.
+#[test]
+fn a_token_revoked_during_its_upload_cannot_publish() {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    let slow = new_token(&s, &["--user", "admin", "--label", "slow"]);
+    wait_known(&srv, &slow);
+    let body = publish_body(
+        &meta("slowpoke", "1.0.0", serde_json::json!([])),
+        &simple_crate("slowpoke", "1.0.0", &[]),
+    );
+    let mut c = std::net::TcpStream::connect(srv.addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {slow}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(&body[..10]).unwrap();
+    let id = token_row(&s, "slow")[0].clone();
+    s.palletizer_ok(&["token", "revoke", &id]);
+    wait_until("the server refuses the revoked token", || {
+        get_status(srv.addr(), "/api/v1/crates/slowpoke/owners", None) == 404
+            && request(
+                srv.addr(),
+                "PUT",
+                "/api/v1/crates/x/1.0.0/unyank",
+                Some(&slow),
+                "",
+                b"",
+            )
+            .status
+                == 401
+    });
+    c.write_all(&body[10..]).unwrap();
+    let (status, text) = read_one(&mut c);
+    assert_eq!(status, 401, "{text}");
+    assert!(!s.reg().join("crates/slowpoke").exists());
+}
+
+/// `access` changed by hand while the server runs: `config.json` follows (committed), not
+/// only the checks.
+#[test]
+fn config_json_follows_an_access_change_while_running() {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    let settings = s.reg().join("palletizer.toml");
+    let text = fs::read_to_string(&settings).unwrap();
+    let tmp = s.reg().join("palletizer.toml.new");
+    fs::write(
+        &tmp,
+        text.replace("access = \"public\"", "access = \"private\""),
+    )
+    .unwrap();
+    fs::rename(&tmp, &settings).unwrap();
+    let config = s.reg().join("index/config.json");
+    wait_until("config.json says auth-required", || {
+        fs::read_to_string(&config).is_ok_and(|c| c.contains("\"auth-required\": true"))
+    });
+    let served = request(
+        srv.addr(),
+        "GET",
+        "/index/config.json",
+        Some(&s.token()),
+        "",
+        b"",
+    );
+    assert_eq!(served.status, 200);
+    assert!(String::from_utf8_lossy(&served.body).contains("auth-required"));
+    assert_eq!(get_status(srv.addr(), "/index/config.json", None), 401);
+}
+
+/// A token revoked while the server sat idle: the very first request after the quiet spell
+/// meets the revocation (the loop looks at the access files before it reads a request).
+#[test]
+fn the_first_request_after_an_idle_spell_meets_a_revocation() {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    let t = new_token(&s, &["--user", "admin", "--label", "idle"]);
+    wait_known(&srv, &t);
+    let id = token_row(&s, "idle")[0].clone();
+    s.palletizer_ok(&["token", "revoke", &id]);
+    // Longer than the half second between looks, with no request at all meanwhile.
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = request(
+        srv.addr(),
+        "PUT",
+        "/api/v1/crates/x/1.0.0/unyank",
+        Some(&t),
+        "",
+        b"",
+    );
+    assert_eq!(r.status, 401);
+}

@@ -49,6 +49,8 @@ pub enum Job {
     },
     /// Write when tokens were last used: `(token id, unix seconds)`.
     RecordTokenUse(Vec<(u64, u64)>),
+    /// Make `config.json` say what the access setting says (after a hand edit).
+    SyncAccess,
     /// List a crate's owners, or change them with the `{"users":[...]}` body spooled here
     /// (removed by the job).
     Owners {
@@ -296,6 +298,13 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
             }
         }
         Job::Owners { name, change } => owners(reg, &name, change, who),
+        Job::SyncAccess => match auth::sync_config_json(reg) {
+            Ok(_) => Response::new(204),
+            Err(e) => {
+                eprintln!("error: config.json does not follow the access setting: {e}");
+                Response::new(500)
+            }
+        },
         Job::RecordTokenUse(uses) => match auth::record_last_used(reg, &uses) {
             Ok(()) => Response::new(204),
             Err(e) => {

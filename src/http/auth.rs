@@ -433,7 +433,8 @@ mod tests {
                         | Job::GitUploadPack { .. }
                         | Job::Search { .. }
                         | Job::Owners { change: None, .. }
-                        | Job::RecordTokenUse(_) => None,
+                        | Job::RecordTokenUse(_)
+                        | Job::SyncAccess => None,
                         Job::Owners { name, .. } => {
                             Some((Need::ChangeOwners, Some(name.to_string())))
                         }

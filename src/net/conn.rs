@@ -956,7 +956,7 @@ mod tests {
                 ("upload-pack".into(), bytes, ok(b"0008NAK\n"))
             }
             Job::Yank { name, .. } => (format!("yank {name}"), Vec::new(), ok(b"{\"ok\":true}")),
-            Job::RecordTokenUse(_) => unreachable!("no route makes this job"),
+            Job::RecordTokenUse(_) | Job::SyncAccess => unreachable!("no route makes this job"),
             Job::Owners { name, change } => {
                 let body = change.map(|(_, path)| {
                     let bytes = std::fs::read(&path).unwrap();

@@ -110,12 +110,37 @@ impl Shared {
         start: Instant,
     ) {
         info!(
-            "{} {} {target} {status} {bytes} {}us",
+            "{} {} {} {status} {bytes} {}us",
             peer.ip(),
             method,
+            redact_tokens(target),
             start.elapsed().as_micros()
         );
     }
+}
+
+/// A request target as the log shows it: anything shaped like a token (`pal_` and its hex
+/// digits, which a client may have put in a query by mistake) is cut to `pal_…`.
+fn redact_tokens(target: &str) -> std::borrow::Cow<'_, str> {
+    if !target.contains(auth::TOKEN_PREFIX) {
+        return target.into();
+    }
+    let mut out = String::with_capacity(target.len());
+    let mut rest = target;
+    while let Some(i) = rest.find(auth::TOKEN_PREFIX) {
+        let after = &rest[i + auth::TOKEN_PREFIX.len()..];
+        let secret = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
+        out.push_str(&rest[..i]);
+        out.push_str(auth::TOKEN_PREFIX);
+        if secret > 0 {
+            out.push('…');
+        }
+        rest = &after[secret..];
+    }
+    out.push_str(rest);
+    out.into()
 }
 
 struct Listening {
@@ -295,10 +320,15 @@ impl Server {
         if uses.is_empty() {
             return;
         }
+        self.send_background(crate::http::Job::RecordTokenUse(uses));
+    }
+
+    /// A job for the worker whose answer goes to no connection.
+    fn send_background(&self, job: crate::http::Job) {
         let _ = self.shared.jobs.send(worker::Ticket {
             key: usize::MAX,
             serial: 0,
-            job: crate::http::Job::RecordTokenUse(uses),
+            job,
             reserved: None,
             principal: None,
         });
@@ -340,6 +370,11 @@ impl Server {
         }
         match AuthView::load(&self.root) {
             Ok(view) => {
+                if view.access() != self.shared.site.access() {
+                    // `palletizer.toml` was edited by hand: `config.json` must follow.
+                    info!("access is now {}", view.access());
+                    self.send_background(crate::http::Job::SyncAccess);
+                }
                 debug!(
                     "access control reloaded: {}, {} users, {} tokens",
                     view.access(),
@@ -388,8 +423,10 @@ impl Server {
         let mut next_sweep = Instant::now() + sweep_every;
         loop {
             let now = Instant::now();
+            // Idle, the loop still wakes now and then to notice access control changes (and
+            // make `config.json` follow a hand-edited mode).
             let mut timeout = if self.conns.is_empty() && self.accept_paused.is_none() {
-                None
+                Some(self.next_auth_check.saturating_duration_since(now))
             } else {
                 Some(next_sweep.saturating_duration_since(now))
             };
@@ -406,6 +443,9 @@ impl Server {
                 }
                 return Err(format!("poll: {e}"));
             }
+            // Before any request is looked at: a request after an idle spell must meet the
+            // current tokens, not those of the last check.
+            self.check_auth(Instant::now());
             for key in std::mem::take(&mut again) {
                 self.drive(key, &mut again, &mut closed);
             }
@@ -450,7 +490,6 @@ impl Server {
             if now >= next_sweep {
                 next_sweep = now + sweep_every;
                 self.sweep(now, &mut closed);
-                self.check_auth(now);
             }
             again.retain(|k| !closed.contains(k));
             for key in closed.drain(..) {
@@ -790,4 +829,20 @@ pub fn serve(
         let _ = io::stdout().flush();
     }
     server.run()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_never_reach_the_log() {
+        assert_eq!(
+            super::redact_tokens("/index/config.json"),
+            "/index/config.json"
+        );
+        assert_eq!(
+            super::redact_tokens("/x?token=pal_0123abcdef&b=pal_ff"),
+            "/x?token=pal_…&b=pal_…"
+        );
+        assert_eq!(super::redact_tokens("/pal_"), "/pal_");
+    }
 }

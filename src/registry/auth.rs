@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -326,15 +326,10 @@ impl AuthFile {
     fn write(&self, path: &Path) -> Result<(), AuthError> {
         let mut bytes = serde_json::to_vec_pretty(self).expect("auth data serializes");
         bytes.push(b'\n');
-        write_atomic(path, &bytes)?;
-        // Hashes of 32 random bytes reveal nothing usable, but user names and owner lists
-        // are nobody else's business either.
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
-            super::Error::Io {
-                context: format!("restricting permissions of {}", path.display()),
-                source,
-            }
-        })?;
+        // Created 0600 before a byte is written, so no reader ever sees it otherwise: hashes
+        // of 32 random bytes reveal nothing usable, but user names and owner lists are
+        // nobody else's business, and nobody else may add a token hash.
+        super::write_atomic_mode(path, &bytes, 0o600)?;
         Ok(())
     }
 
@@ -693,7 +688,10 @@ pub fn add_owners(
         let mut added = Vec::new();
         for name in users {
             let user = data.user_or_err(name)?.name.clone();
-            if data.is_owner(&user, real) || added.contains(&user) {
+            if added.contains(&user) {
+                return Err(AuthError::Invalid(format!("`{user}` is named twice")));
+            }
+            if data.is_owner(&user, real) {
                 return Err(AuthError::Conflict(format!(
                     "`{user}` is already an owner of `{real}`"
                 )));
@@ -756,10 +754,7 @@ pub fn record_first_owner(reg: &Registry, krate: &str, user: &str) -> Result<(),
 /// Checks that `p` may act as an owner of `krate` (yank, unyank, change owners, publish a
 /// new version), against current data: a recorded owner, or an admin.
 pub fn authorize_owner(data: &AuthFile, p: &Principal, krate: &str) -> Result<(), Refusal> {
-    let Some(user) = data.user(&p.user) else {
-        // Removed since the server's view was built: removal revokes the user's tokens.
-        return Err(Refusal::Revoked { token: p.token });
-    };
+    let user = still_valid(data, p, now())?;
     if user.admin || data.is_owner(&user.name, krate) {
         return Ok(());
     }
@@ -782,12 +777,26 @@ pub fn authorize_publish(
         authorize_owner(data, p, krate)
     } else {
         p.check_scope(Scopes::PUBLISH_NEW, Some(krate))?;
-        // A user removed since the view was built must not create crates either.
-        if data.user(&p.user).is_none() {
-            return Err(Refusal::Revoked { token: p.token });
-        }
-        Ok(())
+        still_valid(data, p, now()).map(drop)
     }
+}
+
+/// Checks again, against the current file, what the server's view checked when the request
+/// arrived: an upload can take longer than a revocation takes to reach the view, and a job
+/// can wait behind others. The token must still exist, unrevoked and unexpired, and its user
+/// too (removing a user revokes their tokens). Returns the user.
+fn still_valid<'a>(data: &'a AuthFile, p: &Principal, now: u64) -> Result<&'a User, Refusal> {
+    let token = data.tokens.iter().find(|t| t.id == p.token);
+    match token {
+        None => return Err(Refusal::Revoked { token: p.token }),
+        Some(t) if t.revoked.is_some() => return Err(Refusal::Revoked { token: p.token }),
+        Some(t) if t.expires.is_some_and(|e| e <= now) => {
+            return Err(Refusal::Expired { token: p.token })
+        }
+        Some(_) => {}
+    }
+    data.user(&p.user)
+        .ok_or(Refusal::Revoked { token: p.token })
 }
 
 /// Sets the access mode: `palletizer.toml` first (it is the truth), then `config.json`,
@@ -1327,7 +1336,9 @@ mod tests {
         let text = fs::read_to_string(&path).unwrap();
         assert!(!text.contains(hexpart), "the secret is in the file");
         assert!(text.contains(&hex(&stored.sha256)));
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&path).unwrap().permissions())
+                & 0o777;
         assert_eq!(mode, 0o600);
         assert!(!reg.index_dir().join(AUTH_FILE).exists());
         assert!(git::dirty_paths(reg.index_dir()).unwrap().is_empty());

@@ -172,11 +172,21 @@ pub fn temp_path(dir: &Path, hint: &str) -> PathBuf {
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] with the file created with `mode` (less the umask) from the start.
+pub(crate) fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().expect("registry paths have a parent");
     fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
     let tmp = temp_path(dir, "write");
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
