@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use palletizer::registry::tarball::testing::{publish_body, simple_crate};
-use support::{meta, raw_publish, read_one, send_until_close, Sandbox};
+use support::{meta, raw_publish, read_one, self_signed, send_until_close, Sandbox};
 
 /// One request on a new connection, with an optional `Authorization` value.
 fn request(addr: &str, method: &str, path: &str, auth: Option<&str>) -> (u16, String) {
@@ -114,7 +114,11 @@ fn counters_move_with_requests_publishes_and_refusals() {
         &simple_crate("metered", "1.0.0", &[]),
     );
     assert_eq!(raw_publish(addr, &admin, &body).0, 200);
-    assert_eq!(raw_publish(addr, &admin, &body).0, 409, "the same version again");
+    assert_eq!(
+        raw_publish(addr, &admin, &body).0,
+        409,
+        "the same version again"
+    );
     assert_eq!(raw_publish(addr, "wrong-token", &body).0, 401);
     let download = "/crates/metered/metered-1.0.0.crate";
     assert_eq!(request(addr, "GET", download, None).0, 200);
@@ -151,7 +155,10 @@ fn counters_move_with_requests_publishes_and_refusals() {
     assert_eq!(after["palletizer_worker_queue_depth"], 0.0);
     // Seven requests and this scrape, each on its own connection.
     assert_eq!(d("palletizer_connections_accepted_total"), 8.0);
-    assert_eq!(after["palletizer_connections_open"], 1.0, "the scrape's own");
+    assert_eq!(
+        after["palletizer_connections_open"], 1.0,
+        "the scrape's own"
+    );
     let index_opens = d("palletizer_open_file_cache_hits_total{tree=\"index\"}")
         + d("palletizer_open_file_cache_misses_total{tree=\"index\"}");
     assert!(index_opens >= 2.0, "{index_opens}");
@@ -164,18 +171,29 @@ fn a_metrics_listener_serves_metrics_without_a_token_and_nothing_else() {
     let s = Sandbox::new();
     // Created by a zero-config start, then served from a config file with two listeners.
     drop(s.serve(&[]));
+    let (cert, key) = self_signed();
+    fs::write(s.path().join("cert.pem"), cert).unwrap();
+    fs::write(s.path().join("key.pem"), key).unwrap();
     let cfg = s.path().join("server.toml");
     fs::write(
         &cfg,
         format!(
             "registry = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n\n\
-             [[listener]]\nbind = \"127.0.0.1:0\"\nmetrics = true\n",
+             [[listener]]\nbind = \"127.0.0.1:0\"\nmetrics = true\n\n\
+             [[listener]]\nbind = \"127.0.0.1:0\"\n\
+             tls = {{ private_key = \"key.pem\", certificate_chain = \"cert.pem\" }}\n",
             s.reg().display()
         ),
     )
     .unwrap();
     let srv = s.serve(&[cfg.to_str().unwrap()]);
-    let (registry, metrics) = (&srv.addrs[0], &srv.addrs[1]);
+    let (registry, metrics, tls) = (&srv.addrs[0], &srv.addrs[1], &srv.addrs[2]);
+
+    // Plain HTTP to the TLS listener: a failed handshake, counted once the server closed it.
+    let tls_failures = "palletizer_tls_handshake_failures_total";
+    assert_eq!(scrape(metrics, None).1[tls_failures], 0.0);
+    send_until_close(tls, b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(scrape(metrics, None).1[tls_failures], 1.0);
 
     let (text, _) = scrape(metrics, None);
     promtool_accepts(&text);

@@ -402,40 +402,37 @@ impl<S: Stream> Conn<S> {
         let route = Route::of(head.method, path);
         // Credentials first: a refused request gets no `100 Continue` and no body is read.
         // A bug in a handler costs its request a 500, never the process.
-        let decided =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                if self.metrics_listener {
-                    let r = match route {
-                        Route::Metrics => metrics_response(head.method, shared),
-                        _ => Response::error(404, "this listener serves only /metrics"),
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if self.metrics_listener {
+                let r = match route {
+                    Route::Metrics => metrics_response(head.method, shared),
+                    _ => Response::error(404, "this listener serves only /metrics"),
+                };
+                return (Routed::Done(r), None);
+            }
+            match http::authorize(&shared.site, &head, crate::registry::auth::now()) {
+                Ok(principal) => {
+                    if let Some(p) = &principal {
+                        shared.note_token_use(p.token, crate::registry::auth::now());
+                    }
+                    let routed = match route {
+                        Route::Metrics => Routed::Done(metrics_response(head.method, shared)),
+                        _ => http::route(&shared.site, &head),
                     };
-                    return (Routed::Done(r), None);
+                    (routed, principal)
                 }
-                match http::authorize(&shared.site, &head, crate::registry::auth::now()) {
-                    Ok(principal) => {
-                        if let Some(p) = &principal {
-                            shared.note_token_use(p.token, crate::registry::auth::now());
-                        }
-                        let routed = match route {
-                            Route::Metrics => {
-                                Routed::Done(metrics_response(head.method, shared))
-                            }
-                            _ => http::route(&shared.site, &head),
-                        };
-                        (routed, principal)
-                    }
-                    Err(refused) => {
-                        let why = format!(
-                            "{} {}: {}",
-                            head.method.as_str(),
-                            head.path(),
-                            refused.refusal.reason()
-                        );
-                        shared.log_refused(self.peer, &why);
-                        (Routed::Done(refused.response), None)
-                    }
+                Err(refused) => {
+                    let why = format!(
+                        "{} {}: {}",
+                        head.method.as_str(),
+                        head.path(),
+                        refused.refusal.reason()
+                    );
+                    shared.log_refused(self.peer, &why);
+                    (Routed::Done(refused.response), None)
                 }
-            }));
+            }
+        }));
         let (routed, principal) = decided.unwrap_or_else(|_| {
             eprintln!(
                 "error: {} {} failed inside the server",
@@ -557,7 +554,7 @@ impl<S: Stream> Conn<S> {
             principal: ex.principal.clone(),
         };
         // On failure the ticket comes back: its reservation drops, its spool file goes.
-        if let Err(std::sync::mpsc::SendError(t)) = shared.send_job(ticket) {
+        if let Err(t) = shared.send_job(ticket) {
             if let Some(path) = t.job.body_file() {
                 let _ = std::fs::remove_file(path);
             }

@@ -203,7 +203,14 @@ impl<C: Count> Histogram<C> {
 const REQUEST_BOUNDS_US: [u64; BUCKETS] = [1_000, 5_000, 25_000, 100_000, 500_000, 2_500_000];
 const REQUEST_BOUNDS: [&str; BUCKETS] = ["0.001", "0.005", "0.025", "0.1", "0.5", "2.5"];
 /// Publish duration bounds: a small crate on a fast disk to a large one on an SD card.
-const PUBLISH_BOUNDS_US: [u64; BUCKETS] = [50_000, 250_000, 1_000_000, 5_000_000, 25_000_000, 100_000_000];
+const PUBLISH_BOUNDS_US: [u64; BUCKETS] = [
+    50_000,
+    250_000,
+    1_000_000,
+    5_000_000,
+    25_000_000,
+    100_000_000,
+];
 const PUBLISH_BOUNDS: [&str; BUCKETS] = ["0.05", "0.25", "1", "5", "25", "100"];
 
 /// What the worker thread counts.
@@ -514,9 +521,8 @@ mod tests {
         let text = m.render(&trees);
         assert!(text.len() < RENDER_CAP, "{} bytes", text.len());
         let text = String::from_utf8(text).unwrap();
-        assert!(text.contains(
-            "palletizer_http_requests_total{route=\"api_publish\",status=\"5xx\"} 1\n"
-        ));
+        assert!(text
+            .contains("palletizer_http_requests_total{route=\"api_publish\",status=\"5xx\"} 1\n"));
         assert!(text.contains("palletizer_publishes_accepted_total 1\n"));
         assert!(text.contains("palletizer_publishes_refused_total{reason=\"other\"} 3\n"));
         assert!(text.contains("palletizer_publish_duration_seconds_bucket{le=\"100\"} 0\n"));

@@ -94,11 +94,8 @@ pub struct Shared {
 impl Shared {
     /// Hands a job to the worker, counted for the queue depth. On failure the ticket
     /// comes back.
-    pub fn send_job(
-        &self,
-        ticket: worker::Ticket,
-    ) -> Result<(), std::sync::mpsc::SendError<worker::Ticket>> {
-        self.jobs.send(ticket)?;
+    pub fn send_job(&self, ticket: worker::Ticket) -> Result<(), Box<worker::Ticket>> {
+        self.jobs.send(ticket).map_err(|e| Box::new(e.0))?;
         self.metrics.job_sent();
         Ok(())
     }
