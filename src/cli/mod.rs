@@ -298,7 +298,11 @@ fn serve(
             };
             let config = ServerConfig {
                 registry: Some(dir),
-                listeners: vec![Listener { bind, tls: None }],
+                listeners: vec![Listener {
+                    bind,
+                    tls: None,
+                    metrics: false,
+                }],
                 limits: Default::default(),
             };
             (config, None)

@@ -7,6 +7,7 @@
 //!   unyank and owner changes need a token with the matching scope.
 //! - `private`: every route below the registry's base path needs at least `read`, except
 //!   the login page that tells a person how to get a token.
+//! - `/metrics` needs an admin's token in every mode (the event loop renders them).
 //!
 //! Missing or bad credentials are a 401 with a challenge (`Cargo login_url=...` for cargo,
 //! `Basic realm=...` on the git routes, since git only sends credentials after that); good
@@ -46,6 +47,15 @@ pub struct Required {
 /// [`super::api::route`], including the slashes they tolerate; a request that matches no
 /// route needs `read` in a private registry, so a probe learns nothing there.
 pub fn required(access: Access, method: Method, path: &str) -> Option<Required> {
+    // Metrics tell anyone how the registry is used: an admin's token in every mode, `open`
+    // included (a listener marked `metrics = true` serves them without one instead).
+    if path == super::METRICS_PATH {
+        return Some(Required {
+            need: Need::Admin,
+            krate: None,
+            challenge: Challenge::Cargo,
+        });
+    }
     if access == Access::Open || matches!(path, "/login" | "/me") {
         return None;
     }
@@ -369,6 +379,10 @@ mod tests {
             (Get, "/login", "-", "-", "-"),
             (Head, "/login", "-", "-", "-"),
             (Get, "/me", "-", "-", "-"),
+            (Get, "/metrics", "admin", "admin", "admin"),
+            (Head, "/metrics", "admin", "admin", "admin"),
+            (Post, "/metrics", "admin", "admin", "admin"),
+            (Get, "/metrics/", "-", "-", "read"),
         ];
         for &(method, path, open, public, private) in table {
             for (mode, want) in [(Open, open), (Public, public), (Private, private)] {

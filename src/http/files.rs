@@ -5,7 +5,7 @@
 //! refused if it holds `..`, `.`, empty segments, backslashes, NUL or other bytes that no
 //! index or crate path contains, and no symlink is followed.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
@@ -49,10 +49,12 @@ fn open_beneath(tree: &Tree, rel: &str) -> io::Result<(Arc<File>, fs::Metadata)>
         let meta = file.metadata()?;
         // Writers replace files by rename: an unlinked inode is a stale entry.
         if meta.nlink() > 0 && meta.is_file() {
+            tree.hits.set(tree.hits.get() + 1);
             return Ok((file, meta));
         }
         cache.remove(rel);
     }
+    tree.misses.set(tree.misses.get() + 1);
     let (file, meta) = open_uncached(tree, rel)?;
     let file = Arc::new(file);
     cache.insert(rel, file.clone(), now);
@@ -243,6 +245,10 @@ pub struct Tree {
     pub path: PathBuf,
     dir: Option<File>,
     cache: RefCell<OpenFiles>,
+    /// Opens served from a kept descriptor, and opens that had to ask the kernel (for
+    /// `/metrics`).
+    hits: Cell<u64>,
+    misses: Cell<u64>,
 }
 
 impl Tree {
@@ -252,7 +258,14 @@ impl Tree {
             path,
             dir,
             cache: RefCell::new(OpenFiles::new(cached_files)),
+            hits: Cell::new(0),
+            misses: Cell::new(0),
         }
+    }
+
+    /// (hits, misses) of the open-file cache so far.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (self.hits.get(), self.misses.get())
     }
 }
 

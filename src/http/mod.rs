@@ -19,6 +19,10 @@ use files::Trees;
 use crate::registry::auth::{AuthView, Principal, Refusal};
 use crate::registry::settings::Access;
 
+/// The Prometheus metrics route, below the base path. The event loop answers it (the
+/// counters are its own); [`auth::required`] asks an admin's token for it.
+pub const METRICS_PATH: &str = "/metrics";
+
 /// What the router needs to know about the registry it serves.
 #[derive(Debug)]
 pub struct Site {

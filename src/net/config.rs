@@ -13,6 +13,10 @@
 //!    certificate_chain = "fullchain.pem",
 //! }
 //!
+//! [[listener]]                   # answers GET /metrics without a token, and nothing else
+//! bind = "127.0.0.1:9100"
+//! metrics = true
+//!
 //! [limits]                       # all optional
 //! max-connections = 1024
 //! ```
@@ -41,6 +45,11 @@ pub struct Listener {
     pub bind: String,
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// A listener for the metrics scraper: it serves `/metrics` without a token and answers
+    /// everything else 404, so it can be opened to a monitoring network without opening
+    /// the registry there.
+    #[serde(default)]
+    pub metrics: bool,
 }
 
 /// Bounds on what clients can make the server hold.
@@ -188,6 +197,15 @@ tls = {
             Path::new("/etc/pal/certs/fullchain.pem")
         );
         assert_eq!(c.limits, Limits::default());
+        assert!(!c.listeners[0].metrics);
+    }
+
+    #[test]
+    fn a_metrics_listener() {
+        let text = "[[listener]]\nbind = \"[::1]:8080\"\n\n[[listener]]\nbind = \"127.0.0.1:9100\"\nmetrics = true\n";
+        let c = ServerConfig::parse(text, Path::new("/")).unwrap();
+        assert!(!c.listeners[0].metrics);
+        assert!(c.listeners[1].metrics);
     }
 
     #[test]

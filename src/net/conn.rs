@@ -25,6 +25,7 @@ use crate::http::api::Spooled;
 use crate::http::{self, request, Body, BodyCursor, Head, Job, Method, Response, Routed};
 use crate::registry::auth::Principal;
 
+use super::metrics::Route;
 use super::transport::{Stream, Transport};
 use super::worker::{Reservation, Ticket};
 use super::Shared;
@@ -151,6 +152,7 @@ impl Drop for Spool {
 
 /// What one request's log line says.
 struct LogLine {
+    route: Route,
     method: &'static str,
     target: String,
     status: u16,
@@ -178,6 +180,9 @@ pub struct Conn<S = Transport> {
     pub peer: SocketAddr,
     /// No new request is started (shutdown).
     pub draining: bool,
+    /// Accepted on a listener marked `metrics = true`: `/metrics` without a token, and
+    /// nothing else.
+    pub metrics_listener: bool,
 }
 
 /// What a turn of the connection ended with.
@@ -211,6 +216,7 @@ impl<S: Stream> Conn<S> {
             served: 0,
             peer,
             draining: false,
+            metrics_listener: false,
         }
     }
 
@@ -356,6 +362,7 @@ impl<S: Stream> Conn<S> {
             Err(e) => {
                 let ex = Exchange {
                     log: LogLine {
+                        route: Route::Other,
                         method: "-",
                         target: "(malformed request)".into(),
                         status: 0,
@@ -388,29 +395,44 @@ impl<S: Stream> Conn<S> {
     /// read and dropped, or left unread (then the connection closes after the answer).
     fn respond(&mut self, head: Head, leftover: Vec<u8>, shared: &Shared) {
         let start = Instant::now();
+        let path = head
+            .path()
+            .strip_prefix(shared.site.base_path.as_str())
+            .unwrap_or(head.path());
+        let route = Route::of(head.method, path);
         // Credentials first: a refused request gets no `100 Continue` and no body is read.
         // A bug in a handler costs its request a 500, never the process.
-        let decided =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                match http::authorize(&shared.site, &head, crate::registry::auth::now()) {
-                    Ok(principal) => {
-                        if let Some(p) = &principal {
-                            shared.note_token_use(p.token, crate::registry::auth::now());
-                        }
-                        (http::route(&shared.site, &head), principal)
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if self.metrics_listener {
+                let r = match route {
+                    Route::Metrics => metrics_response(head.method, shared),
+                    _ => Response::error(404, "this listener serves only /metrics"),
+                };
+                return (Routed::Done(r), None);
+            }
+            match http::authorize(&shared.site, &head, crate::registry::auth::now()) {
+                Ok(principal) => {
+                    if let Some(p) = &principal {
+                        shared.note_token_use(p.token, crate::registry::auth::now());
                     }
-                    Err(refused) => {
-                        let why = format!(
-                            "{} {}: {}",
-                            head.method.as_str(),
-                            head.path(),
-                            refused.refusal.reason()
-                        );
-                        shared.log_refused(self.peer, &why);
-                        (Routed::Done(refused.response), None)
-                    }
+                    let routed = match route {
+                        Route::Metrics => Routed::Done(metrics_response(head.method, shared)),
+                        _ => http::route(&shared.site, &head),
+                    };
+                    (routed, principal)
                 }
-            }));
+                Err(refused) => {
+                    let why = format!(
+                        "{} {}: {}",
+                        head.method.as_str(),
+                        head.path(),
+                        refused.refusal.reason()
+                    );
+                    shared.log_refused(self.peer, &why);
+                    (Routed::Done(refused.response), None)
+                }
+            }
+        }));
         let (routed, principal) = decided.unwrap_or_else(|_| {
             eprintln!(
                 "error: {} {} failed inside the server",
@@ -424,6 +446,7 @@ impl<S: Stream> Conn<S> {
         let expect = head.expect_continue;
         let mut ex = Exchange {
             log: LogLine {
+                route,
                 method: head.method.as_str(),
                 target: head.target,
                 status: 0,
@@ -531,7 +554,7 @@ impl<S: Stream> Conn<S> {
             principal: ex.principal.clone(),
         };
         // On failure the ticket comes back: its reservation drops, its spool file goes.
-        if let Err(std::sync::mpsc::SendError(t)) = shared.jobs.send(ticket) {
+        if let Err(t) = shared.send_job(ticket) {
             if let Some(path) = t.job.body_file() {
                 let _ = std::fs::remove_file(path);
             }
@@ -667,9 +690,12 @@ impl<S: Stream> Conn<S> {
             }
             Err(_) => return Err(()),
         }
-        let Outgoing { ex, .. } = *out;
+        let Outgoing { ex, head, .. } = *out;
         let l = &ex.log;
         shared.log_request(self.peer, l.method, &l.target, l.status, l.bytes, l.start);
+        let sent = head.len() as u64 + l.bytes;
+        let took = l.start.elapsed();
+        shared.metrics.request_done(l.route, l.status, sent, took);
         self.served += 1;
         if !ex.keep_alive {
             if ex.unread == 0 {
@@ -708,6 +734,17 @@ impl<S: Stream> Conn<S> {
             }
         }
     }
+}
+
+/// `GET /metrics`, rendered now.
+fn metrics_response(method: Method, shared: &Shared) -> Response {
+    if !matches!(method, Method::Get | Method::Head) {
+        return Response::not_allowed("GET, HEAD");
+    }
+    Response::new(200)
+        .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        .header("Cache-Control", "no-store")
+        .body(Body::Bytes(shared.metrics.render(&shared.site.trees)))
 }
 
 /// Takes body bytes: to the spool file, or dropped.
@@ -870,6 +907,7 @@ mod tests {
             jobs,
             spool: SpoolBudget::new(spool_cap),
             tokens_used: Default::default(),
+            metrics: Default::default(),
         };
         World {
             _dir: dir,

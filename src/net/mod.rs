@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod metrics;
 pub mod transport;
 pub mod worker;
 
@@ -86,9 +87,19 @@ pub struct Shared {
     /// Tokens used since the last flush to `auth.json`: token id -> newest use (seconds).
     /// One entry per token, whatever the number of requests.
     pub tokens_used: std::cell::RefCell<std::collections::HashMap<u64, u64>>,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 impl Shared {
+    /// Hands a job to the worker, counted for the queue depth. On failure the ticket
+    /// comes back.
+    pub fn send_job(&self, ticket: worker::Ticket) -> Result<(), Box<worker::Ticket>> {
+        self.jobs.send(ticket).map_err(|e| Box::new(e.0))?;
+        self.metrics.job_sent();
+        Ok(())
+    }
+
     /// Notes that a token was used, for `token list`'s "last used".
     pub fn note_token_use(&self, token: u64, now: u64) {
         self.tokens_used.borrow_mut().insert(token, now);
@@ -276,8 +287,9 @@ impl Server {
         let spool = worker::SpoolBudget::new(config.limits.spool_cap(site.max_upload));
         let url = registry.settings().url.clone();
         let spool_dir = registry.root().to_owned();
-        let (jobs, done) =
-            worker::spawn(registry, waker).map_err(|e| format!("starting the worker: {e}"))?;
+        let metrics = metrics::Metrics::default();
+        let (jobs, done) = worker::spawn(registry, waker, metrics.worker.clone())
+            .map_err(|e| format!("starting the worker: {e}"))?;
         let mut signals =
             Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
         poll.registry()
@@ -294,6 +306,7 @@ impl Server {
                 jobs,
                 spool,
                 tokens_used: Default::default(),
+                metrics,
             },
             signals,
             config_path,
@@ -325,7 +338,7 @@ impl Server {
 
     /// A job for the worker whose answer goes to no connection.
     fn send_background(&self, job: crate::http::Job) {
-        let _ = self.shared.jobs.send(worker::Ticket {
+        let _ = self.shared.send_job(worker::Ticket {
             key: usize::MAX,
             serial: 0,
             job,
@@ -541,6 +554,7 @@ impl Server {
                 } else {
                     debug!("{} timed out", conn.peer);
                 }
+                self.shared.metrics.timed_out();
                 conn.transport.close();
                 closed.push(key);
             }
@@ -569,6 +583,7 @@ impl Server {
         for &(_, key) in &found {
             let conn = &mut self.conns[key];
             debug!("{} reclaimed: idle while the table is full", conn.peer);
+            self.shared.metrics.reclaimed();
             conn.transport.close();
             again.retain(|&k| k != key);
             self.remove(key);
@@ -583,6 +598,9 @@ impl Server {
     /// Frees a connection's slot (its transport is already closed).
     fn remove(&mut self, key: usize) {
         let mut conn = self.conns.remove(key);
+        self.shared
+            .metrics
+            .conn_closed(conn.transport.handshake_failed());
         let _ = self.poll.registry().deregister(conn.transport.socket());
     }
 
@@ -630,6 +648,7 @@ impl Server {
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS: back off instead of spinning or dying.
                     error!("accept on {}: {e}; pausing accepts for 100 ms", l.addr);
+                    self.shared.metrics.accept_failed();
                     self.accept_paused = Some(Instant::now() + Duration::from_millis(100));
                     return;
                 }
@@ -658,7 +677,9 @@ impl Server {
             };
             let deadline = Instant::now() + self.shared.limits.head_timeout();
             self.next_serial += 1;
-            entry.insert(Conn::new(key, self.next_serial, transport, peer, deadline));
+            let conn = entry.insert(Conn::new(key, self.next_serial, transport, peer, deadline));
+            conn.metrics_listener = l.config.metrics;
+            self.shared.metrics.conn_opened();
         }
         self.accept_more = true;
     }

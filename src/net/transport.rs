@@ -25,6 +25,8 @@ pub enum Transport {
 pub struct TlsStream {
     sock: TcpStream,
     conn: ServerConnection,
+    /// The handshake ended in a protocol error (counted for `/metrics`).
+    handshake_failed: bool,
 }
 
 /// What a connection needs from its byte stream. Plain TCP and TLS implement it; tests
@@ -46,12 +48,20 @@ pub trait Stream {
     fn plain_socket(&self) -> Option<&TcpStream> {
         None
     }
+    /// A TLS handshake on this stream failed with a protocol error.
+    fn handshake_failed(&self) -> bool {
+        false
+    }
 }
 
 impl Transport {
     pub fn tls(sock: TcpStream, config: Arc<ServerConfig>) -> io::Result<Transport> {
         let conn = ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(Transport::Tls(Box::new(TlsStream { sock, conn })))
+        Ok(Transport::Tls(Box::new(TlsStream {
+            sock,
+            conn,
+            handshake_failed: false,
+        })))
     }
 
     pub fn socket(&mut self) -> &mut TcpStream {
@@ -105,6 +115,10 @@ impl Stream for Transport {
             Transport::Tls(_) => None,
         }
     }
+
+    fn handshake_failed(&self) -> bool {
+        matches!(self, Transport::Tls(t) if t.handshake_failed)
+    }
 }
 
 impl TlsStream {
@@ -121,6 +135,7 @@ impl TlsStream {
                 Err(e) => return Err(e),
             }
             if let Err(e) = self.conn.process_new_packets() {
+                self.handshake_failed = self.conn.is_handshaking();
                 // Send the alert rustls queued for the peer before giving up.
                 let _ = self.flush_tls();
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));

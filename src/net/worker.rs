@@ -11,7 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use mio::Waker;
+
+use super::metrics::WorkerMetrics;
 
 use crate::http::{api, Job, Response};
 use crate::registry::auth::Principal;
@@ -91,6 +95,7 @@ pub struct Done {
 pub fn spawn(
     reg: Registry,
     waker: Arc<Waker>,
+    metrics: Arc<WorkerMetrics>,
 ) -> std::io::Result<(Sender<Ticket>, Receiver<Done>)> {
     let (job_tx, job_rx) = channel::<Ticket>();
     let (done_tx, done_rx) = channel::<Done>();
@@ -99,6 +104,7 @@ pub fn spawn(
         .stack_size(1024 * 1024)
         .spawn(move || {
             for t in job_rx {
+                let started = matches!(t.job, Job::Publish(_)).then(Instant::now);
                 let response = catch_unwind(AssertUnwindSafe(|| {
                     api::run(&reg, t.job, t.principal.as_ref())
                 }))
@@ -107,6 +113,7 @@ pub fn spawn(
                 });
                 // The job removed its spool file: the space is free again.
                 drop(t.reserved);
+                metrics.job_done(started.map(|s| s.elapsed()));
                 if done_tx
                     .send(Done {
                         key: t.key,
