@@ -55,6 +55,13 @@ pub enum Job {
         name: CrateName,
         change: Option<(OwnersChange, PathBuf)>,
     },
+    /// Render a page that reads the registry.
+    Page(super::pages::Page, super::pages::Ctx),
+    /// Check the login form spooled here (removed by the job) and start a session.
+    Login {
+        body: PathBuf,
+        ctx: super::pages::Ctx,
+    },
 }
 
 /// `PUT` (add) or `DELETE` (remove) on a crate's owners.
@@ -70,6 +77,7 @@ impl Job {
         match self {
             Job::Publish(path)
             | Job::GitUploadPack { body: path, .. }
+            | Job::Login { body: path, .. }
             | Job::Owners {
                 change: Some((_, path)),
                 ..
@@ -106,6 +114,8 @@ pub enum Spooled {
         name: CrateName,
         change: OwnersChange,
     },
+    /// The login form of the pages.
+    Login(super::pages::Ctx),
 }
 
 impl Spooled {
@@ -117,6 +127,7 @@ impl Spooled {
                 name,
                 change: Some((change, body)),
             },
+            Spooled::Login(ctx) => Job::Login { body, ctx },
         }
     }
 }
@@ -296,6 +307,8 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
             }
         }
         Job::Owners { name, change } => owners(reg, &name, change, who),
+        Job::Page(page, ctx) => super::pages::run(reg, page, &ctx),
+        Job::Login { body, ctx } => super::pages::login(reg, &body, &ctx),
         Job::RecordTokenUse(uses) => match auth::record_last_used(reg, &uses) {
             Ok(()) => Response::new(204),
             Err(e) => {
