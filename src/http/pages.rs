@@ -855,3 +855,261 @@ fn render_versions(ctx: &Ctx, entries: &[IndexEntry], shown: usize, out: &mut St
     }
     out.push_str("</ul>");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::files::Trees;
+    use crate::registry::auth::{bootstrap_admin, scratch_registry, set_access};
+
+    fn head(method: Method, target: &str, cookie: Option<&str>) -> Head {
+        let raw = format!(
+            "{} {target} HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            method.as_str(),
+            cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"))
+        );
+        crate::http::request::parse(raw.as_bytes(), 8192)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn site(url: &str) -> Site {
+        let t = Trees::new("/nonexistent/i".into(), "/nonexistent/c".into(), 0);
+        Site::new(url, t, 1 << 20)
+    }
+
+    fn text(r: &Response) -> String {
+        let Body::Bytes(b) = &r.body else {
+            panic!("no page body")
+        };
+        String::from_utf8(b.clone()).unwrap()
+    }
+
+    fn ctx(access: Access) -> Ctx {
+        Ctx {
+            url: "https://reg.example/sub".into(),
+            base: "/sub".into(),
+            access,
+        }
+    }
+
+    /// Downloads keep their path: only names that can never be a crate file are pages.
+    #[test]
+    fn crate_pages_never_shadow_downloads() {
+        let s = site("http://h");
+        let page = |target: &str| {
+            let h = head(Method::Get, target, None);
+            matches!(
+                crate::http::route(&s, &h),
+                Routed::Job(Job::Page(Page::Crate { .. }, _))
+            )
+        };
+        assert!(page("/crates/foo"));
+        assert!(page("/crates/foo/"));
+        assert!(page("/crates/foo/1.0.0"));
+        assert!(page("/crates/foo/1.0.0-rc.1+build"));
+        assert!(!page("/crates/foo/foo-1.0.0.crate"));
+        assert!(!page("/crates/foo/1.0.0/extra"));
+        assert!(!page("/crates/"));
+        assert!(is_page_read(Method::Get, "/crates/foo/1.0.0"));
+        assert!(is_page_read(Method::Head, "/"));
+        assert!(is_page_read(Method::Get, "/search"));
+        assert!(!is_page_read(Method::Get, "/crates/foo/foo-1.0.0.crate"));
+        assert!(!is_page_read(Method::Post, "/crates/foo"));
+        assert!(!is_page_read(Method::Get, "/api/v1/crates"));
+        assert!(!is_page_read(Method::Get, "/login"));
+        let h = head(Method::Get, "/search?q=a+b&page=999", None);
+        let Routed::Job(Job::Page(Page::Search { query, page }, _)) = crate::http::route(&s, &h)
+        else {
+            panic!("not a search page")
+        };
+        assert_eq!((query.as_str(), page), ("a b", MAX_SEARCH_PAGE));
+        let h = head(Method::Put, "/crates/foo", None);
+        let Routed::Done(r) = crate::http::route(&s, &h) else {
+            panic!()
+        };
+        assert_eq!(r.status, 405);
+    }
+
+    #[test]
+    fn session_cookie_and_return_paths() {
+        assert_eq!(
+            session_token("a=1; palletizer_session=tok; b=2"),
+            Some("tok")
+        );
+        assert_eq!(session_token("palletizer_session="), None);
+        assert_eq!(session_token("xpalletizer_session=tok"), None);
+        let c = ctx(Access::Private);
+        assert_eq!(
+            safe_next(&c, Some("/sub/crates/x?y=1")),
+            "/sub/crates/x?y=1"
+        );
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/other",
+            "/sub/\\x",
+            "/sub/a b",
+        ] {
+            assert_eq!(safe_next(&c, Some(bad)), "/sub/", "{bad}");
+        }
+    }
+
+    /// The cookie stands for the token on page reads in a private registry, and nowhere
+    /// else: not on the index, not on an API write (a cross-site request would carry it).
+    #[test]
+    fn session_cookie_counts_for_page_reads_only() {
+        let (_tmp, reg) = scratch_registry();
+        let secret = bootstrap_admin(&reg, 100).unwrap().unwrap();
+        set_access(&reg, Access::Private).unwrap();
+        let mut s = site("http://h");
+        s.auth = AuthView::load(reg.root()).unwrap();
+        let cookie = format!("palletizer_session={secret}");
+        let with = |m, t: &str| crate::http::authorize(&s, &head(m, t, Some(&cookie)), 100);
+        assert!(with(Method::Get, "/crates/foo").unwrap().is_some());
+        assert!(with(Method::Get, "/").unwrap().is_some());
+        assert!(with(Method::Head, "/search?q=x").unwrap().is_some());
+        for (m, t) in [
+            (Method::Get, "/index/config.json"),
+            (Method::Get, "/crates/foo/foo-1.0.0.crate"),
+            (Method::Delete, "/api/v1/crates/foo/1.0.0/yank"),
+            (Method::Put, "/api/v1/crates/new"),
+        ] {
+            let refused = with(m, t).expect_err(t);
+            assert_eq!(refused.response.status, 401, "{t}");
+        }
+        // Without a session, a page answers with the login form, returning to it after.
+        let r = crate::http::authorize(&s, &head(Method::Get, "/crates/foo", None), 100)
+            .unwrap_err()
+            .response;
+        assert_eq!(r.status, 401);
+        let page = text(&r);
+        assert!(
+            page.contains("<form method=\"post\" action=\"/login\">"),
+            "{page}"
+        );
+        assert!(
+            page.contains("name=\"next\" value=\"/crates/foo\""),
+            "{page}"
+        );
+        let bad = crate::http::authorize(
+            &s,
+            &head(Method::Get, "/", Some("palletizer_session=nope")),
+            100,
+        );
+        assert_eq!(bad.unwrap_err().response.status, 401);
+    }
+
+    #[test]
+    fn login_form_sets_a_cookie_only_for_a_good_token() {
+        let (tmp, reg) = scratch_registry();
+        let secret = bootstrap_admin(&reg, 100).unwrap().unwrap();
+        let c = ctx(Access::Private);
+        let body = tmp.path().join("form");
+        std::fs::write(&body, format!("token={secret}&next=%2Fsub%2Fcrates%2Ffoo")).unwrap();
+        let r = login(&reg, &body, &c);
+        assert_eq!(r.status, 303);
+        let header = |r: &Response, n: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.to_string())
+        };
+        assert_eq!(header(&r, "Location").as_deref(), Some("/sub/crates/foo"));
+        let cookie = header(&r, "Set-Cookie").unwrap();
+        assert_eq!(
+            cookie,
+            format!("palletizer_session={secret}; Path=/sub/; HttpOnly; SameSite=Strict; Secure")
+        );
+        std::fs::write(&body, "token=wrong&next=%2Fsub%2F").unwrap();
+        let r = login(&reg, &body, &c);
+        assert_eq!(r.status, 401);
+        assert!(header(&r, "Set-Cookie").is_none());
+        assert!(text(&r).contains("role=\"alert\""));
+        let r = logout(&ctx(Access::Private));
+        assert!(header(&r, "Set-Cookie").unwrap().contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn login_page_tells_how_to_get_a_token() {
+        let r = login_page(&ctx(Access::Private), 200, None, None);
+        assert_eq!(r.status, 200);
+        let page = text(&r);
+        for want in [
+            "palletizer token create --user NAME",
+            "sparse+https://reg.example/sub/index/",
+            "global-credential-providers = [&quot;cargo:token&quot;]",
+            "cargo login --registry palletizer",
+            "https://token:TOKEN@reg.example",
+            "<code>read</code> scope",
+            "<label for=\"token\">Token</label>",
+        ] {
+            assert!(page.contains(want), "{want}\n{page}");
+        }
+        let open = Ctx {
+            url: "http://h/<x>".into(),
+            base: String::new(),
+            access: Access::Public,
+        };
+        let page = text(&login_page(&open, 200, None, None));
+        assert!(!page.contains("<x>"));
+        assert!(!page.contains("<form method=\"post\""));
+    }
+
+    /// A crate whose name-adjacent fields and README hold markup shows it as text: nothing
+    /// from the crate becomes an element or an attribute.
+    #[test]
+    fn crate_strings_are_escaped_and_the_readme_sanitized() {
+        let evil = "<script>document.title='pwned'</script>\"'><img src=x onerror=alert(1)>";
+        let entry: IndexEntry = serde_json::from_value(serde_json::json!({
+            "name": "foo", "vers": "1.0.0", "cksum": "00", "features": {evil: [evil]},
+            "deps": [{"name": "bar", "req": "^1", "target": evil, "kind": "normal"}],
+            "rust_version": evil, "pubtime": evil,
+        }))
+        .unwrap();
+        let info = CrateInfo {
+            description: Some(evil.into()),
+            license: Some(evil.into()),
+            repository: Some(format!("https://x/{evil}")),
+            homepage: Some(format!("javascript:{evil}")),
+            authors: vec![evil.into()],
+            keywords: vec![evil.into()],
+            ..Default::default()
+        };
+        let readme = crateinfo::render_readme(&format!("# R\n\n{evil}\n"));
+        let shown = Shown {
+            entries: std::slice::from_ref(&entry),
+            at: 0,
+            pinned: false,
+        };
+        let mut out = String::new();
+        render_crate(
+            &ctx(Access::Open),
+            &shown,
+            &info,
+            &[evil.into()],
+            Some(&readme),
+            &mut out,
+        );
+        // No script element, no handler attribute, no script URL in any tag; no
+        // attribute value left early.
+        for tag in out.split('<').skip(1).map(|t| t.split('>').next().unwrap()) {
+            // Tag and attribute names; quoted values hold escaped text only.
+            let names: String = tag.split('"').step_by(2).collect();
+            for bad in ["script", "onerror"] {
+                assert!(!names.contains(bad), "`{bad}` in <{tag}>");
+            }
+            assert!(!tag.contains("\"javascript:"), "<{tag}>");
+        }
+        assert!(!out.contains("\"'>"), "{out}");
+        assert!(out.contains("&lt;script&gt;"), "{out}");
+        assert!(out.contains("<a href=\"/sub/crates/bar\">bar</a>"), "{out}");
+        let r = layout(&ctx(Access::Open), 200, evil, evil, "");
+        assert!(!text(&r).contains("<script"));
+        let csp = r
+            .headers
+            .iter()
+            .find(|(k, _)| *k == "Content-Security-Policy");
+        assert!(csp.is_some_and(|(_, v)| v.contains("default-src 'none'")));
+    }
+}

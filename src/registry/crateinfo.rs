@@ -207,6 +207,45 @@ mod tests {
         assert!(html.len() < MAX_README_SOURCE + 64);
     }
 
+    /// `palletizer add` has no metadata carrying the README: it is read from the crate
+    /// file, rendered, and stored; deleting the version takes the page files with it.
+    #[test]
+    fn add_stores_the_readme_and_delete_removes_it() {
+        use crate::registry::tarball::testing::{crate_bytes, file};
+        let (tmp, reg) = crate::registry::auth::scratch_registry();
+        let manifest = "[package]\nname = \"foo\"\nversion = \"1.0.0\"\n\
+description = \"<b>d</b>\"\nlicense = \"MIT\"\nreadme = \"docs/README.md\"\n";
+        let bytes = crate_bytes(&[
+            file("foo-1.0.0/Cargo.toml", manifest.as_bytes()),
+            file(
+                "foo-1.0.0/docs/README.md",
+                b"# Foo\n\n<script>x()</script>\n",
+            ),
+            file("foo-1.0.0/src/lib.rs", b""),
+        ]);
+        let path = tmp.path().join("foo-1.0.0.crate");
+        std::fs::write(&path, bytes).unwrap();
+        reg.add_file(&path).unwrap();
+        let name = crate::registry::CrateName::parse("foo").unwrap();
+        let stored = reg.crate_path(
+            &name,
+            &crate::registry::names::Version::parse("1.0.0").unwrap(),
+        );
+        let html = std::fs::read_to_string(readme_path(&stored)).unwrap();
+        assert!(
+            html.contains("<h1>Foo</h1>") && !html.contains("script"),
+            "{html}"
+        );
+        let info = load_info(&stored);
+        assert_eq!(info.description.as_deref(), Some("<b>d</b>"));
+        assert_eq!(info.license.as_deref(), Some("MIT"));
+        assert!(crate::registry::check::check(&reg).unwrap().is_empty());
+        reg.delete(&name, Some("1.0.0")).unwrap();
+        for p in sidecars(&stored) {
+            assert!(!p.exists(), "{}", p.display());
+        }
+    }
+
     #[test]
     fn sidecar_names() {
         let p = Path::new("/r/crates/foo/foo-1.0.0.crate");
