@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::api::{Job, Routed, Spooled};
-use super::request::{percent_decode, query_param, Head, Method};
+use super::request::{query_param, Head, Method};
 use super::response::{Body, Response};
 use super::Site;
 use crate::registry::auth::{self as reg_auth, AuthView, Need};
@@ -89,11 +89,21 @@ fn shape(path: &str) -> Option<Shape<'_>> {
     }
     // `/crates/{name}` and `/crates/{name}/{version}`: a version never ends in `.crate`,
     // so a page can never shadow a download (`/crates/{name}/{name}-{vers}.crate`).
+    // Only segments shaped like a name and a version: anything else (`..`, encoded
+    // slashes) stays with the file routes and their answers.
     let rest = path.strip_prefix("/crates/")?;
     let mut segs = rest.split('/');
-    let name = segs.next().filter(|n| !n.is_empty())?;
+    let name = segs.next().filter(|n| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    })?;
     let vers = segs.next().filter(|v| !v.is_empty());
-    if segs.next().is_some() || vers.is_some_and(|v| v.ends_with(".crate")) {
+    let version_like = |v: &str| {
+        v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.+".contains(&b))
+    };
+    if segs.next().is_some() || vers.is_some_and(|v| v.ends_with(".crate") || !version_like(v)) {
         return None;
     }
     Some(Shape::Crate(name, vers))
@@ -154,17 +164,10 @@ pub fn route(path: &str, head: &Head, site: &Site) -> Option<Routed> {
                 .clamp(1, MAX_SEARCH_PAGE);
             job(Page::Search { query, page })
         }
-        Shape::Crate(name, vers) => {
-            let decode = |s: &str| percent_decode(s).and_then(|b| String::from_utf8(b).ok());
-            match (decode(name), vers.map(decode)) {
-                (Some(name), None) => job(Page::Crate { name, vers: None }),
-                (Some(name), Some(Some(v))) => job(Page::Crate {
-                    name,
-                    vers: Some(v),
-                }),
-                _ => Some(Routed::Done(not_found(&Ctx::of(site), "No such page."))),
-            }
-        }
+        Shape::Crate(name, vers) => job(Page::Crate {
+            name: name.to_owned(),
+            vers: vers.map(str::to_owned),
+        }),
     }
 }
 
@@ -911,6 +914,8 @@ mod tests {
         assert!(!page("/crates/foo/foo-1.0.0.crate"));
         assert!(!page("/crates/foo/1.0.0/extra"));
         assert!(!page("/crates/"));
+        assert!(!page("/crates/../palletizer.toml"));
+        assert!(!page("/crates/foo/..%2fx"));
         assert!(is_page_read(Method::Get, "/crates/foo/1.0.0"));
         assert!(is_page_read(Method::Head, "/"));
         assert!(is_page_read(Method::Get, "/search"));
