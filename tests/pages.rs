@@ -136,7 +136,9 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.call("DELETE", &format!("/session/{}", self.session), None);
+        if !self.session.is_empty() {
+            let _ = self.call("DELETE", &format!("/session/{}", self.session), None);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -178,6 +180,13 @@ impl Driver {
             .spawn()
             .unwrap();
         let addr = format!("127.0.0.1:{port}");
+        // Owned by the driver from here, so a failed start still ends chromedriver.
+        let mut driver = Driver {
+            addr,
+            child,
+            session: String::new(),
+        };
+        let addr = driver.addr.clone();
         let start = Instant::now();
         while http_json(&addr, "GET", "/status", None)
             .map(|v| v["value"]["ready"] != true)
@@ -199,15 +208,11 @@ impl Driver {
             }
         }}});
         let v = http_json(&addr, "POST", "/session", Some(caps)).unwrap();
-        let session = v["value"]["sessionId"]
+        driver.session = v["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
             .to_owned();
-        Driver {
-            addr,
-            child,
-            session,
-        }
+        driver
     }
 
     fn call(
