@@ -57,6 +57,13 @@ pub enum Job {
         name: CrateName,
         change: Option<(OwnersChange, PathBuf)>,
     },
+    /// Render a page that reads the registry.
+    Page(super::pages::Page, super::pages::Ctx),
+    /// Check the login form spooled here (removed by the job) and start a session.
+    Login {
+        body: PathBuf,
+        ctx: super::pages::Ctx,
+    },
 }
 
 /// `PUT` (add) or `DELETE` (remove) on a crate's owners.
@@ -72,6 +79,7 @@ impl Job {
         match self {
             Job::Publish(path)
             | Job::GitUploadPack { body: path, .. }
+            | Job::Login { body: path, .. }
             | Job::Owners {
                 change: Some((_, path)),
                 ..
@@ -108,6 +116,8 @@ pub enum Spooled {
         name: CrateName,
         change: OwnersChange,
     },
+    /// The login form of the pages.
+    Login(super::pages::Ctx),
 }
 
 impl Spooled {
@@ -119,6 +129,7 @@ impl Spooled {
                 name,
                 change: Some((change, body)),
             },
+            Spooled::Login(ctx) => Job::Login { body, ctx },
         }
     }
 }
@@ -305,6 +316,8 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
                 Response::new(500)
             }
         },
+        Job::Page(page, ctx) => super::pages::run(reg, page, &ctx),
+        Job::Login { body, ctx } => super::pages::login(reg, &body, &ctx),
         Job::RecordTokenUse(uses) => match auth::record_last_used(reg, &uses) {
             Ok(()) => Response::new(204),
             Err(e) => {

@@ -6,7 +6,8 @@
 //! - `public`: reads (index, downloads, git, search, owner lists) are free; publish, yank,
 //!   unyank and owner changes need a token with the matching scope.
 //! - `private`: every route below the registry's base path needs at least `read`, except
-//!   the login page that tells a person how to get a token.
+//!   the login page (how to get a token, and the form that starts a browser session) and
+//!   logout.
 //! - `/metrics` needs an admin's token in every mode (the event loop renders them).
 //!
 //! Missing or bad credentials are a 401 with a challenge (`Cargo login_url=...` for cargo,
@@ -16,7 +17,7 @@
 use std::borrow::Cow;
 
 use super::request::{percent_decode, Method};
-use super::response::{Body, Response};
+use super::response::Response;
 use crate::registry::auth::{AuthError, AuthView, Need, Principal, Refusal, User};
 use crate::registry::settings::Access;
 
@@ -56,7 +57,7 @@ pub fn required(access: Access, method: Method, path: &str) -> Option<Required> 
             challenge: Challenge::Cargo,
         });
     }
-    if access == Access::Open || matches!(path, "/login" | "/me") {
+    if access == Access::Open || matches!(path, "/login" | "/me" | "/logout") {
         return None;
     }
     let read = |challenge| {
@@ -230,61 +231,12 @@ pub fn owners_request(body: &[u8]) -> Result<Vec<String>, Response> {
         .map_err(|e| Response::error(400, &format!("expected {{\"users\":[...]}}: {e}")))
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// `/login` (and `/me`, where `cargo login` points without a challenge): how a person gets a
-/// token and configures cargo. Served in every mode, without a token.
-pub fn login_page(method: Method, base_url: &str, access: Access) -> Response {
-    if !matches!(method, Method::Get | Method::Head) {
-        return Response::not_allowed("GET, HEAD");
-    }
-    let url = html_escape(base_url);
-    let host = html_escape(
-        base_url
-            .split_once("://")
-            .map_or(base_url, |(_, rest)| rest)
-            .split('/')
-            .next()
-            .unwrap_or(""),
-    );
-    let scheme = html_escape(base_url.split_once("://").map_or("https", |(s, _)| s));
-    let mode = match access {
-        Access::Open => "open: no token is checked",
-        Access::Public => {
-            "public: anyone may read; publishing, yanking and owner changes need a token"
-        }
-        Access::Private => "private: every request needs a token with the <code>read</code> scope",
-    };
-    let page = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Palletizer: getting a token</title></head>\n\
-<body>\n<h1>Getting a token for {url}</h1>\n<p>This registry is {mode}.</p>\n\
-<p>Tokens are made on the registry's machine by its administrator:</p>\n\
-<pre>palletizer user add NAME\npalletizer token create --user NAME [--scope read] [--expires 90d]</pre>\n\
-<p>The token is shown once. Then, in <code>~/.cargo/config.toml</code>:</p>\n\
-<pre>[registries.palletizer]\nindex = \"sparse+{url}/index/\"\n\n\
-[registry]\nglobal-credential-providers = [\"cargo:token\"]</pre>\n\
-<p>and run <code>cargo login --registry palletizer</code> and paste the token.</p>\n\
-<p>For the git index (<code>net.git-fetch-with-cli</code> or cargo's libgit2), git asks for \
-credentials: any user name, the token as password, e.g. with <code>git config --global \
-credential.helper store</code> and the line <code>{scheme}://token:TOKEN@{host}</code> in \
-<code>~/.git-credentials</code>.</p>\n</body></html>\n"
-    );
-    Response::new(200)
-        .header("Content-Type", "text/html; charset=utf-8")
-        .header("Cache-Control", "no-cache")
-        .body(Body::Bytes(page.into_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::http::api::{Job, Routed, Spooled};
     use crate::http::files::Trees;
+    use crate::http::Body;
     use crate::http::{route, Head, Site};
     use crate::registry::auth::Scopes;
     use crate::registry::settings::Access::{Open, Private, Public};
@@ -309,6 +261,7 @@ mod tests {
             if_none_match: None,
             if_modified_since: None,
             authorization: None,
+            cookie: None,
             content_type: None,
             content_encoding: None,
             len: 0,
@@ -383,6 +336,11 @@ mod tests {
             (Head, "/metrics", "admin", "admin", "admin"),
             (Post, "/metrics", "admin", "admin", "admin"),
             (Get, "/metrics/", "-", "-", "read"),
+            (Post, "/login", "-", "-", "-"),
+            (Post, "/logout", "-", "-", "-"),
+            (Get, "/search", "-", "-", "read"),
+            (Get, "/crates/foo", "-", "-", "read"),
+            (Get, "/crates/foo/1.0.0", "-", "-", "read"),
         ];
         for &(method, path, open, public, private) in table {
             for (mode, want) in [(Open, open), (Public, public), (Private, private)] {
@@ -423,6 +381,9 @@ mod tests {
             "/api/v1",
             "/index",
             "/",
+            "/search?q=x",
+            "/crates/foo",
+            "/crates/foo/1.0.0",
         ];
         for path in paths {
             for method in METHODS {
@@ -435,7 +396,7 @@ mod tests {
                 // (write need, crate) the router's decision calls for; None: a read.
                 let wanted: Option<(Need, Option<String>)> = match route(&site, &h) {
                     Routed::Upload(Spooled::Publish) => Some((Need::Publish, None)),
-                    Routed::Upload(Spooled::GitUploadPack { .. }) => None,
+                    Routed::Upload(Spooled::GitUploadPack { .. } | Spooled::Login(_)) => None,
                     Routed::Upload(Spooled::Owners { name, .. }) => {
                         Some((Need::ChangeOwners, Some(name.to_string())))
                     }
@@ -448,7 +409,9 @@ mod tests {
                         | Job::Search { .. }
                         | Job::Owners { change: None, .. }
                         | Job::RecordTokenUse(_)
-                        | Job::SyncAccess => None,
+                        | Job::SyncAccess
+                        | Job::Page(..)
+                        | Job::Login { .. } => None,
                         Job::Owners { name, .. } => {
                             Some((Need::ChangeOwners, Some(name.to_string())))
                         }
@@ -699,28 +662,5 @@ mod tests {
         let r = auth_error(corrupt, url);
         assert_eq!(r.status, 500);
         assert!(!body_detail(&r).contains("/secret/place"));
-    }
-
-    #[test]
-    fn login_page_tells_how_to_get_a_token() {
-        let r = login_page(Method::Get, "https://reg.example:8443/sub", Private);
-        assert_eq!(r.status, 200);
-        assert_eq!(header(&r, "Content-Type"), Some("text/html; charset=utf-8"));
-        let Body::Bytes(b) = &r.body else { panic!() };
-        let page = String::from_utf8(b.clone()).unwrap();
-        for want in [
-            "palletizer token create --user NAME",
-            "sparse+https://reg.example:8443/sub/index/",
-            "global-credential-providers = [\"cargo:token\"]",
-            "cargo login --registry palletizer",
-            "https://token:TOKEN@reg.example:8443",
-            "<code>read</code> scope",
-        ] {
-            assert!(page.contains(want), "{want}\n{page}");
-        }
-        let r = login_page(Method::Get, "http://h/<x>", Public);
-        let Body::Bytes(b) = &r.body else { panic!() };
-        assert!(!String::from_utf8_lossy(b).contains("<x>"));
-        assert_eq!(login_page(Method::Put, "http://h", Public).status, 405);
     }
 }

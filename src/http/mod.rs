@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod files;
+pub mod pages;
 pub mod request;
 pub mod response;
 
@@ -78,14 +79,27 @@ pub fn authorize(site: &Site, head: &Head, now: u64) -> Result<Option<Principal>
     let Some(req) = auth::required(site.access(), head.method, path) else {
         return Ok(None);
     };
-    auth::authorize(&site.auth, &req, head.authorization.as_deref(), now)
-        .map(Some)
-        .map_err(|refusal| {
-            Box::new(Refused {
-                response: auth::refused(&refusal, req.challenge, &site.url),
-                refusal,
-            })
-        })
+    // A browser's session cookie stands for the token on page reads only: never on the
+    // API, where a cross-site request would carry it.
+    let page = pages::is_page_read(head.method, path);
+    let cookie = (page && head.authorization.is_none())
+        .then(|| head.cookie.as_deref().and_then(pages::session_token))
+        .flatten();
+    auth::authorize(
+        &site.auth,
+        &req,
+        head.authorization.as_deref().or(cookie),
+        now,
+    )
+    .map(Some)
+    .map_err(|refusal| {
+        let response = if page && refusal.is_unauthenticated() {
+            pages::login_required(site, &head.target, &refusal.detail())
+        } else {
+            auth::refused(&refusal, req.challenge, &site.url)
+        };
+        Box::new(Refused { response, refusal })
+    })
 }
 
 /// Decides what a request needs: an answer now, or a job for the registry worker.
@@ -93,8 +107,8 @@ pub fn route(site: &Site, head: &Head) -> Routed {
     let Some(path) = head.path().strip_prefix(site.base_path.as_str()) else {
         return Routed::Done(Response::error(404, "not found"));
     };
-    if matches!(path, "/login" | "/me") {
-        return Routed::Done(auth::login_page(head.method, &site.url, site.access()));
+    if let Some(page) = pages::route(path, head, site) {
+        return page;
     }
     if let Some(api) = path.strip_prefix("/api/v1/") {
         return api::route(api, head, site.max_upload);

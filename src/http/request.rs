@@ -47,6 +47,8 @@ pub struct Head {
     pub if_none_match: Option<String>,
     pub if_modified_since: Option<String>,
     pub authorization: Option<String>,
+    /// The `Cookie` header (several are joined with `; `): browsers' session on the pages.
+    pub cookie: Option<String>,
     pub content_type: Option<String>,
     pub content_encoding: Option<String>,
     /// Bytes of the buffer the head took, body excluded.
@@ -116,6 +118,7 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<Head>, ParseError> {
         if_none_match: None,
         if_modified_since: None,
         authorization: None,
+        cookie: None,
         content_type: None,
         content_encoding: None,
         len,
@@ -180,6 +183,11 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<Head>, ParseError> {
                 return Err(err(400, "more than one Authorization header"));
             }
             head.authorization = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("cookie") {
+            head.cookie = Some(match head.cookie.take() {
+                Some(before) => format!("{before}; {value}"),
+                None => value.to_owned(),
+            });
         } else if name.eq_ignore_ascii_case("content-type") {
             head.content_type = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("content-encoding") {

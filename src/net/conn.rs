@@ -995,6 +995,7 @@ mod tests {
             }
             Job::Yank { name, .. } => (format!("yank {name}"), Vec::new(), ok(b"{\"ok\":true}")),
             Job::RecordTokenUse(_) | Job::SyncAccess => unreachable!("no route makes this job"),
+            Job::Page(..) | Job::Login { .. } => unreachable!("no scripted request is a page"),
             Job::Owners { name, change } => {
                 let body = change.map(|(_, path)| {
                     let bytes = std::fs::read(&path).unwrap();

@@ -132,6 +132,7 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
                 }
             };
             expected.insert(crate_path.clone());
+            expected.extend(super::crateinfo::sidecars(&crate_path));
             let (name, vers) = (e.name.clone(), e.vers.clone());
             match File::open(&crate_path) {
                 Err(_) => problems.push(Problem::MissingCrateFile {

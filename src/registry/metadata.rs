@@ -50,6 +50,14 @@ pub struct PublishMetadata {
     pub links: Option<String>,
     #[serde(default)]
     pub rust_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license_file: Option<String>,
+    /// The README's contents (cargo sends them; the crate page shows them rendered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readme: Option<String>,
+    /// The README's path inside the package, as the manifest names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readme_file: Option<String>,
 }
 
 /// One dependency in publish metadata.
@@ -122,6 +130,9 @@ struct Package {
     repository: Option<toml::Value>,
     links: Option<String>,
     rust_version: Option<toml::Value>,
+    license_file: Option<toml::Value>,
+    /// A path, or `false` for none.
+    readme: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -220,6 +231,9 @@ impl PublishMetadata {
             repository: plain_string(p.repository),
             links: p.links,
             rust_version: plain_string(p.rust_version),
+            license_file: plain_string(p.license_file),
+            readme: None,
+            readme_file: plain_string(p.readme),
         })
     }
 }
@@ -793,6 +807,9 @@ pub(crate) mod round_trip {
                     repository,
                     links,
                     rust_version,
+                    license_file: None,
+                    readme: None,
+                    readme_file: None,
                 },
             )
     }

@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod check;
+pub mod crateinfo;
 pub mod git;
 pub mod gitpack;
 pub mod index;
@@ -464,6 +465,10 @@ impl Registry {
         let expected: Vec<PathBuf> = entries
             .iter()
             .filter_map(|e| self.entry_crate_path(e).ok())
+            .flat_map(|p| {
+                let [info, readme] = crateinfo::sidecars(&p);
+                [p, info, readme]
+            })
             .collect();
         for dir in dirs {
             let rd = match fs::read_dir(&dir) {
@@ -700,6 +705,7 @@ impl Registry {
         let inspected = inspected?;
         let from_manifest = PublishMetadata::from_manifest(&inspected.manifest)
             .map_err(|e| Error::Invalid(e.to_string()))?;
+        let manifest_readme = from_manifest.readme_file.clone();
         let meta = match meta {
             Some(m) => {
                 if m.name != from_manifest.name || m.vers != from_manifest.vers {
@@ -748,6 +754,14 @@ impl Registry {
         out.sync_all()
             .context(|| format!("syncing {}", tmp.display()))?;
         drop(out);
+        // Rendered here, before the lock: the crate page only reads the result.
+        let readme_md = match &meta.readme {
+            Some(text) => Some(text.clone()),
+            None => manifest_readme
+                .as_deref()
+                .and_then(|f| crateinfo::readme_from_crate(tmp, &top, f).ok().flatten()),
+        };
+        let readme_html = readme_md.as_deref().map(crateinfo::render_readme);
 
         let version = Version::parse(&meta.vers).map_err(|e| Error::Invalid(e.to_string()))?;
         let entry = IndexEntry::from_publish(&meta, &inspected.cksum, index::pubtime_now(), |u| {
@@ -782,6 +796,15 @@ impl Registry {
             let _ = fs::remove_dir(dest_dir);
             self.journal_done();
             return Err(e);
+        }
+        // The version is published: a page without its README is a lesser failure than
+        // undoing the publish, so this is reported, not returned.
+        let info = crateinfo::CrateInfo::from_meta(&meta);
+        if let Err(e) = crateinfo::store(&dest, &info, readme_html.as_deref()) {
+            eprintln!(
+                "warning: page data of {} {} not stored: {e}",
+                meta.name, meta.vers
+            );
         }
         let newest = search::max_version(&entries);
         let described = newest.as_deref() == Some(meta.vers.as_str());
@@ -927,6 +950,11 @@ impl Registry {
         search::search(&self.root, query, per_page)
     }
 
+    /// One page of search hits, after `skip` (see [`search::search_page`]).
+    pub fn search_page(&self, query: &str, skip: usize, per_page: usize) -> Result<search::Found> {
+        search::search_page(&self.root, query, skip, per_page)
+    }
+
     fn find_version(&self, name: &CrateName, vers: &str) -> Result<(Vec<IndexEntry>, usize)> {
         let wanted = Version::parse(vers).map_err(|e| Error::Invalid(e.to_string()))?;
         let entries = self.entries(name)?;
@@ -989,11 +1017,14 @@ impl Registry {
             return Err(e);
         }
         for e in &removed {
-            let p = self.entry_crate_path(e)?;
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                Err(err) => return Err(err).context(|| format!("removing {}", p.display())),
+            let crate_path = self.entry_crate_path(e)?;
+            let [info, readme] = crateinfo::sidecars(&crate_path);
+            for p in [crate_path, info, readme] {
+                match fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(err).context(|| format!("removing {}", p.display())),
+                }
             }
         }
         let _ = fs::remove_dir(self.crates_dir.join(&real));

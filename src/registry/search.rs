@@ -104,6 +104,24 @@ pub fn find(root: &Path, name: &str) -> Result<Option<SearchLine>> {
     Ok(None)
 }
 
+/// Calls `f` with every readable line of `search.jsonl`, streaming (damaged lines are
+/// skipped, as search does).
+pub fn for_each_line(root: &Path, mut f: impl FnMut(SearchLine)) -> Result<()> {
+    let file = path(root);
+    let reader = match File::open(&file) {
+        Ok(r) => BufReader::new(r),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).context(|| format!("reading {}", file.display())),
+    };
+    for text in reader.split(b'\n') {
+        let text = text.context(|| format!("reading {}", file.display()))?;
+        if let Ok(line) = serde_json::from_slice::<SearchLine>(&text) {
+            f(line);
+        }
+    }
+    Ok(())
+}
+
 /// Rewrites the line for the crate `name` (canonically): removed when `line` is None.
 /// A new line without a description keeps the old line's description and keywords.
 /// Must be called with the registry lock held.
@@ -175,6 +193,13 @@ fn rewrite(
 /// `-`/`_`. Exact name first, then names starting with the query, then the rest, each by
 /// name. `per_page` hits at most.
 pub fn search(root: &Path, query: &str, per_page: usize) -> Result<Found> {
+    search_page(root, query, 0, per_page)
+}
+
+/// Like [`search`], skipping the first `skip` hits of that order (a later page). Keeps at
+/// most `skip + per_page` lines in memory.
+pub fn search_page(root: &Path, query: &str, skip: usize, per_page: usize) -> Result<Found> {
+    let keep = skip.saturating_add(per_page);
     let q = canonical(query.trim());
     let words: Vec<&str> = q.split_whitespace().collect();
     let mut exact = Vec::new();
@@ -220,7 +245,7 @@ pub fn search(root: &Path, query: &str, per_page: usize) -> Result<Found> {
         } else {
             &mut rest
         };
-        if bucket.len() < per_page {
+        if bucket.len() < keep {
             bucket.push(line);
         }
     }
@@ -228,6 +253,7 @@ pub fn search(root: &Path, query: &str, per_page: usize) -> Result<Found> {
         .into_iter()
         .chain(prefix)
         .chain(rest)
+        .skip(skip)
         .take(per_page)
         .collect();
     Ok(Found { hits, total })
@@ -271,6 +297,12 @@ mod tests {
         assert!(f.total > 1);
         assert_eq!(names(&search(root, "ab", 10).unwrap())[0], "ab");
         assert_eq!(search(root, "kw", 100).unwrap().total, 6);
+        // Pages continue the same order.
+        let all = names(&search(root, "kw", 100).unwrap());
+        let second = search_page(root, "kw", 2, 2).unwrap();
+        assert_eq!(names(&second), all[2..4]);
+        assert_eq!(second.total, 6);
+        assert!(search_page(root, "kw", 6, 2).unwrap().hits.is_empty());
         // Removal and replacement keep the file sorted and the description.
         update(root, "serde", None).unwrap();
         assert_eq!(names(&search(root, "serde", 10).unwrap())[0], "serde_json");

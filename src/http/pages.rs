@@ -1,0 +1,1120 @@
+//! The pages people read in a browser: the home page (how to use the registry, the newest
+//! crates, a search box), search results, a page per crate and version, and the login
+//! form of a private registry. Server-rendered HTML with inline CSS and no script.
+//!
+//! Each page is rendered per request into one buffer, bounded by construction (a page of
+//! search hits, the newest few crates, at most [`MAX_VERSIONS_SHOWN`] versions, a README
+//! read back bounded) and never cached. Pages that read more than one small file (search,
+//! the newest crates, a crate's versions, info, README and owners) run on the registry
+//! worker as [`Job::Page`]; the login page needs no file and is answered on the loop.
+//!
+//! Every string from a crate (name, description, README, links) is escaped here or was
+//! sanitized when it was stored (the README, see [`crate::registry::crateinfo`]), and the
+//! answers carry a Content-Security-Policy that lets no script run at all.
+//!
+//! A browser's session in a private registry is a cookie holding the token itself: no
+//! server-side state, and the cookie counts only for reading pages (never for the API,
+//! whose writes it would otherwise expose to cross-site requests).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::api::{Job, Routed, Spooled};
+use super::request::{query_param, Head, Method};
+use super::response::{Body, Response};
+use super::Site;
+use crate::registry::auth::{self as reg_auth, AuthView, Need};
+use crate::registry::crateinfo::{self, CrateInfo};
+use crate::registry::index::IndexEntry;
+use crate::registry::metadata::DepKind;
+use crate::registry::names::{CrateName, Version};
+use crate::registry::search::{self, SearchLine};
+use crate::registry::settings::Access;
+use crate::registry::Registry;
+
+/// The cookie that carries a browser's token.
+pub const SESSION_COOKIE: &str = "palletizer_session";
+/// The registry name the copied `cargo` lines use (as on the login page).
+const REGISTRY_NAME: &str = "palletizer";
+const PER_PAGE: usize = 20;
+/// The last search page served: deeper pages would keep more lines in memory.
+const MAX_SEARCH_PAGE: usize = 50;
+const NEWEST: usize = 10;
+const MAX_VERSIONS_SHOWN: usize = 200;
+/// Largest login form body (a token and the page to return to).
+pub const MAX_LOGIN_BODY: u64 = 8 * 1024;
+
+/// What a page needs to know about the site (the worker has no [`Site`]).
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub url: String,
+    pub base: String,
+    pub access: Access,
+}
+
+impl Ctx {
+    fn of(site: &Site) -> Ctx {
+        Ctx {
+            url: site.url.clone(),
+            base: site.base_path.clone(),
+            access: site.access(),
+        }
+    }
+}
+
+/// A page the worker renders.
+#[derive(Debug)]
+pub enum Page {
+    Home,
+    Search { query: String, page: usize },
+    Crate { name: String, vers: Option<String> },
+}
+
+/// Which page a path (below the base path) is, by its shape alone.
+enum Shape<'a> {
+    Home,
+    Search,
+    Login,
+    Logout,
+    Crate(&'a str, Option<&'a str>),
+}
+
+fn shape(path: &str) -> Option<Shape<'_>> {
+    match path {
+        "/" => return Some(Shape::Home),
+        "/search" => return Some(Shape::Search),
+        "/login" | "/me" => return Some(Shape::Login),
+        "/logout" => return Some(Shape::Logout),
+        _ => {}
+    }
+    // `/crates/{name}` and `/crates/{name}/{version}`: a version never ends in `.crate`,
+    // so a page can never shadow a download (`/crates/{name}/{name}-{vers}.crate`).
+    // Only segments shaped like a name and a version: anything else (`..`, encoded
+    // slashes) stays with the file routes and their answers.
+    let rest = path.strip_prefix("/crates/")?;
+    let mut segs = rest.split('/');
+    let name = segs.next().filter(|n| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    })?;
+    let vers = segs.next().filter(|v| !v.is_empty());
+    let version_like = |v: &str| {
+        v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.+".contains(&b))
+    };
+    if segs.next().is_some() || vers.is_some_and(|v| v.ends_with(".crate") || !version_like(v)) {
+        return None;
+    }
+    Some(Shape::Crate(name, vers))
+}
+
+/// Whether a request reads a page, where a session cookie may stand for the token.
+pub fn is_page_read(method: Method, path: &str) -> bool {
+    matches!(method, Method::Get | Method::Head)
+        && matches!(
+            shape(path),
+            Some(Shape::Home | Shape::Search | Shape::Crate(..))
+        )
+}
+
+/// The token in a `Cookie` header's session cookie.
+pub fn session_token(cookie: &str) -> Option<&str> {
+    cookie.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k == SESSION_COOKIE && !v.is_empty()).then_some(v)
+    })
+}
+
+/// Routes a page; `None`: the path is no page.
+pub fn route(path: &str, head: &Head, site: &Site) -> Option<Routed> {
+    let shape = shape(path)?;
+    let read = matches!(head.method, Method::Get | Method::Head);
+    let job = |page| Some(Routed::Job(Job::Page(page, Ctx::of(site))));
+    match shape {
+        Shape::Login if head.method == Method::Post && path == "/login" => {
+            Some(Routed::Done(match head.content_length {
+                0 => Response::error(400, "the login form sends a token"),
+                n if n > MAX_LOGIN_BODY => Response::error(413, "request body too large"),
+                _ => return Some(Routed::Upload(Spooled::Login(Ctx::of(site)))),
+            }))
+        }
+        Shape::Login if read => {
+            let next = head.query().and_then(|q| query_param(q, "next"));
+            Some(Routed::Done(login_page(
+                &Ctx::of(site),
+                200,
+                next.as_deref(),
+                None,
+            )))
+        }
+        Shape::Login => Some(Routed::Done(Response::not_allowed("GET, HEAD, POST"))),
+        Shape::Logout if read || head.method == Method::Post => {
+            Some(Routed::Done(logout(&Ctx::of(site))))
+        }
+        Shape::Logout => Some(Routed::Done(Response::not_allowed("GET, HEAD, POST"))),
+        _ if !read => Some(Routed::Done(Response::not_allowed("GET, HEAD"))),
+        Shape::Home => job(Page::Home),
+        Shape::Search => {
+            let q = head.query().unwrap_or("");
+            let query = query_param(q, "q").unwrap_or_default();
+            let page = query_param(q, "page")
+                .and_then(|p| p.parse::<usize>().ok())
+                .unwrap_or(1)
+                .clamp(1, MAX_SEARCH_PAGE);
+            job(Page::Search { query, page })
+        }
+        Shape::Crate(name, vers) => job(Page::Crate {
+            name: name.to_owned(),
+            vers: vers.map(str::to_owned),
+        }),
+    }
+}
+
+/// The answer to a page request without a good token in a private registry: the login
+/// form, which returns to `target` after logging in.
+pub fn login_required(site: &Site, target: &str, detail: &str) -> Response {
+    let ctx = Ctx::of(site);
+    login_page(&ctx, 401, Some(target), Some(detail)).header(
+        "WWW-Authenticate",
+        format!("Cargo login_url=\"{}/login\"", site.url),
+    )
+}
+
+/// Renders a page on the worker.
+pub fn run(reg: &Registry, page: Page, ctx: &Ctx) -> Response {
+    match page {
+        Page::Home => home(reg, ctx),
+        Page::Search { query, page } => search_page(reg, ctx, &query, page),
+        Page::Crate { name, vers } => crate_page(reg, ctx, &name, vers.as_deref()),
+    }
+}
+
+/// Checks the login form spooled at `body` and sets the session cookie (runs on the worker:
+/// the token is checked against the current `auth.json`).
+pub fn login(reg: &Registry, body: &Path, ctx: &Ctx) -> Response {
+    let form = crateinfo::read_bounded(body, MAX_LOGIN_BODY)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let next = query_param(&form, "next");
+    let token = query_param(&form, "token").unwrap_or_default();
+    let token = token.trim();
+    let refusal = match AuthView::load(reg.root()) {
+        Ok(view) => view
+            .authorize(Some(token), Need::Read, None, reg_auth::now())
+            .err(),
+        Err(e) => {
+            eprintln!("error: login: {e}");
+            return error_page(
+                ctx,
+                500,
+                "The registry could not check the token; the server log has details.",
+            );
+        }
+    };
+    // A cookie value may hold no space, quote, comma, semicolon or backslash.
+    let cookie_safe = !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\",;\\".contains(&b));
+    match refusal {
+        None if cookie_safe => {
+            let mut cookie = format!(
+                "{SESSION_COOKIE}={token}; Path={}/; HttpOnly; SameSite=Strict",
+                ctx.base
+            );
+            if ctx.url.starts_with("https://") {
+                cookie.push_str("; Secure");
+            }
+            Response::new(303)
+                .header("Location", safe_next(ctx, next.as_deref()))
+                .header("Set-Cookie", cookie)
+                .header("Cache-Control", "no-store")
+        }
+        refusal => {
+            let detail = refusal.map_or("the token holds characters no token has".into(), |r| {
+                r.detail()
+            });
+            let mut r = login_page(ctx, 401, next.as_deref(), Some(&detail));
+            r.refusal = Some(format!("POST /login: {detail}"));
+            r
+        }
+    }
+}
+
+fn logout(ctx: &Ctx) -> Response {
+    let mut cookie = format!(
+        "{SESSION_COOKIE}=; Path={}/; HttpOnly; SameSite=Strict; Max-Age=0",
+        ctx.base
+    );
+    if ctx.url.starts_with("https://") {
+        cookie.push_str("; Secure");
+    }
+    Response::new(303)
+        .header("Location", format!("{}/login", ctx.base))
+        .header("Set-Cookie", cookie)
+        .header("Cache-Control", "no-store")
+}
+
+/// Where a login returns: a path on this site, never another origin (`//host`, `/\host`).
+fn safe_next(ctx: &Ctx, next: Option<&str>) -> String {
+    let home = format!("{}/", ctx.base);
+    match next {
+        Some(n)
+            if n.starts_with(&home)
+                && !n.starts_with("//")
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n.to_owned()
+        }
+        _ => home,
+    }
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Percent-encodes a query value or a path segment.
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// A link target from crate metadata: only http(s) URLs become links.
+fn web_link(url: &str) -> Option<String> {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    (lower.starts_with("https://") || lower.starts_with("http://")).then(|| esc(url))
+}
+
+const STYLE: &str = "\
+*{box-sizing:border-box}\
+body{margin:0;font:16px/1.5 system-ui,-apple-system,\"Segoe UI\",Roboto,sans-serif;color:#1b1b1b;background:#fff}\
+a{color:#0b57a4}a:focus,button:focus,input:focus{outline:3px solid #e8a200;outline-offset:1px}\
+header,main,footer{max-width:72rem;margin:0 auto;padding:.75rem 1rem}\
+header{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center;border-bottom:1px solid #ccc}\
+header .home{font-weight:700;color:#1b1b1b;text-decoration:none;margin-right:auto}\
+form.s{display:flex;gap:.25rem;flex:1 1 16rem;max-width:28rem}\
+input[type=search],input[type=password]{flex:1;min-width:0;padding:.45rem;border:1px solid #666;border-radius:4px;font:inherit}\
+button{padding:.45rem .9rem;border:1px solid #0b57a4;background:#0b57a4;color:#fff;border-radius:4px;font:inherit;cursor:pointer}\
+pre{background:#f3f3f3;padding:.6rem;overflow-x:auto;border-radius:4px}code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em}\
+h1{font-size:1.7rem;margin:.5rem 0;overflow-wrap:anywhere}h2{font-size:1.2rem;margin:1.2rem 0 .4rem}\
+ul.list{list-style:none;padding:0}ul.list li{padding:.5rem 0;border-bottom:1px solid #e2e2e2}\
+.v{color:#4a4a4a;font-weight:400}.muted{color:#4a4a4a}\
+.yanked{color:#8a1414;background:#fde8e8;border-radius:3px;padding:0 .3rem;font-size:.85em}\
+.cols{display:grid;grid-template-columns:minmax(0,1fr);gap:1.5rem}\
+@media(min-width:60rem){.cols{grid-template-columns:minmax(0,1fr) 20rem}}\
+aside dl{margin:0}aside dt{font-weight:600;margin-top:.6rem}aside dd{margin:0;overflow-wrap:anywhere}\
+.readme img{max-width:100%}.readme table{border-collapse:collapse}.readme td,.readme th{border:1px solid #ccc;padding:.2rem .4rem}\
+.err{color:#8a1414;font-weight:600}.sr{position:absolute;left:-9999px}\
+nav.pages{display:flex;gap:1rem;margin:1rem 0}";
+
+/// The whole page around `main` (already escaped HTML).
+fn layout(ctx: &Ctx, status: u16, title: &str, query: &str, main: &str) -> Response {
+    let b = &ctx.base;
+    let mut html = String::with_capacity(main.len() + STYLE.len() + 1024);
+    let _ = write!(
+        html,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<title>{title}</title><style>{STYLE}</style></head><body>\
+<header><a class=\"home\" href=\"{b}/\">Palletizer <span class=\"muted\">{url}</span></a>\
+<form class=\"s\" role=\"search\" action=\"{b}/search\" method=\"get\">\
+<label class=\"sr\" for=\"top-q\">Search crates</label>\
+<input id=\"top-q\" type=\"search\" name=\"q\" value=\"{q}\" placeholder=\"Search crates\">\
+<button type=\"submit\">Search</button></form>",
+        title = esc(title),
+        url = esc(&ctx.url),
+        q = esc(query),
+    );
+    if ctx.access == Access::Private {
+        let _ = write!(html, "<a href=\"{b}/logout\">Log out</a>");
+    }
+    let _ = write!(
+        html,
+        "</header>\n<main id=\"main\">{main}</main>\n<footer class=\"muted\">\
+<a href=\"{b}/login\">Getting a token</a></footer></body></html>\n"
+    );
+    Response::new(status)
+        .header("Content-Type", "text/html; charset=utf-8")
+        .header("Cache-Control", "no-cache")
+        .header(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; \
+form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        )
+        .header("X-Content-Type-Options", "nosniff")
+        .header("Referrer-Policy", "same-origin")
+        .body(Body::Bytes(html.into_bytes()))
+}
+
+fn error_page(ctx: &Ctx, status: u16, message: &str) -> Response {
+    let main = format!(
+        "<h1>{}</h1><p>{}</p>",
+        super::response::reason(status),
+        esc(message)
+    );
+    layout(ctx, status, super::response::reason(status), "", &main)
+}
+
+fn not_found(ctx: &Ctx, message: &str) -> Response {
+    error_page(ctx, 404, message)
+}
+
+fn config_snippet(ctx: &Ctx) -> String {
+    let mut s = format!(
+        "[registries.{REGISTRY_NAME}]\nindex = \"sparse+{}/index/\"\n",
+        ctx.url
+    );
+    if ctx.access != Access::Open {
+        s.push_str("\n[registry]\nglobal-credential-providers = [\"cargo:token\"]\n");
+    }
+    esc(&s)
+}
+
+/// `/login`: how to get a token, and in a private registry the form that starts a session.
+fn login_page(ctx: &Ctx, status: u16, next: Option<&str>, error: Option<&str>) -> Response {
+    let url = &ctx.url;
+    let host = url
+        .split_once("://")
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let scheme = url.split_once("://").map_or("https", |(s, _)| s);
+    let mode = match ctx.access {
+        Access::Open => "open: no token is checked",
+        Access::Public => {
+            "public: anyone may read; publishing, yanking and owner changes need a token"
+        }
+        Access::Private => "private: every request needs a token with the <code>read</code> scope",
+    };
+    let mut main = String::with_capacity(4096);
+    if ctx.access == Access::Private {
+        main.push_str("<h1>Log in</h1>");
+        if let Some(e) = error {
+            let _ = write!(main, "<p class=\"err\" role=\"alert\">{}</p>", esc(e));
+        }
+        let _ = write!(
+            main,
+            "<form method=\"post\" action=\"{b}/login\"><p><label for=\"token\">Token</label><br>\
+<input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"off\" required \
+style=\"width:100%;max-width:28rem\"></p>\
+<input type=\"hidden\" name=\"next\" value=\"{next}\">\
+<p><button type=\"submit\">Log in</button></p></form>\
+<p class=\"muted\">The token stays in a cookie of this browser until you log out or close it.</p>",
+            b = ctx.base,
+            next = esc(&safe_next(ctx, next)),
+        );
+        main.push_str("<h2>Getting a token</h2>");
+    } else {
+        main.push_str("<h1>Getting a token</h1>");
+    }
+    let _ = write!(
+        main,
+        "<p>This registry ({url}) is {mode}.</p>\
+<p>Tokens are made on the registry's machine by its administrator:</p>\
+<pre><code>palletizer user add NAME\npalletizer token create --user NAME [--scope read] [--expires 90d]</code></pre>\
+<p>The token is shown once. Then, in <code>~/.cargo/config.toml</code>:</p>\
+<pre><code>{snippet}</code></pre>\
+<p>and run <code>cargo login --registry {REGISTRY_NAME}</code> and paste the token.</p>\
+<p>For the git index (<code>net.git-fetch-with-cli</code> or cargo's libgit2), git asks for \
+credentials: any user name, the token as password, e.g. with <code>git config --global \
+credential.helper store</code> and the line <code>{scheme}://token:TOKEN@{host}</code> in \
+<code>~/.git-credentials</code>.</p>",
+        url = esc(url),
+        snippet = config_snippet(ctx),
+        scheme = esc(scheme),
+        host = esc(host),
+    );
+    let title = if ctx.access == Access::Private {
+        "Log in: Palletizer"
+    } else {
+        "Getting a token: Palletizer"
+    };
+    layout(ctx, status, title, "", &main).header("Cache-Control", "no-store")
+}
+
+fn crate_link(ctx: &Ctx, name: &str) -> String {
+    format!("{}/crates/{}", ctx.base, enc(name))
+}
+
+fn hit_list(ctx: &Ctx, hits: &[SearchLine], out: &mut String) {
+    out.push_str("<ul class=\"list\">");
+    for h in hits {
+        let _ = write!(
+            out,
+            "<li><a href=\"{}\"><strong>{}</strong></a> <span class=\"v\">{}</span>",
+            crate_link(ctx, &h.name),
+            esc(&h.name),
+            esc(&h.max_version)
+        );
+        if let Some(d) = &h.description {
+            let _ = write!(out, "<br>{}", esc(d));
+        }
+        out.push_str("</li>");
+    }
+    out.push_str("</ul>");
+}
+
+fn home(reg: &Registry, ctx: &Ctx) -> Response {
+    let (newest, total) = match newest_crates(reg) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: home page: {e}");
+            (Vec::new(), 0)
+        }
+    };
+    let mut main = String::with_capacity(8192);
+    let _ = write!(
+        main,
+        "<h1>Crates at {url}</h1><p>A Cargo registry with {total} crate{s}.</p>\
+<section aria-labelledby=\"use\"><h2 id=\"use\">Use this registry</h2>\
+<p>Add to <code>.cargo/config.toml</code>:</p><pre><code>{snippet}</code></pre>\
+<p>then <code>cargo add NAME --registry {REGISTRY_NAME}</code>. \
+<a href=\"{b}/login\">Getting a token</a>.</p></section>\
+<section aria-labelledby=\"find\"><h2 id=\"find\">Search</h2>\
+<form role=\"search\" action=\"{b}/search\" method=\"get\"><label for=\"q\">Crate name, words of its description or a keyword</label>\
+<div style=\"display:flex;gap:.25rem;max-width:32rem\"><input id=\"q\" type=\"search\" name=\"q\">\
+<button type=\"submit\">Search</button></div></form></section>\
+<section aria-labelledby=\"new\"><h2 id=\"new\">Newest crates</h2>",
+        url = esc(&ctx.url),
+        s = if total == 1 { "" } else { "s" },
+        snippet = config_snippet(ctx),
+        b = ctx.base,
+    );
+    if newest.is_empty() {
+        main.push_str("<p>Nothing is published yet.</p>");
+    } else {
+        hit_list(ctx, &newest, &mut main);
+    }
+    main.push_str("</section>");
+    layout(ctx, 200, "Palletizer", "", &main)
+}
+
+/// The [`NEWEST`] crates whose newest version was published last (by its crate file's
+/// time), and the number of crates. Streams `search.jsonl`: one stat per crate.
+fn newest_crates(reg: &Registry) -> crate::registry::Result<(Vec<SearchLine>, usize)> {
+    let mut newest: Vec<(std::time::SystemTime, SearchLine)> = Vec::with_capacity(NEWEST + 1);
+    let mut total = 0;
+    search::for_each_line(reg.root(), |line| {
+        total += 1;
+        let (Ok(name), Ok(vers)) = (
+            CrateName::parse(&line.name),
+            Version::parse(&line.max_version),
+        ) else {
+            return;
+        };
+        let Ok(time) = std::fs::metadata(reg.crate_path(&name, &vers)).and_then(|m| m.modified())
+        else {
+            return;
+        };
+        if newest.len() == NEWEST && newest.last().is_some_and(|(t, _)| *t >= time) {
+            return;
+        }
+        let at = newest.partition_point(|(t, _)| *t >= time);
+        newest.insert(at, (time, line));
+        newest.truncate(NEWEST);
+    })?;
+    Ok((newest.into_iter().map(|(_, l)| l).collect(), total))
+}
+
+fn search_page(reg: &Registry, ctx: &Ctx, query: &str, page: usize) -> Response {
+    let found = match reg.search_page(query, (page - 1) * PER_PAGE, PER_PAGE) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: search page: {e}");
+            return error_page(ctx, 500, "The search failed; the server log has details.");
+        }
+    };
+    let mut main = String::with_capacity(8192);
+    let _ = write!(
+        main,
+        "<h1>Search results for “{}”</h1><p>{} crate{} found.</p>",
+        esc(query),
+        found.total,
+        if found.total == 1 { "" } else { "s" }
+    );
+    hit_list(ctx, &found.hits, &mut main);
+    let pages = found.total.div_ceil(PER_PAGE).min(MAX_SEARCH_PAGE);
+    if pages > 1 {
+        let link = |p: usize| format!("{}/search?q={}&amp;page={p}", ctx.base, enc(query));
+        main.push_str("<nav class=\"pages\" aria-label=\"Result pages\">");
+        if page > 1 {
+            let _ = write!(
+                main,
+                "<a rel=\"prev\" href=\"{}\">Previous</a>",
+                link(page - 1)
+            );
+        }
+        let _ = write!(main, "<span>Page {page} of {pages}</span>");
+        if page < pages {
+            let _ = write!(main, "<a rel=\"next\" href=\"{}\">Next</a>", link(page + 1));
+        }
+        main.push_str("</nav>");
+    }
+    let title = format!("{query}: search: Palletizer");
+    layout(ctx, 200, &title, query, &main)
+}
+
+fn crate_page(reg: &Registry, ctx: &Ctx, name: &str, vers: Option<&str>) -> Response {
+    let Ok(parsed) = CrateName::parse(name) else {
+        return not_found(ctx, "That is not a crate name.");
+    };
+    let mut entries = match reg.entries(&parsed) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: crate page: {e}");
+            return error_page(
+                ctx,
+                500,
+                "The crate could not be read; the server log has details.",
+            );
+        }
+    };
+    if entries.is_empty() {
+        return not_found(ctx, &format!("No crate named {name} is published here."));
+    }
+    // Newest first; an entry whose version does not parse sorts last.
+    entries.sort_by_cached_key(|e| std::cmp::Reverse(Version::parse(&e.vers).ok().map(|v| v.0)));
+    let newest = entries.iter().position(|e| !e.yanked).unwrap_or(0);
+    let shown = match vers {
+        Some(v) => {
+            let wanted = Version::parse(v).ok();
+            match entries.iter().position(|e| {
+                e.vers == v
+                    || wanted
+                        .as_ref()
+                        .is_some_and(|w| Version::parse(&e.vers).is_ok_and(|x| x.0 == w.0))
+            }) {
+                Some(i) => i,
+                None => return not_found(ctx, &format!("{} has no version {v}.", entries[0].name)),
+            }
+        }
+        None => newest,
+    };
+    let e = &entries[shown];
+    let crate_path = reg.entry_crate_path(e).ok();
+    let info = crate_path
+        .as_deref()
+        .map(crateinfo::load_info)
+        .unwrap_or_default();
+    let readme = crate_path.as_deref().and_then(stored_readme);
+    let owners: Vec<String> = reg_auth::list_owners(reg, &e.name)
+        .map(|u| u.into_iter().map(|u| u.name).collect())
+        .unwrap_or_default();
+    let mut main = String::with_capacity(16 * 1024 + readme.as_ref().map_or(0, String::len));
+    let shown_page = Shown {
+        entries: &entries,
+        at: shown,
+        pinned: shown != newest,
+    };
+    render_crate(
+        ctx,
+        &shown_page,
+        &info,
+        &owners,
+        readme.as_deref(),
+        &mut main,
+    );
+    let title = format!("{} {}: Palletizer", e.name, e.vers);
+    layout(ctx, 200, &title, "", &main)
+}
+
+/// The rendered README, unless missing or larger than a page reads back (cut HTML could
+/// leave a tag open).
+fn stored_readme(crate_path: &Path) -> Option<String> {
+    let bytes = crateinfo::read_bounded(
+        &crateinfo::readme_path(crate_path),
+        crateinfo::MAX_README_HTML + 1,
+    )
+    .ok()
+    .flatten()?;
+    if bytes.len() as u64 > crateinfo::MAX_README_HTML {
+        return None;
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// The versions of a crate, newest first, and the one a page shows.
+struct Shown<'a> {
+    entries: &'a [IndexEntry],
+    at: usize,
+    /// Not the version `cargo add` picks: the copied lines name it.
+    pinned: bool,
+}
+
+fn render_crate(
+    ctx: &Ctx,
+    shown: &Shown<'_>,
+    info: &CrateInfo,
+    owners: &[String],
+    readme: Option<&str>,
+    out: &mut String,
+) {
+    let e = &shown.entries[shown.at];
+    let (name, vers) = (esc(&e.name), esc(&e.vers));
+    let add = if shown.pinned {
+        format!("{name}@{vers}")
+    } else {
+        name.clone()
+    };
+    let _ = write!(out, "<h1>{name} <span class=\"v\">{vers}</span>");
+    if e.yanked {
+        out.push_str(" <span class=\"yanked\">yanked</span>");
+    }
+    out.push_str("</h1>");
+    if let Some(d) = &info.description {
+        let _ = write!(out, "<p>{}</p>", esc(d));
+    }
+    let _ = write!(
+        out,
+        "<section aria-labelledby=\"install\"><h2 id=\"install\">Install</h2>\
+<p>Run in your project:</p><pre><code>cargo add {add} --registry {REGISTRY_NAME}</code></pre>\
+<p>or add to <code>Cargo.toml</code>:</p>\
+<pre><code>{name} = {{ version = \"{vers}\", registry = \"{REGISTRY_NAME}\" }}</code></pre></section>\
+<div class=\"cols\"><article class=\"readme\" aria-labelledby=\"readme\"><h2 id=\"readme\">README</h2>"
+    );
+    match readme {
+        Some(html) => out.push_str(html),
+        None => out.push_str("<p class=\"muted\">This version has no README.</p>"),
+    }
+    out.push_str("</article><aside aria-label=\"About this crate\"><dl>");
+    let dd = |out: &mut String, term: &str, value: &str| {
+        let _ = write!(out, "<dt>{term}</dt><dd>{value}</dd>");
+    };
+    if let Some(l) = &info.license {
+        dd(out, "License", &esc(l));
+    } else if let Some(l) = &info.license_file {
+        dd(out, "License", &format!("see {}", esc(l)));
+    }
+    if let Some(r) = &e.rust_version {
+        dd(out, "Rust version", &format!("{} or newer", esc(r)));
+    }
+    if let Some(t) = &e.pubtime {
+        dd(
+            out,
+            "Published",
+            &format!("<time datetime=\"{0}\">{0}</time>", esc(t)),
+        );
+    }
+    for (term, url) in [
+        ("Repository", &info.repository),
+        ("Homepage", &info.homepage),
+        ("Documentation", &info.documentation),
+    ] {
+        if let Some(u) = url {
+            let value = match web_link(u) {
+                Some(href) => {
+                    format!("<a href=\"{href}\" rel=\"nofollow noopener noreferrer\">{href}</a>")
+                }
+                None => esc(u),
+            };
+            dd(out, term, &value);
+        }
+    }
+    if !owners.is_empty() {
+        let list: Vec<String> = owners.iter().map(|o| esc(o)).collect();
+        dd(out, "Owners", &list.join(", "));
+    }
+    if !info.authors.is_empty() {
+        let list: Vec<String> = info.authors.iter().map(|a| esc(a)).collect();
+        dd(out, "Authors", &list.join(", "));
+    }
+    if !info.keywords.is_empty() {
+        let list: Vec<String> = info.keywords.iter().map(|k| esc(k)).collect();
+        dd(out, "Keywords", &list.join(", "));
+    }
+    out.push_str("</dl>");
+    render_deps(ctx, e, out);
+    render_features(e, out);
+    render_versions(ctx, shown.entries, shown.at, out);
+    out.push_str("</aside></div>");
+}
+
+fn render_deps(ctx: &Ctx, e: &IndexEntry, out: &mut String) {
+    for (kind, title) in [
+        (DepKind::Normal, "Dependencies"),
+        (DepKind::Build, "Build dependencies"),
+        (DepKind::Dev, "Dev dependencies"),
+    ] {
+        let deps: Vec<_> = e
+            .deps
+            .iter()
+            .filter(|d| d.kind.unwrap_or_default() == kind)
+            .collect();
+        if deps.is_empty() {
+            continue;
+        }
+        let _ = write!(out, "<h2>{title}</h2><ul class=\"list\">");
+        for d in deps {
+            let real = d.package.as_deref().unwrap_or(&d.name);
+            out.push_str("<li>");
+            // `registry: None` in the index means this registry.
+            if d.registry.is_none() {
+                let _ = write!(
+                    out,
+                    "<a href=\"{}\">{}</a>",
+                    crate_link(ctx, real),
+                    esc(real)
+                );
+            } else {
+                let _ = write!(
+                    out,
+                    "{} <span class=\"muted\">(other registry)</span>",
+                    esc(real)
+                );
+            }
+            let _ = write!(out, " <code>{}</code>", esc(&d.req));
+            if d.package.is_some() {
+                let _ = write!(out, " as <code>{}</code>", esc(&d.name));
+            }
+            if d.optional {
+                out.push_str(" <span class=\"muted\">optional</span>");
+            }
+            if let Some(t) = &d.target {
+                let _ = write!(out, " <span class=\"muted\">on {}</span>", esc(t));
+            }
+            out.push_str("</li>");
+        }
+        out.push_str("</ul>");
+    }
+}
+
+fn render_features(e: &IndexEntry, out: &mut String) {
+    let all = e.features.iter().chain(e.features2.iter().flatten());
+    let mut any = false;
+    for (f, values) in all {
+        if !any {
+            out.push_str("<h2>Features</h2><ul class=\"list\">");
+            any = true;
+        }
+        let _ = write!(out, "<li><code>{}</code>", esc(f));
+        if !values.is_empty() {
+            let list: Vec<String> = values.iter().map(|v| esc(v)).collect();
+            let _ = write!(out, " = {}", list.join(", "));
+        }
+        out.push_str("</li>");
+    }
+    if any {
+        out.push_str("</ul>");
+    }
+}
+
+fn render_versions(ctx: &Ctx, entries: &[IndexEntry], shown: usize, out: &mut String) {
+    let _ = write!(
+        out,
+        "<h2>Versions</h2><ul class=\"list\" aria-label=\"Versions\">"
+    );
+    for (i, v) in entries.iter().enumerate().take(MAX_VERSIONS_SHOWN) {
+        let href = format!("{}/{}", crate_link(ctx, &v.name), enc(&v.vers));
+        let current = if i == shown {
+            " aria-current=\"page\""
+        } else {
+            ""
+        };
+        let _ = write!(out, "<li><a href=\"{href}\"{current}>{}</a>", esc(&v.vers));
+        if v.yanked {
+            out.push_str(" <span class=\"yanked\">yanked</span>");
+        }
+        if let Some(t) = &v.pubtime {
+            let day = t.get(..10).unwrap_or(t);
+            let _ = write!(
+                out,
+                " <time class=\"muted\" datetime=\"{}\">{}</time>",
+                esc(t),
+                esc(day)
+            );
+        }
+        out.push_str("</li>");
+    }
+    if entries.len() > MAX_VERSIONS_SHOWN {
+        let _ = write!(
+            out,
+            "<li class=\"muted\">and {} older versions</li>",
+            entries.len() - MAX_VERSIONS_SHOWN
+        );
+    }
+    out.push_str("</ul>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::files::Trees;
+    use crate::registry::auth::{bootstrap_admin, scratch_registry, set_access};
+
+    fn head(method: Method, target: &str, cookie: Option<&str>) -> Head {
+        let raw = format!(
+            "{} {target} HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            method.as_str(),
+            cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"))
+        );
+        crate::http::request::parse(raw.as_bytes(), 8192)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn site(url: &str) -> Site {
+        let t = Trees::new("/nonexistent/i".into(), "/nonexistent/c".into(), 0);
+        Site::new(url, t, 1 << 20)
+    }
+
+    fn text(r: &Response) -> String {
+        let Body::Bytes(b) = &r.body else {
+            panic!("no page body")
+        };
+        String::from_utf8(b.clone()).unwrap()
+    }
+
+    fn ctx(access: Access) -> Ctx {
+        Ctx {
+            url: "https://reg.example/sub".into(),
+            base: "/sub".into(),
+            access,
+        }
+    }
+
+    /// Downloads keep their path: only names that can never be a crate file are pages.
+    #[test]
+    fn crate_pages_never_shadow_downloads() {
+        let s = site("http://h");
+        let page = |target: &str| {
+            let h = head(Method::Get, target, None);
+            matches!(
+                crate::http::route(&s, &h),
+                Routed::Job(Job::Page(Page::Crate { .. }, _))
+            )
+        };
+        assert!(page("/crates/foo"));
+        assert!(page("/crates/foo/"));
+        assert!(page("/crates/foo/1.0.0"));
+        assert!(page("/crates/foo/1.0.0-rc.1+build"));
+        assert!(!page("/crates/foo/foo-1.0.0.crate"));
+        assert!(!page("/crates/foo/1.0.0/extra"));
+        assert!(!page("/crates/"));
+        assert!(!page("/crates/../palletizer.toml"));
+        assert!(!page("/crates/foo/..%2fx"));
+        assert!(is_page_read(Method::Get, "/crates/foo/1.0.0"));
+        assert!(is_page_read(Method::Head, "/"));
+        assert!(is_page_read(Method::Get, "/search"));
+        assert!(!is_page_read(Method::Get, "/crates/foo/foo-1.0.0.crate"));
+        assert!(!is_page_read(Method::Post, "/crates/foo"));
+        assert!(!is_page_read(Method::Get, "/api/v1/crates"));
+        assert!(!is_page_read(Method::Get, "/login"));
+        let h = head(Method::Get, "/search?q=a+b&page=999", None);
+        let Routed::Job(Job::Page(Page::Search { query, page }, _)) = crate::http::route(&s, &h)
+        else {
+            panic!("not a search page")
+        };
+        assert_eq!((query.as_str(), page), ("a b", MAX_SEARCH_PAGE));
+        let h = head(Method::Put, "/crates/foo", None);
+        let Routed::Done(r) = crate::http::route(&s, &h) else {
+            panic!()
+        };
+        assert_eq!(r.status, 405);
+    }
+
+    #[test]
+    fn session_cookie_and_return_paths() {
+        assert_eq!(
+            session_token("a=1; palletizer_session=tok; b=2"),
+            Some("tok")
+        );
+        assert_eq!(session_token("palletizer_session="), None);
+        assert_eq!(session_token("xpalletizer_session=tok"), None);
+        let c = ctx(Access::Private);
+        assert_eq!(
+            safe_next(&c, Some("/sub/crates/x?y=1")),
+            "/sub/crates/x?y=1"
+        );
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/other",
+            "/sub/\\x",
+            "/sub/a b",
+        ] {
+            assert_eq!(safe_next(&c, Some(bad)), "/sub/", "{bad}");
+        }
+    }
+
+    /// The cookie stands for the token on page reads in a private registry, and nowhere
+    /// else: not on the index, not on an API write (a cross-site request would carry it).
+    #[test]
+    fn session_cookie_counts_for_page_reads_only() {
+        let (_tmp, reg) = scratch_registry();
+        let secret = bootstrap_admin(&reg, 100).unwrap().unwrap();
+        set_access(&reg, Access::Private).unwrap();
+        let mut s = site("http://h");
+        s.auth = AuthView::load(reg.root()).unwrap();
+        let cookie = format!("palletizer_session={secret}");
+        let with = |m, t: &str| crate::http::authorize(&s, &head(m, t, Some(&cookie)), 100);
+        assert!(with(Method::Get, "/crates/foo").unwrap().is_some());
+        assert!(with(Method::Get, "/").unwrap().is_some());
+        assert!(with(Method::Head, "/search?q=x").unwrap().is_some());
+        for (m, t) in [
+            (Method::Get, "/index/config.json"),
+            (Method::Get, "/crates/foo/foo-1.0.0.crate"),
+            (Method::Delete, "/api/v1/crates/foo/1.0.0/yank"),
+            (Method::Put, "/api/v1/crates/new"),
+        ] {
+            let refused = with(m, t).expect_err(t);
+            assert_eq!(refused.response.status, 401, "{t}");
+        }
+        // Without a session, a page answers with the login form, returning to it after.
+        let r = crate::http::authorize(&s, &head(Method::Get, "/crates/foo", None), 100)
+            .unwrap_err()
+            .response;
+        assert_eq!(r.status, 401);
+        let page = text(&r);
+        assert!(
+            page.contains("<form method=\"post\" action=\"/login\">"),
+            "{page}"
+        );
+        assert!(
+            page.contains("name=\"next\" value=\"/crates/foo\""),
+            "{page}"
+        );
+        let bad = crate::http::authorize(
+            &s,
+            &head(Method::Get, "/", Some("palletizer_session=nope")),
+            100,
+        );
+        assert_eq!(bad.unwrap_err().response.status, 401);
+    }
+
+    #[test]
+    fn login_form_sets_a_cookie_only_for_a_good_token() {
+        let (tmp, reg) = scratch_registry();
+        let secret = bootstrap_admin(&reg, 100).unwrap().unwrap();
+        let c = ctx(Access::Private);
+        let body = tmp.path().join("form");
+        std::fs::write(&body, format!("token={secret}&next=%2Fsub%2Fcrates%2Ffoo")).unwrap();
+        let r = login(&reg, &body, &c);
+        assert_eq!(r.status, 303);
+        let header = |r: &Response, n: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.to_string())
+        };
+        assert_eq!(header(&r, "Location").as_deref(), Some("/sub/crates/foo"));
+        let cookie = header(&r, "Set-Cookie").unwrap();
+        assert_eq!(
+            cookie,
+            format!("palletizer_session={secret}; Path=/sub/; HttpOnly; SameSite=Strict; Secure")
+        );
+        std::fs::write(&body, "token=wrong&next=%2Fsub%2F").unwrap();
+        let r = login(&reg, &body, &c);
+        assert_eq!(r.status, 401);
+        assert!(header(&r, "Set-Cookie").is_none());
+        assert!(text(&r).contains("role=\"alert\""));
+        let r = logout(&ctx(Access::Private));
+        assert!(header(&r, "Set-Cookie").unwrap().contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn login_page_tells_how_to_get_a_token() {
+        let r = login_page(&ctx(Access::Private), 200, None, None);
+        assert_eq!(r.status, 200);
+        let page = text(&r);
+        for want in [
+            "palletizer token create --user NAME",
+            "sparse+https://reg.example/sub/index/",
+            "global-credential-providers = [&quot;cargo:token&quot;]",
+            "cargo login --registry palletizer",
+            "https://token:TOKEN@reg.example",
+            "<code>read</code> scope",
+            "<label for=\"token\">Token</label>",
+        ] {
+            assert!(page.contains(want), "{want}\n{page}");
+        }
+        let open = Ctx {
+            url: "http://h/<x>".into(),
+            base: String::new(),
+            access: Access::Public,
+        };
+        let page = text(&login_page(&open, 200, None, None));
+        assert!(!page.contains("<x>"));
+        assert!(!page.contains("<form method=\"post\""));
+    }
+
+    /// A crate whose name-adjacent fields and README hold markup shows it as text: nothing
+    /// from the crate becomes an element or an attribute.
+    #[test]
+    fn crate_strings_are_escaped_and_the_readme_sanitized() {
+        let evil = "<script>document.title='pwned'</script>\"'><img src=x onerror=alert(1)>";
+        let entry: IndexEntry = serde_json::from_value(serde_json::json!({
+            "name": "foo", "vers": "1.0.0", "cksum": "00", "features": {evil: [evil]},
+            "deps": [{"name": "bar", "req": "^1", "target": evil, "kind": "normal"}],
+            "rust_version": evil, "pubtime": evil,
+        }))
+        .unwrap();
+        let info = CrateInfo {
+            description: Some(evil.into()),
+            license: Some(evil.into()),
+            repository: Some(format!("https://x/{evil}")),
+            homepage: Some(format!("javascript:{evil}")),
+            authors: vec![evil.into()],
+            keywords: vec![evil.into()],
+            ..Default::default()
+        };
+        let readme = crateinfo::render_readme(&format!("# R\n\n{evil}\n"));
+        let shown = Shown {
+            entries: std::slice::from_ref(&entry),
+            at: 0,
+            pinned: false,
+        };
+        let mut out = String::new();
+        render_crate(
+            &ctx(Access::Open),
+            &shown,
+            &info,
+            &[evil.into()],
+            Some(&readme),
+            &mut out,
+        );
+        // No script element, no handler attribute, no script URL in any tag; no
+        // attribute value left early.
+        for tag in out.split('<').skip(1).map(|t| t.split('>').next().unwrap()) {
+            // Tag and attribute names; quoted values hold escaped text only.
+            let names: String = tag.split('"').step_by(2).collect();
+            for bad in ["script", "onerror"] {
+                assert!(!names.contains(bad), "`{bad}` in <{tag}>");
+            }
+            assert!(!tag.contains("\"javascript:"), "<{tag}>");
+        }
+        assert!(!out.contains("\"'>"), "{out}");
+        assert!(out.contains("&lt;script&gt;"), "{out}");
+        assert!(out.contains("<a href=\"/sub/crates/bar\">bar</a>"), "{out}");
+        let r = layout(&ctx(Access::Open), 200, evil, evil, "");
+        assert!(!text(&r).contains("<script"));
+        let csp = r
+            .headers
+            .iter()
+            .find(|(k, _)| *k == "Content-Security-Policy");
+        assert!(csp.is_some_and(|(_, v)| v.contains("default-src 'none'")));
+    }
+}

@@ -1,0 +1,303 @@
+//! What a crate page shows that the index line lacks: the description, license and links
+//! from the publish metadata, and the README rendered to sanitized HTML. Both are written
+//! once, when the version is published or added, as two small files beside its crate file
+//! (`{name}-{vers}.json` and `{name}-{vers}.readme.html`), so serving a page never parses
+//! Markdown or unpacks a tarball. Neither is served as a file: the download route only
+//! serves names ending in `.crate`.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{write_atomic, PublishMetadata, Result};
+
+/// Markdown bytes rendered at most; a longer README is cut (at a character boundary).
+pub const MAX_README_SOURCE: usize = 512 * 1024;
+/// The most of a stored README a page reads back (sanitized HTML of the source above).
+pub const MAX_README_HTML: u64 = 2 << 20;
+/// The most of a stored info file a page reads back.
+pub const MAX_INFO: u64 = 256 * 1024;
+
+/// The page's share of the publish metadata.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CrateInfo {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub license: Option<String>,
+    #[serde(default)]
+    pub license_file: Option<String>,
+    #[serde(default)]
+    pub repository: Option<String>,
+    #[serde(default)]
+    pub homepage: Option<String>,
+    #[serde(default)]
+    pub documentation: Option<String>,
+    #[serde(default)]
+    pub authors: Vec<String>,
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    #[serde(default)]
+    pub categories: Vec<String>,
+}
+
+impl CrateInfo {
+    pub fn from_meta(m: &PublishMetadata) -> CrateInfo {
+        CrateInfo {
+            description: m.description.clone(),
+            license: m.license.clone(),
+            license_file: m.license_file.clone(),
+            repository: m.repository.clone(),
+            homepage: m.homepage.clone(),
+            documentation: m.documentation.clone(),
+            authors: m.authors.clone(),
+            keywords: m.keywords.clone(),
+            categories: m.categories.clone(),
+        }
+    }
+}
+
+fn beside(crate_path: &Path, suffix: &str) -> PathBuf {
+    let name = crate_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".crate").unwrap_or(name);
+    crate_path.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// The info file of the version whose crate file is `crate_path`.
+pub fn info_path(crate_path: &Path) -> PathBuf {
+    beside(crate_path, ".json")
+}
+
+/// The rendered README of the version whose crate file is `crate_path`.
+pub fn readme_path(crate_path: &Path) -> PathBuf {
+    beside(crate_path, ".readme.html")
+}
+
+/// Every file that belongs to a crate file and goes with it.
+pub fn sidecars(crate_path: &Path) -> [PathBuf; 2] {
+    [info_path(crate_path), readme_path(crate_path)]
+}
+
+/// Renders README Markdown to HTML, safe by construction: raw HTML in the Markdown is
+/// dropped (no `<script>`, no handlers, no styles, no frames), every text and attribute is
+/// escaped by the writer, and links and images keep only `http(s)`, `mailto:` and `#`
+/// targets (no `javascript:`; relative ones would point into this registry, not the
+/// crate's repository). Sanitizing the Markdown's events rather than re-parsing the HTML
+/// keeps an HTML parser's tables (over 1 MiB of relocated data) out of the server.
+pub fn render_readme(markdown: &str) -> String {
+    use pulldown_cmark::{CowStr, Event, Options, Parser, Tag};
+    let mut end = markdown.len().min(MAX_README_SOURCE);
+    while !markdown.is_char_boundary(end) {
+        end -= 1;
+    }
+    let opts = Options::ENABLE_TABLES
+        | Options::ENABLE_STRIKETHROUGH
+        | Options::ENABLE_TASKLISTS
+        | Options::ENABLE_FOOTNOTES;
+    let safe = |url: CowStr<'_>| -> CowStr<'static> {
+        let ok = ["https://", "http://", "mailto:", "#"].iter().any(|p| {
+            url.get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p))
+        });
+        if ok {
+            CowStr::from(url.into_string())
+        } else {
+            CowStr::Borrowed("")
+        }
+    };
+    let events = Parser::new_ext(&markdown[..end], opts).filter_map(|ev| match ev {
+        Event::Html(_) | Event::InlineHtml(_) => None,
+        Event::Start(Tag::Link {
+            link_type,
+            dest_url,
+            title,
+            id,
+        }) => Some(Event::Start(Tag::Link {
+            link_type,
+            dest_url: safe(dest_url),
+            title,
+            id,
+        })),
+        Event::Start(Tag::Image {
+            link_type,
+            dest_url,
+            title,
+            id,
+        }) => Some(Event::Start(Tag::Image {
+            link_type,
+            dest_url: safe(dest_url),
+            title,
+            id,
+        })),
+        ev => Some(ev),
+    });
+    let mut html = String::with_capacity(end + end / 4);
+    pulldown_cmark::html::push_html(&mut html, events);
+    html
+}
+
+/// Reads the README named `readme_file` by the manifest from a checked crate file whose
+/// files are under `top/` (`palletizer add`, where no metadata carries the contents).
+/// At most [`MAX_README_SOURCE`] bytes are read.
+pub fn readme_from_crate(
+    crate_file: &Path,
+    top: &str,
+    readme_file: &str,
+) -> io::Result<Option<String>> {
+    let rel = readme_file.trim_start_matches("./");
+    if rel.is_empty() || rel.split('/').any(|s| s == "..") {
+        return Ok(None);
+    }
+    let wanted = format!("{top}/{rel}");
+    let gz = flate2::read::GzDecoder::new(File::open(crate_file)?);
+    let mut archive = tar::Archive::new(gz);
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if entry.path_bytes().as_ref() != wanted.as_bytes() {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        entry
+            .take(MAX_README_SOURCE as u64)
+            .read_to_end(&mut bytes)?;
+        return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    Ok(None)
+}
+
+/// Stores the page files of the version whose crate file is `crate_path`. Without a
+/// README, a stale rendered one (a version deleted and published again) is removed.
+pub fn store(crate_path: &Path, info: &CrateInfo, readme_html: Option<&str>) -> Result<()> {
+    let json = serde_json::to_vec(info).expect("crate info serializes");
+    write_atomic(&info_path(crate_path), &json)?;
+    match readme_html {
+        Some(html) => write_atomic(&readme_path(crate_path), html.as_bytes()),
+        None => {
+            let _ = std::fs::remove_file(readme_path(crate_path));
+            Ok(())
+        }
+    }
+}
+
+/// Reads at most `max` bytes of `path`; `None` when it does not exist.
+pub fn read_bounded(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
+    match File::open(path) {
+        Ok(f) => {
+            let mut bytes = Vec::new();
+            f.take(max).read_to_end(&mut bytes)?;
+            Ok(Some(bytes))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The stored info of a version (default when missing or unreadable: a page still shows).
+pub fn load_info(crate_path: &Path) -> CrateInfo {
+    read_bounded(&info_path(crate_path), MAX_INFO)
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readme_scripts_and_handlers_are_stripped() {
+        let md = "# Hi\n\n<script>document.title='pwned'</script>\n\n\
+<img src=x onerror=\"document.title='pwned'\">\n\n[click](javascript:alert(1))\n\n\
+<a href=\"/crates/x\">rel</a> <iframe src=\"https://e.com\"></iframe>\n\n\
+<p style=\"color:red\" onclick=\"x()\">styled</p>\n\n```rust\nfn main() {}\n```\n";
+        let html = render_readme(md);
+        for bad in [
+            "<script",
+            "onerror",
+            "javascript:",
+            "<iframe",
+            "onclick",
+            "style=",
+            "pwned",
+            "href=\"/crates",
+        ] {
+            assert!(!html.contains(bad), "`{bad}` survived in {html}");
+        }
+        assert!(html.contains("<h1>Hi</h1>"), "{html}");
+        assert!(html.contains("fn main() {}"), "{html}");
+        assert!(html.contains("rel"), "{html}");
+        // Markup in text and in link targets is escaped, not interpreted.
+        let html = render_readme("a &lt;b> `<i>` [x](https://e.com/\"onmouseover=\"y) <u>k</u>");
+        assert!(
+            !html.contains("<b>") && !html.contains("<i>") && !html.contains("<u>"),
+            "{html}"
+        );
+        assert!(!html.contains("\"onmouseover"), "{html}");
+        assert!(
+            html.contains("<a href=\"https://e.com/%22onmouseover=%22y\">x</a>"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn long_readmes_are_cut_at_a_character_boundary() {
+        let md = "é".repeat(MAX_README_SOURCE);
+        let html = render_readme(&md);
+        assert!(html.len() < MAX_README_SOURCE + 64);
+    }
+
+    /// `palletizer add` has no metadata carrying the README: it is read from the crate
+    /// file, rendered, and stored; deleting the version takes the page files with it.
+    #[test]
+    fn add_stores_the_readme_and_delete_removes_it() {
+        use crate::registry::tarball::testing::{crate_bytes, file};
+        let (tmp, reg) = crate::registry::auth::scratch_registry();
+        let manifest = "[package]\nname = \"foo\"\nversion = \"1.0.0\"\n\
+description = \"<b>d</b>\"\nlicense = \"MIT\"\nreadme = \"docs/README.md\"\n";
+        let bytes = crate_bytes(&[
+            file("foo-1.0.0/Cargo.toml", manifest.as_bytes()),
+            file(
+                "foo-1.0.0/docs/README.md",
+                b"# Foo\n\n<script>x()</script>\n",
+            ),
+            file("foo-1.0.0/src/lib.rs", b""),
+        ]);
+        let path = tmp.path().join("foo-1.0.0.crate");
+        std::fs::write(&path, bytes).unwrap();
+        reg.add_file(&path).unwrap();
+        let name = crate::registry::CrateName::parse("foo").unwrap();
+        let stored = reg.crate_path(
+            &name,
+            &crate::registry::names::Version::parse("1.0.0").unwrap(),
+        );
+        let html = std::fs::read_to_string(readme_path(&stored)).unwrap();
+        assert!(
+            html.contains("<h1>Foo</h1>") && !html.contains("script"),
+            "{html}"
+        );
+        let info = load_info(&stored);
+        assert_eq!(info.description.as_deref(), Some("<b>d</b>"));
+        assert_eq!(info.license.as_deref(), Some("MIT"));
+        assert!(crate::registry::check::check(&reg).unwrap().is_empty());
+        reg.delete(&name, Some("1.0.0")).unwrap();
+        for p in sidecars(&stored) {
+            assert!(!p.exists(), "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn sidecar_names() {
+        let p = Path::new("/r/crates/foo/foo-1.0.0.crate");
+        assert_eq!(info_path(p), Path::new("/r/crates/foo/foo-1.0.0.json"));
+        assert_eq!(
+            readme_path(p),
+            Path::new("/r/crates/foo/foo-1.0.0.readme.html")
+        );
+    }
+}

@@ -1,0 +1,443 @@
+//! The pages in a real browser: headless Chromium (Debian's `chromium` and
+//! `chromium-driver`) opens the home page, a search and a crate page with a README,
+//! dependencies and a yanked version, and checks the DOM after scripts would have run; in
+//! a private registry the login form is filled in through chromedriver's WebDriver API.
+//!
+//! Without Chromium the test is skipped with a note, except under `CI=true`, where a
+//! missing browser is a failure. `PALLETIZER_SCREENSHOTS=DIR` keeps the screenshots (the
+//! README's come from there).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use palletizer::registry::tarball::testing::{crate_bytes, file, publish_body};
+use support::{get_bytes, raw_publish, read_one, Sandbox};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// `chromium` and `chromedriver`, or `None` (a failure under CI).
+fn browser() -> Option<(PathBuf, PathBuf)> {
+    let find = |name: &str| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+    };
+    match (find("chromium"), find("chromedriver")) {
+        (Some(c), Some(d)) => Some((c, d)),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("chromium and chromedriver are needed under CI (.ci/run installs them)")
+        }
+        _ => {
+            eprintln!("skipped: chromium or chromedriver is not installed");
+            None
+        }
+    }
+}
+
+/// Publishes `name` `vers` with cargo's metadata (description, README, deps) over HTTP.
+fn publish(addr: &str, token: &str, name: &str, vers: &str, extra: serde_json::Value) {
+    let manifest =
+        format!("[package]\nname = \"{name}\"\nversion = \"{vers}\"\nedition = \"2021\"\n");
+    let top = format!("{name}-{vers}");
+    let (m, l) = (format!("{top}/Cargo.toml"), format!("{top}/src/lib.rs"));
+    let krate = crate_bytes(&[file(&m, manifest.as_bytes()), file(&l, b"")]);
+    let mut meta = serde_json::json!({
+        "name": name, "vers": vers, "deps": [], "features": {}, "authors": [],
+        "description": null, "documentation": null, "homepage": null, "readme": null,
+        "readme_file": null, "keywords": [], "categories": [], "license": "MIT",
+        "license_file": null, "repository": null, "badges": {}, "links": null,
+        "rust_version": null
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        meta[k] = v.clone();
+    }
+    let json = serde_json::to_vec(&meta).unwrap();
+    let (status, body) = raw_publish(addr, token, &publish_body(&json, &krate));
+    assert_eq!(status, 200, "publish {name} {vers}: {body}");
+}
+
+fn yank(addr: &str, token: &str, name: &str, vers: &str) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        c,
+        "DELETE /api/v1/crates/{name}/{vers}/yank HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(read_one(&mut c).0, 200);
+}
+
+/// Runs chromium headless with `args` and waits for it (bounded); returns stdout.
+fn chromium(bin: &Path, profile: &Path, args: &[&str]) -> String {
+    let mut child = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium {args:?} did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().unwrap()
+}
+
+/// The DOM of `url` after the page's scripts (if any could run) ran.
+fn dom(bin: &Path, profile: &Path, url: &str) -> String {
+    chromium(bin, profile, &["--dump-dom", url])
+}
+
+fn screenshot(bin: &Path, profile: &Path, url: &str, to: &Path) {
+    let arg = format!("--screenshot={}", to.display());
+    chromium(bin, profile, &[&arg, "--window-size=1100,900", url]);
+    let png = std::fs::read(to).unwrap_or_else(|e| panic!("no screenshot of {url}: {e}"));
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{url}: not a PNG");
+    if let Some(dir) = std::env::var_os("PALLETIZER_SCREENSHOTS") {
+        std::fs::copy(to, Path::new(&dir).join(to.file_name().unwrap())).unwrap();
+    }
+}
+
+/// A minimal WebDriver client: one JSON request per connection.
+struct Driver {
+    addr: String,
+    child: Child,
+    session: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = self.call("DELETE", &format!("/session/{}", self.session), None);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> std::io::Result<serde_json::Value> {
+    let mut c = TcpStream::connect(addr)?;
+    c.set_read_timeout(Some(DEADLINE))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    // By Content-Length: chromedriver may keep the connection open after answering.
+    let (_, body) = support::try_read_bytes(&mut c)?;
+    Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+}
+
+impl Driver {
+    fn start(driver: &Path, chromium: &Path, profile: &Path) -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = profile.with_extension("log");
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        // Owned by the driver from here, so a failed start still ends chromedriver.
+        let mut driver = Driver {
+            addr,
+            child,
+            session: String::new(),
+        };
+        let addr = driver.addr.clone();
+        let start = Instant::now();
+        while http_json(&addr, "GET", "/status", None)
+            .map(|v| v["value"]["ready"] != true)
+            .unwrap_or(true)
+        {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "chromedriver did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium.display().to_string(),
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let v = http_json(&addr, "POST", "/session", Some(caps)).unwrap();
+        driver.session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
+            .to_owned();
+        driver
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> std::io::Result<serde_json::Value> {
+        http_json(&self.addr, method, path, body).map(|v| v["value"].clone())
+    }
+
+    fn go(&self, url: &str) {
+        let path = format!("/session/{}/url", self.session);
+        self.call("POST", &path, Some(serde_json::json!({ "url": url })))
+            .unwrap();
+    }
+
+    fn get(&self, what: &str) -> String {
+        let path = format!("/session/{}/{what}", self.session);
+        let v = self.call("GET", &path, None).unwrap();
+        v.as_str()
+            .unwrap_or_else(|| panic!("{what}: {v}"))
+            .to_owned()
+    }
+
+    fn element(&self, css: &str) -> String {
+        let path = format!("/session/{}/element", self.session);
+        let body = serde_json::json!({ "using": "css selector", "value": css });
+        let v = self.call("POST", &path, Some(body)).unwrap();
+        v["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_owned()
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let path = format!(
+            "/session/{}/element/{}/value",
+            self.session,
+            self.element(css)
+        );
+        let body = serde_json::json!({ "text": text });
+        self.call("POST", &path, Some(body)).unwrap();
+    }
+
+    /// Waits (bounded) until `done`: a click may return before the page it loads.
+    fn wait_until(&self, what: &str, done: impl Fn(&Driver) -> bool) {
+        let start = Instant::now();
+        while !done(self) {
+            assert!(start.elapsed() < DEADLINE, "never happened: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn click(&self, css: &str) {
+        let path = format!(
+            "/session/{}/element/{}/click",
+            self.session,
+            self.element(css)
+        );
+        self.call("POST", &path, Some(serde_json::json!({})))
+            .unwrap();
+    }
+}
+
+#[test]
+fn browser_reads_home_search_and_crate_pages_and_logs_in_when_private() {
+    let Some((chromium_bin, driver_bin)) = browser() else {
+        return;
+    };
+    let s = Sandbox::new();
+    let server = s.serve(&[]);
+    let addr = server.addr().to_owned();
+    let token = s.token();
+    let evil = "<script>document.title='pwned'</script>";
+    publish(
+        &addr,
+        &token,
+        "pallet-base",
+        "0.1.0",
+        serde_json::json!({"description": "Shared pieces for pallets"}),
+    );
+    publish(
+        &addr,
+        &token,
+        "pallet-app",
+        "1.0.0",
+        serde_json::json!({
+            "description": format!("Moves pallets {evil}"),
+            "readme": format!("# Pallet app\n\nMoves **pallets** around.\n\n{evil}\n\n\
+        <img src=\"https://example.invalid/x.png\" onerror=\"document.title='pwned'\">\n"),
+            "readme_file": "README.md",
+            "repository": "https://git.example/pallet-app",
+            "rust_version": "1.70",
+            "features": {"default": ["fast"], "fast": []},
+            "deps": [{"name": "pallet-base", "version_req": "^0.1", "features": [],
+                      "optional": false, "default_features": true, "target": null,
+                      "kind": "normal"}]
+        }),
+    );
+    publish(
+        &addr,
+        &token,
+        "pallet-app",
+        "1.1.0",
+        serde_json::json!({"description": "Moves pallets"}),
+    );
+    yank(&addr, &token, "pallet-app", "1.1.0");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = tmp.path().join("profile");
+    let base = format!("http://{addr}");
+
+    let home = dom(&chromium_bin, &profile, &format!("{base}/"));
+    assert!(home.contains("<title>Palletizer</title>"), "{home}");
+    assert!(home.contains("Newest crates"), "{home}");
+    assert!(home.contains("href=\"/crates/pallet-app\""), "{home}");
+    assert!(home.contains(&format!("sparse+{base}/index/")), "{home}");
+    assert!(
+        home.contains("<input id=\"q\" type=\"search\" name=\"q\">"),
+        "{home}"
+    );
+
+    let found = dom(&chromium_bin, &profile, &format!("{base}/search?q=pallet"));
+    assert!(found.contains("2 crates found"), "{found}");
+    let app_at = found
+        .find("href=\"/crates/pallet-app\"")
+        .expect("app in the results");
+    let base_at = found
+        .find("href=\"/crates/pallet-base\"")
+        .expect("base in the results");
+    assert!(app_at < base_at, "ranked by name like cargo search");
+
+    let page = dom(
+        &chromium_bin,
+        &profile,
+        &format!("{base}/crates/pallet-app"),
+    );
+    // The README's script never ran (it would have set the title), nor is it in the DOM.
+    assert!(
+        page.contains("<title>pallet-app 1.0.0: Palletizer</title>"),
+        "{page}"
+    );
+    assert!(!page.contains("pwned</title>"), "{page}");
+    assert!(!page.contains("<script"), "{page}");
+    assert!(!page.contains("onerror"), "{page}");
+    assert!(page.contains("<h1>Pallet app</h1>"), "{page}");
+    assert!(
+        page.contains("Moves <strong>pallets</strong> around."),
+        "{page}"
+    );
+    assert!(page.contains("Moves pallets &lt;script&gt;"), "{page}");
+    assert!(
+        page.contains("<a href=\"/crates/pallet-base\">pallet-base</a>"),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "<a href=\"/crates/pallet-app/1.1.0\">1.1.0</a> <span class=\"yanked\">yanked</span>"
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains("cargo add pallet-app --registry palletizer"),
+        "{page}"
+    );
+    assert!(page.contains("pallet-app = { version = \"1.0.0\", registry = \"palletizer\" }"));
+    assert!(page.contains("1.70 or newer"), "{page}");
+    let yanked = dom(
+        &chromium_bin,
+        &profile,
+        &format!("{base}/crates/pallet-app/1.1.0"),
+    );
+    assert!(
+        yanked.contains("1.1.0</span> <span class=\"yanked\">yanked</span></h1>"),
+        "{yanked}"
+    );
+
+    screenshot(
+        &chromium_bin,
+        &profile,
+        &format!("{base}/"),
+        &tmp.path().join("home.png"),
+    );
+    screenshot(
+        &chromium_bin,
+        &profile,
+        &format!("{base}/crates/pallet-app"),
+        &tmp.path().join("crate.png"),
+    );
+
+    // Private: a page asks for a token; the form logs in and the page loads.
+    s.palletizer_ok(&["access", "private"]);
+    let start = Instant::now();
+    while get_bytes(&addr, "/").unwrap().0 != 401 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the server never turned private"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let driver = Driver::start(&driver_bin, &chromium_bin, &tmp.path().join("wd-profile"));
+    driver.go(&format!("{base}/crates/pallet-app"));
+    assert_eq!(driver.get("title"), "Log in: Palletizer");
+    assert!(driver.get("source").contains("name=\"token\""));
+    driver.type_into("#token", "not-a-token");
+    driver.click("form[method=post] button[type=submit]");
+    driver.wait_until("a refused token is said so", |d| {
+        d.get("source").contains("role=\"alert\"")
+    });
+    driver.type_into("#token", &token);
+    driver.click("form[method=post] button[type=submit]");
+    let wanted = format!("{base}/crates/pallet-app");
+    driver.wait_until("the login returns to the crate page", |d| {
+        d.get("url") == wanted
+    });
+    assert_eq!(driver.get("title"), "pallet-app 1.0.0: Palletizer");
+    assert!(driver.get("source").contains("<h1>Pallet app</h1>"));
+    // The session reads other pages too; logging out ends it.
+    driver.go(&format!("{base}/search?q=base"));
+    assert!(driver.get("source").contains("1 crate found"));
+    driver.go(&format!("{base}/logout"));
+    driver.wait_until("logout shows the login page", |d| {
+        d.get("title") == "Log in: Palletizer"
+    });
+    driver.go(&format!("{base}/crates/pallet-app"));
+    assert_eq!(driver.get("title"), "Log in: Palletizer");
+}
