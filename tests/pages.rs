@@ -212,6 +212,11 @@ impl Driver {
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
             .to_owned();
+        // A form post navigates: an element looked up while the next page is still loading
+        // is waited for (a deadline only as the failure condition), not reported missing.
+        let path = format!("/session/{}/timeouts", driver.session);
+        let timeouts = serde_json::json!({ "implicit": 20_000, "pageLoad": 60_000 });
+        driver.call("POST", &path, Some(timeouts)).unwrap();
         driver
     }
 

@@ -27,7 +27,7 @@ use crate::registry::auth::{self as reg_auth, AuthView, Need};
 use crate::registry::crateinfo::{self, CrateInfo};
 use crate::registry::index::IndexEntry;
 use crate::registry::metadata::DepKind;
-use crate::registry::names::{CrateName, Version};
+use crate::registry::names::{canonical, CrateName, Version};
 use crate::registry::search::{self, SearchLine};
 use crate::registry::settings::Access;
 use crate::registry::Registry;
@@ -513,31 +513,27 @@ fn home(reg: &Registry, ctx: &Ctx) -> Response {
     layout(ctx, 200, "Palletizer", "", &main)
 }
 
-/// The [`NEWEST`] crates whose newest version was published last (by its crate file's
-/// time), and the number of crates. Streams `search.jsonl`: one stat per crate.
+/// The [`NEWEST`] crates published last (from the index's history: a few commit reads,
+/// whatever the registry's size), and the number of crates (one pass over `search.jsonl`).
 fn newest_crates(reg: &Registry) -> crate::registry::Result<(Vec<SearchLine>, usize)> {
-    let mut newest: Vec<(std::time::SystemTime, SearchLine)> = Vec::with_capacity(NEWEST + 1);
+    let names = crate::registry::git::recently_added(reg.index_dir(), NEWEST, 2_000)?;
+    let keys: Vec<String> = names.iter().map(|n| canonical(n)).collect();
+    let mut found: Vec<Option<SearchLine>> = vec![None; keys.len()];
     let mut total = 0;
     search::for_each_line(reg.root(), |line| {
         total += 1;
-        let (Ok(name), Ok(vers)) = (
-            CrateName::parse(&line.name),
-            Version::parse(&line.max_version),
-        ) else {
-            return;
-        };
-        let Ok(time) = std::fs::metadata(reg.crate_path(&name, &vers)).and_then(|m| m.modified())
-        else {
-            return;
-        };
-        if newest.len() == NEWEST && newest.last().is_some_and(|(t, _)| *t >= time) {
-            return;
+        let key = canonical(&line.name);
+        if let Some(i) = keys.iter().position(|k| *k == key) {
+            found[i] = Some(line);
         }
-        let at = newest.partition_point(|(t, _)| *t >= time);
-        newest.insert(at, (time, line));
-        newest.truncate(NEWEST);
     })?;
-    Ok((newest.into_iter().map(|(_, l)| l).collect(), total))
+    // Crates deleted since, or with every version yanked, drop out.
+    let newest = found
+        .into_iter()
+        .flatten()
+        .filter(|l| !l.max_version.is_empty())
+        .collect();
+    Ok((newest, total))
 }
 
 fn search_page(reg: &Registry, ctx: &Ctx, query: &str, page: usize) -> Response {

@@ -172,6 +172,40 @@ pub fn staged(dir: &Path) -> Result<Vec<String>, git2::Error> {
     staged_paths(&Repository::open(dir)?)
 }
 
+/// The crates of the newest "Add NAME VERS" commits, newest first, each once (by canonical
+/// name), at most `names` of them, looking at no more than `commits` commits: what was
+/// published last, read from the history instead of the file system.
+pub fn recently_added(
+    dir: &Path,
+    names: usize,
+    commits: usize,
+) -> Result<Vec<String>, git2::Error> {
+    let repo = Repository::open(dir)?;
+    let mut walk = repo.revwalk()?;
+    walk.push_head()?;
+    let mut out: Vec<String> = Vec::with_capacity(names);
+    for oid in walk.take(commits) {
+        let commit = repo.find_commit(oid?)?;
+        let Some(name) = commit
+            .summary()
+            .ok()
+            .flatten()
+            .and_then(|s| s.strip_prefix("Add "))
+            .and_then(|rest| rest.split(' ').next())
+        else {
+            continue;
+        };
+        let key = super::names::canonical(name);
+        if !out.iter().any(|n| super::names::canonical(n) == key) {
+            out.push(name.to_owned());
+            if out.len() == names {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Whether git's history is one line of commits from HEAD back to the root.
 pub fn history_is_linear(dir: &Path) -> Result<bool, git2::Error> {
     let repo = Repository::open(dir)?;
