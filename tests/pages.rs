@@ -253,14 +253,26 @@ impl Driver {
             .to_owned()
     }
 
+    /// Types `text` into the field `css` and checks that the field holds exactly that (a
+    /// page still settling after a navigation could have dropped or doubled keys).
     fn type_into(&self, css: &str, text: &str) {
-        let path = format!(
-            "/session/{}/element/{}/value",
-            self.session,
-            self.element(css)
+        let element = self.element(css);
+        let base = format!("/session/{}/element/{element}", self.session);
+        let v = self.call(
+            "POST",
+            &format!("{base}/clear"),
+            Some(serde_json::json!({})),
         );
+        assert!(v.unwrap().is_null(), "clearing {css}");
         let body = serde_json::json!({ "text": text });
-        self.call("POST", &path, Some(body)).unwrap();
+        let v = self
+            .call("POST", &format!("{base}/value"), Some(body))
+            .unwrap();
+        assert!(v.is_null(), "typing into {css}: {v}");
+        let v = self
+            .call("GET", &format!("{base}/property/value"), None)
+            .unwrap();
+        assert_eq!(v.as_str(), Some(text), "{css} holds what was typed");
     }
 
     /// Waits (bounded) until `done`: a click may return before the page it loads.
@@ -428,6 +440,9 @@ fn browser_reads_home_search_and_crate_pages_and_logs_in_when_private() {
     driver.wait_until("a refused token is said so", |d| {
         d.get("source").contains("role=\"alert\"")
     });
+    // A fresh form for the right token.
+    driver.go(&format!("{base}/crates/pallet-app"));
+    assert_eq!(driver.get("title"), "Log in: Palletizer");
     driver.type_into("#token", &token);
     driver.click("form[method=post] button[type=submit]");
     let wanted = format!("{base}/crates/pallet-app");
