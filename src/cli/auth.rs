@@ -21,8 +21,7 @@ use crate::registry::Registry;
 pub const COMMANDS: [&str; 4] = ["user", "token", "owner", "access"];
 
 /// Their lines for `palletizer --help`.
-pub const USAGE: &str = "\
-  user add NAME [--admin] | user list | user remove NAME
+pub const USAGE: &str = "  user add NAME [--admin] | user list | user remove NAME
                             manage users (removing one revokes their tokens)
   token create --user NAME [--scope S]... [--crate GLOB]... [--expires DURATION] [--label TEXT]
                             print a new token (scopes: read, publish-new, publish-update, yank,
