@@ -8,7 +8,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
 use std::sync::Arc;
 
 use std::time::Instant;
@@ -20,6 +20,12 @@ use super::metrics::WorkerMetrics;
 use crate::http::{api, Job, Response};
 use crate::registry::auth::Principal;
 use crate::registry::Registry;
+
+/// Answers the worker may have made before the loop took them: each holds a whole response
+/// (a rendered page, a ref advertisement), so under a burst of page views the memory they
+/// take is this many answers, not one per waiting client. The worker waits for the loop,
+/// which takes them whenever it is woken; the loop never waits for the worker.
+const DONE_BACKLOG: usize = 4;
 
 /// A job tagged with the connection waiting for it (slab key and serial number).
 pub struct Ticket {
@@ -98,7 +104,7 @@ pub fn spawn(
     metrics: Arc<WorkerMetrics>,
 ) -> std::io::Result<(Sender<Ticket>, Receiver<Done>)> {
     let (job_tx, job_rx) = channel::<Ticket>();
-    let (done_tx, done_rx) = channel::<Done>();
+    let (done_tx, done_rx) = sync_channel::<Done>(DONE_BACKLOG);
     std::thread::Builder::new()
         .name("registry-worker".into())
         .stack_size(1024 * 1024)
