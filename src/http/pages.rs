@@ -1077,7 +1077,7 @@ mod tests {
             keywords: vec![evil.into()],
             ..Default::default()
         };
-        let readme = crateinfo::render_readme(&format!("# R\n\n{evil}\n"));
+        let readme = crateinfo::render_readme(&format!("# R\n\n{evil}\n")).unwrap();
         let shown = Shown {
             entries: std::slice::from_ref(&entry),
             at: 0,

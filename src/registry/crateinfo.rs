@@ -17,6 +17,8 @@ use super::{write_atomic, PublishMetadata, Result};
 pub const MAX_README_SOURCE: usize = 512 * 1024;
 /// The most of a stored README a page reads back (sanitized HTML of the source above).
 pub const MAX_README_HTML: u64 = 2 << 20;
+/// Most table cells a README may make before its tables are rendered as text.
+pub const MAX_TABLE_CELLS: usize = 100_000;
 /// The most of a stored info file a page reads back.
 pub const MAX_INFO: u64 = 256 * 1024;
 
@@ -89,16 +91,30 @@ pub fn sidecars(crate_path: &Path) -> [PathBuf; 2] {
 /// targets (no `javascript:`; relative ones would point into this registry, not the
 /// crate's repository). Sanitizing the Markdown's events rather than re-parsing the HTML
 /// keeps an HTML parser's tables (over 1 MiB of relocated data) out of the server.
-pub fn render_readme(markdown: &str) -> String {
+///
+/// `None` when the HTML would pass [`MAX_README_HTML`]. Tables are left out of a README that
+/// could make more than [`MAX_TABLE_CELLS`] cells: the parser fills short rows up to the
+/// header's width and builds the whole tree first, so a 512 KiB text of wide headers and
+/// one-cell rows would otherwise take gigabytes on the worker.
+pub fn render_readme(markdown: &str) -> Option<String> {
     use pulldown_cmark::{CowStr, Event, Options, Parser, Tag};
     let mut end = markdown.len().min(MAX_README_SOURCE);
     while !markdown.is_char_boundary(end) {
         end -= 1;
     }
-    let opts = Options::ENABLE_TABLES
-        | Options::ENABLE_STRIKETHROUGH
-        | Options::ENABLE_TASKLISTS
-        | Options::ENABLE_FOOTNOTES;
+    let source = &markdown[..end];
+    // At most (lines) x (widest row) cells, whatever the tables look like.
+    let lines = source.lines().count();
+    let widest = source
+        .lines()
+        .map(|l| l.bytes().filter(|&b| b == b'|').count() + 1)
+        .max()
+        .unwrap_or(0);
+    let mut opts =
+        Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TASKLISTS | Options::ENABLE_FOOTNOTES;
+    if lines.saturating_mul(widest) <= MAX_TABLE_CELLS {
+        opts |= Options::ENABLE_TABLES;
+    }
     let safe = |url: CowStr<'_>| -> CowStr<'static> {
         let ok = ["https://", "http://", "mailto:", "#"].iter().any(|p| {
             url.get(..p.len())
@@ -110,7 +126,7 @@ pub fn render_readme(markdown: &str) -> String {
             CowStr::Borrowed("")
         }
     };
-    let events = Parser::new_ext(&markdown[..end], opts).filter_map(|ev| match ev {
+    let events = Parser::new_ext(source, opts).filter_map(|ev| match ev {
         Event::Html(_) | Event::InlineHtml(_) => None,
         Event::Start(Tag::Link {
             link_type,
@@ -138,7 +154,7 @@ pub fn render_readme(markdown: &str) -> String {
     });
     let mut html = String::with_capacity(end + end / 4);
     pulldown_cmark::html::push_html(&mut html, events);
-    html
+    (html.len() as u64 <= MAX_README_HTML).then_some(html)
 }
 
 /// Reads the README named `readme_file` by the manifest from a checked crate file whose
@@ -216,7 +232,7 @@ mod tests {
 <img src=x onerror=\"document.title='pwned'\">\n\n[click](javascript:alert(1))\n\n\
 <a href=\"/crates/x\">rel</a> <iframe src=\"https://e.com\"></iframe>\n\n\
 <p style=\"color:red\" onclick=\"x()\">styled</p>\n\n```rust\nfn main() {}\n```\n";
-        let html = render_readme(md);
+        let html = render_readme(md).unwrap();
         for bad in [
             "<script",
             "onerror",
@@ -233,7 +249,8 @@ mod tests {
         assert!(html.contains("fn main() {}"), "{html}");
         assert!(html.contains("rel"), "{html}");
         // Markup in text and in link targets is escaped, not interpreted.
-        let html = render_readme("a &lt;b> `<i>` [x](https://e.com/\"onmouseover=\"y) <u>k</u>");
+        let html =
+            render_readme("a &lt;b> `<i>` [x](https://e.com/\"onmouseover=\"y) <u>k</u>").unwrap();
         assert!(
             !html.contains("<b>") && !html.contains("<i>") && !html.contains("<u>"),
             "{html}"
@@ -247,9 +264,25 @@ mod tests {
 
     #[test]
     fn long_readmes_are_cut_at_a_character_boundary() {
-        let md = "é".repeat(MAX_README_SOURCE);
-        let html = render_readme(&md);
+        // One ASCII byte first: the cut then falls inside a two-byte character.
+        let md = format!("x{}", "é".repeat(MAX_README_SOURCE));
+        let html = render_readme(&md).unwrap();
         assert!(html.len() < MAX_README_SOURCE + 64);
+        assert!(html.ends_with("é</p>\n"), "{}", &html[html.len() - 20..]);
+    }
+
+    /// Wide headers over many one-cell rows: the parser would fill every row to the
+    /// header's width (gigabytes for a 512 KiB text); such tables stay text.
+    #[test]
+    fn table_bombs_render_as_text() {
+        let header = format!("|{}\n|{}\n", "a|".repeat(511), "-|".repeat(511));
+        let table = format!("{header}{}\n", "x\n".repeat(500));
+        let md = table.repeat(MAX_README_SOURCE / table.len());
+        let html = render_readme(&md).expect("rendered, as text");
+        assert!(!html.contains("<td>"), "no table cells");
+        assert!(html.len() < 4 * MAX_README_SOURCE);
+        let small = render_readme("|a|b|\n|-|-|\n|1|2|\n").unwrap();
+        assert!(small.contains("<td>1</td>"), "{small}");
     }
 
     /// `palletizer add` has no metadata carrying the README: it is read from the crate

@@ -363,7 +363,8 @@ impl Registry {
         Ok(done)
     }
 
-    /// Whether the index holds any crate (stops at the first file found).
+    /// Whether the index holds any crate (walks the index tree: only asked when the search
+    /// file is missing).
     fn has_crates(&self) -> Result<bool> {
         Ok(!self.index_files()?.is_empty())
     }
@@ -755,13 +756,13 @@ impl Registry {
             .context(|| format!("syncing {}", tmp.display()))?;
         drop(out);
         // Rendered here, before the lock: the crate page only reads the result.
-        let readme_md = match &meta.readme {
-            Some(text) => Some(text.clone()),
+        let readme_html = match meta.readme.as_deref() {
+            Some(text) => crateinfo::render_readme(text),
             None => manifest_readme
                 .as_deref()
-                .and_then(|f| crateinfo::readme_from_crate(tmp, &top, f).ok().flatten()),
+                .and_then(|f| crateinfo::readme_from_crate(tmp, &top, f).ok().flatten())
+                .and_then(|text| crateinfo::render_readme(&text)),
         };
-        let readme_html = readme_md.as_deref().map(crateinfo::render_readme);
 
         let version = Version::parse(&meta.vers).map_err(|e| Error::Invalid(e.to_string()))?;
         let entry = IndexEntry::from_publish(&meta, &inspected.cksum, index::pubtime_now(), |u| {
@@ -782,8 +783,13 @@ impl Registry {
         let dest = self.crate_path(&name, &version);
         let dest_dir = dest.parent().expect("crate paths have a parent");
         self.journal(&name)?;
+        // The page files go in with the crate file, before the commit: a publish that is
+        // answered 200 has them, and one that fails (or is killed) takes them along (the
+        // journal's repair moves leftovers aside like the crate file).
+        let info = crateinfo::CrateInfo::from_meta(&meta);
         let placed = (|| {
             fs::create_dir_all(dest_dir).context(|| format!("creating {}", dest_dir.display()))?;
+            crateinfo::store(&dest, &info, readme_html.as_deref())?;
             fs::rename(tmp, &dest)
                 .context(|| format!("moving crate file to {}", dest.display()))?;
             sync_dir(dest_dir).context(|| format!("syncing {}", dest_dir.display()))
@@ -791,20 +797,15 @@ impl Registry {
         entries.push(entry.clone());
         let message = format!("Add {} {}", meta.name, meta.vers);
         if let Err(e) = placed.and_then(|()| self.write_index_file(&name, &entries, &message)) {
-            // Nothing of this publish stays: no crate file, no index line, nothing staged.
-            let _ = fs::remove_file(&dest);
+            // Nothing of this publish stays: no crate file, no page files, no index line,
+            // nothing staged.
+            let [info_file, readme_file] = crateinfo::sidecars(&dest);
+            for p in [&dest, &info_file, &readme_file] {
+                let _ = fs::remove_file(p);
+            }
             let _ = fs::remove_dir(dest_dir);
             self.journal_done();
             return Err(e);
-        }
-        // The version is published: a page without its README is a lesser failure than
-        // undoing the publish, so this is reported, not returned.
-        let info = crateinfo::CrateInfo::from_meta(&meta);
-        if let Err(e) = crateinfo::store(&dest, &info, readme_html.as_deref()) {
-            eprintln!(
-                "warning: page data of {} {} not stored: {e}",
-                meta.name, meta.vers
-            );
         }
         let newest = search::max_version(&entries);
         let described = newest.as_deref() == Some(meta.vers.as_str());
@@ -1019,7 +1020,9 @@ impl Registry {
         for e in &removed {
             let crate_path = self.entry_crate_path(e)?;
             let [info, readme] = crateinfo::sidecars(&crate_path);
-            for p in [crate_path, info, readme] {
+            // Page files first: a crash in between leaves a crate file the journal's repair
+            // moves aside, never page files without their crate.
+            for p in [info, readme, crate_path] {
                 match fs::remove_file(&p) {
                     Ok(()) => {}
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {}
