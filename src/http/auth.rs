@@ -70,10 +70,13 @@ pub fn required(access: Access, method: Method, path: &str) -> Option<Required> 
     let write = |need, krate: Option<&str>| {
         Some(Required {
             need,
-            // An undecodable name is refused by the router (400) after this check.
-            krate: krate
-                .and_then(percent_decode)
-                .and_then(|b| String::from_utf8(b).ok()),
+            // A name that does not decode is checked as sent (it matches no crate pattern, so
+            // a token limited to some crates is refused), then refused by the router (400).
+            krate: krate.map(|k| {
+                percent_decode(k)
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_else(|| k.to_owned())
+            }),
             challenge: Challenge::Cargo,
         })
     };
@@ -220,15 +223,29 @@ pub fn owners_changed(msg: &str) -> Response {
     Response::json(200, &serde_json::json!({ "ok": true, "msg": msg }))
 }
 
-/// The body of an owners `PUT`/`DELETE`: `{"users":["alice","bob"]}`.
+/// Most users one owners request may name.
+pub const MAX_OWNERS_PER_REQUEST: usize = 32;
+
+/// The body of an owners `PUT`/`DELETE`: `{"users":["alice","bob"]}`, at most
+/// [`MAX_OWNERS_PER_REQUEST`] valid user names (a refusal never repeats the body).
 pub fn owners_request(body: &[u8]) -> Result<Vec<String>, Response> {
     #[derive(serde::Deserialize)]
     struct Users {
         users: Vec<String>,
     }
-    serde_json::from_slice::<Users>(body)
-        .map(|u| u.users)
-        .map_err(|e| Response::error(400, &format!("expected {{\"users\":[...]}}: {e}")))
+    let bad = |detail: &str| Response::error(400, detail);
+    let users = serde_json::from_slice::<Users>(body)
+        .map_err(|_| bad("expected a JSON body {\"users\":[\"name\", ...]}"))?
+        .users;
+    if users.len() > MAX_OWNERS_PER_REQUEST {
+        return Err(bad(&format!(
+            "at most {MAX_OWNERS_PER_REQUEST} users per request"
+        )));
+    }
+    for u in &users {
+        crate::registry::auth::validate_user_name(u).map_err(|e| bad(&e.to_string()))?;
+    }
+    Ok(users)
 }
 
 #[cfg(test)]
@@ -450,6 +467,34 @@ mod tests {
             assert!(t.is_some(), "{v}");
         }
         assert_eq!(token_from_header("Bearer é").as_deref(), Some("é"));
+    }
+
+    /// A crate name that does not decode is checked as sent: a token limited to some
+    /// crates is refused, never let through for lack of a name.
+    #[test]
+    fn undecodable_crate_names_fail_closed() {
+        let r = required(Public, Method::Delete, "/api/v1/crates/%ZZ/1.0.0/yank").unwrap();
+        assert_eq!(r.krate.as_deref(), Some("%ZZ"));
+    }
+
+    #[test]
+    fn owners_bodies_are_bounded_and_never_echoed() {
+        assert_eq!(
+            owners_request(br#"{"users":["alice","bob"]}"#).unwrap(),
+            ["alice", "bob"]
+        );
+        let many: Vec<String> = (0..=MAX_OWNERS_PER_REQUEST)
+            .map(|i| format!("u{i}"))
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "users": many })).unwrap();
+        assert_eq!(owners_request(&body).unwrap_err().status, 400);
+        let bad = owners_request(br#"{"users":["a[31m"]}"#).unwrap_err();
+        assert_eq!(bad.status, 400);
+        let Body::Bytes(b) = &bad.body else { panic!() };
+        assert!(!b.contains(&0x1b), "the name is escaped");
+        let junk = owners_request(b"{\"users\": 5, \"x\": \"<secret>\"}").unwrap_err();
+        let Body::Bytes(b) = &junk.body else { panic!() };
+        assert!(!String::from_utf8_lossy(b).contains("secret"));
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub const MAX_GLOBS: usize = 32;
 const MAX_LIFETIME: u64 = 36_500 * 86_400;
 /// The file format this code writes; a newer one is refused rather than half understood.
 const FORMAT: u32 = 1;
+/// The largest `auth.json` read (and written): about 10,000 tokens. The server parses it on
+/// its event loop when it changes, so its size bounds that pause.
+pub const MAX_AUTH_FILE: u64 = 4 << 20;
 /// The admin user zero-config start creates.
 pub const FIRST_ADMIN: &str = "admin";
 
@@ -290,8 +293,18 @@ fn read_stamped(path: &Path) -> Result<Option<(String, FileStamp)>, AuthError> {
         Err(e) => return Err(io_err(e)),
     };
     let meta = f.metadata().map_err(io_err)?;
+    // The server parses this on its event loop: a file past the cap is refused, not read.
+    if meta.len() > MAX_AUTH_FILE {
+        return Err(AuthError::Corrupt {
+            path: path.display().to_string(),
+            msg: format!("larger than {MAX_AUTH_FILE} bytes"),
+        });
+    }
     let mut text = String::new();
-    f.read_to_string(&mut text).map_err(io_err)?;
+    (&mut f)
+        .take(MAX_AUTH_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(io_err)?;
     Ok(Some((text, FileStamp::of(&meta))))
 }
 
@@ -326,6 +339,12 @@ impl AuthFile {
     fn write(&self, path: &Path) -> Result<(), AuthError> {
         let mut bytes = serde_json::to_vec_pretty(self).expect("auth data serializes");
         bytes.push(b'\n');
+        if bytes.len() as u64 > MAX_AUTH_FILE {
+            return Err(AuthError::Invalid(format!(
+                "access control data would pass {MAX_AUTH_FILE} bytes: revoke or remove \
+                 old tokens first"
+            )));
+        }
         // Created 0600 before a byte is written, so no reader ever sees it otherwise: hashes
         // of 32 random bytes reveal nothing usable, but user names and owner lists are
         // nobody else's business, and nobody else may add a token hash.
@@ -349,8 +368,12 @@ impl AuthFile {
     }
 
     fn user_or_err(&self, name: &str) -> Result<&User, AuthError> {
-        self.user(name)
-            .ok_or_else(|| AuthError::NotFound(format!("user `{name}` does not exist")))
+        self.user(name).ok_or_else(|| {
+            AuthError::NotFound(format!(
+                "user `{}` does not exist",
+                super::names::shown(name)
+            ))
+        })
     }
 
     /// The owners recorded for a crate (empty: the crate belongs to the admins).
@@ -385,8 +408,12 @@ fn modify<T>(
     let path = auth_path(&reg.root, &reg.settings)?;
     let _lock = reg.lock()?;
     let mut data = AuthFile::read(&path)?;
+    let before = data.clone();
     let out = f(&mut data)?;
-    data.write(&path)?;
+    // An unchanged file is not rewritten: every rewrite makes the server reload it.
+    if data != before {
+        data.write(&path)?;
+    }
     Ok(out)
 }
 
@@ -398,8 +425,9 @@ pub fn validate_user_name(name: &str) -> Result<(), AuthError> {
     let ok_start = name.starts_with(|c: char| c.is_ascii_alphanumeric());
     if name.is_empty() || name.len() > MAX_USER_LEN || !ok_chars || !ok_start {
         return Err(AuthError::Invalid(format!(
-            "invalid user name `{name}`: use 1 to {MAX_USER_LEN} ASCII letters, digits, `-` and \
-             `_`, starting with a letter or digit"
+            "invalid user name `{}`: use 1 to {MAX_USER_LEN} ASCII letters, digits, `-` and \
+             `_`, starting with a letter or digit",
+            super::names::shown(name)
         )));
     }
     Ok(())
@@ -726,7 +754,8 @@ pub fn remove_owners(
             owners.retain(|o| !o.eq_ignore_ascii_case(name));
             if owners.len() == before {
                 return Err(AuthError::NotFound(format!(
-                    "`{name}` is not an owner of `{real}`"
+                    "`{}` is not an owner of `{real}`",
+                    super::names::shown(name)
                 )));
             }
         }
@@ -1122,10 +1151,16 @@ impl AuthView {
         let mut by_prefix =
             HashMap::with_capacity_and_hasher(data.tokens.len(), Default::default());
         let mut collided = Vec::new();
+        let user_index: HashMap<&str, usize> = data
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.as_str(), i))
+            .collect();
         for t in &data.tokens {
             // A token whose user is gone counts as revoked (removal revokes; this covers a
             // hand-edited file too).
-            let user = data.users.iter().position(|u| u.name == t.user);
+            let user = user_index.get(t.user.as_str()).copied();
             let crates = (!t.crates.is_empty())
                 .then(|| t.crates.iter().map(|g| g.as_str().into()).collect());
             let i = tokens.len() as u32;
@@ -1602,8 +1637,6 @@ mod tests {
         add_user(&reg, "alice", false, T0).unwrap();
         let one = Stamp::current(reg.root());
         assert_ne!(one, empty);
-        // Same length, same second: the rename still gives the file a new inode.
-        record_last_used(&reg, &[]).unwrap();
         add_user(&reg, "bobby", false, T0).unwrap();
         remove_user(&reg, "bobby", T0).unwrap();
         assert_ne!(Stamp::current(reg.root()), one);
@@ -1819,6 +1852,7 @@ mod tests {
         let data = AuthFile::load(&reg).unwrap();
         assert_eq!(data.users().len(), 30);
         let mut ids: Vec<_> = data.users().iter().map(|u| u.id).collect();
+        ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 30);
     }
@@ -1835,6 +1869,52 @@ mod tests {
         fs::write(&path, r#"{"format":9,"next_user_id":1,"next_token_id":1}"#).unwrap();
         let e = AuthView::load(reg.root()).unwrap_err().to_string();
         assert!(e.contains("newer palletizer"), "{e}");
+    }
+
+    /// The server parses `auth.json` on its event loop: a file past the cap is refused
+    /// unread (the old view stays), and the CLI never writes one.
+    #[test]
+    fn auth_files_past_the_cap_are_neither_read_nor_written() {
+        let (_t, reg) = registry();
+        add_user(&reg, "alice", false, T0).unwrap();
+        let path = reg.root().join(AUTH_FILE);
+        let text = fs::read_to_string(&path).unwrap();
+        let padded = format!("{text}{}", " ".repeat(MAX_AUTH_FILE as usize));
+        fs::write(&path, &padded).unwrap();
+        let e = AuthView::load(reg.root()).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+        fs::write(&path, &text).unwrap();
+        // A file just under the cap (tokens copied in directly), then one token more.
+        let mut data: AuthFile = serde_json::from_str(&text).unwrap();
+        let one = NewToken {
+            user: "alice".into(),
+            label: Some("x".repeat(MAX_LABEL_LEN)),
+            ..NewToken::default()
+        };
+        create_token(&reg, one, T0).unwrap();
+        let with_one: AuthFile = AuthFile::load(&reg).unwrap();
+        let token = with_one.tokens[0].clone();
+        let size = |n: usize| {
+            let mut d = data.clone();
+            d.tokens = vec![token.clone(); n];
+            serde_json::to_vec_pretty(&d).unwrap().len()
+        };
+        let each = (size(100) - size(0)) / 100;
+        let fill = (MAX_AUTH_FILE as usize - size(0)) / each;
+        data.tokens = vec![token; fill];
+        let full = serde_json::to_vec_pretty(&data).unwrap();
+        assert!(full.len() as u64 <= MAX_AUTH_FILE, "{}", full.len());
+        fs::write(&path, &full).unwrap();
+        AuthView::load(reg.root()).expect("a file within the cap loads");
+        let more = NewToken {
+            user: "alice".into(),
+            label: Some("x".repeat(MAX_LABEL_LEN)),
+            ..NewToken::default()
+        };
+        let e = create_token(&reg, more, T0).unwrap_err().to_string();
+        assert!(e.contains("revoke or remove old tokens"), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), full, "nothing written");
+        AuthView::load(reg.root()).unwrap();
     }
 
     #[test]
