@@ -275,12 +275,17 @@ pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
 /// checked here, against the current `auth.json`, since only here is it known whether the
 /// crate exists.
 pub fn run(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
-    let spooled = job.body_file().map(std::path::Path::to_owned);
-    let response = run_job(reg, job, who);
-    if let Some(path) = spooled {
-        let _ = std::fs::remove_file(path);
+    /// Removes the spooled body however the job ends, a panic included.
+    struct RemoveOnDrop(Option<PathBuf>);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            if let Some(path) = &self.0 {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
-    response
+    let _spooled = RemoveOnDrop(job.body_file().map(std::path::Path::to_owned));
+    run_job(reg, job, who)
 }
 
 fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {

@@ -444,7 +444,7 @@ impl<S: Stream> Conn<S> {
             (Routed::Done(r), None)
         });
         let expect = head.expect_continue;
-        let mut ex = Exchange {
+        let ex = Exchange {
             log: LogLine {
                 route,
                 method: head.method.as_str(),
@@ -457,9 +457,8 @@ impl<S: Stream> Conn<S> {
             head_only: head.method == Method::Head,
             unread: head.content_length,
             leftover,
-            principal: None,
+            principal,
         };
-        ex.principal = principal;
         match routed {
             Routed::Upload(kind) => self.start_upload(kind, ex, expect, shared),
             Routed::AfterBody(job) => self.read_body(ex, Then::Job(job), expect, shared),

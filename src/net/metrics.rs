@@ -527,6 +527,25 @@ mod tests {
         assert!(text.contains("palletizer_publishes_refused_total{reason=\"other\"} 3\n"));
         assert!(text.contains("palletizer_publish_duration_seconds_bucket{le=\"100\"} 0\n"));
         assert!(text.contains("palletizer_publish_duration_seconds_count 3\n"));
+        // Every plain counter at its widest: still within the buffer.
+        let max = |c: &Cell<u64>| c.set(u64::MAX);
+        m.requests.iter().flatten().for_each(max);
+        m.response_bytes.iter().for_each(max);
+        m.publish_refused.iter().for_each(max);
+        for c in [
+            &m.conns_open,
+            &m.accepted,
+            &m.refused,
+            &m.reclaimed,
+            &m.timed_out,
+            &m.tls_failures,
+            &m.publish_accepted,
+            &m.jobs_sent,
+        ] {
+            max(c);
+        }
+        let text = m.render(&trees);
+        assert!(text.len() < RENDER_CAP, "{} bytes", text.len());
     }
 
     #[test]

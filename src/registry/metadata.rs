@@ -323,9 +323,7 @@ pub const MAX_FIELD_LEN: usize = 1_024;
 pub const MAX_INDEX_LINE: usize = 256 * 1024;
 
 /// A value as an error message may repeat it (bounded, control characters escaped).
-fn shown(s: &str) -> String {
-    super::tarball::shown(s.as_bytes())
-}
+use super::names::shown;
 
 fn check_count(what: &str, n: usize, max: usize) -> Result<(), String> {
     if n > max {
@@ -399,6 +397,8 @@ fn check_sizes(meta: &PublishMetadata) -> Result<(), String> {
         ("repository", &meta.repository),
         ("links", &meta.links),
         ("rust-version", &meta.rust_version),
+        ("license-file", &meta.license_file),
+        ("readme-file", &meta.readme_file),
     ];
     for (what, v) in fields {
         if let Some(v) = v {

@@ -79,9 +79,16 @@ const SHOWN_CHARS: usize = 80;
 /// A client-supplied string made safe to repeat in a message: at most [`SHOWN_CHARS`]
 /// characters (then `…`), control and non-ASCII characters escaped.
 pub fn shown(text: &str) -> String {
+    shown_at_most(text, SHOWN_CHARS)
+}
+
+/// [`shown`] with room for `max` characters (messages that quote longer things, such as a
+/// path inside an archive). Everything but printable ASCII is escaped: control characters
+/// and bidirectional overrides can neither rewrite a terminal nor a log line.
+pub fn shown_at_most(text: &str, max: usize) -> String {
     let mut out = String::new();
     for (i, c) in text.chars().enumerate() {
-        if i == SHOWN_CHARS {
+        if i == max {
             out.push('…');
             break;
         }
