@@ -165,3 +165,173 @@ fn git_endpoints_refuse_what_they_do_not_serve() {
     .as_bytes());
     assert_eq!(st, 403);
 }
+
+/// Runs git with no user configuration; panics with its output on failure.
+fn git(s: &Sandbox, args: &[&str], cwd: &std::path::Path) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(cwd)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("HOME", s.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}:\n{}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The commit the registry's index HEAD names.
+fn head_of(s: &Sandbox) -> String {
+    git(s, &["rev-parse", "HEAD"], &s.reg().join("index"))
+        .trim()
+        .to_owned()
+}
+
+/// The kept full-clone answers: (file name, inode).
+fn kept(s: &Sandbox) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<(String, u64)> = fs::read_dir(s.reg().join(".clone-cache"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, e.metadata().unwrap().ino())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn full_clones_are_sent_from_a_kept_answer_that_follows_publishes() {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    add(&s, "foo", "1.0.0");
+    assert!(kept(&s).is_empty(), "nothing is kept before anyone clones");
+    let url = format!("{}/index", srv.url());
+    let first = s.path().join("first");
+    git(
+        &s,
+        &["clone", "-q", &url, first.to_str().unwrap()],
+        s.path(),
+    );
+    let head = head_of(&s);
+    let once = kept(&s);
+    assert_eq!(
+        once.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(),
+        [format!("clone-{head}")]
+    );
+    // A second clone is the same file, not a new pack.
+    let second = s.path().join("second");
+    git(
+        &s,
+        &["clone", "-q", &url, second.to_str().unwrap()],
+        s.path(),
+    );
+    assert_eq!(kept(&s), once);
+    assert!(second.join("3/f/foo").exists());
+    assert_eq!(
+        git(&s, &["rev-parse", "HEAD"], &second).trim(),
+        head,
+        "the kept answer is the current HEAD's"
+    );
+
+    // A publish through the server moves HEAD; the answer for the new HEAD is made in the
+    // background and the old one removed.
+    let body = palletizer::registry::tarball::testing::publish_body(
+        &support::meta("bar", "1.0.0", serde_json::json!([])),
+        &simple_crate("bar", "1.0.0", &[]),
+    );
+    let (st, text) = support::raw_publish(srv.addr(), &s.token(), &body);
+    assert_eq!(st, 200, "{text}");
+    let new_head = head_of(&s);
+    assert_ne!(new_head, head);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while kept(&s).iter().map(|k| k.0.clone()).collect::<Vec<_>>() != [format!("clone-{new_head}")]
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kept answer for {new_head}: {:?}",
+            kept(&s)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let third = s.path().join("third");
+    git(
+        &s,
+        &["clone", "-q", &url, third.to_str().unwrap()],
+        s.path(),
+    );
+    assert!(third.join("3/b/bar").exists());
+    assert!(third.join("3/f/foo").exists());
+    git(&s, &["fsck", "--strict"], &third);
+    // The first clone catches up with an incremental fetch.
+    git(&s, &["pull", "-q", "--ff-only"], &first);
+    assert!(first.join("3/b/bar").exists());
+    git(&s, &["fsck", "--strict"], &first);
+}
+
+#[test]
+fn cargo_keeps_resolving_after_the_index_history_is_squashed() {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    s.cargo_config(&format!(
+        "[registries.local]\nindex = \"{}/index\"\n[net]\nretry = 0\n",
+        srv.url()
+    ));
+    for file in [s.package("leaf", Some("0.1.0")), s.package("ab", None)] {
+        s.palletizer_ok(&["add", file.to_str().unwrap()]);
+    }
+    for i in 0..5 {
+        add(&s, &format!("filler{i}"), "1.0.0");
+    }
+    let app = s.consumer();
+    s.cargo_ok(&app, &["generate-lockfile"]);
+    let before = fs::read_to_string(app.join("Cargo.lock")).unwrap();
+
+    let out = s.palletizer_ok(&["squash-index"]);
+    assert!(out.contains("Squashed the index history"), "{out}");
+    let index = s.reg().join("index");
+    assert_eq!(
+        git(&s, &["rev-list", "--count", "HEAD"], &index).trim(),
+        "1"
+    );
+    git(&s, &["fsck", "--strict", "--no-dangling"], &index);
+    assert!(s.palletizer_ok(&["check"]).contains("consistent"));
+
+    // The same lockfile from the squashed history (libgit2, with the old history cached).
+    fs::remove_file(app.join("Cargo.lock")).unwrap();
+    s.cargo_ok(&app, &["generate-lockfile"]);
+    assert_eq!(fs::read_to_string(app.join("Cargo.lock")).unwrap(), before);
+
+    // A publish after the squash reaches libgit2 ...
+    s.palletizer_ok(&["add", s.package("leaf", Some("0.1.1")).to_str().unwrap()]);
+    s.cargo_ok(&app, &["update"]);
+    let lock = fs::read_to_string(app.join("Cargo.lock")).unwrap();
+    assert!(
+        lock.contains("name = \"leaf\"\nversion = \"0.1.1\""),
+        "{lock}"
+    );
+    assert!(s.cargo_ok(&app, &["run", "-q"]).contains("leaf 0.1.1 ab"));
+
+    // ... and the git CLI, across a second squash.
+    s.palletizer_ok(&["squash-index"]);
+    s.palletizer_ok(&["add", s.package("leaf", Some("0.1.2")).to_str().unwrap()]);
+    let out = s
+        .cargo_cmd(&app, &["update"])
+        .env("CARGO_NET_GIT_FETCH_WITH_CLI", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let lock = fs::read_to_string(app.join("Cargo.lock")).unwrap();
+    assert!(
+        lock.contains("name = \"leaf\"\nversion = \"0.1.2\""),
+        "{lock}"
+    );
+    assert!(
+        !srv.log().iter().any(|l| l.contains(" 500 ")),
+        "{:?}",
+        srv.log()
+    );
+}

@@ -29,6 +29,8 @@ commands:
   delete NAME [VERSION]     remove one version, or every version, and their crate files
   list [NAME]               list crates and versions
   check [--repair]          verify the index against the crate files and git
+  squash-index              replace the index's git history with one commit (clients keep
+                            working; clones get smaller and faster)
   serve [CONFIG.toml] [--bind ADDR]
                             run the server (with no config: a registry in DIR, created if needed)
 
@@ -266,11 +268,30 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
             }
             out!("registry is consistent");
         }
+        "squash-index" => {
+            positional(0..=0, "")?;
+            let reg = Registry::open(&dir)?;
+            let (head, packed) = reg.squash_index()?;
+            out!(
+                "Squashed the index history to one commit {head}: {} objects kept, \
+                 {} loose objects and {} packs removed",
+                packed.objects,
+                packed.removed_loose,
+                packed.removed_packs
+            );
+        }
         "serve" => return serve(dir, &rest, flag("bind").flatten(), &flags),
         other => {
             return Err(CliError(format!(
                 "unknown command `{other}` (see `palletizer --help`)"
             )))
+        }
+    }
+    if matches!(command.as_str(), "add" | "yank" | "unyank" | "delete") {
+        // Keeps the index repository packed; a failure here changes nothing and is retried
+        // after the next change.
+        if let Err(e) = Registry::open(&dir).and_then(|r| r.maintain()) {
+            let _ = writeln!(io::stderr(), "warning: packing the index: {e}");
         }
     }
     Ok(ExitCode::SUCCESS)

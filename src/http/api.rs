@@ -33,6 +33,8 @@ pub enum Job {
     Publish(PathBuf),
     /// The index repository's ref advertisement.
     GitRefs,
+    /// Make the full-clone answer for the current HEAD ahead of the next clone (background).
+    KeepClone,
     /// A git upload-pack request body spooled to this file (removed by the job).
     GitUploadPack {
         body: PathBuf,
@@ -301,6 +303,10 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
             Err(e) => git_error(e),
         },
         Job::GitUploadPack { body, gzip } => upload_pack(reg, &body, gzip),
+        Job::KeepClone => match gitpack::keep_clone(reg.index_dir(), &reg.clone_cache_dir()) {
+            Ok(()) => Response::new(204),
+            Err(e) => git_error(e),
+        },
         Job::Publish(path) => publish(reg, &path, who),
         Job::Yank { name, vers, yank } => {
             if let Some(p) = who {
@@ -391,7 +397,12 @@ fn upload_pack(reg: &Registry, path: &std::path::Path, gzip: bool) -> Response {
     let out_path = registry::temp_path(reg.root(), "git-pack");
     let result = (|| -> Result<File, gitpack::GitError> {
         let mut out = std::io::BufWriter::new(File::create(&out_path)?);
-        gitpack::upload_pack(reg.index_dir(), &raw, &mut out)?;
+        let kept = reg.clone_cache_dir();
+        if let gitpack::Answer::Kept(file) =
+            gitpack::upload_pack(reg.index_dir(), Some(&kept), &raw, &mut out)?
+        {
+            return Ok(file);
+        }
         out.flush()?;
         Ok(File::open(&out_path)?)
     })();

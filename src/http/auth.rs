@@ -422,6 +422,7 @@ mod tests {
                         Job::Yank { name, .. } => Some((Need::Yank, Some(name.to_string()))),
                         Job::Publish(_) => Some((Need::Publish, None)),
                         Job::GitRefs
+                        | Job::KeepClone
                         | Job::GitUploadPack { .. }
                         | Job::Search { .. }
                         | Job::Owners { change: None, .. }

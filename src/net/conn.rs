@@ -903,7 +903,7 @@ mod tests {
             ),
             limits: Limits::default(),
             spool_dir: dir.path().to_owned(),
-            jobs,
+            jobs: crate::net::worker::Jobs::one_queue(jobs),
             spool: SpoolBudget::new(spool_cap),
             tokens_used: Default::default(),
             metrics: Default::default(),
@@ -993,7 +993,9 @@ mod tests {
                 ("upload-pack".into(), bytes, ok(b"0008NAK\n"))
             }
             Job::Yank { name, .. } => (format!("yank {name}"), Vec::new(), ok(b"{\"ok\":true}")),
-            Job::RecordTokenUse(_) | Job::SyncAccess => unreachable!("no route makes this job"),
+            Job::RecordTokenUse(_) | Job::SyncAccess | Job::KeepClone => {
+                unreachable!("no route makes this job")
+            }
             Job::Page(..) | Job::Login { .. } => unreachable!("no scripted request is a page"),
             Job::Owners { name, change } => {
                 let body = change.map(|(_, path)| {

@@ -81,7 +81,7 @@ pub struct Shared {
     pub limits: Limits,
     /// Where request bodies are spooled (inside the registry, for atomic renames).
     pub spool_dir: PathBuf,
-    pub jobs: std::sync::mpsc::Sender<worker::Ticket>,
+    pub jobs: worker::Jobs,
     /// Bytes of request bodies on disk at once, over every connection.
     pub spool: Arc<worker::SpoolBudget>,
     /// Tokens used since the last flush to `auth.json`: token id -> newest use (seconds).
@@ -95,7 +95,7 @@ impl Shared {
     /// Hands a job to the worker, counted for the queue depth. On failure the ticket
     /// comes back.
     pub fn send_job(&self, ticket: worker::Ticket) -> Result<(), Box<worker::Ticket>> {
-        self.jobs.send(ticket).map_err(|e| Box::new(e.0))?;
+        self.jobs.send(ticket)?;
         self.metrics.job_sent();
         Ok(())
     }

@@ -1,6 +1,13 @@
-//! The registry worker thread: every registry write and every slow read runs here, one job
-//! at a time, so the event loop never waits on git, fsync or tarball checks. The loop sends
-//! jobs over a channel; the worker answers over another and wakes the loop's poller.
+//! The registry's two worker threads, so the event loop never waits on git, fsync or tarball
+//! checks. The loop sends jobs over a channel; a worker answers over another and wakes the
+//! loop's poller.
+//!
+//! - The writer runs every registry change and the slow reads that go with them (pages,
+//!   search), one job at a time.
+//! - The index reader runs the git index's fetches (ref advertisements and upload-pack),
+//!   which read only the repository. A burst of clones costs the reader time, never the
+//!   writer's: publishes do not queue behind packs. After a change it keeps the full-clone
+//!   answer for the new HEAD ready, once anyone has cloned.
 //!
 //! A spooled upload's share of the spool budget travels with its job and is given back
 //! only once the job has run (the job removes the spool file), or when the upload is
@@ -8,7 +15,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 
 use std::time::Instant;
@@ -97,43 +104,149 @@ pub struct Done {
     pub response: Response,
 }
 
-/// Starts the worker. Dropping the returned sender ends it.
+/// Where the loop sends jobs: each goes to the thread that runs its kind.
+pub struct Jobs {
+    writer: Sender<Ticket>,
+    reader: Sender<Ticket>,
+}
+
+impl Jobs {
+    /// Hands a job to its worker; on failure (the worker is gone) the ticket comes back.
+    pub fn send(&self, ticket: Ticket) -> Result<(), Box<Ticket>> {
+        let to = if reads_index_only(&ticket.job) {
+            &self.reader
+        } else {
+            &self.writer
+        };
+        to.send(ticket).map_err(|e| Box::new(e.0))
+    }
+
+    /// Every job to one channel (connection tests play both workers).
+    #[cfg(test)]
+    pub fn one_queue(tx: Sender<Ticket>) -> Jobs {
+        Jobs {
+            writer: tx.clone(),
+            reader: tx,
+        }
+    }
+}
+
+/// Jobs that only read the index repository: they run on the index reader.
+fn reads_index_only(job: &Job) -> bool {
+    matches!(
+        job,
+        Job::GitRefs | Job::GitUploadPack { .. } | Job::KeepClone
+    )
+}
+
+/// Jobs after which the index's HEAD may have moved.
+fn moves_head(job: &Job) -> bool {
+    matches!(job, Job::Publish(_) | Job::Yank { .. } | Job::SyncAccess)
+}
+
+/// Starts the workers. Dropping the returned [`Jobs`] ends them.
 pub fn spawn(
     reg: Registry,
     waker: Arc<Waker>,
     metrics: Arc<WorkerMetrics>,
-) -> std::io::Result<(Sender<Ticket>, Receiver<Done>)> {
-    let (job_tx, job_rx) = channel::<Ticket>();
+) -> std::io::Result<(Jobs, Receiver<Done>)> {
+    let (writer_tx, writer_rx) = channel::<Ticket>();
+    let (reader_tx, reader_rx) = channel::<Ticket>();
     let (done_tx, done_rx) = sync_channel::<Done>(DONE_BACKLOG);
+    let reader = Worker {
+        reg: reg.clone(),
+        waker: waker.clone(),
+        metrics: metrics.clone(),
+        done: done_tx.clone(),
+    };
     std::thread::Builder::new()
-        .name("registry-worker".into())
+        .name("index-reader".into())
         .stack_size(1024 * 1024)
         .spawn(move || {
-            for t in job_rx {
-                let started = matches!(t.job, Job::Publish(_)).then(Instant::now);
-                let response = catch_unwind(AssertUnwindSafe(|| {
-                    api::run(&reg, t.job, t.principal.as_ref())
-                }))
-                .unwrap_or_else(|_| {
-                    Response::error(500, "internal error; the server log has details")
-                });
-                // The job removed its spool file: the space is free again.
-                drop(t.reserved);
-                metrics.job_done(started.map(|s| s.elapsed()));
-                if done_tx
-                    .send(Done {
-                        key: t.key,
-                        serial: t.serial,
-                        response,
-                    })
-                    .is_err()
-                {
+            for t in reader_rx {
+                if matches!(t.job, Job::KeepClone) {
+                    // No one waits for it; a failure only means the next clone makes it.
+                    let _ = reader.run(t.job, None);
+                    continue;
+                }
+                if !reader.answer(t) {
                     break;
                 }
-                let _ = waker.wake();
             }
         })?;
-    Ok((job_tx, done_rx))
+    let writer = Worker {
+        reg,
+        waker,
+        metrics,
+        done: done_tx,
+    };
+    let keep = reader_tx.clone();
+    std::thread::Builder::new()
+        .name("registry-writer".into())
+        .stack_size(1024 * 1024)
+        .spawn(move || {
+            for t in writer_rx {
+                let moved = moves_head(&t.job);
+                if !writer.answer(t) {
+                    break;
+                }
+                if moved {
+                    // After the answer went out: the client that changed the index does
+                    // not wait for the packing.
+                    if let Err(e) = writer.reg.maintain() {
+                        eprintln!("warning: packing the index: {e}");
+                    }
+                    let _ = keep.send(Ticket {
+                        key: usize::MAX,
+                        serial: 0,
+                        job: Job::KeepClone,
+                        reserved: None,
+                        principal: None,
+                    });
+                }
+            }
+        })?;
+    Ok((
+        Jobs {
+            writer: writer_tx,
+            reader: reader_tx,
+        },
+        done_rx,
+    ))
+}
+
+/// What a worker thread holds.
+struct Worker {
+    reg: Registry,
+    waker: Arc<Waker>,
+    metrics: Arc<WorkerMetrics>,
+    done: SyncSender<Done>,
+}
+
+impl Worker {
+    fn run(&self, job: Job, principal: Option<&Principal>) -> Response {
+        catch_unwind(AssertUnwindSafe(|| api::run(&self.reg, job, principal)))
+            .unwrap_or_else(|_| Response::error(500, "internal error; the server log has details"))
+    }
+
+    /// Runs a ticket's job and hands the answer to the loop; false once the loop is gone.
+    fn answer(&self, t: Ticket) -> bool {
+        let started = matches!(t.job, Job::Publish(_)).then(Instant::now);
+        let response = self.run(t.job, t.principal.as_ref());
+        // The job removed its spool file: the space is free again.
+        drop(t.reserved);
+        self.metrics.job_done(started.map(|s| s.elapsed()));
+        let done = Done {
+            key: t.key,
+            serial: t.serial,
+            response,
+        };
+        if self.done.send(done).is_err() {
+            return false;
+        }
+        let _ = self.waker.wake();
+        true
+    }
 }
 
 #[cfg(test)]

@@ -280,3 +280,220 @@ pub fn dirty_paths(dir: &Path) -> Result<Vec<String>, git2::Error> {
         .filter(|p| !p.rsplit('/').next().is_some_and(super::is_temp_name))
         .collect())
 }
+
+/// Loose objects past which [`maintain`] packs them: a commit adds about five, so this is a
+/// pack every couple of hundred changes, each a few hundred KiB to write.
+const LOOSE_OBJECTS_BEFORE_PACKING: usize = 1024;
+
+/// What [`maintain`] or [`squash`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Packed {
+    /// Objects written to the new pack.
+    pub objects: usize,
+    /// Loose objects and old packs removed.
+    pub removed_loose: usize,
+    pub removed_packs: usize,
+}
+
+/// Keeps the repository packed (registry lock held): once loose objects pass a threshold,
+/// they are written into one new pack and removed. libgit2 writes every commit's objects as
+/// loose files (one file each, five per publish): 20,000 publishes would leave 100,000
+/// files, and reading them costs a system call each.
+pub fn maintain(dir: &Path) -> Result<Option<Packed>, git2::Error> {
+    let repo = Repository::open(dir)?;
+    let loose = loose_objects(&repo).map_err(|e| io_error("listing loose objects", e))?;
+    if loose.len() < LOOSE_OBJECTS_BEFORE_PACKING {
+        return Ok(None);
+    }
+    let mut pb = repo.packbuilder()?;
+    for (oid, _) in &loose {
+        pb.insert_object(*oid, None)?;
+    }
+    let (objects, _) = write_pack(&repo, &mut pb)?;
+    // Every loose object is now in a synced pack: removing the files loses nothing. A
+    // reader that looked for one of them a moment ago finds it in the pack on its retry
+    // (libgit2 refreshes its pack list when an object is missing).
+    let mut removed_loose = 0;
+    for (_, path) in loose {
+        if fs::remove_file(path).is_ok() {
+            removed_loose += 1;
+        }
+    }
+    Ok(Some(Packed {
+        objects,
+        removed_loose,
+        removed_packs: 0,
+    }))
+}
+
+/// Replaces the index's history with one commit holding HEAD's tree (registry lock held),
+/// as crates.io does with its index from time to time: a clone then carries one version
+/// of each file instead of every change ever made. Everything no longer reachable (old
+/// commits, loose objects, old packs, reflogs) is removed once the new pack is on disk.
+///
+/// Clients keep working: cargo fetches the index with a forced refspec, so a history that
+/// no longer contains their last fetch is fetched anew.
+pub fn squash(dir: &Path, message: &str) -> Result<(git2::Oid, Packed), git2::Error> {
+    let repo = Repository::open(dir)?;
+    let head = repo.head()?;
+    let branch = head
+        .name()
+        .map_err(|_| git2::Error::from_str("HEAD is not a branch"))?
+        .to_owned();
+    let tree = head.peel_to_tree()?;
+    let sig = signature()?;
+    let oid = repo.commit(None, &sig, &sig, message, &tree, &[])?;
+    if repo.find_commit(oid).is_err() {
+        let cause = git2::Error::last_error(-1);
+        return Err(git2::Error::from_str(&format!(
+            "the commit was not written: {}",
+            cause.message()
+        )));
+    }
+    // Everything reachable from the new commit goes into one synced pack before the ref
+    // moves: a crash at any point leaves either the old history or the new one, whole.
+    let mut pb = repo.packbuilder()?;
+    pb.insert_commit(oid)?;
+    let (objects, new_pack) = write_pack(&repo, &mut pb)?;
+    repo.reference(&branch, oid, true, "squash index history")?;
+    if repo.head()?.target() != Some(oid) {
+        return Err(git2::Error::from_str(
+            "HEAD did not move to the squashed commit",
+        ));
+    }
+    let _ = fs::remove_dir_all(repo.path().join("logs"));
+    let mut packed = Packed {
+        objects,
+        ..Packed::default()
+    };
+    for (_, path) in loose_objects(&repo).map_err(|e| io_error("listing loose objects", e))? {
+        if fs::remove_file(path).is_ok() {
+            packed.removed_loose += 1;
+        }
+    }
+    // Old packs go index first: without its index a pack is never consulted again.
+    let pack_dir = repo.path().join("objects/pack");
+    for ext in ["idx", ""] {
+        for entry in fs::read_dir(&pack_dir)
+            .map_err(|e| io_error("listing packs", e))?
+            .flatten()
+        {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let old = name.starts_with("pack-") && !name.starts_with(&new_pack);
+            if old && name.ends_with(ext) && fs::remove_file(entry.path()).is_ok() && ext.is_empty()
+            {
+                packed.removed_packs += usize::from(name.ends_with(".pack"));
+            }
+        }
+    }
+    reset_to_head(&repo)?;
+    Ok((oid, packed))
+}
+
+/// Writes `pb` as a pack into the repository and syncs it (libgit2 does not) before the
+/// objects it holds are removed from anywhere else. Returns the number of objects and the
+/// pack's file name without extension (`pack-<hash>`).
+fn write_pack(
+    repo: &Repository,
+    pb: &mut git2::PackBuilder<'_>,
+) -> Result<(usize, String), git2::Error> {
+    let pack_dir = repo.path().join("objects/pack");
+    fs::create_dir_all(&pack_dir).map_err(|e| io_error("creating objects/pack", e))?;
+    let objects = pb.object_count();
+    pb.write(&pack_dir, 0o444)?;
+    let stem = format!(
+        "pack-{}",
+        pb.name()?
+            .ok_or_else(|| git2::Error::from_str("the pack builder named no pack"))?
+    );
+    for ext in ["pack", "idx"] {
+        let path = pack_dir.join(format!("{stem}.{ext}"));
+        fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_error(&format!("syncing {}", path.display()), e))?;
+    }
+    fs::File::open(&pack_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("syncing objects/pack", e))?;
+    Ok((objects, stem))
+}
+
+/// Every loose object file: `objects/xx/yyyy...`.
+fn loose_objects(repo: &Repository) -> io::Result<Vec<(git2::Oid, PathBuf)>> {
+    let objects = repo.path().join("objects");
+    let mut out = Vec::new();
+    for dir in fs::read_dir(&objects)?.flatten() {
+        let prefix = dir.file_name();
+        let Some(prefix) = prefix.to_str().filter(|p| p.len() == 2) else {
+            continue;
+        };
+        for file in fs::read_dir(dir.path())?.flatten() {
+            let rest = file.file_name();
+            let Some(rest) = rest.to_str() else { continue };
+            if let Ok(oid) = git2::Oid::from_str(&format!("{prefix}{rest}")) {
+                if rest.len() == 38 {
+                    out.push((oid, file.path()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maintain_packs_loose_objects_past_the_threshold_and_loses_none() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "{}").unwrap();
+        let repo = Repository::open(dir.path()).unwrap();
+        assert_eq!(
+            maintain(dir.path()).unwrap(),
+            None,
+            "few loose objects: left alone"
+        );
+        let blobs: Vec<git2::Oid> = (0..LOOSE_OBJECTS_BEFORE_PACKING)
+            .map(|i| repo.blob(format!("blob {i}").as_bytes()).unwrap())
+            .collect();
+        let packed = maintain(dir.path()).unwrap().expect("packed");
+        assert!(packed.objects > LOOSE_OBJECTS_BEFORE_PACKING, "{packed:?}");
+        assert_eq!(packed.objects, packed.removed_loose);
+        assert!(loose_objects(&repo).unwrap().is_empty());
+        let fresh = Repository::open(dir.path()).unwrap();
+        for b in &blobs {
+            assert!(fresh.find_blob(*b).is_ok(), "{b} lost");
+        }
+        assert!(fresh.head().unwrap().peel_to_commit().is_ok());
+        // Commits keep working on a packed repository.
+        fs::write(dir.path().join("config.json"), "{\"a\":1}").unwrap();
+        assert!(commit_paths(dir.path(), &["config.json"], "change").unwrap());
+    }
+
+    #[test]
+    fn squash_keeps_the_tree_and_drops_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "{}").unwrap();
+        for i in 0..5 {
+            fs::write(dir.path().join("config.json"), format!("{{\"v\":{i}}}")).unwrap();
+            commit_paths(dir.path(), &["config.json"], "change").unwrap();
+        }
+        let repo = Repository::open(dir.path()).unwrap();
+        let tree = repo.head().unwrap().peel_to_tree().unwrap().id();
+        let old = repo.head().unwrap().target().unwrap();
+        let (head, packed) = squash(dir.path(), "Squash").unwrap();
+        let fresh = Repository::open(dir.path()).unwrap();
+        let commit = fresh.head().unwrap().peel_to_commit().unwrap();
+        assert_eq!(commit.id(), head);
+        assert_eq!(commit.tree_id(), tree);
+        assert_eq!(commit.parent_count(), 0);
+        assert!(fresh.find_commit(old).is_err(), "old history is gone");
+        assert_eq!(packed.objects, 3, "commit, tree, blob: {packed:?}");
+        assert!(loose_objects(&fresh).unwrap().is_empty());
+        assert!(staged_paths(&fresh).unwrap().is_empty());
+        fs::write(dir.path().join("config.json"), "{}").unwrap();
+        assert!(commit_paths(dir.path(), &["config.json"], "after").unwrap());
+    }
+}

@@ -41,6 +41,8 @@ use names::Version;
 /// The registry's settings file, at its root.
 pub const SETTINGS_FILE: &str = "palletizer.toml";
 const LOCK_FILE: &str = ".palletizer.lock";
+/// Kept full-clone answers of the git index ([`gitpack::keep_clone`]).
+pub const CLONE_CACHE_DIR: &str = ".clone-cache";
 const TEMP_PREFIX: &str = ".tmp-";
 /// The journal of crates a write is changing: one name per line, removed when the write is
 /// complete. What it names is checked and repaired at the next open.
@@ -363,6 +365,20 @@ impl Registry {
         Ok(done)
     }
 
+    /// Keeps the index repository packed (see [`git::maintain`]); run after changes, off
+    /// the request path.
+    pub fn maintain(&self) -> Result<Option<git::Packed>> {
+        let _lock = self.lock()?;
+        Ok(git::maintain(&self.index_dir)?)
+    }
+
+    /// Squashes the index history to one commit (see [`git::squash`]).
+    pub fn squash_index(&self) -> Result<(String, git::Packed)> {
+        let _lock = self.lock()?;
+        let (oid, packed) = git::squash(&self.index_dir, "Squash index history")?;
+        Ok((oid.to_string(), packed))
+    }
+
     /// Whether the index holds any crate (walks the index tree: only asked when the search
     /// file is missing).
     fn has_crates(&self) -> Result<bool> {
@@ -581,6 +597,11 @@ impl Registry {
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
+    /// Where full-clone answers of the git index are kept (a cache: safe to delete).
+    pub fn clone_cache_dir(&self) -> PathBuf {
+        self.root.join(CLONE_CACHE_DIR)
+    }
+
     pub fn index_dir(&self) -> &Path {
         &self.index_dir
     }
