@@ -157,6 +157,34 @@ fn validators(r: Response, tag: &str, mtime: SystemTime) -> Response {
         .header("Last-Modified", httpdate::fmt_http_date(mtime))
 }
 
+/// Who may keep copies of served files: any cache (a CDN, a caching proxy) when anyone may
+/// read the registry, only the client's own when reading takes a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caches {
+    Shared,
+    ClientOnly,
+}
+
+impl Caches {
+    /// Crate files never change once published (a new upload of the same version is
+    /// refused; a deleted one is gone for good): a year, without asking again.
+    fn for_crate(self) -> &'static str {
+        match self {
+            Caches::Shared => "public, max-age=31536000, immutable",
+            Caches::ClientOnly => "private, max-age=31536000, immutable",
+        }
+    }
+
+    /// Index files and `config.json` change with every publish and yank: a cache may keep
+    /// them but asks first each time, with the ETag (a 304 costs a few bytes).
+    fn for_index(self) -> &'static str {
+        match self {
+            Caches::Shared => "public, no-cache",
+            Caches::ClientOnly => "private, no-cache",
+        }
+    }
+}
+
 /// A missing file, a symlink or an escape is a 404. Anything else (out of descriptors, an
 /// I/O error) is the server's trouble: a 503 that cargo retries, never a 404 that would tell
 /// it the crate does not exist.
@@ -186,7 +214,7 @@ fn not_found(what: &str) -> Response {
 }
 
 /// Serves a file of the index tree (`config.json` or a crate's file).
-pub fn index_file(index: &Tree, rel: &str, head: &Head) -> Response {
+pub fn index_file(index: &Tree, rel: &str, head: &Head, caches: Caches) -> Response {
     if rel.starts_with(".git") || rel.split('/').any(|s| s.starts_with('.')) {
         return not_found("index file");
     }
@@ -205,7 +233,8 @@ pub fn index_file(index: &Tree, rel: &str, head: &Head) -> Response {
         "text/plain; charset=utf-8"
     };
     if not_modified(head, &tag, mtime) {
-        return validators(Response::new(304), &tag, mtime);
+        return validators(Response::new(304), &tag, mtime)
+            .header("Cache-Control", caches.for_index());
     }
     // Files are replaced by rename, never rewritten in place: the open file keeps its length.
     let mut bytes = vec![0; meta.len() as usize];
@@ -214,12 +243,13 @@ pub fn index_file(index: &Tree, rel: &str, head: &Head) -> Response {
     }
     let r = Response::new(200)
         .header("Content-Type", content_type)
+        .header("Cache-Control", caches.for_index())
         .body(Body::Bytes(bytes));
     validators(r, &tag, mtime)
 }
 
 /// Serves a crate file through mmap windows.
-pub fn crate_file(crates: &Tree, rel: &str, head: &Head) -> Response {
+pub fn crate_file(crates: &Tree, rel: &str, head: &Head, caches: Caches) -> Response {
     if !rel.ends_with(".crate") || rel.split('/').any(|s| s.starts_with('.')) {
         return not_found("crate file");
     }
@@ -230,11 +260,13 @@ pub fn crate_file(crates: &Tree, rel: &str, head: &Head) -> Response {
     let tag = etag(&meta);
     let mtime = modified(&meta);
     if not_modified(head, &tag, mtime) {
-        return validators(Response::new(304), &tag, mtime);
+        return validators(Response::new(304), &tag, mtime)
+            .header("Cache-Control", caches.for_crate());
     }
     let body = Body::File(FileBody::new(file, meta.len()));
     let r = Response::new(200)
         .header("Content-Type", "application/gzip")
+        .header("Cache-Control", caches.for_crate())
         .body(body);
     validators(r, &tag, mtime)
 }
@@ -425,7 +457,7 @@ mod cache_tests {
         let h = crate::http::request::parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 100)
             .unwrap()
             .unwrap();
-        let r = index_file(tree, rel, &h);
+        let r = index_file(tree, rel, &h, Caches::Shared);
         let body = match r.body {
             Body::Bytes(b) => b,
             _ => Vec::new(),

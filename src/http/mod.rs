@@ -137,9 +137,14 @@ fn route_files(path: &str, head: &Head, site: &Site) -> Response {
         Ok(rel) => rel,
         Err(status) => return Response::error(status, "invalid path"),
     };
+    let caches = if site.access() == Access::Private {
+        files::Caches::ClientOnly
+    } else {
+        files::Caches::Shared
+    };
     match tree {
-        "index" => files::index_file(&site.trees.index, &rel, head),
-        _ => files::crate_file(&site.trees.crates, &rel, head),
+        "index" => files::index_file(&site.trees.index, &rel, head, caches),
+        _ => files::crate_file(&site.trees.crates, &rel, head, caches),
     }
 }
 
