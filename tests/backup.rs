@@ -93,7 +93,12 @@ fn resolve(s: &Sandbox, app: &Path, home: &Path) -> String {
 /// The three ways cargo reads the index: sparse, git through libgit2, git through the CLI.
 fn lockfiles(s: &Sandbox, app: &Path, url: &str, round: &str) -> Vec<String> {
     let homes = [
-        cargo_home(s, &format!("{round}-sparse"), &format!("sparse+{url}/index/"), ""),
+        cargo_home(
+            s,
+            &format!("{round}-sparse"),
+            &format!("sparse+{url}/index/"),
+            "",
+        ),
         cargo_home(s, &format!("{round}-libgit2"), &format!("{url}/index"), ""),
         cargo_home(
             s,
@@ -110,7 +115,13 @@ fn cargo_publish(s: &Sandbox, home: &Path, name: &str, vers: &str, token: &str) 
     let out = s
         .cargo_cmd(
             &dir,
-            &["publish", "--registry", "local", "--allow-dirty", "--no-verify"],
+            &[
+                "publish",
+                "--registry",
+                "local",
+                "--allow-dirty",
+                "--no-verify",
+            ],
         )
         .env("CARGO_HOME", home)
         .env("CARGO_REGISTRIES_LOCAL_TOKEN", token)
@@ -131,13 +142,23 @@ fn backup_while_serving_restores_the_same_registry_for_sparse_libgit2_and_git_cl
     s.palletizer_ok(&["yank", "leaf", "0.1.1"]);
     s.palletizer_ok(&["user", "add", "alice"]);
     let alice = s
-        .palletizer_ok(&["token", "create", "--user", "alice", "--scope", "publish-new"])
+        .palletizer_ok(&[
+            "token",
+            "create",
+            "--user",
+            "alice",
+            "--scope",
+            "publish-new",
+        ])
         .trim()
         .to_owned();
     let app = s.consumer();
     let before = lockfiles(&s, &app, &url, "before");
     for lock in &before {
-        assert!(lock.contains("name = \"leaf\"\nversion = \"0.1.0\""), "yanked 0.1.1 skipped: {lock}");
+        assert!(
+            lock.contains("name = \"leaf\"\nversion = \"0.1.0\""),
+            "yanked 0.1.1 skipped: {lock}"
+        );
     }
 
     // A publish in flight: the server has taken its head and half its body when the backup
@@ -147,7 +168,8 @@ fn backup_while_serving_restores_the_same_registry_for_sparse_libgit2_and_git_cl
         &simple_crate("late", "1.0.0", &[]),
     );
     let mut busy = TcpStream::connect(srv.addr()).unwrap();
-    busy.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     write!(
         busy,
         "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
@@ -173,19 +195,35 @@ fn backup_while_serving_restores_the_same_registry_for_sparse_libgit2_and_git_cl
     // Restored beside the original, served on the same address (the URL is the registry's).
     let r = Sandbox::new();
     let out = ok(
-        palletizer(&["restore", backup.to_str().unwrap(), r.reg().to_str().unwrap()]),
+        palletizer(&[
+            "restore",
+            backup.to_str().unwrap(),
+            r.reg().to_str().unwrap(),
+        ]),
         "restore",
     );
     assert!(out.contains("registry is consistent"), "{out}");
-    assert!(r.palletizer_ok(&["check"]).contains("registry is consistent"));
+    assert!(r
+        .palletizer_ok(&["check"])
+        .contains("registry is consistent"));
     assert_eq!(head(&r.reg()), at);
-    assert_eq!(served_files(&r.reg()), files, "index and crate files byte for byte");
-    assert!(!r.reg().join("index/la/te/late").exists(), "the in-flight publish came after");
+    assert_eq!(
+        served_files(&r.reg()),
+        files,
+        "index and crate files byte for byte"
+    );
+    assert!(
+        !r.reg().join("index/la/te/late").exists(),
+        "the in-flight publish came after"
+    );
     use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(r.reg().join("auth.json")).unwrap().permissions().mode();
+    let mode = fs::metadata(r.reg().join("auth.json"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let addr = url.strip_prefix("http://").unwrap();
-    let srv = r.serve(&["-q", "--bind", addr]);
+    let srv = r.serve(&["--bind", addr]);
     assert_eq!(srv.url(), url);
     // Index files and crate files are served as they are (page files never are).
     let mut served = 0;
@@ -195,13 +233,35 @@ fn backup_while_serving_restores_the_same_registry_for_sparse_libgit2_and_git_cl
             continue;
         }
         let (status, body) = get_bytes(srv.addr(), &format!("/{p}")).unwrap();
-        assert!(status == 200 && &body == bytes, "GET /{p}: {status}, {} bytes", body.len());
+        assert!(
+            status == 200 && &body == bytes,
+            "GET /{p}: {status}, {} bytes",
+            body.len()
+        );
         served += 1;
     }
     assert_eq!(served, 6, "config.json, 2 index files, 3 crate files");
 
     let after = lockfiles(&s, &app, &url, "after");
-    assert_eq!(after, before, "sparse, libgit2 and git CLI resolve the same lockfile");
+    assert_eq!(
+        after, before,
+        "sparse, libgit2 and git CLI resolve the same lockfile"
+    );
+    let log = srv.log_when(0, |l| {
+        l.iter()
+            .filter(|l| l.contains("POST /index/git-upload-pack 200"))
+            .count()
+            >= 2
+    });
+    let fetches = log
+        .iter()
+        .filter(|l| l.contains("POST /index/git-upload-pack 200"))
+        .count();
+    assert!(fetches >= 2, "libgit2 and the git CLI fetched: {log:?}");
+    assert!(
+        log.iter().any(|l| l.contains("GET /index/le/af/leaf 200")),
+        "{log:?}"
+    );
 
     // Tokens came along: the admin's and alice's publish on the restored server.
     cargo_publish(&s, &publisher, "tgt", "0.3.0", &s.token());
@@ -214,17 +274,20 @@ fn backup_while_serving_restores_the_same_registry_for_sparse_libgit2_and_git_cl
         ),
     );
     assert_eq!(status, 200, "{text}");
-    assert!(r.palletizer_ok(&["check"]).contains("registry is consistent"));
+    assert!(r
+        .palletizer_ok(&["check"])
+        .contains("registry is consistent"));
 }
 
 #[test]
 fn backups_taken_during_publishes_restore_clean() {
+    const PUBLISHES: usize = 20;
     let s = Sandbox::new();
     let srv = s.serve(&["-q"]);
     let token = s.token();
     let addr = srv.addr().to_owned();
     let publisher = std::thread::spawn(move || {
-        for i in 0..12 {
+        for i in 0..PUBLISHES {
             let name = format!("busy{i}");
             let body = publish_body(
                 &meta(&name, "1.0.0", serde_json::json!([])),
@@ -235,7 +298,11 @@ fn backups_taken_during_publishes_restore_clean() {
         }
     });
     let mut heads = BTreeSet::new();
-    for i in 0..6 {
+    // Backups for as long as publishes go on (a bounded number of them).
+    for i in 0..40 {
+        if publisher.is_finished() && i >= 3 {
+            break;
+        }
         let backup = s.path().join(format!("b{i}"));
         s.palletizer_ok(&["backup", backup.to_str().unwrap()]);
         let dir = s.path().join(format!("r{i}"));
@@ -248,7 +315,8 @@ fn backups_taken_during_publishes_restore_clean() {
         for line in listed.lines() {
             let name = line.split_whitespace().next().unwrap();
             assert!(
-                dir.join(format!("crates/{name}/{name}-1.0.0.crate")).exists(),
+                dir.join(format!("crates/{name}/{name}-1.0.0.crate"))
+                    .exists(),
                 "{line}"
             );
         }
@@ -266,10 +334,13 @@ fn backups_taken_during_publishes_restore_clean() {
         ok(palletizer(&["-r", dir.to_str().unwrap(), "list"]), "list")
             .lines()
             .count(),
-        12
+        PUBLISHES
     );
     assert_eq!(served_files(&dir), served_files(&s.reg()));
-    eprintln!("{} distinct HEADs among the backups taken during publishes", heads.len());
+    eprintln!(
+        "{} distinct HEADs among the backups taken during publishes",
+        heads.len()
+    );
 }
 
 /// A registry with one crate and its backup file: (sandbox, backup path).
@@ -291,7 +362,9 @@ fn manifest_blocks(backup: &Path) -> Vec<u8> {
     flate2::read::GzDecoder::new(fs::File::open(backup).unwrap())
         .read_to_end(&mut tar)
         .unwrap();
-    let size = tar::Header::from_byte_slice(&tar[..512]).entry_size().unwrap() as usize;
+    let size = tar::Header::from_byte_slice(&tar[..512])
+        .entry_size()
+        .unwrap() as usize;
     tar[..512 + size.next_multiple_of(512)].to_vec()
 }
 
@@ -336,6 +409,8 @@ fn names(dir: &Path) -> BTreeSet<String> {
 fn restore_refuses_hostile_backup_files_and_writes_nothing_outside() {
     let (s, backup) = with_backup();
     let manifest = manifest_blocks(&backup);
+    // Restores go to work/place/restored, extracting in work/place/.restored.restore-PID:
+    // three levels below the sandbox, where `outside` is.
     let work = s.path().join("work");
     fs::create_dir_all(work.join("place")).unwrap();
     let outside = s.path().join("outside");
@@ -347,12 +422,15 @@ fn restore_refuses_hostile_backup_files_and_writes_nothing_outside() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "traversal",
-            forged(&manifest, &[(file("../../outside/escaped"), b"pwned\n")]),
+            forged(&manifest, &[(file("../../../outside/escaped"), b"pwned\n")]),
             "is not a plain relative path",
         ),
         (
             "traversal inside a registry name",
-            forged(&manifest, &[(file("index/../../../outside/escaped"), b"pwned\n")]),
+            forged(
+                &manifest,
+                &[(file("index/../../../../outside/escaped"), b"pwned\n")],
+            ),
             "is not a plain relative path",
         ),
         (
@@ -365,7 +443,10 @@ fn restore_refuses_hostile_backup_files_and_writes_nothing_outside() {
             forged(
                 &manifest,
                 &[
-                    (link("crates", tar::EntryType::Symlink, outside.to_str().unwrap()), b""),
+                    (
+                        link("crates", tar::EntryType::Symlink, outside.to_str().unwrap()),
+                        b"",
+                    ),
                     (file("crates/escaped"), b"pwned\n"),
                 ],
             ),
@@ -381,7 +462,10 @@ fn restore_refuses_hostile_backup_files_and_writes_nothing_outside() {
         ),
         (
             "device",
-            forged(&manifest, &[(raw_header("index/null", tar::EntryType::Char, 0, None), b"")]),
+            forged(
+                &manifest,
+                &[(raw_header("index/null", tar::EntryType::Char, 0, None), b"")],
+            ),
             "is a device",
         ),
         (
@@ -389,7 +473,11 @@ fn restore_refuses_hostile_backup_files_and_writes_nothing_outside() {
             forged(&manifest, &[(file(".pending"), b"pwned\n")]),
             "is not part of a registry",
         ),
-        ("not a backup: text", b"hello, I am not a backup\n".to_vec(), "is not a palletizer backup"),
+        (
+            "not a backup: text",
+            b"hello, I am not a backup\n".to_vec(),
+            "is not a palletizer backup",
+        ),
         (
             "not a backup: a crate file",
             simple_crate("foo", "1.0.0", &[]),
@@ -415,16 +503,24 @@ fn restore_refuses_hostile_backup_files_and_writes_nothing_outside() {
         let target = work.join("place/restored");
         let before = names(&work.join("place"));
         let out = palletizer(&["restore", f.to_str().unwrap(), target.to_str().unwrap()]);
-        refused(&out, needle);
         assert!(!escaped.exists(), "{what}: wrote outside the target");
         assert!(names(&outside).is_empty(), "{what}");
+        refused(&out, needle);
         assert!(!target.exists(), "{what}: target left half-made");
-        assert_eq!(names(&work.join("place")), before, "{what}: nothing left beside it");
+        assert_eq!(
+            names(&work.join("place")),
+            before,
+            "{what}: nothing left beside it"
+        );
     }
     // The real backup restores into the same place.
     let target = work.join("place/restored");
     ok(
-        palletizer(&["restore", backup.to_str().unwrap(), target.to_str().unwrap()]),
+        palletizer(&[
+            "restore",
+            backup.to_str().unwrap(),
+            target.to_str().unwrap(),
+        ]),
         "restore",
     );
     assert!(target.join("crates/foo/foo-1.0.0.crate").exists());
@@ -433,7 +529,11 @@ fn restore_refuses_hostile_backup_files_and_writes_nothing_outside() {
 #[test]
 fn restore_never_writes_over_a_directory_with_files() {
     let (s, backup) = with_backup();
-    let out = palletizer(&["restore", backup.to_str().unwrap(), s.reg().to_str().unwrap()]);
+    let out = palletizer(&[
+        "restore",
+        backup.to_str().unwrap(),
+        s.reg().to_str().unwrap(),
+    ]);
     refused(&out, "exists and is not empty");
     let other = s.path().join("other");
     fs::create_dir_all(&other).unwrap();
@@ -458,9 +558,17 @@ fn backup_refuses_a_registry_that_would_not_restore() {
     fs::remove_file(s.reg().join("crates/foo/foo-1.0.0.crate")).unwrap();
     let out = s.palletizer(&["backup", backup.to_str().unwrap()]);
     refused(&out, "crate file");
-    assert_eq!(fs::read(&backup).unwrap(), old, "the previous backup is kept");
+    assert_eq!(
+        fs::read(&backup).unwrap(),
+        old,
+        "the previous backup is kept"
+    );
     let inside = s.reg().join("crates/b.backup");
-    fs::write(s.reg().join("crates/foo/foo-1.0.0.crate"), simple_crate("foo", "1.0.0", &[])).unwrap();
+    fs::write(
+        s.reg().join("crates/foo/foo-1.0.0.crate"),
+        simple_crate("foo", "1.0.0", &[]),
+    )
+    .unwrap();
     let out = s.palletizer(&["backup", inside.to_str().unwrap()]);
     refused(&out, "which it copies");
 }
@@ -477,7 +585,11 @@ impl Tmpfs {
             .output()
             .ok()?;
         if !out.status.success() {
-            assert!(std::env::var_os("CI").is_none(), "mounting a tmpfs: {}", show(&out));
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "mounting a tmpfs: {}",
+                show(&out)
+            );
             eprintln!("SKIPPED: mounting a tmpfs needs root: {}", show(&out));
             return None;
         }
@@ -499,7 +611,11 @@ fn a_full_disk_leaves_no_backup_file_and_no_restore() {
         let name = format!("big{i}");
         let noise = palletizer::registry::tarball::testing::noise(300_000);
         let f = s.path().join(format!("{name}-1.0.0.crate"));
-        fs::write(&f, simple_crate(&name, "1.0.0", &[("src/data.bin", &noise)])).unwrap();
+        fs::write(
+            &f,
+            simple_crate(&name, "1.0.0", &[("src/data.bin", &noise)]),
+        )
+        .unwrap();
         s.palletizer_ok(&["add", f.to_str().unwrap()]);
     }
     let small = s.path().join("small");
@@ -519,7 +635,11 @@ fn a_full_disk_leaves_no_backup_file_and_no_restore() {
     assert!(names(&small).is_empty(), "{:?}", names(&small));
     // The small backup fits and restores there.
     ok(
-        palletizer(&["restore", backup.to_str().unwrap(), target.to_str().unwrap()]),
+        palletizer(&[
+            "restore",
+            backup.to_str().unwrap(),
+            target.to_str().unwrap(),
+        ]),
         "restore",
     );
 }

@@ -404,13 +404,21 @@ fn write_archive<W: Write>(out: W, manifest: &Manifest, items: &[Item], now: u64
                 tar.append_data(&mut h, name, io::empty()).map_err(fail)?;
             }
             Item::Bytes(name, bytes) => {
-                let mode = if name == super::auth::AUTH_FILE { 0o600 } else { 0o644 };
+                let mode = if name == super::auth::AUTH_FILE {
+                    0o600
+                } else {
+                    0o644
+                };
                 let mut h = header(tar::EntryType::Regular, bytes.len() as u64, mode, now);
                 tar.append_data(&mut h, name, &bytes[..]).map_err(fail)?;
             }
             Item::File { name, path, size } => {
-                let f = File::open(path).map_err(io_err(|| format!("reading {}", path.display())))?;
-                let mtime = f.metadata().and_then(|m| m.modified()).map_or(now, unix_secs);
+                let f =
+                    File::open(path).map_err(io_err(|| format!("reading {}", path.display())))?;
+                let mtime = f
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map_or(now, unix_secs);
                 let mut h = header(tar::EntryType::Regular, *size, 0o644, mtime);
                 let data = Exactly {
                     inner: f,
@@ -451,9 +459,10 @@ pub fn restore(file: &Path, dir: &Path) -> Result<Summary> {
         fs::rename(&tmp, dir).map_err(|e| {
             let context = format!("moving the restored registry to {}", dir.display());
             match e.raw_os_error() {
-                Some(libc::ENOTEMPTY | libc::EEXIST) => {
-                    BackupError::Refused(format!("{} is no longer empty; nothing was restored", dir.display()))
-                }
+                Some(libc::ENOTEMPTY | libc::EEXIST) => BackupError::Refused(format!(
+                    "{} is no longer empty; nothing was restored",
+                    dir.display()
+                )),
                 _ => io_err(|| context)(e),
             }
         })?;
@@ -604,7 +613,6 @@ fn extract(input: File, file: &Path, tmp: &Path, parent: &Path) -> Result<Manife
             )));
         }
     }
-    drop(archive);
     if long_name.is_some() {
         return Err(damaged(&"a long name names no entry"));
     }
@@ -706,7 +714,11 @@ fn entry_path(raw: &[u8]) -> Result<String> {
                 }
                 parts.push(p);
             }
-            _ => return Err(refuse("is not a plain relative path (absolute, or with `.` or `..`)")),
+            _ => {
+                return Err(refuse(
+                    "is not a plain relative path (absolute, or with `.` or `..`)",
+                ))
+            }
         }
     }
     // `Path::components` drops `.` in the middle and doubled slashes: the path must be
@@ -735,7 +747,11 @@ fn write_file(
         fs::create_dir_all(dir).map_err(|e| write_error_restore(tmp, e))?;
     }
     // auth.json holds token hashes: readable by the registry's owner only, from the start.
-    let mode = if rel == super::auth::AUTH_FILE { 0o600 } else { 0o644 };
+    let mode = if rel == super::auth::AUTH_FILE {
+        0o600
+    } else {
+        0o644
+    };
     let mut f = match File::options()
         .write(true)
         .create_new(true)
@@ -830,7 +846,12 @@ mod tests {
 
     #[test]
     fn entry_paths_stay_under_the_registrys_own_names() {
-        for ok in ["index/.git/HEAD", "crates/foo/foo-1.0.0.crate", "auth.json", "index/"] {
+        for ok in [
+            "index/.git/HEAD",
+            "crates/foo/foo-1.0.0.crate",
+            "auth.json",
+            "index/",
+        ] {
             assert!(entry_path(ok.as_bytes()).is_ok(), "{ok}");
         }
         for bad in [
