@@ -154,13 +154,17 @@ pub fn backup(root: &Path, file: &Path) -> Result<Summary> {
     written
 }
 
-/// A backup file inside a tree it copies would copy itself.
-fn refuse_inside(reg: &Registry, file: &Path) -> Result<()> {
-    let parent = match file.parent() {
+/// The directory holding `path` (`.` for a bare name).
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
-    };
-    let parent = parent
+    }
+}
+
+/// A backup file inside a tree it copies would copy itself.
+fn refuse_inside(reg: &Registry, file: &Path) -> Result<()> {
+    let parent = parent_of(file)
         .canonicalize()
         .map_err(io_err(|| format!("the folder of {}", file.display())))?;
     for tree in [
@@ -180,11 +184,8 @@ fn refuse_inside(reg: &Registry, file: &Path) -> Result<()> {
 }
 
 fn sync_parent(path: &Path) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent)
+    let parent = parent_of(path);
+    File::open(&parent)
         .and_then(|d| d.sync_all())
         .map_err(io_err(|| format!("syncing {}", parent.display())))
 }
@@ -507,10 +508,7 @@ fn check_target(dir: &Path) -> Result<(PathBuf, String)> {
             ))
         })?
         .to_owned();
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
+    let parent = parent_of(dir);
     if !parent.is_dir() {
         return Err(BackupError::Refused(format!(
             "{} does not exist; create it first",
