@@ -14,7 +14,7 @@ pub mod auth;
 
 use crate::net::config::{Listener, ServerConfig};
 use crate::registry::settings::Access;
-use crate::registry::{check, CrateName, InitOptions, Registry};
+use crate::registry::{backup, check, CrateName, InitOptions, Registry};
 
 const USAGE: &str = "\
 usage: palletizer [-r DIR] COMMAND [ARGS]
@@ -31,6 +31,9 @@ commands:
   check [--repair]          verify the index against the crate files and git
   squash-index              replace the index's git history with one commit (clients keep
                             working; clones get smaller and faster)
+  backup FILE               write the whole registry to FILE (a gzipped tar), under the
+                            registry lock: a running server keeps serving, publishes wait
+  restore FILE DIR          make a registry in DIR (new or empty) from a backup, and check it
   serve [CONFIG.toml] [--bind ADDR]
                             run the server (with no config: a registry in DIR, created if needed)
 
@@ -278,6 +281,34 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
                 packed.objects,
                 packed.removed_loose,
                 packed.removed_packs
+            );
+        }
+        "backup" => {
+            let a = positional(1..=1, "FILE")?;
+            let file = PathBuf::from(&a[0]);
+            let done = backup::backup(&dir, &file)?;
+            out!(
+                "Backed up {} entries ({} bytes of files, index at {}) to {}",
+                done.entries,
+                done.bytes,
+                done.head,
+                file.display()
+            );
+        }
+        "restore" => {
+            let a = positional(2..=2, "FILE DIR")?;
+            let target = PathBuf::from(&a[1]);
+            let done = backup::restore(&PathBuf::from(&a[0]), &target)?;
+            for note in &done.notes {
+                out!("note: {note}");
+            }
+            out!(
+                "Restored the backup of {} (index at {}, {} entries) into {}; \
+                 registry is consistent",
+                done.created,
+                done.head,
+                done.entries,
+                target.display()
             );
         }
         "serve" => return serve(dir, &rest, flag("bind").flatten(), &flags),

@@ -15,6 +15,7 @@
 //! This module knows no sockets and no HTTP; the CLI and the server call the same functions.
 
 pub mod auth;
+pub mod backup;
 pub mod check;
 pub mod crateinfo;
 pub mod git;
