@@ -45,6 +45,8 @@ pub enum Job {
     },
     Search {
         query: String,
+        /// Hits of the pages before the one asked for.
+        skip: usize,
         per_page: usize,
     },
     /// Write when tokens were last used: `(token id, unix seconds)`.
@@ -218,7 +220,25 @@ pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
                     }
                 },
             };
-            Routed::Job(Job::Search { query: q, per_page })
+            // 1-based, as crates.io counts pages.
+            let page = match query_param(query, "page") {
+                None => 1,
+                Some(n) => match n.parse::<usize>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return Routed::Done(Response::error(
+                            400,
+                            "page must be a positive number",
+                        ))
+                    }
+                },
+            };
+            let skip = (page - 1).saturating_mul(per_page);
+            Routed::Job(Job::Search {
+                query: q,
+                skip,
+                per_page,
+            })
         }
         (_, ["crates"]) => allow("GET, HEAD"),
         (method, ["crates", name, vers, action @ ("yank" | "unyank")]) => {
@@ -330,7 +350,11 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
                 Response::new(500)
             }
         },
-        Job::Search { query, per_page } => match reg.search(&query, per_page) {
+        Job::Search {
+            query,
+            skip,
+            per_page,
+        } => match reg.search_page(&query, skip, per_page) {
             Ok(found) => {
                 let crates: Vec<_> = found
                     .hits
