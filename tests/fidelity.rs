@@ -97,9 +97,12 @@ fn a_private_registry_names_crates_io_in_the_same_lines() {
         let mut want: serde_json::Value = serde_json::from_str(&want).unwrap();
         let (name, vers) = (want["name"].clone(), want["vers"].clone());
         s.palletizer_ok(&["add", file.to_str().unwrap()]);
-        let mut got: serde_json::Value =
-            serde_json::from_str(&raw_line(&s, name.as_str().unwrap(), vers.as_str().unwrap()))
-                .unwrap();
+        let mut got: serde_json::Value = serde_json::from_str(&raw_line(
+            &s,
+            name.as_str().unwrap(),
+            vers.as_str().unwrap(),
+        ))
+        .unwrap();
         for d in got["deps"].as_array_mut().unwrap() {
             let d = d.as_object_mut().unwrap();
             assert_eq!(d.remove("registry").unwrap(), CRATES_IO_INDEX, "{name}");
@@ -118,7 +121,12 @@ fn a_bad_pubtime_is_one_line_and_adds_nothing() {
     init(&s);
     let before = snapshot(&s.reg());
     let (_, file) = crates_io_lines().remove(0);
-    for bad in ["2024-05-01", "2024-05-01T12:30:00+02:00", "2023-02-29T00:00:00Z", ""] {
+    for bad in [
+        "2024-05-01",
+        "2024-05-01T12:30:00+02:00",
+        "2023-02-29T00:00:00Z",
+        "",
+    ] {
         let out = s.palletizer(&["add", "--pubtime", bad, file.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{bad}: {}", show(&out));
@@ -130,7 +138,10 @@ fn a_bad_pubtime_is_one_line_and_adds_nothing() {
     }
     let out = s.palletizer(&["list", "--pubtime", "2024-05-01T12:30:00Z"]);
     assert!(!out.status.success(), "{}", show(&out));
-    assert!(snapshot(&s.reg()) == before, "a refused add changed the registry");
+    assert!(
+        snapshot(&s.reg()) == before,
+        "a refused add changed the registry"
+    );
 }
 
 const MANIFEST: &str = "[package]\nname = \"twice\"\nversion = \"0.1.0\"\nedition = \"2015\"\n";
@@ -175,12 +186,16 @@ fn a_manifest_written_twice_differently_is_refused() {
         stderr.contains("two different `twice-0.1.0/Cargo.toml` entries"),
         "{stderr}"
     );
-    assert!(snapshot(&s.reg()) == before, "a refused add changed the registry");
+    assert!(
+        snapshot(&s.reg()) == before,
+        "a refused add changed the registry"
+    );
 }
 
 /// A crate as crates.io accepted them before 2016: a `*` requirement on a crates.io crate.
 fn wildcard_crate() -> Vec<u8> {
-    let manifest = "[package]\nname = \"starry\"\nversion = \"0.5.0\"\n\n[dependencies]\nlibc = \"*\"\n";
+    let manifest =
+        "[package]\nname = \"starry\"\nversion = \"0.5.0\"\n\n[dependencies]\nlibc = \"*\"\n";
     crate_bytes(&[
         file("starry-0.5.0/Cargo.toml", manifest.as_bytes()),
         file("starry-0.5.0/src/lib.rs", b""),
@@ -240,7 +255,9 @@ fn search_page_two_is_the_second_page() {
     fs::create_dir_all(&dir).unwrap();
     let mut files = Vec::new();
     // `pager` itself ranks first (exact name), `pager-*` next (prefix), the rest last.
-    for name in ["pager", "pager-b", "pager-a", "a-pager", "z-pager", "m-pager", "other"] {
+    for name in [
+        "pager", "pager-b", "pager-a", "a-pager", "z-pager", "m-pager", "other",
+    ] {
         let krate = palletizer::registry::tarball::testing::simple_crate(name, "1.0.0", &[]);
         let path = dir.join(format!("{name}-1.0.0.crate"));
         fs::write(&path, krate).unwrap();
@@ -272,7 +289,10 @@ fn search_page_two_is_the_second_page() {
         let (status, v) = search(srv.addr(), &format!("q=pager&{bad}"));
         assert_eq!(status, 400, "{bad}");
         let detail = v["errors"][0]["detail"].as_str().unwrap();
-        assert!(detail.contains("page must be a positive number"), "{detail}");
+        assert!(
+            detail.contains("page must be a positive number"),
+            "{detail}"
+        );
     }
     let (status, v) = search(srv.addr(), "q=pager&per_page=2&page=18446744073709551615");
     assert_eq!(status, 200);

@@ -87,8 +87,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
                 return Ok(ExitCode::SUCCESS);
             }
             Long(
-                flag
-                @ ("url" | "access" | "index-dir" | "crates-dir" | "allowed-registry" | "bind"
+                flag @ ("url" | "access" | "index-dir" | "crates-dir" | "allowed-registry" | "bind"
                 | "pubtime"),
             ) => {
                 let flag = flag.to_owned();

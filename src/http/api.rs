@@ -34,10 +34,7 @@ pub enum Job {
     /// The index repository's ref advertisement.
     GitRefs,
     /// A git upload-pack request body spooled to this file (removed by the job).
-    GitUploadPack {
-        body: PathBuf,
-        gzip: bool,
-    },
+    GitUploadPack { body: PathBuf, gzip: bool },
     Yank {
         name: CrateName,
         vers: String,
@@ -226,10 +223,7 @@ pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
                 Some(n) => match n.parse::<usize>() {
                     Ok(n) if n > 0 => n,
                     _ => {
-                        return Routed::Done(Response::error(
-                            400,
-                            "page must be a positive number",
-                        ))
+                        return Routed::Done(Response::error(400, "page must be a positive number"))
                     }
                 },
             };

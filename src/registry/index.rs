@@ -473,7 +473,11 @@ mod tests {
         // f0 uses `dep:`; f{i} names f{i-1}. crates.io moves f1..=f100 and leaves the rest.
         let features: BTreeMap<String, Vec<String>> = (0..150)
             .map(|i| {
-                let v = if i == 0 { "dep:x".to_owned() } else { format!("f{}", i - 1) };
+                let v = if i == 0 {
+                    "dep:x".to_owned()
+                } else {
+                    format!("f{}", i - 1)
+                };
                 (format!("f{i}"), vec![v])
             })
             .collect();

@@ -583,10 +583,14 @@ registry-index = "https://elsewhere.example/index"
     fn invalid_metadata_is_explained() {
         let mut m = PublishMetadata::from_manifest(MANIFEST).unwrap();
         m.features.insert("bad name".into(), vec![]);
-        assert!(validate(&m, Rules::Publish).unwrap_err().contains("bad name"));
+        assert!(validate(&m, Rules::Publish)
+            .unwrap_err()
+            .contains("bad name"));
         let mut m = PublishMetadata::from_manifest(MANIFEST).unwrap();
         m.deps[0].version_req = "not a req".into();
-        assert!(validate(&m, Rules::Publish).unwrap_err().contains("not a req"));
+        assert!(validate(&m, Rules::Publish)
+            .unwrap_err()
+            .contains("not a req"));
         let mut m = PublishMetadata::from_manifest(MANIFEST).unwrap();
         m.rust_version = Some("1.70-nightly".into());
         assert!(validate(&m, Rules::Publish).is_err());
@@ -694,7 +698,10 @@ registry-index = "https://elsewhere.example/index"
         let mut m = small();
         m.deps = vec![dep("d0".into())];
         m.deps[0].target = Some("cfg(unix".into());
-        refused(&m, "dependency `d0` has a target that cargo cannot read, `cfg(unix`");
+        refused(
+            &m,
+            "dependency `d0` has a target that cargo cannot read, `cfg(unix`",
+        );
         assert!(validate(&m, Rules::Add).is_err());
         m.deps[0].target = Some(r#"cfg(target_os="hermit")"#.into());
         assert_eq!(validate(&m, Rules::Publish), Ok(()));

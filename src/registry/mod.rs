@@ -795,9 +795,10 @@ impl Registry {
 
         let version = Version::parse(&meta.vers).map_err(|e| Error::Invalid(e.to_string()))?;
         let pubtime = via.pubtime.unwrap_or_else(index::Pubtime::now);
-        let entry = IndexEntry::from_publish(&meta, &inspected.cksum, pubtime.as_str().into(), |u| {
-            self.is_own_index(u)
-        });
+        let entry =
+            IndexEntry::from_publish(&meta, &inspected.cksum, pubtime.as_str().into(), |u| {
+                self.is_own_index(u)
+            });
         let _lock = self.lock()?;
         self.check_name_free(&name)?;
         let mut entries = self.entries(&name)?;

@@ -50,7 +50,9 @@ pub fn normalize(target: &str) -> Result<String, PlatformError> {
     p.out.push_str("cfg(");
     p.expr(0)?;
     if p.tokens.next()?.is_some() {
-        return Err(PlatformError::Cfg("unexpected text after the cfg expression"));
+        return Err(PlatformError::Cfg(
+            "unexpected text after the cfg expression",
+        ));
     }
     p.out.push(')');
     Ok(p.out)
@@ -107,13 +109,12 @@ impl<'a> Tokens<'a> {
                 (Token::Str(&s[1..1 + end]), end + 2)
             }
             c if is_ident_start(c) => {
-                let start = if s.starts_with("r#") {
-                    if !s[2..].starts_with(is_ident_start) {
+                let start = match s.strip_prefix("r#") {
+                    Some(raw) if !raw.starts_with(is_ident_start) => {
                         return Err(PlatformError::Cfg("`r#` not followed by an identifier"));
                     }
-                    2
-                } else {
-                    0
+                    Some(_) => 2,
+                    None => 0,
                 };
                 let len = s[start..]
                     .find(|c: char| !(is_ident_start(c) || c.is_ascii_digit()))
@@ -189,7 +190,9 @@ impl Parser<'_> {
 
     fn value(&mut self) -> Result<(), PlatformError> {
         let Some(Token::Ident(name)) = self.tokens.next()? else {
-            return Err(PlatformError::Cfg("expected an identifier in cfg expression"));
+            return Err(PlatformError::Cfg(
+                "expected an identifier in cfg expression",
+            ));
         };
         self.out.push_str(name);
         if self.tokens.peek()? == Some(Token::Equals) {
@@ -227,7 +230,11 @@ mod tests {
             ("thumbv7em-none-eabihf", "thumbv7em-none-eabihf"),
         ] {
             assert_eq!(normalize(given).as_deref(), Ok(want), "{given}");
-            assert_eq!(normalize(want).as_deref(), Ok(want), "{want} is a fixed point");
+            assert_eq!(
+                normalize(want).as_deref(),
+                Ok(want),
+                "{want} is a fixed point"
+            );
         }
     }
 

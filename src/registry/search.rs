@@ -350,7 +350,12 @@ mod tests {
                 }
             }
         }
-        assert_eq!(search_page(root, "kw", usize::MAX, usize::MAX).unwrap().total, 6);
+        assert_eq!(
+            search_page(root, "kw", usize::MAX, usize::MAX)
+                .unwrap()
+                .total,
+            6
+        );
         // Removal and replacement keep the file sorted and the description.
         update(root, "serde", None).unwrap();
         assert_eq!(names(&search(root, "serde", 10).unwrap())[0], "serde_json");

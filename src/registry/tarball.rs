@@ -913,7 +913,11 @@ mod tests {
         let i = inspect(&twice[..], LIMITS).unwrap();
         assert_eq!(i.manifest.as_bytes(), m);
         let longer: &[u8] = b"[package]\nname='foo'\nversion='1.0.0'\n\n";
-        for other in [&b"[package]\nname='foo'\nversion='2.0.0'\n"[..], &m[..10], longer] {
+        for other in [
+            &b"[package]\nname='foo'\nversion='2.0.0'\n"[..],
+            &m[..10],
+            longer,
+        ] {
             let differing = crate_bytes(&[
                 file("foo-1.0.0/Cargo.toml", m),
                 file("foo-1.0.0/Cargo.toml", other),
