@@ -97,8 +97,8 @@ fn yes() -> bool {
 impl IndexEntry {
     /// Builds the line for a publish. `own_index` tells whether a dependency's registry URL
     /// names this registry (then it is written as `null`). The one function for every way in
-    /// (API publish and `palletizer add`), as `IndexEntry::from_publish`'s counterpart on
-    /// crates.io builds every line there.
+    /// (API publish and `palletizer add`), as crates.io builds every line with one function
+    /// (`index_metadata`).
     pub fn from_publish(
         meta: &PublishMetadata,
         cksum: &str,
@@ -189,8 +189,8 @@ pub fn split_features(
 
 impl IndexDep {
     /// crates.io's order of a line's dependencies: by name, then kind (normal, build, dev:
-    /// old cargo read only the first of two same-named entries right), then the other
-    /// fields in the order crates.io compares them.
+    /// normal first, because old cargo could misread `optional` when one name comes with two
+    /// kinds), then the other fields in the order crates.io compares them.
     fn crates_io_order(a: &IndexDep, b: &IndexDep) -> std::cmp::Ordering {
         fn rank(k: Option<DepKind>) -> u8 {
             match k {
