@@ -13,6 +13,7 @@ use lexopt::prelude::*;
 pub mod auth;
 
 use crate::net::config::{Listener, ServerConfig};
+use crate::registry::index::Pubtime;
 use crate::registry::settings::Access;
 use crate::registry::{backup, check, CrateName, InitOptions, Registry};
 
@@ -23,7 +24,9 @@ commands:
   init --url URL [--access MODE] [--index-dir D] [--crates-dir D] [--no-crates-io]
        [--allowed-registry INDEX_URL]...
                             create a registry in DIR (access: open, public (default), private)
-  add FILE.crate...         publish crate files (metadata from their Cargo.toml)
+  add [--pubtime TIME] FILE.crate...
+                            publish crate files (metadata from their Cargo.toml); TIME, as
+                            YYYY-MM-DDTHH:MM:SSZ, is their original publish time (default: now)
   yank NAME VERSION         mark a version yanked
   unyank NAME VERSION       undo a yank
   delete NAME [VERSION]     remove one version, or every version, and their crate files
@@ -89,8 +92,8 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
                 return Ok(ExitCode::SUCCESS);
             }
             Long(
-                flag
-                @ ("url" | "access" | "index-dir" | "crates-dir" | "allowed-registry" | "bind"),
+                flag @ ("url" | "access" | "index-dir" | "crates-dir" | "allowed-registry" | "bind"
+                | "pubtime"),
             ) => {
                 let flag = flag.to_owned();
                 flags.push((flag, Some(parser.value()?)));
@@ -123,6 +126,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
             "allowed-registry",
             "no-crates-io",
         ],
+        "add" => &["pubtime"],
         "check" => &["repair"],
         "serve" => &["bind", "quiet", "verbose"],
         _ => &[],
@@ -189,13 +193,20 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
         }
         "add" => {
             if rest.is_empty() {
-                return Err(CliError("usage: palletizer add FILE.crate...".into()));
+                return Err(CliError(
+                    "usage: palletizer add [--pubtime TIME] FILE.crate...".into(),
+                ));
             }
+            // Checked before the registry is touched: a bad time adds nothing.
+            let pubtime = match flag("pubtime").flatten() {
+                Some(t) => Some(Pubtime::parse(&string(t)?)?),
+                None => None,
+            };
             let reg = Registry::open(&dir)?;
             let mut failed = 0;
             for file in &rest {
                 let path = PathBuf::from(file);
-                match reg.add_file(&path) {
+                match reg.add_file_published(&path, pubtime.clone()) {
                     Ok(e) => out!("Added {} {}", e.name, e.vers),
                     Err(e) => {
                         failed += 1;

@@ -36,10 +36,7 @@ pub enum Job {
     /// Make the full-clone answer for the current HEAD ahead of the next clone (background).
     KeepClone,
     /// A git upload-pack request body spooled to this file (removed by the job).
-    GitUploadPack {
-        body: PathBuf,
-        gzip: bool,
-    },
+    GitUploadPack { body: PathBuf, gzip: bool },
     Yank {
         name: CrateName,
         vers: String,
@@ -47,6 +44,8 @@ pub enum Job {
     },
     Search {
         query: String,
+        /// Hits of the pages before the one asked for.
+        skip: usize,
         per_page: usize,
     },
     /// Write when tokens were last used: `(token id, unix seconds)`.
@@ -220,7 +219,22 @@ pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
                     }
                 },
             };
-            Routed::Job(Job::Search { query: q, per_page })
+            // 1-based, as crates.io counts pages.
+            let page = match query_param(query, "page") {
+                None => 1,
+                Some(n) => match n.parse::<usize>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return Routed::Done(Response::error(400, "page must be a positive number"))
+                    }
+                },
+            };
+            let skip = (page - 1).saturating_mul(per_page);
+            Routed::Job(Job::Search {
+                query: q,
+                skip,
+                per_page,
+            })
         }
         (_, ["crates"]) => allow("GET, HEAD"),
         (method, ["crates", name, vers, action @ ("yank" | "unyank")]) => {
@@ -336,7 +350,11 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
                 Response::new(500)
             }
         },
-        Job::Search { query, per_page } => match reg.search(&query, per_page) {
+        Job::Search {
+            query,
+            skip,
+            per_page,
+        } => match reg.search_page(&query, skip, per_page) {
             Ok(found) => {
                 let crates: Vec<_> = found
                     .hits

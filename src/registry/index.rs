@@ -3,13 +3,19 @@
 //!
 //! An index file is a function of the registry state: it is always rewritten whole from its
 //! entries, one JSON object per line, each line ending in `\n`.
+//!
+//! A line is written as crates.io writes it (`crates_io_index`), so that a crate added from
+//! crates.io reads the same here: keys in crates.io's order, `registry` and `package` left out
+//! when null, dependencies sorted, features split between `features` and `features2` by the
+//! same rule, targets in cargo's spelling.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::metadata::{DepKind, PublishDep, PublishMetadata};
 use super::names::CrateName;
+use super::platform;
 
 /// The crates.io index as cargo spells it in publish metadata.
 pub const CRATES_IO_INDEX: &str = "https://github.com/rust-lang/crates.io-index";
@@ -55,10 +61,11 @@ pub struct IndexEntry {
     pub links: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rust_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub v: Option<u32>,
+    // `pubtime` before `v`: crates.io's order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pubtime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v: Option<u32>,
 }
 
 /// One dependency of an index entry. `registry: None` means this registry.
@@ -76,9 +83,10 @@ pub struct IndexDep {
     pub target: Option<String>,
     #[serde(default)]
     pub kind: Option<DepKind>,
-    #[serde(default)]
+    // Absent and null read the same to cargo; crates.io writes neither key when null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<String>,
 }
 
@@ -88,43 +96,39 @@ fn yes() -> bool {
 
 impl IndexEntry {
     /// Builds the line for a publish. `own_index` tells whether a dependency's registry URL
-    /// names this registry (then it is written as `null`).
+    /// names this registry (then it is written as `null`). The one function for every way in
+    /// (API publish and `palletizer add`), as crates.io builds every line with one function
+    /// (`index_metadata`).
     pub fn from_publish(
         meta: &PublishMetadata,
         cksum: &str,
         pubtime: String,
         own_index: impl Fn(&str) -> bool,
     ) -> IndexEntry {
-        let deps = meta
+        let mut deps: Vec<IndexDep> = meta
             .deps
             .iter()
             .map(|d| IndexDep::from_publish(d, &own_index))
             .collect();
-        // Features that use `dep:` or `?/` go to `features2` (with `v: 2`) so that a cargo
-        // older than 1.60 skips the version instead of failing on the whole file.
-        let (plain, extended): (BTreeMap<_, _>, BTreeMap<_, _>) =
-            meta.features.clone().into_iter().partition(|(_, values)| {
-                !values
-                    .iter()
-                    .any(|v| v.starts_with("dep:") || v.contains("?/"))
-            });
-        let (features2, v) = if extended.is_empty() {
+        deps.sort_by(IndexDep::crates_io_order);
+        let (features, features2) = split_features(meta.features.clone());
+        let (features2, v) = if features2.is_empty() {
             (None, None)
         } else {
-            (Some(extended), Some(2))
+            (Some(features2), Some(2))
         };
         IndexEntry {
             name: meta.name.clone(),
             vers: meta.vers.clone(),
             deps,
             cksum: cksum.to_owned(),
-            features: plain,
+            features,
             features2,
             yanked: false,
             links: meta.links.clone(),
             rust_version: meta.rust_version.clone(),
-            v,
             pubtime: Some(pubtime),
+            v,
         }
     }
 
@@ -134,7 +138,93 @@ impl IndexEntry {
     }
 }
 
+/// How many rounds [`split_features`] moves features for, as crates.io does.
+const SPLIT_ROUNDS: usize = 100;
+
+/// Splits features between `features` and `features2` as crates.io does: a feature whose
+/// values use `dep:` or `?/` goes to `features2` (with `v: 2`, so that a cargo older than 1.60
+/// skips the version instead of failing on the whole file), and so, round after round, does
+/// every feature that names a feature already moved (an old cargo would find it naming a
+/// feature it cannot see). crates.io stops after [`SPLIT_ROUNDS`] rounds; so does this, which
+/// only matters for a chain of features that long.
+pub fn split_features(
+    features: BTreeMap<String, Vec<String>>,
+) -> (BTreeMap<String, Vec<String>>, BTreeMap<String, Vec<String>>) {
+    let new_syntax = |v: &String| v.starts_with("dep:") || v.contains("?/");
+    let (mut plain, mut moved): (BTreeMap<_, _>, BTreeMap<_, _>) = features
+        .into_iter()
+        .partition(|(_, values)| !values.iter().any(new_syntax));
+    // Who names whom, so that each round looks only at the features naming last round's
+    // moves: linear in the values, whatever the depth of the chain.
+    let mut named_by: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, values) in &plain {
+        for v in values {
+            named_by.entry(v.as_str()).or_default().push(name.as_str());
+        }
+    }
+    let mut moving: BTreeSet<&str> = BTreeSet::new();
+    let mut last: Vec<&str> = moved.keys().map(String::as_str).collect();
+    for _ in 0..SPLIT_ROUNDS {
+        let round: BTreeSet<&str> = last
+            .iter()
+            .filter_map(|m| named_by.get(m))
+            .flatten()
+            .copied()
+            .filter(|n| !moving.contains(n))
+            .collect();
+        if round.is_empty() {
+            break;
+        }
+        moving.extend(&round);
+        last = round.into_iter().collect();
+    }
+    let moving: Vec<String> = moving.into_iter().map(str::to_owned).collect();
+    for name in moving {
+        if let Some(values) = plain.remove(&name) {
+            moved.insert(name, values);
+        }
+    }
+    (plain, moved)
+}
+
 impl IndexDep {
+    /// crates.io's order of a line's dependencies: by name, then kind (normal, build, dev:
+    /// normal first, because old cargo could misread `optional` when one name comes with two
+    /// kinds), then the other fields in the order crates.io compares them.
+    fn crates_io_order(a: &IndexDep, b: &IndexDep) -> std::cmp::Ordering {
+        fn rank(k: Option<DepKind>) -> u8 {
+            match k {
+                None => 0,
+                Some(DepKind::Normal) => 1,
+                Some(DepKind::Build) => 2,
+                Some(DepKind::Dev) => 3,
+            }
+        }
+        type Key<'a> = (
+            &'a str,
+            u8,
+            &'a str,
+            bool,
+            bool,
+            &'a Option<String>,
+            &'a Option<String>,
+            &'a [String],
+        );
+        fn key(d: &IndexDep) -> Key<'_> {
+            (
+                &d.name,
+                rank(d.kind),
+                &d.req,
+                d.optional,
+                d.default_features,
+                &d.target,
+                &d.package,
+                &d.features,
+            )
+        }
+        key(a).cmp(&key(b))
+    }
+
     fn from_publish(d: &PublishDep, own_index: &impl Fn(&str) -> bool) -> IndexDep {
         // A renamed dependency: the index names it by its alias, `package` holds the real name.
         let (name, package) = match &d.explicit_name_in_toml {
@@ -147,7 +237,11 @@ impl IndexDep {
             features: d.features.clone(),
             optional: d.optional,
             default_features: d.default_features,
-            target: d.target.clone(),
+            // `validate` refuses a target that does not parse; none reaches here.
+            target: d
+                .target
+                .as_deref()
+                .map(|t| platform::normalize(t).unwrap_or_else(|_| t.to_owned())),
             kind: Some(d.kind),
             registry: d.registry.clone().filter(|r| !own_index(r)),
             package,
@@ -178,6 +272,43 @@ pub fn pubtime_now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
+/// A `pubtime` given by hand (`palletizer add --pubtime`): a real UTC time in the one form
+/// the index uses, `YYYY-MM-DDTHH:MM:SSZ`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pubtime(String);
+
+/// A `pubtime` that is not `YYYY-MM-DDTHH:MM:SSZ` or not a real time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid publish time `{0}`: expected a UTC time as YYYY-MM-DDTHH:MM:SSZ, e.g. 2024-05-01T12:30:00Z")]
+pub struct BadPubtime(String);
+
+impl Pubtime {
+    pub fn parse(s: &str) -> Result<Pubtime, BadPubtime> {
+        let bad = || BadPubtime(super::names::shown(s));
+        let shape = b"dddd-dd-ddTdd:dd:ddZ";
+        let b = s.as_bytes();
+        let shaped = b.len() == shape.len()
+            && b.iter().zip(shape).all(|(c, want)| match want {
+                b'd' => c.is_ascii_digit(),
+                want => c == want,
+            });
+        // humantime checks the calendar (a 29th of February only in a leap year) but would
+        // take a leap second, which the index's readers do not.
+        if !shaped || &s[17..19] > "59" || humantime::parse_rfc3339(s).is_err() {
+            return Err(bad());
+        }
+        Ok(Pubtime(s.to_owned()))
+    }
+
+    pub fn now() -> Pubtime {
+        Pubtime(pubtime_now())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +333,35 @@ mod tests {
         let t = pubtime_now();
         assert_eq!(t.len(), 20, "{t}");
         assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T');
+        assert_eq!(Pubtime::parse(&t).unwrap().as_str(), t);
+    }
+
+    #[test]
+    fn given_pubtimes_are_checked() {
+        for good in [
+            "2014-11-11T23:52:39Z",
+            "2024-02-29T00:00:00Z",
+            "1970-01-01T00:00:00Z",
+        ] {
+            assert_eq!(Pubtime::parse(good).unwrap().as_str(), good);
+        }
+        for bad in [
+            "",
+            "2024-05-01",
+            "2024-05-01T12:30:00",
+            "2024-05-01T12:30:00.5Z",
+            "2024-05-01T12:30:00+02:00",
+            "2024-05-01 12:30:00Z",
+            "2023-02-29T00:00:00Z",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T24:00:00Z",
+            "2016-12-31T23:59:60Z",
+            "1969-12-31T23:59:59Z",
+            "２０２４-05-01T12:30:00Z",
+        ] {
+            let err = Pubtime::parse(bad).expect_err(bad).to_string();
+            assert!(err.contains("YYYY-MM-DDTHH:MM:SSZ"), "{err}");
+        }
     }
 
     fn meta(json: &str) -> PublishMetadata {
@@ -232,32 +392,99 @@ mod tests {
             "authors":[],"description":"d","links":"z","rust_version":"1.70"}"#,
         );
         let e = convert(&m);
-        let line = e.to_line();
-        assert!(line.starts_with(r#"{"name":"Foo","vers":"1.2.3","deps":[{"name":"abdep","req":"^1","features":[],"optional":true,"default_features":true,"target":null,"kind":"normal","registry":null,"package":"ab"}"#), "{line}");
-        assert_eq!(e.deps[1].registry.as_deref(), Some(CRATES_IO_INDEX));
-        assert_eq!(e.deps[1].target.as_deref(), Some("cfg(unix)"));
-        assert!(!e.deps[1].default_features);
-        assert_eq!(e.deps[1].features, ["derive"]);
-        assert_eq!(e.deps[2].kind, Some(DepKind::Dev));
-        assert_eq!(
-            e.deps[2].registry.as_deref(),
-            Some("sparse+https://elsewhere/index/")
+        // crates.io's line: dependencies by name, no `registry`/`package` keys when null,
+        // `pubtime` before `v`.
+        let want = concat!(
+            r#"{"name":"Foo","vers":"1.2.3","deps":["#,
+            r#"{"name":"abdep","req":"^1","features":[],"optional":true,"default_features":true,"target":null,"kind":"normal","package":"ab"},"#,
+            r#"{"name":"mine","req":"=0.1.0","features":[],"optional":false,"default_features":true,"target":null,"kind":"build"},"#,
+            r#"{"name":"other","req":"^0.1","features":[],"optional":false,"default_features":true,"target":null,"kind":"dev","registry":"sparse+https://elsewhere/index/"},"#,
+            r#"{"name":"serde","req":"^1.0","features":["derive"],"optional":false,"default_features":false,"target":"cfg(unix)","kind":"normal","registry":"https://github.com/rust-lang/crates.io-index"}],"#,
+            r#""cksum":"ab12","features":{"default":["std"],"std":[]},"#,
+            r#""features2":{"extra":["dep:abdep","foo/fast"],"weak":["abdep?/x"]},"yanked":false,"#,
+            r#""links":"z","rust_version":"1.70","pubtime":"2026-01-02T03:04:05Z","v":2}"#
         );
-        assert_eq!(e.deps[3].kind, Some(DepKind::Build));
-        assert_eq!(e.deps[3].registry, None, "own registry is written as null");
-        assert_eq!(e.v, Some(2));
-        let f2 = e.features2.as_ref().unwrap();
-        assert_eq!(f2["extra"], ["dep:abdep", "foo/fast"]);
-        assert_eq!(f2["weak"], ["abdep?/x"]);
-        assert!(e.features.contains_key("std") && !e.features.contains_key("extra"));
-        assert!(
-            line.contains(
-                r#""links":"z","rust_version":"1.70","v":2,"pubtime":"2026-01-02T03:04:05Z"}"#
-            ),
-            "{line}"
-        );
-        assert!(line.contains(r#""cksum":"ab12""#) && line.contains(r#""yanked":false"#));
+        assert_eq!(e.to_line(), want);
+        assert_eq!(e.deps[1].registry, None, "own registry is written as null");
         assert_eq!(parse_file(&render_file(std::slice::from_ref(&e))), vec![e]);
+    }
+
+    #[test]
+    fn dependencies_in_crates_io_order() {
+        // Same name: normal, build, dev, then by requirement, then targets (none first).
+        let m = meta(
+            r#"{"name":"a","vers":"0.1.0","deps":[
+              {"name":"zz","version_req":"^1","kind":"normal"},
+              {"name":"libc","version_req":"^0.2","kind":"dev"},
+              {"name":"libc","version_req":"^0.2","kind":"build"},
+              {"name":"libc","version_req":"^0.2","kind":"normal","target":"cfg(unix)"},
+              {"name":"libc","version_req":"^0.2","kind":"normal","target":"cfg(target_os=\"wasi\")"},
+              {"name":"libc","version_req":"^0.1","kind":"normal","target":"cfg(windows)"},
+              {"name":"Zed","version_req":"^1","kind":"normal"},
+              {"name":"b","version_req":"^1","kind":"dev","explicit_name_in_toml":"aa"}
+            ]}"#,
+        );
+        let e = convert(&m);
+        let got: Vec<(&str, DepKind, &str, Option<&str>)> = e
+            .deps
+            .iter()
+            .map(|d| {
+                let kind = d.kind.unwrap();
+                (d.name.as_str(), kind, d.req.as_str(), d.target.as_deref())
+            })
+            .collect();
+        use DepKind::*;
+        assert_eq!(
+            got,
+            [
+                ("Zed", Normal, "^1", None),
+                ("aa", Dev, "^1", None),
+                ("libc", Normal, "^0.1", Some("cfg(windows)")),
+                ("libc", Normal, "^0.2", Some(r#"cfg(target_os = "wasi")"#)),
+                ("libc", Normal, "^0.2", Some("cfg(unix)")),
+                ("libc", Build, "^0.2", None),
+                ("libc", Dev, "^0.2", None),
+                ("zz", Normal, "^1", None),
+            ]
+        );
+    }
+
+    #[test]
+    fn features_naming_moved_features_move_too() {
+        let m = meta(
+            r#"{"name":"a","vers":"0.1.0","features":{
+              "default":["std"],"std":["alloc","serde?/std"],"alloc":[],
+              "full":["default","extra"],"extra":["dep:x"],"unrelated":["alloc"],
+              "loop1":["loop2"],"loop2":["loop1","full"]
+            }}"#,
+        );
+        let e = convert(&m);
+        let keys = |f: &BTreeMap<String, Vec<String>>| f.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&e.features), ["alloc", "unrelated"]);
+        assert_eq!(
+            keys(e.features2.as_ref().unwrap()),
+            ["default", "extra", "full", "loop1", "loop2", "std"]
+        );
+        assert_eq!(e.v, Some(2));
+    }
+
+    #[test]
+    fn a_chain_of_features_moves_for_a_hundred_rounds() {
+        // f0 uses `dep:`; f{i} names f{i-1}. crates.io moves f1..=f100 and leaves the rest.
+        let features: BTreeMap<String, Vec<String>> = (0..150)
+            .map(|i| {
+                let v = if i == 0 {
+                    "dep:x".to_owned()
+                } else {
+                    format!("f{}", i - 1)
+                };
+                (format!("f{i}"), vec![v])
+            })
+            .collect();
+        let (plain, moved) = split_features(features);
+        assert_eq!(moved.len(), 101);
+        assert!(moved.contains_key("f100") && plain.contains_key("f101"));
+        assert_eq!(plain.len(), 49);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::index::{IndexEntry, CRATES_IO_INDEX};
-use super::names;
+use super::{names, platform};
 
 /// What a dependency is for. Serialized lowercase, as in the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -408,9 +408,20 @@ fn check_sizes(meta: &PublishMetadata) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks what the index line will carry: sizes, names, requirements, features,
+/// Which rules a version is checked by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rules {
+    /// A new version through the web API: crates.io's rules for a publish.
+    Publish,
+    /// `palletizer add`: a crate file that another registry may have taken under older rules
+    /// and still serves (crates.io refuses `*` requirements only in new publishes, so clap 1,
+    /// iron 0.5 or openssl 0.7 have them).
+    Add,
+}
+
+/// Checks what the index line will carry: sizes, names, requirements, targets, features,
 /// rust-version. Returns a message a person can act on.
-pub fn validate(meta: &PublishMetadata) -> Result<(), String> {
+pub fn validate(meta: &PublishMetadata, rules: Rules) -> Result<(), String> {
     check_sizes(meta)?;
     names::validate_name(&meta.name).map_err(|e| e.to_string())?;
     names::Version::parse(&meta.vers).map_err(|e| e.to_string())?;
@@ -430,10 +441,18 @@ pub fn validate(meta: &PublishMetadata) -> Result<(), String> {
                 shown(&d.version_req)
             ));
         }
-        if d.version_req.trim() == "*" && d.kind != DepKind::Dev {
+        if rules == Rules::Publish && d.version_req.trim() == "*" && d.kind != DepKind::Dev {
             return Err(format!(
                 "wildcard (`*`) dependency constraints are not allowed: dependency `{shown_name}`"
             ));
+        }
+        if let Some(target) = &d.target {
+            if let Err(e) = platform::normalize(target) {
+                return Err(format!(
+                    "dependency `{shown_name}` has a target that cargo cannot read, `{}`: {e}",
+                    shown(target)
+                ));
+            }
         }
         if let Some(f) = d
             .features
@@ -557,20 +576,24 @@ registry-index = "https://elsewhere.example/index"
             unixy.registry.as_deref(),
             Some("https://elsewhere.example/index")
         );
-        assert_eq!(validate(&m), Ok(()));
+        assert_eq!(validate(&m, Rules::Publish), Ok(()));
     }
 
     #[test]
     fn invalid_metadata_is_explained() {
         let mut m = PublishMetadata::from_manifest(MANIFEST).unwrap();
         m.features.insert("bad name".into(), vec![]);
-        assert!(validate(&m).unwrap_err().contains("bad name"));
+        assert!(validate(&m, Rules::Publish)
+            .unwrap_err()
+            .contains("bad name"));
         let mut m = PublishMetadata::from_manifest(MANIFEST).unwrap();
         m.deps[0].version_req = "not a req".into();
-        assert!(validate(&m).unwrap_err().contains("not a req"));
+        assert!(validate(&m, Rules::Publish)
+            .unwrap_err()
+            .contains("not a req"));
         let mut m = PublishMetadata::from_manifest(MANIFEST).unwrap();
         m.rust_version = Some("1.70-nightly".into());
-        assert!(validate(&m).is_err());
+        assert!(validate(&m, Rules::Publish).is_err());
         assert!(matches!(
             PublishMetadata::from_manifest("[package]\nname='x'"),
             Err(ManifestError::Toml(_) | ManifestError::NoPackage)
@@ -586,7 +609,7 @@ registry-index = "https://elsewhere.example/index"
     }
 
     fn refused(m: &PublishMetadata, want: &str) {
-        let err = validate(m).expect_err(want);
+        let err = validate(m, Rules::Publish).expect_err(want);
         assert!(err.contains(want), "want `{want}` in: {err}");
         assert!(err.len() < 400, "{err}");
     }
@@ -599,7 +622,7 @@ registry-index = "https://elsewhere.example/index"
         m.features = (0..MAX_FEATURES)
             .map(|i| (format!("f{i}"), vec![]))
             .collect();
-        assert_eq!(validate(&m), Ok(()));
+        assert_eq!(validate(&m, Rules::Publish), Ok(()));
     }
 
     fn dep(name: String) -> PublishDep {
@@ -620,7 +643,7 @@ registry-index = "https://elsewhere.example/index"
     fn counts_and_lengths_are_capped() {
         let mut m = small();
         m.deps = (0..MAX_DEPS).map(|i| dep(format!("d{i}"))).collect();
-        assert_eq!(validate(&m), Ok(()));
+        assert_eq!(validate(&m, Rules::Publish), Ok(()));
         m.deps.push(dep("one-more".into()));
         refused(&m, "too many dependencies: 501, more than the limit of 500");
 
@@ -650,7 +673,7 @@ registry-index = "https://elsewhere.example/index"
         m.description = Some("d".repeat(MAX_DESCRIPTION_LEN + 1));
         refused(&m, "description `ddd");
         m.description = Some("d".repeat(MAX_DESCRIPTION_LEN));
-        assert_eq!(validate(&m), Ok(()));
+        assert_eq!(validate(&m, Rules::Publish), Ok(()));
 
         let mut m = small();
         m.repository = Some(format!("https://example.com/{}", "r".repeat(MAX_FIELD_LEN)));
@@ -659,6 +682,29 @@ registry-index = "https://elsewhere.example/index"
         let mut m = small();
         m.features.insert("f".repeat(MAX_FEATURE_LEN + 1), vec![]);
         refused(&m, "feature name `fff");
+    }
+
+    #[test]
+    fn wildcard_requirements_are_refused_only_in_publishes() {
+        let mut m = small();
+        m.deps = vec![dep("old".into())];
+        m.deps[0].version_req = "*".into();
+        refused(&m, "wildcard (`*`) dependency constraints are not allowed");
+        assert_eq!(validate(&m, Rules::Add), Ok(()));
+    }
+
+    #[test]
+    fn unreadable_targets_are_refused() {
+        let mut m = small();
+        m.deps = vec![dep("d0".into())];
+        m.deps[0].target = Some("cfg(unix".into());
+        refused(
+            &m,
+            "dependency `d0` has a target that cargo cannot read, `cfg(unix`",
+        );
+        assert!(validate(&m, Rules::Add).is_err());
+        m.deps[0].target = Some(r#"cfg(target_os="hermit")"#.into());
+        assert_eq!(validate(&m, Rules::Publish), Ok(()));
     }
 
     #[test]
@@ -678,7 +724,7 @@ registry-index = "https://elsewhere.example/index"
     fn echoed_values_are_bounded() {
         let mut m = small();
         m.deps = vec![dep(format!("\u{1b}[2J{}", "n".repeat(1 << 20)))];
-        let err = validate(&m).unwrap_err();
+        let err = validate(&m, Rules::Publish).unwrap_err();
         assert!(err.len() < 400 && !err.contains('\u{1b}'), "{err}");
         let mut m = small();
         m.name = "n".repeat(1 << 20);
@@ -825,7 +871,7 @@ pub(crate) mod round_trip {
 
         #[test]
         fn valid_metadata_makes_an_index_line_that_parses_back(m in meta()) {
-            if validate(&m).is_err() {
+            if validate(&m, Rules::Publish).is_err() {
                 return Ok(());
             }
             let e = IndexEntry::from_publish(&m, &"0".repeat(64), index::pubtime_now(), |_| false);

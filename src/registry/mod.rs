@@ -23,6 +23,7 @@ pub mod gitpack;
 pub mod index;
 pub mod metadata;
 pub mod names;
+pub mod platform;
 pub mod search;
 pub mod settings;
 pub mod tarball;
@@ -38,6 +39,14 @@ pub use settings::Settings;
 
 pub use names::CrateName;
 use names::Version;
+
+/// How a crate file comes in: the rules it is checked by, the name of the file it was read
+/// from (`add`), and its original publish time when the caller knows it.
+struct Via<'a> {
+    rules: metadata::Rules,
+    file_name: Option<&'a str>,
+    pubtime: Option<index::Pubtime>,
+}
 
 /// The registry's settings file, at its root.
 pub const SETTINGS_FILE: &str = "palletizer.toml";
@@ -662,34 +671,54 @@ impl Registry {
             || norm(&file_url) == url
     }
 
-    /// Publishes a `.crate` file with the metadata in its `Cargo.toml` (`palletizer add`).
-    /// A file named like a crate file must be named for the crate it holds.
+    /// Publishes a `.crate` file with the metadata in its `Cargo.toml` (`palletizer add`),
+    /// with the time of the add as its `pubtime`.
     pub fn add_file(&self, path: &Path) -> Result<IndexEntry> {
+        self.add_file_published(path, None)
+    }
+
+    /// [`Registry::add_file`] with the version's original publish time, when it is known.
+    /// A file named like a crate file must be named for the crate it holds.
+    pub fn add_file_published(
+        &self,
+        path: &Path,
+        pubtime: Option<index::Pubtime>,
+    ) -> Result<IndexEntry> {
         let f = File::open(path)
             .map_err(|e| Error::Invalid(format!("cannot read the crate file: {e}")))?;
         let file_name = path
             .file_name()
             .and_then(|n| n.to_str())
             .filter(|n| n.ends_with(".crate"));
-        self.publish_checked(None, f, file_name)
+        let via = Via {
+            rules: metadata::Rules::Add,
+            file_name,
+            pubtime,
+        };
+        self.publish_checked(None, f, via)
     }
 
     /// Publishes a crate: `meta` is what cargo sent (None: derive it from the manifest),
     /// `tarball` the `.crate` bytes. Checks everything before touching the registry.
     pub fn publish(&self, meta: Option<PublishMetadata>, tarball: impl Read) -> Result<IndexEntry> {
-        self.publish_checked(meta, tarball, None)
+        let via = Via {
+            rules: metadata::Rules::Publish,
+            file_name: None,
+            pubtime: None,
+        };
+        self.publish_checked(meta, tarball, via)
     }
 
     fn publish_checked(
         &self,
         meta: Option<PublishMetadata>,
         tarball: impl Read,
-        file_name: Option<&str>,
+        via: Via<'_>,
     ) -> Result<IndexEntry> {
         fs::create_dir_all(&self.crates_dir)
             .context(|| format!("creating {}", self.crates_dir.display()))?;
         let tmp = temp_path(&self.crates_dir, "upload.crate");
-        let result = self.publish_via(&tmp, meta, tarball, file_name);
+        let result = self.publish_via(&tmp, meta, tarball, via);
         if tmp.exists() {
             let _ = fs::remove_file(&tmp);
         }
@@ -701,7 +730,7 @@ impl Registry {
         tmp: &Path,
         meta: Option<PublishMetadata>,
         tarball: impl Read,
-        file_name: Option<&str>,
+        via: Via<'_>,
     ) -> Result<IndexEntry> {
         let mut out = File::create(tmp).context(|| format!("creating {}", tmp.display()))?;
         let limits = tarball::Limits {
@@ -744,10 +773,10 @@ impl Registry {
             }
             None => from_manifest,
         };
-        metadata::validate(&meta).map_err(Error::Invalid)?;
+        metadata::validate(&meta, via.rules).map_err(Error::Invalid)?;
         let name = CrateName::parse(&meta.name)?;
         let top = format!("{}-{}", meta.name, meta.vers);
-        if let Some(file_name) = file_name {
+        if let Some(file_name) = via.file_name {
             if file_name != format!("{top}.crate") {
                 return Err(Error::Invalid(format!(
                     "file name `{}` does not match its manifest ({} {}); expected `{top}.crate`",
@@ -787,9 +816,11 @@ impl Registry {
         };
 
         let version = Version::parse(&meta.vers).map_err(|e| Error::Invalid(e.to_string()))?;
-        let entry = IndexEntry::from_publish(&meta, &inspected.cksum, index::pubtime_now(), |u| {
-            self.is_own_index(u)
-        });
+        let pubtime = via.pubtime.unwrap_or_else(index::Pubtime::now);
+        let entry =
+            IndexEntry::from_publish(&meta, &inspected.cksum, pubtime.as_str().into(), |u| {
+                self.is_own_index(u)
+            });
         let _lock = self.lock()?;
         self.check_name_free(&name)?;
         let mut entries = self.entries(&name)?;

@@ -1,10 +1,11 @@
 //! Search: one line per crate in `search.jsonl` at the registry root, sorted by canonical
 //! name, holding what `cargo search` shows (name, newest non-yanked version, description)
 //! and keywords. Every write path rewrites the crate's line under the registry lock; a
-//! search streams the file and keeps only one page of hits, never the whole index.
+//! search streams the file and keeps only one page of hits, never the whole index (nor the
+//! hits of the pages before the one asked for).
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -196,18 +197,23 @@ pub fn search(root: &Path, query: &str, per_page: usize) -> Result<Found> {
     search_page(root, query, 0, per_page)
 }
 
-/// Like [`search`], skipping the first `skip` hits of that order (a later page). Keeps at
-/// most `skip + per_page` lines in memory.
+/// Where a matching line ranks: the order of hits is exact name, then prefix, then the rest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bucket {
+    Exact,
+    Prefix,
+    Rest,
+}
+
+/// Like [`search`], skipping the first `skip` hits of that order (a later page). Memory
+/// holds one page whatever `skip` is: a first pass counts the hits of each bucket, which
+/// tells where every hit lands, and a second pass over the same open file (a rewrite
+/// renames a new file into place, so both passes read one version) keeps the page's.
 pub fn search_page(root: &Path, query: &str, skip: usize, per_page: usize) -> Result<Found> {
-    let keep = skip.saturating_add(per_page);
     let q = canonical(query.trim());
     let words: Vec<&str> = q.split_whitespace().collect();
-    let mut exact = Vec::new();
-    let mut prefix = Vec::new();
-    let mut rest = Vec::new();
-    let mut total = 0;
     let file = path(root);
-    let f = match File::open(&file) {
+    let mut f = match File::open(&file) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Ok(Found {
@@ -217,9 +223,48 @@ pub fn search_page(root: &Path, query: &str, skip: usize, per_page: usize) -> Re
         }
         Err(e) => return Err(e).context(|| format!("reading {}", file.display())),
     };
+    let mut counts = [0usize; 3];
+    each_hit(&mut f, &q, &words, |bucket, _| counts[bucket as usize] += 1)
+        .context(|| format!("reading {}", file.display()))?;
+    let total = counts.iter().sum();
+    let end = skip.saturating_add(per_page).min(total);
+    if skip >= end {
+        return Ok(Found {
+            hits: Vec::new(),
+            total,
+        });
+    }
+    // A hit's place: its bucket's start plus its rank within the bucket.
+    let starts = [0, counts[0], counts[0] + counts[1]];
+    let mut seen = [0usize; 3];
+    let mut page: Vec<(usize, SearchLine)> = Vec::with_capacity(end - skip);
+    f.seek(SeekFrom::Start(0))
+        .context(|| format!("reading {}", file.display()))?;
+    each_hit(&mut f, &q, &words, |bucket, line| {
+        let b = bucket as usize;
+        let at = starts[b] + seen[b];
+        seen[b] += 1;
+        if (skip..end).contains(&at) {
+            page.push((at, line));
+        }
+    })
+    .context(|| format!("reading {}", file.display()))?;
+    page.sort_by_key(|(at, _)| *at);
+    Ok(Found {
+        hits: page.into_iter().map(|(_, line)| line).collect(),
+        total,
+    })
+}
+
+/// Calls `hit` with every line of `f` that matches, from where `f` stands, with its bucket.
+fn each_hit(
+    f: &mut File,
+    q: &str,
+    words: &[&str],
+    mut hit: impl FnMut(Bucket, SearchLine),
+) -> io::Result<()> {
     for text in BufReader::new(f).split(b'\n') {
-        let text = text.context(|| format!("reading {}", file.display()))?;
-        let Ok(line) = serde_json::from_slice::<SearchLine>(&text) else {
+        let Ok(line) = serde_json::from_slice::<SearchLine>(&text?) else {
             continue;
         };
         if line.max_version.is_empty() {
@@ -237,26 +282,16 @@ pub fn search_page(root: &Path, query: &str, skip: usize, per_page: usize) -> Re
         if !matches {
             continue;
         }
-        total += 1;
         let bucket = if name == q {
-            &mut exact
-        } else if !q.is_empty() && name.starts_with(&q) {
-            &mut prefix
+            Bucket::Exact
+        } else if !q.is_empty() && name.starts_with(q) {
+            Bucket::Prefix
         } else {
-            &mut rest
+            Bucket::Rest
         };
-        if bucket.len() < keep {
-            bucket.push(line);
-        }
+        hit(bucket, line);
     }
-    let hits = exact
-        .into_iter()
-        .chain(prefix)
-        .chain(rest)
-        .skip(skip)
-        .take(per_page)
-        .collect();
-    Ok(Found { hits, total })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -303,6 +338,24 @@ mod tests {
         assert_eq!(names(&second), all[2..4]);
         assert_eq!(second.total, 6);
         assert!(search_page(root, "kw", 6, 2).unwrap().hits.is_empty());
+        // Every window of every order is the same slice of the whole list, across buckets.
+        for q in ["kw", "serde", "a", "json"] {
+            let all = names(&search(root, q, 100).unwrap());
+            for skip in 0..=all.len() + 1 {
+                for per_page in 1..4 {
+                    let page = search_page(root, q, skip, per_page).unwrap();
+                    let want: Vec<String> = all.iter().skip(skip).take(per_page).cloned().collect();
+                    assert_eq!(names(&page), want, "{q} skip {skip} per page {per_page}");
+                    assert_eq!(page.total, all.len());
+                }
+            }
+        }
+        assert_eq!(
+            search_page(root, "kw", usize::MAX, usize::MAX)
+                .unwrap()
+                .total,
+            6
+        );
         // Removal and replacement keep the file sorted and the description.
         update(root, "serde", None).unwrap();
         assert_eq!(names(&search(root, "serde", 10).unwrap())[0], "serde_json");

@@ -55,6 +55,8 @@ pub enum TarballError {
     NoManifest(String),
     #[error("crate file has more than one manifest (`{0}`)")]
     ManyManifests(String),
+    #[error("crate file has two different `{0}` entries (cargo would build with the last, this registry reads the first)")]
+    DifferingManifests(String),
     #[error("crate file's Cargo.toml is larger than {MAX_MANIFEST} bytes")]
     ManifestTooLarge,
     #[error("crate file's Cargo.toml is not UTF-8")]
@@ -361,11 +363,21 @@ impl Walk {
         }
         let rest: Vec<&str> = parts.collect();
         if kind.is_file() && rest.len() == 1 && rest[0].eq_ignore_ascii_case("Cargo.toml") {
-            if rest[0] != "Cargo.toml" || self.manifest.is_some() {
+            if rest[0] != "Cargo.toml" {
                 return Err(TarballError::ManyManifests(shown(&path_bytes)));
             }
             if size > MAX_MANIFEST {
                 return Err(TarballError::ManifestTooLarge);
+            }
+            if let Some(first) = &self.manifest {
+                // Old cargo wrote `Cargo.toml` twice, and crates.io (which keys manifests by
+                // path) serves those crates. A copy with other bytes is refused: this check
+                // reads the first copy, while a tar extractor (cargo's too) and crates.io keep
+                // the last, so the index would describe a manifest cargo never builds with.
+                if !same_bytes(&mut entry, first.as_bytes())? {
+                    return Err(TarballError::DifferingManifests(shown(&path_bytes)));
+                }
+                return Ok(());
             }
             let mut text = Vec::new();
             // The reader already stops at the header's size; the cap holds whatever it says.
@@ -377,6 +389,22 @@ impl Walk {
             self.manifest = Some(text);
         }
         Ok(())
+    }
+}
+
+/// Whether an entry's data is exactly `want`, read in small pieces (never a second copy).
+fn same_bytes(entry: &mut impl Read, want: &[u8]) -> Result<bool, TarballError> {
+    let mut buf = [0u8; 8 * 1024];
+    let mut at = 0;
+    loop {
+        let n = entry.read(&mut buf).map_err(corrupt)?;
+        if n == 0 {
+            return Ok(at == want.len());
+        }
+        if want.get(at..at + n) != Some(&buf[..n]) {
+            return Ok(false);
+        }
+        at += n;
     }
 }
 
@@ -870,6 +898,34 @@ mod tests {
             assert!(
                 format!("{err:?}").starts_with(want),
                 "want {want}, got {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_manifest_written_twice_is_one_manifest() {
+        let m = b"[package]\nname='foo'\nversion='1.0.0'\n";
+        let twice = crate_bytes(&[
+            file("foo-1.0.0/Cargo.toml", m),
+            file("foo-1.0.0/src/lib.rs", b""),
+            file("foo-1.0.0/./Cargo.toml", m),
+        ]);
+        let i = inspect(&twice[..], LIMITS).unwrap();
+        assert_eq!(i.manifest.as_bytes(), m);
+        let longer: &[u8] = b"[package]\nname='foo'\nversion='1.0.0'\n\n";
+        for other in [
+            &b"[package]\nname='foo'\nversion='2.0.0'\n"[..],
+            &m[..10],
+            longer,
+        ] {
+            let differing = crate_bytes(&[
+                file("foo-1.0.0/Cargo.toml", m),
+                file("foo-1.0.0/Cargo.toml", other),
+            ]);
+            let err = inspect(&differing[..], LIMITS).unwrap_err();
+            assert!(
+                matches!(&err, TarballError::DifferingManifests(p) if p == "foo-1.0.0/Cargo.toml"),
+                "{err:?}"
             );
         }
     }
