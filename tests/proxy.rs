@@ -191,6 +191,10 @@ fn cargo_resolves_through_a_caching_proxy_that_outlives_the_registry() {
     // Past the second the proxy keeps index files: it has to ask, finds no one, and serves
     // what it kept.
     std::thread::sleep(Duration::from_millis(1500));
+    let before = fs::read_to_string(proxy_dir.join("access.log"))
+        .unwrap()
+        .lines()
+        .count();
     let fresh_home = s.path().join("fresh-home");
     fs::create_dir_all(&fresh_home).unwrap();
     fs::write(fresh_home.join("config.toml"), &config).unwrap();
@@ -206,15 +210,24 @@ fn cargo_resolves_through_a_caching_proxy_that_outlives_the_registry() {
         .unwrap()
         .flatten()
         .any(|d| d.path().join("leaf-0.1.1.crate").exists()));
+    // Everything the fresh machine got came from the proxy's cache: crate files as kept,
+    // index files kept past their second (STALE: the proxy asked and found no one).
     let log = fs::read_to_string(proxy_dir.join("access.log")).unwrap();
+    let after: Vec<&str> = log.lines().skip(before).collect();
     assert!(
-        log.lines()
-            .any(|l| l.contains("/crates/leaf/leaf-0.1.1.crate") && l.ends_with(" HIT")),
+        after
+            .iter()
+            .any(|l| l.contains("/crates/leaf/leaf-0.1.1.crate") && l.ends_with(" 200 HIT")),
         "{log}"
     );
     assert!(
-        log.lines()
-            .any(|l| l.contains("/index/le/af/leaf") && l.ends_with(" STALE")),
+        after.iter().any(|l| l.contains("/index/le/af/leaf HTTP")),
+        "{log}"
+    );
+    assert!(
+        after
+            .iter()
+            .all(|l| l.ends_with(" 200 HIT") || l.ends_with(" 200 STALE")),
         "{log}"
     );
 }
