@@ -86,6 +86,14 @@ class Server:
         raise RuntimeError("server did not start")
     def cpu(self):
         return ticks(self.p.pid) / HZ
+    def quiet(self):
+        """Waits until the server has used no CPU for 300 ms (background work done)."""
+        last = self.cpu()
+        for _ in range(600):
+            time.sleep(0.3)
+            now = self.cpu()
+            if now == last: return
+            last = now
     def last_logged_us(self, pattern):
         self.log.flush()
         lines = [l for l in open(self.log.name) if pattern in l]
@@ -118,7 +126,7 @@ def measure(binary, size, work, port):
         fetch_cpu, fetch_logged = [], []
         for i in range(5):
             publish(srv.addr, f"fetchprobe{i}")
-            time.sleep(0.2)
+            srv.quiet()
             before = srv.cpu()
             git("fetch", "-q", cwd=os.path.join(work, f"clone-{port}-0"))
             fetch_cpu.append(srv.cpu() - before)
@@ -127,7 +135,7 @@ def measure(binary, size, work, port):
         r["incremental fetch (logged ms, median)"] = sorted(fetch_logged)[2]
         idle = sorted(publish(srv.addr, f"idleprobe{i}") for i in range(5))[2]
         r["publish idle (ms)"] = idle * 1000
-        time.sleep(1)
+        srv.quiet()
         procs = [subprocess.Popen(["git", "clone", "-q", f"{srv.url}/index", os.path.join(work, f"busy-{port}-{i}")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(16)]
         time.sleep(0.3)
