@@ -168,19 +168,25 @@ printf '[registries.local]\nindex = "%s/index"\n' "$URL" >"$GIT_HOME/config.toml
 hcargo() { # hcargo CARGO_HOME DIR ARGS...
   local home=$1 dir=$2
   shift 2
-  (cd "$dir" && CARGO_HOME=$home CARGO_TARGET_DIR=$WORK/target timeout 300 cargo "$@")
+  (cd "$dir" && CARGO_HOME=$home CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$WORK/target} timeout 300 cargo "$@")
 }
 
-say "cargo publish leaf, ab, tgt, devonly, rich (sparse index)"
+# cargo publish keeps no copy of what it sent; cargo package makes the same bytes (checked
+# below against the registry's file too) and keeps them in $WORK/pkg/package.
+say "cargo package and publish leaf, ab, tgt, devonly, rich (sparse index)"
 for c in leaf ab tgt devonly rich; do
   cp -r "tests/crates/$c" "$WORK/src/$c"
+  CARGO_TARGET_DIR=$WORK/pkg hcargo "$SPARSE_HOME" "$WORK/src/$c" \
+    package --registry local --no-verify --allow-dirty --quiet ||
+    die "cargo package $c failed"
   CARGO_REGISTRIES_LOCAL_TOKEN=$TOKEN hcargo "$SPARSE_HOME" "$WORK/src/$c" \
     publish --registry local --no-verify --allow-dirty --quiet ||
     die "cargo publish $c failed"
 done
 
 say "cargo search and cargo build of a consumer (sparse index)"
-found=$(hcargo "$SPARSE_HOME" "$WORK" search --registry local leaf) || die "cargo search failed"
+found=$(hcargo "$SPARSE_HOME" "$WORK" search --registry local leaf 2>"$WORK/search.err") ||
+  die "cargo search failed: $(cat "$WORK/search.err")"
 grep -q '^leaf = "0.1.0"' <<<"$found" || die "cargo search did not find leaf: $found"
 cp -r tests/crates/app "$WORK/app-sparse"
 hcargo "$SPARSE_HOME" "$WORK/app-sparse" build --quiet || die "cargo build of the consumer failed"
@@ -197,7 +203,7 @@ for home in "$SPARSE_HOME" "$GIT_HOME"; do
   for c in leaf-0.1.0 ab-1.0.0 tgt-0.3.0 rich-0.2.0; do
     got=$(find "$home/registry/cache" -name "$c.crate" | head -n 1)
     [ -n "$got" ] || die "cargo did not download $c.crate into $home"
-    cmp -s "$got" "$WORK/target/package/$c.crate" || die "$got differs from the published $c.crate"
+    cmp -s "$got" "$WORK/pkg/package/$c.crate" || die "$got differs from the published $c.crate"
     name=${c%-*}
     cmp -s "$got" "$WORK/reg/crates/$name/$c.crate" || die "$got differs from the registry's $c.crate"
     checked=$((checked + 1))
