@@ -77,6 +77,12 @@ T0=$SECONDS
 if [ -z "${PI_SKIP_BUILD:-}" ]; then
   export "CARGO_TARGET_${ENVNAME}_LINKER=$GNU-gcc"
   export "CC_${CCNAME}=$GNU-gcc" "AR_${CCNAME}=$GNU-ar"
+  if [ "$TARGET" = armv7-unknown-linux-gnueabihf ]; then
+    # libgit2's own build defines this and libgit2-sys does not: without it its readdir
+    # has a 32-bit d_off, which qemu-arm cannot fit ext4's 64-bit directory hashes into
+    # (EOVERFLOW when opening the index repository).
+    export "CFLAGS_${CCNAME}=-D_FILE_OFFSET_BITS=64"
+  fi
   if [ "$LINK" = static ]; then
     export "CARGO_TARGET_${ENVNAME}_RUSTFLAGS=-C target-feature=+crt-static"
   else
