@@ -755,7 +755,9 @@ fn release_freed_memory() {
 /// the open-file caches, files being served and the worker's) fit, as far as the hard
 /// limit allows.
 fn raise_fd_limit(max_connections: usize) {
-    let want = (max_connections as u64)
+    // rlim_t is 32 bits on 32-bit ARM (a Raspberry Pi OS armhf build).
+    let want = libc::rlim_t::try_from(max_connections)
+        .unwrap_or(libc::rlim_t::MAX)
         .saturating_mul(2)
         .saturating_add(64);
     // SAFETY: getrlimit/setrlimit on this process with an initialized struct.
