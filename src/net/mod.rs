@@ -742,8 +742,8 @@ impl Server {
 }
 
 /// Gives the heap pages freed after a load (the parsed `auth.json` is much larger than the
-/// view kept of it) back to the system, so they do not stay resident.
-fn release_freed_memory() {
+/// view kept of it, a pack libgit2 built) back to the system, so they do not stay resident.
+pub(crate) fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free memory at the heap's edges to the kernel.
     unsafe {

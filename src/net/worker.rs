@@ -164,12 +164,17 @@ pub fn spawn(
         .stack_size(1024 * 1024)
         .spawn(move || {
             for t in reader_rx {
-                if matches!(t.job, Job::KeepClone) {
+                let answered = if matches!(t.job, Job::KeepClone) {
                     // No one waits for it; a failure only means the next clone makes it.
                     let _ = reader.run(t.job, None);
-                    continue;
-                }
-                if !reader.answer(t) {
+                    true
+                } else {
+                    reader.answer(t)
+                };
+                // libgit2's pack building allocates in proportion to the history (megabytes
+                // for a large index), on this thread's own heap arena: hand it back.
+                super::release_freed_memory();
+                if !answered {
                     break;
                 }
             }
