@@ -115,6 +115,8 @@ http {{
     proxy_cache registry;
     proxy_cache_revalidate on;
     proxy_cache_use_stale error timeout http_502 http_503 http_504;
+    proxy_no_cache $http_authorization;
+    proxy_cache_bypass $http_authorization;
     location /index/ {{
       proxy_pass http://{upstream};
       proxy_ignore_headers Cache-Control;

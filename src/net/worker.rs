@@ -153,6 +153,10 @@ pub fn spawn(
     let (writer_tx, writer_rx) = channel::<Ticket>();
     let (reader_tx, reader_rx) = channel::<Ticket>();
     let (done_tx, done_rx) = sync_channel::<Done>(DONE_BACKLOG);
+    // At most one rebuild of the kept clone waits at a time: a burst of publishes makes one
+    // rebuild for the newest HEAD, not one per publish queued ahead of fetches.
+    let rebuild_queued = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rebuild_taken = rebuild_queued.clone();
     let reader = Worker {
         reg: reg.clone(),
         waker: waker.clone(),
@@ -165,6 +169,7 @@ pub fn spawn(
         .spawn(move || {
             for t in reader_rx {
                 let answered = if matches!(t.job, Job::KeepClone) {
+                    rebuild_taken.store(false, Ordering::Release);
                     // No one waits for it; a failure only means the next clone makes it.
                     let _ = reader.run(t.job, None);
                     true
@@ -200,6 +205,9 @@ pub fn spawn(
                     // not wait for the packing.
                     if let Err(e) = writer.reg.maintain() {
                         eprintln!("warning: packing the index: {e}");
+                    }
+                    if rebuild_queued.swap(true, Ordering::AcqRel) {
+                        continue;
                     }
                     let _ = keep.send(Ticket {
                         key: usize::MAX,

@@ -325,7 +325,9 @@ fn keep_clone_of(repo: &Repository, dir: &Path, head: Oid) -> Result<File, GitEr
         return Ok(f);
     }
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{KEPT_PREFIX}{head}.tmp"));
+    // Named for this process: two servers on one registry (an overlapping restart) must
+    // never write into the same temp file, or one of them renames a torn answer into place.
+    let tmp = dir.join(format!("{KEPT_PREFIX}{head}.{}.tmp", std::process::id()));
     let mut out = io::BufWriter::new(File::create(&tmp)?);
     let written = write_answer(repo, &[head], &[], true, &mut out)
         .and_then(|()| Ok(out.into_inner().map_err(|e| e.into_error())?))
@@ -337,7 +339,8 @@ fn keep_clone_of(repo: &Repository, dir: &Path, head: Oid) -> Result<File, GitEr
     for entry in fs::read_dir(dir)?.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(KEPT_PREFIX) && entry.path() != path {
+        // Another process's temp file may be in the middle of being written.
+        if name.starts_with(KEPT_PREFIX) && !name.ends_with(".tmp") && entry.path() != path {
             // A response being sent holds its file open: removing it here is safe.
             let _ = fs::remove_file(entry.path());
         }
