@@ -461,3 +461,43 @@ fn browser_reads_home_search_and_crate_pages_and_logs_in_when_private() {
     driver.go(&format!("{base}/crates/pallet-app"));
     assert_eq!(driver.get("title"), "Log in: Palletizer");
 }
+
+/// The home page keeps its list between views; a publish and a yank of every version must
+/// show on the next view.
+#[test]
+fn home_page_follows_publishes_and_yanks_between_views() {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    let token = s.token();
+    let home = || {
+        let (st, body) = support::get_bytes(srv.addr(), "/").unwrap();
+        assert_eq!(st, 200);
+        String::from_utf8(body).unwrap()
+    };
+    publish(
+        srv.addr(),
+        &token,
+        "first-crate",
+        "1.0.0",
+        serde_json::json!({}),
+    );
+    assert!(home().contains("first-crate"));
+    let page = home();
+    assert!(!page.contains("second-crate"), "{page}");
+    publish(
+        srv.addr(),
+        &token,
+        "second-crate",
+        "1.0.0",
+        serde_json::json!({}),
+    );
+    let page = home();
+    assert!(page.contains("second-crate"), "a new publish shows: {page}");
+    yank(srv.addr(), &token, "second-crate", "1.0.0");
+    let page = home();
+    assert!(
+        !page.contains("second-crate"),
+        "a fully yanked crate drops out: {page}"
+    );
+    assert!(page.contains("first-crate"));
+}

@@ -515,7 +515,40 @@ fn home(reg: &Registry, ctx: &Ctx) -> Response {
 
 /// The [`NEWEST`] crates published last (from the index's history: a few commit reads,
 /// whatever the registry's size), and the number of crates (one pass over `search.jsonl`).
-fn newest_crates(reg: &Registry) -> crate::registry::Result<(Vec<SearchLine>, usize)> {
+/// The home page's list, kept between requests on the thread that renders pages: it is
+/// worked out again only when `search.jsonl` changed (every publish, yank and delete rewrites
+/// it), so a home page view costs a `stat` instead of a read of every crate's search line
+/// and a walk of the history.
+type Newest = (Vec<SearchLine>, usize);
+
+thread_local! {
+    static NEWEST_SEEN: std::cell::RefCell<Option<((u64, u64, u64, i64, i64), Newest)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn newest_crates(reg: &Registry) -> crate::registry::Result<Newest> {
+    use std::os::unix::fs::MetadataExt;
+    let key = std::fs::metadata(search::path(reg.root()))
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()));
+    if let Some(key) = key {
+        let kept = NEWEST_SEEN.with_borrow(|seen| {
+            seen.as_ref()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, found)| found.clone())
+        });
+        if let Some(found) = kept {
+            return Ok(found);
+        }
+    }
+    let found = newest_crates_now(reg)?;
+    if let Some(key) = key {
+        NEWEST_SEEN.with_borrow_mut(|seen| *seen = Some((key, found.clone())));
+    }
+    Ok(found)
+}
+
+fn newest_crates_now(reg: &Registry) -> crate::registry::Result<Newest> {
     let names = crate::registry::git::recently_added(reg.index_dir(), NEWEST, 2_000)?;
     let keys: Vec<String> = names.iter().map(|n| canonical(n)).collect();
     let mut found: Vec<Option<SearchLine>> = vec![None; keys.len()];
