@@ -520,9 +520,11 @@ fn home(reg: &Registry, ctx: &Ctx) -> Response {
 /// it), so a home page view costs a `stat` instead of a read of every crate's search line
 /// and a walk of the history.
 type Newest = (Vec<SearchLine>, usize);
+/// Which `search.jsonl` a kept list was made from: device, inode, size, modification time.
+type SearchFileId = (u64, u64, u64, i64, i64);
 
 thread_local! {
-    static NEWEST_SEEN: std::cell::RefCell<Option<((u64, u64, u64, i64, i64), Newest)>> =
+    static NEWEST_SEEN: std::cell::RefCell<Option<(SearchFileId, Newest)>> =
         const { std::cell::RefCell::new(None) };
 }
 
