@@ -803,11 +803,11 @@ unsafe extern "C" fn drop_read_only_segments(
 ) -> libc::c_int {
     // SAFETY: glibc hands a valid entry whose header table has `dlpi_phnum` entries.
     let info = unsafe { &*info };
+    // The kernel's vDSO is no file mapping.
     // SAFETY: as above; a null name or header table is skipped.
-    if !info.dlpi_name.is_null()
-        && unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes() == b"linux-vdso.so.1"
-        || info.dlpi_phdr.is_null()
-    {
+    let vdso = !info.dlpi_name.is_null()
+        && unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes() == b"linux-vdso.so.1";
+    if vdso || info.dlpi_phdr.is_null() {
         return 0;
     }
     // SAFETY: see above.
