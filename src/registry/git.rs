@@ -334,9 +334,12 @@ fn pack_loose(repo: &Repository, loose: Vec<(git2::Oid, PathBuf)>) -> Result<Pac
     })
 }
 
-/// Writes one pack of everything reachable from HEAD (and every ref) plus every loose
-/// object, syncs it, then removes the loose objects and the other packs: afterwards the
-/// repository is one pack. Objects that nothing reaches (left by a commit that failed) go.
+/// Writes one pack of every object in the repository (everything reachable from HEAD, the
+/// loose objects, and the few that nothing reaches, left by commits that failed: `squash`
+/// drops those), syncs it, then removes the loose objects and the other packs: afterwards
+/// the repository is one pack. The objects are listed from the object database rather than
+/// walked from HEAD: a walk parses every commit's trees into libgit2's object cache (about
+/// 110 MiB more at 20,000 commits); listing reads no object.
 ///
 /// A crash at any point loses nothing: every object is in the new pack, synced, before any
 /// file is removed, and an old pack goes index first (without its index a pack is never
@@ -345,13 +348,14 @@ fn pack_loose(repo: &Repository, loose: Vec<(git2::Oid, PathBuf)>) -> Result<Pac
 /// to open and is skipped, and on a miss libgit2 rescans the pack directory and finds the
 /// new pack.
 fn merge_packs(repo: &Repository, loose: Vec<(git2::Oid, PathBuf)>) -> Result<Packed, git2::Error> {
+    let mut ids = Vec::new();
+    repo.odb()?.foreach(|id| {
+        ids.push(*id);
+        true
+    })?;
     let mut pb = repo.packbuilder()?;
-    let mut walk = repo.revwalk()?;
-    walk.push_head()?;
-    walk.push_glob("*")?;
-    pb.insert_walk(&mut walk)?;
-    for (oid, _) in &loose {
-        pb.insert_object(*oid, None)?;
+    for id in ids {
+        pb.insert_object(id, None)?;
     }
     let (objects, new_pack) = write_pack(repo, &mut pb)?;
     drop(pb);
@@ -364,8 +368,8 @@ fn merge_packs(repo: &Repository, loose: Vec<(git2::Oid, PathBuf)>) -> Result<Pa
     Ok(packed)
 }
 
-/// The pack builder's entries for a whole index are tens of MiB (about 32 at 20,000
-/// crates), freed on the writer thread's own heap arena: hand them back to the system.
+/// Building a pack of a whole index takes tens of MiB (about 110 at 20,000 commits), freed
+/// on the writer thread's own heap arena: hand them back to the system.
 fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free memory at the heap's edges to the kernel.
