@@ -649,3 +649,48 @@ fn odd_authorization_headers_never_stop_the_server() {
         assert_eq!(got, status, "{req:.60}");
     }
 }
+
+#[test]
+fn a_deleted_version_cannot_be_published_again() {
+    let (s, srv) = setup();
+    for v in ["0.1.0", "0.1.1"] {
+        publish_ok(&s, "leaf", Some(v));
+    }
+    s.palletizer_ok(&["delete", "leaf", "0.1.0"]);
+    let head = head_commit(&s);
+    // The real cargo, with other bytes under the deleted number: it finds no such version in
+    // the index and sends it; the server refuses with a message cargo shows as it is.
+    let dir = s.test_crate("leaf", Some("0.1.0"));
+    fs::write(dir.join("src/fixed.rs"), "// the fix\n").unwrap();
+    let out = cargo_publish(&s, &dir, &[]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("409"), "{err}");
+    assert!(
+        err.contains("crate version `0.1.0` of `leaf` was deleted on")
+            && err.contains("version numbers cannot be reused")
+            && err.contains("publish a new version"),
+        "{err}"
+    );
+    // A raw publish, with build metadata this time: the JSON errors shape, a 409.
+    let krate = simple_crate("leaf", "0.1.0+again", &[]);
+    let (st, body) = raw_publish(
+        srv.addr(),
+        &s.token(),
+        &publish_body(&meta("leaf", "0.1.0+again", serde_json::json!([])), &krate),
+    );
+    assert_eq!(st, 409, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let detail = v["errors"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("was deleted on"), "{detail}");
+    assert_eq!(head_commit(&s), head, "nothing was committed");
+    assert!(!s.reg().join("crates/leaf/leaf-0.1.0.crate").exists());
+    assert!(!s.reg().join("crates/leaf/leaf-0.1.0+again.crate").exists());
+    // The other version is untouched and a new one is welcome.
+    let (st, _) = support::get_bytes(srv.addr(), "/crates/leaf/leaf-0.1.1.crate").unwrap();
+    assert_eq!(st, 200);
+    publish_ok(&s, "leaf", Some("0.1.2"));
+    let (st, _) = support::get_bytes(srv.addr(), "/crates/leaf/leaf-0.1.0.crate").unwrap();
+    assert_eq!(st, 404);
+    assert!(s.palletizer_ok(&["check"]).contains("consistent"));
+}

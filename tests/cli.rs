@@ -477,3 +477,111 @@ fn names_from_the_command_line_never_reach_the_file_system() {
     }
     assert_eq!(snapshot(s.path()), before);
 }
+
+#[test]
+fn a_deleted_version_cannot_be_added_again() {
+    let s = Sandbox::new();
+    init(&s);
+    let add = |name: &str, vers: &str, extra: &[(&str, &[u8])]| {
+        let p = s.path().join(format!("{name}-{vers}.crate"));
+        fs::write(&p, simple_crate(name, vers, extra)).unwrap();
+        s.palletizer(&["add", p.to_str().unwrap()])
+    };
+    for v in ["1.0.0", "1.1.0"] {
+        assert!(add("abc", v, &[]).status.success());
+    }
+    let out = s.palletizer_ok(&["delete", "abc", "1.0.0"]);
+    assert!(
+        out.contains("Deleted abc 1.0.0") && out.contains("abc 1.0.0 cannot be published again"),
+        "{out}"
+    );
+    let before = snapshot(&s.reg());
+    // Other bytes under the deleted number, and the same release with build metadata.
+    for vers in ["1.0.0", "1.0.0+rebuilt"] {
+        let out = add("abc", vers, &[("fix", b"other bytes")]);
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("crate version `") && err.contains("of `abc` was deleted on"),
+            "{err}"
+        );
+        assert!(err.contains("version numbers cannot be reused"), "{err}");
+        assert!(
+            snapshot(&s.reg()) == before,
+            "a refused add changed the registry"
+        );
+    }
+    assert_eq!(s.palletizer_ok(&["list", "abc"]), "abc 1.1.0\n");
+    assert!(
+        add("abc", "1.2.0", &[]).status.success(),
+        "new versions are fine"
+    );
+    assert!(s.palletizer_ok(&["check"]).contains("consistent"));
+
+    // Deleting every version keeps every number taken, but not the name.
+    let out = s.palletizer_ok(&["delete", "abc"]);
+    assert!(
+        out.contains("abc 1.1.0, 1.2.0 cannot be published again; new versions can"),
+        "{out}"
+    );
+    for (name, vers) in [("abc", "1.1.0"), ("abc", "1.2.0"), ("Abc", "1.2.0")] {
+        let out = add(name, vers, &[]);
+        assert_eq!(out.status.code(), Some(1), "{name} {vers}: {}", show(&out));
+        assert!(show(&out).contains("was deleted"), "{}", show(&out));
+    }
+    assert!(add("abc", "2.0.0", &[]).status.success());
+    assert!(s.palletizer_ok(&["check"]).contains("consistent"));
+    let deleted = fs::read_to_string(s.reg().join("deleted.jsonl")).unwrap();
+    assert_eq!(deleted.lines().count(), 3, "{deleted}");
+    let first: serde_json::Value = serde_json::from_str(deleted.lines().next().unwrap()).unwrap();
+    assert_eq!(first["name"], "abc");
+    assert_eq!(first["vers"], "1.0.0");
+    assert_eq!(
+        first["cksum"].as_str().unwrap(),
+        palletizer::registry::tarball::sha256_hex(&simple_crate("abc", "1.0.0", &[])[..]).unwrap()
+    );
+
+    // Tombstones travel with a backup.
+    let file = s.path().join("reg.backup");
+    s.palletizer_ok(&["backup", file.to_str().unwrap()]);
+    let restored = s.path().join("restored");
+    s.palletizer_ok(&[
+        "restore",
+        file.to_str().unwrap(),
+        restored.to_str().unwrap(),
+    ]);
+    let p = s.path().join("abc-1.1.0.crate");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palletizer"))
+        .arg("-r")
+        .arg(&restored)
+        .args(["add", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was deleted"));
+}
+
+#[test]
+fn check_reports_damaged_tombstones() {
+    let s = Sandbox::new();
+    init(&s);
+    let p = s.path().join("abc-1.0.0.crate");
+    fs::write(&p, simple_crate("abc", "1.0.0", &[])).unwrap();
+    s.palletizer_ok(&["add", p.to_str().unwrap()]);
+    s.palletizer_ok(&["delete", "abc", "1.0.0"]);
+    let file = s.reg().join("deleted.jsonl");
+    let mut text = fs::read(&file).unwrap();
+    text.extend_from_slice(b"{\"name\":\"ab\xff\n");
+    fs::write(&file, text).unwrap();
+    let out = s.palletizer(&["check", "--repair"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("not repaired: deleted.jsonl line(s) 2 cannot be read"),
+        "{text}"
+    );
+    // The readable tombstone still counts.
+    let out = s.palletizer(&["add", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+}

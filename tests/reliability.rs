@@ -516,3 +516,166 @@ fn garbled_state_is_repaired_at_open() {
         .unwrap();
     assert!(!head_has(root, "junk.txt"));
 }
+
+/// A tombstone line as `delete` writes it.
+fn tombstone_line(name: &str, vers: &str) -> String {
+    format!(
+        "{{\"name\":\"{name}\",\"vers\":\"{vers}\",\"cksum\":\"00\",\"deleted\":\"2026-01-01T00:00:00Z\"}}\n"
+    )
+}
+
+fn tombstoned(root: &Path, n: &str, vers: &str) -> bool {
+    let v = palletizer::registry::names::Version::parse(vers).unwrap();
+    palletizer::registry::tombstone::find(root, n, &v)
+        .unwrap()
+        .is_some()
+}
+
+#[test]
+fn a_delete_cut_short_before_its_commit_leaves_the_version_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let reg = init(root);
+    for v in ["1.0.0", "2.0.0"] {
+        reg.publish(None, &simple_crate("dcut", v, &[])[..])
+            .unwrap();
+    }
+    // As a kill after the tombstone was written, before the index file was.
+    let older = tombstone_line("gone", "1.0.0");
+    fs::write(
+        root.join("deleted.jsonl"),
+        format!("{older}{}", tombstone_line("dcut", "1.0.0")),
+    )
+    .unwrap();
+    fs::write(root.join(".pending"), b"dcut\n").unwrap();
+    let reg = Registry::open(root).unwrap();
+    assert_eq!(reg.entries(&name("dcut")).unwrap().len(), 2);
+    assert!(root.join("crates/dcut/dcut-1.0.0.crate").exists());
+    assert_eq!(
+        fs::read_to_string(root.join("deleted.jsonl")).unwrap(),
+        older,
+        "the cut delete's tombstone is dropped, the others kept"
+    );
+    assert!(check::check(&reg).unwrap().is_empty());
+    // And the delete can be made again, whole.
+    assert_eq!(reg.delete(&name("dcut"), Some("1.0.0")).unwrap(), ["1.0.0"]);
+    assert!(tombstoned(root, "dcut", "1.0.0"));
+}
+
+#[test]
+fn a_delete_cut_short_after_its_index_edit_is_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let reg = init(root);
+    for v in ["1.0.0", "2.0.0"] {
+        reg.publish(None, &simple_crate("dfin", v, &[])[..])
+            .unwrap();
+    }
+    // As a kill after the tombstone and the index file were written, before the commit.
+    fs::write(root.join("deleted.jsonl"), tombstone_line("dfin", "1.0.0")).unwrap();
+    let rel = index::index_path(&name("dfin"));
+    let file = root.join("index").join(&rel);
+    let kept: String = fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("\"1.0.0\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&file, kept).unwrap();
+    fs::write(root.join(".pending"), b"dfin\n").unwrap();
+    let reg = Registry::open(root).unwrap();
+    let entries = reg.entries(&name("dfin")).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].vers, "2.0.0");
+    assert!(tombstoned(root, "dfin", "1.0.0"));
+    assert!(!root.join("crates/dfin/dfin-1.0.0.crate").exists());
+    assert!(
+        root.join("orphans/dfin-1.0.0.crate").exists(),
+        "moved aside"
+    );
+    assert!(check::check(&reg).unwrap().is_empty());
+    let err = reg
+        .publish(None, &simple_crate("dfin", "1.0.0", &[])[..])
+        .unwrap_err();
+    assert!(err.to_string().contains("was deleted"), "{err}");
+}
+
+#[test]
+fn a_delete_whose_commit_fails_leaves_no_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let reg = init(root);
+    reg.publish(None, &simple_crate("dfail", "1.0.0", &[])[..])
+        .unwrap();
+    reg.delete(&name("dfail"), Some("1.0.0")).unwrap();
+    reg.publish(None, &simple_crate("dfail", "2.0.0", &[])[..])
+        .unwrap();
+    let before = fs::read(root.join("deleted.jsonl")).unwrap();
+    let lock = root.join("index/.git/refs/heads/master.lock");
+    fs::write(&lock, b"").unwrap();
+    for vers in [Some("2.0.0"), None] {
+        let err = reg.delete(&name("dfail"), vers).unwrap_err();
+        assert!(err.to_string().contains("lock"), "{err}");
+        assert_eq!(fs::read(root.join("deleted.jsonl")).unwrap(), before);
+        assert!(!root.join(".pending").exists());
+        assert!(root.join("crates/dfail/dfail-2.0.0.crate").exists());
+        assert_eq!(reg.entries(&name("dfail")).unwrap().len(), 1);
+    }
+    fs::remove_file(&lock).unwrap();
+    assert!(check::check(&reg).unwrap().is_empty());
+    reg.delete(&name("dfail"), None).unwrap();
+    assert!(tombstoned(root, "dfail", "2.0.0"));
+    assert!(tombstoned(root, "dfail", "1.0.0"));
+}
+
+#[test]
+fn killed_deletes_leave_each_version_whole_or_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let reg = init(root);
+    let mut rng = Rng(0x7e57 | 1);
+    let (mut whole, mut deleted) = (0, 0);
+    for i in 0..16 {
+        let n = format!("kd{i}");
+        for v in ["1.0.0", "2.0.0"] {
+            reg.publish(None, &simple_crate(&n, v, &[])[..]).unwrap();
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_palletizer"))
+            .arg("-r")
+            .arg(root)
+            .args(["delete", &n, "1.0.0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(rng.below(40_000)));
+        // SAFETY: kill(2) on a child this test spawned and has not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        let reg = Registry::open(root).unwrap();
+        let indexed = reg
+            .entries(&name(&n))
+            .unwrap()
+            .iter()
+            .any(|e| e.vers == "1.0.0");
+        let file = root.join(format!("crates/{n}/{n}-1.0.0.crate"));
+        if indexed {
+            assert!(file.exists(), "{n}: in the index without its crate file");
+            assert!(
+                !tombstoned(root, &n, "1.0.0"),
+                "{n}: in the index and deleted"
+            );
+            whole += 1;
+        } else {
+            assert!(!file.exists(), "{n}: crate file left served");
+            assert!(
+                tombstoned(root, &n, "1.0.0"),
+                "{n}: deleted without a tombstone"
+            );
+            deleted += 1;
+        }
+        let problems = check::check(&reg).unwrap();
+        assert!(problems.is_empty(), "{n}: {problems:?}");
+    }
+    eprintln!("killed deletes: {whole} left whole, {deleted} deleted");
+}

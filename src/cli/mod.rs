@@ -29,7 +29,8 @@ commands:
                             YYYY-MM-DDTHH:MM:SSZ, is their original publish time (default: now)
   yank NAME VERSION         mark a version yanked
   unyank NAME VERSION       undo a yank
-  delete NAME [VERSION]     remove one version, or every version, and their crate files
+  delete NAME [VERSION]     remove one version, or every version, and their crate files;
+                            their version numbers can never be published again
   list [NAME]               list crates and versions
   check [--repair]          verify the index against the crate files and git
   squash-index              replace the index's git history with one commit (clients keep
@@ -235,9 +236,22 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
             let a = positional(1..=2, "NAME [VERSION]")?;
             let name = CrateName::parse(&a[0])?;
             let reg = Registry::open(&dir)?;
-            for v in reg.delete(&name, a.get(1).map(String::as_str))? {
+            let gone = reg.delete(&name, a.get(1).map(String::as_str))?;
+            for v in &gone {
                 out!("Deleted {} {v}", a[0]);
             }
+            // Said every time: the numbers stay taken, which surprises whoever meant to
+            // publish the same version again with a fix.
+            out!(
+                "Deleted version numbers are never reused: {} {} cannot be published again{}",
+                a[0],
+                gone.join(", "),
+                if a.len() == 1 {
+                    "; new versions can"
+                } else {
+                    ""
+                }
+            );
         }
         "list" => {
             let a = positional(0..=1, "[NAME]")?;

@@ -45,7 +45,12 @@ const MAX_LONG_NAME: u64 = MAX_PATH as u64 + 1;
 /// Zero blocks allowed after the end of the archive (tar writers pad their last record).
 const MAX_PADDING: u64 = 1 << 20;
 /// The registry's own top-level names: nothing else is read from a backup.
-const TOP_FILES: [&str; 3] = [SETTINGS_FILE, super::auth::AUTH_FILE, search::SEARCH_FILE];
+const TOP_FILES: [&str; 4] = [
+    SETTINGS_FILE,
+    super::auth::AUTH_FILE,
+    search::SEARCH_FILE,
+    super::tombstone::TOMBSTONE_FILE,
+];
 const INDEX: &str = "index";
 const CRATES: &str = "crates";
 const TOP_DIRS: [&str; 3] = [INDEX, CRATES, super::ORPHANS_DIR];

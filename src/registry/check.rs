@@ -2,15 +2,17 @@
 //!
 //! Every index line has its crate file with the same SHA-256; every crate file has a line;
 //! the index working tree and git's index equal the last commit; no git lock file, temp file
-//! or journal is left; `search.jsonl` agrees with the index. The check holds the registry
-//! lock, so a writer at work is never mistaken for a crash.
+//! or journal is left; `search.jsonl` agrees with the index; every tombstone can be read.
+//! Deleted versions (tombstones without index lines or crate files) are what a delete leaves,
+//! not a problem. The check holds the registry lock, so a writer at work is never mistaken
+//! for a crash.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
 
 use super::names::{canonical, CrateName};
-use super::{git, index, search, tarball, Context, IndexEntry, Registry, Result};
+use super::{git, index, search, tarball, tombstone, Context, IndexEntry, Registry, Result};
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,11 @@ pub enum Problem {
     SearchOutOfDate {
         name: String,
     },
+    /// Lines of the tombstone file that cannot be read: those deleted versions could be
+    /// published again.
+    DamagedTombstones {
+        lines: Vec<usize>,
+    },
 }
 
 impl Problem {
@@ -61,6 +68,7 @@ impl Problem {
             Problem::MissingCrateFile { .. }
                 | Problem::ChecksumMismatch { .. }
                 | Problem::InvalidEntry { .. }
+                | Problem::DamagedTombstones { .. }
         )
     }
 }
@@ -106,6 +114,16 @@ impl std::fmt::Display for Problem {
             ),
             Problem::SearchOutOfDate { name } => {
                 write!(f, "search data for {name} disagrees with the index")
+            }
+            Problem::DamagedTombstones { lines } => {
+                let lines: Vec<String> = lines.iter().map(usize::to_string).collect();
+                write!(
+                    f,
+                    "{} line(s) {} cannot be read: the deleted versions they record could be \
+                     published again (mend them by hand)",
+                    tombstone::TOMBSTONE_FILE,
+                    lines.join(", ")
+                )
             }
         }
     }
@@ -188,6 +206,10 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
         problems.push(Problem::UnfinishedWrite);
     }
     problems.extend(search_problems(reg, &crates)?);
+    let (_, damaged) = tombstone::read(reg.root())?;
+    if !damaged.is_empty() {
+        problems.push(Problem::DamagedTombstones { lines: damaged });
+    }
     Ok(problems)
 }
 

@@ -10,6 +10,8 @@
 //! are committed, and for each crate in the journal, crate files without an index line are
 //! moved aside to `orphans/` (never deleted) and the search line is rebuilt.
 //!
+//! A deleted version leaves a tombstone ([`tombstone`]): its number is never published again.
+//!
 //! Crate names enter only as [`CrateName`], which only validation makes.
 //!
 //! This module knows no sockets and no HTTP; the CLI and the server call the same functions.
@@ -27,6 +29,7 @@ pub mod platform;
 pub mod search;
 pub mod settings;
 pub mod tarball;
+pub mod tombstone;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -213,6 +216,54 @@ pub(crate) fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// A file's previous version, kept under a hard link (which needs no data blocks) while the
+/// file is rewritten, so that putting it back works on a full disk too. A crash leaves the
+/// link as a stale temp file, removed at the next open.
+#[must_use = "the previous version is either put back or forgotten"]
+pub(crate) struct Previous {
+    path: PathBuf,
+    link: Option<PathBuf>,
+}
+
+impl Previous {
+    /// Keeps `path` as it is now (it may not exist).
+    pub(crate) fn keep(path: &Path) -> Result<Previous> {
+        let dir = path.parent().expect("registry paths have a parent");
+        let link = temp_path(dir, "old");
+        let link = match fs::hard_link(path, &link) {
+            Ok(()) => Some(link),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).context(|| format!("keeping {}", path.display())),
+        };
+        Ok(Previous {
+            path: path.to_owned(),
+            link,
+        })
+    }
+
+    fn existed(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// The rewrite stands: the previous version goes.
+    pub(crate) fn forget(self) {
+        if let Some(link) = self.link {
+            let _ = fs::remove_file(link);
+        }
+    }
+
+    /// Puts the previous version back (or removes the file when there was none).
+    pub(crate) fn put_back(self) -> io::Result<()> {
+        match self.link {
+            Some(link) => fs::rename(link, &self.path),
+            None => match fs::remove_file(&self.path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        }
+    }
 }
 
 /// An open registry.
@@ -445,11 +496,19 @@ impl Registry {
         Ok(done)
     }
 
-    /// Makes one crate's files agree with its index lines (lock held): crate files without
-    /// a line are moved aside, a search line that disagrees is rebuilt.
+    /// Makes one crate's files agree with its index lines (lock held): tombstones of
+    /// versions in the index are dropped, crate files without a line are moved aside, a
+    /// search line that disagrees is rebuilt.
     pub(crate) fn repair_crate(&self, name: &CrateName) -> Result<Vec<String>> {
         let mut done = Vec::new();
         let entries = self.entries(name)?;
+        let dropped = tombstone::forget_indexed(&self.root, &entries)?;
+        if dropped > 0 {
+            done.push(format!(
+                "dropped {dropped} tombstone(s) of {name} versions still in the index (a \
+                 delete cut short)"
+            ));
+        }
         for orphan in self.orphans_of(name, &entries)? {
             let to = self.move_aside(&orphan)?;
             done.push(format!(
@@ -833,6 +892,17 @@ impl Registry {
                 meta.vers, meta.name, e.vers
             )));
         }
+        if let Some(t) = tombstone::find(&self.root, &name, &version)? {
+            return Err(Error::Conflict(format!(
+                "crate version `{}` of `{}` was deleted on {} (as {} {}), and version numbers \
+                 cannot be reused: caches may still hold the deleted file; publish a new version",
+                meta.vers,
+                meta.name,
+                names::shown(&t.deleted),
+                names::shown(&t.name),
+                names::shown(&t.vers),
+            )));
+        }
         let dest = self.crate_path(&name, &version);
         let dest_dir = dest.parent().expect("crate paths have a parent");
         self.journal(&name)?;
@@ -932,9 +1002,8 @@ impl Registry {
     }
 
     /// Rewrites a crate's index file from `entries` (removing it when empty) and commits.
-    /// Must be called with the lock held. On failure the file is put back as it was: the old
-    /// one is kept under a hard link (which needs no data blocks) until the commit is done,
-    /// so putting it back works on a full disk too.
+    /// Must be called with the lock held. On failure the file is put back as it was (see
+    /// [`Previous`]).
     fn write_index_file(
         &self,
         name: &CrateName,
@@ -943,17 +1012,10 @@ impl Registry {
     ) -> Result<()> {
         let rel = index::index_path(name);
         let path = self.index_dir.join(&rel);
-        let dir = path.parent().expect("index paths have a parent");
-        let backup = if path.exists() {
-            let b = temp_path(dir, "old");
-            fs::hard_link(&path, &b).context(|| format!("keeping {}", path.display()))?;
-            Some(b)
-        } else {
-            None
-        };
+        let previous = Previous::keep(&path)?;
         let result = (|| {
             if entries.is_empty() {
-                if backup.is_some() {
+                if previous.existed() {
                     fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
                 }
             } else {
@@ -962,17 +1024,11 @@ impl Registry {
             git::commit_paths(&self.index_dir, &[&rel], message)?;
             Ok(())
         })();
-        match (&result, backup) {
-            (Ok(()), Some(b)) => {
-                let _ = fs::remove_file(b);
-            }
-            (Ok(()), None) => {}
+        match result {
+            Ok(()) => previous.forget(),
             // Put the file back so the working tree matches the last commit.
-            (Err(_), Some(b)) => {
-                let _ = fs::rename(&b, &path);
-            }
-            (Err(_), None) => {
-                let _ = fs::remove_file(&path);
+            Err(_) => {
+                let _ = previous.put_back();
             }
         }
         result
@@ -1041,8 +1097,10 @@ impl Registry {
         Ok(true)
     }
 
-    /// Removes one version, or every version, of a crate: index lines first (committed), then
-    /// crate files. Returns the versions removed.
+    /// Removes one version, or every version, of a crate: tombstones first (so that the
+    /// version numbers are never used again, see [`tombstone`]), then index lines
+    /// (committed), then crate files. Returns the versions removed. Deleting every version
+    /// frees no version number, but the name stays usable for new versions.
     pub fn delete(&self, name: &CrateName, vers: Option<&str>) -> Result<Vec<String>> {
         let _lock = self.lock()?;
         let (kept, removed): (Vec<IndexEntry>, Vec<IndexEntry>) = match vers {
@@ -1066,10 +1124,22 @@ impl Registry {
         };
         // Journaled by the real spelling: the crate files live under it.
         self.journal(&real)?;
+        let previous = match tombstone::add(&self.root, &removed, index::Pubtime::now().as_str()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.journal_done();
+                return Err(e);
+            }
+        };
         if let Err(e) = self.write_index_file(name, &kept, &message) {
-            self.journal_done();
+            // Not deleted after all: no tombstones. If they cannot be taken back, the
+            // journal stays and its repair drops them (they name versions in the index).
+            if previous.put_back().is_ok() {
+                self.journal_done();
+            }
             return Err(e);
         }
+        previous.forget();
         for e in &removed {
             let crate_path = self.entry_crate_path(e)?;
             let [info, readme] = crateinfo::sidecars(&crate_path);
