@@ -336,7 +336,10 @@ impl Trees {
 /// Open files by relative path, so a request costs an `fstat` instead of a path walk, an
 /// open and a close. Contents are never cached: every response reads the file, and an entry
 /// whose inode was unlinked (replaced by rename, or deleted) is reopened on use. Entries are
-/// also reopened after [`OPEN_FILE_TTL`], in case a directory above them was moved.
+/// also reopened after [`OPEN_FILE_TTL`], in case a directory above them was moved, and
+/// closed once unused for [`OPEN_FILE_IDLE`] (a crawler's walk does not keep descriptors,
+/// about 200 bytes of kernel memory each, open for good): every lookup checks the next slot
+/// in turn, so the sweep costs one comparison and needs no timer.
 ///
 /// When full, a new file takes the slot of one picked at random. Under a working set a
 /// little larger than the cache (cargo resolving a large lockfile, a mirror walking the
@@ -351,14 +354,18 @@ impl Trees {
 /// never asked for. Slots grow by a quarter at a time, never past the cap.
 #[derive(Debug)]
 struct OpenFiles {
+    /// Live slots hold a file and are in `index`; free ones hold none and are in `free`.
     slots: Vec<Slot>,
+    free: Vec<u32>,
     /// A path's hash to its slot. Keyed by the hash, so each path is stored once (in its
     /// slot, which settles a collision).
     index: HashMap<u64, u32, BuildHasherDefault<KeyIsHash>>,
     keys: RandomState,
     cap: usize,
-    /// Origin of the slots' opening times, kept in whole seconds.
+    /// Origin of the slots' times, kept in whole seconds.
     epoch: Instant,
+    /// The next slot the idle sweep looks at.
+    sweep: usize,
     /// xorshift state choosing the slot to replace.
     rng: u64,
 }
@@ -366,10 +373,10 @@ struct OpenFiles {
 #[derive(Debug)]
 struct Slot {
     path: Box<str>,
-    /// None once the file was found gone: the slot waits to be reused.
     file: Option<Arc<File>>,
-    /// Seconds after the cache's epoch the file was opened.
+    /// Seconds after the cache's epoch the file was opened, and last asked for.
     opened: u32,
+    used: u32,
 }
 
 /// The index's keys are already SipHash values; hashing them again would only cost time.
@@ -392,15 +399,19 @@ impl Hasher for KeyIsHash {
 
 /// How long an open file is trusted without a reopen, in seconds.
 const OPEN_FILE_TTL: u32 = 10;
+/// How long an unused file stays open, in seconds (nginx's `open_file_cache inactive`).
+const OPEN_FILE_IDLE: u32 = 60;
 
 impl OpenFiles {
     fn new(cap: usize) -> OpenFiles {
         OpenFiles {
             slots: Vec::new(),
+            free: Vec::new(),
             index: HashMap::default(),
             keys: RandomState::new(),
             cap: cap.min(u32::MAX as usize),
             epoch: Instant::now(),
+            sweep: 0,
             rng: 0x9E37_79B9_7F4A_7C15,
         }
     }
@@ -409,24 +420,54 @@ impl OpenFiles {
         now.saturating_duration_since(self.epoch).as_secs() as u32
     }
 
-    /// The slot holding `rel`, if any.
+    /// The live slot holding `rel`, if any.
     fn find(&self, rel: &str) -> Option<usize> {
         let i = *self.index.get(&self.keys.hash_one(rel))? as usize;
-        (*self.slots[i].path == *rel).then_some(i)
+        let slot = &self.slots[i];
+        (slot.file.is_some() && *slot.path == *rel).then_some(i)
     }
 
-    fn get(&self, rel: &str, now: Instant) -> Option<Arc<File>> {
-        let slot = &self.slots[self.find(rel)?];
-        if self.secs(now).saturating_sub(slot.opened) > OPEN_FILE_TTL {
+    fn get(&mut self, rel: &str, now: Instant) -> Option<Arc<File>> {
+        let now = self.secs(now);
+        self.sweep_one(now);
+        let i = self.find(rel)?;
+        let slot = &mut self.slots[i];
+        if now.saturating_sub(slot.opened) > OPEN_FILE_TTL {
             return None;
         }
+        slot.used = now;
         slot.file.clone()
+    }
+
+    /// Closes the next slot's file if nobody asked for it lately.
+    fn sweep_one(&mut self, now: u32) {
+        if self.slots.is_empty() {
+            return;
+        }
+        self.sweep = (self.sweep + 1) % self.slots.len();
+        let slot = &self.slots[self.sweep];
+        if slot.file.is_some() && now.saturating_sub(slot.used) > OPEN_FILE_IDLE {
+            self.free_slot(self.sweep);
+        }
+    }
+
+    fn free_slot(&mut self, i: usize) {
+        self.unindex(i);
+        self.slots[i].file = None;
+        self.free.push(i as u32);
+    }
+
+    fn unindex(&mut self, i: usize) {
+        let h = self.keys.hash_one(&*self.slots[i].path);
+        if self.index.get(&h) == Some(&(i as u32)) {
+            self.index.remove(&h);
+        }
     }
 
     /// Closes the kept descriptor of `rel` (the file is gone).
     fn remove(&mut self, rel: &str) {
         if let Some(i) = self.find(rel) {
-            self.slots[i].file = None;
+            self.free_slot(i);
         }
     }
 
@@ -434,19 +475,22 @@ impl OpenFiles {
         if self.cap == 0 {
             return;
         }
-        let opened = self.secs(now);
-        // A reopened file keeps its slot.
-        if let Some(i) = self.find(rel) {
-            self.slots[i].file = Some(file);
-            self.slots[i].opened = opened;
-            return;
-        }
+        let now = self.secs(now);
         let slot = Slot {
             path: rel.into(),
             file: Some(file),
-            opened,
+            opened: now,
+            used: now,
         };
-        let i = if self.slots.len() < self.cap {
+        // A reopened file keeps its slot.
+        if let Some(i) = self.find(rel) {
+            self.slots[i] = slot;
+            return;
+        }
+        let i = if let Some(i) = self.free.pop() {
+            self.slots[i as usize] = slot;
+            i as usize
+        } else if self.slots.len() < self.cap {
             if self.slots.len() == self.slots.capacity() {
                 let room = self.cap - self.slots.len();
                 self.slots
@@ -459,10 +503,7 @@ impl OpenFiles {
             self.rng ^= self.rng >> 7;
             self.rng ^= self.rng << 17;
             let i = (self.rng % self.cap as u64) as usize;
-            let old = self.keys.hash_one(&*self.slots[i].path);
-            if self.index.get(&old) == Some(&(i as u32)) {
-                self.index.remove(&old);
-            }
+            self.unindex(i);
             self.slots[i] = slot;
             i
         };
@@ -627,9 +668,37 @@ mod cache_tests {
         fs::remove_file(dir.path().join("a")).unwrap();
         assert_eq!(get(&tree, "a").0, 404);
         assert!(tree.cache.borrow().slots[0].file.is_none());
+        assert!(tree.cache.borrow().index.is_empty());
         fs::write(dir.path().join("a"), "back").unwrap();
         assert_eq!(get(&tree, "a"), (200, b"back".to_vec()));
         assert_eq!(tree.cache.borrow().slots.len(), 1, "the slot is reused");
+    }
+
+    #[test]
+    fn files_nobody_asks_for_are_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::new(dir.path().to_owned(), 100);
+        for i in 0..10 {
+            fs::write(dir.path().join(format!("f{i}")), "x").unwrap();
+            assert_eq!(get(&tree, &format!("f{i}")).0, 200);
+        }
+        fs::write(dir.path().join("hot"), "x").unwrap();
+        let mut cache = tree.cache.borrow_mut();
+        let open = |c: &OpenFiles| c.slots.iter().filter(|s| s.file.is_some()).count();
+        assert_eq!(open(&cache), 10);
+        // Lookups for one file a minute and more later sweep the others out.
+        let later = Instant::now() + Duration::from_secs(u64::from(OPEN_FILE_IDLE) + 2);
+        for _ in 0..10 {
+            assert!(cache.get("hot", later).is_none());
+        }
+        assert_eq!(open(&cache), 0);
+        assert!(cache.index.is_empty());
+        assert_eq!(cache.free.len(), 10);
+        // Freed slots are taken before the slot vector grows.
+        let f = Arc::new(File::open(dir.path().join("hot")).unwrap());
+        cache.insert("hot", f, later);
+        assert_eq!((cache.slots.len(), cache.free.len()), (10, 9));
+        assert!(cache.get("hot", later).is_some());
     }
 
     #[test]
