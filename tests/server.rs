@@ -654,9 +654,26 @@ fn start_repairs_what_a_crash_left() {
     assert!(String::from_utf8_lossy(&r.body).contains("\"yanked\":true"));
 }
 
+/// Starts the server with at most `n` descriptors (soft and hard limit).
+fn limit_descriptors(cmd: &mut std::process::Command, n: libc::rlim_t) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[test]
 fn running_out_of_file_descriptors_is_not_fatal() {
-    use std::os::unix::process::CommandExt;
     let s = Sandbox::new();
     let cfg = s.path().join("server.toml");
     fs::write(
@@ -667,21 +684,7 @@ fn running_out_of_file_descriptors_is_not_fatal() {
         ),
     )
     .unwrap();
-    let srv = s.serve_with(&[cfg.to_str().unwrap()], |cmd| {
-        // SAFETY: setrlimit only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let r = libc::rlimit {
-                    rlim_cur: 24,
-                    rlim_max: 24,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let srv = s.serve_with(&[cfg.to_str().unwrap()], |cmd| limit_descriptors(cmd, 24));
     // Far more clients than descriptors: accept fails with EMFILE.
     let many: Vec<TcpStream> = (0..40).map(|_| connect(srv.addr())).collect();
     let until = Instant::now() + Duration::from_secs(20);
@@ -910,24 +913,9 @@ fn missing_index_and_crate_files_are_404s_caches_must_check_again() {
 
 #[test]
 fn a_low_descriptor_limit_shrinks_the_file_cache_instead_of_starving_sockets() {
-    use std::os::unix::process::CommandExt;
     let s = Sandbox::new();
     let cfg = s.server_config("max-connections = 64");
-    let srv = s.serve_with(&[cfg.to_str().unwrap()], |cmd| {
-        // SAFETY: setrlimit only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let r = libc::rlimit {
-                    rlim_cur: 300,
-                    rlim_max: 300,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let srv = s.serve_with(&[cfg.to_str().unwrap()], |cmd| limit_descriptors(cmd, 300));
     // Hundreds of index files, more than the descriptors left once connections have theirs.
     let dir = s.reg().join("index/ma/ny");
     fs::create_dir_all(&dir).unwrap();
