@@ -115,7 +115,9 @@ impl Limits {
     /// split between the two trees, and never more than `open-files`. A low limit shrinks
     /// the cache, down to nothing, rather than leave a connection without its socket.
     pub fn open_files_within(&self, fd_limit: u64) -> usize {
-        let reserved = 2 * self.max_connections as u64 + FD_RESERVE;
+        let reserved = (self.max_connections as u64)
+            .saturating_mul(2)
+            .saturating_add(FD_RESERVE);
         let per_tree = fd_limit.saturating_sub(reserved) / 2;
         per_tree.min(self.open_files as u64) as usize
     }
