@@ -338,7 +338,7 @@ fn start_palletizer(bin: &str, root: &Path, dir: &Path, port: u16) -> Child {
     fs::write(
         &cfg,
         format!(
-            "registry = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:{port}\"\n[limits]\nmax-connections = 4096\nopen-files = 4096\n",
+            "registry = \"{}\"\n[[listener]]\nbind = \"127.0.0.1:{port}\"\n",
             root.display()
         ),
     )

@@ -654,9 +654,26 @@ fn start_repairs_what_a_crash_left() {
     assert!(String::from_utf8_lossy(&r.body).contains("\"yanked\":true"));
 }
 
+/// Starts the server with at most `n` descriptors (soft and hard limit).
+fn limit_descriptors(cmd: &mut std::process::Command, n: libc::rlim_t) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[test]
 fn running_out_of_file_descriptors_is_not_fatal() {
-    use std::os::unix::process::CommandExt;
     let s = Sandbox::new();
     let cfg = s.path().join("server.toml");
     fs::write(
@@ -667,21 +684,7 @@ fn running_out_of_file_descriptors_is_not_fatal() {
         ),
     )
     .unwrap();
-    let srv = s.serve_with(&[cfg.to_str().unwrap()], |cmd| {
-        // SAFETY: setrlimit only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let r = libc::rlimit {
-                    rlim_cur: 24,
-                    rlim_max: 24,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let srv = s.serve_with(&[cfg.to_str().unwrap()], |cmd| limit_descriptors(cmd, 24));
     // Far more clients than descriptors: accept fails with EMFILE.
     let many: Vec<TcpStream> = (0..40).map(|_| connect(srv.addr())).collect();
     let until = Instant::now() + Duration::from_secs(20);
@@ -818,4 +821,137 @@ fn downloads_are_byte_exact_small_and_across_mmap_windows() {
             .len()
             > 512 * 1024
     );
+}
+
+/// Bytes the process read through `read` and `sendfile` (`rchar` in `/proc/PID/io`): a
+/// file sent with `sendfile` counts, a file sent from a mapping does not.
+fn bytes_read_by(pid: u32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rchar in /proc/{pid}/io: {io}"))
+}
+
+/// Adds a crate file of several MiB (larger than the old 64 KiB `sendfile` threshold and
+/// than several mmap windows); returns its bytes as stored.
+fn add_big_crate(s: &Sandbox, name: &str) -> Vec<u8> {
+    let noise = palletizer::registry::tarball::testing::noise(6 << 20);
+    let p = s.path().join(format!("{name}-1.0.0.crate"));
+    fs::write(&p, simple_crate(name, "1.0.0", &[("blob", &noise)])).unwrap();
+    s.palletizer_ok(&["add", p.to_str().unwrap()]);
+    let bytes = fs::read(s.reg().join(format!("crates/{name}/{name}-1.0.0.crate"))).unwrap();
+    assert!(bytes.len() > 6 << 20);
+    bytes
+}
+
+#[test]
+fn large_crate_files_use_sendfile_on_plain_tcp_and_mmap_over_tls() {
+    let (s, cert, cfg) = tls_sandbox();
+    let srv = s.serve(&[cfg.to_str().unwrap()]);
+    let (tls_addr, plain_addr) = (srv.addrs[0].clone(), srv.addrs[1].clone());
+    let file = add_big_crate(&s, "big");
+    let small = {
+        add_crate(&s, "foo", "1.0.0");
+        fs::read(s.reg().join("crates/foo/foo-1.0.0.crate")).unwrap()
+    };
+    let pid = srv.child.id();
+
+    // Plain TCP, one kept-alive connection: HEAD, then the big file pipelined with a small
+    // one. The client reads late, so the server meets a full socket buffer midway.
+    let mut c = connect(&plain_addr);
+    let mut buf = Vec::new();
+    c.write_all(b"HEAD /crates/big/big-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut c, &mut buf, true);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Length"), Some(&*file.len().to_string()));
+    let before = bytes_read_by(pid);
+    c.write_all(
+        b"GET /crates/big/big-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = read_response(&mut c, &mut buf, false);
+    assert_eq!(r.status, 200);
+    assert!(r.body == file, "the big file arrives byte for byte");
+    let r = read_response(&mut c, &mut buf, false);
+    assert_eq!((r.status, &r.body), (200, &small));
+    let read = bytes_read_by(pid) - before;
+    assert!(
+        read >= (file.len() + small.len()) as u64,
+        "sent with sendfile: the server read {read} bytes for {} of files",
+        file.len() + small.len()
+    );
+
+    // TLS: rustls must see the bytes, so they come from a mapping, not a read.
+    let before = bytes_read_by(pid);
+    let (r, _, _) = tls_get(&tls_addr, &cert, "/crates/big/big-1.0.0.crate");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == file,
+        "the big file arrives byte for byte over TLS"
+    );
+    let read = bytes_read_by(pid) - before;
+    assert!(
+        read < file.len() as u64 / 2,
+        "sent from mmap windows over TLS, yet the server read {read} bytes"
+    );
+}
+
+#[test]
+fn missing_index_and_crate_files_are_404s_caches_must_check_again() {
+    let (_s, srv) = started();
+    for path in ["/index/3/n/nop", "/crates/nop/nop-1.0.0.crate"] {
+        let r = get(srv.addr(), path);
+        assert_eq!(r.status, 404, "{path}");
+        let cc = r.header("Cache-Control").unwrap_or_default();
+        assert!(cc.contains("no-cache"), "{path}: Cache-Control {cc:?}");
+    }
+}
+
+#[test]
+fn a_low_descriptor_limit_shrinks_the_file_cache_instead_of_starving_sockets() {
+    let s = Sandbox::new();
+    let cfg = s.server_config("max-connections = 64");
+    let srv = s.serve_with(&[cfg.to_str().unwrap()], |cmd| limit_descriptors(cmd, 300));
+    // Hundreds of index files, more than the descriptors left once connections have theirs.
+    let dir = s.reg().join("index/ma/ny");
+    fs::create_dir_all(&dir).unwrap();
+    let files = 400;
+    for i in 0..files {
+        fs::write(dir.join(format!("many-{i}")), format!("{i}\n")).unwrap();
+    }
+    // 300 - 2 x 64 - 64 = 108 descriptors for two trees.
+    assert!(
+        srv.log()
+            .iter()
+            .any(|l| l.contains("leave room for 54 open files per tree")),
+        "{:?}",
+        srv.log()
+    );
+    let mut c = connect(srv.addr());
+    let mut buf = Vec::new();
+    for round in 0..2 {
+        for i in 0..files {
+            c.write_all(
+                format!("GET /index/ma/ny/many-{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            )
+            .unwrap();
+            let r = read_response(&mut c, &mut buf, false);
+            assert_eq!(
+                (r.status, r.body),
+                (200, format!("{i}\n").into_bytes()),
+                "file {i}, round {round}"
+            );
+        }
+    }
+    // Every connection the limits allow still gets its socket, and an answer.
+    let mut conns: Vec<TcpStream> = (0..60).map(|_| connect(srv.addr())).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.write_all(format!("GET /index/ma/ny/many-{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(read_response(c, &mut Vec::new(), false).status, 200, "{i}");
+    }
 }

@@ -1,13 +1,15 @@
 //! Static files: index files (read whole; they are small and change) and crate files
-//! (mapped in windows; they never change), with validators and conditional requests.
+//! (sent from the open file; they never change), with validators and conditional requests.
+//! A 404 for either asks caches to check again: the file may be published a moment later.
 //!
 //! Only files inside the served tree are reachable: the path is decoded first and then
 //! refused if it holds `..`, `.`, empty segments, backslashes, NUL or other bytes that no
 //! index or crate path contains, and no symlink is followed.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::{self, File};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -52,13 +54,19 @@ fn open_beneath(tree: &Tree, rel: &str) -> io::Result<(Arc<File>, fs::Metadata)>
             tree.hits.set(tree.hits.get() + 1);
             return Ok((file, meta));
         }
-        cache.remove(rel);
     }
     tree.misses.set(tree.misses.get() + 1);
-    let (file, meta) = open_uncached(tree, rel)?;
-    let file = Arc::new(file);
-    cache.insert(rel, file.clone(), now);
-    Ok((file, meta))
+    match open_uncached(tree, rel) {
+        Ok((file, meta)) => {
+            let file = Arc::new(file);
+            cache.insert(rel, file.clone(), now);
+            Ok((file, meta))
+        }
+        Err(e) => {
+            cache.remove(rel);
+            Err(e)
+        }
+    }
 }
 
 fn open_uncached(tree: &Tree, rel: &str) -> io::Result<(File, fs::Metadata)> {
@@ -183,12 +191,18 @@ impl Caches {
             Caches::ClientOnly => "private, no-cache",
         }
     }
+
+    /// A missing index or crate file may be published a moment later: a cache that kept
+    /// the 404 would hide it, so it must ask again, like for an index file.
+    fn for_missing(self) -> &'static str {
+        self.for_index()
+    }
 }
 
 /// A missing file, a symlink or an escape is a 404. Anything else (out of descriptors, an
 /// I/O error) is the server's trouble: a 503 that cargo retries, never a 404 that would tell
 /// it the crate does not exist.
-fn open_failed(e: io::Error, what: &str) -> Response {
+fn open_failed(e: io::Error, what: &str, caches: Caches) -> Response {
     let missing = e.kind() == io::ErrorKind::NotFound
         || matches!(
             e.raw_os_error(),
@@ -202,28 +216,28 @@ fn open_failed(e: io::Error, what: &str) -> Response {
             )
         );
     if missing {
-        return not_found(what);
+        return not_found(what, caches);
     }
     eprintln!("error: opening a {what}: {e}");
     Response::error(503, "the server cannot open files right now; try again")
         .header("Retry-After", "1")
 }
 
-fn not_found(what: &str) -> Response {
-    Response::error(404, &format!("{what} not found"))
+fn not_found(what: &str, caches: Caches) -> Response {
+    Response::error(404, &format!("{what} not found")).header("Cache-Control", caches.for_missing())
 }
 
 /// Serves a file of the index tree (`config.json` or a crate's file).
 pub fn index_file(index: &Tree, rel: &str, head: &Head, caches: Caches) -> Response {
     if rel.starts_with(".git") || rel.split('/').any(|s| s.starts_with('.')) {
-        return not_found("index file");
+        return not_found("index file", caches);
     }
     let (file, meta) = match open_beneath(index, rel) {
         Ok(opened) => opened,
-        Err(e) => return open_failed(e, "index file"),
+        Err(e) => return open_failed(e, "index file", caches),
     };
     if meta.len() > MAX_INDEX_FILE {
-        return not_found("index file");
+        return not_found("index file", caches);
     }
     let tag = etag(&meta);
     let mtime = modified(&meta);
@@ -248,14 +262,15 @@ pub fn index_file(index: &Tree, rel: &str, head: &Head, caches: Caches) -> Respo
     validators(r, &tag, mtime)
 }
 
-/// Serves a crate file through mmap windows.
+/// Serves a crate file (the connection sends it with `sendfile` on plain TCP, through mmap
+/// windows over TLS).
 pub fn crate_file(crates: &Tree, rel: &str, head: &Head, caches: Caches) -> Response {
     if !rel.ends_with(".crate") || rel.split('/').any(|s| s.starts_with('.')) {
-        return not_found("crate file");
+        return not_found("crate file", caches);
     }
     let (file, meta) = match open_beneath(crates, rel) {
         Ok(opened) => opened,
-        Err(e) => return open_failed(e, "crate file"),
+        Err(e) => return open_failed(e, "crate file", caches),
     };
     let tag = etag(&meta);
     let mtime = modified(&meta);
@@ -320,62 +335,179 @@ impl Trees {
 
 /// Open files by relative path, so a request costs an `fstat` instead of a path walk, an
 /// open and a close. Contents are never cached: every response reads the file, and an entry
-/// whose inode was unlinked (replaced by rename, or deleted) is dropped on use. Entries also
-/// expire after a few seconds, in case a directory above them was moved. First in, first out.
+/// whose inode was unlinked (replaced by rename, or deleted) is reopened on use. Entries are
+/// also reopened after [`OPEN_FILE_TTL`], in case a directory above them was moved, and
+/// closed once unused for [`OPEN_FILE_IDLE`] (a crawler's walk does not keep descriptors,
+/// about 200 bytes of kernel memory each, open for good): every lookup checks the next slot
+/// in turn, so the sweep costs one comparison and needs no timer.
+///
+/// When full, a new file takes the slot of one picked at random. Under a working set a
+/// little larger than the cache (cargo resolving a large lockfile, a mirror walking the
+/// index in order) FIFO and LRU evict each file just before it is asked for again and hit
+/// nothing; random replacement keeps most of the hits, and for files asked for
+/// independently of each other it hits as often as FIFO.
+///
+/// Bookkeeping, 64-bit: per entry a 32-byte slot, the path on the heap (a 32-byte malloc
+/// chunk for paths up to 24 bytes such as `3/f/foo` or `se/rd/serde`, 48 or 64 for a crate
+/// path), the `Arc` around the file (32) and 16 bytes plus a control byte in the index,
+/// which is between 7/16 and 7/8 full: about 130 to 190 bytes per file, nothing for files
+/// never asked for. Slots grow by a quarter at a time, never past the cap.
 #[derive(Debug)]
 struct OpenFiles {
-    map: HashMap<String, (Arc<File>, Instant, u64)>,
-    order: VecDeque<(String, u64)>,
+    /// Live slots hold a file and are in `index`; free ones hold none and are in `free`.
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// A path's hash to its slot. Keyed by the hash, so each path is stored once (in its
+    /// slot, which settles a collision).
+    index: HashMap<u64, u32, BuildHasherDefault<KeyIsHash>>,
+    keys: RandomState,
     cap: usize,
-    next: u64,
+    /// Origin of the slots' times, kept in whole seconds.
+    epoch: Instant,
+    /// The next slot the idle sweep looks at.
+    sweep: usize,
+    /// xorshift state choosing the slot to replace.
+    rng: u64,
 }
 
-/// How long an open file is trusted without a reopen.
-const OPEN_FILE_TTL: Duration = Duration::from_secs(10);
+#[derive(Debug)]
+struct Slot {
+    path: Box<str>,
+    file: Option<Arc<File>>,
+    /// Seconds after the cache's epoch the file was opened, and last asked for.
+    opened: u32,
+    used: u32,
+}
+
+/// The index's keys are already SipHash values; hashing them again would only cost time.
+#[derive(Debug, Default)]
+struct KeyIsHash(u64);
+
+impl Hasher for KeyIsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// How long an open file is trusted without a reopen, in seconds.
+const OPEN_FILE_TTL: u32 = 10;
+/// How long an unused file stays open, in seconds (nginx's `open_file_cache inactive`).
+const OPEN_FILE_IDLE: u32 = 60;
 
 impl OpenFiles {
     fn new(cap: usize) -> OpenFiles {
         OpenFiles {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            cap,
-            next: 0,
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::default(),
+            keys: RandomState::new(),
+            cap: cap.min(u32::MAX as usize),
+            epoch: Instant::now(),
+            sweep: 0,
+            rng: 0x9E37_79B9_7F4A_7C15,
         }
+    }
+
+    fn secs(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch).as_secs() as u32
+    }
+
+    /// The live slot holding `rel`, if any.
+    fn find(&self, rel: &str) -> Option<usize> {
+        let i = *self.index.get(&self.keys.hash_one(rel))? as usize;
+        let slot = &self.slots[i];
+        (slot.file.is_some() && *slot.path == *rel).then_some(i)
     }
 
     fn get(&mut self, rel: &str, now: Instant) -> Option<Arc<File>> {
-        let (file, opened, _) = self.map.get(rel)?;
-        if now.duration_since(*opened) > OPEN_FILE_TTL {
-            self.map.remove(rel);
+        let now = self.secs(now);
+        self.sweep_one(now);
+        let i = self.find(rel)?;
+        let slot = &mut self.slots[i];
+        if now.saturating_sub(slot.opened) > OPEN_FILE_TTL {
             return None;
         }
-        Some(file.clone())
+        slot.used = now;
+        slot.file.clone()
     }
 
+    /// Closes the next slot's file if nobody asked for it lately.
+    fn sweep_one(&mut self, now: u32) {
+        if self.slots.is_empty() {
+            return;
+        }
+        self.sweep = (self.sweep + 1) % self.slots.len();
+        let slot = &self.slots[self.sweep];
+        if slot.file.is_some() && now.saturating_sub(slot.used) > OPEN_FILE_IDLE {
+            self.free_slot(self.sweep);
+        }
+    }
+
+    fn free_slot(&mut self, i: usize) {
+        self.unindex(i);
+        self.slots[i].file = None;
+        self.free.push(i as u32);
+    }
+
+    fn unindex(&mut self, i: usize) {
+        let h = self.keys.hash_one(&*self.slots[i].path);
+        if self.index.get(&h) == Some(&(i as u32)) {
+            self.index.remove(&h);
+        }
+    }
+
+    /// Closes the kept descriptor of `rel` (the file is gone).
     fn remove(&mut self, rel: &str) {
-        self.map.remove(rel);
+        if let Some(i) = self.find(rel) {
+            self.free_slot(i);
+        }
     }
 
     fn insert(&mut self, rel: &str, file: Arc<File>, now: Instant) {
         if self.cap == 0 {
             return;
         }
-        while self.map.len() >= self.cap {
-            let Some((key, generation)) = self.order.pop_front() else {
-                break;
-            };
-            if self.map.get(&key).is_some_and(|e| e.2 == generation) {
-                self.map.remove(&key);
+        let now = self.secs(now);
+        let slot = Slot {
+            path: rel.into(),
+            file: Some(file),
+            opened: now,
+            used: now,
+        };
+        // A reopened file keeps its slot.
+        if let Some(i) = self.find(rel) {
+            self.slots[i] = slot;
+            return;
+        }
+        let i = if let Some(i) = self.free.pop() {
+            self.slots[i as usize] = slot;
+            i as usize
+        } else if self.slots.len() < self.cap {
+            if self.slots.len() == self.slots.capacity() {
+                let room = self.cap - self.slots.len();
+                self.slots
+                    .reserve_exact((self.slots.len() / 4).max(16).min(room));
             }
-        }
-        self.next += 1;
-        self.map.insert(rel.to_owned(), (file, now, self.next));
-        self.order.push_back((rel.to_owned(), self.next));
-        if self.order.len() > 2 * self.cap {
-            let map = &self.map;
-            self.order
-                .retain(|(k, g)| map.get(k).is_some_and(|e| e.2 == *g));
-        }
+            self.slots.push(slot);
+            self.slots.len() - 1
+        } else {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let i = (self.rng % self.cap as u64) as usize;
+            self.unindex(i);
+            self.slots[i] = slot;
+            i
+        };
+        self.index.insert(self.keys.hash_one(rel), i as u32);
     }
 }
 
@@ -416,13 +548,13 @@ mod tests {
     fn open_errors_are_404_only_when_the_file_is_not_there() {
         for errno in [libc::ENOENT, libc::ENOTDIR, libc::ELOOP, libc::EXDEV] {
             assert_eq!(
-                open_failed(io::Error::from_raw_os_error(errno), "x").status,
+                open_failed(io::Error::from_raw_os_error(errno), "x", Caches::Shared).status,
                 404,
                 "{errno}"
             );
         }
         for errno in [libc::EMFILE, libc::ENFILE, libc::EIO, libc::EACCES] {
-            let r = open_failed(io::Error::from_raw_os_error(errno), "x");
+            let r = open_failed(io::Error::from_raw_os_error(errno), "x", Caches::Shared);
             assert_eq!(r.status, 503, "{errno}");
             assert!(r
                 .headers
@@ -501,7 +633,98 @@ mod cache_tests {
                 );
             }
         }
-        assert!(tree.cache.borrow().map.len() <= 4);
-        assert!(tree.cache.borrow().order.len() <= 8);
+        let cache = tree.cache.borrow();
+        assert!(cache.slots.len() <= 4 && cache.index.len() <= 4);
+    }
+
+    /// FIFO (the cache before) hit nothing once the files asked for in turn outnumbered it.
+    #[test]
+    fn a_working_set_larger_than_the_cache_still_hits() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::new(dir.path().to_owned(), 100);
+        for i in 0..120 {
+            fs::write(dir.path().join(format!("f{i}")), format!("{i}")).unwrap();
+        }
+        for _round in 0..20 {
+            for i in 0..120 {
+                assert_eq!(get(&tree, &format!("f{i}")).0, 200);
+            }
+        }
+        let (hits, misses) = tree.cache_stats();
+        assert_eq!(hits + misses, 2400);
+        assert!(hits > 1200, "{hits} hits, {misses} misses");
+        let cache = tree.cache.borrow();
+        assert_eq!(cache.slots.len(), 100);
+        assert!(cache.index.len() <= 100);
+        assert_eq!(cache.slots.iter().filter(|s| s.file.is_some()).count(), 100);
+    }
+
+    #[test]
+    fn a_file_gone_from_the_tree_closes_its_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::new(dir.path().to_owned(), 8);
+        fs::write(dir.path().join("a"), "a").unwrap();
+        assert_eq!(get(&tree, "a").0, 200);
+        fs::remove_file(dir.path().join("a")).unwrap();
+        assert_eq!(get(&tree, "a").0, 404);
+        assert!(tree.cache.borrow().slots[0].file.is_none());
+        assert!(tree.cache.borrow().index.is_empty());
+        fs::write(dir.path().join("a"), "back").unwrap();
+        assert_eq!(get(&tree, "a"), (200, b"back".to_vec()));
+        assert_eq!(tree.cache.borrow().slots.len(), 1, "the slot is reused");
+    }
+
+    #[test]
+    fn files_nobody_asks_for_are_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::new(dir.path().to_owned(), 100);
+        for i in 0..10 {
+            fs::write(dir.path().join(format!("f{i}")), "x").unwrap();
+            assert_eq!(get(&tree, &format!("f{i}")).0, 200);
+        }
+        fs::write(dir.path().join("hot"), "x").unwrap();
+        let mut cache = tree.cache.borrow_mut();
+        let open = |c: &OpenFiles| c.slots.iter().filter(|s| s.file.is_some()).count();
+        assert_eq!(open(&cache), 10);
+        // Lookups for one file a minute and more later sweep the others out.
+        let later = Instant::now() + Duration::from_secs(u64::from(OPEN_FILE_IDLE) + 2);
+        for _ in 0..10 {
+            assert!(cache.get("hot", later).is_none());
+        }
+        assert_eq!(open(&cache), 0);
+        assert!(cache.index.is_empty());
+        assert_eq!(cache.free.len(), 10);
+        // Freed slots are taken before the slot vector grows.
+        let f = Arc::new(File::open(dir.path().join("hot")).unwrap());
+        cache.insert("hot", f, later);
+        assert_eq!((cache.slots.len(), cache.free.len()), (10, 9));
+        assert!(cache.get("hot", later).is_some());
+    }
+
+    #[test]
+    fn a_404_asks_caches_to_check_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::new(dir.path().to_owned(), 8);
+        let h = crate::http::request::parse(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 100)
+            .unwrap()
+            .unwrap();
+        for (caches, want) in [
+            (Caches::Shared, "public, no-cache"),
+            (Caches::ClientOnly, "private, no-cache"),
+        ] {
+            for r in [
+                index_file(&tree, "3/n/nope", &h, caches),
+                crate_file(&tree, "nope/nope-1.0.0.crate", &h, caches),
+            ] {
+                assert_eq!(r.status, 404);
+                assert!(
+                    r.headers
+                        .iter()
+                        .any(|(n, v)| *n == "Cache-Control" && v == want),
+                    "{:?}",
+                    r.headers
+                );
+            }
+        }
     }
 }

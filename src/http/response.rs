@@ -1,5 +1,6 @@
-//! Responses: a pre-rendered head plus a body that is empty, owned bytes, or a crate file
-//! read through mmap windows.
+//! Responses: a pre-rendered head plus a body that is empty, owned bytes, or a crate file.
+//! A crate file goes out with `sendfile` on plain TCP, whatever its size, and through mmap
+//! windows over TLS, where rustls must see the bytes to encrypt them.
 //!
 //! Every response carries `Content-Length` (RFC 9112 6.3: the client needs it to find the
 //! next response on a kept-alive connection), except 1xx, 204 and 304, which have no body.
@@ -14,8 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use memmap2::{Mmap, MmapOptions};
 
-/// Bytes of a crate file mapped at a time: the process's resident set grows by at most
-/// this much per download in flight, whatever the file size.
+/// Bytes of a crate file mapped at a time (over TLS): the process's resident set grows by
+/// at most this much per download in flight, whatever the file size.
 pub const WINDOW: u64 = 256 * 1024;
 
 /// A response body.
@@ -27,12 +28,8 @@ pub enum Body {
     File(FileBody),
 }
 
-/// On plain TCP, files up to this size go out with `sendfile`: mapping, populating and
-/// unmapping them (the unmap also flushes the TLB of the worker thread's core) costs more
-/// than the copy it saves. Larger files, and every file over TLS, go through mmap windows.
-pub const SMALL_FILE: u64 = 64 * 1024;
-
-/// A crate file sent through a sliding mmap window (small files: see [`SMALL_FILE`]).
+/// A crate file: sent with `sendfile` from its open descriptor where the transport takes
+/// bytes unchanged, otherwise through a sliding mmap window (never read into the heap).
 #[derive(Debug)]
 pub struct FileBody {
     file: Arc<File>,
@@ -125,13 +122,12 @@ impl BodyCursor {
         }
     }
 
-    /// For a small file not yet mapped: the file, the offset to send from, and the bytes
-    /// left, for `sendfile` (the caller knows whether its transport allows it).
+    /// For a file body: the file, the offset to send from, and the bytes left, for
+    /// `sendfile` (the caller knows whether its transport allows it). Once a window was
+    /// mapped the body stays on that path.
     pub fn sendfile_source(&self) -> Option<(&File, u64, u64)> {
         match &self.body {
-            Body::File(f) if f.len <= SMALL_FILE && f.window.is_none() => {
-                Some((&f.file, f.pos, f.len - f.pos))
-            }
+            Body::File(f) if f.window.is_none() => Some((&f.file, f.pos, f.len - f.pos)),
             _ => None,
         }
     }

@@ -19,6 +19,7 @@
 //!
 //! [limits]                       # all optional
 //! max-connections = 1024
+//! open-files = 16384             # per tree; fewer if the descriptor limit is low
 //! ```
 //!
 //! Request bodies are bounded by what they are for: a publish by the registry's
@@ -70,6 +71,7 @@ pub struct Limits {
     /// On SIGTERM, time allowed for responses in flight before exiting.
     pub shutdown_grace_ms: u64,
     /// Open files kept per served tree (index, crates); 0 opens every file per request.
+    /// Fewer when the descriptor limit leaves less room: see [`Limits::open_files_within`].
     pub open_files: usize,
     /// Bytes of request bodies spooled to disk at once, over every upload (publishes, git
     /// upload-pack requests); an upload that would pass it is answered 503 before its body
@@ -86,7 +88,7 @@ impl Default for Limits {
             idle_timeout_ms: 60_000,
             io_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
-            open_files: 512,
+            open_files: 16 * 1024,
             max_spool_bytes: 0,
         }
     }
@@ -108,6 +110,18 @@ impl Limits {
         let short = (self.head_timeout_ms / 10).max(1000);
         Duration::from_millis(short.min(self.head_timeout_ms))
     }
+    /// Open files kept per tree when the process may hold `fd_limit` descriptors: what is
+    /// left once every connection has its socket and file and the server its own few,
+    /// split between the two trees, and never more than `open-files`. A low limit shrinks
+    /// the cache, down to nothing, rather than leave a connection without its socket.
+    pub fn open_files_within(&self, fd_limit: u64) -> usize {
+        let reserved = (self.max_connections as u64)
+            .saturating_mul(2)
+            .saturating_add(FD_RESERVE);
+        let per_tree = fd_limit.saturating_sub(reserved) / 2;
+        per_tree.min(self.open_files as u64) as usize
+    }
+
     /// The spool cap for a registry whose largest publish body is `max_upload`.
     pub fn spool_cap(&self, max_upload: u64) -> u64 {
         match self.max_spool_bytes {
@@ -115,6 +129,28 @@ impl Limits {
             n => n,
         }
     }
+}
+
+/// Descriptors kept for the server itself: listeners, epoll, the waker, signals, the
+/// standard streams, and the worker's repository, pack and spool files.
+pub const FD_RESERVE: u64 = 64;
+
+/// The process's soft limit on open descriptors (after the server raised it).
+pub fn fd_soft_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the initialized struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    if r.rlim_cur == libc::RLIM_INFINITY {
+        return u64::MAX;
+    }
+    // rlim_t is 32 bits on 32-bit ARM.
+    #[allow(clippy::useless_conversion)]
+    u64::from(r.rlim_cur)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -145,9 +181,6 @@ impl ServerConfig {
         }
         if c.limits.max_connections == 0 || c.limits.max_head < 1024 {
             return Err("limits: max-connections must be > 0 and max-head at least 1024".into());
-        }
-        if c.limits.open_files > c.limits.max_connections {
-            return Err("limits: open-files must not exceed max-connections".into());
         }
         Ok(c)
     }
@@ -206,6 +239,39 @@ tls = {
         let c = ServerConfig::parse(text, Path::new("/")).unwrap();
         assert!(!c.listeners[0].metrics);
         assert!(c.listeners[1].metrics);
+    }
+
+    #[test]
+    fn the_open_file_cache_fits_the_descriptor_limit() {
+        let l = Limits::default();
+        // What the server asks for at start: 2 x (connections + open files) + 64.
+        let asked = 2 * (l.max_connections + l.open_files) as u64 + FD_RESERVE;
+        assert_eq!(l.open_files_within(asked), l.open_files);
+        assert!(
+            l.open_files >= 10_000,
+            "a 10,000-crate index fits by default"
+        );
+        assert_eq!(l.open_files_within(u64::MAX), l.open_files);
+        // A hard limit of 4096: the rest after 1,024 sockets, 1,024 files in flight and 64.
+        assert_eq!(l.open_files_within(4096), (4096 - 2 * 1024 - 64) / 2);
+        // A hard limit of 1024: connections come first, nothing is cached.
+        assert_eq!(l.open_files_within(1024), 0);
+        let small = Limits {
+            max_connections: 100,
+            open_files: 5000,
+            ..Limits::default()
+        };
+        assert_eq!(small.open_files_within(1024), (1024 - 264) / 2);
+    }
+
+    #[test]
+    fn open_files_may_exceed_max_connections() {
+        let c = ServerConfig::parse(
+            "[[listener]]\nbind='x'\n[limits]\nmax-connections = 64\nopen-files = 20000",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!((c.limits.max_connections, c.limits.open_files), (64, 20000));
     }
 
     #[test]

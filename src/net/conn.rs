@@ -763,9 +763,12 @@ fn upload_failed(e: &io::Error) -> Response {
     }
 }
 
-/// Plain TCP and a small file: the head with `MSG_MORE` (so head and body leave in one
-/// segment), then the file with `sendfile`, without copying it through user space. Returns
-/// the bytes sent, head first, as `write_vectored` would.
+/// Plain TCP and a crate file of any size: the head with `MSG_MORE` (so head and body
+/// leave in one segment), then the file with `sendfile`, from the page cache to the socket
+/// without passing through user space or being mapped (no page tables to build and tear
+/// down, no resident pages). Each call sends what the socket buffer takes; the caller
+/// advances by it and waits for writability on `WouldBlock`, as for `write_vectored`.
+/// Returns the bytes sent, head first.
 fn send_head_then_file(
     sock: &mio::net::TcpStream,
     head: &[u8],

@@ -262,12 +262,17 @@ impl Server {
             recover_in_child(&root)?;
             Registry::open_as_is(&root).map_err(|e| e.to_string())?
         };
+        let fd_limit = config::fd_soft_limit();
+        let cached_files = config.limits.open_files_within(fd_limit);
+        if cached_files < config.limits.open_files {
+            error!("note: {fd_limit} descriptors leave room for {cached_files} open files per tree, not open-files = {}; a higher hard limit (LimitNOFILE) allows more", config.limits.open_files);
+        }
         let mut site = Site::new(
             &registry.settings().url,
             Trees::new(
                 registry.index_dir().to_owned(),
                 registry.crates_dir().to_owned(),
-                config.limits.open_files,
+                cached_files,
             ),
             registry.settings().max_crate_size,
         );
@@ -899,7 +904,14 @@ pub fn serve(
     config_path: Option<PathBuf>,
     create: bool,
 ) -> Result<(), String> {
-    raise_fd_limit(config.limits.max_connections);
+    // 2 x (connections + open files) + 64: a socket and a file being sent per connection,
+    // both trees' caches, the server's own (what Limits::open_files_within counts on).
+    raise_fd_limit(
+        config
+            .limits
+            .max_connections
+            .saturating_add(config.limits.open_files),
+    );
     let mut server = Server::bind(config, config_path, create)?;
     let url = server.url().to_owned();
     if let Some(token) = server.take_first_token() {

@@ -44,7 +44,7 @@ pub trait Stream {
     /// Starts an orderly close (TLS: close_notify, best effort); the peer may still send.
     fn close(&mut self);
     /// The socket, when bytes reach it unchanged (plain TCP): then a short read proves the
-    /// kernel's buffer empty, and small files may go out with `sendfile`.
+    /// kernel's buffer empty, and files may go out with `sendfile`.
     fn plain_socket(&self) -> Option<&TcpStream> {
         None
     }
