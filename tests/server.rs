@@ -421,7 +421,10 @@ fn tls_serves_and_misbehaving_clients_affect_only_themselves() {
 }
 
 /// A kept-alive TLS connection whose client is known to be `cert_pem`'s.
-fn tls_stream(addr: &str, cert_pem: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+fn tls_stream(
+    addr: &str,
+    cert_pem: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let conn = rustls::ClientConnection::new(tls_client(cert_pem), name).unwrap();
     rustls::StreamOwned::new(conn, connect(addr))

@@ -423,7 +423,10 @@ pub fn load_tls(certificate_chain: &Path, private_key: &Path) -> Result<Arc<Serv
 mod tests {
     use super::*;
 
-    fn tls_pair() -> (Box<TlsStream>, rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>) {
+    fn tls_pair() -> (
+        Box<TlsStream>,
+        rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    ) {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("c.pem"), ck.cert.pem()).unwrap();
@@ -503,7 +506,10 @@ mod tests {
                 match t.write_vectored(&[IoSlice::new(&body[sent..])]) {
                     Ok(n) => sent += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        assert!(std::time::Instant::now() < deadline, "client stopped reading");
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "client stopped reading"
+                        );
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
                     Err(e) => panic!("{e}"),
