@@ -102,20 +102,15 @@ fn main() {
     let nginx = Command::new("nginx").arg("-v").output().is_ok();
     // Interleaved: each plain system beside its TLS twin.
     for tls in [false, true] {
-        let (bin, p_root, dir, p_certs) = (
-            server_bin.clone(),
-            root.clone(),
-            work.path().to_owned(),
-            certs.clone(),
-        );
-        systems.push(System {
-            name: name("palletizer", tls),
+        systems.push(palletizer_system(
+            "palletizer",
+            &server_bin,
+            &root,
+            work.path(),
+            &certs,
             tls,
-            memory_only: false,
-            start: Box::new(move |port| {
-                start_palletizer(&bin, &p_root, &dir, port, tls.then_some(&p_certs))
-            }),
-        });
+            false,
+        ));
         if nginx {
             let (root, run, certs) = (
                 root.clone(),
@@ -146,20 +141,15 @@ fn main() {
     }
     if let Ok(bin) = std::env::var("BENCH_BASELINE") {
         for tls in [false, true] {
-            let (bin, root, dir, certs) = (
-                bin.clone(),
-                root.clone(),
-                work.path().to_owned(),
-                certs.clone(),
-            );
-            systems.push(System {
-                name: name("palletizer-baseline", tls),
+            systems.push(palletizer_system(
+                "palletizer-baseline",
+                &bin,
+                &root,
+                work.path(),
+                &certs,
                 tls,
-                memory_only: true,
-                start: Box::new(move |port| {
-                    start_palletizer(&bin, &root, &dir, port, tls.then_some(&certs))
-                }),
-            });
+                true,
+            ));
         }
     }
 
@@ -288,6 +278,32 @@ fn main() {
         "written to {} and the charts bench-throughput.svg, bench-memory.svg beside it",
         out.display()
     );
+}
+
+/// palletizer-server from `bin` with its default limits, over TLS or not.
+fn palletizer_system(
+    base: &str,
+    bin: &str,
+    root: &Path,
+    dir: &Path,
+    certs: &Certs,
+    tls: bool,
+    memory_only: bool,
+) -> System {
+    let (bin, root, dir, certs) = (
+        bin.to_string(),
+        root.to_owned(),
+        dir.to_owned(),
+        certs.clone(),
+    );
+    System {
+        name: name(base, tls),
+        tls,
+        memory_only,
+        start: Box::new(move |port| {
+            start_palletizer(&bin, &root, &dir, port, tls.then_some(&certs))
+        }),
+    }
 }
 
 fn name(base: &str, tls: bool) -> String {
