@@ -420,6 +420,88 @@ fn tls_serves_and_misbehaving_clients_affect_only_themselves() {
     drop(stalled);
 }
 
+/// A kept-alive TLS connection whose client is known to be `cert_pem`'s.
+fn tls_stream(
+    addr: &str,
+    cert_pem: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(tls_client(cert_pem), name).unwrap();
+    rustls::StreamOwned::new(conn, connect(addr))
+}
+
+/// The TLS transport gives its buffers back whenever a connection has nothing in flight;
+/// a connection that served a request and then sat idle must carry the next ones, one at
+/// a time and pipelined.
+#[test]
+fn tls_connection_serves_again_after_idling_with_buffers_released() {
+    let (s, cert, cfg) = tls_sandbox();
+    let srv = s.serve(&[cfg.to_str().unwrap()]);
+    add_crate(&s, "foo", "1.0.0");
+    let mut tls = tls_stream(&srv.addrs[0], &cert);
+    let mut buf = Vec::new();
+    for round in 0..3 {
+        tls.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let r = read_response(&mut tls, &mut buf, false);
+        assert_eq!(r.status, 200, "request {round}");
+        assert!(String::from_utf8_lossy(&r.body).contains("\"vers\":\"1.0.0\""));
+        // Idle between requests, as cargo's connections are.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    tls.write_all(
+        b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\nGET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut tls, &mut buf, false).status, 200);
+    let r = read_response(&mut tls, &mut buf, false);
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("\"dl\""));
+}
+
+/// A response of many TLS records (several plaintext batches, several mmap windows), read
+/// slowly so that the server's socket fills and its encrypted output waits: byte-exact,
+/// twice on one connection, with an index request after it.
+#[test]
+fn tls_large_download_is_byte_exact_with_a_slow_reader() {
+    let (s, cert, cfg) = tls_sandbox();
+    let srv = s.serve(&[cfg.to_str().unwrap()]);
+    let big = s.path().join("big-1.0.0.crate");
+    let blob = palletizer::registry::tarball::testing::noise(3 << 20);
+    fs::write(&big, simple_crate("big", "1.0.0", &[("blob", &blob)])).unwrap();
+    s.palletizer_ok(&["add", big.to_str().unwrap()]);
+    let want = fs::read(s.reg().join("crates/big/big-1.0.0.crate")).unwrap();
+    assert!(want.len() > 2 << 20);
+    let mut tls = tls_stream(&srv.addrs[0], &cert);
+    for round in 0..2 {
+        tls.write_all(b"GET /crates/big/big-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 7001];
+        let mut body_start = None;
+        let mut reads = 0;
+        while body_start.is_none_or(|start| got.len() < start + want.len()) {
+            let n = tls.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed after {} bytes", got.len());
+            got.extend_from_slice(&chunk[..n]);
+            if body_start.is_none() {
+                body_start = got.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+            }
+            reads += 1;
+            if round == 0 && reads % 64 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let start = body_start.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 200"), "round {round}");
+        assert_eq!(got.len(), start + want.len(), "nothing past the body");
+        assert!(got[start..] == want[..], "body differs in round {round}");
+    }
+    tls.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut tls, &mut Vec::new(), false).status, 200);
+}
+
 #[test]
 fn sighup_reloads_the_certificate() {
     let (s, cert, cfg) = tls_sandbox();

@@ -1,21 +1,40 @@
 //! Plain TCP and TLS behind one type, so the HTTP code runs the same over both.
 //!
-//! rustls is driven in its documented order: `read_tls` → `process_new_packets` → read
-//! plaintext; its records go out with `write_tls` whenever it `wants_write`. The handshake
-//! happens inside these calls, so a client stalled mid-handshake only ever yields
-//! `WouldBlock` on its own connection.
+//! TLS uses rustls's unbuffered API: rustls keeps only the session's state (keys, sequence
+//! numbers), and the three byte buffers live here, each allocated only while it holds
+//! bytes. A kept-alive TLS connection between requests then costs the session and no
+//! buffer; with rustls's buffered `ServerConnection` it kept a 4 KiB receive buffer (and
+//! the queues' capacity) for the whole of its idle time.
+//!
+//! The records are driven in rustls's documented order: received ciphertext goes through
+//! `process_tls_records` until it asks for more; handshake records it hands out are queued
+//! and written when the socket takes them; plaintext is encrypted only in the
+//! `WriteTraffic` state. The handshake happens inside `read`, so a client stalled
+//! mid-handshake only ever yields `WouldBlock` on its own connection.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Plaintext bytes queued in rustls before the socket must take some.
+/// Plaintext encrypted per write before the socket must take some.
 const TLS_PLAINTEXT_BATCH: usize = 64 * 1024;
+/// Ciphertext read per system call when nothing is buffered: a request head fits, and
+/// small reads keep the buffer small.
+const TLS_FIRST_READ: usize = 4096;
+/// Ciphertext read per system call while a record is incomplete: one whole record of the largest size a peer may send
+/// (16 KiB of payload plus what TLS 1.2 allows for padding and the tag).
+const TLS_READ: usize = 16 * 1024 + 2048 + 5;
+/// Room reserved per record of output beyond its plaintext (header, tag, content type).
+const RECORD_OVERHEAD: usize = 64;
+/// Largest plaintext in one record.
+const RECORD_PAYLOAD: usize = 16 * 1024;
 
 pub enum Transport {
     Plain(TcpStream),
@@ -24,9 +43,31 @@ pub enum Transport {
 
 pub struct TlsStream {
     sock: TcpStream,
-    conn: ServerConnection,
+    conn: UnbufferedServerConnection,
+    /// Ciphertext read and not yet consumed by rustls: a partial record, or a handshake
+    /// message split over records. Empty (no allocation) between requests.
+    incoming: Vec<u8>,
+    /// Decrypted bytes the caller has not read yet; `plain_pos` is how far it has.
+    plain: Vec<u8>,
+    plain_pos: usize,
+    /// Records (handshake, application data, alerts) the socket has not taken yet;
+    /// `out_pos` is how far it has.
+    outgoing: Vec<u8>,
+    out_pos: usize,
+    /// The peer sent close_notify: reads end after the plaintext before it.
+    peer_closed: bool,
+    /// rustls failed the connection; it stays failed.
+    failed: bool,
     /// The handshake ended in a protocol error (counted for `/metrics`).
     handshake_failed: bool,
+}
+
+/// What one pass over rustls's states may do once application data can be sent.
+#[derive(Clone, Copy)]
+enum Send<'a> {
+    Nothing,
+    Data(&'a [IoSlice<'a>]),
+    CloseNotify,
 }
 
 /// What a connection needs from its byte stream. Plain TCP and TLS implement it; tests
@@ -56,10 +97,17 @@ pub trait Stream {
 
 impl Transport {
     pub fn tls(sock: TcpStream, config: Arc<ServerConfig>) -> io::Result<Transport> {
-        let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
         Ok(Transport::Tls(Box::new(TlsStream {
             sock,
             conn,
+            incoming: Vec::new(),
+            plain: Vec::new(),
+            plain_pos: 0,
+            outgoing: Vec::new(),
+            out_pos: 0,
+            peer_closed: false,
+            failed: false,
             handshake_failed: false,
         })))
     }
@@ -97,13 +145,15 @@ impl Stream for Transport {
     fn has_pending_output(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
-            Transport::Tls(t) => t.conn.wants_write(),
+            Transport::Tls(t) => t.out_pos < t.outgoing.len(),
         }
     }
 
     fn close(&mut self) {
         if let Transport::Tls(t) = self {
-            t.conn.send_close_notify();
+            if !t.failed && !t.conn.is_handshaking() {
+                let _ = t.advance(Send::CloseNotify);
+            }
             let _ = t.flush_tls();
         }
         let _ = self.socket().shutdown(std::net::Shutdown::Write);
@@ -124,70 +174,224 @@ impl Stream for Transport {
 impl TlsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match self.conn.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            if self.plain_pos < self.plain.len() {
+                let n = buf.len().min(self.plain.len() - self.plain_pos);
+                buf[..n].copy_from_slice(&self.plain[self.plain_pos..self.plain_pos + n]);
+                self.plain_pos += n;
+                if self.plain_pos == self.plain.len() {
+                    release(&mut self.plain);
+                    self.plain_pos = 0;
+                }
+                return Ok(n);
             }
-            match self.conn.read_tls(&mut self.sock) {
+            if self.peer_closed {
+                return Ok(0);
+            }
+            if self.failed {
+                return Err(io::ErrorKind::InvalidData.into());
+            }
+            let len = self.incoming.len();
+            let want = if len == 0 { TLS_FIRST_READ } else { TLS_READ };
+            self.incoming.resize(len + want, 0);
+            let got = self.sock.read(&mut self.incoming[len..]);
+            self.incoming.truncate(len + *got.as_ref().unwrap_or(&0));
+            match got {
                 Ok(0) => return Ok(0),
                 Ok(_) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if self.incoming.is_empty() {
+                        release(&mut self.incoming);
+                    }
+                    return Err(e);
+                }
             }
-            if let Err(e) = self.conn.process_new_packets() {
-                self.handshake_failed = self.conn.is_handshaking();
-                // Send the alert rustls queued for the peer before giving up.
-                let _ = self.flush_tls();
+            if let Err(e) = self.advance(Send::Nothing) {
+                self.fail();
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
-            // Handshake messages to send go out now; if the socket is full they wait for
-            // the next writable event.
-            if self.conn.wants_write() {
-                match self.flush_tls() {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
+            // Handshake records go out now; if the socket is full they wait for the next
+            // writable event.
+            match self.flush_tls() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
             }
         }
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if self.conn.wants_write() && !self.flush_tls()? {
-            return Err(io::ErrorKind::WouldBlock.into());
+        if self.failed {
+            return Err(io::ErrorKind::InvalidData.into());
         }
-        let mut taken = 0;
-        for b in bufs {
-            if taken >= TLS_PLAINTEXT_BATCH {
-                break;
+        self.flush_tls()?;
+        let taken = match self.advance(Send::Data(bufs)) {
+            Ok(n) => n,
+            Err(e) => {
+                self.fail();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
-            let part = &b[..b.len().min(TLS_PLAINTEXT_BATCH - taken)];
-            let n = self.conn.writer().write(part)?;
-            taken += n;
-            if n < part.len() {
-                break;
-            }
+        };
+        if taken == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            // Only before the handshake is done, which the connection never asks for.
+            return Err(io::ErrorKind::WouldBlock.into());
         }
         match self.flush_tls() {
             Ok(_) => Ok(taken),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && taken > 0 => Ok(taken),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(taken),
             Err(e) => Err(e),
         }
     }
 
-    /// Writes TLS records until none are left (`Ok(true)`) or the socket is full (`WouldBlock`).
+    /// Writes queued records until none are left (`Ok(true)`, the buffer released) or the
+    /// socket is full (`WouldBlock`).
     fn flush_tls(&mut self) -> io::Result<bool> {
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut self.sock) {
+        while self.out_pos < self.outgoing.len() {
+            match self.sock.write(&self.outgoing[self.out_pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
+                Ok(n) => self.out_pos += n,
                 Err(e) => return Err(e),
             }
         }
+        release(&mut self.outgoing);
+        self.out_pos = 0;
         Ok(true)
+    }
+
+    /// A protocol error: rustls has queued an alert for the peer; send it (best effort)
+    /// and refuse everything after.
+    fn fail(&mut self) {
+        self.handshake_failed = self.conn.is_handshaking();
+        self.failed = true;
+        // The next pass hands out the alert rustls queued, as a record to encode. It must
+        // see no input: rustls would parse the bytes that failed again and queue a second
+        // fatal alert, which it refuses with a panic.
+        release(&mut self.incoming);
+        let _ = self.advance(Send::Nothing);
+        let _ = self.flush_tls();
+    }
+
+    /// Runs rustls over the received ciphertext until it needs more from the peer:
+    /// decrypted data goes to `plain`, records to send to `outgoing`. Once application
+    /// data may be sent, does what `send` asks and returns how many plaintext bytes it
+    /// encrypted.
+    fn advance(&mut self, send: Send<'_>) -> Result<usize, rustls::Error> {
+        let TlsStream {
+            conn,
+            incoming,
+            plain,
+            outgoing,
+            peer_closed,
+            ..
+        } = self;
+        let mut taken = 0;
+        loop {
+            let status = conn.process_tls_records(incoming);
+            let mut discard = status.discard;
+            let mut done = false;
+            match status.state {
+                Err(e) => {
+                    incoming.drain(..discard);
+                    return Err(e);
+                }
+                Ok(ConnectionState::ReadTraffic(mut r)) => {
+                    while let Some(record) = r.next_record() {
+                        let record = record?;
+                        discard += record.discard;
+                        plain.extend_from_slice(record.payload);
+                    }
+                }
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    let start = outgoing.len();
+                    let need = match e.encode(&mut []) {
+                        Err(EncodeError::InsufficientSize(InsufficientSizeError {
+                            required_size,
+                        })) => required_size,
+                        _ => 0,
+                    };
+                    outgoing.resize(start + need, 0);
+                    let n = e.encode(&mut outgoing[start..]).unwrap_or(0);
+                    outgoing.truncate(start + n);
+                }
+                // The records are in `outgoing`, which is ours to send: rustls may go on.
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                Ok(ConnectionState::PeerClosed) => *peer_closed = true,
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    match send {
+                        Send::Nothing => {}
+                        Send::Data(bufs) => taken = encrypt(&mut w, bufs, outgoing)?,
+                        Send::CloseNotify => {
+                            let start = outgoing.len();
+                            outgoing.resize(start + RECORD_OVERHEAD, 0);
+                            let n = w.queue_close_notify(&mut outgoing[start..]).unwrap_or(0);
+                            outgoing.truncate(start + n);
+                        }
+                    }
+                    done = true;
+                }
+                Ok(ConnectionState::Closed) => {
+                    *peer_closed = true;
+                    done = true;
+                }
+                // Early data is not enabled, so anything else means: wait for the peer.
+                Ok(_) => done = true,
+            }
+            incoming.drain(..discard);
+            if done {
+                break;
+            }
+        }
+        if incoming.is_empty() {
+            release(incoming);
+        }
+        Ok(taken)
     }
 }
 
+/// Encrypts up to [`TLS_PLAINTEXT_BATCH`] bytes of `bufs` into `out`; returns how many.
+fn encrypt(
+    w: &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+    bufs: &[IoSlice<'_>],
+    out: &mut Vec<u8>,
+) -> Result<usize, rustls::Error> {
+    let mut taken = 0;
+    for b in bufs {
+        if taken >= TLS_PLAINTEXT_BATCH {
+            break;
+        }
+        let part = &b[..b.len().min(TLS_PLAINTEXT_BATCH - taken)];
+        if part.is_empty() {
+            continue;
+        }
+        let start = out.len();
+        let mut room = part.len() + RECORD_OVERHEAD * (part.len() / RECORD_PAYLOAD + 1);
+        loop {
+            out.resize(start + room, 0);
+            match w.encrypt(part, &mut out[start..]) {
+                Ok(n) => {
+                    out.truncate(start + n);
+                    break;
+                }
+                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                    room = required_size;
+                }
+                // The sequence numbers ran out (2^64 records): the connection must end.
+                Err(EncryptError::EncryptExhausted) => {
+                    out.truncate(start);
+                    return Err(rustls::Error::EncryptError);
+                }
+            }
+        }
+        taken += part.len();
+    }
+    Ok(taken)
+}
+
+/// Gives an emptied buffer's memory back, so an idle connection holds none.
+fn release(buf: &mut Vec<u8>) {
+    if buf.capacity() > 0 {
+        *buf = Vec::new();
+    }
+}
 /// Builds a rustls server config from PEM files: TLS 1.2 and 1.3, ALPN `http/1.1` only
 /// (curl offers h2 too, and this server does not speak it).
 pub fn load_tls(certificate_chain: &Path, private_key: &Path) -> Result<Arc<ServerConfig>, String> {
@@ -213,4 +417,108 @@ pub fn load_tls(certificate_chain: &Path, private_key: &Path) -> Result<Arc<Serv
         .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_pair() -> (
+        Box<TlsStream>,
+        rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    ) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("k.pem"), ck.signing_key.serialize_pem()).unwrap();
+        let server = load_tls(&dir.path().join("c.pem"), &dir.path().join("k.pem")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let (s, _) = listener.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        let Transport::Tls(t) = Transport::tls(TcpStream::from_std(s), server).unwrap() else {
+            unreachable!()
+        };
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        (t, rustls::StreamOwned::new(conn, c))
+    }
+
+    /// Reads plaintext until `want` bytes arrived, as the event loop would: retrying on
+    /// `WouldBlock`, flushing handshake records, bounded in time.
+    fn server_read(t: &mut TlsStream, want: usize) -> Vec<u8> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < want {
+            match t.read(&mut buf) {
+                Ok(0) => panic!("closed"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = t.flush_tls();
+                    assert!(std::time::Instant::now() < deadline, "no request");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got
+    }
+
+    fn holds_no_buffer(t: &TlsStream) -> bool {
+        t.incoming.capacity() == 0 && t.plain.capacity() == 0 && t.outgoing.capacity() == 0
+    }
+
+    /// An idle TLS connection cost 4 KiB of receive buffer in rustls's buffered API, more
+    /// than the rest of it together: between requests nothing must stay allocated here.
+    #[test]
+    fn idle_tls_connection_holds_no_buffer() {
+        let (mut t, mut client) = tls_pair();
+        let client_thread = std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            for i in 0..2 {
+                client
+                    .write_all(format!("request {i}\n").as_bytes())
+                    .unwrap();
+                let mut b = vec![0u8; 100_000];
+                client.read_exact(&mut b).unwrap();
+                answers.push(b);
+            }
+            answers
+        });
+        for i in 0..2u8 {
+            assert_eq!(server_read(&mut t, 10), format!("request {i}\n").as_bytes());
+            assert!(holds_no_buffer(&t), "after reading request {i}");
+            let body = vec![b'a' + i; 100_000];
+            let mut sent = 0;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while sent < body.len() || t.out_pos < t.outgoing.len() {
+                match t.write_vectored(&[IoSlice::new(&body[sent..])]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "client stopped reading"
+                        );
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert!(holds_no_buffer(&t), "after answering request {i}");
+        }
+        let answers = client_thread.join().unwrap();
+        assert!(answers[0].iter().all(|&b| b == b'a'));
+        assert!(answers[1].iter().all(|&b| b == b'b'));
+    }
 }
