@@ -652,7 +652,7 @@ fn crate_page(reg: &Registry, ctx: &Ctx, name: &str, vers: Option<&str>) -> Resp
         .map(crateinfo::load_info)
         .unwrap_or_default();
     let readme = crate_path.as_deref().and_then(stored_readme);
-    let owners: Vec<String> = reg_auth::list_owners(reg, &e.name)
+    let owners: Vec<String> = reg_auth::owners_of_published(reg, &e.name)
         .map(|u| u.into_iter().map(|u| u.name).collect())
         .unwrap_or_default();
     let mut main = String::with_capacity(16 * 1024 + readme.as_ref().map_or(0, String::len));

@@ -675,6 +675,12 @@ fn existing_crate(reg: &Registry, krate: &str) -> Result<String, AuthError> {
 /// The users who manage a published crate (its owners, or the admins when none are recorded).
 pub fn list_owners(reg: &Registry, krate: &str) -> Result<Vec<User>, AuthError> {
     existing_crate(reg, krate)?;
+    owners_of_published(reg, krate)
+}
+
+/// [`list_owners`] for a crate the caller has just read from the index (a crate page), so
+/// without looking for its spelling in the index directories again.
+pub fn owners_of_published(reg: &Registry, krate: &str) -> Result<Vec<User>, AuthError> {
     let data = AuthFile::load(reg)?;
     Ok(data.effective_owners(krate).into_iter().cloned().collect())
 }
