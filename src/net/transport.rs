@@ -13,6 +13,7 @@
 //! mid-handshake only ever yields `WouldBlock` on its own connection.
 
 use std::io::{self, IoSlice, Read, Write};
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ const TLS_FIRST_READ: usize = 4096;
 /// Ciphertext read per system call while a record is incomplete: one whole record of the largest size a peer may send
 /// (16 KiB of payload plus what TLS 1.2 allows for padding and the tag).
 const TLS_READ: usize = 16 * 1024 + 2048 + 5;
+/// Ciphertext a connection may hold before its handshake is done.
+const MAX_HANDSHAKE_BUFFERED: usize = 20 * 1024;
 /// Room reserved per record of output beyond its plaintext (header, tag, content type).
 const RECORD_OVERHEAD: usize = 64;
 /// Largest plaintext in one record.
@@ -191,7 +194,15 @@ impl TlsStream {
                 return Err(io::ErrorKind::InvalidData.into());
             }
             let len = self.incoming.len();
+            if len > MAX_HANDSHAKE_BUFFERED && self.conn.is_handshaking() {
+                // Real ClientHellos are a few KiB; a peer trickling in a 64 KiB one holds
+                // that much of ours per connection until the head timeout.
+                self.fail();
+                return Err(io::ErrorKind::InvalidData.into());
+            }
             let want = if len == 0 { TLS_FIRST_READ } else { TLS_READ };
+            // Exactly what is needed: growing by doubling would hold twice the data.
+            self.incoming.reserve_exact(want);
             self.incoming.resize(len + want, 0);
             let got = self.sock.read(&mut self.incoming[len..]);
             self.incoming.truncate(len + *got.as_ref().unwrap_or(&0));
@@ -257,16 +268,20 @@ impl TlsStream {
         Ok(true)
     }
 
-    /// A protocol error: rustls has queued an alert for the peer; send it (best effort)
-    /// and refuse everything after.
+    /// A protocol error: refuse everything after, and never hand rustls anything again.
+    ///
+    /// rustls queues an alert for the peer, but getting it out means one more pass over
+    /// the input, and every way of making that pass can panic inside rustls: with the
+    /// failing bytes still there it parses them again and refuses to queue a second fatal
+    /// alert; with them gone it slices the empty buffer at the offset of a handshake message
+    /// it had half-read (a 19-byte client stopped the whole server that way). The peer
+    /// learns of the failure when the connection closes; records already queued still go.
     fn fail(&mut self) {
         self.handshake_failed = self.conn.is_handshaking();
         self.failed = true;
-        // The next pass hands out the alert rustls queued, as a record to encode. It must
-        // see no input: rustls would parse the bytes that failed again and queue a second
-        // fatal alert, which it refuses with a panic.
         release(&mut self.incoming);
-        let _ = self.advance(Send::Nothing);
+        release(&mut self.plain);
+        self.plain_pos = 0;
         let _ = self.flush_tls();
     }
 
@@ -275,6 +290,13 @@ impl TlsStream {
     /// data may be sent, does what `send` asks and returns how many plaintext bytes it
     /// encrypted.
     fn advance(&mut self, send: Send<'_>) -> Result<usize, rustls::Error> {
+        // A panic inside rustls (a state its unbuffered API does not expect) must cost this
+        // connection, never the event loop and every other client with it.
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.advance_unguarded(send)))
+            .unwrap_or_else(|_| Err(rustls::Error::General("TLS state machine failed".into())))
+    }
+
+    fn advance_unguarded(&mut self, send: Send<'_>) -> Result<usize, rustls::Error> {
         let TlsStream {
             conn,
             incoming,
@@ -473,6 +495,98 @@ mod tests {
             }
         }
         got
+    }
+
+    /// A server side of TLS and a raw TCP client that can send any bytes.
+    fn tls_and_raw_client() -> (Box<TlsStream>, std::net::TcpStream) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("k.pem"), ck.signing_key.serialize_pem()).unwrap();
+        let server = load_tls(&dir.path().join("c.pem"), &dir.path().join("k.pem")).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        let Transport::Tls(t) = Transport::tls(TcpStream::from_std(s), server).unwrap() else {
+            unreachable!()
+        };
+        (t, c)
+    }
+
+    /// Reads until the stream reports something other than `WouldBlock` (20 s at most).
+    fn read_outcome(t: &mut TlsStream) -> io::Result<usize> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut buf = [0u8; 1024];
+        loop {
+            match t.read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "no outcome");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The start of a ClientHello that announces 256 bytes, then a record of no valid type:
+    /// rustls fails holding half a handshake message, and one more pass over an emptied
+    /// buffer panicked inside it, which stopped the whole server.
+    #[test]
+    fn a_bad_record_after_half_a_handshake_message_fails_the_connection_only() {
+        let (mut t, mut c) = tls_and_raw_client();
+        c.write_all(&[
+            0x16, 0x03, 0x01, 0x00, 0x08, 0x01, 0x00, 0x01, 0x00, 0x03, 0x03, 0, 0,
+        ])
+        .unwrap();
+        let r = read_outcome_or_block(&mut t);
+        assert!(r.is_none(), "half a message is not an error yet: {r:?}");
+        c.write_all(&[0xff, 0x03, 0x03, 0x00, 0x01, 0x00]).unwrap();
+        let e = read_outcome(&mut t).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(t.failed && t.handshake_failed);
+        // Everything after is refused without calling into rustls again.
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            t.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        assert!(t.write_vectored(&[IoSlice::new(b"x")]).is_err());
+        Transport::Tls(t).close();
+    }
+
+    /// Reads once the bytes sent so far have arrived; `None` while it would block.
+    fn read_outcome_or_block(t: &mut TlsStream) -> Option<io::Result<usize>> {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut buf = [0u8; 64];
+        match t.read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            other => Some(other),
+        }
+    }
+
+    /// A peer trickling in a huge ClientHello is cut off past 20 KiB of buffered handshake.
+    #[test]
+    fn a_handshake_larger_than_any_client_hello_is_refused() {
+        let (mut t, mut c) = tls_and_raw_client();
+        // A handshake record header for a 60 KiB ClientHello, then its bytes.
+        let mut hello = vec![
+            0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0xf0, 0x00, 0x03, 0x03,
+        ];
+        hello.resize(5 + 0x4000, 0);
+        let mut outcome = None;
+        for _ in 0..4 {
+            if c.write_all(&hello).is_err() {
+                break;
+            }
+            outcome = read_outcome_or_block(&mut t);
+            if outcome.is_some() {
+                break;
+            }
+        }
+        let e = outcome.expect("refused before 64 KiB").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(t.incoming.capacity(), 0);
     }
 
     fn holds_no_buffer(t: &TlsStream) -> bool {
