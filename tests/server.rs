@@ -412,6 +412,17 @@ fn tls_serves_and_misbehaving_clients_affect_only_themselves() {
     let mut garbage = connect(&tls_addr);
     garbage.write_all(&[0xff; 300]).unwrap();
     assert!(closed(&mut garbage));
+    // Half a ClientHello, then a record of no valid type: rustls failed holding half a
+    // handshake message, and asking it for its alert panicked the whole server.
+    let mut half = connect(&tls_addr);
+    half.write_all(&[
+        0x16, 0x03, 0x01, 0x00, 0x08, 0x01, 0x00, 0x01, 0x00, 0x03, 0x03, 0, 0,
+    ])
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    half.write_all(&[0xff, 0x03, 0x03, 0x00, 0x01, 0x00])
+        .unwrap();
+    assert!(closed(&mut half));
     assert_eq!(
         tls_get(&tls_addr, &cert, "/index/config.json").0.status,
         200
