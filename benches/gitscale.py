@@ -11,7 +11,8 @@ publishes make), written with `git fast-import`, then for each build:
   first (nothing kept) and then the median of the next 5;
 - incremental fetch: one publish, then `git fetch` in an existing clone: server CPU time
   and the request time the server logs for the final upload-pack round;
-- publish under load: a publish's round trip alone, then while 16 `git clone`s run.
+- publish under load: a publish's round trip alone, then while 16 `git clone`s run (the
+  clients at nice 19, standing in for other machines).
 Needs git and 127.0.0.1 only. Prints a Markdown table.
 """
 import gzip, io, json, os, random, re, shutil, socket, struct, subprocess, sys, tarfile
@@ -136,7 +137,10 @@ def measure(binary, size, work, port):
         idle = sorted(publish(srv.addr, f"idleprobe{i}") for i in range(5))[2]
         r["publish idle (ms)"] = idle * 1000
         srv.quiet()
-        procs = [subprocess.Popen(["git", "clone", "-q", f"{srv.url}/index", os.path.join(work, f"busy-{port}-{i}")],
+        # The clients run at the lowest priority: on a real deployment they are other
+        # machines, and here their own work (index-pack) would otherwise take the CPU from
+        # the server and the publish being measured.
+        procs = [subprocess.Popen(["nice", "-n", "19", "git", "clone", "-q", f"{srv.url}/index", os.path.join(work, f"busy-{port}-{i}")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(16)]
         time.sleep(0.3)
         busy = publish(srv.addr, "busyprobe")
