@@ -19,9 +19,12 @@ fn add(s: &Sandbox, name: &str, vers: &str) {
     s.palletizer_ok(&["add", p.to_str().unwrap()]);
 }
 
-#[test]
-fn cargo_resolves_through_the_git_index_and_fetches_incrementally() {
-    let s = Sandbox::new();
+/// A served registry with cargo pointed at its git index, holding `leaf` 0.1.0, `ab` and
+/// `fillers` more crates (one commit each), and the consumer project depending on both.
+fn git_registry_with_consumer(
+    s: &Sandbox,
+    fillers: usize,
+) -> (support::ServerProc, std::path::PathBuf) {
     let srv = s.serve(&[]);
     s.cargo_config(&format!(
         "[registries.local]\nindex = \"{}/index\"\n[net]\nretry = 0\n",
@@ -30,11 +33,17 @@ fn cargo_resolves_through_the_git_index_and_fetches_incrementally() {
     for file in [s.package("leaf", Some("0.1.0")), s.package("ab", None)] {
         s.palletizer_ok(&["add", file.to_str().unwrap()]);
     }
-    // More than 20 commits, so that the next fetch negotiates over several rounds.
-    for i in 0..25 {
-        add(&s, &format!("filler{i}"), "1.0.0");
+    for i in 0..fillers {
+        add(s, &format!("filler{i}"), "1.0.0");
     }
-    let app = s.consumer();
+    (srv, s.consumer())
+}
+
+#[test]
+fn cargo_resolves_through_the_git_index_and_fetches_incrementally() {
+    let s = Sandbox::new();
+    // More than 20 commits, so that the next fetch negotiates over several rounds.
+    let (srv, app) = git_registry_with_consumer(&s, 25);
     let out = s.cargo_ok(&app, &["run", "-q"]);
     assert!(out.contains("leaf 0.1.0 ab"), "{out}");
     let log = srv.log_from_with(0, "POST /index/git-upload-pack 200");
@@ -275,18 +284,7 @@ fn full_clones_are_sent_from_a_kept_answer_that_follows_publishes() {
 #[test]
 fn cargo_keeps_resolving_after_the_index_history_is_squashed() {
     let s = Sandbox::new();
-    let srv = s.serve(&[]);
-    s.cargo_config(&format!(
-        "[registries.local]\nindex = \"{}/index\"\n[net]\nretry = 0\n",
-        srv.url()
-    ));
-    for file in [s.package("leaf", Some("0.1.0")), s.package("ab", None)] {
-        s.palletizer_ok(&["add", file.to_str().unwrap()]);
-    }
-    for i in 0..5 {
-        add(&s, &format!("filler{i}"), "1.0.0");
-    }
-    let app = s.consumer();
+    let (srv, app) = git_registry_with_consumer(&s, 5);
     s.cargo_ok(&app, &["generate-lockfile"]);
     let before = fs::read_to_string(app.join("Cargo.lock")).unwrap();
 
