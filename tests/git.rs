@@ -102,14 +102,7 @@ fn git_cli_clones_and_fetches() {
     add(&s, "foo", "1.0.0");
     let dir = s.path().join("clone");
     let git = |args: &[&str], cwd: &std::path::Path| {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(cwd)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("HOME", s.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}:\n{}", show(&out));
+        git(&s, args, cwd);
     };
     git(
         &[
@@ -247,7 +240,15 @@ fn full_clones_are_sent_from_a_kept_answer_that_follows_publishes() {
     );
 
     // A publish through the server moves HEAD; the answer for the new HEAD is made in the
-    // background and the old one removed.
+    // background and the old one removed, with the temp file a killed writer left (its
+    // process id names no process).
+    fs::write(
+        s.reg()
+            .join(".clone-cache")
+            .join(format!("clone-{head}.4194999.tmp")),
+        b"torn",
+    )
+    .unwrap();
     let body = palletizer::registry::tarball::testing::publish_body(
         &support::meta("bar", "1.0.0", serde_json::json!([])),
         &simple_crate("bar", "1.0.0", &[]),

@@ -339,8 +339,14 @@ fn keep_clone_of(repo: &Repository, dir: &Path, head: Oid) -> Result<File, GitEr
     for entry in fs::read_dir(dir)?.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        // Another process's temp file may be in the middle of being written.
-        if name.starts_with(KEPT_PREFIX) && !name.ends_with(".tmp") && entry.path() != path {
+        // Another process's temp file may be in the middle of being written; one left by a
+        // process that is gone (killed mid-write) is removed.
+        let writer_alive = |name: &str| {
+            name.strip_suffix(".tmp")
+                .and_then(|n| n.rsplit('.').next())
+                .is_some_and(|pid| Path::new("/proc").join(pid).exists())
+        };
+        if name.starts_with(KEPT_PREFIX) && entry.path() != path && !writer_alive(&name) {
             // A response being sent holds its file open: removing it here is safe.
             let _ = fs::remove_file(entry.path());
         }
