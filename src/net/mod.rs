@@ -243,6 +243,11 @@ impl Server {
                 ready: true,
             });
         }
+        // Startup runs in stages whose code never runs again (the config and TLS files, then
+        // the registry and `auth.json`, then the threads): giving each stage's code pages
+        // back before the next makes the startup peak the largest stage, not their sum, and
+        // leaves only the serving code mapped under load.
+        release_code_pages();
         let root = config.registry.clone().unwrap_or_else(|| ".".into());
         let mut first_token = None;
         let registry = if create && !root.join(crate::registry::SETTINGS_FILE).exists() {
@@ -278,6 +283,7 @@ impl Server {
         );
         site.auth = AuthView::load(&root).map_err(|e| e.to_string())?;
         release_freed_memory();
+        release_code_pages();
         match site.access() {
             Access::Open if listeners.iter().any(|l| !l.addr.ip().is_loopback()) => error!(
                 "warning: access is `open`: anyone who reaches {} can publish and yank; \
@@ -447,6 +453,8 @@ impl Server {
         // since (startup counts as the first busy spell).
         let mut idle_since: Option<Instant> = None;
         let mut trimmed = false;
+        // The last stage of startup (see `bind`).
+        release_code_pages();
         loop {
             let now = Instant::now();
             if !self.conns.is_empty() {
