@@ -62,3 +62,58 @@ fn idle_server_kept_the_code_of_past_requests_resident() {
         404
     );
 }
+
+/// One keep-alive request on `c`; the status.
+fn ask(c: &mut std::net::TcpStream, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed");
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if got.len() >= end + 4 + len {
+            return head[9..12].parse().unwrap();
+        }
+    }
+}
+
+/// Resident code while one connection stays open (so the idle trim cannot run) and has
+/// asked for a file and a miss.
+fn serving_text_kib(addr: &str, pid: u32) -> u64 {
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(ask(&mut c, "/index/config.json"), 200);
+    assert_eq!(ask(&mut c, "/index/no/su/nosuch"), 404);
+    text_rss_kib(pid)
+}
+
+#[test]
+fn startup_code_is_not_resident_while_serving() {
+    let sb = Sandbox::new();
+    let server = sb.serve(&[]);
+    let pid = server.child.id();
+    // Right after start: only what serves should be mapped, not the code that parsed the
+    // config, opened the registry and started the threads.
+    let first = serving_text_kib(server.addr(), pid);
+    // Let the idle trim drop everything, then serve the same again: the same code comes
+    // back, and nothing of startup's.
+    let until = Instant::now() + Duration::from_secs(30);
+    while text_rss_kib(pid) + 256 >= first && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let again = serving_text_kib(server.addr(), pid);
+    assert!(
+        first <= again + 256,
+        "serving right after start kept {first} KiB of code resident, {again} KiB later"
+    );
+}
