@@ -119,6 +119,42 @@ fn started() -> (Sandbox, ServerProc) {
     (s, srv)
 }
 
+/// Index files stay open and are used without an `fstat` until a writer releases the
+/// registry's lock: what the CLI writes shows at once, on a kept connection and on new ones,
+/// also after the lock file was removed (the server sets its watch again).
+#[test]
+fn cli_writes_show_at_once_while_files_are_kept_open() {
+    let (s, srv) = started();
+    let mut c = connect(srv.addr());
+    let mut buf = Vec::new();
+    let mut kept = |c: &mut TcpStream| {
+        c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let r = read_response(c, &mut buf, false);
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).unwrap()
+    };
+    let lock = s.reg().join(".palletizer.lock");
+    for minor in 1..4 {
+        // Served, so kept open, before the write.
+        let before = kept(&mut c);
+        assert!(!before.contains(&format!("\"1.{minor}.0\"")), "{before}");
+        if minor == 2 {
+            fs::remove_file(&lock).unwrap();
+        }
+        add_crate(&s, "foo", &format!("1.{minor}.0"));
+        let vers = format!("\"vers\":\"1.{minor}.0\"");
+        let after = kept(&mut c);
+        assert!(after.contains(&vers), "round {minor}: {after}");
+        let fresh = String::from_utf8(get(srv.addr(), "/index/3/f/foo").body).unwrap();
+        assert!(fresh.contains(&vers), "round {minor}: {fresh}");
+    }
+    s.palletizer_ok(&["yank", "foo", "1.3.0"]);
+    let after = kept(&mut c);
+    let line = after.lines().find(|l| l.contains("\"1.3.0\"")).unwrap();
+    assert!(line.contains("\"yanked\":true"), "{line}");
+}
+
 #[test]
 fn keep_alive_pipelining_and_head() {
     let (_s, srv) = started();

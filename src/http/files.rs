@@ -44,23 +44,34 @@ pub fn safe_relative(raw: &str) -> Result<String, u16> {
 
 /// Opens `rel` inside `tree` (through its cache of open files), following no symlink
 /// anywhere below the tree's root.
-fn open_beneath(tree: &Tree, rel: &str) -> io::Result<(Arc<File>, fs::Metadata)> {
+fn open_beneath(tree: &Tree, rel: &str) -> io::Result<(Arc<File>, Stamp)> {
     let now = Instant::now();
     let mut cache = tree.cache.borrow_mut();
-    if let Some(file) = cache.get(rel, now) {
+    let generation = tree.generation.get();
+    if let Some(slot) = cache.get(rel, now) {
+        let file = slot.file.clone().expect("a live slot holds its file");
+        // No write to the registry since this descriptor was last checked.
+        if tree.watched.get() && slot.checked == generation {
+            tree.hits.set(tree.hits.get() + 1);
+            return Ok((file, slot.stamp));
+        }
         let meta = file.metadata()?;
         // Writers replace files by rename: an unlinked inode is a stale entry.
         if meta.nlink() > 0 && meta.is_file() {
+            // Rewritten in place (by hand: the registry never does): the new length.
+            slot.stamp = Stamp::of(&meta);
+            slot.checked = generation;
             tree.hits.set(tree.hits.get() + 1);
-            return Ok((file, meta));
+            return Ok((file, slot.stamp));
         }
     }
     tree.misses.set(tree.misses.get() + 1);
     match open_uncached(tree, rel) {
         Ok((file, meta)) => {
             let file = Arc::new(file);
-            cache.insert(rel, file.clone(), now);
-            Ok((file, meta))
+            let stamp = Stamp::of(&meta);
+            cache.insert(rel, file.clone(), stamp, generation, now);
+            Ok((file, stamp))
         }
         Err(e) => {
             cache.remove(rel);
@@ -126,20 +137,39 @@ fn open_checked(base: &Path, rel: &str) -> io::Result<File> {
         .open(&path)
 }
 
+/// What a response tells of a file: its length and validators. Read once, when the file is
+/// opened: files are replaced by rename, never rewritten in place, so an inode's bytes and
+/// times stay as they were.
+#[derive(Debug, Clone, Copy)]
+struct Stamp {
+    len: u64,
+    ino: u64,
+    mtime: i64,
+    mtime_nsec: u32,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        Stamp {
+            len: meta.size(),
+            ino: meta.ino(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+        }
+    }
+}
+
 /// A strong validator from the inode, size and modification time: every write to the
 /// registry renames a new file into place, so any change of bytes changes the inode.
-fn etag(meta: &fs::Metadata) -> String {
+fn etag(stamp: &Stamp) -> String {
     format!(
         "\"{:x}-{:x}-{:x}{:09}\"",
-        meta.ino(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec()
+        stamp.ino, stamp.len, stamp.mtime, stamp.mtime_nsec
     )
 }
 
-fn modified(meta: &fs::Metadata) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(meta.mtime().max(0) as u64)
+fn modified(stamp: &Stamp) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(stamp.mtime.max(0) as u64)
 }
 
 /// RFC 9110 13.1.2/13.1.3: If-None-Match wins over If-Modified-Since; a 304 only for a
@@ -232,34 +262,59 @@ pub fn index_file(index: &Tree, rel: &str, head: &Head, caches: Caches) -> Respo
     if rel.starts_with(".git") || rel.split('/').any(|s| s.starts_with('.')) {
         return not_found("index file", caches);
     }
-    let (file, meta) = match open_beneath(index, rel) {
-        Ok(opened) => opened,
-        Err(e) => return open_failed(e, "index file", caches),
-    };
-    if meta.len() > MAX_INDEX_FILE {
-        return not_found("index file", caches);
-    }
-    let tag = etag(&meta);
-    let mtime = modified(&meta);
     let content_type = if rel == "config.json" {
         "application/json"
     } else {
         "text/plain; charset=utf-8"
     };
-    if not_modified(head, &tag, mtime) {
-        return validators(Response::new(304), &tag, mtime)
-            .header("Cache-Control", caches.for_index());
+    // A file rewritten in place by hand (the registry only renames new files into place)
+    // reads short, or long by the one byte more than its length that is asked for: it is
+    // then checked again at once, instead of being served cut or with the old validators.
+    for attempt in 0..2 {
+        let (file, meta) = match open_beneath(index, rel) {
+            Ok(opened) => opened,
+            Err(e) => return open_failed(e, "index file", caches),
+        };
+        if meta.len > MAX_INDEX_FILE {
+            return not_found("index file", caches);
+        }
+        let tag = etag(&meta);
+        let mtime = modified(&meta);
+        if not_modified(head, &tag, mtime) {
+            return validators(Response::new(304), &tag, mtime)
+                .header("Cache-Control", caches.for_index());
+        }
+        let mut bytes = vec![0; meta.len as usize + 1];
+        match read_full_at(&file, &mut bytes, meta.len) {
+            Ok(n) if n as u64 == meta.len => {
+                bytes.truncate(n);
+                let r = Response::new(200)
+                    .header("Content-Type", content_type)
+                    .header("Cache-Control", caches.for_index())
+                    .body(Body::Bytes(bytes));
+                return validators(r, &tag, mtime);
+            }
+            Ok(_) if attempt == 0 => index.recheck(rel),
+            _ => break,
+        }
     }
-    // Files are replaced by rename, never rewritten in place: the open file keeps its length.
-    let mut bytes = vec![0; meta.len() as usize];
-    if file.read_exact_at(&mut bytes, 0).is_err() {
-        return Response::error(500, "could not read the index file");
+    Response::error(500, "could not read the index file")
+}
+
+/// Reads from the start of `file` into `buf` (one byte longer than the file should be)
+/// until at least `len` bytes came or the file ended; how many came. One `pread` when the
+/// file is as long as it should be.
+fn read_full_at(file: &File, buf: &mut [u8], len: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while (n as u64) < len {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-    let r = Response::new(200)
-        .header("Content-Type", content_type)
-        .header("Cache-Control", caches.for_index())
-        .body(Body::Bytes(bytes));
-    validators(r, &tag, mtime)
+    Ok(n)
 }
 
 /// Serves a crate file (the connection sends it with `sendfile` on plain TCP, through mmap
@@ -278,7 +333,7 @@ pub fn crate_file(crates: &Tree, rel: &str, head: &Head, caches: Caches) -> Resp
         return validators(Response::new(304), &tag, mtime)
             .header("Cache-Control", caches.for_crate());
     }
-    let body = Body::File(FileBody::new(file, meta.len()));
+    let body = Body::File(FileBody::new(file, meta.len));
     let r = Response::new(200)
         .header("Content-Type", "application/gzip")
         .header("Cache-Control", caches.for_crate())
@@ -296,6 +351,11 @@ pub struct Tree {
     /// `/metrics`).
     hits: Cell<u64>,
     misses: Cell<u64>,
+    /// Counts the registry's writes that were noticed ([`Trees::written`]); a kept
+    /// descriptor checked at the current count is used as it is.
+    generation: Cell<u32>,
+    /// Writes are noticed: without that, every use of a kept descriptor checks it.
+    watched: Cell<bool>,
 }
 
 impl Tree {
@@ -307,6 +367,22 @@ impl Tree {
             cache: RefCell::new(OpenFiles::new(cached_files)),
             hits: Cell::new(0),
             misses: Cell::new(0),
+            generation: Cell::new(0),
+            watched: Cell::new(false),
+        }
+    }
+
+    /// See [`Trees::written`].
+    fn written(&self, watching: bool) {
+        self.generation.set(self.generation.get().wrapping_add(1));
+        self.watched.set(watching);
+    }
+
+    /// Makes the next use of `rel`'s kept descriptor check it (one `fstat`).
+    fn recheck(&self, rel: &str) {
+        let mut cache = self.cache.borrow_mut();
+        if let Some(i) = cache.find(rel) {
+            cache.slots[i].checked = self.generation.get().wrapping_sub(1);
         }
     }
 
@@ -331,11 +407,20 @@ impl Trees {
             crates: Tree::new(crates_dir, cached_files),
         }
     }
+
+    /// The registry was written (or may have been): every kept descriptor is checked again
+    /// (one `fstat`) on its next use. `watching`: whether the next writes will be noticed
+    /// too; until they are, every use checks.
+    pub fn written(&self, watching: bool) {
+        self.index.written(watching);
+        self.crates.written(watching);
+    }
 }
 
-/// Open files by relative path, so a request costs an `fstat` instead of a path walk, an
-/// open and a close. Contents are never cached: every response reads the file, and an entry
-/// whose inode was unlinked (replaced by rename, or deleted) is reopened on use. Entries are
+/// Open files by relative path, so a request costs no path walk, open or close, and while
+/// no write to the registry was noticed since a file was last checked ([`Trees::written`]),
+/// no `fstat` either. Contents are never cached: every response reads the file, and an
+/// entry whose inode was unlinked (replaced by rename, or deleted) is reopened on use. Entries are
 /// also reopened after [`OPEN_FILE_TTL`], in case a directory above them was moved, and
 /// closed once unused for [`OPEN_FILE_IDLE`] (a crawler's walk does not keep descriptors,
 /// about 200 bytes of kernel memory each, open for good): every lookup checks the next slot
@@ -347,11 +432,12 @@ impl Trees {
 /// nothing; random replacement keeps most of the hits, and for files asked for
 /// independently of each other it hits as often as FIFO.
 ///
-/// Bookkeeping, 64-bit: per entry a 32-byte slot, the path on the heap (a 32-byte malloc
-/// chunk for paths up to 24 bytes such as `3/f/foo` or `se/rd/serde`, 48 or 64 for a crate
-/// path), the `Arc` around the file (32) and 16 bytes plus a control byte in the index,
-/// which is between 7/16 and 7/8 full: about 130 to 190 bytes per file, nothing for files
-/// never asked for. Slots grow by a quarter at a time, never past the cap.
+/// Bookkeeping, 64-bit: per entry a 72-byte slot (with the file's length and validators),
+/// the path on the heap (a 32-byte malloc chunk for paths up to 24 bytes such as `3/f/foo`
+/// or `se/rd/serde`, 48 or 64 for a crate path), the `Arc` around the file (32) and 16
+/// bytes plus a control byte in the index, which is between 7/16 and 7/8 full: about 170
+/// to 230 bytes per file, nothing for files never asked for. Slots grow by a quarter at a
+/// time, never past the cap.
 #[derive(Debug)]
 struct OpenFiles {
     /// Live slots hold a file and are in `index`; free ones hold none and are in `free`.
@@ -370,6 +456,8 @@ struct OpenFiles {
     rng: u64,
 }
 
+const _: () = assert!(std::mem::size_of::<Slot>() <= 72);
+
 #[derive(Debug)]
 struct Slot {
     path: Box<str>,
@@ -377,6 +465,9 @@ struct Slot {
     /// Seconds after the cache's epoch the file was opened, and last asked for.
     opened: u32,
     used: u32,
+    /// The tree's write count when the file was last known to be the one at `path`.
+    checked: u32,
+    stamp: Stamp,
 }
 
 /// The index's keys are already SipHash values; hashing them again would only cost time.
@@ -427,7 +518,8 @@ impl OpenFiles {
         (slot.file.is_some() && *slot.path == *rel).then_some(i)
     }
 
-    fn get(&mut self, rel: &str, now: Instant) -> Option<Arc<File>> {
+    /// The live slot of `rel`, unless opened more than [`OPEN_FILE_TTL`] ago.
+    fn get(&mut self, rel: &str, now: Instant) -> Option<&mut Slot> {
         let now = self.secs(now);
         self.sweep_one(now);
         let i = self.find(rel)?;
@@ -436,7 +528,7 @@ impl OpenFiles {
             return None;
         }
         slot.used = now;
-        slot.file.clone()
+        Some(slot)
     }
 
     /// Closes the next slot's file if nobody asked for it lately.
@@ -471,7 +563,7 @@ impl OpenFiles {
         }
     }
 
-    fn insert(&mut self, rel: &str, file: Arc<File>, now: Instant) {
+    fn insert(&mut self, rel: &str, file: Arc<File>, stamp: Stamp, checked: u32, now: Instant) {
         if self.cap == 0 {
             return;
         }
@@ -481,6 +573,8 @@ impl OpenFiles {
             file: Some(file),
             opened: now,
             used: now,
+            checked,
+            stamp,
         };
         // A reopened file keeps its slot.
         if let Some(i) = self.find(rel) {
@@ -637,6 +731,42 @@ mod cache_tests {
         assert!(cache.slots.len() <= 4 && cache.index.len() <= 4);
     }
 
+    /// Once writes are noticed, a kept descriptor is used without a check until the next
+    /// write; a file changed in place by hand is still never served cut.
+    #[test]
+    fn noticed_writes_decide_when_kept_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("foo");
+        let replace = |text: &str| {
+            let tmp = dir.path().join(".tmp");
+            fs::write(&tmp, text).unwrap();
+            fs::rename(&tmp, &file).unwrap();
+        };
+        fs::write(&file, "one\n").unwrap();
+        let tree = Tree::new(dir.path().to_owned(), 4);
+        tree.written(true);
+        assert_eq!(get(&tree, "foo"), (200, b"one\n".to_vec()));
+        // A rename nobody announced: the kept descriptor is trusted (no fstat was made).
+        replace("two\n");
+        assert_eq!(get(&tree, "foo"), (200, b"one\n".to_vec()));
+        // The writer released the lock: checked again, the new file is opened.
+        tree.written(true);
+        assert_eq!(get(&tree, "foo"), (200, b"two\n".to_vec()));
+        // Rewritten in place, longer or shorter: read again at once, never cut.
+        fs::write(&file, "three, longer\n").unwrap();
+        assert_eq!(get(&tree, "foo"), (200, b"three, longer\n".to_vec()));
+        fs::write(&file, "4\n").unwrap();
+        assert_eq!(get(&tree, "foo"), (200, b"4\n".to_vec()));
+        // Writes no longer noticed (the watch was lost): every use checks.
+        tree.written(false);
+        replace("five\n");
+        assert_eq!(get(&tree, "foo"), (200, b"five\n".to_vec()));
+        replace("six\n");
+        assert_eq!(get(&tree, "foo"), (200, b"six\n".to_vec()));
+        let (hits, misses) = tree.cache_stats();
+        assert_eq!((hits, misses), (5, 4), "opened for one, two, five and six");
+    }
+
     /// FIFO (the cache before) hit nothing once the files asked for in turn outnumbered it.
     #[test]
     fn a_working_set_larger_than_the_cache_still_hits() {
@@ -696,7 +826,8 @@ mod cache_tests {
         assert_eq!(cache.free.len(), 10);
         // Freed slots are taken before the slot vector grows.
         let f = Arc::new(File::open(dir.path().join("hot")).unwrap());
-        cache.insert("hot", f, later);
+        let stamp = Stamp::of(&f.metadata().unwrap());
+        cache.insert("hot", f, stamp, 0, later);
         assert_eq!((cache.slots.len(), cache.free.len()), (10, 9));
         assert!(cache.get("hot", later).is_some());
     }

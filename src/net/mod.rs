@@ -17,6 +17,7 @@
 //! reused slot never receives an event meant for its previous connection (accepting, which
 //! may reclaim slots, runs after the batch); the loop never blocks on anything but `poll`.
 
+mod changes;
 pub mod config;
 pub mod conn;
 pub mod metrics;
@@ -47,6 +48,7 @@ use transport::{Stream, Transport};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
 const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+const CHANGES_TOKEN: Token = Token(usize::MAX - 2);
 const FIRST_LISTENER: usize = usize::MAX - 64;
 /// Accepts per listener and turn of the loop before other work gets a turn.
 const ACCEPT_BUDGET: usize = 64;
@@ -194,10 +196,13 @@ pub struct Server {
     auth_broken: Option<auth::Stamp>,
     /// When the tokens' "last used" times are next handed to the worker.
     next_use_flush: Instant,
+    /// Writes to the registry, noticed as they finish (see [`changes`]).
+    changes: changes::Changes,
 }
 
-/// How often the access control files are checked for changes: a token revoked with the
-/// CLI stops working within this (two `stat` calls per check, none per request).
+/// How often the access control files are checked for changes (two `stat` calls per check,
+/// none per request). A token revoked with the CLI stops working at once when the server
+/// notices the CLI's write lock being released (see [`changes`]), within this otherwise.
 const AUTH_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How long the connection table must stay empty (after startup, after the last connection)
 /// before the code pages that ran are given back (see [`release_code_pages`]). Clients
@@ -282,6 +287,9 @@ impl Server {
             registry.settings().max_crate_size,
         );
         site.auth = AuthView::load(&root).map_err(|e| e.to_string())?;
+        let changes =
+            changes::Changes::watch(&registry.lock_path(), poll.registry(), CHANGES_TOKEN);
+        site.trees.written(changes.watching());
         release_freed_memory();
         release_code_pages();
         match site.access() {
@@ -338,6 +346,7 @@ impl Server {
             first_token,
             auth_broken: None,
             next_use_flush: Instant::now() + TOKEN_USE_FLUSH_EVERY,
+            changes,
         })
     }
 
@@ -381,6 +390,21 @@ impl Server {
         self.first_token.take()
     }
 
+    /// A writer released the registry's lock: kept files are checked again on their next
+    /// use, and the access control files now (a token revoked with the CLI stops working
+    /// at once).
+    fn on_changes(&mut self) {
+        match self.changes.drain() {
+            changes::Seen::Nothing => return,
+            changes::Seen::Written => {}
+            changes::Seen::Lost => {
+                self.changes.retry();
+            }
+        }
+        self.shared.site.trees.written(self.changes.watching());
+        self.next_auth_check = Instant::now();
+    }
+
     /// Reloads the access control view when its files changed. A file that does not parse
     /// keeps the old view (and is reported once per change).
     fn check_auth(&mut self, now: Instant) {
@@ -392,6 +416,9 @@ impl Server {
             return;
         }
         self.next_auth_check = now + AUTH_CHECK_EVERY;
+        if !self.changes.watching() && self.changes.retry() {
+            self.shared.site.trees.written(true);
+        }
         let stamp = auth::Stamp::current(&self.root);
         if stamp == self.shared.site.auth.stamp() || Some(stamp) == self.auth_broken {
             return;
@@ -485,8 +512,12 @@ impl Server {
                 }
                 return Err(format!("poll: {e}"));
             }
-            // Before any request is looked at: a request after an idle spell must meet the
-            // current tokens, not those of the last check.
+            // Before any request is looked at: a request sent after a writer finished must
+            // see its files, and a request after an idle spell must meet the current
+            // tokens, not those of the last check.
+            if events.iter().any(|e| e.token() == CHANGES_TOKEN) {
+                self.on_changes();
+            }
             self.check_auth(Instant::now());
             for key in std::mem::take(&mut again) {
                 self.drive(key, &mut again, &mut closed);
@@ -494,6 +525,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => self.on_signals(),
+                    CHANGES_TOKEN => {}
                     WAKER_TOKEN => {
                         while let Ok(d) = self.done.try_recv() {
                             let Some(conn) = self.conns.get_mut(d.key) else {

@@ -678,8 +678,14 @@ impl Registry {
         &self.crates_dir
     }
 
+    /// The file every writer locks while it writes (and closes after: the server watches
+    /// for that close).
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join(LOCK_FILE)
+    }
+
     fn lock(&self) -> Result<WriteLock> {
-        let path = self.root.join(LOCK_FILE);
+        let path = self.lock_path();
         let f = File::options()
             .create(true)
             .truncate(false)
