@@ -298,6 +298,11 @@ fn cargo_keeps_resolving_after_the_index_history_is_squashed() {
     );
     git(&s, &["fsck", "--strict", "--no-dangling"], &index);
     assert!(s.palletizer_ok(&["check"]).contains("consistent"));
+    // The home page's newest crates come from the history: the squash commit names them.
+    let (status, home) = support::get_bytes(srv.addr(), "/").unwrap();
+    let home = String::from_utf8_lossy(&home);
+    assert_eq!(status, 200);
+    assert!(home.contains("/crates/leaf\""), "{home}");
 
     // The same lockfile from the squashed history (libgit2, with the old history cached).
     fs::remove_file(app.join("Cargo.lock")).unwrap();

@@ -172,9 +172,15 @@ pub fn staged(dir: &Path) -> Result<Vec<String>, git2::Error> {
     staged_paths(&Repository::open(dir)?)
 }
 
+/// How many of the newest crates a squashed history remembers (see [`squash`]).
+const SQUASH_REMEMBERS: usize = 50;
+/// The line of a squash commit's message that names the newest crates before it.
+const NEWEST_LINE: &str = "Newest: ";
+
 /// The crates of the newest "Add NAME VERS" commits, newest first, each once (by canonical
 /// name), at most `names` of them, looking at no more than `commits` commits: what was
-/// published last, read from the history instead of the file system.
+/// published last, read from the history instead of the file system. A squash commit
+/// carries the list as it was before the squash.
 pub fn recently_added(
     dir: &Path,
     names: usize,
@@ -186,20 +192,23 @@ pub fn recently_added(
     let mut out: Vec<String> = Vec::with_capacity(names);
     for oid in walk.take(commits) {
         let commit = repo.find_commit(oid?)?;
-        let Some(name) = commit
-            .summary()
-            .ok()
-            .flatten()
-            .and_then(|s| s.strip_prefix("Add "))
-            .and_then(|rest| rest.split(' ').next())
-        else {
-            continue;
-        };
-        let key = super::names::canonical(name);
-        if !out.iter().any(|n| super::names::canonical(n) == key) {
-            out.push(name.to_owned());
-            if out.len() == names {
-                break;
+        let message = commit.message().unwrap_or("");
+        let added = message
+            .strip_prefix("Add ")
+            .and_then(|rest| rest.split([' ', '\n']).next())
+            .into_iter();
+        let remembered = message
+            .lines()
+            .find_map(|l| l.strip_prefix(NEWEST_LINE))
+            .into_iter()
+            .flat_map(|l| l.split(' '));
+        for name in added.chain(remembered) {
+            let key = super::names::canonical(name);
+            if !name.is_empty() && !out.iter().any(|n| super::names::canonical(n) == key) {
+                out.push(name.to_owned());
+                if out.len() == names {
+                    return Ok(out);
+                }
             }
         }
     }
@@ -479,6 +488,15 @@ fn pack_count(repo: &Repository) -> io::Result<usize> {
 /// Clients keep working: cargo fetches the index with a forced refspec, so a history that
 /// no longer contains their last fetch is fetched anew.
 pub fn squash(dir: &Path, message: &str) -> Result<(git2::Oid, Packed), git2::Error> {
+    // The newest crates come from the history (the home page lists them): the one commit
+    // left names them.
+    let newest = recently_added(dir, SQUASH_REMEMBERS, 10_000)?;
+    let message = if newest.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{message}\n\n{NEWEST_LINE}{}\n", newest.join(" "))
+    };
+    let message = message.as_str();
     let repo = Repository::open(dir)?;
     let head = repo.head()?;
     let branch = head
@@ -730,5 +748,33 @@ mod tests {
         assert!(staged_paths(&fresh).unwrap().is_empty());
         fs::write(dir.path().join("config.json"), "{}").unwrap();
         assert!(commit_paths(dir.path(), &["config.json"], "after").unwrap());
+    }
+
+    #[test]
+    fn squashed_histories_remember_the_newest_crates() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "{}").unwrap();
+        let add = |name: &str, vers: &str| {
+            fs::write(dir.path().join(name), format!("{name} {vers}")).unwrap();
+            commit_paths(dir.path(), &[name], &format!("Add {name} {vers}")).unwrap();
+        };
+        add("a", "1.0.0");
+        add("b", "1.0.0");
+        add("a", "1.1.0");
+        fs::write(dir.path().join("config.json"), "{\"v\":1}").unwrap();
+        commit_paths(dir.path(), &["config.json"], "Yank b 1.0.0").unwrap();
+        let newest = |n| recently_added(dir.path(), n, 100).unwrap();
+        assert_eq!(newest(10), ["a", "b"]);
+        squash(dir.path(), "Squash").unwrap();
+        assert_eq!(newest(10), ["a", "b"], "remembered by the squash");
+        add("c", "1.0.0");
+        add("B", "2.0.0");
+        assert_eq!(newest(10), ["B", "c", "a"]);
+        assert_eq!(newest(2), ["B", "c"]);
+        squash(dir.path(), "Squash").unwrap();
+        assert_eq!(newest(10), ["B", "c", "a"], "across a second squash");
+        let repo = Repository::open(dir.path()).unwrap();
+        let head = repo.head().unwrap().peel_to_commit().unwrap();
+        assert_eq!(head.summary().unwrap(), Some("Squash"));
     }
 }
