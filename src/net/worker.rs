@@ -1,13 +1,16 @@
-//! The registry's two worker threads, so the event loop never waits on git, fsync or tarball
+//! The registry's worker threads, so the event loop never waits on git, fsync or tarball
 //! checks. The loop sends jobs over a channel; a worker answers over another and wakes the
-//! loop's poller.
+//! loop's poller. Slow reads never queue ahead of writes:
 //!
-//! - The writer runs every registry change and the slow reads that go with them (pages,
-//!   search), one job at a time.
+//! - The writer runs every registry change, one job at a time.
 //! - The index reader runs the git index's fetches (ref advertisements and upload-pack),
 //!   which read only the repository. A burst of clones costs the reader time, never the
 //!   writer's: publishes do not queue behind packs. After a change it keeps the full-clone
 //!   answer for the new HEAD ready, once anyone has cloned.
+//! - The page reader renders pages and answers searches and owner lists: a crowd of
+//!   browsers (or a client asking for a thousand search pages) is served in turn there,
+//!   while publishes go straight to the writer. Files are replaced by rename, so what it
+//!   reads is always a whole old or new file.
 //!
 //! A spooled upload's share of the spool budget travels with its job and is given back
 //! only once the job has run (the job removes the spool file), or when the upload is
@@ -108,35 +111,55 @@ pub struct Done {
 pub struct Jobs {
     writer: Sender<Ticket>,
     reader: Sender<Ticket>,
+    pages: Sender<Ticket>,
 }
 
 impl Jobs {
     /// Hands a job to its worker; on failure (the worker is gone) the ticket comes back.
     pub fn send(&self, ticket: Ticket) -> Result<(), Box<Ticket>> {
-        let to = if reads_index_only(&ticket.job) {
-            &self.reader
-        } else {
-            &self.writer
+        let to = match lane(&ticket.job) {
+            Lane::Writer => &self.writer,
+            Lane::IndexReader => &self.reader,
+            Lane::Pages => &self.pages,
         };
         to.send(ticket).map_err(|e| Box::new(e.0))
     }
 
-    /// Every job to one channel (connection tests play both workers).
+    /// Every job to one channel (connection tests play every worker).
     #[cfg(test)]
     pub fn one_queue(tx: Sender<Ticket>) -> Jobs {
         Jobs {
             writer: tx.clone(),
-            reader: tx,
+            reader: tx.clone(),
+            pages: tx,
         }
     }
 }
 
-/// Jobs that only read the index repository: they run on the index reader.
-fn reads_index_only(job: &Job) -> bool {
-    matches!(
-        job,
-        Job::GitRefs | Job::GitUploadPack { .. } | Job::KeepClone
-    )
+/// The thread a job runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Writer,
+    IndexReader,
+    Pages,
+}
+
+fn lane(job: &Job) -> Lane {
+    match job {
+        Job::GitRefs | Job::GitUploadPack { .. } | Job::KeepClone => Lane::IndexReader,
+        // The login form only reads `auth.json` (a token check) and removes its own body.
+        Job::Page(..)
+        | Job::Search { .. }
+        | Job::Owners { change: None, .. }
+        | Job::Login { .. } => Lane::Pages,
+        Job::Publish(_)
+        | Job::Yank { .. }
+        | Job::RecordTokenUse(_)
+        | Job::SyncAccess
+        | Job::Owners {
+            change: Some(_), ..
+        } => Lane::Writer,
+    }
 }
 
 /// Jobs after which the index's HEAD may have moved.
@@ -152,6 +175,7 @@ pub fn spawn(
 ) -> std::io::Result<(Jobs, Receiver<Done>)> {
     let (writer_tx, writer_rx) = channel::<Ticket>();
     let (reader_tx, reader_rx) = channel::<Ticket>();
+    let (pages_tx, pages_rx) = channel::<Ticket>();
     let (done_tx, done_rx) = sync_channel::<Done>(DONE_BACKLOG);
     // At most one rebuild of the kept clone waits at a time: a burst of publishes makes one
     // rebuild for the newest HEAD, not one per publish queued ahead of fetches.
@@ -180,6 +204,22 @@ pub fn spawn(
                 // for a large index), on this thread's own heap arena: hand it back.
                 super::release_freed_memory();
                 if !answered {
+                    break;
+                }
+            }
+        })?;
+    let pages = Worker {
+        reg: reg.clone(),
+        waker: waker.clone(),
+        metrics: metrics.clone(),
+        done: done_tx.clone(),
+    };
+    std::thread::Builder::new()
+        .name("page-reader".into())
+        .stack_size(1024 * 1024)
+        .spawn(move || {
+            for t in pages_rx {
+                if !pages.answer(t) {
                     break;
                 }
             }
@@ -223,6 +263,7 @@ pub fn spawn(
         Jobs {
             writer: writer_tx,
             reader: reader_tx,
+            pages: pages_tx,
         },
         done_rx,
     ))
@@ -265,6 +306,74 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads never wait behind writes or the other way round: each kind has its thread.
+    #[test]
+    fn slow_reads_and_writes_run_on_their_own_threads() {
+        use crate::http::pages::{Ctx, Page};
+        use crate::registry::names::CrateName;
+        let name = || CrateName::parse("foo").unwrap();
+        let ctx = || Ctx {
+            url: "http://x".into(),
+            base: String::new(),
+            access: crate::registry::settings::Access::Open,
+        };
+        let cases = [
+            (Job::Publish("x".into()), Lane::Writer),
+            (
+                Job::Yank {
+                    name: name(),
+                    vers: "1.0.0".into(),
+                    yank: true,
+                },
+                Lane::Writer,
+            ),
+            (Job::SyncAccess, Lane::Writer),
+            (Job::RecordTokenUse(Vec::new()), Lane::Writer),
+            (
+                Job::Owners {
+                    name: name(),
+                    change: Some((api::OwnersChange::Add, "x".into())),
+                },
+                Lane::Writer,
+            ),
+            (Job::GitRefs, Lane::IndexReader),
+            (Job::KeepClone, Lane::IndexReader),
+            (
+                Job::GitUploadPack {
+                    body: "x".into(),
+                    gzip: false,
+                },
+                Lane::IndexReader,
+            ),
+            (Job::Page(Page::Home, ctx()), Lane::Pages),
+            (
+                Job::Search {
+                    query: "x".into(),
+                    skip: 0,
+                    per_page: 10,
+                },
+                Lane::Pages,
+            ),
+            (
+                Job::Owners {
+                    name: name(),
+                    change: None,
+                },
+                Lane::Pages,
+            ),
+            (
+                Job::Login {
+                    body: "x".into(),
+                    ctx: ctx(),
+                },
+                Lane::Pages,
+            ),
+        ];
+        for (job, want) in cases {
+            assert_eq!(lane(&job), want, "{job:?}");
+        }
+    }
 
     #[test]
     fn reservations_stay_under_the_cap_and_come_back_on_drop() {
