@@ -1084,3 +1084,43 @@ fn a_low_descriptor_limit_shrinks_the_file_cache_instead_of_starving_sockets() {
         assert_eq!(read_response(c, &mut Vec::new(), false).status, 200, "{i}");
     }
 }
+
+/// A crate file cut short in place by hand (`cp` or `truncate` over it: the registry never
+/// does) while the server keeps it open: a TLS download maps the file, and a mapping past
+/// the file's end kills the whole server with SIGBUS. The kept length must not be trusted
+/// for the mapping.
+#[test]
+fn a_crate_file_truncated_in_place_never_kills_the_server_over_tls() {
+    let (s, cert, cfg) = tls_sandbox();
+    let mut srv = s.serve(&[cfg.to_str().unwrap()]);
+    let tls_addr = srv.addrs[0].clone();
+    add_crate(&s, "foo", "1.0.0");
+    let path = s.reg().join("crates/foo/foo-1.0.0.crate");
+    let (r, _, _) = tls_get(&tls_addr, &cert, "/crates/foo/foo-1.0.0.crate");
+    assert_eq!(r.status, 200, "served, so kept open");
+    assert_eq!(r.body, fs::read(&path).unwrap());
+    // Same inode, now empty: no writer took the registry's lock.
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(tls_client(&cert), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, connect(&tls_addr));
+    tls.write_all(b"GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Whatever this connection gets (a cut body, a close), the server lives on.
+    let _ = support::try_read_bytes(&mut tls);
+    match support::get_bytes(&srv.addrs[1], "/index/config.json") {
+        Ok((status, _)) => assert_eq!(status, 200),
+        Err(e) => panic!(
+            "the server is gone ({e}): exit {:?}, log {:?}",
+            srv.wait_exit(20),
+            srv.log()
+        ),
+    }
+    let (r, _, _) = tls_get(&tls_addr, &cert, "/index/config.json");
+    assert_eq!(r.status, 200);
+}
