@@ -5,7 +5,8 @@
 //! reports that close (`IN_CLOSE_WRITE`) on a descriptor in the event loop's poll set. Once
 //! it is in, the open-file cache trusts a kept descriptor until the next such close, so
 //! serving a kept file costs no `fstat`; without it (not Linux, no inotify instance left,
-//! the lock file replaced or removed, or no regular file) every use of a kept descriptor checks it, as before.
+//! the lock file replaced or removed, or no regular file) every use of a kept descriptor
+//! checks it, as before.
 //!
 //! The close happens after the writer's renames, and the loop reads the event before the
 //! requests of the same wakeup: a request sent after a writer finished sees its files.
