@@ -1084,3 +1084,92 @@ fn a_low_descriptor_limit_shrinks_the_file_cache_instead_of_starving_sockets() {
         assert_eq!(read_response(c, &mut Vec::new(), false).status, 200, "{i}");
     }
 }
+
+/// A crate file cut short in place by hand (`cp` or `truncate` over it: the registry never
+/// does) while the server keeps it open: a TLS download maps the file, and a mapping past
+/// the file's end kills the whole server with SIGBUS. The kept length must not be trusted
+/// for the mapping.
+#[test]
+fn a_crate_file_truncated_in_place_never_kills_the_server_over_tls() {
+    let (s, cert, cfg) = tls_sandbox();
+    let mut srv = s.serve(&[cfg.to_str().unwrap()]);
+    let tls_addr = srv.addrs[0].clone();
+    add_crate(&s, "foo", "1.0.0");
+    let path = s.reg().join("crates/foo/foo-1.0.0.crate");
+    let (r, _, _) = tls_get(&tls_addr, &cert, "/crates/foo/foo-1.0.0.crate");
+    assert_eq!(r.status, 200, "served, so kept open");
+    assert_eq!(r.body, fs::read(&path).unwrap());
+    // Same inode, now empty: no writer took the registry's lock.
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(tls_client(&cert), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, connect(&tls_addr));
+    tls.write_all(b"GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Whatever this connection gets (a cut body, a close), the server lives on.
+    let _ = support::try_read_bytes(&mut tls);
+    match support::get_bytes(&srv.addrs[1], "/index/config.json") {
+        Ok((status, _)) => assert_eq!(status, 200),
+        Err(e) => panic!(
+            "the server is gone ({e}): exit {:?}, log {:?}",
+            srv.wait_exit(20),
+            srv.log()
+        ),
+    }
+    let (r, _, _) = tls_get(&tls_addr, &cert, "/index/config.json");
+    assert_eq!(r.status, 200);
+}
+
+/// Puts `what` in place of the registry's lock file in one rename, as an admin's tool would.
+fn replace_lock_file(s: &Sandbox, make: impl FnOnce(&std::path::Path)) {
+    let tmp = s.reg().join("lock-replacement");
+    make(&tmp);
+    fs::rename(&tmp, s.reg().join(".palletizer.lock")).unwrap();
+}
+
+/// The lock file replaced by a symlink to a file elsewhere: writers lock (and close) the
+/// target, so a watch on the link itself never hears of a write, and kept index files
+/// were trusted stale until their 10 s were up.
+#[test]
+fn cli_writes_show_at_once_when_the_lock_file_is_a_symlink() {
+    let (s, srv) = started();
+    let mut c = connect(srv.addr());
+    let mut buf = Vec::new();
+    let mut kept = |c: &mut TcpStream| {
+        c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let r = read_response(c, &mut buf, false);
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).unwrap()
+    };
+    assert!(kept(&mut c).contains("\"1.0.0\""));
+    let target = s.path().join("elsewhere.lock");
+    fs::write(&target, "").unwrap();
+    replace_lock_file(&s, |tmp| std::os::unix::fs::symlink(&target, tmp).unwrap());
+    // Served after the server saw the lock file replaced (it reads that first): kept open.
+    assert!(!kept(&mut c).contains("\"1.1.0\""));
+    add_crate(&s, "foo", "1.1.0");
+    let after = kept(&mut c);
+    assert!(after.contains("\"vers\":\"1.1.0\""), "{after}");
+}
+
+/// A FIFO renamed over the lock file: opening it for writing, to watch it, waited for a
+/// reader inside the event loop, and the server answered nobody any more.
+#[test]
+fn a_fifo_in_place_of_the_lock_file_never_blocks_the_server() {
+    let (s, srv) = started();
+    assert_eq!(get(srv.addr(), "/index/3/f/foo").status, 200);
+    replace_lock_file(&s, |tmp| {
+        let path = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    });
+    // `connect` gives up reading after 20 s: a blocked loop fails here.
+    assert_eq!(get(srv.addr(), "/index/3/f/foo").status, 200);
+    assert_eq!(get(srv.addr(), "/index/config.json").status, 200);
+}

@@ -303,10 +303,10 @@ pub fn index_file(index: &Tree, rel: &str, head: &Head, caches: Caches) -> Respo
 
 /// Reads from the start of `file` into `buf` (one byte longer than the file should be)
 /// until at least `len` bytes came or the file ended; how many came. One `pread` when the
-/// file is as long as it should be.
+/// file is as long as it should be, also when that is 0 (a file that grew must show).
 fn read_full_at(file: &File, buf: &mut [u8], len: u64) -> io::Result<usize> {
     let mut n = 0;
-    while (n as u64) < len {
+    while (n as u64) < len.max(1) {
         match file.read_at(&mut buf[n..], n as u64) {
             Ok(0) => break,
             Ok(k) => n += k,
@@ -765,6 +765,20 @@ mod cache_tests {
         assert_eq!(get(&tree, "foo"), (200, b"six\n".to_vec()));
         let (hits, misses) = tree.cache_stats();
         assert_eq!((hits, misses), (5, 4), "opened for one, two, five and six");
+    }
+
+    /// A kept file that was empty when opened read nothing (its length, 0, was all there
+    /// was to read), so writing into it in place by hand went unseen: served empty.
+    #[test]
+    fn a_kept_empty_file_written_in_place_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("foo");
+        fs::write(&file, "").unwrap();
+        let tree = Tree::new(dir.path().to_owned(), 4);
+        tree.written(true);
+        assert_eq!(get(&tree, "foo"), (200, Vec::new()));
+        fs::write(&file, "now there is a line\n").unwrap();
+        assert_eq!(get(&tree, "foo"), (200, b"now there is a line\n".to_vec()));
     }
 
     /// FIFO (the cache before) hit nothing once the files asked for in turn outnumbered it.

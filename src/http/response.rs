@@ -103,9 +103,18 @@ impl BodyCursor {
                     f.window = None; // unmap before mapping the next window
                     let start = f.pos - f.pos % WINDOW;
                     let len = WINDOW.min(f.len - start) as usize;
+                    // The length was read when the file was opened, possibly seconds ago (a
+                    // kept file is trusted until a write to the registry is noticed). A file
+                    // cut short in place since (by hand: the registry never does) would make
+                    // the mapping fault past its end, and SIGBUS ends the whole server: the
+                    // response ends instead.
+                    if f.file.metadata()?.len() < start + len as u64 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
                     // SAFETY: crate files are written once under a temp name and renamed into
                     // place; nothing writes to or truncates them afterwards (delete unlinks,
-                    // which keeps the mapped inode alive).
+                    // which keeps the mapped inode alive), and one cut short by hand was
+                    // refused just above.
                     // Populated up front: one call instead of a page fault per few pages.
                     let map = unsafe {
                         MmapOptions::new()

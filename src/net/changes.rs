@@ -5,7 +5,8 @@
 //! reports that close (`IN_CLOSE_WRITE`) on a descriptor in the event loop's poll set. Once
 //! it is in, the open-file cache trusts a kept descriptor until the next such close, so
 //! serving a kept file costs no `fstat`; without it (not Linux, no inotify instance left,
-//! the lock file replaced or removed) every use of a kept descriptor checks it, as before.
+//! the lock file replaced or removed, or no regular file) every use of a kept descriptor
+//! checks it, as before.
 //!
 //! The close happens after the writer's renames, and the loop reads the event before the
 //! requests of the same wakeup: a request sent after a writer finished sees its files.
@@ -77,16 +78,21 @@ impl Changes {
     }
 
     /// Sets the watch again after it was lost (the lock file is made if missing); true once
-    /// it is in place.
+    /// it is in place. Only a regular file is watched: writers open a symlink's target, whose
+    /// closes a watch on the link never reports, and opening a FIFO for writing would block
+    /// the event loop until some reader came.
     pub fn retry(&mut self) -> bool {
+        self.watching = false;
         #[cfg(target_os = "linux")]
         if let Some(fd) = &self.fd {
             use std::os::fd::AsRawFd;
             use std::os::unix::ffi::OsStrExt;
+            use std::os::unix::fs::OpenOptionsExt;
             let made = std::fs::File::options()
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&self.path);
             let Ok(made) = made else {
                 return false;
@@ -102,7 +108,10 @@ impl Changes {
                 | libc::IN_DONT_FOLLOW;
             // SAFETY: a valid inotify descriptor and a NUL-terminated path.
             let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) };
-            self.watching = wd >= 0;
+            // Looked at again once watched: a replacement before the watch shows here, one
+            // after it is reported as an event.
+            let regular = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_file());
+            self.watching = wd >= 0 && regular;
         }
         self.watching
     }
