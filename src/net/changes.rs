@@ -88,16 +88,24 @@ impl Changes {
             use std::os::fd::AsRawFd;
             use std::os::unix::ffi::OsStrExt;
             use std::os::unix::fs::OpenOptionsExt;
-            let made = std::fs::File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(&self.path);
-            let Ok(made) = made else {
-                return false;
-            };
-            drop(made);
+            // Made only when missing: watching needs no write access (a registry served
+            // from a directory the server may not write), and a FIFO is never opened.
+            match std::fs::symlink_metadata(&self.path) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => return false,
+                Err(_) => {
+                    let made = std::fs::File::options()
+                        .create_new(true)
+                        .write(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                        .open(&self.path);
+                    if made.is_err()
+                        && !std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_file())
+                    {
+                        return false;
+                    }
+                }
+            }
             let Ok(path) = std::ffi::CString::new(self.path.as_os_str().as_bytes()) else {
                 return false;
             };
