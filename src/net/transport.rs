@@ -370,11 +370,22 @@ impl TlsStream {
 }
 
 /// Encrypts up to [`TLS_PLAINTEXT_BATCH`] bytes of `bufs` into `out`; returns how many.
+/// Slices that fit one record together (a response head and a small body) are sealed as
+/// one: one encryption instead of one per slice, and one record less for the client.
 fn encrypt(
     w: &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
     bufs: &[IoSlice<'_>],
     out: &mut Vec<u8>,
 ) -> Result<usize, rustls::Error> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    if bufs.len() > 1 && total <= RECORD_PAYLOAD {
+        let mut one = Vec::with_capacity(total);
+        for b in bufs {
+            one.extend_from_slice(b);
+        }
+        seal(w, &one, out)?;
+        return Ok(total);
+    }
     let mut taken = 0;
     for b in bufs {
         if taken >= TLS_PLAINTEXT_BATCH {
@@ -384,28 +395,37 @@ fn encrypt(
         if part.is_empty() {
             continue;
         }
-        let start = out.len();
-        let mut room = part.len() + RECORD_OVERHEAD * (part.len() / RECORD_PAYLOAD + 1);
-        loop {
-            out.resize(start + room, 0);
-            match w.encrypt(part, &mut out[start..]) {
-                Ok(n) => {
-                    out.truncate(start + n);
-                    break;
-                }
-                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    room = required_size;
-                }
-                // The sequence numbers ran out (2^64 records): the connection must end.
-                Err(EncryptError::EncryptExhausted) => {
-                    out.truncate(start);
-                    return Err(rustls::Error::EncryptError);
-                }
-            }
-        }
+        seal(w, part, out)?;
         taken += part.len();
     }
     Ok(taken)
+}
+
+/// Encrypts all of `part` (as many records as it takes) onto the end of `out`.
+fn seal(
+    w: &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+    part: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    let mut room = part.len() + RECORD_OVERHEAD * (part.len() / RECORD_PAYLOAD + 1);
+    loop {
+        out.resize(start + room, 0);
+        match w.encrypt(part, &mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                room = required_size;
+            }
+            // The sequence numbers ran out (2^64 records): the connection must end.
+            Err(EncryptError::EncryptExhausted) => {
+                out.truncate(start);
+                return Err(rustls::Error::EncryptError);
+            }
+        }
+    }
 }
 
 /// Gives an emptied buffer's memory back, so an idle connection holds none.
@@ -634,5 +654,94 @@ mod tests {
         let answers = client_thread.join().unwrap();
         assert!(answers[0].iter().all(|&b| b == b'a'));
         assert!(answers[1].iter().all(|&b| b == b'b'));
+    }
+
+    /// A response head and a small body went out as two records (two encryptions on the
+    /// server, two to open on the client); now one.
+    #[test]
+    fn a_head_and_a_small_body_go_out_as_one_record() {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.pem"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("k.pem"), ck.signing_key.serialize_pem()).unwrap();
+        let mut server =
+            (*load_tls(&dir.path().join("c.pem"), &dir.path().join("k.pem")).unwrap()).clone();
+        // No session tickets: every record after the handshake is then an answer's.
+        server.send_tls13_tickets = 0;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let (s, _) = listener.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        let Transport::Tls(mut t) =
+            Transport::tls(TcpStream::from_std(s), Arc::new(server)).unwrap()
+        else {
+            unreachable!()
+        };
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
+        let body = vec![b'x'; 1000];
+        let want = head.len() + body.len();
+        let client_thread = std::thread::spawn(move || {
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut conn = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).unwrap();
+            }
+            conn.writer().write_all(b"request\n").unwrap();
+            while conn.wants_write() {
+                conn.write_tls(&mut sock).unwrap();
+            }
+            // Every byte of the answer as it came off the wire, and its plaintext.
+            let (mut raw, mut plain) = (Vec::new(), Vec::new());
+            let mut chunk = [0u8; 4096];
+            while plain.len() < want {
+                let n = sock.read(&mut chunk).unwrap();
+                assert!(n > 0, "closed");
+                raw.extend_from_slice(&chunk[..n]);
+                conn.read_tls(&mut &chunk[..n]).unwrap();
+                conn.process_new_packets().unwrap();
+                let _ = conn.reader().read_to_end(&mut plain);
+            }
+            (raw, plain)
+        });
+        assert_eq!(server_read(&mut t, 8), b"request\n");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut sent = 0;
+        while sent < want || t.out_pos < t.outgoing.len() {
+            let rest: Vec<IoSlice<'_>> = if sent < head.len() {
+                vec![IoSlice::new(&head[sent..]), IoSlice::new(&body)]
+            } else {
+                vec![IoSlice::new(&body[sent - head.len()..])]
+            };
+            match t.write_vectored(&rest) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "client stopped");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let (raw, plain) = client_thread.join().unwrap();
+        assert_eq!(plain, [head, body].concat());
+        // TLS records: type, version (2 bytes), length (2 bytes), then that many bytes.
+        let mut records = Vec::new();
+        let mut at = 0;
+        while at + 5 <= raw.len() {
+            let len = usize::from(u16::from_be_bytes([raw[at + 3], raw[at + 4]]));
+            records.push((raw[at], len));
+            at += 5 + len;
+        }
+        assert_eq!(at, raw.len(), "whole records");
+        assert_eq!(records.len(), 1, "{records:?}");
     }
 }
