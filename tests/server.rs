@@ -119,6 +119,15 @@ fn started() -> (Sandbox, ServerProc) {
     (s, srv)
 }
 
+/// `GET /index/3/f/foo` on the kept-alive connection `c`: the file's text (200 asserted).
+fn foo_index_on(c: &mut TcpStream, buf: &mut Vec<u8>) -> String {
+    c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let r = read_response(c, buf, false);
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body).unwrap()
+}
+
 /// Index files stay open and are used without an `fstat` until a writer releases the
 /// registry's lock: what the CLI writes shows at once, on a kept connection and on new ones,
 /// also after the lock file was removed (the server sets its watch again).
@@ -127,13 +136,7 @@ fn cli_writes_show_at_once_while_files_are_kept_open() {
     let (s, srv) = started();
     let mut c = connect(srv.addr());
     let mut buf = Vec::new();
-    let mut kept = |c: &mut TcpStream| {
-        c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let r = read_response(c, &mut buf, false);
-        assert_eq!(r.status, 200);
-        String::from_utf8(r.body).unwrap()
-    };
+    let mut kept = |c: &mut TcpStream| foo_index_on(c, &mut buf);
     let lock = s.reg().join(".palletizer.lock");
     for minor in 1..4 {
         // Served, so kept open, before the write.
@@ -1140,13 +1143,7 @@ fn cli_writes_show_at_once_when_the_lock_file_is_a_symlink() {
     let (s, srv) = started();
     let mut c = connect(srv.addr());
     let mut buf = Vec::new();
-    let mut kept = |c: &mut TcpStream| {
-        c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let r = read_response(c, &mut buf, false);
-        assert_eq!(r.status, 200);
-        String::from_utf8(r.body).unwrap()
-    };
+    let mut kept = |c: &mut TcpStream| foo_index_on(c, &mut buf);
     assert!(kept(&mut c).contains("\"1.0.0\""));
     let target = s.path().join("elsewhere.lock");
     fs::write(&target, "").unwrap();

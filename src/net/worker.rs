@@ -181,84 +181,66 @@ pub fn spawn(
     // rebuild for the newest HEAD, not one per publish queued ahead of fetches.
     let rebuild_queued = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rebuild_taken = rebuild_queued.clone();
-    let reader = Worker {
-        reg: reg.clone(),
-        waker: waker.clone(),
-        metrics: metrics.clone(),
-        done: done_tx.clone(),
-    };
-    std::thread::Builder::new()
-        .name("index-reader".into())
-        .stack_size(1024 * 1024)
-        .spawn(move || {
-            for t in reader_rx {
-                let answered = if matches!(t.job, Job::KeepClone) {
-                    rebuild_taken.store(false, Ordering::Release);
-                    // No one waits for it; a failure only means the next clone makes it.
-                    let _ = reader.run(t.job, None);
-                    true
-                } else {
-                    reader.answer(t)
-                };
-                // libgit2's pack building allocates in proportion to the history (megabytes
-                // for a large index), on this thread's own heap arena: hand it back.
-                super::release_freed_memory();
-                if !answered {
-                    break;
-                }
-            }
-        })?;
-    let pages = Worker {
-        reg: reg.clone(),
-        waker: waker.clone(),
-        metrics: metrics.clone(),
-        done: done_tx.clone(),
-    };
-    std::thread::Builder::new()
-        .name("page-reader".into())
-        .stack_size(1024 * 1024)
-        .spawn(move || {
-            for t in pages_rx {
-                if !pages.answer(t) {
-                    break;
-                }
-            }
-        })?;
-    let writer = Worker {
+    let worker = |reg: Registry| Worker {
         reg,
-        waker,
-        metrics,
-        done: done_tx,
+        waker: waker.clone(),
+        metrics: metrics.clone(),
+        done: done_tx.clone(),
     };
-    let keep = reader_tx.clone();
-    std::thread::Builder::new()
-        .name("registry-writer".into())
-        .stack_size(1024 * 1024)
-        .spawn(move || {
-            for t in writer_rx {
-                let moved = moves_head(&t.job);
-                if !writer.answer(t) {
-                    break;
-                }
-                if moved {
-                    // After the answer went out: the client that changed the index does
-                    // not wait for the packing.
-                    if let Err(e) = writer.reg.maintain() {
-                        eprintln!("warning: packing the index: {e}");
-                    }
-                    if rebuild_queued.swap(true, Ordering::AcqRel) {
-                        continue;
-                    }
-                    let _ = keep.send(Ticket {
-                        key: usize::MAX,
-                        serial: 0,
-                        job: Job::KeepClone,
-                        reserved: None,
-                        principal: None,
-                    });
-                }
+    let reader = worker(reg.clone());
+    start("index-reader", move || {
+        for t in reader_rx {
+            let answered = if matches!(t.job, Job::KeepClone) {
+                rebuild_taken.store(false, Ordering::Release);
+                // No one waits for it; a failure only means the next clone makes it.
+                let _ = reader.run(t.job, None);
+                true
+            } else {
+                reader.answer(t)
+            };
+            // libgit2's pack building allocates in proportion to the history (megabytes
+            // for a large index), on this thread's own heap arena: hand it back.
+            super::release_freed_memory();
+            if !answered {
+                break;
             }
-        })?;
+        }
+    })?;
+    let pages = worker(reg.clone());
+    start("page-reader", move || {
+        for t in pages_rx {
+            if !pages.answer(t) {
+                break;
+            }
+        }
+    })?;
+    let writer = worker(reg);
+    let keep = reader_tx.clone();
+    start("registry-writer", move || {
+        for t in writer_rx {
+            let moved = moves_head(&t.job);
+            if !writer.answer(t) {
+                break;
+            }
+            if moved {
+                // After the answer went out: the client that changed the index does
+                // not wait for the packing.
+                if let Err(e) = writer.reg.maintain() {
+                    eprintln!("warning: packing the index: {e}");
+                }
+                if rebuild_queued.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                let _ = keep.send(Ticket {
+                    key: usize::MAX,
+                    serial: 0,
+                    job: Job::KeepClone,
+                    reserved: None,
+                    principal: None,
+                });
+            }
+        }
+    })?;
     Ok((
         Jobs {
             writer: writer_tx,
@@ -267,6 +249,15 @@ pub fn spawn(
         },
         done_rx,
     ))
+}
+
+/// Starts a worker thread; its stack is reserved at 1 MiB (only what it touches is memory).
+fn start(name: &str, run: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(1024 * 1024)
+        .spawn(run)
+        .map(drop)
 }
 
 /// What a worker thread holds.
