@@ -664,12 +664,14 @@ impl<S: Stream> Conn<S> {
             };
             match result {
                 Ok(0) => return Err(()),
-                Ok(mut n) => {
-                    let from_head = n.min(out.head.len() - out.head_pos);
+                Ok(wrote) => {
+                    let from_head = wrote.min(out.head.len() - out.head_pos);
                     out.head_pos += from_head;
-                    n -= from_head;
-                    out.body.advance(n);
-                    self.deadline = Instant::now() + shared.limits.io_timeout();
+                    out.body.advance(wrote - from_head);
+                    // Progress on a response that goes on (the finished one sets its own).
+                    if (wrote as u64) < remaining {
+                        self.deadline = Instant::now() + shared.limits.io_timeout();
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.writable = false;
@@ -693,7 +695,8 @@ impl<S: Stream> Conn<S> {
         let l = &ex.log;
         shared.log_request(self.peer, l.method, &l.target, l.status, l.bytes, l.start);
         let sent = head.len() as u64 + l.bytes;
-        let took = l.start.elapsed();
+        let now = Instant::now();
+        let took = now.saturating_duration_since(l.start);
         shared.metrics.request_done(l.route, l.status, sent, took);
         self.served += 1;
         if !ex.keep_alive {
@@ -701,11 +704,10 @@ impl<S: Stream> Conn<S> {
                 return Err(());
             }
             self.transport.close();
-            self.deadline = Instant::now() + LINGER;
+            self.deadline = now + LINGER;
             self.phase = Phase::Linger;
             return Ok(true);
         }
-        let now = Instant::now();
         if ex.leftover.is_empty() {
             self.deadline = now + shared.limits.idle_timeout();
             self.since = now;
@@ -901,7 +903,7 @@ mod tests {
         let shared = Shared {
             site: Site::new(
                 "http://h",
-                Trees::new(index, dir.path().join("crates"), 0),
+                Trees::new(index, dir.path().join("crates"), 0, 0),
                 1000,
             ),
             limits: Limits::default(),
