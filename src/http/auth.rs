@@ -373,7 +373,7 @@ mod tests {
     #[test]
     fn required_covers_what_the_router_does() {
         let tmp = tempfile::tempdir().unwrap();
-        let trees = Trees::new(tmp.path().join("i"), tmp.path().join("c"), 4, 1 << 20);
+        let trees = Trees::new(tmp.path().join("i"), tmp.path().join("c"), 4);
         let site = Site::new("http://127.0.0.1:1", trees, 1 << 20);
         let paths = [
             "/index/config.json",

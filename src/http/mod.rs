@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn base_path_from_url() {
-        let t = || Trees::new("/i".into(), "/c".into(), 0, 0);
+        let t = || Trees::new("/i".into(), "/c".into(), 0);
         assert_eq!(Site::new("http://h:1", t(), 0).base_path, "");
         assert_eq!(Site::new("https://h/reg/", t(), 0).base_path, "/reg");
         assert_eq!(Site::new("file:///tmp/reg", t(), 0).base_path, "/tmp/reg");

@@ -908,7 +908,7 @@ mod tests {
     }
 
     fn site(url: &str) -> Site {
-        let t = Trees::new("/nonexistent/i".into(), "/nonexistent/c".into(), 0, 0);
+        let t = Trees::new("/nonexistent/i".into(), "/nonexistent/c".into(), 0);
         Site::new(url, t, 1 << 20)
     }
 

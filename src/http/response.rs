@@ -25,8 +25,6 @@ pub enum Body {
     #[default]
     Empty,
     Bytes(Vec<u8>),
-    /// Bytes shared with a cache (an index file kept in memory): sent without a copy.
-    Shared(Arc<[u8]>),
     File(FileBody),
 }
 
@@ -58,7 +56,6 @@ impl Body {
         match self {
             Body::Empty => 0,
             Body::Bytes(b) => b.len() as u64,
-            Body::Shared(b) => b.len() as u64,
             Body::File(f) => f.len,
         }
     }
@@ -85,7 +82,6 @@ impl BodyCursor {
         match &self.body {
             Body::Empty => 0,
             Body::Bytes(b) => (b.len() - self.pos) as u64,
-            Body::Shared(b) => (b.len() - self.pos) as u64,
             Body::File(f) => f.len - f.pos,
         }
     }
@@ -95,7 +91,6 @@ impl BodyCursor {
         match &mut self.body {
             Body::Empty => Ok(&[]),
             Body::Bytes(b) => Ok(&b[self.pos..]),
-            Body::Shared(b) => Ok(&b[self.pos..]),
             Body::File(f) => {
                 if f.pos >= f.len {
                     return Ok(&[]);
@@ -150,7 +145,7 @@ impl BodyCursor {
     pub fn advance(&mut self, n: usize) {
         match &mut self.body {
             Body::Empty => {}
-            Body::Bytes(_) | Body::Shared(_) => self.pos += n,
+            Body::Bytes(_) => self.pos += n,
             Body::File(f) => f.pos += n as u64,
         }
     }

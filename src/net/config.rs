@@ -20,7 +20,6 @@
 //! [limits]                       # all optional
 //! max-connections = 1024
 //! open-files = 16384             # per tree; fewer if the descriptor limit is low
-//! index-cache-bytes = 1048576     # index files kept in memory
 //! ```
 //!
 //! Request bodies are bounded by what they are for: a publish by the registry's
@@ -74,9 +73,6 @@ pub struct Limits {
     /// Open files kept per served tree (index, crates); 0 opens every file per request.
     /// Fewer when the descriptor limit leaves less room: see [`Limits::open_files_within`].
     pub open_files: usize,
-    /// Bytes of index files kept in memory, so serving one reads nothing; 0 reads every
-    /// file per request. Files larger than a sixteenth of it are always read.
-    pub index_cache_bytes: usize,
     /// Bytes of request bodies spooled to disk at once, over every upload (publishes, git
     /// upload-pack requests); an upload that would pass it is answered 503 before its body
     /// is read. 0: four times the largest publish body.
@@ -93,7 +89,6 @@ impl Default for Limits {
             io_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             open_files: 16 * 1024,
-            index_cache_bytes: 1024 * 1024,
             max_spool_bytes: 0,
         }
     }

@@ -431,12 +431,6 @@ impl Metrics {
         }
         gauge(
             o,
-            "palletizer_index_cache_bytes",
-            "Bytes of index files kept in memory (limits: index-cache-bytes).",
-            trees.index.cached_bytes() as u64,
-        );
-        gauge(
-            o,
             "process_resident_memory_bytes",
             "Resident memory of the server process.",
             resident_bytes(),
@@ -523,7 +517,7 @@ mod tests {
             m.worker.job_done(Some(Duration::from_secs(1 << 40)));
         }
         let dir = tempfile::tempdir().unwrap();
-        let trees = Trees::new(dir.path().join("i"), dir.path().join("c"), 0, 0);
+        let trees = Trees::new(dir.path().join("i"), dir.path().join("c"), 0);
         let text = m.render(&trees);
         assert!(text.len() < RENDER_CAP, "{} bytes", text.len());
         let text = String::from_utf8(text).unwrap();

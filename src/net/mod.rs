@@ -283,7 +283,6 @@ impl Server {
                 registry.index_dir().to_owned(),
                 registry.crates_dir().to_owned(),
                 cached_files,
-                config.limits.index_cache_bytes,
             ),
             registry.settings().max_crate_size,
         );
@@ -489,7 +488,6 @@ impl Server {
                 idle_since = None;
                 trimmed = false;
             } else if !trimmed && now >= *idle_since.get_or_insert(now) + IDLE_TRIM_AFTER {
-                self.shared.site.trees.index.forget_contents();
                 release_code_pages();
                 release_freed_memory();
                 trimmed = true;
