@@ -903,7 +903,7 @@ mod tests {
         let shared = Shared {
             site: Site::new(
                 "http://h",
-                Trees::new(index, dir.path().join("crates"), 0, 0),
+                Trees::new(index, dir.path().join("crates"), 0),
                 1000,
             ),
             limits: Limits::default(),
