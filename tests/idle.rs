@@ -117,3 +117,67 @@ fn startup_code_is_not_resident_while_serving() {
         "serving right after start kept {first} KiB of code resident, {again} KiB later"
     );
 }
+
+/// Times the main thread slept and was woken (`voluntary_ctxt_switches`).
+fn wakeups(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// An idle server sleeps until something happens: changes come as inotify events, so
+/// nothing is polled and the code it gave back stays given back (a look at the access files
+/// every half second kept about 500 KiB of it resident). A hand edit of the access
+/// files, which takes no lock, still gets through, with no request to wake the server.
+#[test]
+fn an_idle_server_sleeps_until_something_happens() {
+    let sb = Sandbox::new();
+    let server = sb.serve(&[]);
+    let pid = server.child.id();
+    assert_eq!(
+        get_bytes(server.addr(), "/index/config.json").unwrap().0,
+        200
+    );
+    // After the last connection it wakes once more, to give memory back, then no more.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let before = wakeups(pid);
+        std::thread::sleep(Duration::from_millis(1500));
+        let after = wakeups(pid);
+        if after == before {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the idle server still wakes on its own ({} times in 1.5 s)",
+            after - before
+        );
+    }
+    // `access` edited by hand: the folder's watch wakes the server, and `config.json`
+    // follows.
+    let settings = sb.reg().join("palletizer.toml");
+    let text = fs::read_to_string(&settings).unwrap();
+    assert!(text.contains("access = \"public\""), "{text}");
+    let tmp = sb.reg().join("palletizer.toml.new");
+    fs::write(
+        &tmp,
+        text.replace("access = \"public\"", "access = \"private\""),
+    )
+    .unwrap();
+    fs::rename(&tmp, &settings).unwrap();
+    let config = sb.reg().join("index/config.json");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !fs::read_to_string(&config).unwrap().contains("\"auth-required\": true") {
+        assert!(Instant::now() < until, "config.json did not follow the edit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        get_bytes(server.addr(), "/index/config.json").unwrap().0,
+        401
+    );
+}

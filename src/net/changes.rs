@@ -10,27 +10,39 @@
 //!
 //! The close happens after the writer's renames, and the loop reads the event before the
 //! requests of the same wakeup: a request sent after a writer finished sees its files.
+//!
+//! A second watch, on the registry's folder, reports changes to the access files
+//! (`auth.json`, `palletizer.toml`) made by hand, without the lock. With both in place an
+//! idle server has nothing to poll for and sleeps until a client or a change comes.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use mio::{Interest, Registry, Token};
 
-/// A watch on the registry's lock file.
+/// Watches on the registry's lock file and on the folder holding it and the access files.
 #[derive(Debug)]
 pub struct Changes {
     path: PathBuf,
+    /// Names of the files in the lock file's folder whose changes [`Seen::Access`] reports.
+    access_files: &'static [&'static str],
     #[cfg(target_os = "linux")]
     fd: Option<std::os::fd::OwnedFd>,
+    /// The folder's watch descriptor, when set.
+    #[cfg(target_os = "linux")]
+    folder_wd: Option<libc::c_int>,
     /// The watch is in place: closes of the lock file are reported.
     watching: bool,
 }
 
-/// What [`Changes::drain`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What [`Changes::drain`] found, the strongest of its events: each one implies what the
+/// ones below it ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Seen {
     Nothing,
-    /// A writer released the lock.
+    /// An access file changed outside the lock (by hand): look at them again.
+    Access,
+    /// A writer released the lock (files and access files may have changed).
     Written,
     /// The lock file was removed, renamed or replaced: writes go unnoticed until the watch
     /// is set again ([`Changes::retry`]).
@@ -38,13 +50,22 @@ pub enum Seen {
 }
 
 impl Changes {
-    /// Watches `lock_file` (created if missing), registered with `token`. On any failure
-    /// the result is not [`watching`](Changes::watching).
-    pub fn watch(lock_file: &Path, registry: &Registry, token: Token) -> Changes {
+    /// Watches `lock_file` (created if missing) and its folder for changes to
+    /// `access_files`, registered with `token`. On any failure the result is not
+    /// [`watching`](Changes::watching).
+    pub fn watch(
+        lock_file: &Path,
+        access_files: &'static [&'static str],
+        registry: &Registry,
+        token: Token,
+    ) -> Changes {
         let mut c = Changes {
             path: lock_file.to_owned(),
+            access_files,
             #[cfg(target_os = "linux")]
             fd: None,
+            #[cfg(target_os = "linux")]
+            folder_wd: None,
             watching: false,
         };
         #[cfg(target_os = "linux")]
@@ -70,6 +91,15 @@ impl Changes {
         #[cfg(not(target_os = "linux"))]
         let _ = (registry, token);
         c
+    }
+
+    /// Whether every change that matters is reported as an event: writes under the lock
+    /// and hand edits of the access files. Until then the loop polls.
+    pub fn covers_everything(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.watching && self.folder_wd.is_some();
+        #[cfg(not(target_os = "linux"))]
+        false
     }
 
     /// Whether writes are being noticed.
@@ -120,21 +150,51 @@ impl Changes {
             // after it is reported as an event.
             let regular = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_file());
             self.watching = wd >= 0 && regular;
+            if self.folder_wd.is_none() {
+                self.folder_wd = self.watch_folder(fd.as_raw_fd());
+            }
         }
         self.watching
+    }
+
+    /// The watch on the lock file's folder, for the access files: any way a file can change
+    /// under a name (written in place, renamed over, made, removed), and the folder itself
+    /// going away.
+    #[cfg(target_os = "linux")]
+    fn watch_folder(&self, fd: libc::c_int) -> Option<libc::c_int> {
+        use std::os::unix::ffi::OsStrExt;
+        let folder = self.path.parent()?;
+        let folder = if folder.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            folder
+        };
+        let path = std::ffi::CString::new(folder.as_os_str().as_bytes()).ok()?;
+        let mask = libc::IN_CLOSE_WRITE
+            | libc::IN_MOVED_TO
+            | libc::IN_MOVED_FROM
+            | libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_ATTRIB
+            | libc::IN_DELETE_SELF
+            | libc::IN_MOVE_SELF
+            | libc::IN_ONLYDIR
+            | libc::IN_DONT_FOLLOW;
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) };
+        (wd >= 0).then_some(wd)
     }
 
     /// Reads every pending event.
     pub fn drain(&mut self) -> Seen {
         let mut seen = Seen::Nothing;
         #[cfg(target_os = "linux")]
-        if let Some(fd) = &self.fd {
-            use std::os::fd::AsRawFd;
-            // Room for many events (each 16 bytes, no name: the watch is on a file).
+        if let Some(fd) = self.fd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd) {
+            // Room for many events (16 bytes each, and a name padded to 16 for the folder's).
             let mut buf = [0u8; 4096];
             loop {
                 // SAFETY: reading into a buffer of the length passed.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
                 if n < 0 {
                     let e = io::Error::last_os_error();
                     if e.kind() == io::ErrorKind::Interrupted {
@@ -151,16 +211,10 @@ impl Changes {
                     // SAFETY: the kernel wrote whole events; an unaligned read of the header.
                     let ev: libc::inotify_event =
                         unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+                    let name = &buf[(at + header).min(n as usize)
+                        ..(at + header + ev.len as usize).min(n as usize)];
                     at += header + ev.len as usize;
-                    if ev.mask & libc::IN_CLOSE_WRITE != 0 || ev.mask & libc::IN_Q_OVERFLOW != 0 {
-                        if seen == Seen::Nothing {
-                            seen = Seen::Written;
-                        }
-                    } else {
-                        // Attributes (a link count dropped), removed, moved, or the watch
-                        // itself gone: the file writers lock may no longer be this one.
-                        seen = Seen::Lost;
-                    }
+                    seen = seen.max(self.judge(&ev, name));
                 }
             }
         }
@@ -168,5 +222,31 @@ impl Changes {
             self.watching = false;
         }
         seen
+    }
+
+    /// What one event means. `name`: the file's name in a folder event, NUL-padded.
+    #[cfg(target_os = "linux")]
+    fn judge(&mut self, ev: &libc::inotify_event, name: &[u8]) -> Seen {
+        if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+            // Events were dropped: anything may have happened.
+            return Seen::Written;
+        }
+        if Some(ev.wd) == self.folder_wd {
+            if ev.mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED) != 0 {
+                // The folder moved or went: back to looking every half second.
+                self.folder_wd = None;
+                return Seen::Access;
+            }
+            let name = name.split(|&b| b == 0).next().unwrap_or_default();
+            let ours = self.access_files.iter().any(|f| f.as_bytes() == name);
+            return if ours { Seen::Access } else { Seen::Nothing };
+        }
+        if ev.mask & libc::IN_CLOSE_WRITE != 0 {
+            Seen::Written
+        } else {
+            // Attributes (a link count dropped), removed, moved, or the watch itself gone:
+            // the file writers lock may no longer be this one.
+            Seen::Lost
+        }
     }
 }

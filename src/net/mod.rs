@@ -107,6 +107,11 @@ impl Shared {
         self.tokens_used.borrow_mut().insert(token, now);
     }
 
+    /// Whether token uses wait to be written to `auth.json`.
+    fn has_token_uses(&self) -> bool {
+        !self.tokens_used.borrow().is_empty()
+    }
+
     /// A request refused for its credentials or ownership: peer, route and reason, never
     /// the token.
     fn log_refused(&self, peer: SocketAddr, why: &str) {
@@ -287,8 +292,12 @@ impl Server {
             registry.settings().max_crate_size,
         );
         site.auth = AuthView::load(&root).map_err(|e| e.to_string())?;
-        let changes =
-            changes::Changes::watch(&registry.lock_path(), poll.registry(), CHANGES_TOKEN);
+        let changes = changes::Changes::watch(
+            &registry.lock_path(),
+            &[auth::AUTH_FILE, crate::registry::SETTINGS_FILE],
+            poll.registry(),
+            CHANGES_TOKEN,
+        );
         site.trees.written(changes.watching());
         release_freed_memory();
         release_code_pages();
@@ -396,12 +405,13 @@ impl Server {
     fn on_changes(&mut self) {
         match self.changes.drain() {
             changes::Seen::Nothing => return,
-            changes::Seen::Written => {}
+            changes::Seen::Access => {}
+            changes::Seen::Written => self.shared.site.trees.written(true),
             changes::Seen::Lost => {
                 self.changes.retry();
+                self.shared.site.trees.written(self.changes.watching());
             }
         }
-        self.shared.site.trees.written(self.changes.watching());
         self.next_auth_check = Instant::now();
     }
 
@@ -416,8 +426,12 @@ impl Server {
             return;
         }
         self.next_auth_check = now + AUTH_CHECK_EVERY;
-        if !self.changes.watching() && self.changes.retry() {
-            self.shared.site.trees.written(true);
+        if !self.changes.covers_everything() {
+            let was = self.changes.watching();
+            // Writes from now on are noticed: kept files are checked once more.
+            if self.changes.retry() && !was {
+                self.shared.site.trees.written(true);
+            }
         }
         let stamp = auth::Stamp::current(&self.root);
         if stamp == self.shared.site.auth.stamp() || Some(stamp) == self.auth_broken {
@@ -492,10 +506,21 @@ impl Server {
                 release_freed_memory();
                 trimmed = true;
             }
-            // Idle, the loop still wakes now and then to notice access control changes (and
-            // make `config.json` follow a hand-edited mode).
+            // Idle, the loop wakes once to give memory back, to write the tokens' last uses,
+            // and otherwise only when a client or a change comes: changes arrive as events
+            // while the watches are in place (see `changes`). Without them it looks at the
+            // access files every half second (and makes `config.json` follow a mode edited
+            // by hand).
             let mut timeout = if self.conns.is_empty() && self.accept_paused.is_none() {
-                Some(self.next_auth_check.saturating_duration_since(now))
+                let wake = [
+                    (!self.changes.covers_everything()).then_some(self.next_auth_check),
+                    idle_since.filter(|_| !trimmed).map(|s| s + IDLE_TRIM_AFTER),
+                    self.shared.has_token_uses().then_some(self.next_use_flush),
+                ];
+                wake.into_iter()
+                    .flatten()
+                    .min()
+                    .map(|w| w.saturating_duration_since(now))
             } else {
                 Some(next_sweep.saturating_duration_since(now))
             };
@@ -511,6 +536,13 @@ impl Server {
                     continue;
                 }
                 return Err(format!("poll: {e}"));
+            }
+            // Woken while idle and trimmed (a change, a signal, a job's answer): whatever
+            // runs now maps code back in, so it is given back again a second later. Only
+            // while nothing is polled: a poll every half second would trim every second.
+            if trimmed && self.conns.is_empty() && self.changes.covers_everything() {
+                trimmed = false;
+                idle_since = Some(Instant::now());
             }
             // Before any request is looked at: a request sent after a writer finished must
             // see its files, and a request after an idle spell must meet the current
