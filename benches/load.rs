@@ -240,10 +240,11 @@ fn main() {
     for (i, mut child, port) in running {
         let pid = child.id();
         let row = &mut rows[i];
-        for (label, mut runs) in std::mem::take(&mut row.samples) {
+        for (label, runs) in &row.samples {
+            let mut runs = runs.clone();
             runs.sort_by(|a, b| a.0.rps.total_cmp(&b.0.rps));
-            let median = runs[runs.len() / 2].clone();
-            row.results.insert(label, median);
+            row.results
+                .insert(label.clone(), runs[runs.len() / 2].clone());
         }
         if row.name == "palletizer" {
             row.publish = Some(publish_loop(port, pid, &token));
@@ -1000,14 +1001,26 @@ impl Row {
 
     /// Server CPU per request, µs.
     fn cpu_per_request(&self, key: &str) -> Option<f64> {
-        let (w, cpu) = self.results.get(key)?;
-        Some(cpu / w.requests.max(1) as f64)
+        self.median_over_rounds(key, |w, cpu| cpu / w.requests.max(1) as f64)
     }
 
     /// Server CPU per MiB sent, µs.
     fn cpu_per_mib(&self, key: &str) -> Option<f64> {
-        let (w, cpu) = self.results.get(key)?;
-        Some(cpu / (w.bytes / (1 << 20) as f64).max(1e-9))
+        self.median_over_rounds(key, |w, cpu| cpu / (w.bytes / (1 << 20) as f64).max(1e-9))
+    }
+
+    /// The median over the rounds of a figure each round gives: its own median, not the
+    /// figure of the round with the median throughput (a round's CPU cost and its
+    /// throughput do not move together on a shared machine).
+    fn median_over_rounds(&self, key: &str, of: impl Fn(&WrkResult, f64) -> f64) -> Option<f64> {
+        let mut all: Vec<f64> = self
+            .samples
+            .get(key)?
+            .iter()
+            .map(|(w, cpu)| of(w, *cpu))
+            .collect();
+        all.sort_by(f64::total_cmp);
+        all.get(all.len() / 2).copied()
     }
 }
 
