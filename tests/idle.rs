@@ -172,8 +172,14 @@ fn an_idle_server_sleeps_until_something_happens() {
     fs::rename(&tmp, &settings).unwrap();
     let config = sb.reg().join("index/config.json");
     let until = Instant::now() + Duration::from_secs(30);
-    while !fs::read_to_string(&config).unwrap().contains("\"auth-required\": true") {
-        assert!(Instant::now() < until, "config.json did not follow the edit");
+    while !fs::read_to_string(&config)
+        .unwrap()
+        .contains("\"auth-required\": true")
+    {
+        assert!(
+            Instant::now() < until,
+            "config.json did not follow the edit"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
