@@ -13,7 +13,9 @@
 //!
 //! A second watch, on the registry's folder, reports changes to the access files
 //! (`auth.json`, `palletizer.toml`) made by hand, without the lock. With both in place an
-//! idle server has nothing to poll for and sleeps until a client or a change comes.
+//! idle server has nothing to poll for and sleeps until a client or a change comes. An
+//! access file that is a symbolic link, or has another name, can be written where the folder's
+//! watch sees nothing: while one is, the loop polls as it does without the watches.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,10 @@ pub struct Changes {
     /// The folder's watch descriptor, when set.
     #[cfg(target_os = "linux")]
     folder_wd: Option<libc::c_int>,
+    /// An access file is a symbolic link or a hard link: edits through its other name
+    /// bring no event on the folder.
+    #[cfg(target_os = "linux")]
+    linked_out: bool,
     /// The watch is in place: closes of the lock file are reported.
     watching: bool,
 }
@@ -66,6 +72,8 @@ impl Changes {
             fd: None,
             #[cfg(target_os = "linux")]
             folder_wd: None,
+            #[cfg(target_os = "linux")]
+            linked_out: false,
             watching: false,
         };
         #[cfg(target_os = "linux")]
@@ -97,7 +105,7 @@ impl Changes {
     /// and hand edits of the access files. Until then the loop polls.
     pub fn covers_everything(&self) -> bool {
         #[cfg(target_os = "linux")]
-        return self.watching && self.folder_wd.is_some();
+        return self.watching && self.folder_wd.is_some() && !self.linked_out;
         #[cfg(not(target_os = "linux"))]
         false
     }
@@ -152,6 +160,7 @@ impl Changes {
             self.watching = wd >= 0 && regular;
             if self.folder_wd.is_none() {
                 self.folder_wd = self.watch_folder(fd.as_raw_fd());
+                self.look_at_links();
             }
         }
         self.watching
@@ -183,6 +192,18 @@ impl Changes {
         // SAFETY: a valid inotify descriptor and a NUL-terminated path.
         let wd = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) };
         (wd >= 0).then_some(wd)
+    }
+
+    /// Notes whether an access file can change without an event on the folder: a symbolic
+    /// link's target, or a file with another name (edited in place through that name).
+    #[cfg(target_os = "linux")]
+    fn look_at_links(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let folder = self.path.parent().unwrap_or(Path::new("."));
+        self.linked_out = self.access_files.iter().any(|f| {
+            std::fs::symlink_metadata(folder.join(f))
+                .is_ok_and(|m| m.file_type().is_symlink() || m.nlink() > 1)
+        });
     }
 
     /// Reads every pending event.
@@ -221,6 +242,11 @@ impl Changes {
         if seen == Seen::Lost {
             self.watching = false;
         }
+        #[cfg(target_os = "linux")]
+        if seen >= Seen::Access && self.folder_wd.is_some() {
+            // An access file made, replaced or removed may be a link now, or no longer.
+            self.look_at_links();
+        }
         seen
     }
 
@@ -228,8 +254,10 @@ impl Changes {
     #[cfg(target_os = "linux")]
     fn judge(&mut self, ev: &libc::inotify_event, name: &[u8]) -> Seen {
         if ev.mask & libc::IN_Q_OVERFLOW != 0 {
-            // Events were dropped: anything may have happened.
-            return Seen::Written;
+            // Events were dropped, the folder's or the lock file's going among them, maybe:
+            // both watches are set again (on the same files they come back unchanged).
+            self.folder_wd = None;
+            return Seen::Lost;
         }
         if Some(ev.wd) == self.folder_wd {
             if ev.mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED) != 0 {
@@ -248,5 +276,74 @@ impl Changes {
             // the file writers lock may no longer be this one.
             Seen::Lost
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    const ACCESS: &[&str] = &["auth.json", "palletizer.toml"];
+
+    /// A registry folder with its lock and access files, watched.
+    fn watched(root: &Path) -> (mio::Poll, Changes) {
+        std::fs::create_dir_all(root).unwrap();
+        for f in ACCESS {
+            std::fs::write(root.join(f), "x").unwrap();
+        }
+        let poll = mio::Poll::new().unwrap();
+        let c = Changes::watch(&root.join(".lock"), ACCESS, poll.registry(), Token(1));
+        assert!(c.covers_everything());
+        (poll, c)
+    }
+
+    /// A queue overflow may have dropped the folder's own move: the watches are set again
+    /// on what is at the path now, so the next hand edit there is reported.
+    #[test]
+    fn a_queue_overflow_hid_the_folder_being_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("reg");
+        let (_poll, mut c) = watched(&root);
+        let max: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(16384);
+        if max > 100_000 {
+            return;
+        }
+        // Each file made brings two events (made, closed after writing).
+        for i in 0..max / 2 + 1 {
+            std::fs::write(root.join(format!("j{i}")), "").unwrap();
+        }
+        std::fs::rename(&root, tmp.path().join("old")).unwrap();
+        watched(&root);
+        assert_eq!(c.drain(), Seen::Lost);
+        c.retry();
+        assert!(c.covers_everything());
+        std::fs::write(root.join("palletizer.toml"), "y").unwrap();
+        assert_eq!(c.drain(), Seen::Access);
+    }
+
+    /// The target of a symbolic link, or a file's other name, is edited where the folder's
+    /// watch sees nothing: the loop must poll while an access file is one.
+    #[test]
+    fn a_linked_access_file_is_polled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("reg");
+        let (_poll, mut c) = watched(&root);
+        let elsewhere = tmp.path().join("palletizer.toml");
+        std::fs::write(&elsewhere, "x").unwrap();
+        std::fs::remove_file(root.join("palletizer.toml")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("palletizer.toml")).unwrap();
+        assert_eq!(c.drain(), Seen::Access);
+        assert!(!c.covers_everything());
+        std::fs::remove_file(root.join("palletizer.toml")).unwrap();
+        std::fs::hard_link(&elsewhere, root.join("palletizer.toml")).unwrap();
+        assert_eq!(c.drain(), Seen::Access);
+        assert!(!c.covers_everything());
+        std::fs::remove_file(&elsewhere).unwrap();
+        std::fs::write(root.join("auth.json"), "y").unwrap();
+        assert_eq!(c.drain(), Seen::Access);
+        assert!(c.covers_everything());
     }
 }

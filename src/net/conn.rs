@@ -669,7 +669,9 @@ impl<S: Stream> Conn<S> {
                     out.head_pos += from_head;
                     out.body.advance(wrote - from_head);
                     // Progress on a response that goes on (the finished one sets its own).
-                    if (wrote as u64) < remaining {
+                    // Over TLS the last bytes taken may still wait to be sent: the response
+                    // goes on until they are, and it just made progress.
+                    if (wrote as u64) < remaining || self.transport.has_pending_output() {
                         self.deadline = Instant::now() + shared.limits.io_timeout();
                     }
                 }
@@ -832,12 +834,14 @@ mod tests {
     }
 
     /// An in-memory stream: reads follow the script (then `WouldBlock`); each write takes
-    /// at most the next scripted amount (`0`: `WouldBlock`), then everything.
+    /// at most the next scripted amount (`0`: `WouldBlock`), then everything. Like TLS, it
+    /// may keep what it took: the first `unflushed` flushes after a write find the socket full.
     struct Script {
         reads: VecDeque<R>,
         writes: VecDeque<usize>,
         out: Vec<u8>,
         closed: bool,
+        unflushed: usize,
     }
 
     impl Stream for Script {
@@ -872,11 +876,15 @@ mod tests {
         }
 
         fn flush(&mut self) -> io::Result<bool> {
+            if self.has_pending_output() {
+                self.unflushed -= 1;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             Ok(true)
         }
 
         fn has_pending_output(&self) -> bool {
-            false
+            self.unflushed > 0 && !self.out.is_empty()
         }
 
         fn close(&mut self) {
@@ -938,6 +946,7 @@ mod tests {
             writes: writes.iter().copied().collect(),
             out: Vec::new(),
             closed: false,
+            unflushed: 0,
         };
         let peer = "127.0.0.1:1".parse().unwrap();
         let mut conn = Conn::new(0, 1, script, peer, Instant::now() + Duration::from_secs(60));
@@ -1369,6 +1378,7 @@ mod tests {
             writes: VecDeque::new(),
             out: Vec::new(),
             closed: false,
+            unflushed: 0,
         };
         let mut conn = Conn::new(0, 1, script, peer, Instant::now());
         conn.readable = true;
@@ -1390,6 +1400,7 @@ mod tests {
             writes: [0].into_iter().collect(),
             out: Vec::new(),
             closed: false,
+            unflushed: 0,
         };
         let mut conn = Conn::new(0, 1, script, peer, Instant::now());
         conn.readable = true;
@@ -1404,5 +1415,36 @@ mod tests {
         assert_eq!(conn.drive(&w.shared), Turn::Parked);
         assert!(matches!(conn.phase, Phase::Write(_)));
         assert!(conn.deadline <= Instant::now() + w.shared.limits.io_timeout());
+    }
+
+    /// A response whose last bytes the stream took but could not send yet (TLS with a full
+    /// socket) made progress with that write: it has a whole I/O timeout to get them out,
+    /// not what was left of the one before.
+    #[test]
+    fn a_last_write_that_waits_for_its_flush_gets_a_fresh_io_deadline() {
+        let w = world(100);
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let script = Script {
+            reads: [R::Data(CONFIG)].into_iter().collect(),
+            writes: [0].into_iter().collect(),
+            out: Vec::new(),
+            closed: false,
+            unflushed: 2,
+        };
+        let mut conn = Conn::new(0, 1, script, peer, Instant::now());
+        conn.readable = true;
+        conn.writable = true;
+        assert_eq!(conn.drive(&w.shared), Turn::Parked);
+        assert!(matches!(conn.phase, Phase::Write(_)));
+        // The socket stayed full until the response's deadline had nearly passed.
+        conn.deadline = Instant::now();
+        conn.writable = true;
+        assert_eq!(conn.drive(&w.shared), Turn::Parked);
+        assert!(matches!(conn.phase, Phase::Write(_)));
+        assert!(conn.transport.has_pending_output());
+        assert!(
+            conn.deadline > Instant::now() + w.shared.limits.io_timeout() / 2,
+            "the write that took the last bytes did not move the deadline"
+        );
     }
 }
