@@ -30,7 +30,10 @@ pub struct Changes {
     access_files: &'static [&'static str],
     #[cfg(target_os = "linux")]
     fd: Option<std::os::fd::OwnedFd>,
-    /// The folder's watch descriptor, when set.
+    /// The lock file's and the folder's watch descriptors, when set. Events of any other
+    /// (a watch replaced since, on a file or folder no longer at its path) mean nothing.
+    #[cfg(target_os = "linux")]
+    lock_wd: Option<libc::c_int>,
     #[cfg(target_os = "linux")]
     folder_wd: Option<libc::c_int>,
     /// An access file is a symbolic link or a hard link: edits through its other name
@@ -70,6 +73,8 @@ impl Changes {
             access_files,
             #[cfg(target_os = "linux")]
             fd: None,
+            #[cfg(target_os = "linux")]
+            lock_wd: None,
             #[cfg(target_os = "linux")]
             folder_wd: None,
             #[cfg(target_os = "linux")]
@@ -157,6 +162,7 @@ impl Changes {
             // Looked at again once watched: a replacement before the watch shows here, one
             // after it is reported as an event.
             let regular = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_file());
+            self.lock_wd = (wd >= 0).then_some(wd);
             self.watching = wd >= 0 && regular;
             if self.folder_wd.is_none() {
                 self.folder_wd = self.watch_folder(fd.as_raw_fd());
@@ -269,6 +275,9 @@ impl Changes {
             let ours = self.access_files.iter().any(|f| f.as_bytes() == name);
             return if ours { Seen::Access } else { Seen::Nothing };
         }
+        if Some(ev.wd) != self.lock_wd {
+            return Seen::Nothing;
+        }
         if ev.mask & libc::IN_CLOSE_WRITE != 0 {
             Seen::Written
         } else {
@@ -309,6 +318,7 @@ mod tests {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(16384);
         if max > 100_000 {
+            eprintln!("skipped: max_queued_events is {max}, too many files to make");
             return;
         }
         // Each file made brings two events (made, closed after writing).
@@ -322,6 +332,25 @@ mod tests {
         assert!(c.covers_everything());
         std::fs::write(root.join("palletizer.toml"), "y").unwrap();
         assert_eq!(c.drain(), Seen::Access);
+    }
+
+    /// Once the lock file was replaced, its old watch still reports what happens to the
+    /// old file (kept alive under another name): that is no write to this registry.
+    #[test]
+    fn events_of_a_replaced_watch_mean_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("reg");
+        let (_poll, mut c) = watched(&root);
+        let lock = root.join(".lock");
+        std::fs::hard_link(&lock, tmp.path().join("old-lock")).unwrap();
+        std::fs::write(root.join(".new"), "").unwrap();
+        std::fs::rename(root.join(".new"), &lock).unwrap();
+        assert_eq!(c.drain(), Seen::Lost);
+        assert!(c.retry());
+        std::fs::write(tmp.path().join("old-lock"), "x").unwrap();
+        assert_eq!(c.drain(), Seen::Nothing);
+        std::fs::write(&lock, "x").unwrap();
+        assert_eq!(c.drain(), Seen::Written);
     }
 
     /// The target of a symbolic link, or a file's other name, is edited where the folder's
