@@ -188,15 +188,17 @@ fn head_of(s: &Sandbox) -> String {
         .to_owned()
 }
 
-/// The kept full-clone answers: (file name, inode).
+/// The kept full-clone answers: (file name, inode). A file the server's background writer
+/// removes (a temp file renamed into place, an old answer) between the listing and the look
+/// at it is not listed.
 fn kept(s: &Sandbox) -> Vec<(String, u64)> {
     use std::os::unix::fs::MetadataExt;
     let mut out: Vec<(String, u64)> = fs::read_dir(s.reg().join(".clone-cache"))
         .map(|d| {
             d.flatten()
-                .map(|e| {
+                .filter_map(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    (name, e.metadata().unwrap().ino())
+                    Some((name, e.metadata().ok()?.ino()))
                 })
                 .collect()
         })
