@@ -668,12 +668,9 @@ impl<S: Stream> Conn<S> {
                     let from_head = wrote.min(out.head.len() - out.head_pos);
                     out.head_pos += from_head;
                     out.body.advance(wrote - from_head);
-                    // Progress on a response that goes on (the finished one sets its own).
-                    // Over TLS the last bytes taken may still wait to be sent: the response
-                    // goes on until they are, and it just made progress.
-                    if (wrote as u64) < remaining || self.transport.has_pending_output() {
-                        self.deadline = Instant::now() + shared.limits.io_timeout();
-                    }
+                    // Progress: a whole I/O timeout for what is left, including bytes TLS
+                    // took but still has to send.
+                    self.deadline = Instant::now() + shared.limits.io_timeout();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.writable = false;
@@ -844,6 +841,21 @@ mod tests {
         unflushed: usize,
     }
 
+    impl Script {
+        fn new(
+            reads: impl IntoIterator<Item = R>,
+            writes: impl IntoIterator<Item = usize>,
+        ) -> Script {
+            Script {
+                reads: reads.into_iter().collect(),
+                writes: writes.into_iter().collect(),
+                out: Vec::new(),
+                closed: false,
+                unflushed: 0,
+            }
+        }
+    }
+
     impl Stream for Script {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             let data = match self.reads.pop_front() {
@@ -941,13 +953,7 @@ mod tests {
     /// Drives a connection through `reads` and `writes` as the event loop would (each pass
     /// a new readiness edge), answering every job the way the worker would.
     fn run(w: &World, reads: &[R], writes: &[usize]) -> Run {
-        let script = Script {
-            reads: reads.iter().cloned().collect(),
-            writes: writes.iter().copied().collect(),
-            out: Vec::new(),
-            closed: false,
-            unflushed: 0,
-        };
+        let script = Script::new(reads.iter().cloned(), writes.iter().copied());
         let peer = "127.0.0.1:1".parse().unwrap();
         let mut conn = Conn::new(0, 1, script, peer, Instant::now() + Duration::from_secs(60));
         let mut jobs = Vec::new();
@@ -1369,17 +1375,12 @@ mod tests {
     fn an_abandoned_upload_gives_its_spool_share_back() {
         let w = world(100);
         let peer = "127.0.0.1:1".parse().unwrap();
-        let script = Script {
-            reads: [R::Data(
+        let script = Script::new(
+            [R::Data(
                 b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: 80\r\n\r\nab",
-            )]
-            .into_iter()
-            .collect(),
-            writes: VecDeque::new(),
-            out: Vec::new(),
-            closed: false,
-            unflushed: 0,
-        };
+            )],
+            [],
+        );
         let mut conn = Conn::new(0, 1, script, peer, Instant::now());
         conn.readable = true;
         conn.writable = true;
@@ -1395,13 +1396,7 @@ mod tests {
     fn answers_from_the_worker_get_a_fresh_io_deadline() {
         let w = world(100);
         let peer = "127.0.0.1:1".parse().unwrap();
-        let script = Script {
-            reads: [R::Data(SEARCH)].into_iter().collect(),
-            writes: [0].into_iter().collect(),
-            out: Vec::new(),
-            closed: false,
-            unflushed: 0,
-        };
+        let script = Script::new([R::Data(SEARCH)], [0]);
         let mut conn = Conn::new(0, 1, script, peer, Instant::now());
         conn.readable = true;
         conn.writable = true;
@@ -1425,11 +1420,8 @@ mod tests {
         let w = world(100);
         let peer = "127.0.0.1:1".parse().unwrap();
         let script = Script {
-            reads: [R::Data(CONFIG)].into_iter().collect(),
-            writes: [0].into_iter().collect(),
-            out: Vec::new(),
-            closed: false,
             unflushed: 2,
+            ..Script::new([R::Data(CONFIG)], [0])
         };
         let mut conn = Conn::new(0, 1, script, peer, Instant::now());
         conn.readable = true;
