@@ -172,19 +172,22 @@ impl Changes {
         self.watching
     }
 
+    /// The folder holding the lock file and the access files.
+    #[cfg(target_os = "linux")]
+    fn folder(&self) -> &Path {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+
     /// The watch on the lock file's folder, for the access files: any way a file can change
     /// under a name (written in place, renamed over, made, removed), and the folder itself
     /// going away.
     #[cfg(target_os = "linux")]
     fn watch_folder(&self, fd: libc::c_int) -> Option<libc::c_int> {
         use std::os::unix::ffi::OsStrExt;
-        let folder = self.path.parent()?;
-        let folder = if folder.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            folder
-        };
-        let path = std::ffi::CString::new(folder.as_os_str().as_bytes()).ok()?;
+        let path = std::ffi::CString::new(self.folder().as_os_str().as_bytes()).ok()?;
         let mask = libc::IN_CLOSE_WRITE
             | libc::IN_MOVED_TO
             | libc::IN_MOVED_FROM
@@ -205,7 +208,7 @@ impl Changes {
     #[cfg(target_os = "linux")]
     fn look_at_links(&mut self) {
         use std::os::unix::fs::MetadataExt;
-        let folder = self.path.parent().unwrap_or(Path::new("."));
+        let folder = self.folder();
         self.linked_out = self.access_files.iter().any(|f| {
             std::fs::symlink_metadata(folder.join(f))
                 .is_ok_and(|m| m.file_type().is_symlink() || m.nlink() > 1)

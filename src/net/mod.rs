@@ -399,9 +399,10 @@ impl Server {
         self.first_token.take()
     }
 
-    /// A writer released the registry's lock: kept files are checked again on their next
-    /// use, and the access control files now (a token revoked with the CLI stops working
-    /// at once).
+    /// A writer released the registry's lock (kept files are checked again on their next
+    /// use), the lock's watch was lost, or an access file was edited by hand: either way
+    /// the access control files are looked at now (a token revoked with the CLI stops
+    /// working at once).
     fn on_changes(&mut self) {
         match self.changes.drain() {
             changes::Seen::Nothing => return,
