@@ -788,14 +788,7 @@ fn config_json_follows_the_access_setting_at_start() {
     let s = Sandbox::new();
     let srv = s.serve(&[]);
     drop(srv);
-    let settings = s.reg().join("palletizer.toml");
-    let text = fs::read_to_string(&settings).unwrap();
-    assert!(text.contains("access = \"public\""), "{text}");
-    fs::write(
-        &settings,
-        text.replace("access = \"public\"", "access = \"private\""),
-    )
-    .unwrap();
+    s.make_private_by_hand();
     let srv = s.serve(&[]);
     let config = fs::read_to_string(s.reg().join("index/config.json")).unwrap();
     assert!(config.contains("\"auth-required\": true"), "{config}");
@@ -874,19 +867,8 @@ fn a_token_revoked_during_its_upload_cannot_publish() {
 fn config_json_follows_an_access_change_while_running() {
     let s = Sandbox::new();
     let srv = s.serve(&[]);
-    let settings = s.reg().join("palletizer.toml");
-    let text = fs::read_to_string(&settings).unwrap();
-    let tmp = s.reg().join("palletizer.toml.new");
-    fs::write(
-        &tmp,
-        text.replace("access = \"public\"", "access = \"private\""),
-    )
-    .unwrap();
-    fs::rename(&tmp, &settings).unwrap();
-    let config = s.reg().join("index/config.json");
-    wait_until("config.json says auth-required", || {
-        fs::read_to_string(&config).is_ok_and(|c| c.contains("\"auth-required\": true"))
-    });
+    s.make_private_by_hand();
+    s.wait_for_private_config();
     let served = request(
         srv.addr(),
         "GET",

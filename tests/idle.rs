@@ -160,28 +160,8 @@ fn an_idle_server_sleeps_until_something_happens() {
     }
     // `access` edited by hand: the folder's watch wakes the server, and `config.json`
     // follows.
-    let settings = sb.reg().join("palletizer.toml");
-    let text = fs::read_to_string(&settings).unwrap();
-    assert!(text.contains("access = \"public\""), "{text}");
-    let tmp = sb.reg().join("palletizer.toml.new");
-    fs::write(
-        &tmp,
-        text.replace("access = \"public\"", "access = \"private\""),
-    )
-    .unwrap();
-    fs::rename(&tmp, &settings).unwrap();
-    let config = sb.reg().join("index/config.json");
-    let until = Instant::now() + Duration::from_secs(30);
-    while !fs::read_to_string(&config)
-        .unwrap()
-        .contains("\"auth-required\": true")
-    {
-        assert!(
-            Instant::now() < until,
-            "config.json did not follow the edit"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    sb.make_private_by_hand();
+    sb.wait_for_private_config();
     assert_eq!(
         get_bytes(server.addr(), "/index/config.json").unwrap().0,
         401

@@ -53,6 +53,36 @@ impl Sandbox {
         self.path().join("reg")
     }
 
+    /// Turns `access = "public"` into `"private"` in `palletizer.toml` by hand, not through
+    /// the CLI (no lock taken): a new file renamed over the old one, as editors and `sed -i`
+    /// write.
+    pub fn make_private_by_hand(&self) {
+        let settings = self.reg().join("palletizer.toml");
+        let text = fs::read_to_string(&settings).unwrap();
+        assert!(text.contains("access = \"public\""), "{text}");
+        let tmp = self.reg().join("palletizer.toml.new");
+        fs::write(
+            &tmp,
+            text.replace("access = \"public\"", "access = \"private\""),
+        )
+        .unwrap();
+        fs::rename(&tmp, &settings).unwrap();
+    }
+
+    /// Waits until `index/config.json` says `auth-required` (the server follows a mode
+    /// changed by hand); fails after 30 s.
+    pub fn wait_for_private_config(&self) {
+        let config = self.reg().join("index/config.json");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !fs::read_to_string(&config).is_ok_and(|c| c.contains("\"auth-required\": true")) {
+            assert!(
+                std::time::Instant::now() < until,
+                "config.json did not follow the access change"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn cargo_home(&self) -> PathBuf {
         self.path().join("cargo-home")
     }
