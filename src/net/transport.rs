@@ -378,7 +378,9 @@ fn encrypt(
     out: &mut Vec<u8>,
 ) -> Result<usize, rustls::Error> {
     let total: usize = bufs.iter().map(|b| b.len()).sum();
-    if bufs.len() > 1 && total > 0 && total <= RECORD_PAYLOAD {
+    // A head alone (a 304, a HEAD answer) comes with an empty body slice: nothing to join.
+    let pieces = bufs.iter().filter(|b| !b.is_empty()).count();
+    if pieces > 1 && total <= RECORD_PAYLOAD {
         let mut one = Vec::with_capacity(total);
         for b in bufs {
             one.extend_from_slice(b);
