@@ -154,9 +154,10 @@ fn open_checked(base: &Path, rel: &str) -> io::Result<File> {
         .open(&path)
 }
 
-/// What a response tells of a file: its length and validators. Read once, when the file is
-/// opened: files are replaced by rename, never rewritten in place, so an inode's bytes and
-/// times stay as they were.
+/// What a response tells of a file: its length and validators. Read when the file is
+/// opened, and again when a kept descriptor is checked (after a noticed write, or a short
+/// read): the registry replaces files by rename, so an inode's bytes and times stay as they
+/// were unless someone edits the file in place by hand.
 #[derive(Debug, Clone, Copy)]
 struct Stamp {
     len: u64,
