@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use super::request::{percent_decode, query_param, Head, Method};
+use super::errors::{registry_error, storage_error};
 use super::response::{Body, FileBody, Response};
 use crate::registry::auth::{self, AuthFile, Principal, Refusal};
 use crate::registry::{self, gitpack, CrateName, PublishMetadata, Registry};
@@ -19,9 +19,6 @@ use crate::registry::{self, gitpack, CrateName, PublishMetadata, Registry};
 pub const MAX_METADATA: u64 = 1 << 20;
 /// Largest body accepted (and ignored) on requests that need none, such as unyank.
 pub const MAX_SMALL_BODY: u64 = 64 * 1024;
-/// Hits per search page when cargo does not say, and the most it may ask for.
-const DEFAULT_PER_PAGE: usize = 10;
-const MAX_PER_PAGE: usize = 100;
 
 /// Largest git upload-pack request accepted (libgit2 sends at most 256 haves per round).
 pub const MAX_GIT_REQUEST: u64 = 1 << 20;
@@ -42,6 +39,8 @@ pub enum Job {
         vers: String,
         yank: bool,
     },
+    /// crates.io's JSON for one crate (`GET /api/v1/crates/{name}`).
+    Crate { name: CrateName },
     Search {
         query: String,
         /// Hits of the pages before the one asked for.
@@ -102,10 +101,6 @@ pub enum Routed {
     AfterBody(Job),
 }
 
-fn decode(seg: &str) -> Option<String> {
-    percent_decode(seg).and_then(|b| String::from_utf8(b).ok())
-}
-
 /// What a spooled body becomes once it is complete.
 #[derive(Debug, Clone)]
 pub enum Spooled {
@@ -132,157 +127,6 @@ impl Spooled {
             },
             Spooled::Login(ctx) => Job::Login { body, ctx },
         }
-    }
-}
-
-/// A crate name from a URL segment: decoded and validated, or the 400 to answer.
-fn crate_in_path(seg: &str) -> Result<CrateName, Routed> {
-    let Some(name) = decode(seg) else {
-        return Err(Routed::Done(Response::error(
-            400,
-            "invalid crate name in path",
-        )));
-    };
-    CrateName::parse(&name).map_err(|e| Routed::Done(Response::error(400, &e.to_string())))
-}
-
-/// Routes the git smart HTTP endpoints below the index (`rest` follows `/index/`).
-/// `None`: not a git endpoint.
-pub fn route_git(rest: &str, head: &Head) -> Option<Routed> {
-    match rest {
-        "info/refs" => Some(match head.method {
-            Method::Get | Method::Head => {
-                let service = head.query().and_then(|q| query_param(q, "service"));
-                if service.as_deref() == Some("git-upload-pack") {
-                    Routed::Job(Job::GitRefs)
-                } else {
-                    // Dumb HTTP would need the object store exposed; only smart HTTP is served.
-                    Routed::Done(Response::error(
-                        403,
-                        "only git smart HTTP (git-upload-pack) is served",
-                    ))
-                }
-            }
-            _ => Routed::Done(Response::not_allowed("GET, HEAD")),
-        }),
-        "git-upload-pack" => Some(match head.method {
-            Method::Post if head.content_length == 0 => {
-                Routed::Done(Response::error(400, "upload-pack request has no body"))
-            }
-            Method::Post if head.content_length > MAX_GIT_REQUEST => {
-                Routed::Done(Response::error(413, "upload-pack request too large"))
-            }
-            Method::Post => match head.content_encoding.as_deref() {
-                None | Some("identity") => Routed::Upload(Spooled::GitUploadPack { gzip: false }),
-                Some("gzip" | "x-gzip") => Routed::Upload(Spooled::GitUploadPack { gzip: true }),
-                Some(_) => Routed::Done(Response::error(415, "unsupported Content-Encoding")),
-            },
-            _ => Routed::Done(Response::not_allowed("POST")),
-        }),
-        "git-receive-pack" => Some(Routed::Done(Response::error(
-            403,
-            "pushing to the index is not allowed",
-        ))),
-        _ => None,
-    }
-}
-
-/// Routes `path` (the part after `/api/v1`).
-pub fn route(path: &str, head: &Head, max_upload: u64) -> Routed {
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let allow = |methods: &'static str| Routed::Done(Response::not_allowed(methods));
-    match (head.method, segs.as_slice()) {
-        (Method::Put, ["crates", "new"]) => {
-            if head.content_length == 0 {
-                return Routed::Done(Response::error(400, "publish request has no body"));
-            }
-            // Refused before any of the body is read (and before `100 Continue`).
-            if head.content_length > max_upload {
-                let detail = format!("max upload size is: {max_upload}");
-                return Routed::Done(Response::error(413, &detail));
-            }
-            Routed::Upload(Spooled::Publish)
-        }
-        (_, ["crates", "new"]) => allow("PUT"),
-        (Method::Get | Method::Head, ["crates"]) => {
-            let query = head.query().unwrap_or("");
-            let q = query_param(query, "q").unwrap_or_default();
-            let per_page = match query_param(query, "per_page") {
-                None => DEFAULT_PER_PAGE,
-                Some(n) => match n.parse::<usize>() {
-                    Ok(n) if n > 0 => n.min(MAX_PER_PAGE),
-                    _ => {
-                        return Routed::Done(Response::error(
-                            400,
-                            "per_page must be a positive number",
-                        ))
-                    }
-                },
-            };
-            // 1-based, as crates.io counts pages.
-            let page = match query_param(query, "page") {
-                None => 1,
-                Some(n) => match n.parse::<usize>() {
-                    Ok(n) if n > 0 => n,
-                    _ => {
-                        return Routed::Done(Response::error(400, "page must be a positive number"))
-                    }
-                },
-            };
-            let skip = (page - 1).saturating_mul(per_page);
-            Routed::Job(Job::Search {
-                query: q,
-                skip,
-                per_page,
-            })
-        }
-        (_, ["crates"]) => allow("GET, HEAD"),
-        (method, ["crates", name, vers, action @ ("yank" | "unyank")]) => {
-            let name = match crate_in_path(name) {
-                Ok(n) => n,
-                Err(refused) => return refused,
-            };
-            let Some(vers) = decode(vers) else {
-                return Routed::Done(Response::error(400, "invalid version in path"));
-            };
-            let yank = *action == "yank";
-            let wanted = if yank { Method::Delete } else { Method::Put };
-            if method != wanted {
-                return allow(if yank { "DELETE" } else { "PUT" });
-            }
-            let job = Job::Yank { name, vers, yank };
-            if head.content_length == 0 {
-                Routed::Job(job)
-            } else if head.content_length <= MAX_SMALL_BODY {
-                Routed::AfterBody(job)
-            } else {
-                Routed::Done(Response::error(413, "request body too large"))
-            }
-        }
-        (method, ["crates", name, "owners"]) => {
-            let change = match method {
-                Method::Get | Method::Head => None,
-                Method::Put => Some(OwnersChange::Add),
-                Method::Delete => Some(OwnersChange::Remove),
-                _ => return allow("GET, HEAD, PUT, DELETE"),
-            };
-            let name = match crate_in_path(name) {
-                Ok(n) => n,
-                Err(refused) => return refused,
-            };
-            match change {
-                None => Routed::Job(Job::Owners { name, change: None }),
-                Some(_) if head.content_length == 0 => Routed::Done(Response::error(
-                    400,
-                    "owner changes need a body: {\"users\":[...]}",
-                )),
-                Some(_) if head.content_length > MAX_SMALL_BODY => {
-                    Routed::Done(Response::error(413, "request body too large"))
-                }
-                Some(change) => Routed::Upload(Spooled::Owners { name, change }),
-            }
-        }
-        _ => Routed::Done(Response::error(404, "no such API endpoint")),
     }
 }
 
@@ -342,6 +186,7 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
             }
         },
         Job::Page(page, ctx) => super::pages::run(reg, page, &ctx),
+        Job::Crate { name } => super::crate_json::crate_json(reg, &name),
         Job::Login { body, ctx } => super::pages::login(reg, &body, &ctx),
         Job::RecordTokenUse(uses) => match auth::record_last_used(reg, &uses) {
             Ok(()) => Response::new(204),
@@ -438,36 +283,6 @@ fn upload_pack(reg: &Registry, path: &std::path::Path, gzip: bool) -> Response {
         .header("Content-Type", "application/x-git-upload-pack-result")
         .header("Cache-Control", "no-cache")
         .body(Body::File(FileBody::new(std::sync::Arc::new(file), len)))
-}
-
-/// Maps a registry error to a status and a message for the client. Internal errors are
-/// logged with their detail and answered without it; storage trouble (a full disk) is a 507
-/// that says so, never a 400 that blames the crate.
-pub fn registry_error(e: registry::Error) -> Response {
-    use registry::Error as E;
-    if let Some(detail) = e.storage_trouble() {
-        eprintln!("error: registry: {e}");
-        return storage_error(detail);
-    }
-    match e {
-        E::NotFound(m) => Response::error(404, &m),
-        E::Invalid(m) => Response::error(400, &m),
-        E::Conflict(m) => Response::error(409, &m),
-        E::TooLarge(m) => Response::error(413, &m),
-        e @ (E::Io { .. } | E::Git(_) | E::Settings(_)) => {
-            eprintln!("error: registry: {e}");
-            Response::error(
-                500,
-                "internal error while writing the registry; the server log has details",
-            )
-        }
-    }
-}
-
-/// RFC 4918 11.5: 507 Insufficient Storage, for what the storage refused (see
-/// [`registry::storage_trouble`]).
-pub fn storage_error(detail: &str) -> Response {
-    Response::error(507, detail)
 }
 
 /// A refusal decided on the worker (ownership): logged with its reason, never the token.

@@ -198,7 +198,7 @@ pub fn auth_error(e: AuthError, base_url: &str) -> Response {
         AuthError::Refused(r) => refused(&r, Challenge::Cargo, base_url),
         AuthError::Invalid(m) | AuthError::Conflict(m) => Response::error(400, &m),
         AuthError::NotFound(m) => Response::error(404, &m),
-        AuthError::Registry(e) => super::api::registry_error(e),
+        AuthError::Registry(e) => super::errors::registry_error(e),
         e @ (AuthError::Corrupt { .. } | AuthError::Random(_)) => {
             eprintln!("error: access control: {e}");
             Response::error(
@@ -251,206 +251,9 @@ pub fn owners_request(body: &[u8]) -> Result<Vec<String>, Response> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::api::{Job, Routed, Spooled};
-    use crate::http::files::Trees;
     use crate::http::Body;
-    use crate::http::{route, Head, Site};
     use crate::registry::auth::Scopes;
-    use crate::registry::settings::Access::{Open, Private, Public};
-
-    const METHODS: [Method; 6] = [
-        Method::Get,
-        Method::Head,
-        Method::Put,
-        Method::Post,
-        Method::Delete,
-        Method::Other,
-    ];
-
-    fn head(method: Method, target: &str) -> Head {
-        Head {
-            method,
-            target: target.into(),
-            minor: 1,
-            keep_alive: true,
-            content_length: 10,
-            expect_continue: false,
-            if_none_match: None,
-            if_modified_since: None,
-            authorization: None,
-            cookie: None,
-            content_type: None,
-            content_encoding: None,
-            len: 0,
-        }
-    }
-
-    /// `-`: nothing; `read`, `read/basic`, `publish`, `yank:NAME`, `owners:NAME`.
-    fn short(r: Option<Required>) -> String {
-        let Some(r) = r else { return "-".into() };
-        let need = match r.need {
-            Need::Read => "read",
-            Need::Publish => "publish",
-            Need::Yank => "yank",
-            Need::ChangeOwners => "owners",
-            Need::Admin => "admin",
-        };
-        let mut s = need.to_owned();
-        if r.challenge == Challenge::Basic {
-            s.push_str("/basic");
-        }
-        if let Some(k) = r.krate {
-            s = format!("{s}:{k}");
-        }
-        s
-    }
-
-    #[test]
-    fn every_route_in_every_mode() {
-        use Method::*;
-        // method, path, open, public, private
-        #[rustfmt::skip]
-        let table: &[(Method, &str, &str, &str, &str)] = &[
-            (Get, "/index/config.json", "-", "-", "read"),
-            (Head, "/index/config.json", "-", "-", "read"),
-            (Get, "/index/3/f/foo", "-", "-", "read"),
-            (Get, "/index/my/cr/mycrate", "-", "-", "read"),
-            (Put, "/index/config.json", "-", "-", "read"),
-            (Get, "/crates/foo/foo-1.0.0.crate", "-", "-", "read"),
-            (Head, "/crates/foo/foo-1.0.0.crate", "-", "-", "read"),
-            (Delete, "/crates/foo/foo-1.0.0.crate", "-", "-", "read"),
-            (Get, "/index/info/refs", "-", "-", "read/basic"),
-            (Head, "/index/info/refs", "-", "-", "read/basic"),
-            (Post, "/index/git-upload-pack", "-", "-", "read/basic"),
-            (Get, "/index/git-upload-pack", "-", "-", "read/basic"),
-            (Post, "/index/git-receive-pack", "-", "-", "read/basic"),
-            (Put, "/api/v1/crates/new", "-", "publish", "publish"),
-            (Put, "/api/v1//crates/new", "-", "publish", "publish"),
-            (Get, "/api/v1/crates/new", "-", "-", "read"),
-            (Post, "/api/v1/crates/new", "-", "-", "read"),
-            (Get, "/api/v1/crates", "-", "-", "read"),
-            (Head, "/api/v1/crates", "-", "-", "read"),
-            (Delete, "/api/v1/crates", "-", "-", "read"),
-            (Delete, "/api/v1/crates/foo/1.0.0/yank", "-", "yank:foo", "yank:foo"),
-            (Put, "/api/v1/crates/foo/1.0.0/yank", "-", "-", "read"),
-            (Put, "/api/v1/crates/Foo%2Dbar/1.0.0/unyank", "-", "yank:Foo-bar", "yank:Foo-bar"),
-            (Delete, "/api/v1/crates/foo/1.0.0/unyank", "-", "-", "read"),
-            (Get, "/api/v1/crates/foo/owners", "-", "-", "read"),
-            (Head, "/api/v1/crates/foo/owners", "-", "-", "read"),
-            (Put, "/api/v1/crates/foo/owners", "-", "owners:foo", "owners:foo"),
-            (Delete, "/api/v1/crates/foo/owners", "-", "owners:foo", "owners:foo"),
-            (Post, "/api/v1/crates/foo/owners", "-", "-", "read"),
-            (Get, "/api/v1/nothing/here", "-", "-", "read"),
-            (Put, "/api/v1/nothing/here", "-", "-", "read"),
-            (Other, "/api/v1/crates/new", "-", "-", "read"),
-            (Get, "/", "-", "-", "read"),
-            (Get, "/index/", "-", "-", "read"),
-            (Get, "/elsewhere", "-", "-", "read"),
-            (Get, "/login", "-", "-", "-"),
-            (Head, "/login", "-", "-", "-"),
-            (Get, "/me", "-", "-", "-"),
-            (Get, "/metrics", "admin", "admin", "admin"),
-            (Head, "/metrics", "admin", "admin", "admin"),
-            (Post, "/metrics", "admin", "admin", "admin"),
-            (Get, "/metrics/", "-", "-", "read"),
-            (Post, "/login", "-", "-", "-"),
-            (Post, "/logout", "-", "-", "-"),
-            (Get, "/search", "-", "-", "read"),
-            (Get, "/crates/foo", "-", "-", "read"),
-            (Get, "/crates/foo/1.0.0", "-", "-", "read"),
-        ];
-        for &(method, path, open, public, private) in table {
-            for (mode, want) in [(Open, open), (Public, public), (Private, private)] {
-                let got = short(required(mode, method, path));
-                assert_eq!(got, want, "{} {path} in {mode} mode", method.as_str());
-            }
-        }
-    }
-
-    /// Whatever the router turns into a write, `required` asks a token for, with the crate
-    /// the write acts on; in a private registry it asks one for everything. Checked against
-    /// the real router, so a route added there without a rule here fails this test.
-    #[test]
-    fn required_covers_what_the_router_does() {
-        let tmp = tempfile::tempdir().unwrap();
-        let trees = Trees::new(tmp.path().join("i"), tmp.path().join("c"), 4);
-        let site = Site::new("http://127.0.0.1:1", trees, 1 << 20);
-        let paths = [
-            "/index/config.json",
-            "/index/3/f/foo",
-            "/crates/foo/foo-1.0.0.crate",
-            "/index/info/refs?service=git-upload-pack",
-            "/index/info/refs",
-            "/index/git-upload-pack",
-            "/index/git-receive-pack",
-            "/api/v1/crates/new",
-            "/api/v1//crates/new",
-            "/api/v1///crates/new",
-            "/api/v1/crates?q=foo&per_page=3",
-            "/api/v1/crates/foo/1.0.0/yank",
-            "/api/v1/crates/foo/1.0.0/unyank",
-            "/api/v1//crates/f%6Fo/1.0.0/unyank",
-            "/api/v1/crates/foo/owners",
-            "/api/v1/crates/foo",
-            "/api/v1/crates/foo/1.0.0",
-            "/api/v1/crates/foo/1.0.0/download",
-            "/api/v1/",
-            "/api/v1",
-            "/index",
-            "/",
-            "/search?q=x",
-            "/crates/foo",
-            "/crates/foo/1.0.0",
-        ];
-        for path in paths {
-            for method in METHODS {
-                let h = head(method, path);
-                let what = format!("{} {path}", method.as_str());
-                let need = |mode| required(mode, method, h.path());
-                assert_eq!(need(Open), None, "{what}");
-                assert!(need(Private).is_some(), "{what}");
-                let public = need(Public);
-                // (write need, crate) the router's decision calls for; None: a read.
-                let wanted: Option<(Need, Option<String>)> = match route(&site, &h) {
-                    Routed::Upload(Spooled::Publish) => Some((Need::Publish, None)),
-                    Routed::Upload(Spooled::GitUploadPack { .. } | Spooled::Login(_)) => None,
-                    Routed::Upload(Spooled::Owners { name, .. }) => {
-                        Some((Need::ChangeOwners, Some(name.to_string())))
-                    }
-                    Routed::Done(_) => None,
-                    Routed::Job(job) | Routed::AfterBody(job) => match job {
-                        Job::Yank { name, .. } => Some((Need::Yank, Some(name.to_string()))),
-                        Job::Publish(_) => Some((Need::Publish, None)),
-                        Job::GitRefs
-                        | Job::KeepClone
-                        | Job::GitUploadPack { .. }
-                        | Job::Search { .. }
-                        | Job::Owners { change: None, .. }
-                        | Job::RecordTokenUse(_)
-                        | Job::SyncAccess
-                        | Job::Page(..)
-                        | Job::Login { .. } => None,
-                        Job::Owners { name, .. } => {
-                            Some((Need::ChangeOwners, Some(name.to_string())))
-                        }
-                    },
-                };
-                match wanted {
-                    Some((n, krate)) => {
-                        let r = public.unwrap_or_else(|| panic!("{what}: a write needs a token"));
-                        assert_eq!((r.need, r.krate), (n, krate), "{what}");
-                        let p = need(Private).unwrap();
-                        assert_eq!(p.need, n, "{what}");
-                    }
-                    None => {
-                        // Reads are free in public mode.
-                        assert_eq!(public, None, "{what}");
-                        assert_ne!(need(Private).unwrap().need, Need::Publish, "{what}");
-                    }
-                }
-            }
-        }
-    }
+    use crate::registry::settings::Access::Private;
 
     /// A multi-byte character where a scheme's space would be used to panic the event loop.
     #[test]
@@ -468,14 +271,6 @@ mod tests {
             assert!(t.is_some(), "{v}");
         }
         assert_eq!(token_from_header("Bearer é").as_deref(), Some("é"));
-    }
-
-    /// A crate name that does not decode is checked as sent: a token limited to some
-    /// crates is refused, never let through for lack of a name.
-    #[test]
-    fn undecodable_crate_names_fail_closed() {
-        let r = required(Public, Method::Delete, "/api/v1/crates/%ZZ/1.0.0/yank").unwrap();
-        assert_eq!(r.krate.as_deref(), Some("%ZZ"));
     }
 
     #[test]

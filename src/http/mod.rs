@@ -6,6 +6,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod crate_json;
+pub mod endpoint;
+pub mod errors;
 pub mod files;
 pub mod pages;
 pub mod request;
@@ -20,9 +23,7 @@ use files::Trees;
 use crate::registry::auth::{AuthView, Principal, Refusal};
 use crate::registry::settings::Access;
 
-/// The Prometheus metrics route, below the base path. The event loop answers it (the
-/// counters are its own); [`auth::required`] asks an admin's token for it.
-pub const METRICS_PATH: &str = "/metrics";
+pub use endpoint::{Endpoint, Lane, Metric, METRICS_PATH};
 
 /// What the router needs to know about the registry it serves.
 #[derive(Debug)]
@@ -68,20 +69,19 @@ pub struct Refused {
     pub refusal: Refusal,
 }
 
-/// Checks a request's credentials against what its route needs in the access mode in
+/// Checks a request's credentials against what its endpoint needs in the access mode in
 /// force, before anything else happens (no body is read, no `100 Continue` sent for a
-/// refused request). `Ok(None)`: the route needs nothing. `now`: seconds since the epoch.
-pub fn authorize(site: &Site, head: &Head, now: u64) -> Result<Option<Principal>, Box<Refused>> {
-    let path = head
-        .path()
-        .strip_prefix(site.base_path.as_str())
-        .unwrap_or(head.path());
-    let Some(req) = auth::required(site.access(), head.method, path) else {
+/// refused request). `Ok(None)`: the endpoint needs nothing. `now`: seconds since the epoch.
+pub fn authorize(
+    site: &Site,
+    endpoint: &Endpoint,
+    head: &Head,
+    now: u64,
+) -> Result<Option<Principal>, Box<Refused>> {
+    let Some(req) = endpoint.required(site.access()) else {
         return Ok(None);
     };
-    // A browser's session cookie stands for the token on page reads only: never on the
-    // API, where a cross-site request would carry it.
-    let page = pages::is_page_read(head.method, path);
+    let page = endpoint.takes_session_cookie();
     let cookie = (page && head.authorization.is_none())
         .then(|| head.cookie.as_deref().and_then(pages::session_token))
         .flatten();
@@ -100,52 +100,6 @@ pub fn authorize(site: &Site, head: &Head, now: u64) -> Result<Option<Principal>
         };
         Box::new(Refused { response, refusal })
     })
-}
-
-/// Decides what a request needs: an answer now, or a job for the registry worker.
-pub fn route(site: &Site, head: &Head) -> Routed {
-    let Some(path) = head.path().strip_prefix(site.base_path.as_str()) else {
-        return Routed::Done(Response::error(404, "not found"));
-    };
-    if let Some(page) = pages::route(path, head, site) {
-        return page;
-    }
-    if let Some(api) = path.strip_prefix("/api/v1/") {
-        return api::route(api, head, site.max_upload);
-    }
-    if let Some(git) = path
-        .strip_prefix("/index/")
-        .and_then(|rest| api::route_git(rest, head))
-    {
-        return git;
-    }
-    Routed::Done(route_files(path, head, site))
-}
-
-fn route_files(path: &str, head: &Head, site: &Site) -> Response {
-    let (tree, rest) = match path.strip_prefix("/index/") {
-        Some(rest) => ("index", rest),
-        None => match path.strip_prefix("/crates/") {
-            Some(rest) => ("crates", rest),
-            None => return Response::error(404, "not found"),
-        },
-    };
-    if !matches!(head.method, Method::Get | Method::Head) {
-        return Response::not_allowed("GET, HEAD");
-    }
-    let rel = match files::safe_relative(rest) {
-        Ok(rel) => rel,
-        Err(status) => return Response::error(status, "invalid path"),
-    };
-    let caches = if site.access() == Access::Private {
-        files::Caches::ClientOnly
-    } else {
-        files::Caches::Shared
-    };
-    match tree {
-        "index" => files::index_file(&site.trees.index, &rel, head, caches),
-        _ => files::crate_file(&site.trees.crates, &rel, head, caches),
-    }
 }
 
 #[cfg(test)]

@@ -19,8 +19,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::api::{Job, Routed, Spooled};
-use super::request::{query_param, Head, Method};
+use super::request::query_param;
 use super::response::{Body, Response};
 use super::Site;
 use crate::registry::auth::{self as reg_auth, AuthView, Need};
@@ -38,7 +37,7 @@ pub const SESSION_COOKIE: &str = "palletizer_session";
 const REGISTRY_NAME: &str = "palletizer";
 const PER_PAGE: usize = 20;
 /// The last search page served: deeper pages would keep more lines in memory.
-const MAX_SEARCH_PAGE: usize = 50;
+pub const MAX_SEARCH_PAGE: usize = 50;
 const NEWEST: usize = 10;
 const MAX_VERSIONS_SHOWN: usize = 200;
 /// Largest login form body (a token and the page to return to).
@@ -53,7 +52,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn of(site: &Site) -> Ctx {
+    pub fn of(site: &Site) -> Ctx {
         Ctx {
             url: site.url.clone(),
             base: site.base_path.clone(),
@@ -70,105 +69,12 @@ pub enum Page {
     Crate { name: String, vers: Option<String> },
 }
 
-/// Which page a path (below the base path) is, by its shape alone.
-enum Shape<'a> {
-    Home,
-    Search,
-    Login,
-    Logout,
-    Crate(&'a str, Option<&'a str>),
-}
-
-fn shape(path: &str) -> Option<Shape<'_>> {
-    match path {
-        "/" => return Some(Shape::Home),
-        "/search" => return Some(Shape::Search),
-        "/login" | "/me" => return Some(Shape::Login),
-        "/logout" => return Some(Shape::Logout),
-        _ => {}
-    }
-    // `/crates/{name}` and `/crates/{name}/{version}`: a version never ends in `.crate`,
-    // so a page can never shadow a download (`/crates/{name}/{name}-{vers}.crate`).
-    // Only segments shaped like a name and a version: anything else (`..`, encoded
-    // slashes) stays with the file routes and their answers.
-    let rest = path.strip_prefix("/crates/")?;
-    let mut segs = rest.split('/');
-    let name = segs.next().filter(|n| {
-        !n.is_empty()
-            && n.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
-    })?;
-    let vers = segs.next().filter(|v| !v.is_empty());
-    let version_like = |v: &str| {
-        v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.+".contains(&b))
-    };
-    if segs.next().is_some() || vers.is_some_and(|v| v.ends_with(".crate") || !version_like(v)) {
-        return None;
-    }
-    Some(Shape::Crate(name, vers))
-}
-
-/// Whether a request reads a page, where a session cookie may stand for the token.
-pub fn is_page_read(method: Method, path: &str) -> bool {
-    matches!(method, Method::Get | Method::Head)
-        && matches!(
-            shape(path),
-            Some(Shape::Home | Shape::Search | Shape::Crate(..))
-        )
-}
-
 /// The token in a `Cookie` header's session cookie.
 pub fn session_token(cookie: &str) -> Option<&str> {
     cookie.split(';').find_map(|pair| {
         let (k, v) = pair.trim().split_once('=')?;
         (k == SESSION_COOKIE && !v.is_empty()).then_some(v)
     })
-}
-
-/// Routes a page; `None`: the path is no page.
-pub fn route(path: &str, head: &Head, site: &Site) -> Option<Routed> {
-    let shape = shape(path)?;
-    let read = matches!(head.method, Method::Get | Method::Head);
-    let job = |page| Some(Routed::Job(Job::Page(page, Ctx::of(site))));
-    match shape {
-        Shape::Login if head.method == Method::Post && path == "/login" => {
-            Some(Routed::Done(match head.content_length {
-                0 => Response::error(400, "the login form sends a token"),
-                n if n > MAX_LOGIN_BODY => Response::error(413, "request body too large"),
-                _ => return Some(Routed::Upload(Spooled::Login(Ctx::of(site)))),
-            }))
-        }
-        Shape::Login if read => {
-            let next = head.query().and_then(|q| query_param(q, "next"));
-            Some(Routed::Done(login_page(
-                &Ctx::of(site),
-                200,
-                next.as_deref(),
-                None,
-            )))
-        }
-        Shape::Login => Some(Routed::Done(Response::not_allowed("GET, HEAD, POST"))),
-        Shape::Logout if read || head.method == Method::Post => {
-            Some(Routed::Done(logout(&Ctx::of(site))))
-        }
-        Shape::Logout => Some(Routed::Done(Response::not_allowed("GET, HEAD, POST"))),
-        _ if !read => Some(Routed::Done(Response::not_allowed("GET, HEAD"))),
-        Shape::Home => job(Page::Home),
-        Shape::Search => {
-            let q = head.query().unwrap_or("");
-            let query = query_param(q, "q").unwrap_or_default();
-            let page = query_param(q, "page")
-                .and_then(|p| p.parse::<usize>().ok())
-                .unwrap_or(1)
-                .clamp(1, MAX_SEARCH_PAGE);
-            job(Page::Search { query, page })
-        }
-        Shape::Crate(name, vers) => job(Page::Crate {
-            name: name.to_owned(),
-            vers: vers.map(str::to_owned),
-        }),
-    }
 }
 
 /// The answer to a page request without a good token in a private registry: the login
@@ -244,7 +150,7 @@ pub fn login(reg: &Registry, body: &Path, ctx: &Ctx) -> Response {
     }
 }
 
-fn logout(ctx: &Ctx) -> Response {
+pub fn logout(ctx: &Ctx) -> Response {
     let mut cookie = format!(
         "{SESSION_COOKIE}=; Path={}/; HttpOnly; SameSite=Strict; Max-Age=0",
         ctx.base
@@ -394,7 +300,7 @@ fn config_snippet(ctx: &Ctx) -> String {
 }
 
 /// `/login`: how to get a token, and in a private registry the form that starts a session.
-fn login_page(ctx: &Ctx, status: u16, next: Option<&str>, error: Option<&str>) -> Response {
+pub fn login_page(ctx: &Ctx, status: u16, next: Option<&str>, error: Option<&str>) -> Response {
     let url = &ctx.url;
     let host = url
         .split_once("://")
@@ -894,6 +800,7 @@ fn render_versions(ctx: &Ctx, entries: &[IndexEntry], shown: usize, out: &mut St
 mod tests {
     use super::*;
     use crate::http::files::Trees;
+    use crate::http::{Head, Method};
     use crate::registry::auth::{bootstrap_admin, scratch_registry, set_access};
 
     fn head(method: Method, target: &str, cookie: Option<&str>) -> Head {
@@ -905,6 +812,14 @@ mod tests {
         crate::http::request::parse(raw.as_bytes(), 8192)
             .unwrap()
             .unwrap()
+    }
+
+    /// The access check of a request to `s`, at time 100.
+    fn check(
+        s: &Site,
+        h: Head,
+    ) -> Result<Option<crate::registry::auth::Principal>, Box<crate::http::Refused>> {
+        crate::http::authorize(s, &crate::http::Endpoint::of(s, &h), &h, 100)
     }
 
     fn site(url: &str) -> Site {
@@ -925,46 +840,6 @@ mod tests {
             base: "/sub".into(),
             access,
         }
-    }
-
-    /// Downloads keep their path: only names that can never be a crate file are pages.
-    #[test]
-    fn crate_pages_never_shadow_downloads() {
-        let s = site("http://h");
-        let page = |target: &str| {
-            let h = head(Method::Get, target, None);
-            matches!(
-                crate::http::route(&s, &h),
-                Routed::Job(Job::Page(Page::Crate { .. }, _))
-            )
-        };
-        assert!(page("/crates/foo"));
-        assert!(page("/crates/foo/"));
-        assert!(page("/crates/foo/1.0.0"));
-        assert!(page("/crates/foo/1.0.0-rc.1+build"));
-        assert!(!page("/crates/foo/foo-1.0.0.crate"));
-        assert!(!page("/crates/foo/1.0.0/extra"));
-        assert!(!page("/crates/"));
-        assert!(!page("/crates/../palletizer.toml"));
-        assert!(!page("/crates/foo/..%2fx"));
-        assert!(is_page_read(Method::Get, "/crates/foo/1.0.0"));
-        assert!(is_page_read(Method::Head, "/"));
-        assert!(is_page_read(Method::Get, "/search"));
-        assert!(!is_page_read(Method::Get, "/crates/foo/foo-1.0.0.crate"));
-        assert!(!is_page_read(Method::Post, "/crates/foo"));
-        assert!(!is_page_read(Method::Get, "/api/v1/crates"));
-        assert!(!is_page_read(Method::Get, "/login"));
-        let h = head(Method::Get, "/search?q=a+b&page=999", None);
-        let Routed::Job(Job::Page(Page::Search { query, page }, _)) = crate::http::route(&s, &h)
-        else {
-            panic!("not a search page")
-        };
-        assert_eq!((query.as_str(), page), ("a b", MAX_SEARCH_PAGE));
-        let h = head(Method::Put, "/crates/foo", None);
-        let Routed::Done(r) = crate::http::route(&s, &h) else {
-            panic!()
-        };
-        assert_eq!(r.status, 405);
     }
 
     #[test]
@@ -1001,7 +876,7 @@ mod tests {
         let mut s = site("http://h");
         s.auth = AuthView::load(reg.root()).unwrap();
         let cookie = format!("palletizer_session={secret}");
-        let with = |m, t: &str| crate::http::authorize(&s, &head(m, t, Some(&cookie)), 100);
+        let with = |m, t: &str| check(&s, head(m, t, Some(&cookie)));
         assert!(with(Method::Get, "/crates/foo").unwrap().is_some());
         assert!(with(Method::Get, "/").unwrap().is_some());
         assert!(with(Method::Head, "/search?q=x").unwrap().is_some());
@@ -1015,7 +890,7 @@ mod tests {
             assert_eq!(refused.response.status, 401, "{t}");
         }
         // Without a session, a page answers with the login form, returning to it after.
-        let r = crate::http::authorize(&s, &head(Method::Get, "/crates/foo", None), 100)
+        let r = check(&s, head(Method::Get, "/crates/foo", None))
             .unwrap_err()
             .response;
         assert_eq!(r.status, 401);
@@ -1028,11 +903,7 @@ mod tests {
             page.contains("name=\"next\" value=\"/crates/foo\""),
             "{page}"
         );
-        let bad = crate::http::authorize(
-            &s,
-            &head(Method::Get, "/", Some("palletizer_session=nope")),
-            100,
-        );
+        let bad = check(&s, head(Method::Get, "/", Some("palletizer_session=nope")));
         assert_eq!(bad.unwrap_err().response.status, 401);
     }
 

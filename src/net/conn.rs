@@ -22,10 +22,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::http::api::Spooled;
-use crate::http::{self, request, Body, BodyCursor, Head, Job, Method, Response, Routed};
+use crate::http::{
+    self, request, Body, BodyCursor, Endpoint, Head, Job, Lane, Method, Metric, Response, Routed,
+};
 use crate::registry::auth::Principal;
 
-use super::metrics::Route;
 use super::transport::{Stream, Transport};
 use super::worker::{Reservation, Ticket};
 use super::Shared;
@@ -87,6 +88,8 @@ pub struct Exchange {
     leftover: Vec<u8>,
     /// The token holder the access check let through (None: the route needs no token).
     principal: Option<Principal>,
+    /// The thread the request's job runs on, if it makes one.
+    lane: Lane,
 }
 
 impl Exchange {
@@ -152,7 +155,7 @@ impl Drop for Spool {
 
 /// What one request's log line says.
 struct LogLine {
-    route: Route,
+    metric: Metric,
     method: &'static str,
     target: String,
     status: u16,
@@ -362,7 +365,7 @@ impl<S: Stream> Conn<S> {
             Err(e) => {
                 let ex = Exchange {
                     log: LogLine {
-                        route: Route::Other,
+                        metric: Metric::Other,
                         method: "-",
                         target: "(malformed request)".into(),
                         status: 0,
@@ -374,6 +377,7 @@ impl<S: Stream> Conn<S> {
                     unread: u64::MAX,
                     leftover: Vec::new(),
                     principal: None,
+                    lane: Lane::Loop,
                 };
                 self.queue_response(Response::error(e.status, e.detail), ex, shared);
                 return Ok(true);
@@ -395,29 +399,27 @@ impl<S: Stream> Conn<S> {
     /// read and dropped, or left unread (then the connection closes after the answer).
     fn respond(&mut self, head: Head, leftover: Vec<u8>, shared: &Shared) {
         let start = Instant::now();
-        let path = head
-            .path()
-            .strip_prefix(shared.site.base_path.as_str())
-            .unwrap_or(head.path());
-        let route = Route::of(head.method, path);
+        let endpoint = Endpoint::of(&shared.site, &head);
+        let (metric, lane) = (endpoint.metric(), endpoint.lane());
         // Credentials first: a refused request gets no `100 Continue` and no body is read.
         // A bug in a handler costs its request a 500, never the process.
         let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let is_metrics = matches!(endpoint, Endpoint::Metrics);
             if self.metrics_listener {
-                let r = match route {
-                    Route::Metrics => metrics_response(head.method, shared),
-                    _ => Response::error(404, "this listener serves only /metrics"),
+                let r = match is_metrics {
+                    true => metrics_response(head.method, shared),
+                    false => Response::error(404, "this listener serves only /metrics"),
                 };
                 return (Routed::Done(r), None);
             }
-            match http::authorize(&shared.site, &head, crate::registry::auth::now()) {
+            match http::authorize(&shared.site, &endpoint, &head, crate::registry::auth::now()) {
                 Ok(principal) => {
                     if let Some(p) = &principal {
                         shared.note_token_use(p.token, crate::registry::auth::now());
                     }
-                    let routed = match route {
-                        Route::Metrics => Routed::Done(metrics_response(head.method, shared)),
-                        _ => http::route(&shared.site, &head),
+                    let routed = match is_metrics {
+                        true => Routed::Done(metrics_response(head.method, shared)),
+                        false => endpoint.handle(&shared.site, &head),
                     };
                     (routed, principal)
                 }
@@ -446,7 +448,7 @@ impl<S: Stream> Conn<S> {
         let expect = head.expect_continue;
         let ex = Exchange {
             log: LogLine {
-                route,
+                metric,
                 method: head.method.as_str(),
                 target: head.target,
                 status: 0,
@@ -458,6 +460,7 @@ impl<S: Stream> Conn<S> {
             unread: head.content_length,
             leftover,
             principal,
+            lane,
         };
         match routed {
             Routed::Upload(kind) => self.start_upload(kind, ex, expect, shared),
@@ -551,6 +554,7 @@ impl<S: Stream> Conn<S> {
             job,
             reserved,
             principal: ex.principal.clone(),
+            lane: ex.lane,
         };
         // On failure the ticket comes back: its reservation drops, its spool file goes.
         if let Err(t) = shared.send_job(ticket) {
@@ -696,7 +700,7 @@ impl<S: Stream> Conn<S> {
         let sent = head.len() as u64 + l.bytes;
         let now = Instant::now();
         let took = now.saturating_duration_since(l.start);
-        shared.metrics.request_done(l.route, l.status, sent, took);
+        shared.metrics.request_done(l.metric, l.status, sent, took);
         self.served += 1;
         if !ex.keep_alive {
             if ex.unread == 0 {
@@ -759,7 +763,7 @@ fn take_body(then: &mut Then, bytes: &[u8]) -> io::Result<()> {
 fn upload_failed(e: &io::Error) -> Response {
     eprintln!("error: storing an upload: {e}");
     match crate::registry::storage_trouble(e) {
-        Some(detail) => crate::http::api::storage_error(detail),
+        Some(detail) => crate::http::errors::storage_error(detail),
         None => Response::error(500, "cannot store the upload; the server log has details"),
     }
 }
@@ -1016,7 +1020,9 @@ mod tests {
             Job::RecordTokenUse(_) | Job::SyncAccess | Job::KeepClone => {
                 unreachable!("no route makes this job")
             }
-            Job::Page(..) | Job::Login { .. } => unreachable!("no scripted request is a page"),
+            Job::Page(..) | Job::Login { .. } | Job::Crate { .. } => {
+                unreachable!("no scripted request is a page or a crate read")
+            }
             Job::Owners { name, change } => {
                 let body = change.map(|(_, path)| {
                     let bytes = std::fs::read(&path).unwrap();

@@ -18,96 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::http::files::Trees;
-use crate::http::Method;
+use crate::http::Metric;
 
 pub use crate::http::METRICS_PATH as PATH;
 
 /// The rendered text's capacity: every series at its widest value fits (a test checks).
 const RENDER_CAP: usize = 16 * 1024;
-
-/// What kind of request a request was, for the per-route series.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Index,
-    Download,
-    ApiPublish,
-    ApiYank,
-    ApiOwners,
-    ApiSearch,
-    Git,
-    Login,
-    Metrics,
-    Other,
-}
-
-impl Route {
-    const ALL: [Route; 10] = [
-        Route::Index,
-        Route::Download,
-        Route::ApiPublish,
-        Route::ApiYank,
-        Route::ApiOwners,
-        Route::ApiSearch,
-        Route::Git,
-        Route::Login,
-        Route::Metrics,
-        Route::Other,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Route::Index => "index",
-            Route::Download => "download",
-            Route::ApiPublish => "api_publish",
-            Route::ApiYank => "api_yank",
-            Route::ApiOwners => "api_owners",
-            Route::ApiSearch => "api_search",
-            Route::Git => "git",
-            Route::Login => "login",
-            Route::Metrics => "metrics",
-            Route::Other => "other",
-        }
-    }
-
-    /// The class of a request to `path` (below the base path, without the query). Follows
-    /// the router's matching (and the slashes it tolerates) without allocating.
-    pub fn of(method: Method, path: &str) -> Route {
-        if path == PATH {
-            return Route::Metrics;
-        }
-        if matches!(path, "/login" | "/me") {
-            return Route::Login;
-        }
-        if let Some(api) = path.strip_prefix("/api/v1/") {
-            let mut segs = [""; 4];
-            let mut n = 0;
-            for seg in api.trim_start_matches('/').split('/') {
-                if n == segs.len() {
-                    return Route::Other;
-                }
-                segs[n] = seg;
-                n += 1;
-            }
-            return match (method, &segs[..n]) {
-                (Method::Put, ["crates", "new"]) => Route::ApiPublish,
-                (_, ["crates", _, _, "yank" | "unyank"]) => Route::ApiYank,
-                (_, ["crates", _, "owners"]) => Route::ApiOwners,
-                (_, ["crates"]) => Route::ApiSearch,
-                _ => Route::Other,
-            };
-        }
-        if let Some(rest) = path.strip_prefix("/index/") {
-            return match rest {
-                "info/refs" | "git-upload-pack" | "git-receive-pack" => Route::Git,
-                _ => Route::Index,
-            };
-        }
-        if path.starts_with("/crates/") && path.ends_with(".crate") {
-            return Route::Download;
-        }
-        Route::Other
-    }
-}
 
 const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
@@ -233,8 +149,8 @@ impl WorkerMetrics {
 /// What the event loop counts.
 #[derive(Default)]
 pub struct Metrics {
-    requests: [[Cell<u64>; 4]; 10],
-    response_bytes: [Cell<u64>; 10],
+    requests: [[Cell<u64>; 4]; Metric::ALL.len()],
+    response_bytes: [Cell<u64>; Metric::ALL.len()],
     duration: Histogram<Cell<u64>>,
     conns_open: Cell<u64>,
     accepted: Cell<u64>,
@@ -250,12 +166,12 @@ pub struct Metrics {
 
 impl Metrics {
     /// An answer went out whole: `bytes` with its head.
-    pub fn request_done(&self, route: Route, status: u16, bytes: u64, took: Duration) {
+    pub fn request_done(&self, route: Metric, status: u16, bytes: u64, took: Duration) {
         let r = route as usize;
         self.requests[r][status_class(status)].add(1);
         self.response_bytes[r].add(bytes);
         self.duration.observe(&REQUEST_BOUNDS_US, took);
-        if route == Route::ApiPublish {
+        if route == Metric::ApiPublish {
             match status {
                 200..=299 => self.publish_accepted.add(1),
                 s => self.publish_refused[publish_refusal(s)].add(1),
@@ -301,7 +217,7 @@ impl Metrics {
             "counter",
             "Requests answered, by route class and status class.",
         );
-        for route in Route::ALL {
+        for route in Metric::ALL {
             for (i, class) in STATUS_CLASSES.iter().enumerate() {
                 let n = self.requests[route as usize][i].get();
                 let _ = writeln!(
@@ -317,7 +233,7 @@ impl Metrics {
             "counter",
             "Bytes of answers sent (head and body), by route class.",
         );
-        for route in Route::ALL {
+        for route in Metric::ALL {
             let n = self.response_bytes[route as usize].get();
             let _ = writeln!(
                 o,
@@ -477,38 +393,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn route_classes() {
-        use Method::*;
-        let cases = [
-            (Get, "/index/config.json", "index"),
-            (Get, "/index/3/f/foo", "index"),
-            (Get, "/index/info/refs", "git"),
-            (Post, "/index/git-upload-pack", "git"),
-            (Get, "/crates/foo/foo-1.0.0.crate", "download"),
-            (Get, "/crates/foo", "other"),
-            (Put, "/api/v1/crates/new", "api_publish"),
-            (Put, "/api/v1//crates/new", "api_publish"),
-            (Get, "/api/v1/crates/new", "other"),
-            (Delete, "/api/v1/crates/foo/1.0.0/yank", "api_yank"),
-            (Put, "/api/v1/crates/foo/1.0.0/unyank", "api_yank"),
-            (Get, "/api/v1/crates/foo/owners", "api_owners"),
-            (Get, "/api/v1/crates", "api_search"),
-            (Get, "/api/v1/crates/a/b/c/d/e", "other"),
-            (Get, "/login", "login"),
-            (Get, "/me", "login"),
-            (Get, "/metrics", "metrics"),
-            (Get, "/", "other"),
-        ];
-        for (method, path, want) in cases {
-            assert_eq!(Route::of(method, path).name(), want, "{path}");
-        }
-    }
-
-    #[test]
     fn the_widest_text_fits_the_buffer_it_is_rendered_into() {
         let m = Metrics::default();
         let huge = u64::MAX / 2;
-        for route in Route::ALL {
+        for route in Metric::ALL {
             for status in [200, 304, 404, 500] {
                 m.request_done(route, status, huge, Duration::from_secs(1 << 40));
             }

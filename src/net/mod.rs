@@ -369,7 +369,7 @@ impl Server {
         self.send_background(crate::http::Job::RecordTokenUse(uses));
     }
 
-    /// A job for the worker whose answer goes to no connection.
+    /// A write for the worker whose answer goes to no connection.
     fn send_background(&self, job: crate::http::Job) {
         let _ = self.shared.send_job(worker::Ticket {
             key: usize::MAX,
@@ -377,6 +377,7 @@ impl Server {
             job,
             reserved: None,
             principal: None,
+            lane: crate::http::Lane::Writer,
         });
     }
 

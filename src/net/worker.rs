@@ -27,7 +27,7 @@ use mio::Waker;
 
 use super::metrics::WorkerMetrics;
 
-use crate::http::{api, Job, Response};
+use crate::http::{api, Job, Lane, Response};
 use crate::registry::auth::Principal;
 use crate::registry::Registry;
 
@@ -46,6 +46,8 @@ pub struct Ticket {
     pub reserved: Option<Reservation>,
     /// The token holder the loop let through, for the ownership checks on the worker.
     pub principal: Option<Principal>,
+    /// The thread that runs it: its endpoint's, or the sender's choice for background jobs.
+    pub lane: Lane,
 }
 
 /// Bytes of request bodies on disk at once, over every connection, bounded so that many
@@ -117,8 +119,9 @@ pub struct Jobs {
 impl Jobs {
     /// Hands a job to its worker; on failure (the worker is gone) the ticket comes back.
     pub fn send(&self, ticket: Ticket) -> Result<(), Box<Ticket>> {
-        let to = match lane(&ticket.job) {
-            Lane::Writer => &self.writer,
+        // No loop endpoint makes a job; were one to, the writer would run it, serialized.
+        let to = match ticket.lane {
+            Lane::Writer | Lane::Loop => &self.writer,
             Lane::IndexReader => &self.reader,
             Lane::Pages => &self.pages,
         };
@@ -133,32 +136,6 @@ impl Jobs {
             reader: tx.clone(),
             pages: tx,
         }
-    }
-}
-
-/// The thread a job runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lane {
-    Writer,
-    IndexReader,
-    Pages,
-}
-
-fn lane(job: &Job) -> Lane {
-    match job {
-        Job::GitRefs | Job::GitUploadPack { .. } | Job::KeepClone => Lane::IndexReader,
-        // The login form only reads `auth.json` (a token check) and removes its own body.
-        Job::Page(..)
-        | Job::Search { .. }
-        | Job::Owners { change: None, .. }
-        | Job::Login { .. } => Lane::Pages,
-        Job::Publish(_)
-        | Job::Yank { .. }
-        | Job::RecordTokenUse(_)
-        | Job::SyncAccess
-        | Job::Owners {
-            change: Some(_), ..
-        } => Lane::Writer,
     }
 }
 
@@ -237,6 +214,7 @@ pub fn spawn(
                     job: Job::KeepClone,
                     reserved: None,
                     principal: None,
+                    lane: Lane::IndexReader,
                 });
             }
         }
@@ -297,74 +275,6 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Reads never wait behind writes or the other way round: each kind has its thread.
-    #[test]
-    fn slow_reads_and_writes_run_on_their_own_threads() {
-        use crate::http::pages::{Ctx, Page};
-        use crate::registry::names::CrateName;
-        let name = || CrateName::parse("foo").unwrap();
-        let ctx = || Ctx {
-            url: "http://x".into(),
-            base: String::new(),
-            access: crate::registry::settings::Access::Open,
-        };
-        let cases = [
-            (Job::Publish("x".into()), Lane::Writer),
-            (
-                Job::Yank {
-                    name: name(),
-                    vers: "1.0.0".into(),
-                    yank: true,
-                },
-                Lane::Writer,
-            ),
-            (Job::SyncAccess, Lane::Writer),
-            (Job::RecordTokenUse(Vec::new()), Lane::Writer),
-            (
-                Job::Owners {
-                    name: name(),
-                    change: Some((api::OwnersChange::Add, "x".into())),
-                },
-                Lane::Writer,
-            ),
-            (Job::GitRefs, Lane::IndexReader),
-            (Job::KeepClone, Lane::IndexReader),
-            (
-                Job::GitUploadPack {
-                    body: "x".into(),
-                    gzip: false,
-                },
-                Lane::IndexReader,
-            ),
-            (Job::Page(Page::Home, ctx()), Lane::Pages),
-            (
-                Job::Search {
-                    query: "x".into(),
-                    skip: 0,
-                    per_page: 10,
-                },
-                Lane::Pages,
-            ),
-            (
-                Job::Owners {
-                    name: name(),
-                    change: None,
-                },
-                Lane::Pages,
-            ),
-            (
-                Job::Login {
-                    body: "x".into(),
-                    ctx: ctx(),
-                },
-                Lane::Pages,
-            ),
-        ];
-        for (job, want) in cases {
-            assert_eq!(lane(&job), want, "{job:?}");
-        }
-    }
 
     #[test]
     fn reservations_stay_under_the_cap_and_come_back_on_drop() {

@@ -133,6 +133,21 @@ impl Sandbox {
         cmd
     }
 
+    /// `cargo ARGS` in `dir` against registry `local` with `token`, which must succeed.
+    pub fn cargo_as(&self, dir: &Path, args: &[&str], token: &str) -> String {
+        let out = self
+            .cargo_cmd(dir, args)
+            .env("CARGO_REGISTRIES_LOCAL_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cargo {args:?} failed:\n{}",
+            show(&out)
+        );
+        show(&out)
+    }
+
     pub fn cargo_ok(&self, dir: &Path, args: &[&str]) -> String {
         let out = self.cargo(dir, args);
         assert!(

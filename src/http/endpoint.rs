@@ -1,0 +1,929 @@
+//! The route table: a request's method and path are parsed once, here, into an
+//! [`Endpoint`], and everything else reads that one value: the access it needs
+//! ([`Endpoint::required`]), its metric label ([`Endpoint::metric`]), the thread that runs it
+//! ([`Endpoint::lane`]), whether a browser's session cookie may stand for the token
+//! ([`Endpoint::takes_session_cookie`]) and its handler ([`Endpoint::handle`]).
+//!
+//! Adding a route is one variant in [`Endpoint::parse`] and one arm in each of those
+//! matches; the compiler points at every arm that is missing.
+//!
+//! Invariants:
+//! - The base path is stripped once, by [`Endpoint::of`]; nothing below sees it.
+//! - A request the table answers itself (no such route, a method the route does not allow,
+//!   a bad segment) is [`Endpoint::Refused`], which still says whose access rule applies:
+//!   in a private registry it needs `read` like any route, so a probe learns nothing.
+//! - A write that names its crate in the path is checked against the token's crate
+//!   patterns with the name as decoded, or as sent when it does not decode (it then matches
+//!   no pattern), before the handler refuses the bad name: access control fails closed.
+//! - Parsing borrows the path and allocates nothing for the file routes (the hot path).
+
+use super::api::{Job, OwnersChange, Routed, Spooled, MAX_GIT_REQUEST, MAX_SMALL_BODY};
+use super::auth::{Challenge, Required};
+use super::pages::{self, Ctx, Page, MAX_LOGIN_BODY, MAX_SEARCH_PAGE};
+use super::request::{percent_decode, query_param, Head, Method};
+use super::response::Response;
+use super::{files, Site};
+use crate::registry::auth::Need;
+use crate::registry::settings::Access;
+use crate::registry::CrateName;
+
+/// The Prometheus metrics route, below the base path. The event loop answers it (the
+/// counters are its own); it needs an admin's token in every access mode.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Hits per search page when cargo does not say, and the most it may ask for.
+const DEFAULT_PER_PAGE: usize = 10;
+const MAX_PER_PAGE: usize = 100;
+
+/// One request's route, decided once from its method and its path below the base path.
+#[derive(Debug)]
+pub enum Endpoint<'a> {
+    /// `GET`/`HEAD /index/{file}`: a sparse index file, `config.json` included.
+    IndexFile(&'a str),
+    /// `GET`/`HEAD /crates/{file}`: a crate file (only names ending in `.crate` are served).
+    CrateFile(&'a str),
+    /// `GET`/`HEAD /index/info/refs?service=git-upload-pack`: the git ref advertisement.
+    GitRefs,
+    /// `POST /index/git-upload-pack`.
+    GitUploadPack,
+    /// `PUT /api/v1/crates/new`.
+    Publish,
+    /// `GET`/`HEAD /api/v1/crates?q=…&per_page=…&page=…`.
+    Search {
+        query: String,
+        /// Hits of the pages before the one asked for.
+        skip: usize,
+        per_page: usize,
+    },
+    /// `GET`/`HEAD /api/v1/crates/{name}`: crates.io's crate JSON.
+    Crate(Segment<'a>),
+    /// `DELETE /api/v1/crates/{name}/{version}/yank` and `PUT …/unyank`.
+    Yank {
+        name: Segment<'a>,
+        vers: &'a str,
+        yank: bool,
+    },
+    /// `GET`/`HEAD` (list), `PUT` (add) and `DELETE` (remove) `/api/v1/crates/{name}/owners`.
+    Owners {
+        name: Segment<'a>,
+        change: Option<OwnersChange>,
+    },
+    /// `GET`/`HEAD` of a page: `/`, `/search?q=…`, `/crates/{name}[/{version}]`.
+    Page(Page),
+    /// `GET`/`HEAD /login` (or `/me`): how to get a token, and the login form.
+    LoginPage,
+    /// `POST /login`: the login form's answer.
+    LoginForm,
+    /// `/logout` (`GET`, `HEAD` or `POST`): ends a browser's session.
+    Logout,
+    /// `/metrics`, answered by the event loop.
+    Metrics,
+    /// Answered by the table itself.
+    Refused {
+        metric: Metric,
+        guard: Guard,
+        response: Response,
+    },
+}
+
+/// What a route the table refuses needs before its refusal is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Nothing (the login and logout routes).
+    Free,
+    /// `read` in a private registry, asked for with this challenge.
+    Read(Challenge),
+}
+
+/// A crate name as it appears in a path segment, percent-encoded or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment<'a>(pub &'a str);
+
+impl Segment<'_> {
+    /// The segment decoded, or as sent when it does not decode (for the token's crate
+    /// patterns, which such a name matches none of).
+    pub fn decoded(&self) -> String {
+        decode(self.0).unwrap_or_else(|| self.0.to_owned())
+    }
+
+    /// The crate name, or the 400 to answer.
+    pub fn name(&self) -> Result<CrateName, Response> {
+        let name =
+            decode(self.0).ok_or_else(|| Response::error(400, "invalid crate name in path"))?;
+        CrateName::parse(&name).map_err(|e| Response::error(400, &e.to_string()))
+    }
+}
+
+fn decode(seg: &str) -> Option<String> {
+    percent_decode(seg).and_then(|b| String::from_utf8(b).ok())
+}
+
+/// The thread an endpoint's handler runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// The event loop: files from kept descriptors, refusals, the login page, metrics.
+    Loop,
+    /// The registry writer: every change, one at a time.
+    Writer,
+    /// The index reader: git ref advertisements and upload-pack.
+    IndexReader,
+    /// The page reader: pages, searches, crate JSON, owner lists, the login form.
+    Pages,
+}
+
+/// The label of a request's series in `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Index,
+    Download,
+    ApiPublish,
+    ApiYank,
+    ApiOwners,
+    ApiSearch,
+    ApiCrate,
+    Git,
+    Login,
+    Metrics,
+    Other,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 11] = [
+        Metric::Index,
+        Metric::Download,
+        Metric::ApiPublish,
+        Metric::ApiYank,
+        Metric::ApiOwners,
+        Metric::ApiSearch,
+        Metric::ApiCrate,
+        Metric::Git,
+        Metric::Login,
+        Metric::Metrics,
+        Metric::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Index => "index",
+            Metric::Download => "download",
+            Metric::ApiPublish => "api_publish",
+            Metric::ApiYank => "api_yank",
+            Metric::ApiOwners => "api_owners",
+            Metric::ApiSearch => "api_search",
+            Metric::ApiCrate => "api_crate",
+            Metric::Git => "git",
+            Metric::Login => "login",
+            Metric::Metrics => "metrics",
+            Metric::Other => "other",
+        }
+    }
+}
+
+fn refused(metric: Metric, guard: Guard, response: Response) -> Endpoint<'static> {
+    Endpoint::Refused {
+        metric,
+        guard,
+        response,
+    }
+}
+
+const CARGO: Guard = Guard::Read(Challenge::Cargo);
+const GIT: Guard = Guard::Read(Challenge::Basic);
+
+fn not_allowed(metric: Metric, guard: Guard, methods: &'static str) -> Endpoint<'static> {
+    refused(metric, guard, Response::not_allowed(methods))
+}
+
+fn no_route() -> Endpoint<'static> {
+    refused(Metric::Other, CARGO, Response::error(404, "not found"))
+}
+
+impl<'a> Endpoint<'a> {
+    /// The endpoint of a request to `site`: the base path stripped, then [`Self::parse`].
+    pub fn of(site: &Site, head: &'a Head) -> Endpoint<'a> {
+        match head.path().strip_prefix(site.base_path.as_str()) {
+            Some(path) => Endpoint::parse(head.method, path, head.query()),
+            None => no_route(),
+        }
+    }
+
+    /// The endpoint of `method` on `path` (below the base path, without the query).
+    pub fn parse(method: Method, path: &'a str, query: Option<&str>) -> Endpoint<'a> {
+        let read = matches!(method, Method::Get | Method::Head);
+        match path {
+            METRICS_PATH => return Endpoint::Metrics,
+            "/login" if method == Method::Post => return Endpoint::LoginForm,
+            "/login" | "/me" if read => return Endpoint::LoginPage,
+            "/login" | "/me" => {
+                return not_allowed(Metric::Login, Guard::Free, "GET, HEAD, POST");
+            }
+            "/logout" if read || method == Method::Post => return Endpoint::Logout,
+            "/logout" => return not_allowed(Metric::Other, Guard::Free, "GET, HEAD, POST"),
+            _ => {}
+        }
+        if let Some(page) = page_of(path, query) {
+            if !read {
+                return not_allowed(Metric::Other, CARGO, "GET, HEAD");
+            }
+            return Endpoint::Page(page);
+        }
+        if let Some(api) = path.strip_prefix("/api/v1/") {
+            return api_endpoint(method, api, query);
+        }
+        if let Some(rest) = path.strip_prefix("/index/") {
+            return match rest {
+                "info/refs" | "git-upload-pack" | "git-receive-pack" => {
+                    git_endpoint(method, rest, query)
+                }
+                _ if read => Endpoint::IndexFile(rest),
+                _ => not_allowed(Metric::Index, CARGO, "GET, HEAD"),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/crates/") {
+            let metric = if path.ends_with(".crate") {
+                Metric::Download
+            } else {
+                Metric::Other
+            };
+            return match read {
+                true => Endpoint::CrateFile(rest),
+                false => not_allowed(metric, CARGO, "GET, HEAD"),
+            };
+        }
+        no_route()
+    }
+
+    /// What the endpoint needs in `access` mode besides being well-formed. `None`: nothing.
+    pub fn required(&self, access: Access) -> Option<Required> {
+        // Metrics tell anyone how the registry is used: an admin's token in every mode,
+        // `open` included (a listener marked `metrics = true` serves them without one).
+        if let Endpoint::Metrics = self {
+            return Some(required(Need::Admin, None, Challenge::Cargo));
+        }
+        if access == Access::Open {
+            return None;
+        }
+        let read =
+            |challenge| (access == Access::Private).then(|| required(Need::Read, None, challenge));
+        match self {
+            Endpoint::LoginPage
+            | Endpoint::LoginForm
+            | Endpoint::Logout
+            | Endpoint::Refused {
+                guard: Guard::Free, ..
+            } => None,
+            Endpoint::Publish => Some(required(Need::Publish, None, Challenge::Cargo)),
+            Endpoint::Yank { name, .. } => {
+                Some(required(Need::Yank, Some(name.decoded()), Challenge::Cargo))
+            }
+            Endpoint::Owners {
+                name,
+                change: Some(_),
+            } => Some(required(
+                Need::ChangeOwners,
+                Some(name.decoded()),
+                Challenge::Cargo,
+            )),
+            Endpoint::GitRefs
+            | Endpoint::GitUploadPack
+            | Endpoint::Refused {
+                guard: Guard::Read(Challenge::Basic),
+                ..
+            } => read(Challenge::Basic),
+            Endpoint::IndexFile(_)
+            | Endpoint::CrateFile(_)
+            | Endpoint::Search { .. }
+            | Endpoint::Crate(_)
+            | Endpoint::Owners { change: None, .. }
+            | Endpoint::Page(_)
+            | Endpoint::Metrics
+            | Endpoint::Refused { .. } => read(Challenge::Cargo),
+        }
+    }
+
+    /// The label of the request's series in `/metrics`.
+    pub fn metric(&self) -> Metric {
+        match self {
+            Endpoint::IndexFile(_) => Metric::Index,
+            Endpoint::CrateFile(rest) if rest.ends_with(".crate") => Metric::Download,
+            Endpoint::CrateFile(_) | Endpoint::Page(_) | Endpoint::Logout => Metric::Other,
+            Endpoint::GitRefs | Endpoint::GitUploadPack => Metric::Git,
+            Endpoint::Publish => Metric::ApiPublish,
+            Endpoint::Search { .. } => Metric::ApiSearch,
+            Endpoint::Crate(_) => Metric::ApiCrate,
+            Endpoint::Yank { .. } => Metric::ApiYank,
+            Endpoint::Owners { .. } => Metric::ApiOwners,
+            Endpoint::LoginPage | Endpoint::LoginForm => Metric::Login,
+            Endpoint::Metrics => Metric::Metrics,
+            Endpoint::Refused { metric, .. } => *metric,
+        }
+    }
+
+    /// The thread the endpoint's handler runs on.
+    pub fn lane(&self) -> Lane {
+        match self {
+            Endpoint::IndexFile(_)
+            | Endpoint::CrateFile(_)
+            | Endpoint::LoginPage
+            | Endpoint::Logout
+            | Endpoint::Metrics
+            | Endpoint::Refused { .. } => Lane::Loop,
+            Endpoint::GitRefs | Endpoint::GitUploadPack => Lane::IndexReader,
+            // The login form only reads the access view (a token check).
+            Endpoint::Search { .. }
+            | Endpoint::Crate(_)
+            | Endpoint::Owners { change: None, .. }
+            | Endpoint::Page(_)
+            | Endpoint::LoginForm => Lane::Pages,
+            Endpoint::Publish
+            | Endpoint::Yank { .. }
+            | Endpoint::Owners {
+                change: Some(_), ..
+            } => Lane::Writer,
+        }
+    }
+
+    /// Whether a browser's session cookie may stand for the token: on page reads only,
+    /// never on the API, where a cross-site request would carry it.
+    pub fn takes_session_cookie(&self) -> bool {
+        matches!(self, Endpoint::Page(_))
+    }
+
+    /// Runs the handler: the answer now, or the job (with or without the body) for
+    /// [`Self::lane`]. [`Endpoint::Metrics`] is the event loop's own.
+    pub fn handle(self, site: &Site, head: &Head) -> Routed {
+        let done = Routed::Done;
+        let caches = if site.access() == Access::Private {
+            files::Caches::ClientOnly
+        } else {
+            files::Caches::Shared
+        };
+        match self {
+            Endpoint::IndexFile(rest) => done(match files::safe_relative(rest) {
+                Ok(rel) => files::index_file(&site.trees.index, &rel, head, caches),
+                Err(status) => Response::error(status, "invalid path"),
+            }),
+            Endpoint::CrateFile(rest) => done(match files::safe_relative(rest) {
+                Ok(rel) => files::crate_file(&site.trees.crates, &rel, head, caches),
+                Err(status) => Response::error(status, "invalid path"),
+            }),
+            Endpoint::GitRefs => Routed::Job(Job::GitRefs),
+            Endpoint::GitUploadPack => upload_pack(head),
+            Endpoint::Publish => publish(head, site.max_upload),
+            Endpoint::Search {
+                query,
+                skip,
+                per_page,
+            } => Routed::Job(Job::Search {
+                query,
+                skip,
+                per_page,
+            }),
+            Endpoint::Crate(name) => match name.name() {
+                Ok(name) => Routed::Job(Job::Crate { name }),
+                Err(r) => done(r),
+            },
+            Endpoint::Yank { name, vers, yank } => yank_job(name, vers, yank, head),
+            Endpoint::Owners { name, change } => owners(name, change, head),
+            Endpoint::Page(page) => Routed::Job(Job::Page(page, Ctx::of(site))),
+            Endpoint::LoginPage => {
+                let next = head.query().and_then(|q| query_param(q, "next"));
+                done(pages::login_page(
+                    &Ctx::of(site),
+                    200,
+                    next.as_deref(),
+                    None,
+                ))
+            }
+            Endpoint::LoginForm => match head.content_length {
+                0 => done(Response::error(400, "the login form sends a token")),
+                n if n > MAX_LOGIN_BODY => done(Response::error(413, "request body too large")),
+                _ => Routed::Upload(Spooled::Login(Ctx::of(site))),
+            },
+            Endpoint::Logout => done(pages::logout(&Ctx::of(site))),
+            Endpoint::Metrics => done(Response::error(404, "not found")),
+            Endpoint::Refused { response, .. } => done(response),
+        }
+    }
+}
+
+fn required(need: Need, krate: Option<String>, challenge: Challenge) -> Required {
+    Required {
+        need,
+        krate,
+        challenge,
+    }
+}
+
+/// A page path (below the base path): `/`, `/search`, `/crates/{name}[/{version}]`.
+/// `None`: no page.
+fn page_of(path: &str, query: Option<&str>) -> Option<Page> {
+    match path {
+        "/" => return Some(Page::Home),
+        "/search" => {
+            let q = query.unwrap_or("");
+            let query = query_param(q, "q").unwrap_or_default();
+            let page = query_param(q, "page")
+                .and_then(|p| p.parse::<usize>().ok())
+                .unwrap_or(1)
+                .clamp(1, MAX_SEARCH_PAGE);
+            return Some(Page::Search { query, page });
+        }
+        _ => {}
+    }
+    // `/crates/{name}` and `/crates/{name}/{version}`: a version never ends in `.crate`,
+    // so a page can never shadow a download (`/crates/{name}/{name}-{vers}.crate`).
+    // Only segments shaped like a name and a version: anything else (`..`, encoded
+    // slashes) stays with the file routes and their answers.
+    let rest = path.strip_prefix("/crates/")?;
+    let mut segs = rest.split('/');
+    let name = segs.next().filter(|n| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    })?;
+    let vers = segs.next().filter(|v| !v.is_empty());
+    let version_like = |v: &str| {
+        v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.+".contains(&b))
+    };
+    if segs.next().is_some() || vers.is_some_and(|v| v.ends_with(".crate") || !version_like(v)) {
+        return None;
+    }
+    Some(Page::Crate {
+        name: name.to_owned(),
+        vers: vers.map(str::to_owned),
+    })
+}
+
+/// The git smart HTTP routes below the index (`rest` follows `/index/`).
+fn git_endpoint<'a>(method: Method, rest: &str, query: Option<&str>) -> Endpoint<'a> {
+    let bad = |status, detail| refused(Metric::Git, GIT, Response::error(status, detail));
+    match (rest, method) {
+        ("info/refs", Method::Get | Method::Head) => {
+            let service = query.and_then(|q| query_param(q, "service"));
+            if service.as_deref() == Some("git-upload-pack") {
+                Endpoint::GitRefs
+            } else {
+                // Dumb HTTP would need the object store exposed; only smart HTTP is served.
+                bad(403, "only git smart HTTP (git-upload-pack) is served")
+            }
+        }
+        ("info/refs", _) => not_allowed(Metric::Git, GIT, "GET, HEAD"),
+        ("git-upload-pack", Method::Post) => Endpoint::GitUploadPack,
+        ("git-upload-pack", _) => not_allowed(Metric::Git, GIT, "POST"),
+        _ => bad(403, "pushing to the index is not allowed"),
+    }
+}
+
+/// The web API (`path` follows `/api/v1/`; the empty segments cargo may leave are
+/// tolerated at the start).
+fn api_endpoint<'a>(method: Method, path: &'a str, query: Option<&str>) -> Endpoint<'a> {
+    let mut segs = [""; 4];
+    let mut n = 0;
+    for seg in path.trim_start_matches('/').split('/') {
+        if n == segs.len() {
+            return refused(
+                Metric::Other,
+                CARGO,
+                Response::error(404, "no such API endpoint"),
+            );
+        }
+        segs[n] = seg;
+        n += 1;
+    }
+    let read = matches!(method, Method::Get | Method::Head);
+    match (method, &segs[..n]) {
+        (Method::Put, ["crates", "new"]) => Endpoint::Publish,
+        (_, ["crates", "new"]) => not_allowed(Metric::Other, CARGO, "PUT"),
+        (_, ["crates"]) if read => search(query.unwrap_or("")),
+        (_, ["crates"]) => not_allowed(Metric::ApiSearch, CARGO, "GET, HEAD"),
+        (_, ["crates", name]) if read => Endpoint::Crate(Segment(name)),
+        (_, ["crates", _]) => not_allowed(Metric::ApiCrate, CARGO, "GET, HEAD"),
+        (_, &["crates", name, vers, action @ ("yank" | "unyank")]) => {
+            let yank = action == "yank";
+            let wanted = if yank { Method::Delete } else { Method::Put };
+            if method == wanted {
+                return Endpoint::Yank {
+                    name: Segment(name),
+                    vers,
+                    yank,
+                };
+            }
+            // A bad name or version is named before the method.
+            let refusal = match (Segment(name).name(), decode(vers)) {
+                (Err(r), _) => r,
+                (_, None) => Response::error(400, "invalid version in path"),
+                _ => Response::not_allowed(if yank { "DELETE" } else { "PUT" }),
+            };
+            refused(Metric::ApiYank, CARGO, refusal)
+        }
+        (_, &["crates", name, "owners"]) => {
+            let change = match method {
+                Method::Get | Method::Head => None,
+                Method::Put => Some(OwnersChange::Add),
+                Method::Delete => Some(OwnersChange::Remove),
+                _ => return not_allowed(Metric::ApiOwners, CARGO, "GET, HEAD, PUT, DELETE"),
+            };
+            Endpoint::Owners {
+                name: Segment(name),
+                change,
+            }
+        }
+        _ => refused(
+            Metric::Other,
+            CARGO,
+            Response::error(404, "no such API endpoint"),
+        ),
+    }
+}
+
+/// `GET /api/v1/crates?q=…`: the page asked for, 1-based as crates.io counts pages.
+fn search(query: &str) -> Endpoint<'static> {
+    let bad = |detail| refused(Metric::ApiSearch, CARGO, Response::error(400, detail));
+    let positive = |key| match query_param(query, key) {
+        None => Ok(None),
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(()),
+        },
+    };
+    let Ok(per_page) = positive("per_page") else {
+        return bad("per_page must be a positive number");
+    };
+    let per_page = per_page.map_or(DEFAULT_PER_PAGE, |n| n.min(MAX_PER_PAGE));
+    let Ok(page) = positive("page") else {
+        return bad("page must be a positive number");
+    };
+    Endpoint::Search {
+        query: query_param(query, "q").unwrap_or_default(),
+        skip: (page.unwrap_or(1) - 1).saturating_mul(per_page),
+        per_page,
+    }
+}
+
+/// Refused before any of the body is read (and before `100 Continue`).
+fn publish(head: &Head, max_upload: u64) -> Routed {
+    if head.content_length == 0 {
+        return Routed::Done(Response::error(400, "publish request has no body"));
+    }
+    if head.content_length > max_upload {
+        let detail = format!("max upload size is: {max_upload}");
+        return Routed::Done(Response::error(413, &detail));
+    }
+    Routed::Upload(Spooled::Publish)
+}
+
+fn upload_pack(head: &Head) -> Routed {
+    let done = |status, detail| Routed::Done(Response::error(status, detail));
+    if head.content_length == 0 {
+        return done(400, "upload-pack request has no body");
+    }
+    if head.content_length > MAX_GIT_REQUEST {
+        return done(413, "upload-pack request too large");
+    }
+    match head.content_encoding.as_deref() {
+        None | Some("identity") => Routed::Upload(Spooled::GitUploadPack { gzip: false }),
+        Some("gzip" | "x-gzip") => Routed::Upload(Spooled::GitUploadPack { gzip: true }),
+        Some(_) => done(415, "unsupported Content-Encoding"),
+    }
+}
+
+fn yank_job(name: Segment, vers: &str, yank: bool, head: &Head) -> Routed {
+    let name = match name.name() {
+        Ok(n) => n,
+        Err(r) => return Routed::Done(r),
+    };
+    let Some(vers) = decode(vers) else {
+        return Routed::Done(Response::error(400, "invalid version in path"));
+    };
+    let job = Job::Yank { name, vers, yank };
+    match head.content_length {
+        0 => Routed::Job(job),
+        n if n <= MAX_SMALL_BODY => Routed::AfterBody(job),
+        _ => Routed::Done(Response::error(413, "request body too large")),
+    }
+}
+
+fn owners(name: Segment, change: Option<OwnersChange>, head: &Head) -> Routed {
+    let name = match name.name() {
+        Ok(n) => n,
+        Err(r) => return Routed::Done(r),
+    };
+    match change {
+        None => Routed::Job(Job::Owners { name, change: None }),
+        Some(_) if head.content_length == 0 => Routed::Done(Response::error(
+            400,
+            "owner changes need a body: {\"users\":[...]}",
+        )),
+        Some(_) if head.content_length > MAX_SMALL_BODY => {
+            Routed::Done(Response::error(413, "request body too large"))
+        }
+        Some(change) => Routed::Upload(Spooled::Owners { name, change }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::files::Trees;
+    use crate::registry::settings::Access::{Open, Private, Public};
+
+    const METHODS: [Method; 6] = [
+        Method::Get,
+        Method::Head,
+        Method::Put,
+        Method::Post,
+        Method::Delete,
+        Method::Other,
+    ];
+
+    /// A parsed head of `method target` with a 10-byte body (any method, unknown ones too).
+    fn head(method: Method, target: &str) -> Head {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n");
+        let mut h = crate::http::request::parse(raw.as_bytes(), 8192)
+            .unwrap()
+            .unwrap();
+        h.method = method;
+        h
+    }
+
+    /// `-`: nothing; `read`, `read/basic`, `publish`, `yank:NAME`, `owners:NAME`.
+    fn short(r: Option<Required>) -> String {
+        let Some(r) = r else { return "-".into() };
+        let need = match r.need {
+            Need::Read => "read",
+            Need::Publish => "publish",
+            Need::Yank => "yank",
+            Need::ChangeOwners => "owners",
+            Need::Admin => "admin",
+        };
+        let mut s = need.to_owned();
+        if r.challenge == Challenge::Basic {
+            s.push_str("/basic");
+        }
+        if let Some(k) = r.krate {
+            s = format!("{s}:{k}");
+        }
+        s
+    }
+
+    #[test]
+    fn every_route_in_every_mode() {
+        use Method::*;
+        // method, path, open, public, private
+        #[rustfmt::skip]
+        let table: &[(Method, &str, &str, &str, &str)] = &[
+            (Get, "/index/config.json", "-", "-", "read"),
+            (Head, "/index/config.json", "-", "-", "read"),
+            (Get, "/index/3/f/foo", "-", "-", "read"),
+            (Get, "/index/my/cr/mycrate", "-", "-", "read"),
+            (Put, "/index/config.json", "-", "-", "read"),
+            (Get, "/crates/foo/foo-1.0.0.crate", "-", "-", "read"),
+            (Head, "/crates/foo/foo-1.0.0.crate", "-", "-", "read"),
+            (Delete, "/crates/foo/foo-1.0.0.crate", "-", "-", "read"),
+            (Get, "/index/info/refs", "-", "-", "read/basic"),
+            (Head, "/index/info/refs", "-", "-", "read/basic"),
+            (Post, "/index/git-upload-pack", "-", "-", "read/basic"),
+            (Get, "/index/git-upload-pack", "-", "-", "read/basic"),
+            (Post, "/index/git-receive-pack", "-", "-", "read/basic"),
+            (Put, "/api/v1/crates/new", "-", "publish", "publish"),
+            (Put, "/api/v1//crates/new", "-", "publish", "publish"),
+            (Get, "/api/v1/crates/new", "-", "-", "read"),
+            (Post, "/api/v1/crates/new", "-", "-", "read"),
+            (Get, "/api/v1/crates", "-", "-", "read"),
+            (Head, "/api/v1/crates", "-", "-", "read"),
+            (Delete, "/api/v1/crates", "-", "-", "read"),
+            (Delete, "/api/v1/crates/foo/1.0.0/yank", "-", "yank:foo", "yank:foo"),
+            (Put, "/api/v1/crates/foo/1.0.0/yank", "-", "-", "read"),
+            (Put, "/api/v1/crates/Foo%2Dbar/1.0.0/unyank", "-", "yank:Foo-bar", "yank:Foo-bar"),
+            (Delete, "/api/v1/crates/foo/1.0.0/unyank", "-", "-", "read"),
+            (Get, "/api/v1/crates/foo/owners", "-", "-", "read"),
+            (Head, "/api/v1/crates/foo/owners", "-", "-", "read"),
+            (Put, "/api/v1/crates/foo/owners", "-", "owners:foo", "owners:foo"),
+            (Delete, "/api/v1/crates/foo/owners", "-", "owners:foo", "owners:foo"),
+            (Post, "/api/v1/crates/foo/owners", "-", "-", "read"),
+            (Get, "/api/v1/nothing/here", "-", "-", "read"),
+            (Put, "/api/v1/nothing/here", "-", "-", "read"),
+            (Other, "/api/v1/crates/new", "-", "-", "read"),
+            (Get, "/", "-", "-", "read"),
+            (Get, "/index/", "-", "-", "read"),
+            (Get, "/elsewhere", "-", "-", "read"),
+            (Get, "/login", "-", "-", "-"),
+            (Head, "/login", "-", "-", "-"),
+            (Get, "/me", "-", "-", "-"),
+            (Get, "/metrics", "admin", "admin", "admin"),
+            (Head, "/metrics", "admin", "admin", "admin"),
+            (Post, "/metrics", "admin", "admin", "admin"),
+            (Get, "/metrics/", "-", "-", "read"),
+            (Post, "/login", "-", "-", "-"),
+            (Post, "/logout", "-", "-", "-"),
+            (Get, "/search", "-", "-", "read"),
+            (Get, "/crates/foo", "-", "-", "read"),
+            (Get, "/crates/foo/1.0.0", "-", "-", "read"),
+            (Get, "/api/v1/crates/foo", "-", "-", "read"),
+            (Head, "/api/v1/crates/foo", "-", "-", "read"),
+            (Put, "/api/v1/crates/foo", "-", "-", "read"),
+            (Get, "/logout", "-", "-", "-"),
+            (Put, "/logout", "-", "-", "-"),
+        ];
+        for &(method, path, open, public, private) in table {
+            for (mode, want) in [(Open, open), (Public, public), (Private, private)] {
+                let got = short(Endpoint::parse(method, path, None).required(mode));
+                assert_eq!(got, want, "{} {path} in {mode} mode", method.as_str());
+            }
+        }
+    }
+
+    /// A crate name that does not decode is checked as sent: a token limited to some
+    /// crates is refused, never let through for lack of a name.
+    #[test]
+    fn undecodable_crate_names_fail_closed() {
+        let e = Endpoint::parse(Method::Delete, "/api/v1/crates/%ZZ/1.0.0/yank", None);
+        let r = e.required(Public).unwrap();
+        assert_eq!(r.krate.as_deref(), Some("%ZZ"));
+    }
+
+    fn site() -> Site {
+        let t = Trees::new("/nonexistent/i".into(), "/nonexistent/c".into(), 0);
+        Site::new("http://127.0.0.1:1", t, 1 << 20)
+    }
+
+    /// What the handler made: `done STATUS`, `job`, `upload` or `after-body`.
+    fn handled(method: Method, target: &str) -> String {
+        let s = site();
+        let h = head(method, target);
+        match Endpoint::of(&s, &h).handle(&s, &h) {
+            Routed::Done(r) => format!("done {}", r.status),
+            Routed::Job(_) => "job".into(),
+            Routed::Upload(_) => "upload".into(),
+            Routed::AfterBody(_) => "after-body".into(),
+        }
+    }
+
+    #[test]
+    fn metric_labels_and_lanes() {
+        use Lane::*;
+        use Method::*;
+        #[rustfmt::skip]
+        let cases = [
+            (Get, "/index/config.json", "index", Loop),
+            (Get, "/index/3/f/foo", "index", Loop),
+            (Put, "/index/3/f/foo", "index", Loop),
+            (Get, "/index/info/refs?service=git-upload-pack", "git", IndexReader),
+            (Get, "/index/info/refs", "git", Loop),
+            (Post, "/index/git-upload-pack", "git", IndexReader),
+            (Post, "/index/git-receive-pack", "git", Loop),
+            (Get, "/crates/foo/foo-1.0.0.crate", "download", Loop),
+            (Get, "/crates/foo", "other", Pages),
+            (Get, "/crates/foo/1.0.0", "other", Pages),
+            (Put, "/api/v1/crates/new", "api_publish", Writer),
+            (Put, "/api/v1//crates/new", "api_publish", Writer),
+            (Get, "/api/v1/crates/new", "other", Loop),
+            (Delete, "/api/v1/crates/foo/1.0.0/yank", "api_yank", Writer),
+            (Put, "/api/v1/crates/foo/1.0.0/unyank", "api_yank", Writer),
+            (Put, "/api/v1/crates/foo/1.0.0/yank", "api_yank", Loop),
+            (Get, "/api/v1/crates/foo/owners", "api_owners", Pages),
+            (Put, "/api/v1/crates/foo/owners", "api_owners", Writer),
+            (Delete, "/api/v1/crates/foo/owners", "api_owners", Writer),
+            (Get, "/api/v1/crates?q=x", "api_search", Pages),
+            (Get, "/api/v1/crates?per_page=0", "api_search", Loop),
+            (Get, "/api/v1/crates/foo", "api_crate", Pages),
+            (Get, "/api/v1/crates/a/b/c/d/e", "other", Loop),
+            (Get, "/login", "login", Loop),
+            (Post, "/login", "login", Pages),
+            (Get, "/me", "login", Loop),
+            (Post, "/logout", "other", Loop),
+            (Get, "/metrics", "metrics", Loop),
+            (Get, "/", "other", Pages),
+            (Get, "/search?q=x", "other", Pages),
+        ];
+        for (method, target, label, lane) in cases {
+            let (path, query) = target
+                .split_once('?')
+                .map_or((target, None), |(p, q)| (p, Some(q)));
+            let e = Endpoint::parse(method, path, query);
+            assert_eq!(e.metric().name(), label, "{} {target}", method.as_str());
+            assert_eq!(e.lane(), lane, "{} {target}", method.as_str());
+        }
+    }
+
+    /// The lane, the access rule and the handler agree, whatever the request: what runs
+    /// on the loop makes no job, what makes a job names a worker, and whatever runs on the
+    /// writer asks a write token in public mode (reads there are free); a private registry
+    /// asks a token for everything.
+    #[test]
+    fn lanes_access_and_handlers_agree() {
+        let paths = [
+            "/index/config.json",
+            "/index/3/f/foo",
+            "/crates/foo/foo-1.0.0.crate",
+            "/index/info/refs?service=git-upload-pack",
+            "/index/info/refs",
+            "/index/git-upload-pack",
+            "/index/git-receive-pack",
+            "/api/v1/crates/new",
+            "/api/v1//crates/new",
+            "/api/v1///crates/new",
+            "/api/v1/crates?q=foo&per_page=3",
+            "/api/v1/crates/foo/1.0.0/yank",
+            "/api/v1/crates/foo/1.0.0/unyank",
+            "/api/v1//crates/f%6Fo/1.0.0/unyank",
+            "/api/v1/crates/foo/owners",
+            "/api/v1/crates/foo",
+            "/api/v1/crates/foo/1.0.0",
+            "/api/v1/crates/foo/1.0.0/download",
+            "/api/v1/",
+            "/api/v1",
+            "/index",
+            "/",
+            "/search?q=x",
+            "/crates/foo",
+            "/crates/foo/1.0.0",
+            "/login",
+            "/logout",
+            "/metrics",
+        ];
+        let s = site();
+        for target in paths {
+            for method in METHODS {
+                let what = format!("{} {target}", method.as_str());
+                let h = head(method, target);
+                let e = Endpoint::of(&s, &h);
+                let (lane, public, private) = (e.lane(), e.required(Public), e.required(Private));
+                let free = matches!(target, "/login" | "/logout");
+                assert_eq!(private.is_none(), free, "{what}");
+                if e.required(Open).is_some() {
+                    assert!(matches!(e, Endpoint::Metrics), "{what}");
+                    continue;
+                }
+                let made = handled(method, target);
+                assert_eq!(
+                    lane == Lane::Loop,
+                    made.starts_with("done"),
+                    "{what}: {made}"
+                );
+                let write = public.as_ref().is_some_and(|r| {
+                    matches!(r.need, Need::Publish | Need::Yank | Need::ChangeOwners)
+                });
+                assert_eq!(write, lane == Lane::Writer, "{what}");
+                if let Some(p) = private {
+                    if write {
+                        assert_eq!(Some(p.need), public.map(|r| r.need), "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Downloads keep their path: only names that can never be a crate file are pages.
+    #[test]
+    fn crate_pages_never_shadow_downloads() {
+        let page = |path: &str| {
+            matches!(
+                Endpoint::parse(Method::Get, path, None),
+                Endpoint::Page(Page::Crate { .. })
+            )
+        };
+        assert!(page("/crates/foo"));
+        assert!(page("/crates/foo/"));
+        assert!(page("/crates/foo/1.0.0"));
+        assert!(page("/crates/foo/1.0.0-rc.1+build"));
+        assert!(!page("/crates/foo/foo-1.0.0.crate"));
+        assert!(!page("/crates/foo/1.0.0/extra"));
+        assert!(!page("/crates/"));
+        assert!(!page("/crates/../palletizer.toml"));
+        assert!(!page("/crates/foo/..%2fx"));
+        let cookie = |m, path| Endpoint::parse(m, path, None).takes_session_cookie();
+        assert!(cookie(Method::Get, "/crates/foo/1.0.0"));
+        assert!(cookie(Method::Head, "/"));
+        assert!(cookie(Method::Get, "/search"));
+        assert!(!cookie(Method::Get, "/crates/foo/foo-1.0.0.crate"));
+        assert!(!cookie(Method::Post, "/crates/foo"));
+        assert!(!cookie(Method::Get, "/api/v1/crates"));
+        assert!(!cookie(Method::Get, "/api/v1/crates/foo"));
+        assert!(!cookie(Method::Get, "/login"));
+        let Endpoint::Page(Page::Search { query, page }) =
+            Endpoint::parse(Method::Get, "/search", Some("q=a+b&page=999"))
+        else {
+            panic!("not a search page")
+        };
+        assert_eq!((query.as_str(), page), ("a b", MAX_SEARCH_PAGE));
+        assert_eq!(handled(Method::Put, "/crates/foo"), "done 405");
+    }
+
+    /// The base path is stripped once: below it the routes are found, elsewhere nothing.
+    #[test]
+    fn the_base_path_is_stripped_once() {
+        let t = Trees::new("/nonexistent/i".into(), "/nonexistent/c".into(), 0);
+        let s = Site::new("https://h/reg/", t, 1 << 20);
+        let of = |target: &str| {
+            let h = head(Method::Get, target);
+            Endpoint::of(&s, &h).metric().name()
+        };
+        assert_eq!(of("/reg/index/config.json"), "index");
+        assert_eq!(of("/reg/api/v1/crates/foo"), "api_crate");
+        assert_eq!(of("/index/config.json"), "other");
+        assert_eq!(of("/reg/reg/index/config.json"), "other");
+    }
+}
