@@ -1045,8 +1045,18 @@ fn missing_index_and_crate_files_are_404s_caches_must_check_again() {
 
 #[test]
 fn a_low_descriptor_limit_shrinks_the_file_cache_instead_of_starving_sockets() {
+    // At the default `open-files` the cache fitting the limit is no news; a setting that
+    // asked for more than fits is worth a note.
     let s = Sandbox::new();
     let cfg = s.server_config("max-connections = 64");
+    let srv = s.serve_with(&[cfg.to_str().unwrap()], |cmd| limit_descriptors(cmd, 300));
+    assert!(
+        !srv.log().iter().any(|l| l.contains("leave room for")),
+        "a note at default settings: {:?}",
+        srv.log()
+    );
+    drop(srv);
+    let cfg = s.server_config("max-connections = 64\nopen-files = 1000");
     let srv = s.serve_with(&[cfg.to_str().unwrap()], |cmd| limit_descriptors(cmd, 300));
     // Hundreds of index files, more than the descriptors left once connections have theirs.
     let dir = s.reg().join("index/ma/ny");

@@ -23,11 +23,8 @@ fn main() -> ExitCode {
         eprintln!("error: no config file given\nusage: palletizer-server CONFIG.toml [-q|-v]");
         return ExitCode::FAILURE;
     };
-    palletizer::net::set_verbosity(verbosity);
-    let path = std::path::PathBuf::from(config);
-    let result = palletizer::net::ServerConfig::load(&path)
-        .and_then(|c| palletizer::net::serve(c, Some(path), false));
-    match result {
+    palletizer::log::set_verbosity(verbosity);
+    match palletizer::server::serve_config_file(std::path::Path::new(&config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -366,7 +366,7 @@ fn serve(
     } else {
         1
     };
-    crate::net::set_verbosity(verbosity);
+    crate::log::set_verbosity(verbosity);
     let (config, path) = match rest {
         [] => {
             let bind = match bind {
@@ -397,6 +397,6 @@ fn serve(
             ))
         }
     };
-    crate::net::serve(config, path, true)?;
+    crate::server::serve(config, path, true).map_err(|e| CliError(e.to_string()))?;
     Ok(ExitCode::SUCCESS)
 }

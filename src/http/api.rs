@@ -181,7 +181,7 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
         Job::SyncAccess => match auth::sync_config_json(reg) {
             Ok(_) => Response::new(204),
             Err(e) => {
-                eprintln!("error: config.json does not follow the access setting: {e}");
+                error!("error: config.json does not follow the access setting: {e}");
                 Response::new(500)
             }
         },
@@ -191,7 +191,7 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
         Job::RecordTokenUse(uses) => match auth::record_last_used(reg, &uses) {
             Ok(()) => Response::new(204),
             Err(e) => {
-                eprintln!("warning: tokens' last use not recorded: {e}");
+                error!("warning: tokens' last use not recorded: {e}");
                 Response::new(500)
             }
         },
@@ -229,13 +229,13 @@ fn git_error(e: gitpack::GitError) -> Response {
         gitpack::GitError::BadRequest(_) => None,
     };
     if let Some(detail) = trouble {
-        eprintln!("error: git: {e}");
+        error!("error: git: {e}");
         return storage_error(detail);
     }
     match e {
         gitpack::GitError::BadRequest(m) => Response::error(400, &m),
         e => {
-            eprintln!("error: git: {e}");
+            error!("error: git: {e}");
             Response::error(500, "internal error while reading the index repository")
         }
     }
@@ -440,7 +440,7 @@ fn publish(reg: &Registry, path: &std::path::Path, who: Option<&Principal>) -> R
         Ok(_) => {
             if let (Some(p), true) = (who, new_crate) {
                 if let Err(e) = auth::record_first_owner(reg, &name, &p.user) {
-                    eprintln!("warning: {name} has no recorded owner (the admins own it): {e}");
+                    error!("warning: {name} has no recorded owner (the admins own it): {e}");
                 }
             }
             publish_ok()

@@ -200,7 +200,7 @@ pub fn auth_error(e: AuthError, base_url: &str) -> Response {
         AuthError::NotFound(m) => Response::error(404, &m),
         AuthError::Registry(e) => super::errors::registry_error(e),
         e @ (AuthError::Corrupt { .. } | AuthError::Random(_)) => {
-            eprintln!("error: access control: {e}");
+            error!("error: access control: {e}");
             Response::error(
                 500,
                 "internal error in access control; the server log has details",

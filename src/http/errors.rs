@@ -11,7 +11,7 @@ use crate::registry;
 pub fn registry_error(e: registry::Error) -> Response {
     use registry::Error as E;
     if let Some(detail) = e.storage_trouble() {
-        eprintln!("error: registry: {e}");
+        error!("error: registry: {e}");
         return storage_error(detail);
     }
     match e {
@@ -20,7 +20,7 @@ pub fn registry_error(e: registry::Error) -> Response {
         E::Conflict(m) => Response::error(409, &m),
         E::TooLarge(m) => Response::error(413, &m),
         e @ (E::Io { .. } | E::Git(_) | E::Settings(_)) => {
-            eprintln!("error: registry: {e}");
+            error!("error: registry: {e}");
             Response::error(
                 500,
                 "internal error while writing the registry; the server log has details",

@@ -266,7 +266,7 @@ fn open_failed(e: io::Error, what: &str, caches: Caches) -> Response {
     if missing {
         return not_found(what, caches);
     }
-    eprintln!("error: opening a {what}: {e}");
+    error!("error: opening a {what}: {e}");
     Response::error(503, "the server cannot open files right now; try again")
         .header("Retry-After", "1")
 }

@@ -112,7 +112,7 @@ pub fn login(reg: &Registry, body: &Path, ctx: &Ctx) -> Response {
             .authorize(Some(token), Need::Read, None, reg_auth::now())
             .err(),
         Err(e) => {
-            eprintln!("error: login: {e}");
+            error!("error: login: {e}");
             return error_page(
                 ctx,
                 500,
@@ -388,7 +388,7 @@ fn home(reg: &Registry, ctx: &Ctx) -> Response {
     let (newest, total) = match newest_crates(reg) {
         Ok(found) => found,
         Err(e) => {
-            eprintln!("error: home page: {e}");
+            error!("error: home page: {e}");
             (Vec::new(), 0)
         }
     };
@@ -481,7 +481,7 @@ fn search_page(reg: &Registry, ctx: &Ctx, query: &str, page: usize) -> Response 
     let found = match reg.search_page(query, (page - 1) * PER_PAGE, PER_PAGE) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: search page: {e}");
+            error!("error: search page: {e}");
             return error_page(ctx, 500, "The search failed; the server log has details.");
         }
     };
@@ -522,7 +522,7 @@ fn crate_page(reg: &Registry, ctx: &Ctx, name: &str, vers: Option<&str>) -> Resp
     let mut entries = match reg.entries(&parsed) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: crate page: {e}");
+            error!("error: crate page: {e}");
             return error_page(
                 ctx,
                 500,

@@ -436,7 +436,7 @@ impl<S: Stream> Conn<S> {
             }
         }));
         let (routed, principal) = decided.unwrap_or_else(|_| {
-            eprintln!(
+            error!(
                 "error: {} {} failed inside the server",
                 head.method.as_str(),
                 head.path()
@@ -761,7 +761,7 @@ fn take_body(then: &mut Then, bytes: &[u8]) -> io::Result<()> {
 
 /// A spool file that could not be created or written: a full disk is a 507 that says so.
 fn upload_failed(e: &io::Error) -> Response {
-    eprintln!("error: storing an upload: {e}");
+    error!("error: storing an upload: {e}");
     match crate::registry::storage_trouble(e) {
         Some(detail) => crate::http::errors::storage_error(detail),
         None => Response::error(500, "cannot store the upload; the server log has details"),
@@ -917,7 +917,7 @@ mod tests {
     const CONFIG_JSON: &[u8] = b"{\"dl\":\"http://h/crates\"}\n";
 
     fn world(spool_cap: u64) -> World {
-        crate::net::set_verbosity(0);
+        crate::log::set_verbosity(0);
         let dir = tempfile::tempdir().unwrap();
         let index = dir.path().join("index");
         std::fs::create_dir_all(&index).unwrap();

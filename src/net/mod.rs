@@ -17,65 +17,49 @@
 //! reused slot never receives an event meant for its previous connection (accepting, which
 //! may reclaim slots, runs after the batch); the loop never blocks on anything but `poll`.
 
-mod changes;
+pub mod changes;
 pub mod config;
 pub mod conn;
 pub mod metrics;
+pub mod os;
 pub mod transport;
 pub mod worker;
 
-use std::io::{self, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::SIGHUP;
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::http::{files::Trees, Site};
+use crate::http::Site;
 use crate::registry::auth::{self, AuthView};
-use crate::registry::settings::Access;
 use crate::registry::Registry;
 
 pub use config::{Limits, ServerConfig};
 use conn::{Conn, Turn};
 use transport::{Stream, Transport};
 
-const SIGNAL_TOKEN: Token = Token(usize::MAX);
-const WAKER_TOKEN: Token = Token(usize::MAX - 1);
-const CHANGES_TOKEN: Token = Token(usize::MAX - 2);
+pub const SIGNAL_TOKEN: Token = Token(usize::MAX);
+pub const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+pub const CHANGES_TOKEN: Token = Token(usize::MAX - 2);
 const FIRST_LISTENER: usize = usize::MAX - 64;
+
+/// The poll token of listener `i`.
+pub fn listener_token(i: usize) -> Token {
+    Token(FIRST_LISTENER + i)
+}
 /// Accepts per listener and turn of the loop before other work gets a turn.
 const ACCEPT_BUDGET: usize = 64;
 /// Idle connections closed at once when the table is full (nginx's drain batch).
 const RECLAIM_BATCH: usize = 32;
 /// How long a full table with nothing to reclaim is left alone before the next scan.
 const RECLAIM_RETRY: Duration = Duration::from_millis(20);
-/// The listen backlog: clients the kernel holds while the table is full or the loop busy
-/// (the standard library's 128 drops the connection attempts of a burst beyond it).
-const LISTEN_BACKLOG: i32 = 1024;
-
-/// 0: errors only, 1: one line per request (default), 2: debug.
-static VERBOSITY: AtomicU8 = AtomicU8::new(1);
-
-pub fn set_verbosity(v: u8) {
-    VERBOSITY.store(v, Ordering::Relaxed);
-}
-
-fn log_at(level: u8, msg: std::fmt::Arguments<'_>) {
-    if VERBOSITY.load(Ordering::Relaxed) >= level {
-        let _ = writeln!(io::stderr().lock(), "{msg}");
-    }
-}
-
-macro_rules! info { ($($a:tt)*) => { log_at(1, format_args!($($a)*)) } }
-macro_rules! debug { ($($a:tt)*) => { log_at(2, format_args!($($a)*)) } }
-macro_rules! error { ($($a:tt)*) => { log_at(0, format_args!($($a)*)) } }
 
 /// What every connection reads: the site, the limits.
 pub struct Shared {
@@ -161,13 +145,47 @@ fn redact_tokens(target: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-struct Listening {
+/// A bound listener.
+pub struct Listening {
     socket: TcpListener,
-    addr: SocketAddr,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     config: config::Listener,
     /// Reported readable and not yet accepted from until `WouldBlock`.
     ready: bool,
+}
+
+impl Listening {
+    /// A listener bound at `addr` (and registered with the loop's poller).
+    pub fn new(
+        socket: TcpListener,
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        config: config::Listener,
+    ) -> Listening {
+        Listening {
+            socket,
+            addr,
+            tls,
+            config,
+            ready: true,
+        }
+    }
+}
+
+/// What the startup ([`crate::server`]) hands the loop.
+pub struct Parts {
+    pub poll: Poll,
+    pub listeners: Vec<Listening>,
+    pub shared: Shared,
+    pub signals: Signals,
+    /// The config file, read again on SIGHUP for new certificates.
+    pub config_path: Option<PathBuf>,
+    /// The workers' answers.
+    pub done: std::sync::mpsc::Receiver<worker::Done>,
+    /// The registry's root, where `auth.json` and `palletizer.toml` are watched.
+    pub root: PathBuf,
+    pub changes: changes::Changes,
 }
 
 /// A bound server, ready to run.
@@ -178,8 +196,6 @@ pub struct Server {
     shared: Shared,
     signals: Signals,
     config_path: Option<PathBuf>,
-    /// The registry's public URL.
-    url: String,
     /// Accepting is paused until this instant (EMFILE back-off).
     accept_paused: Option<Instant>,
     /// A listener used its accept budget with clients left: the next poll does not wait.
@@ -195,8 +211,6 @@ pub struct Server {
     root: PathBuf,
     /// When `auth.json` and `palletizer.toml` are next compared with the loaded view.
     next_auth_check: Instant,
-    /// The admin token a zero-config start created, to be shown once.
-    first_token: Option<String>,
     /// The stamp of access control files that failed to load (not retried until changed).
     auth_broken: Option<auth::Stamp>,
     /// When the tokens' "last used" times are next handed to the worker.
@@ -217,146 +231,29 @@ const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
 const TOKEN_USE_FLUSH_EVERY: Duration = Duration::from_secs(60);
 
 impl Server {
-    /// Binds every listener, then opens the registry. With `create`, a missing registry is
-    /// created for the first listener's URL (the zero-config start).
-    pub fn bind(
-        config: ServerConfig,
-        config_path: Option<PathBuf>,
-        create: bool,
-    ) -> Result<Server, String> {
-        let poll = Poll::new().map_err(|e| format!("creating the poller: {e}"))?;
-        let mut listeners = Vec::new();
-        for (i, l) in config.listeners.iter().enumerate() {
-            let addr = l
-                .bind
-                .to_socket_addrs()
-                .map_err(|e| format!("listener `{}`: {e}", l.bind))?
-                .next()
-                .ok_or_else(|| format!("listener `{}`: no address", l.bind))?;
-            let tls = match &l.tls {
-                Some(t) => Some(transport::load_tls(&t.certificate_chain, &t.private_key)?),
-                None => None,
-            };
-            let mut socket = TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
-            // listen(2) again on a listening socket only changes its backlog.
-            // SAFETY: a valid listening socket.
-            unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&socket), LISTEN_BACKLOG) };
-            let addr = socket.local_addr().map_err(|e| e.to_string())?;
-            poll.registry()
-                .register(&mut socket, Token(FIRST_LISTENER + i), Interest::READABLE)
-                .map_err(|e| e.to_string())?;
-            listeners.push(Listening {
-                socket,
-                addr,
-                tls,
-                config: l.clone(),
-                ready: true,
-            });
-        }
-        // Startup runs in stages whose code never runs again (the config and TLS files, then
-        // the registry and `auth.json`, then the threads): giving each stage's code pages
-        // back before the next makes the startup peak the largest stage, not their sum, and
-        // leaves only the serving code mapped under load.
-        release_code_pages();
-        let root = config.registry.clone().unwrap_or_else(|| ".".into());
-        let mut first_token = None;
-        let registry = if create && !root.join(crate::registry::SETTINGS_FILE).exists() {
-            let first = &listeners[0];
-            let scheme = if first.tls.is_some() { "https" } else { "http" };
-            let url = format!("{scheme}://{}", first.addr);
-            let opts = crate::registry::InitOptions::for_url(&url);
-            let reg = Registry::init(&root, opts).map_err(|e| e.to_string())?;
-            info!(
-                "created a new registry in {} for {}",
-                root.display(),
-                reg.settings().url
-            );
-            first_token = auth::bootstrap_admin(&reg, auth::now()).map_err(|e| e.to_string())?;
-            reg
-        } else {
-            recover_in_child(&root)?;
-            Registry::open_as_is(&root).map_err(|e| e.to_string())?
-        };
-        let fd_limit = config::fd_soft_limit();
-        let cached_files = config.limits.open_files_within(fd_limit);
-        if cached_files < config.limits.open_files {
-            error!("note: {fd_limit} descriptors leave room for {cached_files} open files per tree, not open-files = {}; a higher hard limit (LimitNOFILE) allows more", config.limits.open_files);
-        }
-        let mut site = Site::new(
-            &registry.settings().url,
-            Trees::new(
-                registry.index_dir().to_owned(),
-                registry.crates_dir().to_owned(),
-                cached_files,
-            ),
-            registry.settings().max_crate_size,
-        );
-        site.auth = AuthView::load(&root).map_err(|e| e.to_string())?;
-        let changes = changes::Changes::watch(
-            &registry.lock_path(),
-            &[auth::AUTH_FILE, crate::registry::SETTINGS_FILE],
-            poll.registry(),
-            CHANGES_TOKEN,
-        );
-        site.trees.written(changes.watching());
-        release_freed_memory();
-        release_code_pages();
-        match site.access() {
-            Access::Open if listeners.iter().any(|l| !l.addr.ip().is_loopback()) => error!(
-                "warning: access is `open`: anyone who reaches {} can publish and yank; \
-                 `palletizer access public` asks for tokens",
-                listeners[0].addr
-            ),
-            Access::Public | Access::Private if site.auth.user_count() == 0 => error!(
-                "note: access is `{}` and there are no users yet: \
-                 `palletizer user add NAME --admin` and `palletizer token create --user NAME`",
-                site.access()
-            ),
-            _ => {}
-        }
-        let waker =
-            Arc::new(mio::Waker::new(poll.registry(), WAKER_TOKEN).map_err(|e| e.to_string())?);
-        let spool = worker::SpoolBudget::new(config.limits.spool_cap(site.max_upload));
-        let url = registry.settings().url.clone();
-        let spool_dir = registry.root().to_owned();
-        let metrics = metrics::Metrics::default();
-        let (jobs, done) = worker::spawn(registry, waker, metrics.worker.clone())
-            .map_err(|e| format!("starting the worker: {e}"))?;
-        let mut signals =
-            Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
-        poll.registry()
-            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
-            .map_err(|e| e.to_string())?;
-        Ok(Server {
-            poll,
-            listeners,
-            conns: Slab::with_capacity(config.limits.max_connections.min(64)),
-            shared: Shared {
-                site,
-                limits: config.limits,
-                spool_dir,
-                jobs,
-                spool,
-                tokens_used: Default::default(),
-                metrics,
-            },
-            signals,
-            config_path,
-            url,
-            done,
+    /// The loop over the pieces the startup made.
+    pub fn new(parts: Parts) -> Server {
+        let now = Instant::now();
+        Server {
+            conns: Slab::with_capacity(parts.shared.limits.max_connections.min(64)),
+            poll: parts.poll,
+            listeners: parts.listeners,
+            shared: parts.shared,
+            signals: parts.signals,
+            config_path: parts.config_path,
+            done: parts.done,
             next_serial: 0,
             accept_paused: None,
             accept_more: false,
             reclaim: Vec::new(),
             reclaim_blocked_until: None,
             shutdown_at: None,
-            root,
-            next_auth_check: Instant::now() + AUTH_CHECK_EVERY,
-            first_token,
+            root: parts.root,
+            next_auth_check: now + AUTH_CHECK_EVERY,
             auth_broken: None,
-            next_use_flush: Instant::now() + TOKEN_USE_FLUSH_EVERY,
-            changes,
-        })
+            next_use_flush: now + TOKEN_USE_FLUSH_EVERY,
+            changes: parts.changes,
+        }
     }
 
     /// Hands the tokens' "last used" times to the worker, which writes them to `auth.json`.
@@ -393,11 +290,6 @@ impl Server {
         if let Err(e) = recorded {
             error!("tokens' last use not recorded: {e}");
         }
-    }
-
-    /// The admin token a zero-config start created (shown once).
-    pub fn take_first_token(&mut self) -> Option<String> {
-        self.first_token.take()
     }
 
     /// A writer released the registry's lock (kept files are checked again on their next
@@ -453,7 +345,7 @@ impl Server {
                     view.token_count()
                 );
                 self.shared.site.auth = view;
-                release_freed_memory();
+                os::release_freed_memory();
                 self.auth_broken = None;
             }
             Err(e) => {
@@ -461,11 +353,6 @@ impl Server {
                 self.auth_broken = Some(stamp);
             }
         }
-    }
-
-    /// The registry's public URL, as in `config.json`.
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     /// The bound addresses, with whether each speaks TLS.
@@ -486,7 +373,7 @@ impl Server {
     }
 
     /// Runs until SIGTERM or SIGINT, then finishes responses in flight (bounded) and returns.
-    pub fn run(mut self) -> Result<(), String> {
+    pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         let mut again: Vec<usize> = Vec::new();
         let mut closed: Vec<usize> = Vec::new();
@@ -497,15 +384,15 @@ impl Server {
         let mut idle_since: Option<Instant> = None;
         let mut trimmed = false;
         // The last stage of startup (see `bind`).
-        release_code_pages();
+        os::release_code_pages();
         loop {
             let now = Instant::now();
             if !self.conns.is_empty() {
                 idle_since = None;
                 trimmed = false;
             } else if !trimmed && now >= *idle_since.get_or_insert(now) + IDLE_TRIM_AFTER {
-                release_code_pages();
-                release_freed_memory();
+                os::release_code_pages();
+                os::release_freed_memory();
                 trimmed = true;
             }
             // Idle, the loop wakes once to give memory back, to write the tokens' last uses,
@@ -537,7 +424,7 @@ impl Server {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(format!("poll: {e}"));
+                return Err(e);
             }
             // Woken while idle and trimmed (a change, a signal, a job's answer): whatever
             // runs now maps code back in, so it is given back again a second later. Only
@@ -834,188 +721,6 @@ impl Server {
             }
         }
     }
-}
-
-/// Gives the heap pages freed after a load (the parsed `auth.json` is much larger than the
-/// view kept of it, a pack libgit2 built) back to the system, so they do not stay resident.
-pub(crate) fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free memory at the heap's edges to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Unmaps the pages of the program's code and read-only data (and those of any shared
-/// library) so that only what runs next is mapped again. The kernel maps code in 64 KiB
-/// batches around each page run (fault-around), so starting up (parsing the config and
-/// `auth.json`, opening the registry, building TLS configs) leaves most of the binary's
-/// 4 MiB of text resident, and each kind of request adds its share: the static build idled
-/// at 3.0 MiB, 2.3 MiB of it text, where the idle loop needs about 1 MiB. These segments
-/// are never written, so the page cache holds the same bytes: the next access maps them
-/// back with a minor fault, and the rest stays clean, reclaimable page cache instead of
-/// this process's memory.
-///
-/// Skipped under a debugger, whose breakpoints are writes into these pages.
-fn release_code_pages() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let traced = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-            s.lines()
-                .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
-        });
-        if !traced {
-            // SAFETY: the callback only reads the program headers it is handed.
-            unsafe { libc::dl_iterate_phdr(Some(drop_read_only_segments), std::ptr::null_mut()) };
-        }
-    }
-}
-
-/// For one loaded object: `MADV_DONTNEED` on each loadable segment that is not writable
-/// (writable ones, and the relocated read-only data inside them, hold private copies
-/// that would be lost). Only whole pages inside the segment are dropped.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-unsafe extern "C" fn drop_read_only_segments(
-    info: *mut libc::dl_phdr_info,
-    _size: libc::size_t,
-    _data: *mut libc::c_void,
-) -> libc::c_int {
-    // SAFETY: glibc hands a valid entry whose header table has `dlpi_phnum` entries.
-    let info = unsafe { &*info };
-    // The kernel's vDSO is no file mapping.
-    // SAFETY: as above; a null name or header table is skipped.
-    let vdso = !info.dlpi_name.is_null()
-        && unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes() == b"linux-vdso.so.1";
-    if vdso || info.dlpi_phdr.is_null() {
-        return 0;
-    }
-    // SAFETY: see above.
-    let headers = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum.into()) };
-    // SAFETY: sysconf has no preconditions.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    for h in headers {
-        if h.p_type != libc::PT_LOAD || h.p_flags & libc::PF_W != 0 {
-            continue;
-        }
-        let start = (info.dlpi_addr as usize + h.p_vaddr as usize).next_multiple_of(page);
-        let end = (info.dlpi_addr as usize + (h.p_vaddr + h.p_memsz) as usize) / page * page;
-        if end > start {
-            // SAFETY: whole pages of a read-only, never written, file-backed mapping: the
-            // next access maps the same bytes back from the file.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
-        }
-    }
-    0
-}
-
-/// Lifts the soft limit on open files so `max_connections` sockets (plus the listeners,
-/// the open-file caches, files being served and the worker's) fit, as far as the hard
-/// limit allows.
-fn raise_fd_limit(max_connections: usize) {
-    // rlim_t is 32 bits on 32-bit ARM (a Raspberry Pi OS armhf build).
-    let want = libc::rlim_t::try_from(max_connections)
-        .unwrap_or(libc::rlim_t::MAX)
-        .saturating_mul(2)
-        .saturating_add(64);
-    // SAFETY: getrlimit/setrlimit on this process with an initialized struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < want {
-            r.rlim_cur = want.min(r.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
-/// Runs the registry's crash recovery (temp files, uncommitted index edits) in a short-lived
-/// child process, so that the long-running server does not keep libgit2's repair code
-/// mapped (about 1 MiB of resident memory on an idle server). Called before any thread
-/// exists, which is what makes `fork` safe here.
-fn recover_in_child(root: &std::path::Path) -> Result<(), String> {
-    // SAFETY: the process is single-threaded at this point; the child only runs registry
-    // code and leaves with _exit, never returning into the parent's stack.
-    match unsafe { libc::fork() } {
-        -1 => open_and_sync(root),
-        0 => {
-            let code = match open_and_sync(root) {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = writeln!(io::stderr(), "error: {e}");
-                    1
-                }
-            };
-            let _ = io::stderr().flush();
-            // SAFETY: ends the child without running the parent's destructors or atexit hooks.
-            unsafe { libc::_exit(code) }
-        }
-        child => {
-            let mut status = 0;
-            // SAFETY: waits for the child forked above.
-            let rc = unsafe { libc::waitpid(child, &mut status, 0) };
-            if rc == child && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-                Ok(())
-            } else {
-                Err("opening the registry failed (see the error above)".into())
-            }
-        }
-    }
-}
-
-/// Opens the registry (its crash recovery) and makes `config.json` say what the access
-/// setting says.
-fn open_and_sync(root: &std::path::Path) -> Result<(), String> {
-    let reg = Registry::open(root).map_err(|e| e.to_string())?;
-    auth::sync_config_json(&reg).map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-/// Binds, prints where it listens and how to point cargo at it, and runs.
-pub fn serve(
-    config: ServerConfig,
-    config_path: Option<PathBuf>,
-    create: bool,
-) -> Result<(), String> {
-    // 2 x (connections + open files) + 64: a socket and a file being sent per connection,
-    // both trees' caches, the server's own (what Limits::open_files_within counts on).
-    raise_fd_limit(
-        config
-            .limits
-            .max_connections
-            .saturating_add(config.limits.open_files),
-    );
-    let mut server = Server::bind(config, config_path, create)?;
-    let url = server.url().to_owned();
-    if let Some(token) = server.take_first_token() {
-        // Shown once, on stdout only (never in the log): it is not stored anywhere readable.
-        let _ = writeln!(
-            io::stdout(),
-            "Created the admin user `{}` and its token (shown once; more with \
-             `palletizer token create`):\n\n  cargo login --registry palletizer {token}\n",
-            auth::FIRST_ADMIN
-        );
-        let _ = io::stdout().flush();
-    }
-    for (addr, tls) in server.local_addrs() {
-        let scheme = if tls { "https" } else { "http" };
-        error!("listening on {scheme}://{addr}");
-    }
-    let snippet = format!(
-        "Point cargo at this registry with, in .cargo/config.toml:\n\n\
-         [registries.palletizer]\n\
-         index = \"sparse+{url}/index/\"\n\n\
-         or, for a cargo older than 1.68 (git index over smart HTTP):\n\n\
-         [registries.palletizer]\n\
-         index = \"{url}/index\"\n\n\
-         (cargo publish, yank and search use {url}/api/v1)\n"
-    );
-    if VERBOSITY.load(Ordering::Relaxed) > 0 {
-        let _ = writeln!(io::stdout(), "{snippet}");
-        let _ = io::stdout().flush();
-    }
-    server.run()
 }
 
 #[cfg(test)]

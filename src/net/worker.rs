@@ -177,7 +177,7 @@ pub fn spawn(
             };
             // libgit2's pack building allocates in proportion to the history (megabytes
             // for a large index), on this thread's own heap arena: hand it back.
-            super::release_freed_memory();
+            super::os::release_freed_memory();
             if !answered {
                 break;
             }
@@ -203,7 +203,7 @@ pub fn spawn(
                 // After the answer went out: the client that changed the index does
                 // not wait for the packing.
                 if let Err(e) = writer.reg.maintain() {
-                    eprintln!("warning: packing the index: {e}");
+                    error!("warning: packing the index: {e}");
                 }
                 if rebuild_queued.swap(true, Ordering::AcqRel) {
                     continue;

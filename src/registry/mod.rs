@@ -1057,7 +1057,7 @@ impl Registry {
         });
         match search::update(&self.root, name, line) {
             Ok(()) => self.journal_done(),
-            Err(e) => eprintln!("warning: search data not updated for {name}: {e}"),
+            Err(e) => error!("warning: search data not updated for {name}: {e}"),
         }
     }
 

@@ -494,7 +494,8 @@ impl Sandbox {
                 let Ok(line) = line else { break };
                 if let Some(t) = line
                     .trim()
-                    .strip_prefix("cargo login --registry palletizer ")
+                    .strip_prefix("echo ")
+                    .and_then(|l| l.strip_suffix(" | cargo login --registry palletizer"))
                 {
                     let _ = token_tx.send(t.to_owned());
                 }
