@@ -90,6 +90,8 @@ pub struct Exchange {
     principal: Option<Principal>,
     /// The thread the request's job runs on, if it makes one.
     lane: Lane,
+    /// The head did not parse: the answer ends the connection.
+    malformed: bool,
 }
 
 impl Exchange {
@@ -163,6 +165,96 @@ struct LogLine {
     start: Instant,
 }
 
+/// Why a connection ended, for `palletizer_connections_closed_total{reason}` and the
+/// debug log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed or reset the connection.
+    ClientClosed,
+    /// A read or write failed otherwise (a TLS error among them).
+    IoError,
+    /// The request head did not parse: answered, then closed.
+    ParseError,
+    /// Answered, then closed: the client asked, HTTP/1.0, a body left unread, an answer
+    /// that ends the framing.
+    Answered,
+    /// Its deadline passed while it waited for this.
+    Timeout(Waited),
+    /// Closed while idle to make room in a full table.
+    Reclaimed,
+    /// The server is stopping.
+    Shutdown,
+}
+
+/// What a connection was waiting for when its deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// A request head (or a new connection's first one, its TLS handshake included).
+    Head,
+    /// The rest of a request body.
+    Body,
+    /// A worker's answer.
+    Worker,
+    /// The client to take the answer.
+    Write,
+    /// The next request on a kept-alive connection.
+    Idle,
+    /// The client to close after the last answer.
+    Linger,
+}
+
+impl CloseReason {
+    /// Every reason, in the order `/metrics` lists them.
+    pub const ALL: [CloseReason; 12] = [
+        CloseReason::ClientClosed,
+        CloseReason::IoError,
+        CloseReason::ParseError,
+        CloseReason::Answered,
+        CloseReason::Timeout(Waited::Head),
+        CloseReason::Timeout(Waited::Body),
+        CloseReason::Timeout(Waited::Worker),
+        CloseReason::Timeout(Waited::Write),
+        CloseReason::Timeout(Waited::Idle),
+        CloseReason::Timeout(Waited::Linger),
+        CloseReason::Reclaimed,
+        CloseReason::Shutdown,
+    ];
+
+    /// The `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::IoError => "io_error",
+            CloseReason::ParseError => "parse_error",
+            CloseReason::Answered => "answered",
+            CloseReason::Timeout(Waited::Head) => "timeout_head",
+            CloseReason::Timeout(Waited::Body) => "timeout_body",
+            CloseReason::Timeout(Waited::Worker) => "timeout_worker",
+            CloseReason::Timeout(Waited::Write) => "timeout_write",
+            CloseReason::Timeout(Waited::Idle) => "timeout_idle",
+            CloseReason::Timeout(Waited::Linger) => "timeout_linger",
+            CloseReason::Reclaimed => "reclaimed",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// Its place in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|&r| r == self).unwrap_or(0)
+    }
+
+    /// A failed read or write: the peer's doing, or a fault.
+    fn of(e: &io::Error) -> CloseReason {
+        use io::ErrorKind::*;
+        match e.kind() {
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+                CloseReason::ClientClosed
+            }
+            _ => CloseReason::IoError,
+        }
+    }
+}
+
 pub struct Conn<S = Transport> {
     /// Slab key and a serial number unique over the server's life: a worker's answer
     /// carries both, so it never reaches a later connection in the same slot.
@@ -186,6 +278,8 @@ pub struct Conn<S = Transport> {
     /// Accepted on a listener marked `metrics = true`: `/metrics` without a token, and
     /// nothing else.
     pub metrics_listener: bool,
+    /// Why it ended, once it did (the first reason given counts).
+    pub ended: Option<CloseReason>,
 }
 
 /// What a turn of the connection ended with.
@@ -220,6 +314,25 @@ impl<S: Stream> Conn<S> {
             peer,
             draining: false,
             metrics_listener: false,
+            ended: None,
+        }
+    }
+
+    /// Records why the connection ends; a reason given before stands.
+    pub fn end(&mut self, why: CloseReason) {
+        self.ended.get_or_insert(why);
+    }
+
+    /// What the connection waits for now: the phase a timeout cuts short.
+    pub fn waiting_for(&self) -> Waited {
+        match self.phase {
+            Phase::Idle if self.served == 0 => Waited::Head,
+            Phase::Idle => Waited::Idle,
+            Phase::Head(_) => Waited::Head,
+            Phase::Body(_) => Waited::Body,
+            Phase::Waiting(_) => Waited::Worker,
+            Phase::Write(_) => Waited::Write,
+            Phase::Linger | Phase::Closed => Waited::Linger,
         }
     }
 
@@ -270,7 +383,8 @@ impl<S: Stream> Conn<S> {
             match step {
                 Ok(true) => continue,
                 Ok(false) => return Turn::Parked,
-                Err(()) => {
+                Err(why) => {
+                    self.end(why);
                     self.phase = Phase::Closed;
                     self.transport.close();
                     return Turn::Closed;
@@ -296,10 +410,10 @@ impl<S: Stream> Conn<S> {
 
     /// One read: `Some(n)` bytes arrived, `None` nothing for now (readiness cleared, pending
     /// TLS records flushed), `Err` the peer is gone or the read failed.
-    fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ()> {
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, CloseReason> {
         loop {
             match self.transport.read(buf) {
-                Ok(0) => return Err(()),
+                Ok(0) => return Err(CloseReason::ClientClosed),
                 Ok(n) => {
                     self.note_short_read(n, buf.len());
                     return Ok(Some(n));
@@ -310,18 +424,18 @@ impl<S: Stream> Conn<S> {
                     return Ok(None);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(()),
+                Err(e) => return Err(CloseReason::of(&e)),
             }
         }
     }
 
     /// Flushes TLS records left over (handshake, alerts) when the socket allows.
-    fn flush_pending(&mut self) -> Result<(), ()> {
+    fn flush_pending(&mut self) -> Result<(), CloseReason> {
         if self.writable && self.transport.has_pending_output() {
             match self.transport.flush() {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
-                Err(_) => return Err(()),
+                Err(e) => return Err(CloseReason::of(&e)),
             }
         }
         Ok(())
@@ -330,11 +444,11 @@ impl<S: Stream> Conn<S> {
     // Each step returns Ok(true) to keep going, Ok(false) to park, Err to close. The phase
     // must be put back before returning Ok.
 
-    fn step_idle(&mut self, shared: &Shared) -> Result<bool, ()> {
+    fn step_idle(&mut self, shared: &Shared) -> Result<bool, CloseReason> {
         self.phase = Phase::Idle;
         self.flush_pending()?;
         if self.draining {
-            return Err(());
+            return Err(CloseReason::Shutdown);
         }
         if !self.readable {
             return Ok(false);
@@ -354,7 +468,7 @@ impl<S: Stream> Conn<S> {
         self.phase = Phase::Head(buf);
     }
 
-    fn step_head(&mut self, mut buf: Vec<u8>, shared: &Shared) -> Result<bool, ()> {
+    fn step_head(&mut self, mut buf: Vec<u8>, shared: &Shared) -> Result<bool, CloseReason> {
         match request::parse(&buf, shared.limits.max_head) {
             Ok(Some(head)) => {
                 let leftover = buf.split_off(head.len);
@@ -378,6 +492,7 @@ impl<S: Stream> Conn<S> {
                     leftover: Vec::new(),
                     principal: None,
                     lane: Lane::Loop,
+                    malformed: true,
                 };
                 self.queue_response(Response::error(e.status, e.detail), ex, shared);
                 return Ok(true);
@@ -461,6 +576,7 @@ impl<S: Stream> Conn<S> {
             leftover,
             principal,
             lane,
+            malformed: false,
         };
         match routed {
             Routed::Upload(kind) => self.start_upload(kind, ex, expect, shared),
@@ -578,7 +694,7 @@ impl<S: Stream> Conn<S> {
         }
     }
 
-    fn step_body(&mut self, mut up: Box<Upload>, shared: &Shared) -> Result<bool, ()> {
+    fn step_body(&mut self, mut up: Box<Upload>, shared: &Shared) -> Result<bool, CloseReason> {
         if let Some(sent) = up.continue_sent {
             if sent < CONTINUE.len() {
                 if !self.writable {
@@ -589,11 +705,11 @@ impl<S: Stream> Conn<S> {
                     .transport
                     .write_vectored(&[IoSlice::new(&CONTINUE[sent..])])
                 {
-                    Ok(0) => return Err(()),
+                    Ok(0) => return Err(CloseReason::ClientClosed),
                     Ok(n) => up.continue_sent = Some(sent + n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return Err(()),
+                    Err(e) => return Err(CloseReason::of(&e)),
                 }
                 self.phase = Phase::Body(up);
                 return Ok(true);
@@ -647,7 +763,7 @@ impl<S: Stream> Conn<S> {
         }));
     }
 
-    fn step_write(&mut self, mut out: Box<Outgoing>, shared: &Shared) -> Result<bool, ()> {
+    fn step_write(&mut self, mut out: Box<Outgoing>, shared: &Shared) -> Result<bool, CloseReason> {
         if !self.writable {
             self.phase = Phase::Write(out);
             return Ok(false);
@@ -661,13 +777,13 @@ impl<S: Stream> Conn<S> {
             } else {
                 let chunk = match out.body.chunk() {
                     Ok(c) => c,
-                    Err(_) => return Err(()),
+                    Err(_) => return Err(CloseReason::IoError),
                 };
                 let bufs = [IoSlice::new(&out.head[out.head_pos..]), IoSlice::new(chunk)];
                 self.transport.write_vectored(&bufs)
             };
             match result {
-                Ok(0) => return Err(()),
+                Ok(0) => return Err(CloseReason::ClientClosed),
                 Ok(wrote) => {
                     let from_head = wrote.min(out.head.len() - out.head_pos);
                     out.head_pos += from_head;
@@ -680,7 +796,7 @@ impl<S: Stream> Conn<S> {
                     self.writable = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(()),
+                Err(e) => return Err(CloseReason::of(&e)),
             }
             self.phase = Phase::Write(out);
             return Ok(self.writable);
@@ -692,7 +808,7 @@ impl<S: Stream> Conn<S> {
                 self.phase = Phase::Write(out);
                 return Ok(false);
             }
-            Err(_) => return Err(()),
+            Err(e) => return Err(CloseReason::of(&e)),
         }
         let Outgoing { ex, head, .. } = *out;
         let l = &ex.log;
@@ -703,9 +819,14 @@ impl<S: Stream> Conn<S> {
         shared.metrics.request_done(l.metric, l.status, sent, took);
         self.served += 1;
         if !ex.keep_alive {
+            let why = match ex.malformed {
+                true => CloseReason::ParseError,
+                false => CloseReason::Answered,
+            };
             if ex.unread == 0 {
-                return Err(());
+                return Err(why);
             }
+            self.end(why);
             self.transport.close();
             self.deadline = now + LINGER;
             self.phase = Phase::Linger;
@@ -722,7 +843,7 @@ impl<S: Stream> Conn<S> {
     }
 
     /// Reads and drops what the client still sends after the last answer.
-    fn step_linger(&mut self) -> Result<bool, ()> {
+    fn step_linger(&mut self) -> Result<bool, CloseReason> {
         self.phase = Phase::Linger;
         if !self.readable {
             return Ok(false);
@@ -731,8 +852,8 @@ impl<S: Stream> Conn<S> {
         match self.read_some(&mut buf) {
             Ok(Some(_)) => Ok(true),
             Ok(None) => Ok(false),
-            Err(()) => {
-                // Our side was shut when lingering began.
+            Err(_) => {
+                // Our side was shut when lingering began (its reason is kept).
                 self.phase = Phase::Closed;
                 Ok(true)
             }
@@ -952,6 +1073,8 @@ mod tests {
         closed: bool,
         /// The phase the connection was left in.
         phase: &'static str,
+        /// Why it ended, if it did.
+        ended: Option<CloseReason>,
     }
 
     /// Drives a connection through `reads` and `writes` as the event loop would (each pass
@@ -994,6 +1117,7 @@ mod tests {
             jobs,
             closed: closed || conn.transport.closed,
             phase,
+            ended: conn.ended,
         }
     }
 
@@ -1335,6 +1459,43 @@ mod tests {
                 "{}: no spool file left",
                 case.name
             );
+        }
+    }
+
+    /// Each way a connection ends is told apart (for the closed-connections metric): the
+    /// first reason stands, so a connection that lingers after a closing answer is counted
+    /// once, for the answer.
+    #[test]
+    fn connections_say_why_they_end() {
+        let w = world(1 << 20);
+        let get = b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n";
+        let cases: [(&str, Vec<R>, Option<CloseReason>); 5] = [
+            ("kept alive", vec![R::Data(get)], None),
+            ("client gone", vec![R::Data(get), R::Eof], Some(CloseReason::ClientClosed)),
+            ("garbage", vec![R::Data(b"\x01\x02 nonsense\r\n\r\n")], Some(CloseReason::ParseError)),
+            (
+                "asked to close",
+                vec![R::Data(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")],
+                Some(CloseReason::Answered),
+            ),
+            (
+                "closing answer, body left unread, then the client closes",
+                vec![
+                    R::Data(b"PUT /index/config.json HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n"),
+                    R::Eof,
+                ],
+                Some(CloseReason::Answered),
+            ),
+        ];
+        for (name, reads, want) in cases {
+            let r = run(&w, &reads, &[]);
+            assert_eq!(r.ended, want, "{name} (left {})", r.phase);
+        }
+        let names: std::collections::HashSet<_> =
+            CloseReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), CloseReason::ALL.len(), "labels are distinct");
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
         }
     }
 

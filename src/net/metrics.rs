@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::conn::CloseReason;
 use crate::http::files::Trees;
 use crate::http::Metric;
 
@@ -158,6 +159,7 @@ pub struct Metrics {
     reclaimed: Cell<u64>,
     timed_out: Cell<u64>,
     tls_failures: Cell<u64>,
+    closed: [Cell<u64>; CloseReason::ALL.len()],
     publish_accepted: Cell<u64>,
     publish_refused: [Cell<u64>; 7],
     jobs_sent: Cell<u64>,
@@ -184,8 +186,9 @@ impl Metrics {
         self.conns_open.add(1);
     }
 
-    pub fn conn_closed(&self, tls_handshake_failed: bool) {
+    pub fn conn_closed(&self, tls_handshake_failed: bool, why: CloseReason) {
         self.conns_open.set(self.conns_open.get().saturating_sub(1));
+        self.closed[why.index()].add(1);
         if tls_handshake_failed {
             self.tls_failures.add(1);
         }
@@ -247,14 +250,12 @@ impl Metrics {
             "Time from a complete request head to the last byte of its answer.",
             &REQUEST_BOUNDS,
         );
-        let gauge = |o: &mut Vec<u8>, name: &str, help: &str, v: u64| {
-            header(o, name, "gauge", help);
-            let _ = writeln!(o, "{name} {v}");
-        };
-        let counter = |o: &mut Vec<u8>, name: &str, help: &str, v: u64| {
-            header(o, name, "counter", help);
-            let _ = writeln!(o, "{name} {v}");
-        };
+        self.render_connections(o);
+        self.render_work(o, trees);
+        out
+    }
+
+    fn render_connections(&self, o: &mut Vec<u8>) {
         gauge(
             o,
             "palletizer_connections_open",
@@ -291,6 +292,23 @@ impl Metrics {
             "TLS handshakes that failed with a protocol error.",
             self.tls_failures.get(),
         );
+        header(
+            o,
+            "palletizer_connections_closed_total",
+            "counter",
+            "Client connections closed, by why they ended.",
+        );
+        for reason in CloseReason::ALL {
+            let n = self.closed[reason.index()].get();
+            let _ = writeln!(
+                o,
+                "palletizer_connections_closed_total{{reason=\"{}\"}} {n}",
+                reason.name()
+            );
+        }
+    }
+
+    fn render_work(&self, o: &mut Vec<u8>, trees: &Trees) {
         counter(
             o,
             "palletizer_publishes_accepted_total",
@@ -357,12 +375,21 @@ impl Metrics {
             "Open file descriptors of the server process.",
             open_fds(),
         );
-        out
     }
 }
 
 fn header(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn gauge(o: &mut Vec<u8>, name: &str, help: &str, v: u64) {
+    header(o, name, "gauge", help);
+    let _ = writeln!(o, "{name} {v}");
+}
+
+fn counter(o: &mut Vec<u8>, name: &str, help: &str, v: u64) {
+    header(o, name, "counter", help);
+    let _ = writeln!(o, "{name} {v}");
 }
 
 /// Resident set size from `/proc/self/statm` (its second field, in pages); 0 if unreadable.
@@ -420,6 +447,7 @@ mod tests {
         m.requests.iter().flatten().for_each(max);
         m.response_bytes.iter().for_each(max);
         m.publish_refused.iter().for_each(max);
+        m.closed.iter().for_each(max);
         for c in [
             &m.conns_open,
             &m.accepted,

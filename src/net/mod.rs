@@ -504,6 +504,7 @@ impl Server {
                 for (key, conn) in self.conns.iter_mut() {
                     conn.draining = true;
                     if conn.is_idle() {
+                        conn.end(conn::CloseReason::Shutdown);
                         conn.transport.close();
                         closed.push(key);
                     }
@@ -537,6 +538,7 @@ impl Server {
                     debug!("{} timed out", conn.peer);
                 }
                 self.shared.metrics.timed_out();
+                conn.end(conn::CloseReason::Timeout(conn.waiting_for()));
                 conn.transport.close();
                 closed.push(key);
             }
@@ -566,6 +568,7 @@ impl Server {
             let conn = &mut self.conns[key];
             debug!("{} reclaimed: idle while the table is full", conn.peer);
             self.shared.metrics.reclaimed();
+            conn.end(conn::CloseReason::Reclaimed);
             conn.transport.close();
             again.retain(|&k| k != key);
             self.remove(key);
@@ -580,9 +583,11 @@ impl Server {
     /// Frees a connection's slot (its transport is already closed).
     fn remove(&mut self, key: usize) {
         let mut conn = self.conns.remove(key);
+        let why = conn.ended.unwrap_or(conn::CloseReason::IoError);
+        debug!("{} closed: {}", conn.peer, why.name());
         self.shared
             .metrics
-            .conn_closed(conn.transport.handshake_failed());
+            .conn_closed(conn.transport.handshake_failed(), why);
         let _ = self.poll.registry().deregister(conn.transport.socket());
     }
 
