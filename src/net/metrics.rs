@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::conn::CloseReason;
+use super::ended::CloseReason;
 use crate::http::files::Trees;
 use crate::http::Metric;
 

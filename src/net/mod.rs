@@ -20,6 +20,7 @@
 pub mod changes;
 pub mod config;
 pub mod conn;
+pub mod ended;
 pub mod metrics;
 pub mod os;
 pub mod transport;
@@ -219,6 +220,45 @@ pub struct Server {
     changes: changes::Changes,
 }
 
+/// When the code pages that ran are given back: once the connection table has stayed
+/// empty for [`IDLE_TRIM_AFTER`] (after startup, after the last connection), and again
+/// after a wakeup while trimmed.
+#[derive(Default)]
+struct Trim {
+    /// Since when the table has been empty.
+    idle_since: Option<Instant>,
+    /// Given back since (startup counts as the first busy spell).
+    trimmed: bool,
+}
+
+impl Trim {
+    fn before_poll(&mut self, empty: bool, now: Instant) {
+        if !empty {
+            self.idle_since = None;
+            self.trimmed = false;
+        } else if !self.trimmed && now >= *self.idle_since.get_or_insert(now) + IDLE_TRIM_AFTER {
+            os::release_code_pages();
+            os::release_freed_memory();
+            self.trimmed = true;
+        }
+    }
+
+    /// When the next trim is due, if one is.
+    fn due(&self) -> Option<Instant> {
+        self.idle_since
+            .filter(|_| !self.trimmed)
+            .map(|s| s + IDLE_TRIM_AFTER)
+    }
+
+    /// Woken while idle: if trimmed, trim again a second from now.
+    fn woken(&mut self) {
+        if self.trimmed {
+            self.trimmed = false;
+            self.idle_since = Some(Instant::now());
+        }
+    }
+}
+
 /// How often the access control files are checked for changes (two `stat` calls per check,
 /// none per request). A token revoked with the CLI stops working at once when the server
 /// notices the CLI's write lock being released (see [`changes`]), within this otherwise.
@@ -379,47 +419,13 @@ impl Server {
         let mut closed: Vec<usize> = Vec::new();
         let sweep_every = self.sweep_interval();
         let mut next_sweep = Instant::now() + sweep_every;
-        // Since when the table has been empty, and whether the code pages were given back
-        // since (startup counts as the first busy spell).
-        let mut idle_since: Option<Instant> = None;
-        let mut trimmed = false;
-        // The last stage of startup (see `bind`).
+        let mut trim = Trim::default();
+        // The last stage of startup (see `crate::server`).
         os::release_code_pages();
         loop {
             let now = Instant::now();
-            if !self.conns.is_empty() {
-                idle_since = None;
-                trimmed = false;
-            } else if !trimmed && now >= *idle_since.get_or_insert(now) + IDLE_TRIM_AFTER {
-                os::release_code_pages();
-                os::release_freed_memory();
-                trimmed = true;
-            }
-            // Idle, the loop wakes once to give memory back, to write the tokens' last uses,
-            // and otherwise only when a client or a change comes: changes arrive as events
-            // while the watches are in place (see `changes`). Without them it looks at the
-            // access files every half second (and makes `config.json` follow a mode edited
-            // by hand).
-            let mut timeout = if self.conns.is_empty() && self.accept_paused.is_none() {
-                let wake = [
-                    (!self.changes.covers_everything()).then_some(self.next_auth_check),
-                    idle_since.filter(|_| !trimmed).map(|s| s + IDLE_TRIM_AFTER),
-                    self.shared.has_token_uses().then_some(self.next_use_flush),
-                ];
-                wake.into_iter()
-                    .flatten()
-                    .min()
-                    .map(|w| w.saturating_duration_since(now))
-            } else {
-                Some(next_sweep.saturating_duration_since(now))
-            };
-            if let Some(until) = self.accept_paused {
-                let wait = until.saturating_duration_since(now);
-                timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
-            }
-            if !again.is_empty() || self.accept_more {
-                timeout = Some(Duration::ZERO);
-            }
+            trim.before_poll(self.conns.is_empty(), now);
+            let timeout = self.poll_timeout(now, next_sweep, &trim, again.is_empty());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -429,9 +435,8 @@ impl Server {
             // Woken while idle and trimmed (a change, a signal, a job's answer): whatever
             // runs now maps code back in, so it is given back again a second later. Only
             // while nothing is polled: a poll every half second would trim every second.
-            if trimmed && self.conns.is_empty() && self.changes.covers_everything() {
-                trimmed = false;
-                idle_since = Some(Instant::now());
+            if self.conns.is_empty() && self.changes.covers_everything() {
+                trim.woken();
             }
             // Before any request is looked at: a request sent after a writer finished must
             // see its files, and a request after an idle spell must meet the current
@@ -443,44 +448,7 @@ impl Server {
             for key in std::mem::take(&mut again) {
                 self.drive(key, &mut again, &mut closed);
             }
-            for event in events.iter() {
-                match event.token() {
-                    SIGNAL_TOKEN => self.on_signals(),
-                    CHANGES_TOKEN => {}
-                    WAKER_TOKEN => {
-                        while let Ok(d) = self.done.try_recv() {
-                            let Some(conn) = self.conns.get_mut(d.key) else {
-                                continue;
-                            };
-                            if conn.serial != d.serial || closed.contains(&d.key) {
-                                continue;
-                            }
-                            conn.finish_job(d.response, &self.shared);
-                            self.drive(d.key, &mut again, &mut closed);
-                        }
-                    }
-                    Token(t) if t >= FIRST_LISTENER => {
-                        if let Some(l) = self.listeners.get_mut(t - FIRST_LISTENER) {
-                            l.ready = true;
-                        }
-                    }
-                    Token(key) => {
-                        let Some(conn) = self.conns.get_mut(key) else {
-                            continue;
-                        };
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            conn.readable = true;
-                        }
-                        if event.is_read_closed() || event.is_error() {
-                            conn.read_closed = true;
-                        }
-                        if event.is_writable() || event.is_write_closed() || event.is_error() {
-                            conn.writable = true;
-                        }
-                        self.drive(key, &mut again, &mut closed);
-                    }
-                }
-            }
+            self.dispatch(&events, &mut again, &mut closed);
             let now = Instant::now();
             if now >= next_sweep {
                 next_sweep = now + sweep_every;
@@ -500,25 +468,112 @@ impl Server {
             for i in 0..self.listeners.len() {
                 self.accept(i, &mut again);
             }
-            if let Some(deadline) = self.shutdown_at {
-                for (key, conn) in self.conns.iter_mut() {
-                    conn.draining = true;
-                    if conn.is_idle() {
-                        conn.end(conn::CloseReason::Shutdown);
-                        conn.transport.close();
-                        closed.push(key);
+            if self.shutdown_done(&mut closed) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// How long the next poll may wait. Idle, the loop wakes once to give memory back, to
+    /// write the tokens' last uses, and otherwise only when a client or a change comes:
+    /// changes arrive as events while the watches are in place (see `changes`). Without
+    /// them it looks at the access files every half second (and makes `config.json` follow
+    /// a mode edited by hand).
+    fn poll_timeout(
+        &self,
+        now: Instant,
+        next_sweep: Instant,
+        trim: &Trim,
+        nothing_again: bool,
+    ) -> Option<Duration> {
+        if !nothing_again || self.accept_more {
+            return Some(Duration::ZERO);
+        }
+        let mut timeout = if self.conns.is_empty() && self.accept_paused.is_none() {
+            let wake = [
+                (!self.changes.covers_everything()).then_some(self.next_auth_check),
+                trim.due(),
+                self.shared.has_token_uses().then_some(self.next_use_flush),
+            ];
+            wake.into_iter()
+                .flatten()
+                .min()
+                .map(|w| w.saturating_duration_since(now))
+        } else {
+            Some(next_sweep.saturating_duration_since(now))
+        };
+        if let Some(until) = self.accept_paused {
+            let wait = until.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+        }
+        timeout
+    }
+
+    /// Handles one batch of events: signals, the workers' answers, listeners made ready,
+    /// connections made readable or writable.
+    fn dispatch(&mut self, events: &Events, again: &mut Vec<usize>, closed: &mut Vec<usize>) {
+        for event in events.iter() {
+            match event.token() {
+                SIGNAL_TOKEN => self.on_signals(),
+                CHANGES_TOKEN => {}
+                WAKER_TOKEN => {
+                    while let Ok(d) = self.done.try_recv() {
+                        let Some(conn) = self.conns.get_mut(d.key) else {
+                            continue;
+                        };
+                        if conn.serial != d.serial || closed.contains(&d.key) {
+                            continue;
+                        }
+                        conn.finish_job(d.response, &self.shared);
+                        self.drive(d.key, again, closed);
                     }
                 }
-                for key in closed.drain(..) {
-                    self.remove(key);
+                Token(t) if t >= FIRST_LISTENER => {
+                    if let Some(l) = self.listeners.get_mut(t - FIRST_LISTENER) {
+                        l.ready = true;
+                    }
                 }
-                if self.conns.is_empty() || Instant::now() >= deadline {
-                    self.record_token_uses_now();
-                    info!("stopped ({} connections cut)", self.conns.len());
-                    return Ok(());
+                Token(key) => {
+                    let Some(conn) = self.conns.get_mut(key) else {
+                        continue;
+                    };
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        conn.readable = true;
+                    }
+                    if event.is_read_closed() || event.is_error() {
+                        conn.read_closed = true;
+                    }
+                    if event.is_writable() || event.is_write_closed() || event.is_error() {
+                        conn.writable = true;
+                    }
+                    self.drive(key, again, closed);
                 }
             }
         }
+    }
+
+    /// While stopping: closes what is idle; true once nothing is left or the grace passed.
+    fn shutdown_done(&mut self, closed: &mut Vec<usize>) -> bool {
+        let Some(deadline) = self.shutdown_at else {
+            return false;
+        };
+        for (key, conn) in self.conns.iter_mut() {
+            conn.draining = true;
+            if conn.is_idle() {
+                conn.end(conn::CloseReason::Shutdown);
+                conn.transport.close();
+                closed.push(key);
+            }
+        }
+        for key in closed.drain(..) {
+            self.remove(key);
+        }
+        if self.conns.is_empty() || Instant::now() >= deadline {
+            self.record_token_uses_now();
+            info!("stopped ({} connections cut)", self.conns.len());
+            return true;
+        }
+        false
     }
 
     /// Closes connections past their deadline; under pressure, heads get a shorter one.
