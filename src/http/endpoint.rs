@@ -385,11 +385,11 @@ impl<'a> Endpoint<'a> {
             },
             Endpoint::Yank { name, vers, yank } => yank_job(name, vers, yank, head),
             Endpoint::Owners { name, change } => owners(name, change, head),
-            Endpoint::Page(page) => Routed::Job(Job::Page(page, Ctx::of(site))),
+            Endpoint::Page(page) => Routed::Job(Job::Page(page, Ctx::of(site, head))),
             Endpoint::LoginPage => {
                 let next = head.query().and_then(|q| query_param(q, "next"));
                 done(pages::login_page(
-                    &Ctx::of(site),
+                    &Ctx::of(site, head),
                     200,
                     next.as_deref(),
                     None,
@@ -398,9 +398,9 @@ impl<'a> Endpoint<'a> {
             Endpoint::LoginForm => match head.content_length {
                 0 => done(Response::error(400, "the login form sends a token")),
                 n if n > MAX_LOGIN_BODY => done(Response::error(413, "request body too large")),
-                _ => Routed::Upload(Spooled::Login(Ctx::of(site))),
+                _ => Routed::Upload(Spooled::Login(Ctx::of(site, head))),
             },
-            Endpoint::Logout => done(pages::logout(&Ctx::of(site))),
+            Endpoint::Logout => done(pages::logout(&Ctx::of(site, head))),
             Endpoint::Metrics => done(Response::error(404, "not found")),
             Endpoint::Refused { response, .. } => done(response),
         }

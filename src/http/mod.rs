@@ -94,7 +94,7 @@ pub fn authorize(
     .map(Some)
     .map_err(|refusal| {
         let response = if page && refusal.is_unauthenticated() {
-            pages::login_required(site, &head.target, &refusal.detail())
+            pages::login_required(site, head, &refusal.detail())
         } else {
             auth::refused(&refusal, req.challenge, &site.url)
         };

@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::request::query_param;
+use super::request::{query_param, Head};
 use super::response::{Body, Response};
 use super::Site;
 use crate::registry::auth::{self as reg_auth, AuthView, Need};
@@ -49,14 +49,17 @@ pub struct Ctx {
     pub url: String,
     pub base: String,
     pub access: Access,
+    /// The request carries a session cookie: the page offers to log out.
+    pub session: bool,
 }
 
 impl Ctx {
-    pub fn of(site: &Site) -> Ctx {
+    pub fn of(site: &Site, head: &Head) -> Ctx {
         Ctx {
             url: site.url.clone(),
             base: site.base_path.clone(),
             access: site.access(),
+            session: head.cookie.as_deref().and_then(session_token).is_some(),
         }
     }
 }
@@ -79,9 +82,9 @@ pub fn session_token(cookie: &str) -> Option<&str> {
 
 /// The answer to a page request without a good token in a private registry: the login
 /// form, which returns to `target` after logging in.
-pub fn login_required(site: &Site, target: &str, detail: &str) -> Response {
-    let ctx = Ctx::of(site);
-    login_page(&ctx, 401, Some(target), Some(detail)).header(
+pub fn login_required(site: &Site, head: &Head, detail: &str) -> Response {
+    let ctx = Ctx::of(site, head);
+    login_page(&ctx, 401, Some(&head.target), Some(detail)).header(
         "WWW-Authenticate",
         format!("Cargo login_url=\"{}/login\"", site.url),
     )
@@ -236,6 +239,14 @@ aside dl{margin:0}aside dt{font-weight:600;margin-top:.6rem}aside dd{margin:0;ov
 .err{color:#8a1414;font-weight:600}.sr{position:absolute;left:-9999px}\
 nav.pages{display:flex;gap:1rem;margin:1rem 0}";
 
+/// Whether a dependency's `registry` is crates.io's index (git or sparse).
+fn is_crates_io(registry: &str) -> bool {
+    matches!(
+        registry.trim_end_matches('/'),
+        crate::registry::CRATES_IO_INDEX | "sparse+https://index.crates.io"
+    )
+}
+
 /// The whole page around `main` (already escaped HTML).
 fn layout(ctx: &Ctx, status: u16, title: &str, query: &str, main: &str) -> Response {
     let b = &ctx.base;
@@ -254,7 +265,7 @@ fn layout(ctx: &Ctx, status: u16, title: &str, query: &str, main: &str) -> Respo
         url = esc(&ctx.url),
         q = esc(query),
     );
-    if ctx.access == Access::Private {
+    if ctx.session {
         let _ = write!(html, "<a href=\"{b}/logout\">Log out</a>");
     }
     let _ = write!(
@@ -716,11 +727,19 @@ fn render_deps(ctx: &Ctx, e: &IndexEntry, out: &mut String) {
                     crate_link(ctx, real),
                     esc(real)
                 );
+            } else if d.registry.as_deref().is_some_and(is_crates_io) {
+                let _ = write!(
+                    out,
+                    "<a href=\"https://crates.io/crates/{0}\">{0}</a> \
+                     <span class=\"muted\">(crates.io)</span>",
+                    esc(real)
+                );
             } else {
                 let _ = write!(
                     out,
-                    "{} <span class=\"muted\">(other registry)</span>",
-                    esc(real)
+                    "{} <span class=\"muted\">(from {})</span>",
+                    esc(real),
+                    esc(d.registry.as_deref().unwrap_or_default())
                 );
             }
             let _ = write!(out, " <code>{}</code>", esc(&d.req));
@@ -800,7 +819,7 @@ fn render_versions(ctx: &Ctx, entries: &[IndexEntry], shown: usize, out: &mut St
 mod tests {
     use super::*;
     use crate::http::files::Trees;
-    use crate::http::{Head, Method};
+    use crate::http::Method;
     use crate::registry::auth::{bootstrap_admin, scratch_registry, set_access};
 
     fn head(method: Method, target: &str, cookie: Option<&str>) -> Head {
@@ -839,6 +858,7 @@ mod tests {
             url: "https://reg.example/sub".into(),
             base: "/sub".into(),
             access,
+            session: false,
         }
     }
 
@@ -957,10 +977,61 @@ mod tests {
             url: "http://h/<x>".into(),
             base: String::new(),
             access: Access::Public,
+            session: false,
         };
         let page = text(&login_page(&open, 200, None, None));
         assert!(!page.contains("<x>"));
         assert!(!page.contains("<form method=\"post\""));
+    }
+
+    /// "Log out" is offered to a reader who has a session, never to somebody who has none.
+    #[test]
+    fn log_out_only_for_a_session() {
+        let page = |c: Ctx| text(&layout(&c, 200, "t", "", ""));
+        for access in [Access::Open, Access::Public, Access::Private] {
+            assert!(!page(ctx(access)).contains("Log out"), "{access}");
+            let with = Ctx {
+                session: true,
+                ..ctx(access)
+            };
+            assert!(page(with).contains("/logout\">Log out</a>"), "{access}");
+        }
+        let s = site("http://h");
+        let with = head(Method::Get, "/", Some("a=1; palletizer_session=tok"));
+        assert!(Ctx::of(&s, &with).session);
+        assert!(!Ctx::of(&s, &head(Method::Get, "/", Some("a=1"))).session);
+    }
+
+    /// A crates.io dependency is named as one and links to crates.io; another registry's is
+    /// named by its index.
+    #[test]
+    fn dependencies_say_where_they_come_from() {
+        let entry: IndexEntry = serde_json::from_value(serde_json::json!({
+            "name": "foo", "vers": "1.0.0", "cksum": "00", "features": {},
+            "deps": [
+                {"name": "serde", "req": "^1", "kind": "normal",
+                 "registry": crate::registry::CRATES_IO_INDEX},
+                {"name": "other", "req": "^2", "kind": "normal",
+                 "registry": "https://git.example/index"},
+                {"name": "local", "req": "^3", "kind": "normal"},
+            ],
+        }))
+        .unwrap();
+        let mut out = String::new();
+        render_deps(&ctx(Access::Public), &entry, &mut out);
+        assert!(
+            out.contains("<a href=\"https://crates.io/crates/serde\">serde</a> <span class=\"muted\">(crates.io)</span>"),
+            "{out}"
+        );
+        assert!(
+            out.contains("other <span class=\"muted\">(from https://git.example/index)</span>"),
+            "{out}"
+        );
+        assert!(
+            out.contains("<a href=\"/sub/crates/local\">local</a>"),
+            "{out}"
+        );
+        assert!(!out.contains("other registry"), "{out}");
     }
 
     /// A crate whose name-adjacent fields and README hold markup shows it as text: nothing
