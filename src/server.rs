@@ -32,8 +32,8 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// Why the server did not start (or its loop stopped with an error).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("reading the configuration: {0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] crate::net::config::ConfigError),
     #[error("creating the poller: {0}")]
     Poller(#[source] io::Error),
     #[error("listener `{bind}`: {source}")]
@@ -50,8 +50,8 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
-    #[error("{0}")]
-    Tls(String),
+    #[error(transparent)]
+    Tls(#[from] transport::TlsError),
     #[error("registering with the poller: {0}")]
     Register(#[source] io::Error),
     #[error(transparent)]
@@ -70,7 +70,7 @@ pub enum StartError {
 
 /// Starts the server described by the file at `path` (`palletizer-server CONFIG.toml`).
 pub fn serve_config_file(path: &Path) -> Result<(), StartError> {
-    let config = ServerConfig::load(path).map_err(StartError::Config)?;
+    let config = ServerConfig::load(path)?;
     serve(config, Some(path.to_owned()), false)
 }
 
@@ -153,10 +153,7 @@ fn bind_listeners(config: &ServerConfig, poll: &Poll) -> Result<Vec<net::Listeni
             .next()
             .ok_or_else(|| StartError::NoAddress(l.bind.clone()))?;
         let tls = match &l.tls {
-            Some(t) => Some(
-                transport::load_tls(&t.certificate_chain, &t.private_key)
-                    .map_err(StartError::Tls)?,
-            ),
+            Some(t) => Some(transport::load_tls(&t.certificate_chain, &t.private_key)?),
             None => None,
         };
         let mut socket =

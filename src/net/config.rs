@@ -164,13 +164,29 @@ pub struct ServerConfig {
     pub limits: Limits,
 }
 
+/// What is wrong with a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+    /// The text alone (no file named yet).
+    #[error("{0}")]
+    Text(String),
+}
+
 impl ServerConfig {
     /// Parses a config file's text; relative paths are resolved against `dir`.
-    pub fn parse(text: &str, dir: &Path) -> Result<ServerConfig, String> {
-        let mut c: ServerConfig =
-            toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+    pub fn parse(text: &str, dir: &Path) -> Result<ServerConfig, ConfigError> {
+        let bad = |detail: &str| ConfigError::Text(detail.to_owned());
+        let mut c: ServerConfig = toml::from_str(text).map_err(|e| bad(e.to_string().trim()))?;
         if c.listeners.is_empty() {
-            return Err("no [[listener]] configured".into());
+            return Err(bad("no [[listener]] configured"));
         }
         c.registry = Some(dir.join(c.registry.take().unwrap_or_else(|| ".".into())));
         for l in &mut c.listeners {
@@ -180,21 +196,29 @@ impl ServerConfig {
             }
         }
         if c.limits.max_connections == 0 || c.limits.max_head < 1024 {
-            return Err("limits: max-connections must be > 0 and max-head at least 1024".into());
+            return Err(bad(
+                "limits: max-connections must be > 0 and max-head at least 1024",
+            ));
         }
         Ok(c)
     }
 
     /// Reads and parses a config file.
-    pub fn load(path: &Path) -> Result<ServerConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let read = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(read)?;
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let dir = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        ServerConfig::parse(&text, &dir).map_err(|e| format!("{}: {e}", path.display()))
+        let dir = std::fs::canonicalize(dir).map_err(read)?;
+        ServerConfig::parse(&text, &dir).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })
     }
 }
 

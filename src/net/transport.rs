@@ -14,7 +14,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
@@ -436,29 +436,53 @@ fn release(buf: &mut Vec<u8>) {
         *buf = Vec::new();
     }
 }
+/// What keeps a TLS listener from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading certificates from {path}: {source}")]
+    Certificates {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("no certificate in {0}")]
+    NoCertificate(PathBuf),
+    #[error("reading private key from {path}: {source}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("certificate and key do not fit together: {0}")]
+    Mismatch(#[source] rustls::Error),
+}
+
 /// Builds a rustls server config from PEM files: TLS 1.2 and 1.3, ALPN `http/1.1` only
 /// (curl offers h2 too, and this server does not speak it).
-pub fn load_tls(certificate_chain: &Path, private_key: &Path) -> Result<Arc<ServerConfig>, String> {
+pub fn load_tls(
+    certificate_chain: &Path,
+    private_key: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate_chain)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            format!(
-                "reading certificates from {}: {e}",
-                certificate_chain.display()
-            )
+        .map_err(|source| TlsError::Certificates {
+            path: certificate_chain.to_owned(),
+            source,
         })?;
     if certs.is_empty() {
-        return Err(format!("no certificate in {}", certificate_chain.display()));
+        return Err(TlsError::NoCertificate(certificate_chain.to_owned()));
     }
-    let key = PrivateKeyDer::from_pem_file(private_key)
-        .map_err(|e| format!("reading private key from {}: {e}", private_key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(private_key).map_err(|source| TlsError::Key {
+        path: private_key.to_owned(),
+        source,
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Mismatch)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+        .map_err(TlsError::Mismatch)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
