@@ -194,7 +194,8 @@ pub enum Change {
         vers: String,
         /// SHA-256 of the crate file.
         cksum: String,
-        /// The first version under this name (not a deleted crate's kept name).
+        /// The crate had no version in the index before (a new crate, or a deleted crate's
+        /// name published again).
         new_crate: bool,
     },
     Yanked {
@@ -449,5 +450,256 @@ fn token_created(t: &Token) -> Change {
         scopes: t.scopes,
         crates: t.crates.clone(),
         expires: t.expires,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::auth::{add_user, create_token, scratch_registry, AuthView, Need};
+    use crate::registry::tarball::testing::simple_crate;
+
+    /// A user and a token holder of theirs with every scope.
+    fn holder(reg: &Registry, user: &str, admin: bool) -> Actor {
+        add_user(reg, user, admin, auth::now()).unwrap();
+        let req = NewToken {
+            user: user.into(),
+            ..NewToken::default()
+        };
+        let (_, secret) = create_token(reg, req, auth::now()).unwrap();
+        let view = AuthView::load(reg.root()).unwrap();
+        let p = view
+            .authorize(Some(&secret), Need::Publish, None, auth::now())
+            .unwrap();
+        Actor::Token(p)
+    }
+
+    fn publish(
+        reg: &Registry,
+        name: &str,
+        vers: &str,
+        actor: &Actor,
+    ) -> Result<Applied, AuthError> {
+        let checked = reg
+            .check_upload(None, &simple_crate(name, vers, &[])[..])
+            .unwrap();
+        reg.apply(Command::Publish(checked), actor)
+    }
+
+    fn delete(reg: &Registry, name: &str, release_name: bool) -> Result<Applied, AuthError> {
+        let cmd = Command::Delete {
+            name: CrateName::parse(name).unwrap(),
+            vers: None,
+            release_name,
+        };
+        reg.apply(cmd, &Actor::cli())
+    }
+
+    fn owners(reg: &Registry, name: &str) -> Vec<String> {
+        AuthFile::load(reg).unwrap().recorded_owners(name).to_vec()
+    }
+
+    fn changes(a: &Applied) -> Vec<&Change> {
+        a.events.iter().map(|e| &e.change).collect()
+    }
+
+    /// What broke: after `delete foo`, anyone with publish-new published `foo 2.0.0` and
+    /// became its only owner.
+    #[test]
+    fn a_deleted_crates_name_stays_with_its_owners_until_released() {
+        let (_t, reg) = scratch_registry();
+        let alice = holder(&reg, "alice", false);
+        let bob = holder(&reg, "bob", false);
+        let root = holder(&reg, "root", true);
+        let first = publish(&reg, "foo", "1.0.0", &alice).unwrap();
+        assert_eq!(
+            changes(&first)[1],
+            &Change::OwnersAdded {
+                name: "foo".into(),
+                users: vec!["alice".into()]
+            }
+        );
+        assert_eq!(first.events[0].actor, alice);
+        delete(&reg, "Foo", false).unwrap();
+        assert_eq!(owners(&reg, "foo"), ["alice"]);
+
+        let e = publish(&reg, "foo", "2.0.0", &bob).unwrap_err();
+        assert!(
+            matches!(&e, AuthError::Refused(Refusal::NameKept { user, krate })
+                if user == "bob" && krate == "foo"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("deleted crate `foo`"), "{e}");
+        assert!(reg
+            .entries(&CrateName::parse("foo").unwrap())
+            .unwrap()
+            .is_empty());
+        assert_eq!(owners(&reg, "foo"), ["alice"], "a refusal changes no owner");
+        // Nor under another spelling of the same name.
+        assert!(publish(&reg, "FOO", "2.0.0", &bob).is_err());
+
+        publish(&reg, "foo", "2.0.0", &alice).unwrap();
+        publish(&reg, "foo", "3.0.0", &root).unwrap();
+        assert_eq!(
+            owners(&reg, "foo"),
+            ["alice"],
+            "the owners stay as they were"
+        );
+
+        // Given up: the owners are forgotten, the version numbers stay taken.
+        let released = delete(&reg, "foo", true).unwrap();
+        assert_eq!(
+            changes(&released)[1],
+            &Change::NameReleased {
+                name: "foo".into(),
+                owners: vec!["alice".into()]
+            }
+        );
+        assert!(owners(&reg, "foo").is_empty());
+        let again = publish(&reg, "foo", "3.0.0", &bob).unwrap_err();
+        assert!(again.to_string().contains("was deleted on"), "{again}");
+        publish(&reg, "foo", "4.0.0", &bob).unwrap();
+        assert_eq!(owners(&reg, "foo"), ["bob"]);
+    }
+
+    #[test]
+    fn a_crate_without_recorded_owners_keeps_its_name_for_the_admins() {
+        let (_t, reg) = scratch_registry();
+        let bob = holder(&reg, "bob", false);
+        let root = holder(&reg, "root", true);
+        // Added at the command line: no owner is recorded, the crate is the admins'.
+        reg.add_file(&write_crate(&reg, "legacy", "1.0.0")).unwrap();
+        delete(&reg, "legacy", false).unwrap();
+        assert!(matches!(
+            publish(&reg, "legacy", "2.0.0", &bob),
+            Err(AuthError::Refused(Refusal::NameKept { .. }))
+        ));
+        publish(&reg, "legacy", "2.0.0", &root).unwrap();
+        assert!(
+            owners(&reg, "legacy").is_empty(),
+            "an admin's publish takes no name"
+        );
+
+        // A name deleted earlier can be given up later; an unknown one cannot.
+        delete(&reg, "legacy", false).unwrap();
+        let released = delete(&reg, "legacy", true).unwrap();
+        assert!(matches!(
+            released.outcome,
+            Outcome::Deleted { ref versions } if versions.is_empty()
+        ));
+        assert_eq!(
+            changes(&released),
+            [&Change::NameReleased {
+                name: "legacy".into(),
+                owners: Vec::new()
+            }]
+        );
+        assert!(!released.events[0].moves_index_head());
+        publish(&reg, "legacy", "3.0.0", &bob).unwrap();
+        assert_eq!(owners(&reg, "legacy"), ["bob"]);
+        for name in ["nothere", "legacy-two"] {
+            let e = delete(&reg, name, true).unwrap_err();
+            assert!(e.to_string().contains("does not exist"), "{name}: {e}");
+        }
+        let with_version = Command::Delete {
+            name: CrateName::parse("legacy").unwrap(),
+            vers: Some("3.0.0".into()),
+            release_name: true,
+        };
+        let e = reg.apply(with_version, &Actor::cli()).unwrap_err();
+        assert!(e.to_string().contains("name no version"), "{e}");
+        assert_eq!(owners(&reg, "legacy"), ["bob"]);
+    }
+
+    fn write_crate(reg: &Registry, name: &str, vers: &str) -> std::path::PathBuf {
+        let path = reg.root().join(format!("{name}-{vers}.crate"));
+        std::fs::write(&path, simple_crate(name, vers, &[])).unwrap();
+        path
+    }
+
+    #[test]
+    fn every_change_is_told_as_events_without_secrets() {
+        let (_t, reg) = scratch_registry();
+        let cli = Actor::cli();
+        let Actor::Cli { user } = &cli else {
+            unreachable!()
+        };
+        assert!(!user.is_empty());
+        let add = reg
+            .apply(
+                Command::AddUser {
+                    name: "alice".into(),
+                    admin: false,
+                },
+                &cli,
+            )
+            .unwrap();
+        assert_eq!(
+            changes(&add),
+            [&Change::UserAdded {
+                user: "alice".into(),
+                admin: false
+            }]
+        );
+        let made = reg
+            .apply(
+                Command::CreateToken(NewToken {
+                    user: "alice".into(),
+                    ..NewToken::default()
+                }),
+                &cli,
+            )
+            .unwrap();
+        let Outcome::TokenCreated { secret, .. } = &made.outcome else {
+            panic!("{:?}", made.outcome)
+        };
+        let told = format!("{:?}", made.events);
+        assert!(told.contains("TokenCreated"), "{told}");
+        assert!(!told.contains(&secret[4..]), "a secret in an event: {told}");
+
+        let alice = holder(&reg, "alice2", false);
+        let published = publish(&reg, "bar", "1.0.0", &alice).unwrap();
+        assert!(published.events[0].moves_index_head());
+        assert_eq!(published.events[0].krate(), Some("bar"));
+        let yank = |yanked| Command::Yank {
+            name: CrateName::parse("bar").unwrap(),
+            vers: "1.0.0".into(),
+            yanked,
+        };
+        let y = reg.apply(yank(true), &alice).unwrap();
+        assert_eq!(
+            changes(&y),
+            [&Change::Yanked {
+                name: "bar".into(),
+                vers: "1.0.0".into()
+            }]
+        );
+        // Nothing changed, nothing told: no maintenance follows.
+        let again = reg.apply(yank(true), &alice).unwrap();
+        assert!(again.events.is_empty());
+        let mallory = holder(&reg, "mallory", false);
+        let refused = reg.apply(yank(false), &mallory).unwrap_err();
+        assert!(
+            matches!(refused, AuthError::Refused(Refusal::NotOwner { .. })),
+            "{refused}"
+        );
+        // Users and tokens are the administrator's, never a token holder's.
+        let e = reg
+            .apply(
+                Command::RemoveUser {
+                    name: "alice".into(),
+                },
+                &mallory,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, AuthError::Refused(Refusal::NotAdmin { .. })),
+            "{e}"
+        );
+        let set = reg
+            .apply(Command::SetAccess(Access::Private), &cli)
+            .unwrap();
+        assert!(set.events.iter().all(Event::moves_index_head));
+        assert_eq!(set.events.len(), 1);
     }
 }

@@ -110,6 +110,11 @@ pub(crate) fn add(
 ) -> Result<Previous> {
     let file = path(root);
     let mut text = read_bytes(&file)?;
+    if name_released {
+        if let Some(e) = removed.first() {
+            text = mark_released(&text, &e.name, deleted).0;
+        }
+    }
     if !text.is_empty() && !text.ends_with(b"\n") {
         text.push(b'\n');
     }
@@ -137,7 +142,16 @@ pub(crate) fn add(
 /// the tombstones spell it, if any kept it.
 pub(crate) fn release(root: &Path, name: &str, when: &str) -> Result<Option<String>> {
     let file = path(root);
-    let bytes = read_bytes(&file)?;
+    let (text, spelled) = mark_released(&read_bytes(&file)?, name, when);
+    if spelled.is_some() {
+        super::write_atomic(&file, &text)?;
+    }
+    Ok(spelled)
+}
+
+/// The lines of a tombstone file with every tombstone that keeps `name` released at `when`,
+/// and the name as the first of them spells it (`None`: none kept it).
+fn mark_released(bytes: &[u8], name: &str, when: &str) -> (Vec<u8>, Option<String>) {
     let mut text = Vec::with_capacity(bytes.len() + 64);
     let mut spelled = None;
     for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -152,10 +166,7 @@ pub(crate) fn release(root: &Path, name: &str, when: &str) -> Result<Option<Stri
         }
         text.push(b'\n');
     }
-    if spelled.is_some() {
-        super::write_atomic(&file, &text)?;
-    }
-    Ok(spelled)
+    (text, spelled)
 }
 
 /// Drops the tombstones of versions that are in `entries` (registry lock held): what a
@@ -280,5 +291,43 @@ mod tests {
             fs::read_dir(root).unwrap().count() == 1,
             "no temp files left"
         );
+    }
+
+    #[test]
+    fn a_released_name_is_kept_no_more_but_its_versions_stay_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(path(root), b"damaged\n").unwrap();
+        add(root, &[entry("Foo-Bar", "1.0.0")], "t1", false)
+            .unwrap()
+            .forget();
+        add(root, &[entry("other", "1.0.0")], "t1", false)
+            .unwrap()
+            .forget();
+        let keeps = |name: &str| read(root).unwrap().0.iter().any(|t| t.keeps_name(name));
+        assert!(keeps("foo_bar") && keeps("other"));
+        assert_eq!(
+            release(root, "foo_bar", "t2").unwrap().as_deref(),
+            Some("Foo-Bar")
+        );
+        assert!(!keeps("foo-bar") && keeps("other"));
+        assert_eq!(
+            release(root, "foo-bar", "t3").unwrap(),
+            None,
+            "nothing left to release"
+        );
+        let v = Version::parse("1.0.0").unwrap();
+        let t = find(root, "foo-bar", &v).unwrap().unwrap();
+        assert_eq!(t.released.as_deref(), Some("t2"));
+        assert_eq!(
+            read(root).unwrap().1,
+            [1],
+            "a damaged line is kept as it was"
+        );
+        // A delete that gives the name up releases the older tombstones with the new ones.
+        add(root, &[entry("other", "2.0.0")], "t4", true)
+            .unwrap()
+            .forget();
+        assert!(!keeps("other"));
     }
 }
