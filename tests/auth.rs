@@ -280,9 +280,11 @@ fn public_registry_owners_decide_who_publishes_and_yanks_with_real_cargo() {
 
     // Bob is no owner of alice's crate: no new version, no yank, each a 403 cargo prints.
     let leaf_next = s.test_crate("leaf", Some("0.1.1"));
+    // The hint names the registry: pasted without `--registry`, it would go to crates.io.
     let not_owner =
         "(status 403 Forbidden): user `bob` is not an owner of crate `leaf`; an owner can add \
-         them with `cargo owner --add bob leaf`";
+         them with `cargo owner --registry palletizer --add bob leaf` (`palletizer` being this \
+         registry's name in their cargo config)";
     let out = cargo_with(&s, &leaf_next, &bob, &PUBLISH);
     assert_fails_with(&out, not_owner, "bob's publish");
     let yank = ["yank", "--registry", "local", "leaf@0.1.0"];

@@ -56,6 +56,10 @@ const FORMAT: u32 = 1;
 /// The largest `auth.json` read (and written): about 10,000 tokens. The server parses it on
 /// its event loop when it changes, so its size bounds that pause.
 pub const MAX_AUTH_FILE: u64 = 4 << 20;
+/// The name the README gives this registry in cargo's configuration
+/// (`[registries.palletizer]`), for the commands a refusal suggests: the server cannot know the
+/// name each client chose.
+pub const REGISTRY_NAME: &str = "palletizer";
 /// The admin user zero-config start creates.
 pub const FIRST_ADMIN: &str = "admin";
 
@@ -1199,7 +1203,8 @@ impl Refusal {
             }
             Refusal::NotOwner { user, krate } => format!(
                 "user `{user}` is not an owner of crate `{krate}`; an owner can add them with \
-                 `cargo owner --add {user} {krate}`"
+                 `cargo owner --registry {REGISTRY_NAME} --add {user} {krate}` (`{REGISTRY_NAME}` \
+                 being this registry's name in their cargo config)"
             ),
             Refusal::NameKept { user, krate } => format!(
                 "crate `{krate}` was deleted and its name stays with its owners: user `{user}` \
@@ -1998,6 +2003,21 @@ mod tests {
         assert_eq!(
             authorize_publish(&data, &bob, "brand-new", NameState::Free),
             Err(Refusal::Revoked { token: 2 })
+        );
+    }
+
+    /// What broke: the hint said `cargo owner --add bob foo`, which, pasted as given, goes to
+    /// crates.io.
+    #[test]
+    fn the_not_owner_hint_names_the_registry() {
+        let detail = Refusal::NotOwner {
+            user: "bob".into(),
+            krate: "foo".into(),
+        }
+        .detail();
+        assert!(
+            detail.contains("`cargo owner --registry palletizer --add bob foo`"),
+            "{detail}"
         );
     }
 
