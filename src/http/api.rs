@@ -678,8 +678,8 @@ mod tests {
     fn valid_body() -> Vec<u8> {
         let json = serde_json::json!({
             "name": "framed", "vers": "1.0.0", "deps": [], "features": {}, "authors": [],
-            "description": null, "documentation": null, "homepage": null, "readme": null,
-            "readme_file": null, "keywords": [], "categories": [], "license": null,
+            "description": "framed", "documentation": null, "homepage": null, "readme": null,
+            "readme_file": null, "keywords": [], "categories": [], "license": "MIT",
             "license_file": null, "repository": null, "badges": {}, "links": null,
             "rust_version": null
         });

@@ -931,6 +931,10 @@ impl Registry {
                 }
             }
         }
+        // Last of the checks on what the crate is: everything else wrong with it is said first.
+        if self.settings.require_description_and_license {
+            metadata::require_description_and_license(&meta).map_err(Error::Invalid)?;
+        }
         out.sync_all()
             .context(|| format!("syncing {}", tmp_path.display()))?;
         drop(out);
