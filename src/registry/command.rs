@@ -702,4 +702,22 @@ mod tests {
         assert!(set.events.iter().all(Event::moves_index_head));
         assert_eq!(set.events.len(), 1);
     }
+
+    /// A first publish writes its owner before its index commit: cut short in between (the
+    /// journal names the crate), the owner goes at the next open; a deleted crate's kept
+    /// name keeps its owners.
+    #[test]
+    fn a_first_publish_cut_short_leaves_no_owner_behind() {
+        let (_t, reg) = scratch_registry();
+        let alice = holder(&reg, "alice", false);
+        publish(&reg, "kept", "1.0.0", &alice).unwrap();
+        delete(&reg, "kept", false).unwrap();
+        auth::edit(&reg, |data| data.set_first_owner("ghost", "alice")).unwrap();
+        let journal = reg.root().join(crate::registry::JOURNAL_FILE);
+        std::fs::write(&journal, "ghost\nkept\n").unwrap();
+        let reopened = Registry::open(reg.root()).unwrap();
+        assert!(owners(&reopened, "ghost").is_empty());
+        assert_eq!(owners(&reopened, "kept"), ["alice"]);
+        assert!(!journal.exists());
+    }
 }

@@ -548,6 +548,16 @@ impl Registry {
                  delete cut short)"
             ));
         }
+        if entries.is_empty() {
+            let owners = self.drop_unpublished_owners(name)?;
+            if !owners.is_empty() {
+                done.push(format!(
+                    "forgot the owner(s) {} a first publish of {name} recorded before it was \
+                     cut short",
+                    owners.join(", ")
+                ));
+            }
+        }
         for orphan in self.orphans_of(name, &entries)? {
             let to = self.move_aside(&orphan)?;
             done.push(format!(
@@ -561,6 +571,29 @@ impl Registry {
             done.push(format!("rebuilt the search line of {name}"));
         }
         Ok(done)
+    }
+
+    /// Forgets the owners recorded for a journaled name that has no version and no tombstone
+    /// keeping it (lock held): a first publish writes its publisher as owner before its index
+    /// commit, and one cut short in between leaves them. Returns them. Access control data
+    /// that cannot be read is left alone, for its own error to tell.
+    fn drop_unpublished_owners(&self, name: &CrateName) -> Result<Vec<String>> {
+        if tombstone::read(&self.root)?
+            .0
+            .iter()
+            .any(|t| t.keeps_name(name))
+        {
+            return Ok(Vec::new());
+        }
+        let Ok(mut edit) = auth::Edit::open(self) else {
+            return Ok(Vec::new());
+        };
+        let owners = edit.data.forget_owners(name);
+        match edit.save() {
+            Ok(()) => Ok(owners),
+            Err(AuthError::Registry(e)) => Err(e),
+            Err(_) => Ok(Vec::new()),
+        }
     }
 
     /// Notes in the journal that `name` is about to change (lock held). A journal left by
@@ -1022,10 +1055,15 @@ impl Registry {
             .into());
         }
         let new_crate = entries.is_empty();
-        // The owner goes in first, kept to be put back: a publish that fails takes it along.
-        let previous_owners = match access {
-            Some(edit) => edit.save_keeping()?,
-            None => None,
+        self.journal(&name)?;
+        // The owner goes in first, kept to be put back: a publish that fails takes it along,
+        // and the journal's repair drops it after a crash (see `drop_unpublished_owners`).
+        let previous_owners = match access.map(auth::Edit::save_keeping).transpose() {
+            Ok(p) => p.flatten(),
+            Err(e) => {
+                self.journal_done();
+                return Err(e);
+            }
         };
         let placed = self.place(&tmp.0, &name, &version, &meta, readme_html.as_deref());
         let committed = placed.and_then(|dest| {
@@ -1066,8 +1104,8 @@ impl Registry {
         Ok(*entry)
     }
 
-    /// Journals the crate and moves its file into place with its page files (lock held).
-    /// Returns where the crate file went.
+    /// Moves a journaled crate's file into place with its page files (lock held). Returns
+    /// where the crate file went.
     fn place(
         &self,
         tmp: &Path,
@@ -1078,7 +1116,6 @@ impl Registry {
     ) -> Result<PathBuf> {
         let dest = self.crate_path(name, version);
         let dest_dir = dest.parent().expect("crate paths have a parent");
-        self.journal(name)?;
         // The page files go in with the crate file, before the commit: a publish that is
         // answered 200 has them, and one that fails (or is killed) takes them along (the
         // journal's repair moves leftovers aside like the crate file).
