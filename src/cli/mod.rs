@@ -349,7 +349,9 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
         "squash-index" => {
             positional(0..=0, "")?;
             let reg = Registry::open(&dir)?;
-            let (head, packed) = reg.squash_index()?;
+            let Outcome::IndexSquashed { head, packed } = apply(&reg, Command::SquashIndex)? else {
+                unreachable!("a squash answers the commit it left")
+            };
             out!(
                 "Squashed the index history to one commit {head}: {} objects kept, \
                  {} loose objects and {} packs removed",

@@ -350,8 +350,11 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<E
             }
         }
         Job::Owners { name, change } => owners(reg, &name, change, who, events),
-        Job::SyncAccess => match apply(reg, Command::SyncAccess, None, events) {
-            Ok(_) => Response::new(204),
+        Job::SyncAccess => match reg.apply(Command::SyncAccess, &Actor::Server) {
+            Ok(applied) => {
+                events.extend(applied.events);
+                Response::new(204)
+            }
             Err(e) => {
                 eprintln!("error: config.json does not follow the access setting: {e}");
                 Response::new(500)

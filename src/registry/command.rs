@@ -17,7 +17,7 @@
 
 use super::auth::{self, AuthError, AuthFile, NewToken, Principal, Refusal, Scopes, Token, User};
 use super::settings::{Access, Settings};
-use super::{CheckedCrate, CrateName, IndexEntry, Registry};
+use super::{git, CheckedCrate, CrateName, IndexEntry, Registry};
 
 /// Who asks for a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +126,8 @@ pub enum Command {
     SetAccess(Access),
     /// Makes `config.json` say what the access setting says (after a hand edit).
     SyncAccess,
+    /// Replaces the index's git history with one commit of the current tree.
+    SquashIndex,
 }
 
 /// What a command did, for the caller to report.
@@ -167,6 +169,11 @@ pub enum Outcome {
     /// Whether `config.json` had to change.
     AccessSynced {
         changed: bool,
+    },
+    /// The one commit left, and what packing it did.
+    IndexSquashed {
+        head: String,
+        packed: git::Packed,
     },
 }
 
@@ -250,6 +257,10 @@ pub enum Change {
     ConfigSynced {
         access: Access,
     },
+    /// The index's history was replaced by one commit, `head`.
+    IndexSquashed {
+        head: String,
+    },
 }
 
 impl Event {
@@ -264,6 +275,7 @@ impl Event {
                 | Change::Deleted { .. }
                 | Change::AccessSet { .. }
                 | Change::ConfigSynced { .. }
+                | Change::IndexSquashed { .. }
         )
     }
 
@@ -427,6 +439,14 @@ impl Registry {
                     });
                 }
                 Outcome::AccessSynced { changed }
+            }
+            Command::SquashIndex => {
+                refuse_tokens(by)?;
+                let (oid, packed) = git::squash(self.index_dir(), "Squash index history")
+                    .map_err(super::Error::from)?;
+                let head = oid.to_string();
+                changes.push(Change::IndexSquashed { head: head.clone() });
+                Outcome::IndexSquashed { head, packed }
             }
         })
     }

@@ -472,13 +472,6 @@ impl Registry {
         Ok(git::maintain(&self.index_dir)?)
     }
 
-    /// Squashes the index history to one commit (see [`git::squash`]).
-    pub fn squash_index(&self) -> Result<(String, git::Packed)> {
-        let _lock = self.lock()?;
-        let (oid, packed) = git::squash(&self.index_dir, "Squash index history")?;
-        Ok((oid.to_string(), packed))
-    }
-
     /// Whether the index holds any crate (walks the index tree: only asked when the search
     /// file is missing).
     fn has_crates(&self) -> Result<bool> {
