@@ -15,6 +15,8 @@
 //! checked before the lock, by [`Registry::check_upload`] and [`Registry::check_crate_file`],
 //! so that the lock is never held while an upload is unpacked.
 
+use serde::Serialize;
+
 use super::auth::{self, AuthError, AuthFile, NewToken, Principal, Refusal, Scopes, Token, User};
 use super::settings::{Access, Settings};
 use super::{git, CheckedCrate, CrateName, IndexEntry, Registry};
@@ -44,6 +46,31 @@ impl Actor {
             Actor::Token(p) => Some(p),
             _ => None,
         }
+    }
+}
+
+/// `{"kind":"token","user":..,"token":ID}` (the token's id, never its secret), `{"kind":
+/// "anonymous"}`, `{"kind":"cli","user":..}`, `{"kind":"server"}`.
+impl Serialize for Actor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(tag = "kind", rename_all = "kebab-case")]
+        enum Shown<'a> {
+            Token { user: &'a str, token: u64 },
+            Anonymous,
+            Cli { user: &'a str },
+            Server,
+        }
+        match self {
+            Actor::Token(p) => Shown::Token {
+                user: &p.user,
+                token: p.token,
+            },
+            Actor::Anonymous => Shown::Anonymous,
+            Actor::Cli { user } => Shown::Cli { user },
+            Actor::Server => Shown::Server,
+        }
+        .serialize(s)
     }
 }
 
@@ -184,17 +211,21 @@ pub struct Applied {
     pub events: Vec<Event>,
 }
 
-/// One change that happened: what, by whom, when.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One change that happened: what, by whom, when. Serialized as one flat JSON object (an
+/// audit log line, a webhook body): `{"at":..,"actor":{"kind":"token","user":..,"token":..},
+/// "change":"published","name":..,..}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
     /// Unix seconds, the clock of `auth.json`.
     pub at: u64,
     pub actor: Actor,
+    #[serde(flatten)]
     pub change: Change,
 }
 
 /// What changed. Crate names are spelled as published.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "kebab-case")]
 pub enum Change {
     Published {
         name: String,
@@ -676,11 +707,27 @@ mod tests {
         let told = format!("{:?}", made.events);
         assert!(told.contains("TokenCreated"), "{told}");
         assert!(!told.contains(&secret[4..]), "a secret in an event: {told}");
+        let line = serde_json::to_string(&made.events).unwrap();
+        assert!(!line.contains(&secret[4..]), "a secret in an event: {line}");
+        let json = serde_json::to_value(&made.events[0]).unwrap();
+        assert_eq!(json["change"], "token-created");
+        assert_eq!(json["user"], "alice");
+        assert_eq!(json["actor"]["kind"], "cli");
+        assert_eq!(json["actor"]["user"], user.as_str());
 
         let alice = holder(&reg, "alice2", false);
         let published = publish(&reg, "bar", "1.0.0", &alice).unwrap();
         assert!(published.events[0].moves_index_head());
         assert_eq!(published.events[0].krate(), Some("bar"));
+        let json = serde_json::to_value(&published.events[0]).unwrap();
+        assert_eq!(json["change"], "published");
+        assert_eq!(
+            (&json["name"], &json["vers"]),
+            (&"bar".into(), &"1.0.0".into())
+        );
+        assert_eq!(json["actor"]["kind"], "token");
+        assert_eq!(json["actor"]["user"], "alice2");
+        assert!(json["at"].as_u64().unwrap() > 1_700_000_000);
         let yank = |yanked| Command::Yank {
             name: CrateName::parse("bar").unwrap(),
             vers: "1.0.0".into(),
