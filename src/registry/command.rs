@@ -395,6 +395,27 @@ impl Registry {
                 });
                 Outcome::OwnersChanged { msg }
             }
+            Command::SquashIndex => {
+                refuse_tokens(by)?;
+                let (oid, packed) = git::squash(self.index_dir(), "Squash index history")
+                    .map_err(super::Error::from)?;
+                let head = oid.to_string();
+                changes.push(Change::IndexSquashed { head: head.clone() });
+                Outcome::IndexSquashed { head, packed }
+            }
+            other => self.run_access_locked(other, by, now, changes)?,
+        })
+    }
+
+    /// The commands on users, tokens and the access mode (lock held).
+    fn run_access_locked(
+        &self,
+        cmd: Command,
+        by: Option<&Principal>,
+        now: u64,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, AuthError> {
+        Ok(match cmd {
             Command::AddUser { name, admin } => {
                 refuse_tokens(by)?;
                 auth::validate_user_name(&name)?;
@@ -471,14 +492,12 @@ impl Registry {
                 }
                 Outcome::AccessSynced { changed }
             }
-            Command::SquashIndex => {
-                refuse_tokens(by)?;
-                let (oid, packed) = git::squash(self.index_dir(), "Squash index history")
-                    .map_err(super::Error::from)?;
-                let head = oid.to_string();
-                changes.push(Change::IndexSquashed { head: head.clone() });
-                Outcome::IndexSquashed { head, packed }
-            }
+            Command::Publish(_)
+            | Command::Yank { .. }
+            | Command::Delete { .. }
+            | Command::AddOwners { .. }
+            | Command::RemoveOwners { .. }
+            | Command::SquashIndex => unreachable!("crate commands are run by run_locked"),
         })
     }
 }

@@ -946,21 +946,7 @@ impl Registry {
                 names::shown(&inspected.top_dir)
             )));
         }
-        for d in &meta.deps {
-            if let Some(r) = &d.registry {
-                if !self.is_own_index(r) && !self.settings.allowed_registries.iter().any(|a| a == r)
-                {
-                    return Err(Error::Invalid(format!(
-                        "dependency `{}` is from registry {r}, which this registry does not allow",
-                        d.name
-                    )));
-                }
-            }
-        }
-        // Last of the checks on what the crate is: everything else wrong with it is said first.
-        if self.settings.require_description_and_license {
-            metadata::require_description_and_license(&meta).map_err(Error::Invalid)?;
-        }
+        self.check_settings_allow(&meta)?;
         out.sync_all()
             .context(|| format!("syncing {}", tmp_path.display()))?;
         drop(out);
@@ -991,6 +977,27 @@ impl Registry {
             entry: Box::new(entry),
             readme_html,
         })
+    }
+
+    /// What `palletizer.toml` asks of a crate: dependencies only from the registries it
+    /// allows, and (last, so that everything else wrong with a crate is said first) a
+    /// description and a license unless the setting is off.
+    fn check_settings_allow(&self, meta: &PublishMetadata) -> Result<()> {
+        for d in &meta.deps {
+            if let Some(r) = &d.registry {
+                if !self.is_own_index(r) && !self.settings.allowed_registries.iter().any(|a| a == r)
+                {
+                    return Err(Error::Invalid(format!(
+                        "dependency `{}` is from registry {r}, which this registry does not allow",
+                        d.name
+                    )));
+                }
+            }
+        }
+        if self.settings.require_description_and_license {
+            metadata::require_description_and_license(meta).map_err(Error::Invalid)?;
+        }
+        Ok(())
     }
 
     /// [`Command::Publish`], lock held. `by`: the token holder the checks apply to. A new
@@ -1025,28 +1032,7 @@ impl Registry {
         }
         self.check_name_free(&name)?;
         let mut entries = self.entries(&name)?;
-        if let Some(e) = entries
-            .iter()
-            .find(|e| Version::parse(&e.vers).is_ok_and(|v| v.same_release(&version)))
-        {
-            return Err(Error::Conflict(format!(
-                "crate version `{}` of `{}` is already uploaded (as {})",
-                meta.vers, meta.name, e.vers
-            ))
-            .into());
-        }
-        if let Some(t) = tombstone::find(&self.root, &name, &version)? {
-            return Err(Error::Conflict(format!(
-                "crate version `{}` of `{}` was deleted on {} (as {} {}), and version numbers \
-                 cannot be reused: caches may still hold the deleted file; publish a new version",
-                meta.vers,
-                meta.name,
-                names::shown(&t.deleted),
-                names::shown(&t.name),
-                names::shown(&t.vers),
-            ))
-            .into());
-        }
+        self.check_version_free(&meta, &version, &entries)?;
         let new_crate = entries.is_empty();
         self.journal(&name)?;
         // The owner goes in first, kept to be put back: a publish that fails takes it along,
@@ -1095,6 +1081,36 @@ impl Registry {
             });
         }
         Ok(*entry)
+    }
+
+    /// Refuses a version that is published (less build metadata) or was deleted (lock held).
+    fn check_version_free(
+        &self,
+        meta: &PublishMetadata,
+        version: &Version,
+        entries: &[IndexEntry],
+    ) -> Result<()> {
+        if let Some(e) = entries
+            .iter()
+            .find(|e| Version::parse(&e.vers).is_ok_and(|v| v.same_release(version)))
+        {
+            return Err(Error::Conflict(format!(
+                "crate version `{}` of `{}` is already uploaded (as {})",
+                meta.vers, meta.name, e.vers
+            )));
+        }
+        if let Some(t) = tombstone::find(&self.root, &meta.name, version)? {
+            return Err(Error::Conflict(format!(
+                "crate version `{}` of `{}` was deleted on {} (as {} {}), and version numbers \
+                 cannot be reused: caches may still hold the deleted file; publish a new version",
+                meta.vers,
+                meta.name,
+                names::shown(&t.deleted),
+                names::shown(&t.name),
+                names::shown(&t.vers),
+            )));
+        }
+        Ok(())
     }
 
     /// Moves a journaled crate's file into place with its page files (lock held). Returns
@@ -1452,7 +1468,14 @@ impl Registry {
                 owners,
             });
         }
-        for e in &removed {
+        self.remove_crate_files(&real, &removed)?;
+        self.update_search(name, &kept, None);
+        Ok(removed.into_iter().map(|e| e.vers).collect())
+    }
+
+    /// Removes deleted versions' crate files and page files (lock held, index committed).
+    fn remove_crate_files(&self, real: &str, removed: &[IndexEntry]) -> Result<()> {
+        for e in removed {
             let crate_path = self.entry_crate_path(e)?;
             let [info, readme] = crateinfo::sidecars(&crate_path);
             // Page files first: a crash in between leaves a crate file the journal's repair
@@ -1461,17 +1484,12 @@ impl Registry {
                 match fs::remove_file(&p) {
                     Ok(()) => {}
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                    Err(err) => {
-                        return Err(err)
-                            .context(|| format!("removing {}", p.display()))
-                            .map_err(AuthError::from)
-                    }
+                    Err(err) => return Err(err).context(|| format!("removing {}", p.display())),
                 }
             }
         }
-        let _ = fs::remove_dir(self.crates_dir.join(&real));
-        self.update_search(name, &kept, None);
-        Ok(removed.into_iter().map(|e| e.vers).collect())
+        let _ = fs::remove_dir(self.crates_dir.join(real));
+        Ok(())
     }
 
     /// `delete NAME` of a crate with no version left: with `release_name`, a deleted crate's
