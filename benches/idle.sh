@@ -43,7 +43,8 @@ python3 - "$WORK" <<'EOF'
 import io, sys, tarfile
 for i in range(5):
     name = f"idle-{i}"
-    toml = f'[package]\nname = "{name}"\nversion = "1.0.0"\nedition = "2021"\n'.encode()
+    toml = (f'[package]\nname = "{name}"\nversion = "1.0.0"\nedition = "2021"\n'
+            'description = "idle bench"\nlicense = "MIT"\n').encode()
     with tarfile.open(f"{sys.argv[1]}/{name}-1.0.0.crate", "w:gz") as t:
         for path, data in ((f"{name}-1.0.0/Cargo.toml", toml), (f"{name}-1.0.0/src/lib.rs", b"")):
             info = tarfile.TarInfo(path)

@@ -867,7 +867,8 @@ fn publish_token(root: &Path) -> String {
 fn publish(port: u16, token: &str, name: &str, vers: &str, extra: &[(&str, &[u8])]) {
     let krate = simple_crate(name, vers, extra);
     let meta = serde_json::json!({"name": name, "vers": vers, "deps": [], "features": {}, "authors": [],
-        "description": "bench", "keywords": [], "categories": [], "links": null, "rust_version": null});
+        "description": "bench", "license": "MIT", "keywords": [], "categories": [], "links": null,
+        "rust_version": null});
     let body = publish_body(&serde_json::to_vec(&meta).unwrap(), &krate);
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(

@@ -694,3 +694,50 @@ fn a_deleted_version_cannot_be_published_again() {
     assert_eq!(st, 404);
     assert!(s.palletizer_ok(&["check"]).contains("consistent"));
 }
+
+/// crates.io refuses a crate without a description or a license, and so does this registry
+/// (a 400 cargo prints, naming what is missing and the setting), unless the setting is off.
+#[test]
+fn a_crate_without_description_or_license_is_refused_unless_the_setting_is_off() {
+    let (s, srv) = setup();
+    let leaf = s.test_crate("leaf", Some("0.1.0"));
+    let manifest = leaf.join("Cargo.toml");
+    let text = fs::read_to_string(&manifest).unwrap();
+    let bare: String = text
+        .lines()
+        .filter(|l| !l.starts_with("license") && !l.starts_with("description"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let setting = "an admin can turn the check off with `require-description-and-license = \
+                   false` in palletizer.toml";
+    for (manifest_text, missing) in [
+        (
+            bare.clone(),
+            "(status 400 Bad Request): the manifest has no `description` and no `license` (or \
+             `license-file`)",
+        ),
+        (
+            bare.replace("[package]\n", "[package]\ndescription = \"a leaf\"\n"),
+            "(status 400 Bad Request): the manifest has no `license` (or `license-file`):",
+        ),
+    ] {
+        fs::write(&manifest, manifest_text).unwrap();
+        let out = cargo_publish(&s, &leaf, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}", show(&out));
+        assert!(err.contains(missing) && err.contains(setting), "{err}");
+    }
+    assert!(!s.reg().join("index/le/af/leaf").exists());
+    assert!(!s.reg().join("crates/leaf").exists());
+
+    // Turned off (read when the server starts), the same crate is published.
+    let addr = srv.addr().to_owned();
+    drop(srv);
+    s.stop_requiring_description_and_license();
+    // At the same address: the registry's `url` (and config.json) name it.
+    let _srv = s.serve(&["--bind", &addr]);
+    fs::write(&manifest, &bare).unwrap();
+    let out = cargo_publish(&s, &leaf, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Published leaf v0.1.0"));
+}

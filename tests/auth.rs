@@ -280,9 +280,11 @@ fn public_registry_owners_decide_who_publishes_and_yanks_with_real_cargo() {
 
     // Bob is no owner of alice's crate: no new version, no yank, each a 403 cargo prints.
     let leaf_next = s.test_crate("leaf", Some("0.1.1"));
+    // The hint names the registry: pasted without `--registry`, it would go to crates.io.
     let not_owner =
         "(status 403 Forbidden): user `bob` is not an owner of crate `leaf`; an owner can add \
-         them with `cargo owner --add bob leaf`";
+         them with `cargo owner --registry palletizer --add bob leaf` (`palletizer` being this \
+         registry's name in their cargo config)";
     let out = cargo_with(&s, &leaf_next, &bob, &PUBLISH);
     assert_fails_with(&out, not_owner, "bob's publish");
     let yank = ["yank", "--registry", "local", "leaf@0.1.0"];
@@ -331,6 +333,82 @@ fn public_registry_owners_decide_who_publishes_and_yanks_with_real_cargo() {
         assert!(l.ends_with(": not an owner"), "{l}");
     }
     assert_log_keeps_secrets(&srv, &[&alice, &bob, &s.token()]);
+}
+
+/// What broke: after `palletizer delete leaf`, any user with a `publish-new` token published
+/// `leaf` again, got 200 and became its only owner, so that whoever depended on it got their
+/// code. The name stays with the owners until an admin gives it up.
+#[test]
+fn a_deleted_crates_name_stays_with_its_owners_until_an_admin_releases_it() {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    let sparse = format!("sparse+{}/index/", srv.url());
+    registry_config(&s.cargo_home(), &sparse, "");
+    s.palletizer_ok(&["user", "add", "alice"]);
+    s.palletizer_ok(&["user", "add", "bob"]);
+    let alice = new_token(&s, &["--user", "alice"]);
+    let bob = new_token(&s, &["--user", "bob", "--scope", "publish-new"]);
+    wait_known(&srv, &bob);
+    let [v1, v2, v3] = ["0.1.0", "0.2.0", "0.3.0"].map(|v| s.test_crate("leaf", Some(v)));
+    assert_ok(&cargo_with(&s, &v1, &alice, &PUBLISH), "alice's publish");
+    let deleted = s.palletizer_ok(&["delete", "leaf"]);
+    assert!(
+        deleted.contains("new versions can, by the crate's owners or an admin"),
+        "{deleted}"
+    );
+    assert!(!s.reg().join("index/le/af/leaf").exists());
+
+    // Bob may publish new crates, but not under alice's deleted crate's name.
+    let kept = "(status 403 Forbidden): crate `leaf` was deleted and its name stays with its \
+                owners: user `bob` is not one of them, so only they or an admin may publish it \
+                again (an admin can give the name up with `palletizer delete leaf \
+                --release-name`)";
+    let out = cargo_with(&s, &v2, &bob, &PUBLISH);
+    assert_fails_with(&out, kept, "bob's publish under the deleted name");
+    assert!(!s.reg().join("index/le/af/leaf").exists());
+    let out = cargo_with(&s, &v2, &alice, &PUBLISH);
+    assert!(assert_ok(&out, "alice's publish again").contains("Published leaf v0.2.0"));
+    assert_eq!(owners(&s, &alice), ["alice"]);
+
+    // `--release-name` is the whole name's: no version, no other command.
+    let out = s.palletizer(&["delete", "leaf", "0.2.0", "--release-name"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("name no version"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = s.palletizer(&["yank", "leaf", "0.2.0", "--release-name"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("`--release-name` does not apply to `yank`"),
+        "{err}"
+    );
+    assert_eq!(s.index_line("le/af/leaf", "0.2.0")["yanked"], false);
+
+    // Given up by an admin, the name is anyone's; the deleted version numbers stay taken.
+    let released = s.palletizer_ok(&["delete", "leaf", "--release-name"]);
+    assert!(
+        released.contains("Deleted leaf 0.2.0") && released.contains("The name leaf is free"),
+        "{released}"
+    );
+    let out = cargo_with(&s, &v2, &bob, &PUBLISH);
+    assert_fails_with(
+        &out,
+        "cannot be reused",
+        "bob's publish of a deleted version",
+    );
+    let out = cargo_with(&s, &v3, &bob, &PUBLISH);
+    assert!(assert_ok(&out, "bob's publish of the released name").contains("Published leaf v0.3.0"));
+    assert_eq!(owners(&s, &bob), ["bob"]);
+
+    let log = srv.log_from_with(0, "refused publish of leaf for user bob");
+    assert_logged(&log, &["refused publish of leaf for user bob (token"]);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("for user bob") && l.ends_with(": name kept")),
+        "{log:?}"
+    );
 }
 
 #[test]

@@ -281,6 +281,66 @@ fn bad_input_leaves_the_registry_unchanged() {
     assert!(snapshot(&s.reg()) == before);
 }
 
+/// crates.io refuses a crate without a description or a license; `add` does too, unless
+/// `require-description-and-license = false`, and says which is missing and how to allow it.
+#[test]
+fn add_needs_a_description_and_a_license_unless_the_setting_is_off() {
+    let s = Sandbox::new();
+    init(&s);
+    let bare = |name: &str, extra: &str| {
+        let manifest = format!("[package]\nname = \"{name}\"\nversion = \"1.0.0\"\n{extra}");
+        let (m, l) = (
+            format!("{name}-1.0.0/Cargo.toml"),
+            format!("{name}-1.0.0/src/lib.rs"),
+        );
+        let path = s.path().join(format!("{name}-1.0.0.crate"));
+        fs::write(
+            &path,
+            crate_bytes(&[file(&m, manifest.as_bytes()), file(&l, b"")]),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let before = snapshot(&s.reg());
+    for (name, extra, missing) in [
+        (
+            "nothing",
+            "",
+            "no `description` and no `license` (or `license-file`)",
+        ),
+        (
+            "blank",
+            "description = \" \"\nlicense = \"MIT\"\n",
+            "no `description`:",
+        ),
+        (
+            "unlicensed",
+            "description = \"d\"\n",
+            "no `license` (or `license-file`):",
+        ),
+    ] {
+        let out = s.palletizer(&["add", &bare(name, extra)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", show(&out));
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(missing), "{name}: {stderr}");
+        assert!(
+            stderr.contains("`require-description-and-license = false` in palletizer.toml"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        snapshot(&s.reg()) == before,
+        "a refused add changed the registry"
+    );
+    let file_only = bare("filed", "description = \"d\"\nlicense-file = \"LICENSE\"\n");
+    s.palletizer_ok(&["add", &file_only]);
+
+    s.stop_requiring_description_and_license();
+    let out = s.palletizer_ok(&["add", &bare("nothing", "")]);
+    assert_eq!(out, "Added nothing 1.0.0\n");
+}
+
 #[test]
 fn delete_removes_lines_and_files() {
     let s = Sandbox::new();

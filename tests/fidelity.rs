@@ -144,7 +144,8 @@ fn a_bad_pubtime_is_one_line_and_adds_nothing() {
     );
 }
 
-const MANIFEST: &str = "[package]\nname = \"twice\"\nversion = \"0.1.0\"\nedition = \"2015\"\n";
+const MANIFEST: &str = "[package]\nname = \"twice\"\nversion = \"0.1.0\"\nedition = \"2015\"\n\
+                        description = \"written twice\"\nlicense = \"MIT\"\n";
 
 fn add_bytes(s: &Sandbox, file_name: &str, bytes: &[u8]) -> std::process::Output {
     let dir = s.path().join("files");
@@ -195,7 +196,8 @@ fn a_manifest_written_twice_differently_is_refused() {
 /// A crate as crates.io accepted them before 2016: a `*` requirement on a crates.io crate.
 fn wildcard_crate() -> Vec<u8> {
     let manifest =
-        "[package]\nname = \"starry\"\nversion = \"0.5.0\"\n\n[dependencies]\nlibc = \"*\"\n";
+        "[package]\nname = \"starry\"\nversion = \"0.5.0\"\ndescription = \"old\"\nlicense = \"MIT\"\n\n\
+         [dependencies]\nlibc = \"*\"\n";
     crate_bytes(&[
         file("starry-0.5.0/Cargo.toml", manifest.as_bytes()),
         file("starry-0.5.0/src/lib.rs", b""),

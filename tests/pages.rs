@@ -50,7 +50,7 @@ fn publish(addr: &str, token: &str, name: &str, vers: &str, extra: serde_json::V
     let krate = crate_bytes(&[file(&m, manifest.as_bytes()), file(&l, b"")]);
     let mut meta = serde_json::json!({
         "name": name, "vers": vers, "deps": [], "features": {}, "authors": [],
-        "description": null, "documentation": null, "homepage": null, "readme": null,
+        "description": "a test crate", "documentation": null, "homepage": null, "readme": null,
         "readme_file": null, "keywords": [], "categories": [], "license": "MIT",
         "license_file": null, "repository": null, "badges": {}, "links": null,
         "rust_version": null

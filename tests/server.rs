@@ -622,7 +622,7 @@ fn sigterm_finishes_in_flight_and_exits_zero() {
     assert_eq!(read_response(&mut idle, &mut Vec::new(), false).status, 200);
     // A publish in flight. The interim `100 Continue` shows the server has taken the head
     // and is reading the body when the signal arrives.
-    let json = br#"{"name":"late","vers":"1.0.0","deps":[],"features":{}}"#;
+    let json = br#"{"name":"late","vers":"1.0.0","deps":[],"features":{},"description":"d","license":"MIT"}"#;
     let body = publish_body(json, &simple_crate("late", "1.0.0", &[]));
     let mut busy = connect(srv.addr());
     let head = format!(

@@ -15,7 +15,9 @@ pub mod auth;
 use crate::net::config::{Listener, ServerConfig};
 use crate::registry::index::Pubtime;
 use crate::registry::settings::Access;
-use crate::registry::{backup, check, CrateName, InitOptions, Registry};
+use crate::registry::{
+    backup, check, Actor, Command, CrateName, Event, InitOptions, Outcome, Registry,
+};
 
 const USAGE: &str = "\
 usage: palletizer [-r DIR] COMMAND [ARGS]
@@ -29,8 +31,11 @@ commands:
                             YYYY-MM-DDTHH:MM:SSZ, is their original publish time (default: now)
   yank NAME VERSION         mark a version yanked
   unyank NAME VERSION       undo a yank
-  delete NAME [VERSION]     remove one version, or every version, and their crate files;
-                            their version numbers can never be published again
+  delete NAME [VERSION] [--release-name]
+                            remove one version, or every version, and their crate files;
+                            their version numbers can never be published again, and the
+                            name stays with the crate's owners (or the admins) unless
+                            --release-name gives it up for anyone to publish
   list [NAME]               list crates and versions
   check [--repair]          verify the index against the crate files and git
   squash-index              replace the index's git history with one commit (clients keep
@@ -99,7 +104,9 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
                 let flag = flag.to_owned();
                 flags.push((flag, Some(parser.value()?)));
             }
-            Long(flag @ ("no-crates-io" | "repair")) => flags.push((flag.to_owned(), None)),
+            Long(flag @ ("no-crates-io" | "repair" | "release-name")) => {
+                flags.push((flag.to_owned(), None))
+            }
             Short('q') | Long("quiet") => flags.push(("quiet".into(), None)),
             Short('v') | Long("verbose") => flags.push(("verbose".into(), None)),
             Value(v) if command.is_none() => {
@@ -129,6 +136,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
         ],
         "add" => &["pubtime"],
         "check" => &["repair"],
+        "delete" => &["release-name"],
         "serve" => &["bind", "quiet", "verbose"],
         _ => &[],
     };
@@ -148,6 +156,15 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
             }
             rest.iter().cloned().map(string).collect()
         };
+    // Every change is a command run as the Unix user at the keyboard; what it caused decides
+    // the maintenance after it.
+    let actor = Actor::cli();
+    let mut events = Vec::new();
+    let mut apply = |reg: &Registry, cmd| -> Result<Outcome, CliError> {
+        let applied = reg.apply(cmd, &actor)?;
+        events.extend(applied.events);
+        Ok(applied.outcome)
+    };
     match command.as_str() {
         "init" => {
             positional(0..=0, "--url URL [options]")?;
@@ -207,9 +224,14 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
             let mut failed = 0;
             for file in &rest {
                 let path = PathBuf::from(file);
-                match reg.add_file_published(&path, pubtime.clone()) {
-                    Ok(e) => out!("Added {} {}", e.name, e.vers),
-                    Err(e) => {
+                let added = reg
+                    .check_crate_file(&path, pubtime.clone())
+                    .map_err(CliError::from)
+                    .and_then(|c| apply(&reg, Command::Publish(c)));
+                match added {
+                    Ok(Outcome::Published(e)) => out!("Added {} {}", e.name, e.vers),
+                    Ok(o) => unreachable!("a publish answered {o:?}"),
+                    Err(CliError(e)) => {
                         failed += 1;
                         let _ = writeln!(io::stderr(), "error: {}: {e}", path.display());
                     }
@@ -224,7 +246,14 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
             let name = CrateName::parse(&a[0])?;
             let reg = Registry::open(&dir)?;
             let yank = command == "yank";
-            let changed = reg.set_yanked(&name, &a[1], yank)?;
+            let cmd = Command::Yank {
+                name,
+                vers: a[1].clone(),
+                yanked: yank,
+            };
+            let Outcome::Yanked { changed } = apply(&reg, cmd)? else {
+                unreachable!("a yank answers whether it changed the version")
+            };
             let state = if yank { "yanked" } else { "not yanked" };
             if changed {
                 out!("{} {} is now {state}", a[0], a[1]);
@@ -233,12 +262,30 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
             }
         }
         "delete" => {
-            let a = positional(1..=2, "NAME [VERSION]")?;
+            let a = positional(1..=2, "NAME [VERSION] [--release-name]")?;
             let name = CrateName::parse(&a[0])?;
+            let release_name = flag("release-name").is_some();
             let reg = Registry::open(&dir)?;
-            let gone = reg.delete(&name, a.get(1).map(String::as_str))?;
+            let cmd = Command::Delete {
+                name,
+                vers: a.get(1).cloned(),
+                release_name,
+            };
+            let Outcome::Deleted { versions: gone } = apply(&reg, cmd)? else {
+                unreachable!("a delete answers the versions it removed")
+            };
             for v in &gone {
                 out!("Deleted {} {v}", a[0]);
+            }
+            if release_name {
+                out!(
+                    "The name {} is free: its owners were forgotten, and anyone who may \
+                     publish new crates may take it",
+                    a[0]
+                );
+                if gone.is_empty() {
+                    return Ok(ExitCode::SUCCESS);
+                }
             }
             // Said every time: the numbers stay taken, which surprises whoever meant to
             // publish the same version again with a fix.
@@ -246,10 +293,13 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
                 "Deleted version numbers are never reused: {} {} cannot be published again{}",
                 a[0],
                 gone.join(", "),
-                if a.len() == 1 {
-                    "; new versions can"
-                } else {
-                    ""
+                match (a.len(), release_name) {
+                    (1, false) => {
+                        "; new versions can, by the crate's owners or an admin (the name stays \
+                         theirs; `--release-name` gives it up)"
+                    }
+                    (1, true) => "; new versions can",
+                    _ => "",
                 }
             );
         }
@@ -299,7 +349,9 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
         "squash-index" => {
             positional(0..=0, "")?;
             let reg = Registry::open(&dir)?;
-            let (head, packed) = reg.squash_index()?;
+            let Outcome::IndexSquashed { head, packed } = apply(&reg, Command::SquashIndex)? else {
+                unreachable!("a squash answers the commit it left")
+            };
             out!(
                 "Squashed the index history to one commit {head}: {} objects kept, \
                  {} loose objects and {} packs removed",
@@ -343,7 +395,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
             )))
         }
     }
-    if matches!(command.as_str(), "add" | "yank" | "unyank" | "delete") {
+    if events.iter().any(Event::moves_index_head) {
         // Keeps the index repository packed; a failure here changes nothing and is retried
         // after the next change.
         if let Err(e) = Registry::open(&dir).and_then(|r| r.maintain()) {

@@ -12,8 +12,10 @@ use std::path::PathBuf;
 
 use super::errors::{registry_error, storage_error};
 use super::response::{Body, FileBody, Response};
-use crate::registry::auth::{self, AuthFile, Principal, Refusal};
-use crate::registry::{self, gitpack, CrateName, PublishMetadata, Registry};
+use crate::registry::auth::{self, AuthError, Principal, Refusal};
+use crate::registry::{
+    self, gitpack, Actor, Command, CrateName, Event, Outcome, PublishMetadata, Registry,
+};
 
 /// Largest JSON part of a publish (crates.io's limit).
 pub const MAX_METADATA: u64 = 1 << 20;
@@ -130,11 +132,19 @@ impl Spooled {
     }
 }
 
+/// A job's answer: the response for the client, and the events its write caused (what
+/// maintenance after a write follows).
+#[derive(Debug)]
+pub struct Answer {
+    pub response: Response,
+    pub events: Vec<Event>,
+}
+
 /// Runs a job against the registry and renders its answer. `who` is the token holder the
-/// event loop let through (None where the access mode asks for no token); ownership is
-/// checked here, against the current `auth.json`, since only here is it known whether the
-/// crate exists.
-pub fn run(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
+/// event loop let through (None where the access mode asks for no token); writes are
+/// [`Command`]s, which check ownership under the registry lock, against the current
+/// `auth.json`, since only there is it known whether the crate exists.
+pub fn run(reg: &Registry, job: Job, who: Option<&Principal>) -> Answer {
     /// Removes the spooled body however the job ends, a panic included.
     struct RemoveOnDrop(Option<PathBuf>);
     impl Drop for RemoveOnDrop {
@@ -145,10 +155,12 @@ pub fn run(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
         }
     }
     let _spooled = RemoveOnDrop(job.body_file().map(std::path::Path::to_owned));
-    run_job(reg, job, who)
+    let mut events = Vec::new();
+    let response = run_job(reg, job, who, &mut events);
+    Answer { response, events }
 }
 
-fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
+fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<Event>) -> Response {
     match job {
         Job::GitRefs => match gitpack::advertise(reg.index_dir()) {
             Ok(bytes) => Response::new(200)
@@ -165,21 +177,28 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>) -> Response {
             Ok(()) => Response::new(204),
             Err(e) => git_error(e),
         },
-        Job::Publish(path) => publish(reg, &path, who),
+        Job::Publish(path) => publish(reg, &path, who, events),
         Job::Yank { name, vers, yank } => {
-            if let Some(p) = who {
-                if let Err(r) = check_owner(reg, p, &name) {
-                    return r;
+            let cmd = Command::Yank {
+                name: name.clone(),
+                vers,
+                yanked: yank,
+            };
+            match apply(reg, cmd, who, events) {
+                Ok(_) => Response::json(200, &serde_json::json!({ "ok": true })),
+                Err(e) => {
+                    let real = reg.find_canonical(&name).ok().flatten();
+                    let what = format!("yank of {}", real.as_deref().unwrap_or(&name));
+                    write_error(reg, who, e, &what)
                 }
             }
-            match reg.set_yanked(&name, &vers, yank) {
-                Ok(_) => Response::json(200, &serde_json::json!({ "ok": true })),
-                Err(e) => registry_error(e),
-            }
         }
-        Job::Owners { name, change } => owners(reg, &name, change, who),
-        Job::SyncAccess => match auth::sync_config_json(reg) {
-            Ok(_) => Response::new(204),
+        Job::Owners { name, change } => owners(reg, &name, change, who, events),
+        Job::SyncAccess => match reg.apply(Command::SyncAccess, &Actor::Server) {
+            Ok(applied) => {
+                events.extend(applied.events);
+                Response::new(204)
+            }
             Err(e) => {
                 error!("error: config.json does not follow the access setting: {e}");
                 Response::new(500)
@@ -299,15 +318,28 @@ fn refused_here(reg: &Registry, p: &Principal, refusal: Refusal, route: &str) ->
     r
 }
 
-/// Whether `p` may act as an owner of `name` (yank, unyank). A crate that does not exist
-/// has no owners to ask: the yank itself answers 404.
-fn check_owner(reg: &Registry, p: &Principal, name: &CrateName) -> Result<(), Response> {
-    let Some(real) = reg.find_canonical(name).map_err(registry_error)? else {
-        return Ok(());
-    };
-    let data = AuthFile::load(reg).map_err(|e| super::auth::auth_error(e, &reg.settings().url))?;
-    auth::authorize_owner(&data, p, &real)
-        .map_err(|refusal| refused_here(reg, p, refusal, &format!("yank of {real}")))
+/// Runs a command as `who` (anonymous when the access mode asks for no token), keeping the
+/// events it caused.
+fn apply(
+    reg: &Registry,
+    cmd: Command,
+    who: Option<&Principal>,
+    events: &mut Vec<Event>,
+) -> Result<Outcome, AuthError> {
+    let actor = who.map_or(Actor::Anonymous, |p| Actor::Token(p.clone()));
+    let applied = reg.apply(cmd, &actor)?;
+    events.extend(applied.events);
+    Ok(applied.outcome)
+}
+
+/// The answer to a command that failed: a refusal is logged with its reason (`what` was
+/// refused), never the token; the rest as registry or access control errors.
+fn write_error(reg: &Registry, who: Option<&Principal>, e: AuthError, what: &str) -> Response {
+    match (e, who) {
+        (AuthError::Refused(refusal), Some(p)) => refused_here(reg, p, refusal, what),
+        (AuthError::Registry(e), _) => registry_error(e),
+        (e, _) => super::auth::auth_error(e, &reg.settings().url),
+    }
 }
 
 /// `GET`, `PUT` and `DELETE /api/v1/crates/{name}/owners`.
@@ -316,6 +348,7 @@ fn owners(
     name: &CrateName,
     change: Option<(OwnersChange, PathBuf)>,
     who: Option<&Principal>,
+    events: &mut Vec<Event>,
 ) -> Response {
     let url = &reg.settings().url;
     let Some((change, body)) = change else {
@@ -337,13 +370,15 @@ fn owners(
         Ok(u) => u,
         Err(r) => return r,
     };
-    let result = match change {
-        OwnersChange::Add => auth::add_owners(reg, name, &users, who),
-        OwnersChange::Remove => auth::remove_owners(reg, name, &users, who),
+    let krate = name.to_string();
+    let cmd = match change {
+        OwnersChange::Add => Command::AddOwners { krate, users },
+        OwnersChange::Remove => Command::RemoveOwners { krate, users },
     };
-    match result {
-        Ok(msg) => super::auth::owners_changed(&msg),
-        Err(auth::AuthError::Refused(refusal)) if who.is_some() => refused_here(
+    match apply(reg, cmd, who, events) {
+        Ok(Outcome::OwnersChanged { msg }) => super::auth::owners_changed(&msg),
+        Ok(o) => unreachable!("an owner change answered {o:?}"),
+        Err(AuthError::Refused(refusal)) if who.is_some() => refused_here(
             reg,
             who.expect("checked"),
             refusal,
@@ -354,7 +389,12 @@ fn owners(
 }
 
 /// `u32 LE json_len | json | u32 LE crate_len | .crate`, with nothing after the tarball.
-fn publish(reg: &Registry, path: &std::path::Path, who: Option<&Principal>) -> Response {
+fn publish(
+    reg: &Registry,
+    path: &std::path::Path,
+    who: Option<&Principal>,
+    events: &mut Vec<Event>,
+) -> Response {
     let bad = |m: &str| Response::error(400, m);
     let mut f = match File::open(path) {
         Ok(f) => f,
@@ -415,37 +455,21 @@ fn publish(reg: &Registry, path: &std::path::Path, who: Option<&Principal>) -> R
     if f.seek(SeekFrom::Start(8 + json_len)).is_err() {
         return bad("publish body is unreadable");
     }
-    // Who may publish this crate is known only now that its name is.
-    let mut new_crate = false;
-    if let Some(p) = who {
-        let name = match CrateName::parse(&meta.name) {
-            Ok(n) => n,
-            Err(e) => return bad(&e.to_string()),
-        };
-        let exists = match reg.find_canonical(&name) {
-            Ok(found) => found.is_some(),
-            Err(e) => return registry_error(e),
-        };
-        let data = match AuthFile::load(reg) {
-            Ok(d) => d,
-            Err(e) => return super::auth::auth_error(e, &reg.settings().url),
-        };
-        if let Err(refusal) = auth::authorize_publish(&data, p, &name, exists) {
-            return refused_here(reg, p, refusal, &format!("publish of {name}"));
+    // A token holder's publish names a valid crate before anything else is said of it.
+    if who.is_some() {
+        if let Err(e) = CrateName::parse(&meta.name) {
+            return bad(&e.to_string());
         }
-        new_crate = !exists;
     }
     let name = meta.name.clone();
-    match reg.publish(Some(meta), f.take(crate_len)) {
-        Ok(_) => {
-            if let (Some(p), true) = (who, new_crate) {
-                if let Err(e) = auth::record_first_owner(reg, &name, &p.user) {
-                    error!("warning: {name} has no recorded owner (the admins own it): {e}");
-                }
-            }
-            publish_ok()
-        }
-        Err(e) => registry_error(e),
+    // Checked before the lock; who may publish it is decided under the lock, by the command.
+    let checked = match reg.check_upload(Some(meta), f.take(crate_len)) {
+        Ok(c) => c,
+        Err(e) => return registry_error(e),
+    };
+    match apply(reg, Command::Publish(checked), who, events) {
+        Ok(_) => publish_ok(),
+        Err(e) => write_error(reg, who, e, &format!("publish of {name}")),
     }
 }
 
@@ -472,8 +496,8 @@ mod tests {
     fn valid_body() -> Vec<u8> {
         let json = serde_json::json!({
             "name": "framed", "vers": "1.0.0", "deps": [], "features": {}, "authors": [],
-            "description": null, "documentation": null, "homepage": null, "readme": null,
-            "readme_file": null, "keywords": [], "categories": [], "license": null,
+            "description": "framed", "documentation": null, "homepage": null, "readme": null,
+            "readme_file": null, "keywords": [], "categories": [], "license": "MIT",
             "license_file": null, "repository": null, "badges": {}, "links": null,
             "rust_version": null
         });
@@ -486,7 +510,7 @@ mod tests {
     fn run_publish(reg: &Registry, body: &[u8]) -> Response {
         let path = registry::temp_path(reg.root(), "test-upload");
         std::fs::write(&path, body).unwrap();
-        run(reg, Job::Publish(path.clone()), None)
+        run(reg, Job::Publish(path.clone()), None).response
     }
 
     #[test]

@@ -29,7 +29,7 @@ use super::metrics::WorkerMetrics;
 
 use crate::http::{api, Job, Lane, Response};
 use crate::registry::auth::Principal;
-use crate::registry::Registry;
+use crate::registry::{Event, Registry};
 
 /// Answers the worker may have made before the loop took them: each holds a whole response
 /// (a rendered page, a ref advertisement), so under a burst of page views the memory they
@@ -139,11 +139,6 @@ impl Jobs {
     }
 }
 
-/// Jobs after which the index's HEAD may have moved.
-fn moves_head(job: &Job) -> bool {
-    matches!(job, Job::Publish(_) | Job::Yank { .. } | Job::SyncAccess)
-}
-
 /// Starts the workers. Dropping the returned [`Jobs`] ends them.
 pub fn spawn(
     reg: Registry,
@@ -173,7 +168,7 @@ pub fn spawn(
                 let _ = reader.run(t.job, None);
                 true
             } else {
-                reader.answer(t)
+                reader.answer(t).is_some()
             };
             // libgit2's pack building allocates in proportion to the history (megabytes
             // for a large index), on this thread's own heap arena: hand it back.
@@ -186,7 +181,7 @@ pub fn spawn(
     let pages = worker(reg.clone());
     start("page-reader", move || {
         for t in pages_rx {
-            if !pages.answer(t) {
+            if pages.answer(t).is_none() {
                 break;
             }
         }
@@ -195,11 +190,11 @@ pub fn spawn(
     let keep = reader_tx.clone();
     start("registry-writer", move || {
         for t in writer_rx {
-            let moved = moves_head(&t.job);
-            if !writer.answer(t) {
+            let Some(events) = writer.answer(t) else {
                 break;
-            }
-            if moved {
+            };
+            // Maintenance follows from what the write changed, not from the kind of job.
+            if events.iter().any(Event::moves_index_head) {
                 // After the answer went out: the client that changed the index does
                 // not wait for the packing.
                 if let Err(e) = writer.reg.maintain() {
@@ -247,15 +242,20 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(&self, job: Job, principal: Option<&Principal>) -> Response {
-        catch_unwind(AssertUnwindSafe(|| api::run(&self.reg, job, principal)))
-            .unwrap_or_else(|_| Response::error(500, "internal error; the server log has details"))
+    fn run(&self, job: Job, principal: Option<&Principal>) -> api::Answer {
+        catch_unwind(AssertUnwindSafe(|| api::run(&self.reg, job, principal))).unwrap_or_else(
+            |_| api::Answer {
+                response: Response::error(500, "internal error; the server log has details"),
+                events: Vec::new(),
+            },
+        )
     }
 
-    /// Runs a ticket's job and hands the answer to the loop; false once the loop is gone.
-    fn answer(&self, t: Ticket) -> bool {
+    /// Runs a ticket's job and hands the answer to the loop. Returns the events its write
+    /// caused; `None` once the loop is gone.
+    fn answer(&self, t: Ticket) -> Option<Vec<Event>> {
         let started = matches!(t.job, Job::Publish(_)).then(Instant::now);
-        let response = self.run(t.job, t.principal.as_ref());
+        let api::Answer { response, events } = self.run(t.job, t.principal.as_ref());
         // The job removed its spool file: the space is free again.
         drop(t.reserved);
         self.metrics.job_done(started.map(|s| s.elapsed()));
@@ -265,10 +265,10 @@ impl Worker {
             response,
         };
         if self.done.send(done).is_err() {
-            return false;
+            return None;
         }
         let _ = self.waker.wake();
-        true
+        Some(events)
     }
 }
 

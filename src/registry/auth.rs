@@ -5,11 +5,13 @@
 //! Invariants:
 //! - a token's secret (`pal_` + 64 hex digits, 32 bytes from the OS random source) exists only
 //!   in the answer to its creation; the file keeps its SHA-256;
-//! - every change takes the registry lock, re-reads the file, changes it and writes it whole
-//!   (temp file, fsync, rename), so the CLI and a running server never lose each other's edits;
+//! - every change is a [`super::Command`]: it takes the registry lock, re-reads the file,
+//!   changes it and writes it whole (temp file, fsync, rename), so the CLI and a running
+//!   server never lose each other's edits;
 //! - owners are recorded per canonical crate name (`Foo-Bar` = `foo_bar`); a crate with no
 //!   recorded owners belongs to the admins; removing a user revokes their tokens and drops
-//!   them from every owner list.
+//!   them from every owner list; deleting a crate keeps its owners (its name stays theirs)
+//!   until an admin gives the name up.
 //!
 //! Two ways to read it: [`AuthFile`] is the whole file, read fresh by the CLI and by every
 //! write (owner checks happen there, against current data); [`AuthView`] is the compact,
@@ -29,10 +31,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::command::{Actor, Command, Outcome};
 use super::names::canonical;
 use super::settings::{Access, Settings};
 use super::tarball::hex;
-use super::{git, write_atomic, Registry, SETTINGS_FILE};
+use super::{git, write_atomic, Previous, Registry, SETTINGS_FILE};
 
 /// The access control file, at the registry root.
 pub const AUTH_FILE: &str = "auth.json";
@@ -53,6 +56,10 @@ const FORMAT: u32 = 1;
 /// The largest `auth.json` read (and written): about 10,000 tokens. The server parses it on
 /// its event loop when it changes, so its size bounds that pause.
 pub const MAX_AUTH_FILE: u64 = 4 << 20;
+/// The name the README gives this registry in cargo's configuration
+/// (`[registries.palletizer]`), for the commands a refusal suggests: the server cannot know the
+/// name each client chose.
+pub const REGISTRY_NAME: &str = "palletizer";
 /// The admin user zero-config start creates.
 pub const FIRST_ADMIN: &str = "admin";
 
@@ -400,21 +407,74 @@ impl AuthFile {
     }
 }
 
-/// Runs `f` on the current file under the registry lock and writes the result.
-fn modify<T>(
+/// `auth.json` as read under the registry lock, to be changed and written back whole.
+pub(crate) struct Edit {
+    path: PathBuf,
+    pub(crate) data: AuthFile,
+    before: AuthFile,
+}
+
+impl Edit {
+    /// Reads the current file (lock held).
+    pub(crate) fn open(reg: &Registry) -> Result<Edit, AuthError> {
+        let path = auth_path(&reg.root, &reg.settings)?;
+        let data = AuthFile::read(&path)?;
+        Ok(Edit {
+            path,
+            before: data.clone(),
+            data,
+        })
+    }
+
+    /// Writes the file if it changed (an unchanged file is not rewritten: every rewrite makes
+    /// the server reload it).
+    pub(crate) fn save(self) -> Result<(), AuthError> {
+        if self.data != self.before {
+            self.data.write(&self.path)?;
+        }
+        Ok(())
+    }
+
+    /// [`Edit::save`], keeping the previous file for a later step of the same command that
+    /// may fail and must put it back (see [`Previous`]).
+    pub(crate) fn save_keeping(self) -> Result<Option<Previous>, AuthError> {
+        if self.data == self.before {
+            return Ok(None);
+        }
+        let previous = Previous::keep(&self.path)?;
+        match self.data.write(&self.path) {
+            Ok(()) => Ok(Some(previous)),
+            Err(e) => {
+                let _ = previous.put_back();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Runs `f` on the current file and writes the result (lock held: see [`super::command`]).
+pub(crate) fn edit<T>(
     reg: &Registry,
     f: impl FnOnce(&mut AuthFile) -> Result<T, AuthError>,
 ) -> Result<T, AuthError> {
-    let path = auth_path(&reg.root, &reg.settings)?;
-    let _lock = reg.lock()?;
-    let mut data = AuthFile::read(&path)?;
-    let before = data.clone();
-    let out = f(&mut data)?;
-    // An unchanged file is not rewritten: every rewrite makes the server reload it.
-    if data != before {
-        data.write(&path)?;
-    }
+    let mut e = Edit::open(reg)?;
+    let out = f(&mut e.data)?;
+    e.save()?;
     Ok(out)
+}
+
+/// Runs `cmd` as the administrator at the command line (the shorthands below).
+fn as_admin(reg: &Registry, cmd: Command, now: u64) -> Result<Outcome, AuthError> {
+    as_actor(reg, cmd, &Actor::cli(), now)
+}
+
+fn as_actor(reg: &Registry, cmd: Command, actor: &Actor, now: u64) -> Result<Outcome, AuthError> {
+    reg.apply_at(cmd, actor, now).map(|a| a.outcome)
+}
+
+/// A shorthand met an outcome of another command: a bug in the shorthand.
+fn unexpected(o: Outcome) -> ! {
+    unreachable!("a command answered with the outcome of another: {o:?}")
 }
 
 /// User names: 1 to 64 ASCII letters, digits, `-` and `_`, starting with a letter or digit.
@@ -486,47 +546,134 @@ pub fn parse_duration(text: &str) -> Result<u64, AuthError> {
     Ok(secs)
 }
 
-/// Adds a user.
+/// Adds a user ([`Command::AddUser`] as the administrator).
 pub fn add_user(reg: &Registry, name: &str, admin: bool, now: u64) -> Result<User, AuthError> {
-    validate_user_name(name)?;
-    modify(reg, |data| {
-        if let Some(u) = data.user(name) {
+    let cmd = Command::AddUser {
+        name: name.to_owned(),
+        admin,
+    };
+    match as_admin(reg, cmd, now)? {
+        Outcome::UserAdded(u) => Ok(u),
+        o => unexpected(o),
+    }
+}
+
+/// Removes a user ([`Command::RemoveUser`] as the administrator). Returns how many tokens
+/// were revoked.
+pub fn remove_user(reg: &Registry, name: &str, now: u64) -> Result<usize, AuthError> {
+    let cmd = Command::RemoveUser {
+        name: name.to_owned(),
+    };
+    match as_admin(reg, cmd, now)? {
+        Outcome::UserRemoved { revoked } => Ok(revoked),
+        o => unexpected(o),
+    }
+}
+
+impl AuthFile {
+    pub(crate) fn add_user(
+        &mut self,
+        name: &str,
+        admin: bool,
+        now: u64,
+    ) -> Result<User, AuthError> {
+        if let Some(u) = self.user(name) {
             return Err(AuthError::Conflict(format!(
                 "user `{}` already exists",
                 u.name
             )));
         }
         let user = User {
-            id: data.next_user_id,
+            id: self.next_user_id,
             name: name.to_owned(),
             admin,
             created: now,
         };
-        data.next_user_id += 1;
-        data.users.push(user.clone());
+        self.next_user_id += 1;
+        self.users.push(user.clone());
         Ok(user)
-    })
-}
+    }
 
-/// Removes a user: their tokens are revoked and they leave every owner list (a crate left
-/// with no owner belongs to the admins). Returns how many tokens were revoked.
-pub fn remove_user(reg: &Registry, name: &str, now: u64) -> Result<usize, AuthError> {
-    modify(reg, |data| {
-        let user = data.user_or_err(name)?.name.clone();
-        data.users.retain(|u| u.name != user);
+    /// Removes a user: their tokens are revoked and they leave every owner list (a crate
+    /// left with no owner belongs to the admins). Returns their name as stored and how many
+    /// tokens were revoked.
+    pub(crate) fn remove_user(
+        &mut self,
+        name: &str,
+        now: u64,
+    ) -> Result<(String, usize), AuthError> {
+        let user = self.user_or_err(name)?.name.clone();
+        self.users.retain(|u| u.name != user);
         let mut revoked = 0;
-        for t in data.tokens.iter_mut().filter(|t| t.user == user) {
+        for t in self.tokens.iter_mut().filter(|t| t.user == user) {
             if t.revoked.is_none() {
                 t.revoked = Some(now);
                 revoked += 1;
             }
         }
-        for owners in data.owners.values_mut() {
+        for owners in self.owners.values_mut() {
             owners.retain(|o| *o != user);
         }
-        data.owners.retain(|_, owners| !owners.is_empty());
-        Ok(revoked)
-    })
+        self.owners.retain(|_, owners| !owners.is_empty());
+        Ok((user, revoked))
+    }
+
+    /// Revokes a token. Returns it, and false when it already was revoked.
+    pub(crate) fn revoke_token(&mut self, id: u64, now: u64) -> Result<(Token, bool), AuthError> {
+        let t = self
+            .tokens
+            .iter_mut()
+            .find(|t| t.id == id)
+            .ok_or_else(|| AuthError::NotFound(format!("no token with id {id}")))?;
+        let fresh = t.revoked.is_none();
+        if fresh {
+            t.revoked = Some(now);
+        }
+        Ok((t.clone(), fresh))
+    }
+
+    /// Records when tokens were last used; ids gone meanwhile are ignored.
+    pub(crate) fn record_use(&mut self, uses: &[(u64, u64)]) {
+        for &(id, at) in uses {
+            if let Some(t) = self.tokens.iter_mut().find(|t| t.id == id) {
+                t.last_used = Some(t.last_used.map_or(at, |old| old.max(at)));
+            }
+        }
+    }
+
+    /// Stores a new token for `user` (who must exist) with the hash of `secret`.
+    fn add_token(
+        &mut self,
+        user: &str,
+        secret: &str,
+        fields: TokenFields,
+    ) -> Result<Token, AuthError> {
+        let user = self.user_or_err(user)?.name.clone();
+        let token = Token {
+            id: self.next_token_id,
+            user,
+            sha256: sha256(secret.as_bytes()),
+            scopes: fields.scopes,
+            crates: fields.crates,
+            created: fields.created,
+            expires: fields.expires,
+            label: fields.label,
+            last_used: None,
+            revoked: None,
+        };
+        self.next_token_id += 1;
+        self.tokens.push(token.clone());
+        Ok(token)
+    }
+}
+
+/// What a new token is made of besides its user and secret.
+struct TokenFields {
+    scopes: Scopes,
+    crates: Vec<String>,
+    created: u64,
+    expires: Option<u64>,
+    label: Option<String>,
 }
 
 /// What a new token may do.
@@ -548,9 +695,21 @@ fn new_secret() -> Result<String, AuthError> {
     Ok(format!("{TOKEN_PREFIX}{}", hex(&bytes)))
 }
 
-/// Creates a token. Returns what is stored and the secret, which is never stored and must
-/// be shown to the user now.
+/// Creates a token ([`Command::CreateToken`] as the administrator). Returns what is stored
+/// and the secret, which is never stored and must be shown to the user now.
 pub fn create_token(reg: &Registry, req: NewToken, now: u64) -> Result<(Token, String), AuthError> {
+    match as_admin(reg, Command::CreateToken(req), now)? {
+        Outcome::TokenCreated { token, secret } => Ok((token, secret)),
+        o => unexpected(o),
+    }
+}
+
+/// [`Command::CreateToken`], lock held.
+pub(crate) fn create_token_in(
+    reg: &Registry,
+    req: NewToken,
+    now: u64,
+) -> Result<(Token, String), AuthError> {
     let scopes = req.scopes.unwrap_or(Scopes::ALL);
     if scopes.is_empty() {
         return Err(AuthError::Invalid(
@@ -578,89 +737,71 @@ pub fn create_token(reg: &Registry, req: NewToken, now: u64) -> Result<(Token, S
         None => None,
     };
     let secret = new_secret()?;
-    let token = modify(reg, |data| {
-        let user = data.user_or_err(&req.user)?.name.clone();
-        let token = Token {
-            id: data.next_token_id,
-            user,
-            sha256: sha256(secret.as_bytes()),
-            scopes,
-            crates: req.crates,
-            created: now,
-            expires,
-            label: req.label,
-            last_used: None,
-            revoked: None,
-        };
-        data.next_token_id += 1;
-        data.tokens.push(token.clone());
-        Ok(token)
-    })?;
+    let fields = TokenFields {
+        scopes,
+        crates: req.crates,
+        created: now,
+        expires,
+        label: req.label,
+    };
+    let token = edit(reg, |data| data.add_token(&req.user, &secret, fields))?;
     Ok((token, secret))
 }
 
-/// Revokes a token. Returns it, and false when it already was revoked.
+/// Revokes a token ([`Command::RevokeToken`] as the administrator). Returns it, and false
+/// when it already was revoked.
 pub fn revoke_token(reg: &Registry, id: u64, now: u64) -> Result<(Token, bool), AuthError> {
-    modify(reg, |data| {
-        let t = data
-            .tokens
-            .iter_mut()
-            .find(|t| t.id == id)
-            .ok_or_else(|| AuthError::NotFound(format!("no token with id {id}")))?;
-        let fresh = t.revoked.is_none();
-        if fresh {
-            t.revoked = Some(now);
-        }
-        Ok((t.clone(), fresh))
-    })
+    match as_admin(reg, Command::RevokeToken { id }, now)? {
+        Outcome::TokenRevoked { token, fresh } => Ok((token, fresh)),
+        o => unexpected(o),
+    }
 }
 
 /// Records when tokens were last used: `(token id, unix seconds)`. The server gathers these
-/// in memory and hands them over now and then; ids gone meanwhile are ignored.
+/// in memory and hands them over now and then ([`Command::RecordTokenUse`]).
 pub fn record_last_used(reg: &Registry, uses: &[(u64, u64)]) -> Result<(), AuthError> {
     if uses.is_empty() {
         return Ok(());
     }
-    modify(reg, |data| {
-        for &(id, at) in uses {
-            if let Some(t) = data.tokens.iter_mut().find(|t| t.id == id) {
-                t.last_used = Some(t.last_used.map_or(at, |old| old.max(at)));
-            }
-        }
-        Ok(())
-    })
+    as_actor(
+        reg,
+        Command::RecordTokenUse(uses.to_vec()),
+        &Actor::Server,
+        now(),
+    )
+    .map(drop)
 }
 
 /// Zero-config start: when the registry has no user yet, creates the admin user `admin` and
 /// one token with every scope, and returns its secret (to print once). `None` when users
-/// exist already.
+/// exist already ([`Command::FirstAdmin`]).
 pub fn bootstrap_admin(reg: &Registry, now: u64) -> Result<Option<String>, AuthError> {
+    match as_actor(reg, Command::FirstAdmin, &Actor::Server, now)? {
+        Outcome::FirstAdmin { secret } => Ok(secret),
+        o => unexpected(o),
+    }
+}
+
+/// [`Command::FirstAdmin`], lock held: the user, the token and its secret.
+pub(crate) fn first_admin_in(
+    reg: &Registry,
+    now: u64,
+) -> Result<Option<(User, Token, String)>, AuthError> {
     let secret = new_secret()?;
-    modify(reg, |data| {
+    edit(reg, |data| {
         if !data.users.is_empty() {
             return Ok(None);
         }
-        data.users.push(User {
-            id: data.next_user_id,
-            name: FIRST_ADMIN.into(),
-            admin: true,
-            created: now,
-        });
-        data.next_user_id += 1;
-        data.tokens.push(Token {
-            id: data.next_token_id,
-            user: FIRST_ADMIN.into(),
-            sha256: sha256(secret.as_bytes()),
+        let user = data.add_user(FIRST_ADMIN, true, now)?;
+        let fields = TokenFields {
             scopes: Scopes::ALL,
             crates: Vec::new(),
             created: now,
             expires: None,
             label: Some("created at first start".into()),
-            last_used: None,
-            revoked: None,
-        });
-        data.next_token_id += 1;
-        Ok(Some(secret))
+        };
+        let token = data.add_token(FIRST_ADMIN, &secret, fields)?;
+        Ok(Some((user, token, secret)))
     })
 }
 
@@ -685,7 +826,7 @@ pub fn owners_of_published(reg: &Registry, krate: &str) -> Result<Vec<User>, Aut
     Ok(data.effective_owners(krate).into_iter().cloned().collect())
 }
 
-/// Checks that `by` (a token holder; `None` is the local administrator at the CLI) may
+/// Checks that `by` (a token holder; `None`: an actor the checks do not apply to) may
 /// change the owners of `krate`.
 fn may_change_owners(data: &AuthFile, by: Option<&Principal>, krate: &str) -> Result<(), Refusal> {
     let Some(p) = by else { return Ok(()) };
@@ -693,39 +834,44 @@ fn may_change_owners(data: &AuthFile, by: Option<&Principal>, krate: &str) -> Re
     authorize_owner(data, p, krate)
 }
 
-/// Runs an owner change on a published crate, under the lock, once `by` is allowed to.
-fn change_owners(
+/// [`Command::AddOwners`] (`add`) or [`Command::RemoveOwners`] on a published crate, lock
+/// held, once `by` is allowed to. Returns the crate's spelling, the message cargo prints and
+/// the users added or removed.
+pub(crate) fn change_owners(
     reg: &Registry,
     krate: &str,
     users: &[String],
     by: Option<&Principal>,
-    change: impl FnOnce(&mut AuthFile, &str) -> Result<String, AuthError>,
-) -> Result<String, AuthError> {
+    add: bool,
+) -> Result<(String, String, Vec<String>), AuthError> {
     let real = existing_crate(reg, krate)?;
     if users.is_empty() {
         return Err(AuthError::Invalid("name at least one user".into()));
     }
-    modify(reg, |data| {
+    edit(reg, |data| {
         may_change_owners(data, by, &real)?;
-        change(data, &real)
+        let (msg, changed) = if add {
+            data.add_owners(&real, users)?
+        } else {
+            data.remove_owners(&real, users)?
+        };
+        Ok((real, msg, changed))
     })
 }
 
-/// Adds owners to a published crate. Returns the message cargo prints.
-pub fn add_owners(
-    reg: &Registry,
-    krate: &str,
-    users: &[String],
-    by: Option<&Principal>,
-) -> Result<String, AuthError> {
-    change_owners(reg, krate, users, by, |data, real| {
+impl AuthFile {
+    fn add_owners(
+        &mut self,
+        real: &str,
+        users: &[String],
+    ) -> Result<(String, Vec<String>), AuthError> {
         let mut added = Vec::new();
         for name in users {
-            let user = data.user_or_err(name)?.name.clone();
+            let user = self.user_or_err(name)?.name.clone();
             if added.contains(&user) {
                 return Err(AuthError::Invalid(format!("`{user}` is named twice")));
             }
-            if data.is_owner(&user, real) {
+            if self.is_owner(&user, real) {
                 return Err(AuthError::Conflict(format!(
                     "`{user}` is already an owner of `{real}`"
                 )));
@@ -736,28 +882,31 @@ pub fn add_owners(
             "user {} has been added as an owner of crate {real}",
             added.join(", ")
         );
-        data.owners
+        self.owners
             .entry(canonical(real))
             .or_default()
-            .extend(added);
-        Ok(msg)
-    })
-}
+            .extend(added.iter().cloned());
+        Ok((msg, added))
+    }
 
-/// Removes owners from a published crate; at least one recorded owner must remain.
-/// Returns the message for cargo.
-pub fn remove_owners(
-    reg: &Registry,
-    krate: &str,
-    users: &[String],
-    by: Option<&Principal>,
-) -> Result<String, AuthError> {
-    change_owners(reg, krate, users, by, |data, real| {
+    /// At least one recorded owner must remain.
+    fn remove_owners(
+        &mut self,
+        real: &str,
+        users: &[String],
+    ) -> Result<(String, Vec<String>), AuthError> {
         let key = canonical(real);
-        let mut owners = data.owners.get(&key).cloned().unwrap_or_default();
+        let mut owners = self.owners.get(&key).cloned().unwrap_or_default();
+        let mut removed = Vec::new();
         for name in users {
             let before = owners.len();
-            owners.retain(|o| !o.eq_ignore_ascii_case(name));
+            owners.retain(|o| {
+                let gone = o.eq_ignore_ascii_case(name);
+                if gone {
+                    removed.push(o.clone());
+                }
+                !gone
+            });
             if owners.len() == before {
                 return Err(AuthError::NotFound(format!(
                     "`{}` is not an owner of `{real}`",
@@ -770,20 +919,66 @@ pub fn remove_owners(
                 "cannot remove every owner of `{real}`; add another owner first"
             )));
         }
-        data.owners.insert(key, owners);
-        Ok(format!("owners successfully removed from crate {real}"))
-    })
+        self.owners.insert(key, owners);
+        Ok((
+            format!("owners successfully removed from crate {real}"),
+            removed,
+        ))
+    }
+
+    /// A new crate's publisher becomes its only owner.
+    pub(crate) fn set_first_owner(&mut self, krate: &str, user: &str) -> Result<String, AuthError> {
+        let user = self.user_or_err(user)?.name.clone();
+        self.owners.insert(canonical(krate), vec![user.clone()]);
+        Ok(user)
+    }
+
+    /// Forgets a crate's recorded owners (a name given up). Returns them.
+    pub(crate) fn forget_owners(&mut self, krate: &str) -> Vec<String> {
+        self.owners.remove(&canonical(krate)).unwrap_or_default()
+    }
 }
 
-/// After the first version of a crate was published: its publisher becomes its only owner
-/// (replacing owners left from a deleted crate of the same name). Called once the publish
-/// returned, outside its lock; if this fails, the crate belongs to the admins.
-pub fn record_first_owner(reg: &Registry, krate: &str, user: &str) -> Result<(), AuthError> {
-    modify(reg, |data| {
-        let user = data.user_or_err(user)?.name.clone();
-        data.owners.insert(canonical(krate), vec![user]);
-        Ok(())
-    })
+/// Adds owners to a published crate ([`Command::AddOwners`]; `by: None` as the
+/// administrator). Returns the message cargo prints.
+pub fn add_owners(
+    reg: &Registry,
+    krate: &str,
+    users: &[String],
+    by: Option<&Principal>,
+) -> Result<String, AuthError> {
+    let cmd = Command::AddOwners {
+        krate: krate.to_owned(),
+        users: users.to_vec(),
+    };
+    owners_shorthand(reg, cmd, by)
+}
+
+/// Removes owners from a published crate ([`Command::RemoveOwners`]); at least one recorded
+/// owner must remain. Returns the message for cargo.
+pub fn remove_owners(
+    reg: &Registry,
+    krate: &str,
+    users: &[String],
+    by: Option<&Principal>,
+) -> Result<String, AuthError> {
+    let cmd = Command::RemoveOwners {
+        krate: krate.to_owned(),
+        users: users.to_vec(),
+    };
+    owners_shorthand(reg, cmd, by)
+}
+
+fn owners_shorthand(
+    reg: &Registry,
+    cmd: Command,
+    by: Option<&Principal>,
+) -> Result<String, AuthError> {
+    let actor = by.map_or_else(Actor::cli, |p| Actor::Token(p.clone()));
+    match as_actor(reg, cmd, &actor, now())? {
+        Outcome::OwnersChanged { msg } => Ok(msg),
+        o => unexpected(o),
+    }
 }
 
 /// Checks that `p` may act as an owner of `krate` (yank, unyank, change owners, publish a
@@ -799,21 +994,58 @@ pub fn authorize_owner(data: &AuthFile, p: &Principal, krate: &str) -> Result<()
     })
 }
 
+/// What a crate name is, for a publish under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameState {
+    /// Never published, or given up: the publisher becomes its owner.
+    Free,
+    /// Has versions in the index.
+    Published,
+    /// Every version was deleted, and the name stays with the crate's owners (or with the
+    /// admins, when none are recorded).
+    Kept,
+}
+
 /// The publish check, once the crate's name is known: a new crate needs `publish-new`; a
-/// new version of an existing one needs `publish-update` and ownership.
+/// new version of an existing one needs `publish-update` and ownership; a deleted crate's
+/// kept name either scope, and ownership.
 pub fn authorize_publish(
     data: &AuthFile,
     p: &Principal,
     krate: &str,
-    exists: bool,
+    state: NameState,
 ) -> Result<(), Refusal> {
-    if exists {
-        p.check_scope(Scopes::PUBLISH_UPDATE, Some(krate))?;
-        authorize_owner(data, p, krate)
-    } else {
-        p.check_scope(Scopes::PUBLISH_NEW, Some(krate))?;
-        still_valid(data, p, now()).map(drop)
+    match state {
+        NameState::Published => {
+            p.check_scope(Scopes::PUBLISH_UPDATE, Some(krate))?;
+            authorize_owner(data, p, krate)
+        }
+        NameState::Kept => {
+            p.check_scope(
+                Scopes::PUBLISH_NEW.union(Scopes::PUBLISH_UPDATE),
+                Some(krate),
+            )?;
+            authorize_owner(data, p, krate).map_err(|r| match r {
+                Refusal::NotOwner { user, krate } => Refusal::NameKept { user, krate },
+                r => r,
+            })
+        }
+        NameState::Free => {
+            p.check_scope(Scopes::PUBLISH_NEW, Some(krate))?;
+            still_valid(data, p, now()).map(drop)
+        }
     }
+}
+
+/// Checks that `p` is an admin, against current data.
+pub fn authorize_admin(data: &AuthFile, p: &Principal) -> Result<(), Refusal> {
+    let user = still_valid(data, p, now())?;
+    if user.admin {
+        return Ok(());
+    }
+    Err(Refusal::NotAdmin {
+        user: user.name.clone(),
+    })
 }
 
 /// Checks again, against the current file, what the server's view checked when the request
@@ -834,40 +1066,60 @@ fn still_valid<'a>(data: &'a AuthFile, p: &Principal, now: u64) -> Result<&'a Us
         .ok_or(Refusal::Revoked { token: p.token })
 }
 
-/// Sets the access mode: `palletizer.toml` first (it is the truth), then `config.json`,
-/// committed. Returns the new settings.
+/// Sets the access mode ([`Command::SetAccess`] as the administrator). Returns the new
+/// settings.
 pub fn set_access(reg: &Registry, access: Access) -> Result<Settings, AuthError> {
-    let _lock = reg.lock()?;
+    match as_admin(reg, Command::SetAccess(access), now())? {
+        Outcome::AccessSet(settings) => Ok(settings),
+        o => unexpected(o),
+    }
+}
+
+/// `palletizer.toml` as it is on disk now (the registry's copy is that of its opening).
+fn current_settings(reg: &Registry) -> Result<Settings, AuthError> {
     let path = reg.root.join(SETTINGS_FILE);
     let text = fs::read_to_string(&path).map_err(|source| super::Error::Io {
         context: format!("reading {}", path.display()),
         source,
     })?;
-    let mut settings = Settings::parse(&text)
-        .map_err(|e| super::Error::Settings(format!("{}: {e}", path.display())))?;
+    Ok(Settings::parse(&text)
+        .map_err(|e| super::Error::Settings(format!("{}: {e}", path.display())))?)
+}
+
+/// [`Command::SetAccess`], lock held: `palletizer.toml` first (it is the truth), then
+/// `config.json`, committed. Returns the new settings and whether anything changed.
+pub(crate) fn set_access_locked(
+    reg: &Registry,
+    access: Access,
+) -> Result<(Settings, bool), AuthError> {
+    let mut settings = current_settings(reg)?;
     if access != Access::Open {
         auth_path(&reg.root, &settings)?;
     }
-    if settings.access != access {
+    let changed = settings.access != access;
+    if changed {
         settings.access = access;
-        write_atomic(&path, settings.to_toml().as_bytes())?;
+        write_atomic(&reg.root.join(SETTINGS_FILE), settings.to_toml().as_bytes())?;
     }
-    write_config_json(reg, &settings)?;
-    Ok(settings)
+    let config = write_config_json(reg, &settings)?;
+    Ok((settings, changed || config))
 }
 
 /// Rewrites and commits `config.json` when it disagrees with `palletizer.toml` (after a crash
-/// between the two writes of [`set_access`], or a hand edit). Returns whether it changed.
+/// between the two writes of [`set_access`], or a hand edit; [`Command::SyncAccess`]).
+/// Returns whether it changed.
 pub fn sync_config_json(reg: &Registry) -> Result<bool, AuthError> {
-    let _lock = reg.lock()?;
-    let path = reg.root.join(SETTINGS_FILE);
-    let text = fs::read_to_string(&path).map_err(|source| super::Error::Io {
-        context: format!("reading {}", path.display()),
-        source,
-    })?;
-    let settings = Settings::parse(&text)
-        .map_err(|e| super::Error::Settings(format!("{}: {e}", path.display())))?;
-    write_config_json(reg, &settings)
+    match as_actor(reg, Command::SyncAccess, &Actor::Server, now())? {
+        Outcome::AccessSynced { changed } => Ok(changed),
+        o => unexpected(o),
+    }
+}
+
+/// [`Command::SyncAccess`], lock held: the settings, and whether `config.json` changed.
+pub(crate) fn sync_config_json_locked(reg: &Registry) -> Result<(Settings, bool), AuthError> {
+    let settings = current_settings(reg)?;
+    let changed = write_config_json(reg, &settings)?;
+    Ok((settings, changed))
 }
 
 /// Lock held. Writes `config.json` from `settings` if it differs, and commits it.
@@ -902,6 +1154,8 @@ pub enum Refusal {
     CrateScope { token: u64, krate: String },
     #[error("user `{user}` is not an owner of `{krate}`")]
     NotOwner { user: String, krate: String },
+    #[error("user `{user}` is not an owner of the deleted crate `{krate}`, whose name is kept")]
+    NameKept { user: String, krate: String },
     #[error("user `{user}` is not an admin")]
     NotAdmin { user: String },
 }
@@ -917,6 +1171,7 @@ impl Refusal {
             Refusal::Scope { .. } => "scope",
             Refusal::CrateScope { .. } => "crate scope",
             Refusal::NotOwner { .. } => "not an owner",
+            Refusal::NameKept { .. } => "name kept",
             Refusal::NotAdmin { .. } => "not an admin",
         }
     }
@@ -948,7 +1203,13 @@ impl Refusal {
             }
             Refusal::NotOwner { user, krate } => format!(
                 "user `{user}` is not an owner of crate `{krate}`; an owner can add them with \
-                 `cargo owner --add {user} {krate}`"
+                 `cargo owner --registry {REGISTRY_NAME} --add {user} {krate}` (`{REGISTRY_NAME}` \
+                 being this registry's name in their cargo config)"
+            ),
+            Refusal::NameKept { user, krate } => format!(
+                "crate `{krate}` was deleted and its name stays with its owners: user `{user}` \
+                 is not one of them, so only they or an admin may publish it again (an admin \
+                 can give the name up with `palletizer delete {krate} --release-name`)"
             ),
             Refusal::NotAdmin { user } => format!("user `{user}` is not an admin"),
         }
@@ -1303,6 +1564,15 @@ mod tests {
 
     fn publish(reg: &Registry, name: &str) {
         reg.publish(None, &simple_crate(name, "1.0.0", &[])[..])
+            .unwrap();
+    }
+
+    /// Publishes `name` 1.0.0 as the token holder `p`, through the server's path.
+    fn publish_as(reg: &Registry, name: &str, p: &Principal) {
+        let checked = reg
+            .check_upload(None, &simple_crate(name, "1.0.0", &[])[..])
+            .unwrap();
+        reg.apply(Command::Publish(checked), &Actor::Token(p.clone()))
             .unwrap();
     }
 
@@ -1665,15 +1935,14 @@ mod tests {
 
         // A new crate: anyone with publish-new; the publisher becomes its owner.
         let data = AuthFile::load(&reg).unwrap();
-        authorize_publish(&data, &alice, "Foo-Bar", false).unwrap();
-        publish(&reg, "Foo-Bar");
-        record_first_owner(&reg, "Foo-Bar", "alice").unwrap();
+        authorize_publish(&data, &alice, "Foo-Bar", NameState::Free).unwrap();
+        publish_as(&reg, "Foo-Bar", &alice);
         let data = AuthFile::load(&reg).unwrap();
         assert_eq!(data.recorded_owners("foo_bar"), ["alice"]);
-        authorize_publish(&data, &alice, "Foo-Bar", true).unwrap();
-        authorize_publish(&data, &root, "Foo-Bar", true).unwrap();
+        authorize_publish(&data, &alice, "Foo-Bar", NameState::Published).unwrap();
+        authorize_publish(&data, &root, "Foo-Bar", NameState::Published).unwrap();
         assert_eq!(
-            authorize_publish(&data, &bob, "Foo-Bar", true),
+            authorize_publish(&data, &bob, "Foo-Bar", NameState::Published),
             Err(Refusal::NotOwner {
                 user: "bob".into(),
                 krate: "Foo-Bar".into()
@@ -1695,7 +1964,7 @@ mod tests {
             ["alice", "bob"]
         );
         let data = AuthFile::load(&reg).unwrap();
-        authorize_publish(&data, &bob, "Foo-Bar", true).unwrap();
+        authorize_publish(&data, &bob, "Foo-Bar", NameState::Published).unwrap();
         let again = add_owners(&reg, "Foo-Bar", &["bob".into()], None).unwrap_err();
         assert!(matches!(again, AuthError::Conflict(_)), "{again}");
         let nobody = add_owners(&reg, "Foo-Bar", &["carol".into()], None).unwrap_err();
@@ -1720,20 +1989,35 @@ mod tests {
         let data = AuthFile::load(&reg).unwrap();
         assert!(data.recorded_owners("legacy").is_empty());
         assert_eq!(logins(list_owners(&reg, "legacy").unwrap()), ["root"]);
-        authorize_publish(&data, &root, "legacy", true).unwrap();
-        assert!(authorize_publish(&data, &alice, "legacy", true).is_err());
+        authorize_publish(&data, &root, "legacy", NameState::Published).unwrap();
+        assert!(authorize_publish(&data, &alice, "legacy", NameState::Published).is_err());
 
         // Removing a user drops them from owner lists; an emptied crate goes to the admins.
         remove_user(&reg, "bob", T0).unwrap();
         let data = AuthFile::load(&reg).unwrap();
         assert!(data.recorded_owners("Foo-Bar").is_empty());
         assert_eq!(
-            authorize_publish(&data, &bob, "Foo-Bar", true),
+            authorize_publish(&data, &bob, "Foo-Bar", NameState::Published),
             Err(Refusal::Revoked { token: 2 })
         );
         assert_eq!(
-            authorize_publish(&data, &bob, "brand-new", false),
+            authorize_publish(&data, &bob, "brand-new", NameState::Free),
             Err(Refusal::Revoked { token: 2 })
+        );
+    }
+
+    /// What broke: the hint said `cargo owner --add bob foo`, which, pasted as given, goes to
+    /// crates.io.
+    #[test]
+    fn the_not_owner_hint_names_the_registry() {
+        let detail = Refusal::NotOwner {
+            user: "bob".into(),
+            krate: "foo".into(),
+        }
+        .detail();
+        assert!(
+            detail.contains("`cargo owner --registry palletizer --add bob foo`"),
+            "{detail}"
         );
     }
 
@@ -1750,23 +2034,22 @@ mod tests {
         let update_only = v
             .authorize(Some(&update_only), Need::Publish, None, T0)
             .unwrap();
-        publish(&reg, "foo");
-        record_first_owner(&reg, "foo", "alice").unwrap();
+        publish_as(&reg, "foo", &new_only);
         let data = AuthFile::load(&reg).unwrap();
-        authorize_publish(&data, &new_only, "bar", false).unwrap();
+        authorize_publish(&data, &new_only, "bar", NameState::Free).unwrap();
         assert!(matches!(
-            authorize_publish(&data, &new_only, "foo", true),
+            authorize_publish(&data, &new_only, "foo", NameState::Published),
             Err(Refusal::Scope { .. })
         ));
-        authorize_publish(&data, &update_only, "foo", true).unwrap();
+        authorize_publish(&data, &update_only, "foo", NameState::Published).unwrap();
         assert!(matches!(
-            authorize_publish(&data, &update_only, "bar", false),
+            authorize_publish(&data, &update_only, "bar", NameState::Free),
             Err(Refusal::Scope { .. })
         ));
         let mut foo_new = update_only.clone();
         foo_new.scopes = Scopes::ALL;
         assert!(matches!(
-            authorize_publish(&data, &foo_new, "bar", false),
+            authorize_publish(&data, &foo_new, "bar", NameState::Free),
             Err(Refusal::CrateScope { .. })
         ));
     }

@@ -419,6 +419,32 @@ pub enum Rules {
     Add,
 }
 
+/// The setting that turns [`require_description_and_license`] off, as `palletizer.toml`
+/// spells it.
+pub const REQUIRE_DESCRIPTION_AND_LICENSE: &str = "require-description-and-license";
+
+/// crates.io's rule: a crate says what it is (`description`, not blank) and under which
+/// terms (`license` or `license-file`). Names what is missing and how to turn it off.
+pub fn require_description_and_license(meta: &PublishMetadata) -> Result<(), String> {
+    let given = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+    let mut missing = Vec::new();
+    if !given(&meta.description) {
+        missing.push("`description`");
+    }
+    if !given(&meta.license) && !given(&meta.license_file) {
+        missing.push("`license` (or `license-file`)");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the manifest has no {}: this registry requires a description and a license, as \
+         crates.io does; add them to `[package]` in Cargo.toml (an admin can turn the check off \
+         with `{REQUIRE_DESCRIPTION_AND_LICENSE} = false` in palletizer.toml)",
+        missing.join(" and no ")
+    ))
+}
+
 /// Checks what the index line will carry: sizes, names, requirements, targets, features,
 /// rust-version. Returns a message a person can act on.
 pub fn validate(meta: &PublishMetadata, rules: Rules) -> Result<(), String> {
@@ -878,6 +904,38 @@ pub(crate) mod round_trip {
             let line = e.to_line();
             prop_assert!(line.len() <= MAX_INDEX_LINE + 100);
             prop_assert_eq!(index::parse_file(&format!("{line}\n")), vec![e]);
+        }
+    }
+
+    #[test]
+    fn a_description_and_a_license_are_required_by_name() {
+        let meta = |description: Option<&str>, license: Option<&str>, file: Option<&str>| {
+            let mut m =
+                PublishMetadata::from_manifest("[package]\nname='x'\nversion='1.0.0'").unwrap();
+            m.description = description.map(str::to_owned);
+            m.license = license.map(str::to_owned);
+            m.license_file = file.map(str::to_owned);
+            m
+        };
+        require_description_and_license(&meta(Some("d"), Some("MIT"), None)).unwrap();
+        require_description_and_license(&meta(Some("d"), None, Some("LICENSE"))).unwrap();
+        for (m, missing) in [
+            (
+                meta(None, None, None),
+                "no `description` and no `license` (or `license-file`):",
+            ),
+            (meta(Some("  "), Some("MIT"), None), "no `description`:"),
+            (
+                meta(Some("d"), Some(""), None),
+                "no `license` (or `license-file`):",
+            ),
+        ] {
+            let e = require_description_and_license(&m).unwrap_err();
+            assert!(e.contains(missing), "{e}");
+            assert!(
+                e.contains("`require-description-and-license = false`"),
+                "{e}"
+            );
         }
     }
 }

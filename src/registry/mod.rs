@@ -1,16 +1,18 @@
 //! The registry as files: `palletizer.toml`, the `index/` git repository whose working tree is
 //! the sparse index, and `crates/` with one immutable `.crate` file per version.
 //!
-//! Every change goes through one path: take the registry lock (an advisory file lock), note
-//! the crate in the journal (`.pending`), write files under a temp name, fsync and rename
-//! them into place, rewrite the crate's index file whole, make one git commit, update the
-//! search data, clear the journal, release the lock. Opening a registry (under the lock, so
+//! Every change is a [`Command`] run by [`Registry::apply`] ([`command`]): take the registry
+//! lock (an advisory file lock), decide what depends on registry state, note the crate in
+//! the journal (`.pending`), write files under a temp name, fsync and rename them into
+//! place, rewrite the crate's index file whole, make one git commit, update the search data,
+//! clear the journal, release the lock, and return the events the change caused. Opening a registry (under the lock, so
 //! no writer can be alive) repairs what a crash left half-done: stale git lock files and temp
 //! files are removed, git's index is put back to HEAD, index edits on disk but not committed
 //! are committed, and for each crate in the journal, crate files without an index line are
 //! moved aside to `orphans/` (never deleted) and the search line is rebuilt.
 //!
 //! A deleted version leaves a tombstone ([`tombstone`]): its number is never published again.
+//! A deleted crate's name stays with its owners (or its admins) until an admin gives it up.
 //!
 //! Crate names enter only as [`CrateName`], which only validation makes.
 //!
@@ -19,6 +21,7 @@
 pub mod auth;
 pub mod backup;
 pub mod check;
+pub mod command;
 pub mod crateinfo;
 pub mod git;
 pub mod gitpack;
@@ -36,10 +39,12 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use command::{Actor, Applied, Change, Command, Event, Outcome};
 pub use index::{IndexEntry, CRATES_IO_INDEX};
 pub use metadata::PublishMetadata;
 pub use settings::Settings;
 
+use auth::{AuthError, NameState};
 pub use names::CrateName;
 use names::Version;
 
@@ -49,6 +54,40 @@ struct Via<'a> {
     rules: metadata::Rules,
     file_name: Option<&'a str>,
     pubtime: Option<index::Pubtime>,
+}
+
+/// A crate file checked against everything that needs no registry state (its archive, its
+/// metadata, the settings), stored under a temp name in the crates directory until a
+/// [`Command::Publish`] moves it into place; removed if it is dropped first.
+#[derive(Debug)]
+pub struct CheckedCrate {
+    tmp: TempFile,
+    /// Boxed, so a [`Command`] stays small.
+    meta: Box<PublishMetadata>,
+    name: CrateName,
+    version: Version,
+    entry: Box<IndexEntry>,
+    readme_html: Option<String>,
+}
+
+impl CheckedCrate {
+    pub fn name(&self) -> &CrateName {
+        &self.name
+    }
+
+    pub fn vers(&self) -> &str {
+        &self.meta.vers
+    }
+}
+
+/// A temp file removed when dropped (unless it was renamed away first).
+#[derive(Debug)]
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
 }
 
 /// The registry's settings file, at its root.
@@ -433,13 +472,6 @@ impl Registry {
         Ok(git::maintain(&self.index_dir)?)
     }
 
-    /// Squashes the index history to one commit (see [`git::squash`]).
-    pub fn squash_index(&self) -> Result<(String, git::Packed)> {
-        let _lock = self.lock()?;
-        let (oid, packed) = git::squash(&self.index_dir, "Squash index history")?;
-        Ok((oid.to_string(), packed))
-    }
-
     /// Whether the index holds any crate (walks the index tree: only asked when the search
     /// file is missing).
     fn has_crates(&self) -> Result<bool> {
@@ -509,6 +541,16 @@ impl Registry {
                  delete cut short)"
             ));
         }
+        if entries.is_empty() {
+            let owners = self.drop_unpublished_owners(name)?;
+            if !owners.is_empty() {
+                done.push(format!(
+                    "forgot the owner(s) {} a first publish of {name} recorded before it was \
+                     cut short",
+                    owners.join(", ")
+                ));
+            }
+        }
         for orphan in self.orphans_of(name, &entries)? {
             let to = self.move_aside(&orphan)?;
             done.push(format!(
@@ -522,6 +564,29 @@ impl Registry {
             done.push(format!("rebuilt the search line of {name}"));
         }
         Ok(done)
+    }
+
+    /// Forgets the owners recorded for a journaled name that has no version and no tombstone
+    /// keeping it (lock held): a first publish writes its publisher as owner before its index
+    /// commit, and one cut short in between leaves them. Returns them. Access control data
+    /// that cannot be read is left alone, for its own error to tell.
+    fn drop_unpublished_owners(&self, name: &CrateName) -> Result<Vec<String>> {
+        if tombstone::read(&self.root)?
+            .0
+            .iter()
+            .any(|t| t.keeps_name(name))
+        {
+            return Ok(Vec::new());
+        }
+        let Ok(mut edit) = auth::Edit::open(self) else {
+            return Ok(Vec::new());
+        };
+        let owners = edit.data.forget_owners(name);
+        match edit.save() {
+            Ok(()) => Ok(owners),
+            Err(AuthError::Registry(e)) => Err(e),
+            Err(_) => Ok(Vec::new()),
+        }
     }
 
     /// Notes in the journal that `name` is about to change (lock held). A journal left by
@@ -736,19 +801,48 @@ impl Registry {
             || norm(&file_url) == url
     }
 
-    /// Publishes a `.crate` file with the metadata in its `Cargo.toml` (`palletizer add`),
-    /// with the time of the add as its `pubtime`.
-    pub fn add_file(&self, path: &Path) -> Result<IndexEntry> {
+    /// Publishes a `.crate` file with the metadata in its `Cargo.toml`, as the administrator
+    /// at the command line (`palletizer add`), with the time of the add as its `pubtime`.
+    pub fn add_file(&self, path: &Path) -> Result<IndexEntry, AuthError> {
         self.add_file_published(path, None)
     }
 
     /// [`Registry::add_file`] with the version's original publish time, when it is known.
-    /// A file named like a crate file must be named for the crate it holds.
     pub fn add_file_published(
         &self,
         path: &Path,
         pubtime: Option<index::Pubtime>,
-    ) -> Result<IndexEntry> {
+    ) -> Result<IndexEntry, AuthError> {
+        let checked = self.check_crate_file(path, pubtime)?;
+        self.publish_as(checked, &Actor::cli())
+    }
+
+    /// Publishes a crate as the administrator at the command line: `meta` is what cargo
+    /// sent (None: derive it from the manifest), `tarball` the `.crate` bytes.
+    pub fn publish(
+        &self,
+        meta: Option<PublishMetadata>,
+        tarball: impl Read,
+    ) -> Result<IndexEntry, AuthError> {
+        let checked = self.check_upload(meta, tarball)?;
+        self.publish_as(checked, &Actor::cli())
+    }
+
+    fn publish_as(&self, checked: CheckedCrate, actor: &Actor) -> Result<IndexEntry, AuthError> {
+        match self.apply(Command::Publish(checked), actor)?.outcome {
+            Outcome::Published(entry) => Ok(entry),
+            o => unreachable!("a publish answered {o:?}"),
+        }
+    }
+
+    /// Checks a crate file for `palletizer add` (its metadata from its `Cargo.toml`, under
+    /// the rules for crate files another registry took): a file named like a crate file must
+    /// be named for the crate it holds. `pubtime`: its original publish time, when known.
+    pub fn check_crate_file(
+        &self,
+        path: &Path,
+        pubtime: Option<index::Pubtime>,
+    ) -> Result<CheckedCrate> {
         let f = File::open(path)
             .map_err(|e| Error::Invalid(format!("cannot read the crate file: {e}")))?;
         let file_name = path
@@ -760,44 +854,39 @@ impl Registry {
             file_name,
             pubtime,
         };
-        self.publish_checked(None, f, via)
+        self.check_via(None, f, via)
     }
 
-    /// Publishes a crate: `meta` is what cargo sent (None: derive it from the manifest),
-    /// `tarball` the `.crate` bytes. Checks everything before touching the registry.
-    pub fn publish(&self, meta: Option<PublishMetadata>, tarball: impl Read) -> Result<IndexEntry> {
+    /// Checks an upload for a publish: `meta` is what cargo sent (None: derive it from the
+    /// manifest), `tarball` the `.crate` bytes.
+    pub fn check_upload(
+        &self,
+        meta: Option<PublishMetadata>,
+        tarball: impl Read,
+    ) -> Result<CheckedCrate> {
         let via = Via {
             rules: metadata::Rules::Publish,
             file_name: None,
             pubtime: None,
         };
-        self.publish_checked(meta, tarball, via)
+        self.check_via(meta, tarball, via)
     }
 
-    fn publish_checked(
+    /// Everything about a crate file that needs no registry state, before the lock: the
+    /// archive, the metadata against the manifest and the settings. The file is stored
+    /// under a temp name meanwhile, synced.
+    fn check_via(
         &self,
         meta: Option<PublishMetadata>,
         tarball: impl Read,
         via: Via<'_>,
-    ) -> Result<IndexEntry> {
+    ) -> Result<CheckedCrate> {
         fs::create_dir_all(&self.crates_dir)
             .context(|| format!("creating {}", self.crates_dir.display()))?;
-        let tmp = temp_path(&self.crates_dir, "upload.crate");
-        let result = self.publish_via(&tmp, meta, tarball, via);
-        if tmp.exists() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
-    }
-
-    fn publish_via(
-        &self,
-        tmp: &Path,
-        meta: Option<PublishMetadata>,
-        tarball: impl Read,
-        via: Via<'_>,
-    ) -> Result<IndexEntry> {
-        let mut out = File::create(tmp).context(|| format!("creating {}", tmp.display()))?;
+        let tmp = TempFile(temp_path(&self.crates_dir, "upload.crate"));
+        let tmp_path = tmp.0.as_path();
+        let mut out =
+            File::create(tmp_path).context(|| format!("creating {}", tmp_path.display()))?;
         let limits = tarball::Limits {
             max_size: self.settings.max_crate_size,
             max_unpacked: self.settings.max_unpacked_size,
@@ -857,6 +946,43 @@ impl Registry {
                 names::shown(&inspected.top_dir)
             )));
         }
+        self.check_settings_allow(&meta)?;
+        out.sync_all()
+            .context(|| format!("syncing {}", tmp_path.display()))?;
+        drop(out);
+        // Rendered here, before the lock: the crate page only reads the result.
+        let readme_html = match meta.readme.as_deref() {
+            Some(text) => crateinfo::render_readme(text),
+            None => manifest_readme
+                .as_deref()
+                .and_then(|f| {
+                    crateinfo::readme_from_crate(tmp_path, &top, f)
+                        .ok()
+                        .flatten()
+                })
+                .and_then(|text| crateinfo::render_readme(&text)),
+        };
+
+        let version = Version::parse(&meta.vers).map_err(|e| Error::Invalid(e.to_string()))?;
+        let pubtime = via.pubtime.unwrap_or_else(index::Pubtime::now);
+        let entry =
+            IndexEntry::from_publish(&meta, &inspected.cksum, pubtime.as_str().into(), |u| {
+                self.is_own_index(u)
+            });
+        Ok(CheckedCrate {
+            tmp,
+            meta: Box::new(meta),
+            name,
+            version,
+            entry: Box::new(entry),
+            readme_html,
+        })
+    }
+
+    /// What `palletizer.toml` asks of a crate: dependencies only from the registries it
+    /// allows, and (last, so that everything else wrong with a crate is said first) a
+    /// description and a license unless the setting is off.
+    fn check_settings_allow(&self, meta: &PublishMetadata) -> Result<()> {
         for d in &meta.deps {
             if let Some(r) = &d.registry {
                 if !self.is_own_index(r) && !self.settings.allowed_registries.iter().any(|a| a == r)
@@ -868,37 +994,112 @@ impl Registry {
                 }
             }
         }
-        out.sync_all()
-            .context(|| format!("syncing {}", tmp.display()))?;
-        drop(out);
-        // Rendered here, before the lock: the crate page only reads the result.
-        let readme_html = match meta.readme.as_deref() {
-            Some(text) => crateinfo::render_readme(text),
-            None => manifest_readme
-                .as_deref()
-                .and_then(|f| crateinfo::readme_from_crate(tmp, &top, f).ok().flatten())
-                .and_then(|text| crateinfo::render_readme(&text)),
-        };
+        if self.settings.require_description_and_license {
+            metadata::require_description_and_license(meta).map_err(Error::Invalid)?;
+        }
+        Ok(())
+    }
 
-        let version = Version::parse(&meta.vers).map_err(|e| Error::Invalid(e.to_string()))?;
-        let pubtime = via.pubtime.unwrap_or_else(index::Pubtime::now);
-        let entry =
-            IndexEntry::from_publish(&meta, &inspected.cksum, pubtime.as_str().into(), |u| {
-                self.is_own_index(u)
-            });
-        let _lock = self.lock()?;
+    /// [`Command::Publish`], lock held. `by`: the token holder the checks apply to. A new
+    /// crate's publisher becomes its owner in the same step; a deleted crate's kept name
+    /// keeps its owners.
+    fn publish_locked(
+        &self,
+        checked: CheckedCrate,
+        by: Option<&auth::Principal>,
+        changes: &mut Vec<Change>,
+    ) -> Result<IndexEntry, AuthError> {
+        let CheckedCrate {
+            tmp,
+            meta,
+            name,
+            version,
+            entry,
+            readme_html,
+        } = checked;
+        // Who may publish under this name, decided first (a refusal says nothing of what
+        // else is wrong).
+        let mut first_owner = None;
+        let mut access = None;
+        if let Some(p) = by {
+            let mut edit = auth::Edit::open(self)?;
+            let state = self.name_state(&name, &edit.data)?;
+            auth::authorize_publish(&edit.data, p, &name, state)?;
+            if state == NameState::Free {
+                first_owner = Some(edit.data.set_first_owner(&name, &p.user)?);
+            }
+            access = Some(edit);
+        }
         self.check_name_free(&name)?;
         let mut entries = self.entries(&name)?;
+        self.check_version_free(&meta, &version, &entries)?;
+        let new_crate = entries.is_empty();
+        self.journal(&name)?;
+        // The owner goes in first, kept to be put back: a publish that fails takes it along,
+        // and the journal's repair drops it after a crash (see `drop_unpublished_owners`).
+        let previous_owners = match access.map(auth::Edit::save_keeping).transpose() {
+            Ok(p) => p.flatten(),
+            Err(e) => {
+                self.journal_done();
+                return Err(e);
+            }
+        };
+        let placed = self.place(&tmp.0, &name, &version, &meta, readme_html.as_deref());
+        let committed = placed.and_then(|dest| {
+            entries.push((*entry).clone());
+            let message = format!("Add {} {}", meta.name, meta.vers);
+            self.write_index_file(&name, &entries, &message)
+                .inspect_err(|_| self.unplace(&dest))
+        });
+        if let Err(e) = committed {
+            if let Some(previous) = previous_owners {
+                let _ = previous.put_back();
+            }
+            self.journal_done();
+            return Err(e.into());
+        }
+        if let Some(previous) = previous_owners {
+            previous.forget();
+        }
+        let newest = search::max_version(&entries);
+        let described = newest.as_deref() == Some(meta.vers.as_str());
+        self.update_search(
+            &name,
+            &entries,
+            described.then(|| (meta.description.clone(), meta.keywords.clone())),
+        );
+        changes.push(Change::Published {
+            name: entry.name.clone(),
+            vers: entry.vers.clone(),
+            cksum: entry.cksum.clone(),
+            new_crate,
+        });
+        if let Some(user) = first_owner {
+            changes.push(Change::OwnersAdded {
+                name: entry.name.clone(),
+                users: vec![user],
+            });
+        }
+        Ok(*entry)
+    }
+
+    /// Refuses a version that is published (less build metadata) or was deleted (lock held).
+    fn check_version_free(
+        &self,
+        meta: &PublishMetadata,
+        version: &Version,
+        entries: &[IndexEntry],
+    ) -> Result<()> {
         if let Some(e) = entries
             .iter()
-            .find(|e| Version::parse(&e.vers).is_ok_and(|v| v.same_release(&version)))
+            .find(|e| Version::parse(&e.vers).is_ok_and(|v| v.same_release(version)))
         {
             return Err(Error::Conflict(format!(
                 "crate version `{}` of `{}` is already uploaded (as {})",
                 meta.vers, meta.name, e.vers
             )));
         }
-        if let Some(t) = tombstone::find(&self.root, &name, &version)? {
+        if let Some(t) = tombstone::find(&self.root, &meta.name, version)? {
             return Err(Error::Conflict(format!(
                 "crate version `{}` of `{}` was deleted on {} (as {} {}), and version numbers \
                  cannot be reused: caches may still hold the deleted file; publish a new version",
@@ -909,41 +1110,68 @@ impl Registry {
                 names::shown(&t.vers),
             )));
         }
-        let dest = self.crate_path(&name, &version);
+        Ok(())
+    }
+
+    /// Moves a journaled crate's file into place with its page files (lock held). Returns
+    /// where the crate file went.
+    fn place(
+        &self,
+        tmp: &Path,
+        name: &CrateName,
+        version: &Version,
+        meta: &PublishMetadata,
+        readme_html: Option<&str>,
+    ) -> Result<PathBuf> {
+        let dest = self.crate_path(name, version);
         let dest_dir = dest.parent().expect("crate paths have a parent");
-        self.journal(&name)?;
         // The page files go in with the crate file, before the commit: a publish that is
         // answered 200 has them, and one that fails (or is killed) takes them along (the
         // journal's repair moves leftovers aside like the crate file).
-        let info = crateinfo::CrateInfo::from_meta(&meta);
+        let info = crateinfo::CrateInfo::from_meta(meta);
         let placed = (|| {
             fs::create_dir_all(dest_dir).context(|| format!("creating {}", dest_dir.display()))?;
-            crateinfo::store(&dest, &info, readme_html.as_deref())?;
+            crateinfo::store(&dest, &info, readme_html)?;
             fs::rename(tmp, &dest)
                 .context(|| format!("moving crate file to {}", dest.display()))?;
             sync_dir(dest_dir).context(|| format!("syncing {}", dest_dir.display()))
         })();
-        entries.push(entry.clone());
-        let message = format!("Add {} {}", meta.name, meta.vers);
-        if let Err(e) = placed.and_then(|()| self.write_index_file(&name, &entries, &message)) {
-            // Nothing of this publish stays: no crate file, no page files, no index line,
-            // nothing staged.
-            let [info_file, readme_file] = crateinfo::sidecars(&dest);
-            for p in [&dest, &info_file, &readme_file] {
-                let _ = fs::remove_file(p);
+        match placed {
+            Ok(()) => Ok(dest),
+            Err(e) => {
+                self.unplace(&dest);
+                Err(e)
             }
-            let _ = fs::remove_dir(dest_dir);
-            self.journal_done();
-            return Err(e);
         }
-        let newest = search::max_version(&entries);
-        let described = newest.as_deref() == Some(meta.vers.as_str());
-        self.update_search(
-            &name,
-            &entries,
-            described.then(|| (meta.description.clone(), meta.keywords.clone())),
-        );
-        Ok(entry)
+    }
+
+    /// Nothing of a publish that failed stays: no crate file, no page files.
+    fn unplace(&self, dest: &Path) {
+        let [info_file, readme_file] = crateinfo::sidecars(dest);
+        for p in [dest, &info_file, &readme_file] {
+            let _ = fs::remove_file(p);
+        }
+        if let Some(dir) = dest.parent() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
+    /// Whether `name` is published, kept for the owners of a deleted crate (owners recorded,
+    /// or versions deleted and the name not given up), or free (lock held).
+    fn name_state(&self, name: &CrateName, data: &auth::AuthFile) -> Result<NameState> {
+        if self.find_canonical(name)?.is_some() {
+            return Ok(NameState::Published);
+        }
+        let kept = !data.recorded_owners(name).is_empty()
+            || tombstone::read(&self.root)?
+                .0
+                .iter()
+                .any(|t| t.keeps_name(name));
+        Ok(if kept {
+            NameState::Kept
+        } else {
+            NameState::Free
+        })
     }
 
     /// Refuses a name whose canonical form belongs to a crate spelled differently.
@@ -1084,9 +1312,41 @@ impl Registry {
         Ok((entries, i))
     }
 
-    /// Marks a version yanked (or not). Returns false when it already was in that state.
-    pub fn set_yanked(&self, name: &CrateName, vers: &str, yanked: bool) -> Result<bool> {
-        let _lock = self.lock()?;
+    /// Marks a version yanked (or not) as the administrator at the command line. Returns
+    /// false when it already was in that state.
+    pub fn set_yanked(
+        &self,
+        name: &CrateName,
+        vers: &str,
+        yanked: bool,
+    ) -> Result<bool, AuthError> {
+        let cmd = Command::Yank {
+            name: name.clone(),
+            vers: vers.to_owned(),
+            yanked,
+        };
+        match self.apply(cmd, &Actor::cli())?.outcome {
+            Outcome::Yanked { changed } => Ok(changed),
+            o => unreachable!("a yank answered {o:?}"),
+        }
+    }
+
+    /// [`Command::Yank`], lock held. A crate that does not exist has no owners to ask: the
+    /// yank itself answers that it does not exist.
+    fn yank_locked(
+        &self,
+        name: &CrateName,
+        vers: &str,
+        yanked: bool,
+        by: Option<&auth::Principal>,
+        changes: &mut Vec<Change>,
+    ) -> Result<bool, AuthError> {
+        if let Some(p) = by {
+            if let Some(real) = self.find_canonical(name)? {
+                let data = auth::AuthFile::load(self)?;
+                auth::authorize_owner(&data, p, &real)?;
+            }
+        }
         let (mut entries, i) = self.find_version(name, vers)?;
         if entries[i].yanked == yanked {
             return Ok(false);
@@ -1097,56 +1357,125 @@ impl Registry {
         self.journal(name)?;
         if let Err(e) = self.write_index_file(name, &entries, &message) {
             self.journal_done();
-            return Err(e);
+            return Err(e.into());
         }
         self.update_search(name, &entries, None);
+        let (name, vers) = (entries[i].name.clone(), entries[i].vers.clone());
+        changes.push(if yanked {
+            Change::Yanked { name, vers }
+        } else {
+            Change::Unyanked { name, vers }
+        });
         Ok(true)
     }
 
-    /// Removes one version, or every version, of a crate: tombstones first (so that the
-    /// version numbers are never used again, see [`tombstone`]), then index lines
-    /// (committed), then crate files. Returns the versions removed. Deleting every version
-    /// frees no version number, but the name stays usable for new versions.
-    pub fn delete(&self, name: &CrateName, vers: Option<&str>) -> Result<Vec<String>> {
-        let _lock = self.lock()?;
+    /// Removes one version, or every version, of a crate as the administrator at the
+    /// command line (see [`Command::Delete`]). Returns the versions removed.
+    pub fn delete(&self, name: &CrateName, vers: Option<&str>) -> Result<Vec<String>, AuthError> {
+        let cmd = Command::Delete {
+            name: name.clone(),
+            vers: vers.map(str::to_owned),
+            release_name: false,
+        };
+        match self.apply(cmd, &Actor::cli())?.outcome {
+            Outcome::Deleted { versions } => Ok(versions),
+            o => unreachable!("a delete answered {o:?}"),
+        }
+    }
+
+    /// [`Command::Delete`], lock held: tombstones first (so that the version numbers are
+    /// never used again, see [`tombstone`]), then index lines (committed), then crate files.
+    /// Returns the versions removed. Deleting every version frees no version number, and the
+    /// name stays with the crate's owners: only they or an admin publish under it again,
+    /// unless `release_name` gives it up (owners forgotten, tombstones marked so).
+    fn delete_locked(
+        &self,
+        name: &CrateName,
+        vers: Option<&str>,
+        release_name: bool,
+        changes: &mut Vec<Change>,
+    ) -> Result<Vec<String>, AuthError> {
+        if release_name && vers.is_some() {
+            return Err(Error::Invalid(format!(
+                "giving up the name `{name}` deletes every version: name no version"
+            ))
+            .into());
+        }
         let (kept, removed): (Vec<IndexEntry>, Vec<IndexEntry>) = match vers {
             Some(v) => {
                 let (mut entries, i) = self.find_version(name, v)?;
                 let gone = entries.remove(i);
                 (entries, vec![gone])
             }
-            None => {
-                let entries = self.entries(name)?;
-                if entries.is_empty() {
-                    return Err(Error::NotFound(format!("crate `{name}` does not exist")));
-                }
-                (Vec::new(), entries)
-            }
+            None => (Vec::new(), self.entries(name)?),
         };
+        if removed.is_empty() {
+            return self.release_deleted_name(name, release_name, changes);
+        }
         let real = removed[0].name.clone();
         let message = match vers {
             Some(_) => format!("Delete {real} {}", removed[0].vers),
             None => format!("Delete {real} (all versions)"),
         };
+        // The owners go first when the name is given up, kept to be put back.
+        let mut released = None;
+        let previous_owners = if release_name {
+            let mut edit = auth::Edit::open(self)?;
+            released = Some(edit.data.forget_owners(&real));
+            edit.save_keeping()?
+        } else {
+            None
+        };
+        let put_back_owners = |previous: Option<Previous>| {
+            if let Some(p) = previous {
+                let _ = p.put_back();
+            }
+        };
         // Journaled by the real spelling: the crate files live under it.
-        self.journal(&real)?;
-        let previous = match tombstone::add(&self.root, &removed, index::Pubtime::now().as_str()) {
+        if let Err(e) = self.journal(&real) {
+            put_back_owners(previous_owners);
+            return Err(e.into());
+        }
+        let now = index::Pubtime::now();
+        let previous = match tombstone::add(&self.root, &removed, now.as_str(), release_name) {
             Ok(p) => p,
             Err(e) => {
+                put_back_owners(previous_owners);
                 self.journal_done();
-                return Err(e);
+                return Err(e.into());
             }
         };
         if let Err(e) = self.write_index_file(name, &kept, &message) {
             // Not deleted after all: no tombstones. If they cannot be taken back, the
             // journal stays and its repair drops them (they name versions in the index).
+            put_back_owners(previous_owners);
             if previous.put_back().is_ok() {
                 self.journal_done();
             }
-            return Err(e);
+            return Err(e.into());
         }
         previous.forget();
-        for e in &removed {
+        if let Some(p) = previous_owners {
+            p.forget();
+        }
+        changes.push(Change::Deleted {
+            name: real.clone(),
+            versions: removed.iter().map(|e| e.vers.clone()).collect(),
+        });
+        if let Some(owners) = released {
+            changes.push(Change::NameReleased {
+                name: real.clone(),
+                owners,
+            });
+        }
+        self.remove_crate_files(&real, &removed)?;
+        self.update_search(name, &kept, None);
+        Ok(removed.into_iter().map(|e| e.vers).collect())
+    }
+
+    /// Removes deleted versions' crate files and page files (lock held, index committed).
+    fn remove_crate_files(&self, real: &str, removed: &[IndexEntry]) -> Result<()> {
+        for e in removed {
             let crate_path = self.entry_crate_path(e)?;
             let [info, readme] = crateinfo::sidecars(&crate_path);
             // Page files first: a crash in between leaves a crate file the journal's repair
@@ -1159,9 +1488,37 @@ impl Registry {
                 }
             }
         }
-        let _ = fs::remove_dir(self.crates_dir.join(&real));
-        self.update_search(name, &kept, None);
-        Ok(removed.into_iter().map(|e| e.vers).collect())
+        let _ = fs::remove_dir(self.crates_dir.join(real));
+        Ok(())
+    }
+
+    /// `delete NAME` of a crate with no version left: with `release_name`, a deleted crate's
+    /// kept name is given up (owners forgotten, tombstones marked); otherwise, or when the
+    /// name is not kept, the crate does not exist.
+    fn release_deleted_name(
+        &self,
+        name: &CrateName,
+        release_name: bool,
+        changes: &mut Vec<Change>,
+    ) -> Result<Vec<String>, AuthError> {
+        let missing = || Error::NotFound(format!("crate `{name}` does not exist")).into();
+        if !release_name {
+            return Err(missing());
+        }
+        let mut edit = auth::Edit::open(self)?;
+        if self.name_state(name, &edit.data)? != NameState::Kept {
+            return Err(missing());
+        }
+        let owners = edit.data.forget_owners(name);
+        let spelled = tombstone::release(&self.root, name, index::Pubtime::now().as_str())?;
+        // The tombstones are marked first: if the owners cannot be forgotten, the name stays
+        // theirs (recorded owners keep a name) and the delete can be run again.
+        edit.save()?;
+        changes.push(Change::NameReleased {
+            name: spelled.unwrap_or_else(|| name.to_string()),
+            owners,
+        });
+        Ok(Vec::new())
     }
 
     /// Every version of every crate (or of `name`), sorted by name then version.

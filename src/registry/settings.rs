@@ -73,6 +73,10 @@ pub struct Settings {
     /// Largest unpacked size of a `.crate` file, in bytes.
     #[serde(default = "default_max_unpacked")]
     pub max_unpacked_size: u64,
+    /// Refuse a publish (or `add`) whose manifest has no `description` or neither `license`
+    /// nor `license-file`, as crates.io does.
+    #[serde(default = "default_true")]
+    pub require_description_and_license: bool,
 }
 
 fn default_index_dir() -> PathBuf {
@@ -87,6 +91,9 @@ fn default_max_crate() -> u64 {
 fn default_max_unpacked() -> u64 {
     512 * 1024 * 1024
 }
+fn default_true() -> bool {
+    true
+}
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -99,6 +106,7 @@ impl Default for Settings {
             access: Access::Public,
             max_crate_size: default_max_crate(),
             max_unpacked_size: default_max_unpacked(),
+            require_description_and_license: true,
         }
     }
 }
@@ -164,6 +172,10 @@ mod tests {
         let s = Settings::parse("url = \"https://reg.example/\"\n").unwrap();
         assert_eq!(s.url, "https://reg.example");
         assert_eq!(s.max_crate_size, 10 << 20);
+        assert!(s.require_description_and_license, "on unless turned off");
+        let off =
+            Settings::parse("url = \"http://x\"\nrequire-description-and-license = false").unwrap();
+        assert!(!off.require_description_and_license);
         assert_eq!(Settings::parse(&s.to_toml()).unwrap(), s);
         let cfg: serde_json::Value = serde_json::from_str(&s.config_json()).unwrap();
         assert_eq!(

@@ -813,7 +813,7 @@ pub mod testing {
     pub fn simple_crate(name: &str, vers: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
         let dir = format!("{name}-{vers}");
         let manifest = format!(
-            "[package]\nname = \"{name}\"\nversion = \"{vers}\"\nedition = \"2021\"\ndescription = \"test crate {name}\"\n"
+            "[package]\nname = \"{name}\"\nversion = \"{vers}\"\nedition = \"2021\"\ndescription = \"test crate {name}\"\nlicense = \"MIT\"\n"
         );
         let m_path = format!("{dir}/Cargo.toml");
         let lib_path = format!("{dir}/src/lib.rs");

@@ -38,6 +38,10 @@ pub struct Tombstone {
     pub cksum: String,
     /// When it was deleted, as `YYYY-MM-DDTHH:MM:SSZ`.
     pub deleted: String,
+    /// When the crate's name was given up (`delete --release-name`), in the same format.
+    /// Until then a tombstone keeps the name for the crate's owners, or its admins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<String>,
 }
 
 impl Tombstone {
@@ -46,6 +50,12 @@ impl Tombstone {
     pub fn covers(&self, name: &str, vers: &Version) -> bool {
         canonical(&self.name) == canonical(name)
             && Version::parse(&self.vers).is_ok_and(|v| v.same_release(vers))
+    }
+
+    /// Whether this tombstone keeps `name` (any version of it) for the deleted crate's
+    /// owners: the name was not given up.
+    pub fn keeps_name(&self, name: &str) -> bool {
+        self.released.is_none() && canonical(&self.name) == canonical(name)
     }
 }
 
@@ -81,16 +91,30 @@ pub fn find(root: &Path, name: &str, vers: &Version) -> Result<Option<Tombstone>
     Ok(read(root)?.0.into_iter().find(|t| t.covers(name, vers)))
 }
 
-/// Adds tombstones for `removed` (registry lock held), each stamped `deleted`. Returns the
-/// previous file, to be put back if the delete fails before its commit.
-pub(crate) fn add(root: &Path, removed: &[IndexEntry], deleted: &str) -> Result<Previous> {
+fn read_bytes(file: &Path) -> Result<Vec<u8>> {
+    match fs::read(file) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).context(|| format!("reading {}", file.display())),
+    }
+}
+
+/// Adds tombstones for `removed` (registry lock held), each stamped `deleted` (and released
+/// at once when `name_released`: the name was given up with them). Returns the previous
+/// file, to be put back if the delete fails before its commit.
+pub(crate) fn add(
+    root: &Path,
+    removed: &[IndexEntry],
+    deleted: &str,
+    name_released: bool,
+) -> Result<Previous> {
     let file = path(root);
-    let old = match fs::read(&file) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).context(|| format!("reading {}", file.display())),
-    };
-    let mut text = old;
+    let mut text = read_bytes(&file)?;
+    if name_released {
+        if let Some(e) = removed.first() {
+            text = mark_released(&text, &e.name, deleted).0;
+        }
+    }
     if !text.is_empty() && !text.ends_with(b"\n") {
         text.push(b'\n');
     }
@@ -100,6 +124,7 @@ pub(crate) fn add(root: &Path, removed: &[IndexEntry], deleted: &str) -> Result<
             vers: e.vers.clone(),
             cksum: e.cksum.clone(),
             deleted: deleted.to_owned(),
+            released: name_released.then(|| deleted.to_owned()),
         };
         serde_json::to_writer(&mut text, &t).expect("tombstones serialize");
         text.push(b'\n');
@@ -110,6 +135,38 @@ pub(crate) fn add(root: &Path, removed: &[IndexEntry], deleted: &str) -> Result<
         return Err(e);
     }
     Ok(previous)
+}
+
+/// Marks every tombstone that keeps `name` as released at `when` (registry lock held): the
+/// deleted crate's name is given up; its version numbers stay taken. Returns the name as
+/// the tombstones spell it, if any kept it.
+pub(crate) fn release(root: &Path, name: &str, when: &str) -> Result<Option<String>> {
+    let file = path(root);
+    let (text, spelled) = mark_released(&read_bytes(&file)?, name, when);
+    if spelled.is_some() {
+        super::write_atomic(&file, &text)?;
+    }
+    Ok(spelled)
+}
+
+/// The lines of a tombstone file with every tombstone that keeps `name` released at `when`,
+/// and the name as the first of them spells it (`None`: none kept it).
+fn mark_released(bytes: &[u8], name: &str, when: &str) -> (Vec<u8>, Option<String>) {
+    let mut text = Vec::with_capacity(bytes.len() + 64);
+    let mut spelled = None;
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<Tombstone>(line) {
+            Ok(mut t) if t.keeps_name(name) => {
+                t.released = Some(when.to_owned());
+                spelled.get_or_insert_with(|| t.name.clone());
+                serde_json::to_writer(&mut text, &t).expect("tombstones serialize");
+            }
+            // Other lines, damaged ones too, are kept as they are.
+            _ => text.extend_from_slice(line),
+        }
+        text.push(b'\n');
+    }
+    (text, spelled)
 }
 
 /// Drops the tombstones of versions that are in `entries` (registry lock held): what a
@@ -163,6 +220,7 @@ mod tests {
             root,
             &[entry("Foo-Bar", "1.0.0+build.1")],
             "2026-01-01T00:00:00Z",
+            false,
         )
         .unwrap()
         .forget();
@@ -192,9 +250,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         fs::write(path(root), b"{\"name\":\"x\xff\n").unwrap();
-        add(root, &[entry("a", "1.0.0"), entry("a", "2.0.0")], "t")
-            .unwrap()
-            .forget();
+        add(
+            root,
+            &[entry("a", "1.0.0"), entry("a", "2.0.0")],
+            "t",
+            false,
+        )
+        .unwrap()
+        .forget();
         let (found, damaged) = read(root).unwrap();
         assert_eq!(found.len(), 2);
         assert_eq!(damaged, [1]);
@@ -209,15 +272,17 @@ mod tests {
     fn a_failed_delete_puts_the_old_file_back() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        add(root, &[entry("a", "1.0.0")], "t").unwrap().forget();
+        add(root, &[entry("a", "1.0.0")], "t", false)
+            .unwrap()
+            .forget();
         let before = fs::read(path(root)).unwrap();
-        add(root, &[entry("a", "2.0.0")], "t")
+        add(root, &[entry("a", "2.0.0")], "t", false)
             .unwrap()
             .put_back()
             .unwrap();
         assert_eq!(fs::read(path(root)).unwrap(), before);
         let fresh = tempfile::tempdir().unwrap();
-        add(fresh.path(), &[entry("b", "1.0.0")], "t")
+        add(fresh.path(), &[entry("b", "1.0.0")], "t", false)
             .unwrap()
             .put_back()
             .unwrap();
@@ -226,5 +291,43 @@ mod tests {
             fs::read_dir(root).unwrap().count() == 1,
             "no temp files left"
         );
+    }
+
+    #[test]
+    fn a_released_name_is_kept_no_more_but_its_versions_stay_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(path(root), b"damaged\n").unwrap();
+        add(root, &[entry("Foo-Bar", "1.0.0")], "t1", false)
+            .unwrap()
+            .forget();
+        add(root, &[entry("other", "1.0.0")], "t1", false)
+            .unwrap()
+            .forget();
+        let keeps = |name: &str| read(root).unwrap().0.iter().any(|t| t.keeps_name(name));
+        assert!(keeps("foo_bar") && keeps("other"));
+        assert_eq!(
+            release(root, "foo_bar", "t2").unwrap().as_deref(),
+            Some("Foo-Bar")
+        );
+        assert!(!keeps("foo-bar") && keeps("other"));
+        assert_eq!(
+            release(root, "foo-bar", "t3").unwrap(),
+            None,
+            "nothing left to release"
+        );
+        let v = Version::parse("1.0.0").unwrap();
+        let t = find(root, "foo-bar", &v).unwrap().unwrap();
+        assert_eq!(t.released.as_deref(), Some("t2"));
+        assert_eq!(
+            read(root).unwrap().1,
+            [1],
+            "a damaged line is kept as it was"
+        );
+        // A delete that gives the name up releases the older tombstones with the new ones.
+        add(root, &[entry("other", "2.0.0")], "t4", true)
+            .unwrap()
+            .forget();
+        assert!(!keeps("other"));
     }
 }

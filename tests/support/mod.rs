@@ -69,6 +69,17 @@ impl Sandbox {
         fs::rename(&tmp, &settings).unwrap();
     }
 
+    /// Sets `require-description-and-license = false` in `palletizer.toml` (written `true`
+    /// by every new registry).
+    pub fn stop_requiring_description_and_license(&self) {
+        let settings = self.reg().join("palletizer.toml");
+        let text = fs::read_to_string(&settings).unwrap();
+        let on = "require-description-and-license = true";
+        assert!(text.contains(on), "{text}");
+        let off = text.replace(on, "require-description-and-license = false");
+        fs::write(&settings, off).unwrap();
+    }
+
     /// Waits until `index/config.json` says `auth-required` (the server follows a mode
     /// changed by hand); fails after 30 s.
     pub fn wait_for_private_config(&self) {

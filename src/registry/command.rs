@@ -1,0 +1,809 @@
+//! The one write path. Every change to the registry is a [`Command`], run by
+//! [`Registry::apply`]: it takes the registry lock once, decides under it everything that
+//! depends on registry state (does the crate exist, who owns it, is the version tombstoned,
+//! does the token's crate pattern cover it, is the token still valid), writes each file
+//! atomically with the journal and the index commit of [`super`], puts back what it wrote
+//! when a later step fails, and returns the [`Outcome`] with the [`Event`]s it caused.
+//!
+//! The CLI and the server's writer thread both call it; the server passes the token holder it
+//! let through, the CLI the Unix user running it ([`Actor`]). Events are how the rest of the
+//! system learns of a change (maintenance of the index repository now; an audit log and
+//! webhooks later): they carry what changed, who changed it and when, never a token secret,
+//! so none of them needs a second look at the files or a write path of its own.
+//!
+//! What needs no registry state (a crate file's archive, its metadata, the settings) is
+//! checked before the lock, by [`Registry::check_upload`] and [`Registry::check_crate_file`],
+//! so that the lock is never held while an upload is unpacked.
+
+use serde::Serialize;
+
+use super::auth::{self, AuthError, AuthFile, NewToken, Principal, Refusal, Scopes, Token, User};
+use super::settings::{Access, Settings};
+use super::{git, CheckedCrate, CrateName, IndexEntry, Registry};
+
+/// Who asks for a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A token holder, as the server authenticated them: every check applies.
+    Token(Principal),
+    /// A request the server let through without a token (access mode `open`): no checks.
+    Anonymous,
+    /// The registry's administrator at the command line, by Unix user name: no checks.
+    Cli { user: String },
+    /// The server on its own behalf (the first start's admin, token bookkeeping).
+    Server,
+}
+
+impl Actor {
+    /// The administrator at the command line: the Unix user this process runs as.
+    pub fn cli() -> Actor {
+        Actor::Cli { user: unix_user() }
+    }
+
+    /// The token holder, when the checks apply.
+    pub fn principal(&self) -> Option<&Principal> {
+        match self {
+            Actor::Token(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// `{"kind":"token","user":..,"token":ID}` (the token's id, never its secret), `{"kind":
+/// "anonymous"}`, `{"kind":"cli","user":..}`, `{"kind":"server"}`.
+impl Serialize for Actor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(tag = "kind", rename_all = "kebab-case")]
+        enum Shown<'a> {
+            Token { user: &'a str, token: u64 },
+            Anonymous,
+            Cli { user: &'a str },
+            Server,
+        }
+        match self {
+            Actor::Token(p) => Shown::Token {
+                user: &p.user,
+                token: p.token,
+            },
+            Actor::Anonymous => Shown::Anonymous,
+            Actor::Cli { user } => Shown::Cli { user },
+            Actor::Server => Shown::Server,
+        }
+        .serialize(s)
+    }
+}
+
+impl std::fmt::Display for Actor {
+    /// `user alice (token 3)`, `anonymous`, `cli user pi`, `server`: for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::Token(p) => write!(f, "user {} (token {})", p.user, p.token),
+            Actor::Anonymous => f.write_str("anonymous"),
+            Actor::Cli { user } => write!(f, "cli user {user}"),
+            Actor::Server => f.write_str("server"),
+        }
+    }
+}
+
+/// The name of the user this process runs as, from the password database (`USER` when it
+/// has no entry, then the uid).
+fn unix_user() -> String {
+    // SAFETY: getuid cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: a zeroed passwd is a valid value of a plain C struct; getpwuid_r only writes
+    // into it, and into `buf` within the length it is given.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to live memory of the stated size.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc == 0 && !found.is_null() && !pw.pw_name.is_null() {
+        // SAFETY: on success pw_name points to a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+        return name.to_string_lossy().into_owned();
+    }
+    std::env::var("USER").unwrap_or_else(|_| format!("uid {uid}"))
+}
+
+/// A change to the registry.
+#[derive(Debug)]
+pub enum Command {
+    /// A new version of a crate (a publish through the API, or `palletizer add`).
+    Publish(CheckedCrate),
+    /// Marks a version yanked (`yanked: true`) or not.
+    Yank {
+        name: CrateName,
+        vers: String,
+        yanked: bool,
+    },
+    /// Removes one version, or every version, of a crate (tombstones stay). A deleted
+    /// crate's name keeps its owners unless `release_name`: then they are forgotten too and
+    /// the name is free for anyone who may publish new crates.
+    Delete {
+        name: CrateName,
+        vers: Option<String>,
+        release_name: bool,
+    },
+    AddOwners {
+        krate: String,
+        users: Vec<String>,
+    },
+    RemoveOwners {
+        krate: String,
+        users: Vec<String>,
+    },
+    AddUser {
+        name: String,
+        admin: bool,
+    },
+    /// Removes a user: their tokens are revoked and they leave every owner list.
+    RemoveUser {
+        name: String,
+    },
+    CreateToken(NewToken),
+    RevokeToken {
+        id: u64,
+    },
+    /// When tokens were last used: `(token id, unix seconds)`. Bookkeeping: no event.
+    RecordTokenUse(Vec<(u64, u64)>),
+    /// Zero-config start: the admin user and one token, when no user exists yet.
+    FirstAdmin,
+    /// Sets the access mode (`palletizer.toml`, then `config.json`, committed).
+    SetAccess(Access),
+    /// Makes `config.json` say what the access setting says (after a hand edit).
+    SyncAccess,
+    /// Replaces the index's git history with one commit of the current tree.
+    SquashIndex,
+}
+
+/// What a command did, for the caller to report.
+#[derive(Debug)]
+pub enum Outcome {
+    Published(IndexEntry),
+    /// False when the version already was in the state asked for.
+    Yanked {
+        changed: bool,
+    },
+    /// The versions removed (none when only a deleted crate's name was released).
+    Deleted {
+        versions: Vec<String>,
+    },
+    /// The message cargo prints.
+    OwnersChanged {
+        msg: String,
+    },
+    UserAdded(User),
+    UserRemoved {
+        revoked: usize,
+    },
+    /// The stored token and its secret, which is never stored: shown once, never in an event.
+    TokenCreated {
+        token: Token,
+        secret: String,
+    },
+    /// False when it already was revoked.
+    TokenRevoked {
+        token: Token,
+        fresh: bool,
+    },
+    TokenUseRecorded,
+    /// The first admin token's secret; `None` when users existed already.
+    FirstAdmin {
+        secret: Option<String>,
+    },
+    AccessSet(Settings),
+    /// Whether `config.json` had to change.
+    AccessSynced {
+        changed: bool,
+    },
+    /// The one commit left, and what packing it did.
+    IndexSquashed {
+        head: String,
+        packed: git::Packed,
+    },
+}
+
+/// A command's outcome and the events it caused, in the order they happened.
+#[derive(Debug)]
+pub struct Applied {
+    pub outcome: Outcome,
+    pub events: Vec<Event>,
+}
+
+/// One change that happened: what, by whom, when. Serialized as one flat JSON object (an
+/// audit log line, a webhook body): `{"at":..,"actor":{"kind":"token","user":..,"token":..},
+/// "change":"published","name":..,..}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Unix seconds, the clock of `auth.json`.
+    pub at: u64,
+    pub actor: Actor,
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+/// What changed. Crate names are spelled as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "kebab-case")]
+pub enum Change {
+    Published {
+        name: String,
+        vers: String,
+        /// SHA-256 of the crate file.
+        cksum: String,
+        /// The crate had no version in the index before (a new crate, or a deleted crate's
+        /// name published again).
+        new_crate: bool,
+    },
+    Yanked {
+        name: String,
+        vers: String,
+    },
+    Unyanked {
+        name: String,
+        vers: String,
+    },
+    Deleted {
+        name: String,
+        versions: Vec<String>,
+    },
+    /// A deleted crate's name was given up: its owners were forgotten.
+    NameReleased {
+        name: String,
+        owners: Vec<String>,
+    },
+    OwnersAdded {
+        name: String,
+        users: Vec<String>,
+    },
+    OwnersRemoved {
+        name: String,
+        users: Vec<String>,
+    },
+    UserAdded {
+        user: String,
+        admin: bool,
+    },
+    /// The user's tokens were revoked and they left every owner list.
+    UserRemoved {
+        user: String,
+        tokens_revoked: usize,
+    },
+    TokenCreated {
+        id: u64,
+        user: String,
+        scopes: Scopes,
+        crates: Vec<String>,
+        expires: Option<u64>,
+    },
+    TokenRevoked {
+        id: u64,
+        user: String,
+    },
+    AccessSet {
+        access: Access,
+    },
+    /// `config.json` was rewritten to follow the access setting.
+    ConfigSynced {
+        access: Access,
+    },
+    /// The index's history was replaced by one commit, `head`.
+    IndexSquashed {
+        head: String,
+    },
+}
+
+impl Event {
+    /// Whether the index repository got a new commit: after those, the repository is kept
+    /// packed and the kept full-clone answer is made again.
+    pub fn moves_index_head(&self) -> bool {
+        matches!(
+            self.change,
+            Change::Published { .. }
+                | Change::Yanked { .. }
+                | Change::Unyanked { .. }
+                | Change::Deleted { .. }
+                | Change::AccessSet { .. }
+                | Change::ConfigSynced { .. }
+                | Change::IndexSquashed { .. }
+        )
+    }
+
+    /// The crate it concerns, if any.
+    pub fn krate(&self) -> Option<&str> {
+        match &self.change {
+            Change::Published { name, .. }
+            | Change::Yanked { name, .. }
+            | Change::Unyanked { name, .. }
+            | Change::Deleted { name, .. }
+            | Change::NameReleased { name, .. }
+            | Change::OwnersAdded { name, .. }
+            | Change::OwnersRemoved { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+impl Registry {
+    /// Runs a command under the registry lock (see the module docs).
+    pub fn apply(&self, cmd: Command, actor: &Actor) -> Result<Applied, AuthError> {
+        self.apply_at(cmd, actor, auth::now())
+    }
+
+    /// [`Registry::apply`] with the clock read by the caller (tests pin it).
+    pub(crate) fn apply_at(
+        &self,
+        cmd: Command,
+        actor: &Actor,
+        now: u64,
+    ) -> Result<Applied, AuthError> {
+        let _lock = self.lock()?;
+        let mut changes = Vec::new();
+        let outcome = self.run_locked(cmd, actor, now, &mut changes)?;
+        let events = changes
+            .into_iter()
+            .map(|change| Event {
+                at: now,
+                actor: actor.clone(),
+                change,
+            })
+            .collect();
+        Ok(Applied { outcome, events })
+    }
+
+    fn run_locked(
+        &self,
+        cmd: Command,
+        actor: &Actor,
+        now: u64,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, AuthError> {
+        let by = actor.principal();
+        Ok(match cmd {
+            Command::Publish(checked) => {
+                Outcome::Published(self.publish_locked(checked, by, changes)?)
+            }
+            Command::Yank { name, vers, yanked } => {
+                let changed = self.yank_locked(&name, &vers, yanked, by, changes)?;
+                Outcome::Yanked { changed }
+            }
+            Command::Delete {
+                name,
+                vers,
+                release_name,
+            } => {
+                if let Some(p) = by {
+                    auth::authorize_admin(&AuthFile::load(self)?, p)?;
+                }
+                let versions = self.delete_locked(&name, vers.as_deref(), release_name, changes)?;
+                Outcome::Deleted { versions }
+            }
+            Command::AddOwners { krate, users } => {
+                let (real, msg, added) = auth::change_owners(self, &krate, &users, by, true)?;
+                changes.push(Change::OwnersAdded {
+                    name: real,
+                    users: added,
+                });
+                Outcome::OwnersChanged { msg }
+            }
+            Command::RemoveOwners { krate, users } => {
+                let (real, msg, removed) = auth::change_owners(self, &krate, &users, by, false)?;
+                changes.push(Change::OwnersRemoved {
+                    name: real,
+                    users: removed,
+                });
+                Outcome::OwnersChanged { msg }
+            }
+            Command::SquashIndex => {
+                refuse_tokens(by)?;
+                let (oid, packed) = git::squash(self.index_dir(), "Squash index history")
+                    .map_err(super::Error::from)?;
+                let head = oid.to_string();
+                changes.push(Change::IndexSquashed { head: head.clone() });
+                Outcome::IndexSquashed { head, packed }
+            }
+            other => self.run_access_locked(other, by, now, changes)?,
+        })
+    }
+
+    /// The commands on users, tokens and the access mode (lock held).
+    fn run_access_locked(
+        &self,
+        cmd: Command,
+        by: Option<&Principal>,
+        now: u64,
+        changes: &mut Vec<Change>,
+    ) -> Result<Outcome, AuthError> {
+        Ok(match cmd {
+            Command::AddUser { name, admin } => {
+                refuse_tokens(by)?;
+                auth::validate_user_name(&name)?;
+                let user = auth::edit(self, |data| data.add_user(&name, admin, now))?;
+                changes.push(Change::UserAdded {
+                    user: user.name.clone(),
+                    admin: user.admin,
+                });
+                Outcome::UserAdded(user)
+            }
+            Command::RemoveUser { name } => {
+                refuse_tokens(by)?;
+                let (user, revoked) = auth::edit(self, |data| data.remove_user(&name, now))?;
+                changes.push(Change::UserRemoved {
+                    user,
+                    tokens_revoked: revoked,
+                });
+                Outcome::UserRemoved { revoked }
+            }
+            Command::CreateToken(req) => {
+                refuse_tokens(by)?;
+                let (token, secret) = auth::create_token_in(self, req, now)?;
+                changes.push(token_created(&token));
+                Outcome::TokenCreated { token, secret }
+            }
+            Command::RevokeToken { id } => {
+                refuse_tokens(by)?;
+                let (token, fresh) = auth::edit(self, |data| data.revoke_token(id, now))?;
+                if fresh {
+                    changes.push(Change::TokenRevoked {
+                        id,
+                        user: token.user.clone(),
+                    });
+                }
+                Outcome::TokenRevoked { token, fresh }
+            }
+            Command::RecordTokenUse(uses) => {
+                if !uses.is_empty() {
+                    auth::edit(self, |data| {
+                        data.record_use(&uses);
+                        Ok(())
+                    })?;
+                }
+                Outcome::TokenUseRecorded
+            }
+            Command::FirstAdmin => {
+                refuse_tokens(by)?;
+                let made = auth::first_admin_in(self, now)?;
+                if let Some((user, token, _)) = &made {
+                    changes.push(Change::UserAdded {
+                        user: user.name.clone(),
+                        admin: true,
+                    });
+                    changes.push(token_created(token));
+                }
+                Outcome::FirstAdmin {
+                    secret: made.map(|(_, _, secret)| secret),
+                }
+            }
+            Command::SetAccess(access) => {
+                refuse_tokens(by)?;
+                let (settings, changed) = auth::set_access_locked(self, access)?;
+                if changed {
+                    changes.push(Change::AccessSet { access });
+                }
+                Outcome::AccessSet(settings)
+            }
+            Command::SyncAccess => {
+                let (settings, changed) = auth::sync_config_json_locked(self)?;
+                if changed {
+                    changes.push(Change::ConfigSynced {
+                        access: settings.access,
+                    });
+                }
+                Outcome::AccessSynced { changed }
+            }
+            Command::Publish(_)
+            | Command::Yank { .. }
+            | Command::Delete { .. }
+            | Command::AddOwners { .. }
+            | Command::RemoveOwners { .. }
+            | Command::SquashIndex => unreachable!("crate commands are run by run_locked"),
+        })
+    }
+}
+
+/// Users, tokens and the access mode are the administrator's (the CLI): no API route
+/// changes them, and a token never may.
+fn refuse_tokens(by: Option<&Principal>) -> Result<(), Refusal> {
+    match by {
+        Some(p) if !p.admin => Err(Refusal::NotAdmin {
+            user: p.user.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn token_created(t: &Token) -> Change {
+    Change::TokenCreated {
+        id: t.id,
+        user: t.user.clone(),
+        scopes: t.scopes,
+        crates: t.crates.clone(),
+        expires: t.expires,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::auth::{add_user, create_token, scratch_registry, AuthView, Need};
+    use crate::registry::tarball::testing::simple_crate;
+
+    /// A user and a token holder of theirs with every scope.
+    fn holder(reg: &Registry, user: &str, admin: bool) -> Actor {
+        add_user(reg, user, admin, auth::now()).unwrap();
+        let req = NewToken {
+            user: user.into(),
+            ..NewToken::default()
+        };
+        let (_, secret) = create_token(reg, req, auth::now()).unwrap();
+        let view = AuthView::load(reg.root()).unwrap();
+        let p = view
+            .authorize(Some(&secret), Need::Publish, None, auth::now())
+            .unwrap();
+        Actor::Token(p)
+    }
+
+    fn publish(
+        reg: &Registry,
+        name: &str,
+        vers: &str,
+        actor: &Actor,
+    ) -> Result<Applied, AuthError> {
+        let checked = reg
+            .check_upload(None, &simple_crate(name, vers, &[])[..])
+            .unwrap();
+        reg.apply(Command::Publish(checked), actor)
+    }
+
+    fn delete(reg: &Registry, name: &str, release_name: bool) -> Result<Applied, AuthError> {
+        let cmd = Command::Delete {
+            name: CrateName::parse(name).unwrap(),
+            vers: None,
+            release_name,
+        };
+        reg.apply(cmd, &Actor::cli())
+    }
+
+    fn owners(reg: &Registry, name: &str) -> Vec<String> {
+        AuthFile::load(reg).unwrap().recorded_owners(name).to_vec()
+    }
+
+    fn changes(a: &Applied) -> Vec<&Change> {
+        a.events.iter().map(|e| &e.change).collect()
+    }
+
+    /// What broke: after `delete foo`, anyone with publish-new published `foo 2.0.0` and
+    /// became its only owner.
+    #[test]
+    fn a_deleted_crates_name_stays_with_its_owners_until_released() {
+        let (_t, reg) = scratch_registry();
+        let alice = holder(&reg, "alice", false);
+        let bob = holder(&reg, "bob", false);
+        let root = holder(&reg, "root", true);
+        let first = publish(&reg, "foo", "1.0.0", &alice).unwrap();
+        assert_eq!(
+            changes(&first)[1],
+            &Change::OwnersAdded {
+                name: "foo".into(),
+                users: vec!["alice".into()]
+            }
+        );
+        assert_eq!(first.events[0].actor, alice);
+        delete(&reg, "Foo", false).unwrap();
+        assert_eq!(owners(&reg, "foo"), ["alice"]);
+
+        let e = publish(&reg, "foo", "2.0.0", &bob).unwrap_err();
+        assert!(
+            matches!(&e, AuthError::Refused(Refusal::NameKept { user, krate })
+                if user == "bob" && krate == "foo"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("deleted crate `foo`"), "{e}");
+        assert!(reg
+            .entries(&CrateName::parse("foo").unwrap())
+            .unwrap()
+            .is_empty());
+        assert_eq!(owners(&reg, "foo"), ["alice"], "a refusal changes no owner");
+        // Nor under another spelling of the same name.
+        assert!(publish(&reg, "FOO", "2.0.0", &bob).is_err());
+
+        publish(&reg, "foo", "2.0.0", &alice).unwrap();
+        publish(&reg, "foo", "3.0.0", &root).unwrap();
+        assert_eq!(
+            owners(&reg, "foo"),
+            ["alice"],
+            "the owners stay as they were"
+        );
+
+        // Given up: the owners are forgotten, the version numbers stay taken.
+        let released = delete(&reg, "foo", true).unwrap();
+        assert_eq!(
+            changes(&released)[1],
+            &Change::NameReleased {
+                name: "foo".into(),
+                owners: vec!["alice".into()]
+            }
+        );
+        assert!(owners(&reg, "foo").is_empty());
+        let again = publish(&reg, "foo", "3.0.0", &bob).unwrap_err();
+        assert!(again.to_string().contains("was deleted on"), "{again}");
+        publish(&reg, "foo", "4.0.0", &bob).unwrap();
+        assert_eq!(owners(&reg, "foo"), ["bob"]);
+    }
+
+    #[test]
+    fn a_crate_without_recorded_owners_keeps_its_name_for_the_admins() {
+        let (_t, reg) = scratch_registry();
+        let bob = holder(&reg, "bob", false);
+        let root = holder(&reg, "root", true);
+        // Added at the command line: no owner is recorded, the crate is the admins'.
+        reg.add_file(&write_crate(&reg, "legacy", "1.0.0")).unwrap();
+        delete(&reg, "legacy", false).unwrap();
+        assert!(matches!(
+            publish(&reg, "legacy", "2.0.0", &bob),
+            Err(AuthError::Refused(Refusal::NameKept { .. }))
+        ));
+        publish(&reg, "legacy", "2.0.0", &root).unwrap();
+        assert!(
+            owners(&reg, "legacy").is_empty(),
+            "an admin's publish takes no name"
+        );
+
+        // A name deleted earlier can be given up later; an unknown one cannot.
+        delete(&reg, "legacy", false).unwrap();
+        let released = delete(&reg, "legacy", true).unwrap();
+        assert!(matches!(
+            released.outcome,
+            Outcome::Deleted { ref versions } if versions.is_empty()
+        ));
+        assert_eq!(
+            changes(&released),
+            [&Change::NameReleased {
+                name: "legacy".into(),
+                owners: Vec::new()
+            }]
+        );
+        assert!(!released.events[0].moves_index_head());
+        publish(&reg, "legacy", "3.0.0", &bob).unwrap();
+        assert_eq!(owners(&reg, "legacy"), ["bob"]);
+        for name in ["nothere", "legacy-two"] {
+            let e = delete(&reg, name, true).unwrap_err();
+            assert!(e.to_string().contains("does not exist"), "{name}: {e}");
+        }
+        let with_version = Command::Delete {
+            name: CrateName::parse("legacy").unwrap(),
+            vers: Some("3.0.0".into()),
+            release_name: true,
+        };
+        let e = reg.apply(with_version, &Actor::cli()).unwrap_err();
+        assert!(e.to_string().contains("name no version"), "{e}");
+        assert_eq!(owners(&reg, "legacy"), ["bob"]);
+    }
+
+    fn write_crate(reg: &Registry, name: &str, vers: &str) -> std::path::PathBuf {
+        let path = reg.root().join(format!("{name}-{vers}.crate"));
+        std::fs::write(&path, simple_crate(name, vers, &[])).unwrap();
+        path
+    }
+
+    #[test]
+    fn every_change_is_told_as_events_without_secrets() {
+        let (_t, reg) = scratch_registry();
+        let cli = Actor::cli();
+        let Actor::Cli { user } = &cli else {
+            unreachable!()
+        };
+        assert!(!user.is_empty());
+        let add = reg
+            .apply(
+                Command::AddUser {
+                    name: "alice".into(),
+                    admin: false,
+                },
+                &cli,
+            )
+            .unwrap();
+        assert_eq!(
+            changes(&add),
+            [&Change::UserAdded {
+                user: "alice".into(),
+                admin: false
+            }]
+        );
+        let made = reg
+            .apply(
+                Command::CreateToken(NewToken {
+                    user: "alice".into(),
+                    ..NewToken::default()
+                }),
+                &cli,
+            )
+            .unwrap();
+        let Outcome::TokenCreated { secret, .. } = &made.outcome else {
+            panic!("{:?}", made.outcome)
+        };
+        let told = format!("{:?}", made.events);
+        assert!(told.contains("TokenCreated"), "{told}");
+        assert!(!told.contains(&secret[4..]), "a secret in an event: {told}");
+        let line = serde_json::to_string(&made.events).unwrap();
+        assert!(!line.contains(&secret[4..]), "a secret in an event: {line}");
+        let json = serde_json::to_value(&made.events[0]).unwrap();
+        assert_eq!(json["change"], "token-created");
+        assert_eq!(json["user"], "alice");
+        assert_eq!(json["actor"]["kind"], "cli");
+        assert_eq!(json["actor"]["user"], user.as_str());
+
+        let alice = holder(&reg, "alice2", false);
+        let published = publish(&reg, "bar", "1.0.0", &alice).unwrap();
+        assert!(published.events[0].moves_index_head());
+        assert_eq!(published.events[0].krate(), Some("bar"));
+        let json = serde_json::to_value(&published.events[0]).unwrap();
+        assert_eq!(json["change"], "published");
+        assert_eq!(
+            (&json["name"], &json["vers"]),
+            (&"bar".into(), &"1.0.0".into())
+        );
+        assert_eq!(json["actor"]["kind"], "token");
+        assert_eq!(json["actor"]["user"], "alice2");
+        assert!(json["at"].as_u64().unwrap() > 1_700_000_000);
+        let yank = |yanked| Command::Yank {
+            name: CrateName::parse("bar").unwrap(),
+            vers: "1.0.0".into(),
+            yanked,
+        };
+        let y = reg.apply(yank(true), &alice).unwrap();
+        assert_eq!(
+            changes(&y),
+            [&Change::Yanked {
+                name: "bar".into(),
+                vers: "1.0.0".into()
+            }]
+        );
+        // Nothing changed, nothing told: no maintenance follows.
+        let again = reg.apply(yank(true), &alice).unwrap();
+        assert!(again.events.is_empty());
+        let mallory = holder(&reg, "mallory", false);
+        let refused = reg.apply(yank(false), &mallory).unwrap_err();
+        assert!(
+            matches!(refused, AuthError::Refused(Refusal::NotOwner { .. })),
+            "{refused}"
+        );
+        // Users and tokens are the administrator's, never a token holder's.
+        let e = reg
+            .apply(
+                Command::RemoveUser {
+                    name: "alice".into(),
+                },
+                &mallory,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, AuthError::Refused(Refusal::NotAdmin { .. })),
+            "{e}"
+        );
+        let set = reg
+            .apply(Command::SetAccess(Access::Private), &cli)
+            .unwrap();
+        assert!(set.events.iter().all(Event::moves_index_head));
+        assert_eq!(set.events.len(), 1);
+    }
+
+    /// A first publish writes its owner before its index commit: cut short in between (the
+    /// journal names the crate), the owner goes at the next open; a deleted crate's kept
+    /// name keeps its owners.
+    #[test]
+    fn a_first_publish_cut_short_leaves_no_owner_behind() {
+        let (_t, reg) = scratch_registry();
+        let alice = holder(&reg, "alice", false);
+        publish(&reg, "kept", "1.0.0", &alice).unwrap();
+        delete(&reg, "kept", false).unwrap();
+        auth::edit(&reg, |data| data.set_first_owner("ghost", "alice")).unwrap();
+        let journal = reg.root().join(crate::registry::JOURNAL_FILE);
+        std::fs::write(&journal, "ghost\nkept\n").unwrap();
+        let reopened = Registry::open(reg.root()).unwrap();
+        assert!(owners(&reopened, "ghost").is_empty());
+        assert_eq!(owners(&reopened, "kept"), ["alice"]);
+        assert!(!journal.exists());
+    }
+}
