@@ -61,9 +61,10 @@ pub enum Job {
     },
     /// Render a page that reads the registry.
     Page(super::pages::Page, super::pages::Ctx),
-    /// Check the login form spooled here (removed by the job) and start a session.
+    /// Check the login form (read into memory: it never touches the disk) and start a
+    /// session.
     Login {
-        body: PathBuf,
+        form: Vec<u8>,
         ctx: super::pages::Ctx,
     },
 }
@@ -81,7 +82,6 @@ impl Job {
         match self {
             Job::Publish(path)
             | Job::GitUploadPack { body: path, .. }
-            | Job::Login { body: path, .. }
             | Job::Owners {
                 change: Some((_, path)),
                 ..
@@ -101,6 +101,8 @@ pub enum Routed {
     Upload(Spooled),
     /// Read and drop a small body, then run the job.
     AfterBody(Job),
+    /// Read the login form (bounded by the handler) into memory, then check it.
+    Form(super::pages::Ctx),
 }
 
 /// What a spooled body becomes once it is complete.
@@ -114,8 +116,6 @@ pub enum Spooled {
         name: CrateName,
         change: OwnersChange,
     },
-    /// The login form of the pages.
-    Login(super::pages::Ctx),
 }
 
 impl Spooled {
@@ -127,7 +127,6 @@ impl Spooled {
                 name,
                 change: Some((change, body)),
             },
-            Spooled::Login(ctx) => Job::Login { body, ctx },
         }
     }
 }
@@ -206,7 +205,7 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<E
         },
         Job::Page(page, ctx) => super::pages::run(reg, page, &ctx),
         Job::Crate { name } => super::crate_json::crate_json(reg, &name),
-        Job::Login { body, ctx } => super::pages::login(reg, &body, &ctx),
+        Job::Login { form, ctx } => super::pages::login(reg, &form, &ctx),
         Job::RecordTokenUse(uses) => match auth::record_last_used(reg, &uses) {
             Ok(()) => Response::new(204),
             Err(e) => {
@@ -278,7 +277,7 @@ fn upload_pack(reg: &Registry, path: &std::path::Path, gzip: bool) -> Response {
     }
     let out_path = registry::temp_path(reg.root(), "git-pack");
     let result = (|| -> Result<File, gitpack::GitError> {
-        let mut out = std::io::BufWriter::new(File::create(&out_path)?);
+        let mut out = std::io::BufWriter::new(registry::create_private(&out_path)?);
         let kept = reg.clone_cache_dir();
         if let gitpack::Answer::Kept(file) =
             gitpack::upload_pack(reg.index_dir(), Some(&kept), &raw, &mut out)?

@@ -398,7 +398,7 @@ impl<'a> Endpoint<'a> {
             Endpoint::LoginForm => match head.content_length {
                 0 => done(Response::error(400, "the login form sends a token")),
                 n if n > MAX_LOGIN_BODY => done(Response::error(413, "request body too large")),
-                _ => Routed::Upload(Spooled::Login(Ctx::of(site, head))),
+                _ => Routed::Form(Ctx::of(site, head)),
             },
             Endpoint::Logout => done(pages::logout(&Ctx::of(site, head))),
             Endpoint::Metrics => done(Response::error(404, "not found")),
@@ -758,6 +758,7 @@ mod tests {
             Routed::Job(_) => "job".into(),
             Routed::Upload(_) => "upload".into(),
             Routed::AfterBody(_) => "after-body".into(),
+            Routed::Form(_) => "form".into(),
         }
     }
 

@@ -99,14 +99,10 @@ pub fn run(reg: &Registry, page: Page, ctx: &Ctx) -> Response {
     }
 }
 
-/// Checks the login form spooled at `body` and sets the session cookie (runs on the worker:
-/// the token is checked against the current `auth.json`).
-pub fn login(reg: &Registry, body: &Path, ctx: &Ctx) -> Response {
-    let form = crateinfo::read_bounded(body, MAX_LOGIN_BODY)
-        .ok()
-        .flatten()
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+/// Checks the login form `body` and sets the session cookie (runs on the page reader: the
+/// token is checked against the current `auth.json`).
+pub fn login(reg: &Registry, body: &[u8], ctx: &Ctx) -> Response {
+    let form = String::from_utf8_lossy(body);
     let next = query_param(&form, "next");
     let token = query_param(&form, "token").unwrap_or_default();
     let token = token.trim();
@@ -929,12 +925,11 @@ mod tests {
 
     #[test]
     fn login_form_sets_a_cookie_only_for_a_good_token() {
-        let (tmp, reg) = scratch_registry();
+        let (_tmp, reg) = scratch_registry();
         let secret = bootstrap_admin(&reg, 100).unwrap().unwrap();
         let c = ctx(Access::Private);
-        let body = tmp.path().join("form");
-        std::fs::write(&body, format!("token={secret}&next=%2Fsub%2Fcrates%2Ffoo")).unwrap();
-        let r = login(&reg, &body, &c);
+        let body = format!("token={secret}&next=%2Fsub%2Fcrates%2Ffoo");
+        let r = login(&reg, body.as_bytes(), &c);
         assert_eq!(r.status, 303);
         let header = |r: &Response, n: &str| {
             r.headers
@@ -948,8 +943,7 @@ mod tests {
             cookie,
             format!("palletizer_session={secret}; Path=/sub/; HttpOnly; SameSite=Strict; Secure")
         );
-        std::fs::write(&body, "token=wrong&next=%2Fsub%2F").unwrap();
-        let r = login(&reg, &body, &c);
+        let r = login(&reg, b"token=wrong&next=%2Fsub%2F", &c);
         assert_eq!(r.status, 401);
         assert!(header(&r, "Set-Cookie").is_none());
         assert!(text(&r).contains("role=\"alert\""));

@@ -127,6 +127,8 @@ enum Then {
     Spool(Spool),
     /// Dropped; then the job runs.
     Job(Job),
+    /// Kept in memory, a small form that never touches the disk: then the login job.
+    Form(Vec<u8>, crate::http::pages::Ctx),
     /// Dropped; then this answer goes out.
     Answer(Response),
 }
@@ -492,6 +494,10 @@ impl<S: Stream> Conn<S> {
         match routed {
             Routed::Upload(kind) => self.start_upload(kind, ex, expect, shared),
             Routed::AfterBody(job) => self.read_body(ex, Then::Job(job), expect, shared),
+            Routed::Form(ctx) => {
+                let form = Vec::with_capacity(ex.unread as usize);
+                self.read_body(ex, Then::Form(form, ctx), expect, shared)
+            }
             Routed::Job(job) => self.skip_body(ex, Then::Job(job), expect, shared),
             Routed::Done(r) => self.skip_body(ex, Then::Answer(r), expect, shared),
         }
@@ -527,7 +533,7 @@ impl<S: Stream> Conn<S> {
             return self.queue_response(r, ex, shared);
         };
         let path = crate::registry::temp_path(&shared.spool_dir, "upload");
-        let file = match File::create(&path) {
+        let file = match crate::registry::create_private(&path) {
             Ok(f) => f,
             Err(e) => return self.queue_response(upload_failed(&e), ex, shared),
         };
@@ -561,6 +567,7 @@ impl<S: Stream> Conn<S> {
         match then {
             Then::Answer(r) => self.queue_response(r, ex, shared),
             Then::Job(job) => self.start_job(job, None, ex, shared),
+            Then::Form(form, ctx) => self.start_job(Job::Login { form, ctx }, None, ex, shared),
             Then::Spool(spool) => {
                 let (job, reserved) = spool.into_job();
                 self.start_job(job, reserved, ex, shared)
@@ -787,6 +794,11 @@ fn metrics_response(method: Method, shared: &Shared) -> Response {
 fn take_body(then: &mut Then, bytes: &[u8]) -> io::Result<()> {
     match then {
         Then::Spool(s) => s.file.write_all(bytes),
+        // The handler bounded the body (a form is a few KiB).
+        Then::Form(form, _) => {
+            form.extend_from_slice(bytes);
+            Ok(())
+        }
         Then::Job(_) | Then::Answer(_) => Ok(()),
     }
 }
@@ -1055,7 +1067,8 @@ mod tests {
             Job::RecordTokenUse(_) | Job::SyncAccess | Job::KeepClone => {
                 unreachable!("no route makes this job")
             }
-            Job::Page(..) | Job::Login { .. } | Job::Crate { .. } => {
+            Job::Login { form, .. } => ("login".into(), form, ok(b"")),
+            Job::Page(..) | Job::Crate { .. } => {
                 unreachable!("no scripted request is a page or a crate read")
             }
             Job::Owners { name, change } => {
@@ -1465,9 +1478,42 @@ mod tests {
         assert_eq!(conn.drive(&w.shared), Turn::Parked);
         assert!(matches!(conn.phase, Phase::Body(_)));
         assert_eq!(w.shared.spool.used(), 80);
+        // The body on disk is readable by nobody but the server's user, whatever the umask.
+        let spooled: Vec<_> = std::fs::read_dir(&w.shared.spool_dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("upload"))
+            .collect();
+        assert_eq!(spooled.len(), 1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = spooled[0].metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "spool file mode {mode:o}");
         // The loop drops a timed-out connection with its phase.
         drop(conn);
         assert_eq!(w.shared.spool.used(), 0);
+    }
+
+    /// The login form (a token) is read into memory: no file of it ever exists, so no local
+    /// user watching the registry's folder can read it.
+    #[test]
+    fn the_login_form_never_touches_the_disk() {
+        let w = world(1 << 20);
+        let r = run(
+            &w,
+            &[R::Data(
+                b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 16\r\n\r\ntoken=pal_secret",
+            )],
+            &[],
+        );
+        assert_eq!(r.jobs, [("login".to_owned(), b"token=pal_secret".to_vec())]);
+        assert_eq!(w.shared.spool.used(), 0);
+        let names: Vec<_> = std::fs::read_dir(&w.shared.spool_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
     }
 
     #[test]

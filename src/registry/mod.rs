@@ -225,6 +225,18 @@ pub fn temp_path(dir: &Path, hint: &str) -> PathBuf {
     dir.join(format!("{TEMP_PREFIX}{}-{n}-{hint}", std::process::id()))
 }
 
+/// Creates a new file only its owner may read or write (mode 0600, whatever the umask):
+/// request bodies spooled to disk (a publish, a git request) and answers built there, which
+/// may hold what a private registry keeps from other local users. Fails if `path` exists.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_mode(path, bytes, 0o666)
