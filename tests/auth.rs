@@ -365,6 +365,10 @@ fn a_deleted_crates_name_stays_with_its_owners_until_an_admin_releases_it() {
                 --release-name`)";
     let out = cargo_with(&s, &v2, &bob, &PUBLISH);
     assert_fails_with(&out, kept, "bob's publish under the deleted name");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(kept),
+        "cargo prints the detail"
+    );
     assert!(!s.reg().join("index/le/af/leaf").exists());
     let out = cargo_with(&s, &v2, &alice, &PUBLISH);
     assert!(assert_ok(&out, "alice's publish again").contains("Published leaf v0.2.0"));

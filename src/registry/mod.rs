@@ -5,11 +5,13 @@
 //! lock (an advisory file lock), decide what depends on registry state, note the crate in
 //! the journal (`.pending`), write files under a temp name, fsync and rename them into
 //! place, rewrite the crate's index file whole, make one git commit, update the search data,
-//! clear the journal, release the lock, and return the events the change caused. Opening a registry (under the lock, so
-//! no writer can be alive) repairs what a crash left half-done: stale git lock files and temp
-//! files are removed, git's index is put back to HEAD, index edits on disk but not committed
-//! are committed, and for each crate in the journal, crate files without an index line are
-//! moved aside to `orphans/` (never deleted) and the search line is rebuilt.
+//! clear the journal, release the lock, and return the events the change caused. Opening a
+//! registry (under the lock, so no writer can be alive) repairs what a crash left half-done:
+//! stale git lock files and temp files are removed, git's index is put back to HEAD, index
+//! edits on disk but not committed are committed, and for each crate in the journal, crate
+//! files without an index line are moved aside to `orphans/` (never deleted), the owner a
+//! first publish recorded before it was cut short is forgotten, and the search line is
+//! rebuilt.
 //!
 //! A deleted version leaves a tombstone ([`tombstone`]): its number is never published again.
 //! A deleted crate's name stays with its owners (or its admins) until an admin gives it up.
@@ -44,8 +46,9 @@ pub use index::{IndexEntry, CRATES_IO_INDEX};
 pub use metadata::PublishMetadata;
 pub use settings::Settings;
 
-use auth::{AuthError, NameState};
 pub use names::CrateName;
+
+use auth::{AuthError, NameState};
 use names::Version;
 
 /// How a crate file comes in: the rules it is checked by, the name of the file it was read
@@ -1429,30 +1432,19 @@ impl Registry {
             Some(_) => format!("Delete {real} {}", removed[0].vers),
             None => format!("Delete {real} (all versions)"),
         };
-        // The owners go first when the name is given up, kept to be put back.
-        let mut released = None;
-        let previous_owners = if release_name {
-            let mut edit = auth::Edit::open(self)?;
-            released = Some(edit.data.forget_owners(&real));
-            edit.save_keeping()?
-        } else {
-            None
-        };
-        let put_back_owners = |previous: Option<Previous>| {
-            if let Some(p) = previous {
-                let _ = p.put_back();
-            }
+        // Read before anything changes (a file that cannot be read refuses the delete), and
+        // written last: a name given up whose owners could not be forgotten stays theirs,
+        // never the other way round, and the same delete finishes it.
+        let access = match release_name {
+            true => Some(auth::Edit::open(self)?),
+            false => None,
         };
         // Journaled by the real spelling: the crate files live under it.
-        if let Err(e) = self.journal(&real) {
-            put_back_owners(previous_owners);
-            return Err(e.into());
-        }
+        self.journal(&real)?;
         let now = index::Pubtime::now();
         let previous = match tombstone::add(&self.root, &removed, now.as_str(), release_name) {
             Ok(p) => p,
             Err(e) => {
-                put_back_owners(previous_owners);
                 self.journal_done();
                 return Err(e.into());
             }
@@ -1460,28 +1452,26 @@ impl Registry {
         if let Err(e) = self.write_index_file(name, &kept, &message) {
             // Not deleted after all: no tombstones. If they cannot be taken back, the
             // journal stays and its repair drops them (they name versions in the index).
-            put_back_owners(previous_owners);
             if previous.put_back().is_ok() {
                 self.journal_done();
             }
             return Err(e.into());
         }
         previous.forget();
-        if let Some(p) = previous_owners {
-            p.forget();
-        }
         changes.push(Change::Deleted {
             name: real.clone(),
             versions: removed.iter().map(|e| e.vers.clone()).collect(),
         });
-        if let Some(owners) = released {
+        self.remove_crate_files(&real, &removed)?;
+        self.update_search(name, &kept, None);
+        if let Some(mut edit) = access {
+            let owners = edit.data.forget_owners(&real);
+            edit.save()?;
             changes.push(Change::NameReleased {
                 name: real.clone(),
                 owners,
             });
         }
-        self.remove_crate_files(&real, &removed)?;
-        self.update_search(name, &kept, None);
         Ok(removed.into_iter().map(|e| e.vers).collect())
     }
 
@@ -1522,9 +1512,9 @@ impl Registry {
             return Err(missing());
         }
         let owners = edit.data.forget_owners(name);
-        let spelled = tombstone::release(&self.root, name, index::Pubtime::now().as_str())?;
         // The tombstones are marked first: if the owners cannot be forgotten, the name stays
         // theirs (recorded owners keep a name) and the delete can be run again.
+        let spelled = tombstone::release(&self.root, name, index::Pubtime::now().as_str())?;
         edit.save()?;
         changes.push(Change::NameReleased {
             name: spelled.unwrap_or_else(|| name.to_string()),
