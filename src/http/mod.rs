@@ -20,7 +20,7 @@ pub use response::{Body, BodyCursor, Response};
 pub use api::{Job, Routed};
 use files::Trees;
 
-use crate::registry::auth::{AuthView, Principal, Refusal};
+use crate::registry::auth::{AuthView, Principal};
 use crate::registry::settings::Access;
 
 pub use endpoint::{Endpoint, Lane, Metric, METRICS_PATH};
@@ -37,6 +37,10 @@ pub struct Site {
     pub max_upload: u64,
     /// Who may do what; reloaded by the server when `auth.json` or `palletizer.toml` change.
     pub auth: AuthView,
+    /// Why the access files do not load now (a hand edit left them broken). While set,
+    /// every request that needs a token is refused: the view kept from before may still
+    /// hold a token the edit meant to revoke.
+    pub auth_broken: Option<String>,
 }
 
 impl Site {
@@ -53,6 +57,7 @@ impl Site {
             trees,
             max_upload: max_crate_size + api::MAX_METADATA + 8,
             auth: AuthView::new(Access::Open, &Default::default()),
+            auth_broken: None,
         }
     }
 
@@ -66,7 +71,7 @@ impl Site {
 #[derive(Debug)]
 pub struct Refused {
     pub response: Response,
-    pub refusal: Refusal,
+    pub reason: String,
 }
 
 /// Checks a request's credentials against what its endpoint needs in the access mode in
@@ -81,6 +86,17 @@ pub fn authorize(
     let Some(req) = endpoint.required(site.access()) else {
         return Ok(None);
     };
+    // Fail closed: no token is taken while the files that say who may do what are broken.
+    if let Some(why) = &site.auth_broken {
+        let detail = format!(
+            "the registry's access control is broken ({why}); every request that needs a \
+             token is refused until an administrator fixes it"
+        );
+        return Err(Box::new(Refused {
+            response: Response::error(503, &detail),
+            reason: "access control files broken".into(),
+        }));
+    }
     let page = endpoint.takes_session_cookie();
     let cookie = (page && head.authorization.is_none())
         .then(|| head.cookie.as_deref().and_then(pages::session_token))
@@ -98,7 +114,10 @@ pub fn authorize(
         } else {
             auth::refused(&refusal, req.challenge, &site.url)
         };
-        Box::new(Refused { response, refusal })
+        Box::new(Refused {
+            response,
+            reason: refusal.reason().to_string(),
+        })
     })
 }
 

@@ -456,7 +456,7 @@ impl<S: Stream> Conn<S> {
                         "{} {}: {}",
                         head.method.as_str(),
                         head.path(),
-                        refused.refusal.reason()
+                        refused.reason
                     );
                     shared.log_refused(self.peer, &why);
                     (Routed::Done(refused.response), None)

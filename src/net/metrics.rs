@@ -160,6 +160,7 @@ pub struct Metrics {
     timed_out: Cell<u64>,
     tls_failures: Cell<u64>,
     closed: [Cell<u64>; CloseReason::ALL.len()],
+    auth_broken: Cell<u64>,
     publish_accepted: Cell<u64>,
     publish_refused: [Cell<u64>; 7],
     jobs_sent: Cell<u64>,
@@ -192,6 +193,11 @@ impl Metrics {
         if tls_handshake_failed {
             self.tls_failures.add(1);
         }
+    }
+
+    /// Whether the access control files fail to load now.
+    pub fn set_auth_broken(&self, broken: bool) {
+        self.auth_broken.set(broken.into());
     }
 
     pub fn accept_failed(&self) {
@@ -309,6 +315,12 @@ impl Metrics {
     }
 
     fn render_work(&self, o: &mut Vec<u8>, trees: &Trees) {
+        gauge(
+            o,
+            "palletizer_access_control_broken",
+            "1 while auth.json or palletizer.toml do not load: requests that need a token get 503.",
+            self.auth_broken.get(),
+        );
         counter(
             o,
             "palletizer_publishes_accepted_total",

@@ -386,10 +386,19 @@ impl Server {
                 );
                 self.shared.site.auth = view;
                 os::release_freed_memory();
+                if self.shared.site.auth_broken.take().is_some() {
+                    info!("access control files load again; tokens are taken again");
+                }
+                self.shared.metrics.set_auth_broken(false);
                 self.auth_broken = None;
             }
             Err(e) => {
-                error!("access control not reloaded, keeping the previous one: {e}");
+                error!(
+                    "error: access control files do not load: {e}; every request that \
+                     needs a token is refused (503) until they do"
+                );
+                self.shared.site.auth_broken = Some(e.to_string());
+                self.shared.metrics.set_auth_broken(true);
                 self.auth_broken = Some(stamp);
             }
         }
