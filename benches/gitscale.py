@@ -64,7 +64,7 @@ def publish(addr, name):
     body = struct.pack("<I", len(meta)) + meta + struct.pack("<I", len(krate)) + krate
     start = time.monotonic()
     with socket.create_connection(addr, timeout=120) as c:
-        c.sendall(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        c.sendall(b"PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
         reply = b""
         while chunk := c.recv(65536):
             reply += chunk

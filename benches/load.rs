@@ -514,7 +514,7 @@ fn wait_ready(port: u16, tls: Option<&Arc<rustls::ClientConfig>>) {
     loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             let mut s = connect(port, tls);
-            if s.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+            if s.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 .is_ok()
             {
                 let mut b = [0u8; 12];
@@ -686,7 +686,7 @@ fn idle_connections(
     (0..n)
         .map(|_| {
             let mut s = connect(port, tls);
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
                 .unwrap();
             read_response(&mut s);
             s
@@ -732,8 +732,10 @@ fn parallel_downloads(
             let mut s = connect(port, tls);
             std::thread::spawn(move || {
                 for _ in 0..rounds {
-                    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                        .unwrap();
+                    s.write_all(
+                        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+                    )
+                    .unwrap();
                     let (status, len) = read_response(&mut s);
                     assert_eq!((status, len), (200, 1 << 20));
                 }
@@ -873,7 +875,7 @@ fn publish(port: u16, token: &str, name: &str, vers: &str, extra: &[(&str, &[u8]
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(
         format!(
-            "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: {}\r\n\r\n",
+            "PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )
         .as_bytes(),
@@ -894,7 +896,7 @@ fn publish_loop(port: u16, pid: u32, token: &str) -> PublishStats {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
             let t = Instant::now();
-            s.write_all(b"GET /index/3/a/aax HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.write_all(b"GET /index/3/a/aax HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 .unwrap();
             read_response(&mut s);
             lat.push(t.elapsed().as_micros() as u64);
@@ -951,7 +953,8 @@ fn scale_run(bin: &str, work: &Path, crates: usize) -> Scale {
         let q = crate_name((i * 997) % crates);
         let t = Instant::now();
         s.write_all(
-            format!("GET /api/v1/crates?q={q}&per_page=10 HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            format!("GET /api/v1/crates?q={q}&per_page=10 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .as_bytes(),
         )
         .unwrap();
         let (status, _) = read_response(&mut s);

@@ -95,7 +95,10 @@ pub fn serve(
     os::release_code_pages();
     let root = config.registry.clone().unwrap_or_else(|| ".".into());
     let (registry, created) = open_registry(&root, &listeners[0], create)?;
-    let site = site_of(&registry, &config.limits)?;
+    let mut site = site_of(&registry, &config.limits)?;
+    for l in &listeners {
+        site.authorities.add_listener(l.addr);
+    }
     let changes = changes::Changes::watch(
         &registry.lock_path(),
         &[auth::AUTH_FILE, registry::SETTINGS_FILE],

@@ -358,7 +358,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
     let mut c = TcpStream::connect(srv.addr()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let token = s.token();
-    c.write_all(format!("PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: 200000000\r\nExpect: 100-continue\r\n\r\n").as_bytes())
+    c.write_all(format!("PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Length: 200000000\r\nExpect: 100-continue\r\n\r\n").as_bytes())
         .unwrap();
     let (st, text) = read_one(&mut c);
     assert_eq!(st, 413);
@@ -372,7 +372,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
     let mut c = TcpStream::connect(srv.addr()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let head = format!(
-        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()
     );
     c.write_all(head.as_bytes()).unwrap();
@@ -385,7 +385,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
     // A client that disconnects mid-body leaves no file behind.
     let before = snapshot(&s.reg());
     let mut c = TcpStream::connect(srv.addr()).unwrap();
-    c.write_all(format!("PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: 100000\r\n\r\n").as_bytes())
+    c.write_all(format!("PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Length: 100000\r\n\r\n").as_bytes())
         .unwrap();
     c.write_all(&[0u8; 5000]).unwrap();
     let spooled = || {
@@ -426,26 +426,26 @@ fn api_errors_are_cargo_readable() {
     };
     for (raw, status) in [
         (
-            "DELETE /api/v1/crates/nope/1.0.0/yank HTTP/1.1\r\nHost: x\r\n\r\n",
+            "DELETE /api/v1/crates/nope/1.0.0/yank HTTP/1.1\r\nHost: localhost\r\n\r\n",
             404,
         ),
         (
-            "PUT /api/v1/crates/nope/1.0.0/unyank HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            "PUT /api/v1/crates/nope/1.0.0/unyank HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
             404,
         ),
         (
-            "DELETE /api/v1/crates/nope/x.y/yank HTTP/1.1\r\nHost: x\r\n\r\n",
+            "DELETE /api/v1/crates/nope/x.y/yank HTTP/1.1\r\nHost: localhost\r\n\r\n",
             400,
         ),
         (
-            "GET /api/v1/crates/nope/1.0.0/yank HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /api/v1/crates/nope/1.0.0/yank HTTP/1.1\r\nHost: localhost\r\n\r\n",
             405,
         ),
         (
-            "GET /api/v1/crates?q=x&per_page=zero HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /api/v1/crates?q=x&per_page=zero HTTP/1.1\r\nHost: localhost\r\n\r\n",
             400,
         ),
-        ("GET /api/v1/nothing HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        ("GET /api/v1/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
     ] {
         let (st, body) = req(raw);
         assert_eq!(st, status, "{raw}: {body}");
@@ -457,7 +457,7 @@ fn api_errors_are_cargo_readable() {
             "{body}"
         );
     }
-    let (st, body) = req("GET /api/v1/crates?q=anything HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (st, body) = req("GET /api/v1/crates?q=anything HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(st, 200);
     assert_eq!(body.trim(), r#"{"crates":[],"meta":{"total":0}}"#);
 }
@@ -484,7 +484,7 @@ fn names_from_urls_never_reach_the_file_system() {
     ] {
         for (method, action) in [("DELETE", "yank"), ("PUT", "unyank")] {
             let raw = format!(
-                "{method} /api/v1/crates/{name}/1.0.0/{action} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 0\r\n\r\n",
+                "{method} /api/v1/crates/{name}/1.0.0/{action} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nContent-Length: 0\r\n\r\n",
                 s.token()
             );
             let mut c = TcpStream::connect(srv.addr()).unwrap();
@@ -554,7 +554,7 @@ fn twenty_concurrent_publishes_all_land() {
     while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
         let mut c = TcpStream::connect(srv.addr()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
         assert_eq!(read_one(&mut c).0, 200);
         if (1..20).contains(&puts()) {
@@ -598,7 +598,7 @@ fn odd_authorization_headers_never_stop_the_server() {
         let mut c = TcpStream::connect(srv.addr()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let head = format!(
-            "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {value}\r\nContent-Length: {}\r\n\r\n",
+            "PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\nAuthorization: {value}\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         c.write_all(head.as_bytes()).unwrap();
@@ -610,7 +610,7 @@ fn odd_authorization_headers_never_stop_the_server() {
     let mut c = TcpStream::connect(srv.addr()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let two = format!(
-        "DELETE /api/v1/crates/odd/1.0.0/yank HTTP/1.1\r\nHost: x\r\nAuthorization: wrong\r\nAuthorization: {}\r\n\r\n",
+        "DELETE /api/v1/crates/odd/1.0.0/yank HTTP/1.1\r\nHost: localhost\r\nAuthorization: wrong\r\nAuthorization: {}\r\n\r\n",
         s.token()
     );
     c.write_all(two.as_bytes()).unwrap();
@@ -621,20 +621,23 @@ fn odd_authorization_headers_never_stop_the_server() {
     // HEAD is allowed wherever GET is; names too long for the file system are not found.
     for (req, status) in [
         (
-            "HEAD /api/v1/crates?q=odd HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            "HEAD /api/v1/crates?q=odd HTTP/1.1\r\nHost: localhost\r\n\r\n".to_owned(),
             200,
         ),
         (
-            "HEAD /api/v1/crates/odd/owners HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            "HEAD /api/v1/crates/odd/owners HTTP/1.1\r\nHost: localhost\r\n\r\n".to_owned(),
             200,
         ),
         (
-            format!("GET /index/{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(300)),
+            format!(
+                "GET /index/{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                "a".repeat(300)
+            ),
             404,
         ),
         (
             format!(
-                "GET /crates/{0}/{0}-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET /crates/{0}/{0}-1.0.0.crate HTTP/1.1\r\nHost: localhost\r\n\r\n",
                 "a".repeat(300)
             ),
             404,

@@ -796,7 +796,7 @@ fn private_registry_every_route_refuses_no_wrong_and_other_scope_tokens() {
         let auth = token.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
         write!(
             c,
-            "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\n{auth}Expect: 100-continue\r\n\
+            "PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\n{auth}Expect: 100-continue\r\n\
              Content-Length: 1000000\r\n\r\n"
         )
         .unwrap();
@@ -917,7 +917,7 @@ fn a_token_revoked_during_its_upload_cannot_publish() {
     let mut c = std::net::TcpStream::connect(srv.addr()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let head = format!(
-        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {slow}\r\nContent-Length: {}\r\n\r\n",
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\nAuthorization: {slow}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     c.write_all(head.as_bytes()).unwrap();

@@ -172,7 +172,7 @@ fn backup_while_serving_restores_the_same_registry_for_sparse_libgit2_and_git_cl
         .unwrap();
     write!(
         busy,
-        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         s.token(),
         body.len()
     )

@@ -14,7 +14,7 @@ use support::Sandbox;
 fn closed(metrics: &str) -> std::collections::HashMap<String, u64> {
     let mut c = TcpStream::connect(metrics).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut text = String::new();
     c.read_to_string(&mut text).unwrap();
@@ -60,10 +60,10 @@ fn closed_connections_are_counted_by_why_they_ended() {
     until_closed(registry, b"\x01\x02 nonsense\r\n\r\n");
     until_closed(
         registry,
-        b"GET /index/config.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     let mut kept = TcpStream::connect(registry).unwrap();
-    kept.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+    kept.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut buf = [0u8; 4096];
     assert!(kept.read(&mut buf).unwrap() > 0);

@@ -14,7 +14,7 @@ fn get(addr: &str, method: &str, path: &str) -> (u16, String) {
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         c,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     read_one(&mut c)
@@ -126,7 +126,7 @@ fn crate_json_as_crates_io_answers_it() {
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         c,
-        "HEAD /api/v1/crates/leaf HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "HEAD /api/v1/crates/leaf HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = String::new();

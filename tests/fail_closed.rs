@@ -35,7 +35,7 @@ fn yank(addr: &str, token: &str) -> (u16, String) {
     request(
         addr,
         &format!(
-            "DELETE /api/v1/crates/nope/1.0.0/yank HTTP/1.1\r\nHost: x\r\n\
+            "DELETE /api/v1/crates/nope/1.0.0/yank HTTP/1.1\r\nHost: localhost\r\n\
              Authorization: {token}\r\nConnection: close\r\n\r\n"
         ),
     )
@@ -44,7 +44,7 @@ fn yank(addr: &str, token: &str) -> (u16, String) {
 fn broken_gauge(metrics: &str) -> Option<String> {
     let (_, body) = request(
         metrics,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     body.lines()
         .find_map(|l| l.strip_prefix("palletizer_access_control_broken "))
@@ -101,7 +101,7 @@ fn a_broken_auth_json_refuses_every_token_until_it_is_mended() {
     // Reads that need no token (public mode) go on.
     let (status, _) = request(
         addr,
-        "GET /index/config.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /index/config.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(status, 200);
 

@@ -134,7 +134,7 @@ fn git_endpoints_refuse_what_they_do_not_serve() {
         let status = text[9..12].parse().unwrap();
         (status, text)
     };
-    let close = "Host: x\r\nConnection: close\r\n";
+    let close = "Host: localhost\r\nConnection: close\r\n";
     let (st, _) = req(format!("GET /index/info/refs HTTP/1.1\r\n{close}\r\n").as_bytes());
     assert_eq!(st, 403, "dumb HTTP is not served");
     let (st, text) = req(format!(

@@ -16,7 +16,7 @@ use support::{raise_nofile, send_until_close, split_responses, Sandbox};
 
 /// How long anything may take before the test calls it "never".
 const NEVER: Duration = Duration::from_secs(30);
-const CONFIG_GET: &[u8] = b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n";
+const CONFIG_GET: &[u8] = b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 /// Reads one response's status line and headers, then its `Content-Length` body; `None`
 /// if the connection ends or `until` passes first.
@@ -243,14 +243,15 @@ fn a_body_on_a_worker_route_is_never_a_request() {
     let s = Sandbox::new();
     let srv = s.serve(&["-q"]);
     let smuggled = CONFIG_GET;
-    assert_eq!(smuggled.len(), 44);
-    let last = b"GET /index/3/n/nop HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    assert_eq!(smuggled.len(), 52);
+    let last = b"GET /index/3/n/nop HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     for route in [
         "/api/v1/crates?q=x",
         "/index/info/refs?service=git-upload-pack",
     ] {
         let raw = [
-            format!("GET {route} HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\n\r\n").as_bytes(),
+            format!("GET {route} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 52\r\n\r\n")
+                .as_bytes(),
             smuggled,
             last,
         ]
@@ -268,8 +269,8 @@ fn a_body_on_a_worker_route_is_never_a_request() {
 fn head_on_a_worker_route_sends_no_body() {
     let s = Sandbox::new();
     let srv = s.serve(&["-q"]);
-    let raw = b"HEAD /index/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n\r\n\
-GET /index/3/n/nop HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let raw = b"HEAD /index/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: localhost\r\n\r\n\
+GET /index/3/n/nop HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     let out = send_until_close(srv.addr(), raw);
     let rs = split_responses(&out, &[0]);
     assert_eq!(rs.len(), 2, "{:?}", String::from_utf8_lossy(&out));
@@ -290,8 +291,8 @@ fn content_length_with_a_sign_and_http11_without_host_are_refused() {
     let s = Sandbox::new();
     let srv = s.serve(&["-q"]);
     for raw in [
-        &b"GET /index/config.json HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello"[..],
-        b"GET /index/config.json HTTP/1.1\r\nHost: x\r\nContent-Length: 0x5\r\n\r\nhello",
+        &b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\nContent-Length: +5\r\n\r\nhello"[..],
+        b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0x5\r\n\r\nhello",
         b"GET /index/config.json HTTP/1.1\r\n\r\n",
         b"GET /index/config.json HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     ] {
@@ -316,7 +317,7 @@ fn start_publish(addr: &str, token: &str, len: usize) -> (TcpStream, Vec<u8>) {
     c.set_read_timeout(Some(NEVER)).unwrap();
     c.write_all(
         format!(
-            "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
+            "PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
         )
         .as_bytes(),
     )
@@ -336,7 +337,7 @@ fn uploads_beyond_the_spool_cap_wait_their_turn() {
 
     // A second upload would pass the cap: refused before its body, with a cargo error.
     let raw = format!(
-        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 200000\r\n\r\n",
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nContent-Length: 200000\r\n\r\n",
         s.token()
     );
     let out = send_until_close(srv.addr(), &[raw.as_bytes(), &vec![b'x'; 200_000]].concat());

@@ -66,7 +66,7 @@ fn idle_server_kept_the_code_of_past_requests_resident() {
 /// One keep-alive request on `c`; the status.
 fn ask(c: &mut std::net::TcpStream, path: &str) -> u16 {
     use std::io::{Read, Write};
-    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

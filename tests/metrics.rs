@@ -22,7 +22,7 @@ fn request(addr: &str, method: &str, path: &str, auth: Option<&str>) -> (u16, St
     let auth = auth.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
     write!(
         c,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
     read_one(&mut c)
@@ -192,14 +192,17 @@ fn a_metrics_listener_serves_metrics_without_a_token_and_nothing_else() {
     // Plain HTTP to the TLS listener: a failed handshake, counted once the server closed it.
     let tls_failures = "palletizer_tls_handshake_failures_total";
     assert_eq!(scrape(metrics, None).1[tls_failures], 0.0);
-    send_until_close(tls, b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n");
+    send_until_close(
+        tls,
+        b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
     assert_eq!(scrape(metrics, None).1[tls_failures], 1.0);
 
     let (text, _) = scrape(metrics, None);
     promtool_accepts(&text);
     let head = send_until_close(
         metrics,
-        b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");

@@ -68,7 +68,7 @@ fn yank(addr: &str, token: &str, name: &str, vers: &str) {
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         c,
-        "DELETE /api/v1/crates/{name}/{vers}/yank HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: 0\r\n\r\n"
+        "DELETE /api/v1/crates/{name}/{vers}/yank HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
     assert_eq!(read_one(&mut c).0, 200);

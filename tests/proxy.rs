@@ -21,7 +21,7 @@ fn add(s: &Sandbox, name: &str, vers: &str) {
 }
 
 fn get(addr: &str, path: &str, extra: &str) -> support::RawResponse {
-    let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n");
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n");
     split_responses(&send_until_close(addr, raw.as_bytes()), &[]).remove(0)
 }
 

@@ -92,7 +92,10 @@ fn request(addr: &str, raw: &str) -> Resp {
 }
 
 fn get(addr: &str, path: &str) -> Resp {
-    request(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"))
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+    )
 }
 
 /// Whether the server closed the connection (EOF or reset) within the read timeout.
@@ -121,7 +124,7 @@ fn started() -> (Sandbox, ServerProc) {
 
 /// `GET /index/3/f/foo` on the kept-alive connection `c`: the file's text (200 asserted).
 fn foo_index_on(c: &mut TcpStream, buf: &mut Vec<u8>) -> String {
-    c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
+    c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let r = read_response(c, buf, false);
     assert_eq!(r.status, 200);
@@ -164,7 +167,7 @@ fn keep_alive_pipelining_and_head() {
     let mut c = connect(srv.addr());
     let mut buf = Vec::new();
     for _ in 0..3 {
-        c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
         let r = read_response(&mut c, &mut buf, false);
         assert_eq!(r.status, 200);
@@ -172,8 +175,8 @@ fn keep_alive_pipelining_and_head() {
     }
     // Three requests in one write, answered in order.
     c.write_all(
-        b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\nGET /index/3/n/nop HTTP/1.1\r\nHost: x\r\n\r\n\
-HEAD /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\nGET /index/3/n/nop HTTP/1.1\r\nHost: localhost\r\n\r\n\
+HEAD /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .unwrap();
     let a = read_response(&mut c, &mut buf, false);
@@ -191,7 +194,7 @@ HEAD /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n",
             .len() as usize
     );
     // The HEAD sent no body: the next response starts right after it.
-    c.write_all(b"GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n")
+    c.write_all(b"GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let d = read_response(&mut c, &mut buf, false);
     assert_eq!(d.status, 200);
@@ -202,12 +205,12 @@ HEAD /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n",
     assert!(buf.is_empty());
     // h2c upgrade headers, as cargo sends them, get a plain HTTP/1.1 answer on a kept connection.
     c.write_all(
-        b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+        b"GET /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
 HTTP2-Settings: AAMAAABkAAQAAQAAAAIAAAAA\r\n\r\n",
     )
     .unwrap();
     assert_eq!(read_response(&mut c, &mut buf, false).status, 200);
-    c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    c.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let last = read_response(&mut c, &mut buf, false);
     assert_eq!(last.header("connection"), Some("close"));
@@ -225,13 +228,15 @@ fn conditional_requests_and_etags() {
         "strong etag: {etag}"
     );
     let inm = |tag: &str| {
-        format!("GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\nIf-None-Match: {tag}\r\n\r\n")
+        format!("GET /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\nIf-None-Match: {tag}\r\n\r\n")
     };
     let r = request(srv.addr(), &inm(&etag));
     assert_eq!(r.status, 304);
     assert!(r.body.is_empty());
     assert_eq!(request(srv.addr(), &inm("\"other\"")).status, 200);
-    let ims = format!("GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: {lm}\r\n\r\n");
+    let ims = format!(
+        "GET /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\nIf-Modified-Since: {lm}\r\n\r\n"
+    );
     assert_eq!(request(srv.addr(), &ims).status, 304);
     // An unconditional request never gets a 304.
     assert_eq!(get(srv.addr(), "/index/3/f/foo").status, 200);
@@ -247,7 +252,7 @@ fn conditional_requests_and_etags() {
     let r = request(
         srv.addr(),
         &format!(
-            "GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\nIf-None-Match: {tag}\r\n\r\n"
+            "GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: localhost\r\nIf-None-Match: {tag}\r\n\r\n"
         ),
     );
     assert_eq!(r.status, 304);
@@ -286,7 +291,7 @@ fn traversal_and_bad_requests_are_refused() {
 
     // A 20 KiB header block.
     let big = format!(
-        "GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "GET /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
         "a".repeat(20 * 1024)
     );
     let mut c = connect(srv.addr());
@@ -294,28 +299,37 @@ fn traversal_and_bad_requests_are_refused() {
     let r = read_response(&mut c, &mut Vec::new(), false);
     assert_eq!(r.status, 431);
     assert_eq!(r.header("connection"), Some("close"));
-    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(20 * 1024));
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
     let mut c = connect(srv.addr());
     let _ = c.write_all(long.as_bytes());
     assert_eq!(read_response(&mut c, &mut Vec::new(), false).status, 414);
 
     for (raw, status) in [
-        ("BREW /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+        (
+            "BREW /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            501,
+        ),
         ("GET /index/3/f/foo HTTP/2.0\r\n\r\n", 505),
         ("GARBAGE\r\n\r\n", 400),
         (
-            "POST /index/3/f/foo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            "POST /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
             405,
         ),
         (
-            "DELETE /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n",
+            "DELETE /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: localhost\r\n\r\n",
             405,
         ),
         (
-            "GET /crates/foo/foo-9.9.9.crate HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /crates/foo/foo-9.9.9.crate HTTP/1.1\r\nHost: localhost\r\n\r\n",
             404,
         ),
-        ("GET /index/3/n/nop HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        (
+            "GET /index/3/n/nop HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            404,
+        ),
     ] {
         let r = request(srv.addr(), raw);
         assert_eq!(r.status, status, "{raw:?}");
@@ -378,7 +392,7 @@ fn tls_get(addr: &str, cert_pem: &str, path: &str) -> (Resp, Vec<u8>, Option<Vec
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let conn = rustls::ClientConnection::new(tls_client(cert_pem), name).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, connect(addr));
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
         .unwrap();
     let r = read_response(&mut tls, &mut Vec::new(), false);
     let leaf = tls.conn.peer_certificates().unwrap()[0].to_vec();
@@ -445,7 +459,7 @@ fn tls_serves_and_misbehaving_clients_affect_only_themselves() {
     // Plain HTTP on the TLS port: that connection fails, the server goes on.
     let mut wrong = connect(&tls_addr);
     wrong
-        .write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     assert!(closed(&mut wrong));
     let mut garbage = connect(&tls_addr);
@@ -491,7 +505,7 @@ fn tls_connection_serves_again_after_idling_with_buffers_released() {
     let mut tls = tls_stream(&srv.addrs[0], &cert);
     let mut buf = Vec::new();
     for round in 0..3 {
-        tls.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
+        tls.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
         let r = read_response(&mut tls, &mut buf, false);
         assert_eq!(r.status, 200, "request {round}");
@@ -500,7 +514,7 @@ fn tls_connection_serves_again_after_idling_with_buffers_released() {
         std::thread::sleep(Duration::from_millis(200));
     }
     tls.write_all(
-        b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\nGET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\n\r\nGET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .unwrap();
     assert_eq!(read_response(&mut tls, &mut buf, false).status, 200);
@@ -524,7 +538,7 @@ fn tls_large_download_is_byte_exact_with_a_slow_reader() {
     assert!(want.len() > 2 << 20);
     let mut tls = tls_stream(&srv.addrs[0], &cert);
     for round in 0..2 {
-        tls.write_all(b"GET /crates/big/big-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n")
+        tls.write_all(b"GET /crates/big/big-1.0.0.crate HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
         let mut got = Vec::new();
         let mut chunk = [0u8; 7001];
@@ -547,7 +561,7 @@ fn tls_large_download_is_byte_exact_with_a_slow_reader() {
         assert_eq!(got.len(), start + want.len(), "nothing past the body");
         assert!(got[start..] == want[..], "body differs in round {round}");
     }
-    tls.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+    tls.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     assert_eq!(read_response(&mut tls, &mut Vec::new(), false).status, 200);
 }
@@ -565,7 +579,7 @@ fn sighup_reloads_the_certificate() {
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let conn = rustls::ClientConnection::new(tls_client(&cert), name).unwrap();
     let mut old = rustls::StreamOwned::new(conn, connect(&tls_addr));
-    old.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+    old.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let mut buf = Vec::new();
     assert_eq!(read_response(&mut old, &mut buf, false).status, 200);
@@ -580,7 +594,7 @@ fn sighup_reloads_the_certificate() {
         let conn = rustls::ClientConnection::new(tls_client(&cert2), name).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, connect(&tls_addr));
         if tls
-            .write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .is_ok()
         {
             let mut b = Vec::new();
@@ -603,7 +617,7 @@ fn sighup_reloads_the_certificate() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    old.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+    old.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     assert_eq!(
         read_response(&mut old, &mut buf, false).status,
@@ -617,7 +631,7 @@ fn sigterm_finishes_in_flight_and_exits_zero() {
     use palletizer::registry::tarball::testing::publish_body;
     let (s, mut srv) = started();
     let mut idle = connect(srv.addr());
-    idle.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     assert_eq!(read_response(&mut idle, &mut Vec::new(), false).status, 200);
     // A publish in flight. The interim `100 Continue` shows the server has taken the head
@@ -626,7 +640,7 @@ fn sigterm_finishes_in_flight_and_exits_zero() {
     let body = publish_body(json, &simple_crate("late", "1.0.0", &[]));
     let mut busy = connect(srv.addr());
     let head = format!(
-        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         s.token(),
         body.len()
     );
@@ -833,7 +847,7 @@ fn running_out_of_file_descriptors_is_not_fatal() {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let mut c = connect(srv.addr());
-        if c.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        if c.write_all(b"GET /index/config.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .is_ok()
         {
             let mut b = [0u8; 12];
@@ -941,7 +955,7 @@ fn downloads_are_byte_exact_small_and_across_mmap_windows() {
         ("/crates/foo/foo-1.0.0.crate", "crates/foo/foo-1.0.0.crate"),
         ("/crates/big/big-1.0.0.crate", "crates/big/big-1.0.0.crate"),
     ] {
-        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
             .unwrap();
         let r = read_response(&mut c, &mut buf, false);
         assert_eq!(r.status, 200);
@@ -993,15 +1007,15 @@ fn large_crate_files_use_sendfile_on_plain_tcp_and_mmap_over_tls() {
     // one. The client reads late, so the server meets a full socket buffer midway.
     let mut c = connect(&plain_addr);
     let mut buf = Vec::new();
-    c.write_all(b"HEAD /crates/big/big-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n")
+    c.write_all(b"HEAD /crates/big/big-1.0.0.crate HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let r = read_response(&mut c, &mut buf, true);
     assert_eq!(r.status, 200);
     assert_eq!(r.header("Content-Length"), Some(&*file.len().to_string()));
     let before = bytes_read_by(pid);
     c.write_all(
-        b"GET /crates/big/big-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n\
-          GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /crates/big/big-1.0.0.crate HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -1078,7 +1092,7 @@ fn a_low_descriptor_limit_shrinks_the_file_cache_instead_of_starving_sockets() {
     for round in 0..2 {
         for i in 0..files {
             c.write_all(
-                format!("GET /index/ma/ny/many-{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+                format!("GET /index/ma/ny/many-{i} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
             )
             .unwrap();
             let r = read_response(&mut c, &mut buf, false);
@@ -1092,8 +1106,10 @@ fn a_low_descriptor_limit_shrinks_the_file_cache_instead_of_starving_sockets() {
     // Every connection the limits allow still gets its socket, and an answer.
     let mut conns: Vec<TcpStream> = (0..60).map(|_| connect(srv.addr())).collect();
     for (i, c) in conns.iter_mut().enumerate() {
-        c.write_all(format!("GET /index/ma/ny/many-{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .unwrap();
+        c.write_all(
+            format!("GET /index/ma/ny/many-{i} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
         assert_eq!(read_response(c, &mut Vec::new(), false).status, 200, "{i}");
     }
 }
@@ -1122,7 +1138,7 @@ fn a_crate_file_truncated_in_place_never_kills_the_server_over_tls() {
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let conn = rustls::ClientConnection::new(tls_client(&cert), name).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, connect(&tls_addr));
-    tls.write_all(b"GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: x\r\n\r\n")
+    tls.write_all(b"GET /crates/foo/foo-1.0.0.crate HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     // Whatever this connection gets (a cut body, a close), the server lives on.
     let _ = support::try_read_bytes(&mut tls);

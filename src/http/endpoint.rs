@@ -201,7 +201,7 @@ fn no_route() -> Endpoint<'static> {
 impl<'a> Endpoint<'a> {
     /// The endpoint of a request to `site`: the base path stripped, then [`Self::parse`].
     pub fn of(site: &Site, head: &'a Head) -> Endpoint<'a> {
-        match head.path().strip_prefix(site.base_path.as_str()) {
+        match head.origin_path().strip_prefix(site.base_path.as_str()) {
             Some(path) => Endpoint::parse(head.method, path, head.query()),
             None => no_route(),
         }
@@ -341,6 +341,13 @@ impl<'a> Endpoint<'a> {
                 change: Some(_), ..
             } => Lane::Writer,
         }
+    }
+
+    /// Whether the request changes something (a write, a session started or ended): such a
+    /// request from another site's page is refused (see [`crate::http::admit`]).
+    pub fn changes_state(&self) -> bool {
+        matches!(self.lane(), Lane::Writer)
+            || matches!(self, Endpoint::LoginForm | Endpoint::Logout)
     }
 
     /// Whether a browser's session cookie may stand for the token: on page reads only,

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod authority;
 pub mod crate_json;
 pub mod endpoint;
 pub mod errors;
@@ -41,6 +42,8 @@ pub struct Site {
     /// every request that needs a token is refused: the view kept from before may still
     /// hold a token the edit meant to revoke.
     pub auth_broken: Option<String>,
+    /// The authorities requests may be for (see [`authority`]).
+    pub authorities: authority::Authorities,
 }
 
 impl Site {
@@ -58,6 +61,7 @@ impl Site {
             max_upload: max_crate_size + api::MAX_METADATA + 8,
             auth: AuthView::new(Access::Open, &Default::default()),
             auth_broken: None,
+            authorities: authority::Authorities::of_url(url),
         }
     }
 
@@ -72,6 +76,39 @@ impl Site {
 pub struct Refused {
     pub response: Response,
     pub reason: String,
+}
+
+/// Whether a request is for this registry at all, before anything else is looked at: its
+/// authority (Host, or an absolute-form target's) must be one of the registry's own in
+/// every access mode (else 421: a DNS rebinding reaches a loopback registry under the
+/// attacker's name), and a request that changes state must not come from another site's
+/// page (a foreign `Origin` is a 403; cargo and git send none). `tls`: the connection's.
+pub fn admit(site: &Site, endpoint: &Endpoint, head: &Head, tls: bool) -> Result<(), Box<Refused>> {
+    if let Some(authority) = head.authority() {
+        if !site.authorities.is_own(authority, tls) {
+            let detail = format!(
+                "this server does not serve `{authority}`; the registry is {}",
+                site.url
+            );
+            return Err(Box::new(Refused {
+                // RFC 9110 15.5.20: 421, the request was sent to a server that does not
+                // answer for its authority.
+                response: Response::error(421, &detail),
+                reason: format!("foreign authority {authority}"),
+            }));
+        }
+    }
+    if let Some(origin) = head.origin.as_deref() {
+        if endpoint.changes_state() && !site.authorities.is_own_origin(origin) {
+            let detail =
+                format!("cross-site request refused: `{origin}` is not this registry's origin");
+            return Err(Box::new(Refused {
+                response: Response::error(403, &detail),
+                reason: format!("foreign origin {origin}"),
+            }));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a request's credentials against what its endpoint needs in the access mode in

@@ -47,6 +47,10 @@ pub struct Head {
     pub if_none_match: Option<String>,
     pub if_modified_since: Option<String>,
     pub authorization: Option<String>,
+    /// The `Host` header, lowercased.
+    pub host: Option<String>,
+    /// The `Origin` header, as sent (browsers send it on cross-site and form requests).
+    pub origin: Option<String>,
     /// The `Cookie` header (several are joined with `; `): browsers' session on the pages.
     pub cookie: Option<String>,
     pub content_type: Option<String>,
@@ -65,6 +69,32 @@ impl Head {
     pub fn query(&self) -> Option<&str> {
         self.target.split_once('?').map(|(_, q)| q)
     }
+
+    /// The authority the request is for: an absolute-form target's (RFC 9112 3.2.2: then
+    /// the Host header is ignored), else the Host header's.
+    pub fn authority(&self) -> Option<&str> {
+        match absolute_form(&self.target) {
+            Some((authority, _)) => Some(authority),
+            None => self.host.as_deref(),
+        }
+    }
+
+    /// The path below the authority: an absolute-form target's path, else the target's.
+    pub fn origin_path(&self) -> &str {
+        let path = self.path();
+        absolute_form(path).map_or(path, |(_, p)| p)
+    }
+}
+
+/// `http://authority/path` -> (authority, `/path`); `None` for an origin-form target.
+fn absolute_form(target: &str) -> Option<(&str, &str)> {
+    let rest = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let path = &rest[end..];
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    Some((&rest[..end], if path.is_empty() { "/" } else { path }))
 }
 
 /// A request the server refuses before routing: answered with `status`, then closed.
@@ -118,6 +148,8 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<Head>, ParseError> {
         if_none_match: None,
         if_modified_since: None,
         authorization: None,
+        host: None,
+        origin: None,
         cookie: None,
         content_type: None,
         content_encoding: None,
@@ -160,6 +192,7 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<Head>, ParseError> {
             if !value.bytes().all(is_host_byte) {
                 return Err(err(400, "invalid Host header"));
             }
+            head.host = Some(value.to_ascii_lowercase());
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
@@ -188,6 +221,8 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<Head>, ParseError> {
                 Some(before) => format!("{before}; {value}"),
                 None => value.to_owned(),
             });
+        } else if name.eq_ignore_ascii_case("origin") {
+            head.origin = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("content-type") {
             head.content_type = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("content-encoding") {

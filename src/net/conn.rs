@@ -433,14 +433,21 @@ impl<S: Stream> Conn<S> {
         // A bug in a handler costs its request a 500, never the process.
         let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let is_metrics = matches!(endpoint, Endpoint::Metrics);
-            if self.metrics_listener {
-                let r = match is_metrics {
-                    true => metrics_response(head.method, shared),
-                    false => Response::error(404, "this listener serves only /metrics"),
-                };
-                return (Routed::Done(r), None);
-            }
-            match http::authorize(&shared.site, &endpoint, &head, crate::registry::auth::now()) {
+            let tls = self.transport.plain_socket().is_none();
+            let admitted = http::admit(&shared.site, &endpoint, &head, tls).and_then(|()| {
+                if self.metrics_listener {
+                    return Ok(None);
+                }
+                http::authorize(&shared.site, &endpoint, &head, crate::registry::auth::now())
+            });
+            match admitted {
+                Ok(_) if self.metrics_listener => {
+                    let r = match is_metrics {
+                        true => metrics_response(head.method, shared),
+                        false => Response::error(404, "this listener serves only /metrics"),
+                    };
+                    (Routed::Done(r), None)
+                }
                 Ok(principal) => {
                     if let Some(p) = &principal {
                         shared.note_token_use(p.token, crate::registry::auth::now());
@@ -970,7 +977,7 @@ mod tests {
         let (jobs, tickets) = channel();
         let shared = Shared {
             site: Site::new(
-                "http://h",
+                "http://x",
                 Trees::new(index, dir.path().join("crates"), 0),
                 1000,
             ),

@@ -345,7 +345,7 @@ pub fn try_raw_publish(addr: &str, token: &str, body: &[u8]) -> std::io::Result<
     let mut c = std::net::TcpStream::connect(addr)?;
     c.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     let head = format!(
-        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\nContent-Length: {}\r\n\r\n",
+        "PUT /api/v1/crates/new HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     c.write_all(head.as_bytes())?;
@@ -404,7 +404,7 @@ pub fn get_bytes(addr: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     c.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     write!(
         c,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )?;
     try_read_bytes(&mut c)
 }
