@@ -45,7 +45,7 @@ impl Authorities {
     /// without a port.
     pub fn is_own(&self, authority: &str, tls: bool) -> bool {
         let authority = normalize(authority, Some(if tls { 443 } else { 80 }));
-        is_loopback_name(&authority) || self.own.iter().any(|a| *a == authority)
+        is_loopback_name(&authority) || self.own.contains(&authority)
     }
 
     /// Whether an `Origin` header's value (`scheme://host[:port]`) is one of ours. `null`
@@ -62,7 +62,7 @@ impl Authorities {
             let port = a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
             port.is_some_and(|p| self.ports.contains(&p))
         };
-        self.own.iter().any(|a| *a == authority)
+        self.own.contains(&authority)
             || (is_loopback_name(&authority) && listener_port(&authority))
     }
 }
