@@ -3,6 +3,9 @@
 //! bytes, whose tokens still work, and from which the real cargo resolves the same lockfile
 //! over the sparse index, libgit2 and the git CLI. Hostile or broken backup files are refused
 //! with one line and leave nothing behind.
+//!
+//! The full-disk test mounts a small tmpfs and so needs root: without it, it is reported as
+//! ignored with the reason, except under `CI=true`, where it fails (tests/support/harness.rs).
 
 mod support;
 
@@ -15,7 +18,17 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use palletizer::registry::tarball::testing::{publish_body, simple_crate};
+use support::harness::Tmpfs;
 use support::{get_bytes, meta, raw_publish, read_one, show, snapshot, Sandbox};
+
+support::harness::tests!(
+    backup_while_serving_restores_the_same_registry_for_sparse_libgit2_and_git_cli,
+    backups_taken_during_publishes_restore_clean,
+    restore_refuses_hostile_backup_files_and_writes_nothing_outside,
+    restore_never_writes_over_a_directory_with_files,
+    backup_refuses_a_registry_that_would_not_restore,
+    a_full_disk_leaves_no_backup_file_and_no_restore[Tmpfs],
+);
 
 /// Runs `palletizer ARGS` (no `-r`).
 fn palletizer(args: &[&str]) -> Output {
@@ -130,7 +143,6 @@ fn cargo_publish(s: &Sandbox, home: &Path, name: &str, vers: &str, token: &str) 
     assert!(out.status.success(), "publish {name}:\n{}", show(&out));
 }
 
-#[test]
 fn backup_while_serving_restores_the_same_registry_for_sparse_libgit2_and_git_cli() {
     let s = Sandbox::new();
     let srv = s.serve(&["-q"]);
@@ -279,7 +291,6 @@ fn backup_while_serving_restores_the_same_registry_for_sparse_libgit2_and_git_cl
         .contains("registry is consistent"));
 }
 
-#[test]
 fn backups_taken_during_publishes_restore_clean() {
     const PUBLISHES: usize = 20;
     let s = Sandbox::new();
@@ -405,7 +416,6 @@ fn names(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
 fn restore_refuses_hostile_backup_files_and_writes_nothing_outside() {
     let (s, backup) = with_backup();
     let manifest = manifest_blocks(&backup);
@@ -526,7 +536,6 @@ fn restore_refuses_hostile_backup_files_and_writes_nothing_outside() {
     assert!(target.join("crates/foo/foo-1.0.0.crate").exists());
 }
 
-#[test]
 fn restore_never_writes_over_a_directory_with_files() {
     let (s, backup) = with_backup();
     let out = palletizer(&[
@@ -551,7 +560,6 @@ fn restore_never_writes_over_a_directory_with_files() {
     assert!(empty.join("palletizer.toml").exists());
 }
 
-#[test]
 fn backup_refuses_a_registry_that_would_not_restore() {
     let (s, backup) = with_backup();
     let old = fs::read(&backup).unwrap();
@@ -573,37 +581,6 @@ fn backup_refuses_a_registry_that_would_not_restore() {
     refused(&out, "which it copies");
 }
 
-/// A tmpfs of `size` mounted at `dir`, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "mounting a tmpfs: {}",
-                show(&out)
-            );
-            eprintln!("SKIPPED: mounting a tmpfs needs root: {}", show(&out));
-            return None;
-        }
-        Some(Tmpfs(dir.to_owned()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-#[test]
 fn a_full_disk_leaves_no_backup_file_and_no_restore() {
     let (s, backup) = with_backup();
     // Enough crate data that the backup cannot fit in 1 MiB.
@@ -619,9 +596,7 @@ fn a_full_disk_leaves_no_backup_file_and_no_restore() {
         s.palletizer_ok(&["add", f.to_str().unwrap()]);
     }
     let small = s.path().join("small");
-    let Some(_mnt) = Tmpfs::mount(&small, "1m") else {
-        return;
-    };
+    let _mnt = Tmpfs::mount(&small, "1m");
     let file = small.join("reg.backup");
     let out = s.palletizer(&["backup", file.to_str().unwrap()]);
     refused(&out, "is full; no backup was written");

@@ -2,6 +2,9 @@
 //! (scraped before and after), `promtool check metrics` accepts the text, and who may read
 //! it: an admin's token on a registry listener, anyone on a listener marked
 //! `metrics = true`, which serves nothing else.
+//!
+//! Both tests need `promtool`: without it they are reported as ignored with the reason,
+//! except under `CI=true`, where they fail (tests/support/harness.rs).
 
 mod support;
 
@@ -14,6 +17,11 @@ use std::time::Duration;
 
 use palletizer::registry::tarball::testing::{publish_body, simple_crate};
 use support::{meta, raw_publish, read_one, self_signed, send_until_close, Sandbox};
+
+support::harness::tests!(
+    counters_move_with_requests_publishes_and_refusals[Promtool],
+    a_metrics_listener_serves_metrics_without_a_token_and_nothing_else[Promtool],
+);
 
 /// One request on a new connection, with an optional `Authorization` value.
 fn request(addr: &str, method: &str, path: &str, auth: Option<&str>) -> (u16, String) {
@@ -56,27 +64,15 @@ fn delta<'a>(
     }
 }
 
-/// `promtool check metrics` on the text. Without promtool the check is skipped, except in
-/// CI (`CI=true`), where it must run.
+/// `promtool check metrics` on the text (the tests that call it declare they need it).
 fn promtool_accepts(text: &str) {
-    let spawned = Command::new("promtool")
+    let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "promtool is missing in CI (Debian package `prometheus`)"
-            );
-            eprintln!("promtool not installed: `promtool check metrics` skipped");
-            return;
-        }
-        Err(e) => panic!("running promtool: {e}"),
-    };
+        .spawn()
+        .unwrap_or_else(|e| panic!("running promtool: {e}"));
     child
         .stdin
         .take()
@@ -92,7 +88,6 @@ fn promtool_accepts(text: &str) {
     );
 }
 
-#[test]
 fn counters_move_with_requests_publishes_and_refusals() {
     let s = Sandbox::new();
     let srv = s.serve(&[]);
@@ -166,7 +161,6 @@ fn counters_move_with_requests_publishes_and_refusals() {
     assert!(after["process_open_fds"] >= 3.0);
 }
 
-#[test]
 fn a_metrics_listener_serves_metrics_without_a_token_and_nothing_else() {
     let s = Sandbox::new();
     // Created by a zero-config start, then served from a config file with two listeners.

@@ -3,9 +3,9 @@
 //! dependencies and a yanked version, and checks the DOM after scripts would have run; in
 //! a private registry the login form is filled in through chromedriver's WebDriver API.
 //!
-//! Without Chromium the test is skipped with a note, except under `CI=true`, where a
-//! missing browser is a failure. `PALLETIZER_SCREENSHOTS=DIR` keeps the screenshots (the
-//! README's come from there).
+//! Without `chromium` or `chromedriver` on `PATH` the browser test is reported as ignored
+//! with the reason, except under `CI=true`, where it fails (tests/support/harness.rs).
+//! `PALLETIZER_SCREENSHOTS=DIR` keeps the screenshots (the README's come from there).
 
 mod support;
 
@@ -16,29 +16,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use palletizer::registry::tarball::testing::{crate_bytes, file, publish_body};
+use support::harness::on_path;
 use support::{get_bytes, raw_publish, read_one, Sandbox};
+
+support::harness::tests!(
+    browser_reads_home_search_and_crate_pages_and_logs_in_when_private[Chromium],
+    home_page_follows_publishes_and_yanks_between_views,
+);
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// `chromium` and `chromedriver`, or `None` (a failure under CI).
-fn browser() -> Option<(PathBuf, PathBuf)> {
-    let find = |name: &str| {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
-    };
-    match (find("chromium"), find("chromedriver")) {
-        (Some(c), Some(d)) => Some((c, d)),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("chromium and chromedriver are needed under CI (.ci/run installs them)")
-        }
-        _ => {
-            eprintln!("skipped: chromium or chromedriver is not installed");
-            None
-        }
-    }
+/// `chromium` and `chromedriver` (the test declares it needs them).
+fn browser() -> (PathBuf, PathBuf) {
+    let find = |name| on_path(name).unwrap_or_else(|| panic!("{name} is not on PATH"));
+    (find("chromium"), find("chromedriver"))
 }
 
 /// Publishes `name` `vers` with cargo's metadata (description, README, deps) over HTTP.
@@ -295,11 +286,8 @@ impl Driver {
     }
 }
 
-#[test]
 fn browser_reads_home_search_and_crate_pages_and_logs_in_when_private() {
-    let Some((chromium_bin, driver_bin)) = browser() else {
-        return;
-    };
+    let (chromium_bin, driver_bin) = browser();
     let s = Sandbox::new();
     let server = s.serve(&[]);
     let addr = server.addr().to_owned();
@@ -465,7 +453,6 @@ fn browser_reads_home_search_and_crate_pages_and_logs_in_when_private() {
 
 /// The home page keeps its list between views; a publish and a yank of every version must
 /// show on the next view.
-#[test]
 fn home_page_follows_publishes_and_yanks_between_views() {
     let s = Sandbox::new();
     let srv = s.serve(&[]);

@@ -2,6 +2,9 @@
 //! and private registries keep shared caches out. A real nginx `proxy_cache` between cargo
 //! and palletizer: cargo resolves through it, a new publish shows on the next resolve, and
 //! downloads keep working from the cache with palletizer stopped.
+//!
+//! The proxy test needs `nginx` on `PATH`: without it, it is reported as ignored with the
+//! reason, except under `CI=true`, where it fails (tests/support/harness.rs).
 
 mod support;
 
@@ -12,6 +15,12 @@ use std::time::Duration;
 
 use palletizer::registry::tarball::testing::simple_crate;
 use support::{send_until_close, show, split_responses, Sandbox};
+
+support::harness::tests!(
+    crate_files_are_immutable_and_index_files_revalidate,
+    private_registries_keep_shared_caches_out,
+    cargo_resolves_through_a_caching_proxy_that_outlives_the_registry[Nginx],
+);
 
 /// Adds a small crate file made in memory.
 fn add(s: &Sandbox, name: &str, vers: &str) {
@@ -25,7 +34,6 @@ fn get(addr: &str, path: &str, extra: &str) -> support::RawResponse {
     split_responses(&send_until_close(addr, raw.as_bytes()), &[]).remove(0)
 }
 
-#[test]
 fn crate_files_are_immutable_and_index_files_revalidate() {
     let s = Sandbox::new();
     let srv = s.serve(&[]);
@@ -55,7 +63,6 @@ fn crate_files_are_immutable_and_index_files_revalidate() {
     }
 }
 
-#[test]
 fn private_registries_keep_shared_caches_out() {
     let s = Sandbox::new();
     s.palletizer_ok(&["init", "--url", "http://127.0.0.1:1", "--access", "private"]);
@@ -138,7 +145,7 @@ http {{
         .arg("-e")
         .arg(dir.join("error.log"))
         .spawn()
-        .expect("nginx is needed for this test (.ci/run installs nginx-light)");
+        .unwrap_or_else(|e| panic!("running nginx: {e}"));
     let nginx = Nginx(child);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
@@ -148,7 +155,6 @@ http {{
     nginx
 }
 
-#[test]
 fn cargo_resolves_through_a_caching_proxy_that_outlives_the_registry() {
     let s = Sandbox::new();
     let port = free_port();

@@ -2,6 +2,8 @@
 //! with its own `CARGO_HOME`, and copying the test crates from `tests/crates/`.
 #![allow(dead_code)]
 
+pub mod harness;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
