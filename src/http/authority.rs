@@ -62,8 +62,7 @@ impl Authorities {
             let port = a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
             port.is_some_and(|p| self.ports.contains(&p))
         };
-        self.own.contains(&authority)
-            || (is_loopback_name(&authority) && listener_port(&authority))
+        self.own.contains(&authority) || (is_loopback_name(&authority) && listener_port(&authority))
     }
 }
 
