@@ -190,7 +190,7 @@ fn open_registry(
         let scheme = if first.tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{}", first.addr);
         let reg = Registry::init(root, registry::InitOptions::for_url(&url))?;
-        let token = auth::bootstrap_admin(&reg, auth::now())?;
+        let token = reg.bootstrap_admin(auth::now())?;
         let created = Created {
             root: root.to_owned(),
             token,
@@ -208,7 +208,7 @@ fn open_registry(
 /// setting says.
 fn open_and_sync(root: &Path) -> Result<(), String> {
     let reg = Registry::open(root).map_err(|e| e.to_string())?;
-    auth::sync_config_json(&reg).map_err(|e| e.to_string())?;
+    reg.sync_config_json().map_err(|e| e.to_string())?;
     Ok(())
 }
 

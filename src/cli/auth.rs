@@ -177,7 +177,7 @@ fn run_with(
     match (command, sub) {
         ("user", "add") => {
             arity(1..=1, args)?;
-            let u = auth::add_user(&reg, &args[0], o.admin, now)?;
+            let u = reg.add_user(&args[0], o.admin, now)?;
             let kind = if u.admin { "admin user" } else { "user" };
             line(out, format_args!("Added {kind} {}", u.name));
         }
@@ -203,7 +203,7 @@ fn run_with(
         }
         ("user", "remove") => {
             arity(1..=1, args)?;
-            let revoked = auth::remove_user(&reg, &args[0], now)?;
+            let revoked = reg.remove_user(&args[0], now)?;
             line(
                 out,
                 format_args!("Removed user {} ({revoked} token(s) revoked)", args[0]),
@@ -231,7 +231,7 @@ fn run_with(
                 expires_in,
                 label: o.label,
             };
-            let (token, secret) = auth::create_token(&reg, req, now)?;
+            let (token, secret) = reg.create_token(req, now)?;
             line(out, &secret);
             let access = reg.settings().access;
             if access == Access::Private && !token.scopes.contains(Scopes::READ) {
@@ -295,7 +295,7 @@ fn run_with(
             let id: u64 = args[0]
                 .parse()
                 .map_err(|_| CliError(format!("token id `{}` is not a number", args[0])))?;
-            let (t, fresh) = auth::revoke_token(&reg, id, now)?;
+            let (t, fresh) = reg.revoke_token(id, now)?;
             if fresh {
                 line(out, format_args!("Revoked token {id} of {}", t.user));
             } else {
@@ -311,9 +311,9 @@ fn run_with(
             }
             let users = &args[1..];
             let msg = if sub == "add" {
-                auth::add_owners(&reg, &args[0], users, None)?
+                reg.add_owners(&args[0], users, None)?
             } else {
-                auth::remove_owners(&reg, &args[0], users, None)?
+                reg.remove_owners(&args[0], users, None)?
             };
             line(out, msg);
         }
@@ -340,7 +340,7 @@ fn run_with(
                 return Ok(ExitCode::SUCCESS);
             };
             let mode: Access = mode.parse().map_err(CliError)?;
-            let settings = auth::set_access(&reg, mode)?;
+            let settings = reg.set_access(mode)?;
             let what = match settings.access {
                 Access::Open => "no token is checked; anyone who reaches the server may publish",
                 Access::Public => "reads are public, every write needs a token",

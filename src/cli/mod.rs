@@ -190,7 +190,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
             };
             let reg = Registry::init(&dir, opts)?;
             if access != reg.settings().access {
-                crate::registry::auth::set_access(&reg, access)?;
+                reg.set_access(access)?;
             }
             out!(
                 "Created registry in {} for {} (access: {access})",

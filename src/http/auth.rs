@@ -398,9 +398,7 @@ mod tests {
     #[test]
     fn authorize_reads_every_header_form() {
         let (_tmp, reg) = crate::registry::auth::scratch_registry();
-        let secret = crate::registry::auth::bootstrap_admin(&reg, 100)
-            .unwrap()
-            .unwrap();
+        let secret = reg.bootstrap_admin(100).unwrap().unwrap();
         let view = AuthView::load(reg.root()).unwrap();
         let req = required(Private, Method::Post, "/index/git-upload-pack").unwrap();
         for h in [

@@ -816,7 +816,7 @@ mod tests {
     use super::*;
     use crate::http::files::Trees;
     use crate::http::Method;
-    use crate::registry::auth::{bootstrap_admin, scratch_registry, set_access};
+    use crate::registry::auth::scratch_registry;
 
     fn head(method: Method, target: &str, cookie: Option<&str>) -> Head {
         let raw = format!(
@@ -887,8 +887,8 @@ mod tests {
     #[test]
     fn session_cookie_counts_for_page_reads_only() {
         let (_tmp, reg) = scratch_registry();
-        let secret = bootstrap_admin(&reg, 100).unwrap().unwrap();
-        set_access(&reg, Access::Private).unwrap();
+        let secret = reg.bootstrap_admin(100).unwrap().unwrap();
+        reg.set_access(Access::Private).unwrap();
         let mut s = site("http://h");
         s.auth = AuthView::load(reg.root()).unwrap();
         let cookie = format!("palletizer_session={secret}");
@@ -926,7 +926,7 @@ mod tests {
     #[test]
     fn login_form_sets_a_cookie_only_for_a_good_token() {
         let (_tmp, reg) = scratch_registry();
-        let secret = bootstrap_admin(&reg, 100).unwrap().unwrap();
+        let secret = reg.bootstrap_admin(100).unwrap().unwrap();
         let c = ctx(Access::Private);
         let body = format!("token={secret}&next=%2Fsub%2Fcrates%2Ffoo");
         let r = login(&reg, body.as_bytes(), &c);

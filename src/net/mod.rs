@@ -326,7 +326,7 @@ impl Server {
         }
         let recorded = Registry::open_as_is(&self.root)
             .map_err(|e| e.to_string())
-            .and_then(|reg| auth::record_last_used(&reg, &uses).map_err(|e| e.to_string()));
+            .and_then(|reg| reg.record_last_used(&uses).map_err(|e| e.to_string()));
         if let Err(e) = recorded {
             error!("tokens' last use not recorded: {e}");
         }

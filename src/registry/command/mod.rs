@@ -15,6 +15,8 @@
 //! checked before the lock, by [`Registry::check_upload`] and [`Registry::check_crate_file`],
 //! so that the lock is never held while an upload is unpacked.
 
+mod shorthand;
+
 use serde::Serialize;
 
 use super::auth::{self, AuthError, AuthFile, NewToken, Principal, Scopes, Token, User};
@@ -523,19 +525,17 @@ fn token_created(t: &Token) -> Change {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::auth::{
-        add_user, create_token, scratch_registry, AuthView, Need, Refusal,
-    };
+    use crate::registry::auth::{scratch_registry, AuthView, Need, Refusal};
     use crate::registry::tarball::testing::simple_crate;
 
     /// A user and a token holder of theirs with every scope.
     fn holder(reg: &Registry, user: &str, admin: bool) -> Actor {
-        add_user(reg, user, admin, auth::now()).unwrap();
+        reg.add_user(user, admin, auth::now()).unwrap();
         let req = NewToken {
             user: user.into(),
             ..NewToken::default()
         };
-        let (_, secret) = create_token(reg, req, auth::now()).unwrap();
+        let (_, secret) = reg.create_token(req, auth::now()).unwrap();
         let view = AuthView::load(reg.root()).unwrap();
         let p = view
             .authorize(Some(&secret), Need::Publish, None, auth::now())
