@@ -17,8 +17,23 @@ use super::metadata::{DepKind, PublishDep, PublishMetadata};
 use super::names::CrateName;
 use super::platform;
 
-/// The crates.io index as cargo spells it in publish metadata.
-pub const CRATES_IO_INDEX: &str = "https://github.com/rust-lang/crates.io-index";
+pub use super::metadata::CRATES_IO_INDEX;
+
+/// The whole index line, a backstop over the metadata's own limits.
+pub const MAX_INDEX_LINE: usize = 256 * 1024;
+
+/// Whether the index line `meta` makes stays within [`MAX_INDEX_LINE`] (checked after
+/// [`super::metadata::validate`], as the last check of the metadata).
+pub fn check_line_len(meta: &PublishMetadata) -> Result<(), String> {
+    let line = IndexEntry::from_publish(meta, "", String::new(), |_| false).to_line();
+    if line.len() > MAX_INDEX_LINE {
+        return Err(format!(
+            "the index line for this version would be {} bytes, more than the limit of {MAX_INDEX_LINE}",
+            line.len()
+        ));
+    }
+    Ok(())
+}
 
 /// The path of a crate's index file, relative to the index root: `1/a`, `2/ab`, `3/f/foo`,
 /// `ab/cd/abcd`. Always lowercase.

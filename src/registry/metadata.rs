@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::index::{IndexEntry, CRATES_IO_INDEX};
+/// The crates.io index as cargo spells it in publish metadata.
+pub const CRATES_IO_INDEX: &str = "https://github.com/rust-lang/crates.io-index";
 use super::{names, platform};
 
 /// What a dependency is for. Serialized lowercase, as in the index.
@@ -319,8 +320,6 @@ pub const MAX_DESCRIPTION_LEN: usize = 4_096;
 /// Every other string: URLs, license, `links`, requirements, targets, registries, authors,
 /// categories.
 pub const MAX_FIELD_LEN: usize = 1_024;
-/// The whole index line, a backstop over the limits above.
-pub const MAX_INDEX_LINE: usize = 256 * 1024;
 
 /// A value as an error message may repeat it (bounded, control characters escaped).
 use super::names::shown;
@@ -511,13 +510,6 @@ pub fn validate(meta: &PublishMetadata, rules: Rules) -> Result<(), String> {
             ));
         }
     }
-    let line = IndexEntry::from_publish(meta, "", String::new(), |_| false).to_line();
-    if line.len() > MAX_INDEX_LINE {
-        return Err(format!(
-            "the index line for this version would be {} bytes, more than the limit of {MAX_INDEX_LINE}",
-            line.len()
-        ));
-    }
     Ok(())
 }
 
@@ -635,7 +627,9 @@ registry-index = "https://elsewhere.example/index"
     }
 
     fn refused(m: &PublishMetadata, want: &str) {
-        let err = validate(m, Rules::Publish).expect_err(want);
+        let err = validate(m, Rules::Publish)
+            .and_then(|()| crate::registry::index::check_line_len(m))
+            .expect_err(want);
         assert!(err.contains(want), "want `{want}` in: {err}");
         assert!(err.len() < 400, "{err}");
     }
@@ -897,12 +891,12 @@ pub(crate) mod round_trip {
 
         #[test]
         fn valid_metadata_makes_an_index_line_that_parses_back(m in meta()) {
-            if validate(&m, Rules::Publish).is_err() {
+            if validate(&m, Rules::Publish).and_then(|()| index::check_line_len(&m)).is_err() {
                 return Ok(());
             }
-            let e = IndexEntry::from_publish(&m, &"0".repeat(64), index::pubtime_now(), |_| false);
+            let e = index::IndexEntry::from_publish(&m, &"0".repeat(64), index::pubtime_now(), |_| false);
             let line = e.to_line();
-            prop_assert!(line.len() <= MAX_INDEX_LINE + 100);
+            prop_assert!(line.len() <= index::MAX_INDEX_LINE + 100);
             prop_assert_eq!(index::parse_file(&format!("{line}\n")), vec![e]);
         }
     }

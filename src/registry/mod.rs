@@ -942,7 +942,9 @@ impl Registry {
             }
             None => from_manifest,
         };
-        metadata::validate(&meta, via.rules).map_err(Error::Invalid)?;
+        metadata::validate(&meta, via.rules)
+            .and_then(|()| index::check_line_len(&meta))
+            .map_err(Error::Invalid)?;
         let name = CrateName::parse(&meta.name)?;
         let top = format!("{}-{}", meta.name, meta.vers);
         if let Some(file_name) = via.file_name {
