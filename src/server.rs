@@ -113,6 +113,7 @@ pub fn serve(
         Arc::new(mio::Waker::new(poll.registry(), net::WAKER_TOKEN).map_err(StartError::Register)?);
     let spool = worker::SpoolBudget::new(config.limits.spool_cap(site.max_upload));
     let url = registry.settings().url.clone();
+    let spool_dir = registry.root().to_owned();
     let metrics = metrics::Metrics::default();
     let (jobs, done) =
         worker::spawn(registry, waker, metrics.worker.clone()).map_err(StartError::Worker)?;
@@ -126,7 +127,7 @@ pub fn serve(
         shared: net::Shared {
             site,
             limits: config.limits,
-            spool_dir: root.clone(),
+            spool_dir,
             jobs,
             spool,
             tokens_used: Default::default(),

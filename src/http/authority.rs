@@ -10,10 +10,11 @@
 
 use std::net::SocketAddr;
 
-/// The registry's own authorities, normalized.
+/// The registry's own authorities: `(host, port)`, the host lowercased without a trailing
+/// dot, the port `None` where it is the scheme's default.
 #[derive(Debug, Clone, Default)]
 pub struct Authorities {
-    own: Vec<String>,
+    own: Vec<(String, Option<u16>)>,
     /// The listeners' ports: a loopback name with one of them is an origin of ours.
     ports: Vec<u16>,
 }
@@ -24,8 +25,10 @@ impl Authorities {
         let mut a = Authorities::default();
         if let Some((scheme, rest)) = url.split_once("://") {
             let authority = rest.split(['/', '?']).next().unwrap_or("");
-            if !authority.is_empty() {
-                a.own.push(normalize(authority, default_port(scheme)));
+            if let (false, Some((host, port))) =
+                (authority.is_empty(), split(authority, default_port(scheme)))
+            {
+                a.own.push((host.to_ascii_lowercase(), port));
             }
         }
         a
@@ -33,19 +36,25 @@ impl Authorities {
 
     /// Adds a listener bound at `addr`.
     pub fn add_listener(&mut self, addr: SocketAddr) {
-        let a = normalize(&addr.to_string(), None);
-        if !self.own.contains(&a) {
-            self.own.push(a);
+        let host = match addr {
+            SocketAddr::V4(v4) => v4.ip().to_string(),
+            SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+        };
+        let own = (host, Some(addr.port()));
+        if !self.own.contains(&own) {
+            self.own.push(own);
         }
         self.ports.push(addr.port());
     }
 
     /// Whether `authority` (a Host header's value, or an absolute-form target's) is ours.
     /// A plain-HTTP request's host with port 80, or a TLS one's with 443, matches the name
-    /// without a port.
+    /// without a port. Runs on every request: compares, allocates nothing.
     pub fn is_own(&self, authority: &str, tls: bool) -> bool {
-        let authority = normalize(authority, Some(if tls { 443 } else { 80 }));
-        is_loopback_name(&authority) || self.own.contains(&authority)
+        let Some((host, port)) = split(authority, Some(if tls { 443 } else { 80 })) else {
+            return false;
+        };
+        is_loopback_name(host) || self.has(host, port)
     }
 
     /// Whether an `Origin` header's value (`scheme://host[:port]`) is one of ours. `null`
@@ -54,50 +63,48 @@ impl Authorities {
         let Some((scheme, authority)) = origin.split_once("://") else {
             return false;
         };
-        let Some(port) = default_port(scheme) else {
+        let Some((host, port)) = split(authority.trim_end_matches('/'), default_port(scheme))
+        else {
             return false;
         };
-        let authority = normalize(authority.trim_end_matches('/'), Some(port));
-        let listener_port = |a: &str| {
-            let port = a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
-            port.is_some_and(|p| self.ports.contains(&p))
-        };
-        self.own.contains(&authority) || (is_loopback_name(&authority) && listener_port(&authority))
+        let listener_port = port.is_some_and(|p| self.ports.contains(&p));
+        self.has(host, port) || (is_loopback_name(host) && listener_port)
     }
-}
 
-/// `localhost`, `127.0.0.1` or `[::1]`, with or without a port.
-fn is_loopback_name(authority: &str) -> bool {
-    let host = match authority.rsplit_once(':') {
-        Some((h, p)) if !p.contains(']') => h,
-        _ => authority,
-    };
-    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+    fn has(&self, host: &str, port: Option<u16>) -> bool {
+        self.own
+            .iter()
+            .any(|(h, p)| *p == port && h.eq_ignore_ascii_case(host))
+    }
 }
 
 fn default_port(scheme: &str) -> Option<u16> {
-    match scheme.to_ascii_lowercase().as_str() {
-        "http" => Some(80),
-        "https" => Some(443),
-        _ => None,
+    if scheme.eq_ignore_ascii_case("http") {
+        Some(80)
+    } else if scheme.eq_ignore_ascii_case("https") {
+        Some(443)
+    } else {
+        None
     }
 }
 
-/// Lowercase, without a trailing dot on the name, without the default port.
-fn normalize(authority: &str, default: Option<u16>) -> String {
-    let a = authority.to_ascii_lowercase();
-    let (host, port) = match a.rsplit_once(':') {
+/// `host[:port]` -> the host without a trailing dot, and the port unless it is `default`.
+/// `None`: a port that is no number.
+fn split(authority: &str, default: Option<u16>) -> Option<(&str, Option<u16>)> {
+    let (host, port) = match authority.rsplit_once(':') {
         // An IPv6 literal's colons are inside its brackets.
-        Some((h, p)) if !p.contains(']') && p.bytes().all(|b| b.is_ascii_digit()) => {
-            (h.to_owned(), p.parse::<u16>().ok())
-        }
-        _ => (a.clone(), None),
+        Some((h, p)) if !p.contains(']') => (h, Some(p.parse::<u16>().ok()?)),
+        _ => (authority, None),
     };
-    let host = host.strip_suffix('.').unwrap_or(&host).to_owned();
-    match port {
-        Some(p) if Some(p) != default => format!("{host}:{p}"),
-        _ => host,
-    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    Some((host, port.filter(|&p| Some(p) != default)))
+}
+
+/// `localhost`, `127.0.0.1` or `[::1]` (any case).
+fn is_loopback_name(host: &str) -> bool {
+    ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(host))
 }
 
 #[cfg(test)]
@@ -106,6 +113,7 @@ mod tests {
 
     #[test]
     fn the_registry_s_own_authorities() {
+        assert!(!Authorities::default().is_own("localhost:x", false));
         let mut a = Authorities::of_url("https://Registry.Example.com/reg");
         a.add_listener("127.0.0.1:8080".parse().unwrap());
         for own in [
