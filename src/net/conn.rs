@@ -502,7 +502,9 @@ impl<S: Stream> Conn<S> {
             Routed::Upload(kind) => self.start_upload(kind, ex, expect, shared),
             Routed::AfterBody(job) => self.read_body(ex, Then::Job(job), expect, shared),
             Routed::Form(ctx) => {
-                let form = Vec::with_capacity(ex.unread as usize);
+                // The handler refused larger forms; the cap keeps the allocation bounded here too.
+                let cap = ex.unread.min(crate::http::pages::MAX_LOGIN_BODY) as usize;
+                let form = Vec::with_capacity(cap);
                 self.read_body(ex, Then::Form(form, ctx), expect, shared)
             }
             Routed::Job(job) => self.skip_body(ex, Then::Job(job), expect, shared),
