@@ -232,7 +232,7 @@ fn site_of(registry: &Registry, limits: &Limits) -> Result<Site, StartError> {
         cached_files,
     );
     let mut site = Site::new(&settings.url, trees, settings.max_crate_size);
-    site.auth = AuthView::load(registry.root())?;
+    site.auth = Arc::new(AuthView::load(registry.root())?);
     Ok(site)
 }
 

@@ -428,10 +428,20 @@ fn browser_reads_home_search_and_crate_pages_and_logs_in_when_private() {
     driver.wait_until("a refused token is said so", |d| {
         d.get("source").contains("role=\"alert\"")
     });
+    // A token that can publish never goes into a cookie: the form says how to make a
+    // read token.
+    driver.go(&format!("{base}/crates/pallet-app"));
+    driver.type_into("#token", &token);
+    driver.click("form[method=post] button[type=submit]");
+    driver.wait_until("a write token is refused at the form", |d| {
+        d.get("source")
+            .contains("a browser keeps only a read token")
+    });
+    let read = s.palletizer_ok(&["token", "create", "--user", "admin", "--scope", "read"]);
     // A fresh form for the right token.
     driver.go(&format!("{base}/crates/pallet-app"));
     assert_eq!(driver.get("title"), "Log in: Palletizer");
-    driver.type_into("#token", &token);
+    driver.type_into("#token", read.trim());
     driver.click("form[method=post] button[type=submit]");
     // The login form was shown at the crate page's own URL, so the URL alone cannot tell
     // that the form's answer (a redirect back here) has arrived: the page's title can.
@@ -443,7 +453,12 @@ fn browser_reads_home_search_and_crate_pages_and_logs_in_when_private() {
     // The session reads other pages too; logging out ends it.
     driver.go(&format!("{base}/search?q=base"));
     assert!(driver.get("source").contains("1 crate found"));
+    // Logging out is the header's button (a POST); visiting /logout only shows it.
     driver.go(&format!("{base}/logout"));
+    assert_eq!(driver.get("title"), "Log out: Palletizer");
+    driver.go(&format!("{base}/crates/pallet-app"));
+    assert_eq!(driver.get("title"), "pallet-app 1.0.0: Palletizer");
+    driver.click("form.out button[type=submit]");
     driver.wait_until("logout shows the login page", |d| {
         d.get("title") == "Log in: Palletizer"
     });

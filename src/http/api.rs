@@ -205,7 +205,7 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<E
         },
         Job::Page(page, ctx) => super::pages::run(reg, page, &ctx),
         Job::Crate { name } => super::crate_json::crate_json(reg, &name),
-        Job::Login { form, ctx } => super::pages::login(reg, &form, &ctx),
+        Job::Login { form, ctx } => super::pages::login(&form, &ctx),
         Job::RecordTokenUse(uses) => match reg.record_last_used(&uses) {
             Ok(()) => Response::new(204),
             Err(e) => {

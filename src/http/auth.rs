@@ -1,6 +1,7 @@
-//! Access control on HTTP: what each route needs in each access mode, the token in the
-//! `Authorization` header, and the refusals cargo and git understand. Pure functions: the
-//! token check itself is [`AuthView::authorize`], which makes no system call.
+//! Access control on HTTP: the token in the `Authorization` header and the refusals cargo
+//! and git understand. What each route needs in each access mode is
+//! [`super::Endpoint::required`]. Pure functions: the token check itself is
+//! [`AuthView::authorize`], which makes no system call.
 //!
 //! - `open`: nothing is checked.
 //! - `public`: reads (index, downloads, git, search, owner lists) are free; publish, yank,
@@ -16,10 +17,8 @@
 
 use std::borrow::Cow;
 
-use super::request::{percent_decode, Method};
 use super::response::Response;
 use crate::registry::auth::{AuthError, AuthView, Need, Principal, Refusal, User};
-use crate::registry::settings::Access;
 
 /// The realm git shows when it asks for credentials.
 pub const GIT_REALM: &str = "palletizer";
@@ -41,65 +40,6 @@ pub struct Required {
     /// crate patterns are checked against it. Publish learns its crate from the body.
     pub krate: Option<String>,
     pub challenge: Challenge,
-}
-
-/// What a request to `path` (below the registry's base path, without the query) needs in
-/// `access` mode. `None`: nothing. Mirrors the matching of [`super::route`] and
-/// [`super::api::route`], including the slashes they tolerate; a request that matches no
-/// route needs `read` in a private registry, so a probe learns nothing there.
-pub fn required(access: Access, method: Method, path: &str) -> Option<Required> {
-    // Metrics tell anyone how the registry is used: an admin's token in every mode, `open`
-    // included (a listener marked `metrics = true` serves them without one instead).
-    if path == super::METRICS_PATH {
-        return Some(Required {
-            need: Need::Admin,
-            krate: None,
-            challenge: Challenge::Cargo,
-        });
-    }
-    if access == Access::Open || matches!(path, "/login" | "/me" | "/logout") {
-        return None;
-    }
-    let read = |challenge| {
-        (access == Access::Private).then_some(Required {
-            need: Need::Read,
-            krate: None,
-            challenge,
-        })
-    };
-    let write = |need, krate: Option<&str>| {
-        Some(Required {
-            need,
-            // A name that does not decode is checked as sent (it matches no crate pattern, so
-            // a token limited to some crates is refused), then refused by the router (400).
-            krate: krate.map(|k| {
-                percent_decode(k)
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .unwrap_or_else(|| k.to_owned())
-            }),
-            challenge: Challenge::Cargo,
-        })
-    };
-    if let Some(api) = path.strip_prefix("/api/v1/") {
-        let segs: Vec<&str> = api.trim_start_matches('/').split('/').collect();
-        return match (method, segs.as_slice()) {
-            (Method::Put, ["crates", "new"]) => write(Need::Publish, None),
-            (Method::Delete, ["crates", name, _, "yank"])
-            | (Method::Put, ["crates", name, _, "unyank"]) => write(Need::Yank, Some(name)),
-            (Method::Put | Method::Delete, ["crates", name, "owners"]) => {
-                write(Need::ChangeOwners, Some(name))
-            }
-            _ => read(Challenge::Cargo),
-        };
-    }
-    let git = path
-        .strip_prefix("/index/")
-        .is_some_and(|rest| matches!(rest, "info/refs" | "git-upload-pack" | "git-receive-pack"));
-    read(if git {
-        Challenge::Basic
-    } else {
-        Challenge::Cargo
-    })
 }
 
 /// The token in an `Authorization` header: the raw token (what cargo sends), `Bearer
@@ -253,7 +193,6 @@ mod tests {
     use super::*;
     use crate::http::Body;
     use crate::registry::auth::Scopes;
-    use crate::registry::settings::Access::Private;
 
     /// A multi-byte character where a scheme's space would be used to panic the event loop.
     #[test]
@@ -400,7 +339,11 @@ mod tests {
         let (_tmp, reg) = crate::registry::auth::scratch_registry();
         let secret = reg.bootstrap_admin(100).unwrap().unwrap();
         let view = AuthView::load(reg.root()).unwrap();
-        let req = required(Private, Method::Post, "/index/git-upload-pack").unwrap();
+        let req = Required {
+            need: Need::Read,
+            krate: None,
+            challenge: Challenge::Basic,
+        };
         for h in [
             secret.clone(),
             format!("Bearer {secret}"),

@@ -74,8 +74,9 @@ pub enum Endpoint<'a> {
     LoginPage,
     /// `POST /login`: the login form's answer.
     LoginForm,
-    /// `/logout` (`GET`, `HEAD` or `POST`): ends a browser's session.
-    Logout,
+    /// `POST /logout` (`end`) ends a browser's session; `GET`/`HEAD` only shows the button
+    /// that does (a link or an image on another page must not log anyone out).
+    Logout { end: bool },
     /// `/metrics`, answered by the event loop.
     Metrics,
     /// Answered by the table itself.
@@ -217,7 +218,11 @@ impl<'a> Endpoint<'a> {
             "/login" | "/me" => {
                 return not_allowed(Metric::Login, Guard::Free, "GET, HEAD, POST");
             }
-            "/logout" if read || method == Method::Post => return Endpoint::Logout,
+            "/logout" if read || method == Method::Post => {
+                return Endpoint::Logout {
+                    end: method == Method::Post,
+                }
+            }
             "/logout" => return not_allowed(Metric::Other, Guard::Free, "GET, HEAD, POST"),
             _ => {}
         }
@@ -268,7 +273,7 @@ impl<'a> Endpoint<'a> {
         match self {
             Endpoint::LoginPage
             | Endpoint::LoginForm
-            | Endpoint::Logout
+            | Endpoint::Logout { .. }
             | Endpoint::Refused {
                 guard: Guard::Free, ..
             } => None,
@@ -306,7 +311,7 @@ impl<'a> Endpoint<'a> {
         match self {
             Endpoint::IndexFile(_) => Metric::Index,
             Endpoint::CrateFile(rest) if rest.ends_with(".crate") => Metric::Download,
-            Endpoint::CrateFile(_) | Endpoint::Page(_) | Endpoint::Logout => Metric::Other,
+            Endpoint::CrateFile(_) | Endpoint::Page(_) | Endpoint::Logout { .. } => Metric::Other,
             Endpoint::GitRefs | Endpoint::GitUploadPack => Metric::Git,
             Endpoint::Publish => Metric::ApiPublish,
             Endpoint::Search { .. } => Metric::ApiSearch,
@@ -325,7 +330,7 @@ impl<'a> Endpoint<'a> {
             Endpoint::IndexFile(_)
             | Endpoint::CrateFile(_)
             | Endpoint::LoginPage
-            | Endpoint::Logout
+            | Endpoint::Logout { .. }
             | Endpoint::Metrics
             | Endpoint::Refused { .. } => Lane::Loop,
             Endpoint::GitRefs | Endpoint::GitUploadPack => Lane::IndexReader,
@@ -347,7 +352,7 @@ impl<'a> Endpoint<'a> {
     /// request from another site's page is refused (see [`crate::http::admit`]).
     pub fn changes_state(&self) -> bool {
         matches!(self.lane(), Lane::Writer)
-            || matches!(self, Endpoint::LoginForm | Endpoint::Logout)
+            || matches!(self, Endpoint::LoginForm | Endpoint::Logout { end: true })
     }
 
     /// Whether a browser's session cookie may stand for the token: on page reads only,
@@ -402,12 +407,20 @@ impl<'a> Endpoint<'a> {
                     None,
                 ))
             }
+            // Fail closed: the view the form would check against may hold a token the broken
+            // edit meant to revoke (see [`crate::http::authorize`]).
+            Endpoint::LoginForm if site.auth_broken.is_some() => done(Response::error(
+                503,
+                "the registry's access control is broken; logging in is refused until an \
+                 administrator fixes it",
+            )),
             Endpoint::LoginForm => match head.content_length {
                 0 => done(Response::error(400, "the login form sends a token")),
                 n if n > MAX_LOGIN_BODY => done(Response::error(413, "request body too large")),
                 _ => Routed::Form(Ctx::of(site, head)),
             },
-            Endpoint::Logout => done(pages::logout(&Ctx::of(site, head))),
+            Endpoint::Logout { end: true } => done(pages::logout(&Ctx::of(site, head))),
+            Endpoint::Logout { end: false } => done(pages::logout_page(&Ctx::of(site, head))),
             Endpoint::Metrics => done(Response::error(404, "not found")),
             Endpoint::Refused { response, .. } => done(response),
         }

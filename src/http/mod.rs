@@ -21,6 +21,8 @@ pub use response::{Body, BodyCursor, Response};
 pub use api::{Job, Routed};
 use files::Trees;
 
+use std::sync::Arc;
+
 use crate::registry::auth::{AuthView, Principal};
 use crate::registry::settings::Access;
 
@@ -37,7 +39,7 @@ pub struct Site {
     /// Largest publish body: the crate size limit plus the metadata and its framing.
     pub max_upload: u64,
     /// Who may do what; reloaded by the server when `auth.json` or `palletizer.toml` change.
-    pub auth: AuthView,
+    pub auth: Arc<AuthView>,
     /// Why the access files do not load now (a hand edit left them broken). While set,
     /// every request that needs a token is refused: the view kept from before may still
     /// hold a token the edit meant to revoke.
@@ -59,7 +61,7 @@ impl Site {
             base_path,
             trees,
             max_upload: max_crate_size + api::MAX_METADATA + 8,
-            auth: AuthView::new(Access::Open, &Default::default()),
+            auth: Arc::new(AuthView::new(Access::Open, &Default::default())),
             auth_broken: None,
             authorities: authority::Authorities::of_url(url),
         }

@@ -18,11 +18,12 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::request::{query_param, Head};
 use super::response::{Body, Response};
 use super::Site;
-use crate::registry::auth::{self as reg_auth, AuthView, Need};
+use crate::registry::auth::{self as reg_auth, AuthView, Need, Scopes};
 use crate::registry::crateinfo::{self, CrateInfo};
 use crate::registry::index::IndexEntry;
 use crate::registry::metadata::DepKind;
@@ -51,6 +52,8 @@ pub struct Ctx {
     pub access: Access,
     /// The request carries a session cookie: the page offers to log out.
     pub session: bool,
+    /// Who may do what, as the loop holds it (shared, never re-read from the file here).
+    pub auth: Arc<AuthView>,
 }
 
 impl Ctx {
@@ -60,6 +63,7 @@ impl Ctx {
             base: site.base_path.clone(),
             access: site.access(),
             session: head.cookie.as_deref().and_then(session_token).is_some(),
+            auth: Arc::clone(&site.auth),
         }
     }
 }
@@ -99,25 +103,34 @@ pub fn run(reg: &Registry, page: Page, ctx: &Ctx) -> Response {
     }
 }
 
-/// Checks the login form `body` and sets the session cookie (runs on the page reader: the
-/// token is checked against the current `auth.json`).
-pub fn login(reg: &Registry, body: &[u8], ctx: &Ctx) -> Response {
+/// Checks the login form `body` against the loop's access view (no file is read) and sets
+/// the session cookie.
+pub fn login(body: &[u8], ctx: &Ctx) -> Response {
     let form = String::from_utf8_lossy(body);
     let next = query_param(&form, "next");
     let token = query_param(&form, "token").unwrap_or_default();
     let token = token.trim();
-    let refusal = match AuthView::load(reg.root()) {
-        Ok(view) => view
-            .authorize(Some(token), Need::Read, None, reg_auth::now())
-            .err(),
-        Err(e) => {
-            error!("error: login: {e}");
-            return error_page(
-                ctx,
-                500,
-                "The registry could not check the token; the server log has details.",
+    let refusal = match ctx
+        .auth
+        .authorize(Some(token), Need::Read, None, reg_auth::now())
+    {
+        // The cookie holds the token: one that can change the registry would hand those
+        // rights to whatever the browser sends with it.
+        Ok(p) if p.scopes.intersects(Scopes::WRITE) => {
+            let writes: Vec<&str> = p.scopes.names().filter(|&n| n != "read").collect();
+            let detail = format!(
+                "token {} has the scopes {}: a browser keeps only a read token. Make one \
+                 with `palletizer token create --user {} --scope read`",
+                p.token,
+                writes.join(", "),
+                p.user
             );
+            let mut r = login_page(ctx, 403, next.as_deref(), Some(&detail));
+            r.refusal = Some(format!("POST /login: token {} has write scopes", p.token));
+            return r;
         }
+        Ok(_) => None,
+        Err(refusal) => Some(refusal),
     };
     // A cookie value may hold no space, quote, comma, semicolon or backslash.
     let cookie_safe = !token.is_empty()
@@ -147,6 +160,23 @@ pub fn login(reg: &Registry, body: &[u8], ctx: &Ctx) -> Response {
             r
         }
     }
+}
+
+/// The header's "Log out": a form, since logging out changes state and a `GET` must not.
+fn logout_button(base: &str) -> String {
+    format!(
+        "<form class=\"out\" method=\"post\" action=\"{base}/logout\">\
+<button type=\"submit\">Log out</button></form>"
+    )
+}
+
+/// `GET /logout`: the button that logs out, nothing more.
+pub fn logout_page(ctx: &Ctx) -> Response {
+    let main = format!(
+        "<h1>Log out</h1><p>Logging out removes the token from this browser's cookie.</p>{}",
+        logout_button(&ctx.base)
+    );
+    layout(ctx, 200, "Log out: Palletizer", "", &main).header("Cache-Control", "no-store")
 }
 
 pub fn logout(ctx: &Ctx) -> Response {
@@ -220,7 +250,7 @@ a{color:#0b57a4}a:focus,button:focus,input:focus{outline:3px solid #e8a200;outli
 header,main,footer{max-width:72rem;margin:0 auto;padding:.75rem 1rem}\
 header{display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center;border-bottom:1px solid #ccc}\
 header .home{font-weight:700;color:#1b1b1b;text-decoration:none;margin-right:auto}\
-form.s{display:flex;gap:.25rem;flex:1 1 16rem;max-width:28rem}\
+form.s{display:flex;gap:.25rem;flex:1 1 16rem;max-width:28rem}form.out{margin:0}\
 input[type=search],input[type=password]{flex:1;min-width:0;padding:.45rem;border:1px solid #666;border-radius:4px;font:inherit}\
 button{padding:.45rem .9rem;border:1px solid #0b57a4;background:#0b57a4;color:#fff;border-radius:4px;font:inherit;cursor:pointer}\
 pre{background:#f3f3f3;padding:.6rem;overflow-x:auto;border-radius:4px}code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em}\
@@ -262,7 +292,7 @@ fn layout(ctx: &Ctx, status: u16, title: &str, query: &str, main: &str) -> Respo
         q = esc(query),
     );
     if ctx.session {
-        let _ = write!(html, "<a href=\"{b}/logout\">Log out</a>");
+        let _ = write!(html, "{}", logout_button(&ctx.base));
     }
     let _ = write!(
         html,
@@ -272,14 +302,58 @@ fn layout(ctx: &Ctx, status: u16, title: &str, query: &str, main: &str) -> Respo
     Response::new(status)
         .header("Content-Type", "text/html; charset=utf-8")
         .header("Cache-Control", "no-cache")
-        .header(
-            "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; \
-form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-        )
+        .header("Content-Security-Policy", csp(ctx.access))
         .header("X-Content-Type-Options", "nosniff")
         .header("Referrer-Policy", "same-origin")
         .body(Body::Bytes(html.into_bytes()))
+}
+
+/// No script runs, forms post only here. In a private registry no image loads from
+/// anywhere else either: a README's remote image would tell its publisher who reads the
+/// page and when.
+fn csp(access: Access) -> &'static str {
+    match access {
+        Access::Private => {
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
+form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+        }
+        Access::Open | Access::Public => {
+            "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; \
+form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+        }
+    }
+}
+
+/// A stored README with each image shown as a link to it (`[image: ALT]`), for a private
+/// registry's pages. The stored HTML is the Markdown writer's own (raw HTML is dropped when
+/// it is rendered), so every `<img` is one it wrote: `<img src="…" alt="…"…/>`, with
+/// the values already escaped.
+fn images_as_links(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(at) = rest.find("<img ") {
+        out.push_str(&rest[..at]);
+        let tag_end = rest[at..].find('>').map_or(rest.len(), |e| at + e + 1);
+        let tag = &rest[at..tag_end];
+        let attr = |name: &str| {
+            let key = format!(" {name}=\"");
+            let start = tag.find(&key)? + key.len();
+            let len = tag[start..].find('"')?;
+            Some(&tag[start..start + len])
+        };
+        let alt = attr("alt").filter(|a| !a.is_empty()).unwrap_or("image");
+        match attr("src").filter(|s| !s.is_empty()) {
+            Some(src) => {
+                let _ = write!(out, "<a href=\"{src}\">[image: {alt}]</a>");
+            }
+            None => {
+                let _ = write!(out, "[image: {alt}]");
+            }
+        }
+        rest = &rest[tag_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn error_page(ctx: &Ctx, status: u16, message: &str) -> Response {
@@ -336,7 +410,8 @@ pub fn login_page(ctx: &Ctx, status: u16, next: Option<&str>, error: Option<&str
 style=\"width:100%;max-width:28rem\"></p>\
 <input type=\"hidden\" name=\"next\" value=\"{next}\">\
 <p><button type=\"submit\">Log in</button></p></form>\
-<p class=\"muted\">The token stays in a cookie of this browser until you log out or close it.</p>",
+<p class=\"muted\">The token stays in a cookie of this browser until you log out or close it; \
+only a token with the <code>read</code> scope alone is taken here.</p>",
             b = ctx.base,
             next = esc(&safe_next(ctx, next)),
         );
@@ -564,10 +639,11 @@ fn crate_page(reg: &Registry, ctx: &Ctx, name: &str, vers: Option<&str>) -> Resp
         .as_deref()
         .map(crateinfo::load_info)
         .unwrap_or_default();
-    let readme = crate_path.as_deref().and_then(stored_readme);
-    let owners: Vec<String> = reg_auth::owners_of_published(reg, &e.name)
-        .map(|u| u.into_iter().map(|u| u.name).collect())
-        .unwrap_or_default();
+    let mut readme = crate_path.as_deref().and_then(stored_readme);
+    if ctx.access == Access::Private {
+        readme = readme.map(|html| images_as_links(&html));
+    }
+    let owners: Vec<&str> = ctx.auth.owners_of(&e.name);
     let mut main = String::with_capacity(16 * 1024 + readme.as_ref().map_or(0, String::len));
     let shown_page = Shown {
         entries: &entries,
@@ -613,7 +689,7 @@ fn render_crate(
     ctx: &Ctx,
     shown: &Shown<'_>,
     info: &CrateInfo,
-    owners: &[String],
+    owners: &[&str],
     readme: Option<&str>,
     out: &mut String,
 ) {
@@ -855,6 +931,7 @@ mod tests {
             base: "/sub".into(),
             access,
             session: false,
+            auth: Arc::new(AuthView::new(access, &Default::default())),
         }
     }
 
@@ -890,7 +967,7 @@ mod tests {
         let secret = reg.bootstrap_admin(100).unwrap().unwrap();
         reg.set_access(Access::Private).unwrap();
         let mut s = site("http://h");
-        s.auth = AuthView::load(reg.root()).unwrap();
+        s.auth = Arc::new(AuthView::load(reg.root()).unwrap());
         let cookie = format!("palletizer_session={secret}");
         let with = |m, t: &str| check(&s, head(m, t, Some(&cookie)));
         assert!(with(Method::Get, "/crates/foo").unwrap().is_some());
@@ -923,13 +1000,32 @@ mod tests {
         assert_eq!(bad.unwrap_err().response.status, 401);
     }
 
+    /// The form takes a read token, and only one: a token that can also publish, yank or
+    /// change owners never goes into a cookie. The view is the one the loop holds: the
+    /// form reads no file.
     #[test]
-    fn login_form_sets_a_cookie_only_for_a_good_token() {
+    fn login_form_sets_a_cookie_only_for_a_good_read_token() {
         let (_tmp, reg) = scratch_registry();
-        let secret = reg.bootstrap_admin(100).unwrap().unwrap();
-        let c = ctx(Access::Private);
+        let admin = reg.bootstrap_admin(100).unwrap().unwrap();
+        let (_, secret) = reg
+            .create_token(
+                reg_auth::NewToken {
+                    user: "admin".into(),
+                    scopes: Some(Scopes::READ),
+                    crates: Vec::new(),
+                    expires_in: None,
+                    label: None,
+                },
+                100,
+            )
+            .unwrap();
+        let c = Ctx {
+            auth: Arc::new(AuthView::load(reg.root()).unwrap()),
+            ..ctx(Access::Private)
+        };
+        std::fs::remove_file(reg.root().join("auth.json")).unwrap();
         let body = format!("token={secret}&next=%2Fsub%2Fcrates%2Ffoo");
-        let r = login(&reg, body.as_bytes(), &c);
+        let r = login(body.as_bytes(), &c);
         assert_eq!(r.status, 303);
         let header = |r: &Response, n: &str| {
             r.headers
@@ -937,18 +1033,57 @@ mod tests {
                 .find(|(k, _)| k.eq_ignore_ascii_case(n))
                 .map(|(_, v)| v.to_string())
         };
+        let full = login(format!("token={admin}").as_bytes(), &c);
+        assert_eq!(full.status, 403);
+        assert!(header(&full, "Set-Cookie").is_none());
+        let page = text(&full);
+        assert!(
+            page.contains("publish-new, publish-update, yank, change-owners")
+                && page.contains("--scope read"),
+            "{page}"
+        );
         assert_eq!(header(&r, "Location").as_deref(), Some("/sub/crates/foo"));
         let cookie = header(&r, "Set-Cookie").unwrap();
         assert_eq!(
             cookie,
             format!("palletizer_session={secret}; Path=/sub/; HttpOnly; SameSite=Strict; Secure")
         );
-        let r = login(&reg, b"token=wrong&next=%2Fsub%2F", &c);
+        let r = login(b"token=wrong&next=%2Fsub%2F", &c);
         assert_eq!(r.status, 401);
         assert!(header(&r, "Set-Cookie").is_none());
         assert!(text(&r).contains("role=\"alert\""));
         let r = logout(&ctx(Access::Private));
         assert!(header(&r, "Set-Cookie").unwrap().contains("Max-Age=0"));
+    }
+
+    /// Only a POST ends a session: a `GET /logout` (a link, an image on another site's page)
+    /// shows the button and leaves the cookie alone; the POST clears it.
+    #[test]
+    fn only_a_post_logs_out() {
+        let s = site("http://h");
+        let answer = |m| {
+            let h = head(m, "/logout", Some("palletizer_session=tok"));
+            match crate::http::Endpoint::of(&s, &h).handle(&s, &h) {
+                crate::http::Routed::Done(r) => r,
+                _ => panic!("logout makes no job"),
+            }
+        };
+        let cookie = |r: &Response| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+                .map(|(_, v)| v.to_string())
+        };
+        for m in [Method::Get, Method::Head] {
+            let r = answer(m);
+            assert_eq!(r.status, 200);
+            assert_eq!(cookie(&r), None);
+        }
+        let page = text(&answer(Method::Get));
+        assert!(page.contains("<form class=\"out\" method=\"post\" action=\"/logout\">"));
+        let r = answer(Method::Post);
+        assert_eq!(r.status, 303);
+        assert!(cookie(&r).unwrap().contains("Max-Age=0"));
     }
 
     #[test]
@@ -972,6 +1107,7 @@ mod tests {
             base: String::new(),
             access: Access::Public,
             session: false,
+            auth: ctx(Access::Public).auth,
         };
         let page = text(&login_page(&open, 200, None, None));
         assert!(!page.contains("<x>"));
@@ -988,7 +1124,10 @@ mod tests {
                 session: true,
                 ..ctx(access)
             };
-            assert!(page(with).contains("/logout\">Log out</a>"), "{access}");
+            assert!(
+                page(with).contains("action=\"/sub/logout\"><button type=\"submit\">Log out"),
+                "{access}"
+            );
         }
         let s = site("http://h");
         let with = head(Method::Get, "/", Some("a=1; palletizer_session=tok"));
@@ -1028,6 +1167,41 @@ mod tests {
         assert!(!out.contains("other registry"), "{out}");
     }
 
+    /// In a private registry no README image loads from another site (it would tell the
+    /// publisher who reads the page, and when): each is a link, and the page's policy lets
+    /// no remote image load. A public registry keeps them.
+    #[test]
+    fn private_pages_load_no_remote_image() {
+        let md = "# R\n\n![logo](https://tracker.example/p.png?u=1&v=2 \"T\") and \
+![](http://x.example/y.png) and text `<img src=\"https://t.example/\">`\n";
+        let html = crateinfo::render_readme(md).unwrap();
+        assert_eq!(html.matches("<img ").count(), 2, "{html}");
+        let private = images_as_links(&html);
+        assert!(!private.contains("<img"), "{private}");
+        assert!(
+            private.contains(
+                "<a href=\"https://tracker.example/p.png?u=1&amp;v=2\">[image: logo]</a>"
+            ),
+            "{private}"
+        );
+        assert!(
+            private.contains("<a href=\"http://x.example/y.png\">[image: image]</a>"),
+            "{private}"
+        );
+        assert!(private.contains("&lt;img src="), "{private}");
+        let policy = |access| {
+            let r = layout(&ctx(access), 200, "t", "", "");
+            r.headers
+                .iter()
+                .find(|(k, _)| *k == "Content-Security-Policy")
+                .map(|(_, v)| v.to_string())
+                .unwrap()
+        };
+        assert!(policy(Access::Private).contains("img-src data:;"));
+        assert!(!policy(Access::Private).contains("https:"));
+        assert!(policy(Access::Public).contains("img-src https: data:"));
+    }
+
     /// A crate whose name-adjacent fields and README hold markup shows it as text: nothing
     /// from the crate becomes an element or an attribute.
     #[test]
@@ -1059,7 +1233,7 @@ mod tests {
             &ctx(Access::Open),
             &shown,
             &info,
-            &[evil.into()],
+            &[evil],
             Some(&readme),
             &mut out,
         );

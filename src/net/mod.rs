@@ -384,7 +384,7 @@ impl Server {
                     view.user_count(),
                     view.token_count()
                 );
-                self.shared.site.auth = view;
+                self.shared.site.auth = Arc::new(view);
                 os::release_freed_memory();
                 if self.shared.site.auth_broken.take().is_some() {
                     info!("access control files load again; tokens are taken again");

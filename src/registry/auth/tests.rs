@@ -795,3 +795,40 @@ fn a_thousand_tokens_cost_well_under_a_third_of_a_mib() {
         v.authorize(Some(s), Need::Read, None, T0).unwrap();
     }
 }
+
+/// The pages list owners from the server's view, and the view says what the file's rule
+/// says: recorded owners by their spelling, the admins for a crate with none recorded, and
+/// after a hand edit names no user has no one.
+#[test]
+fn the_view_names_owners_as_the_file_does() {
+    let (_t, reg) = registry();
+    reg.bootstrap_admin(T0).unwrap();
+    reg.add_user("Alice", false, T0).unwrap();
+    publish(&reg, "foo");
+    publish(&reg, "bar");
+    reg.add_owners("foo", &["alice".into()], None).unwrap();
+    let names = |v: &AuthView, k: &str| -> Vec<String> {
+        v.owners_of(k).into_iter().map(str::to_owned).collect()
+    };
+    let file = |k: &str| -> Vec<String> {
+        let data = AuthFile::load(&reg).unwrap();
+        data.effective_owners(k)
+            .into_iter()
+            .map(|u| u.name.clone())
+            .collect()
+    };
+    let v = view(&reg);
+    for k in ["foo", "FOO", "bar", "never-published"] {
+        assert_eq!(names(&v, k), file(k), "{k}");
+    }
+    assert!(names(&v, "Foo").contains(&"Alice".to_string()));
+    assert_eq!(names(&v, "never-published"), ["admin"]);
+    // A hand edit that names only a user who does not exist leaves the crate with no one.
+    let path = reg.root().join("auth.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    json["owners"]["bar"] = serde_json::json!(["ghost"]);
+    fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let v = view(&reg);
+    assert_eq!(names(&v, "bar"), file("bar"));
+    assert!(names(&v, "bar").is_empty());
+}

@@ -31,6 +31,8 @@ impl Scopes {
     pub const YANK: Scopes = Scopes(8);
     pub const CHANGE_OWNERS: Scopes = Scopes(16);
     pub const ALL: Scopes = Scopes(31);
+    /// Every scope that changes something (all but `read`).
+    pub const WRITE: Scopes = Scopes(30);
     const NAMES: [(Scopes, &'static str); 5] = [
         (Scopes::READ, "read"),
         (Scopes::PUBLISH_NEW, "publish-new"),

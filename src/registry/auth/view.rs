@@ -14,6 +14,7 @@ use super::{
     auth_path, ct_eq, parse_auth, read_stamped, sha256, AuthError, AuthFile, Need, Principal,
     Refusal, Scopes, Stamp,
 };
+use crate::registry::names::canonical;
 use crate::registry::settings::{Access, Settings};
 use crate::registry::SETTINGS_FILE;
 
@@ -54,8 +55,9 @@ pub(super) struct ViewToken {
     crates: Option<Arc<[Box<str>]>>,
 }
 
-/// The server's immutable token index: what [`AuthView::authorize`] needs and nothing more
-/// (no labels, no times but expiry, no owners: owner checks read [`AuthFile`] on the worker).
+/// The server's immutable token index: what [`AuthView::authorize`] needs, and who owns
+/// each crate for the pages (no labels, no times but expiry; owner *checks* of a write
+/// read [`AuthFile`] under the lock).
 /// Built from the files; replaced whole when [`Stamp::current`] differs from [`Self::stamp`].
 #[derive(Debug)]
 pub struct AuthView {
@@ -67,6 +69,8 @@ pub struct AuthView {
     by_prefix: HashMap<u64, u32, BuildHasherDefault<PrefixHasher>>,
     /// Tokens whose prefix another token took first (practically never).
     pub(super) collided: Vec<u32>,
+    /// Canonical crate name -> its recorded owners (indexes in `users`), as in the file.
+    owners: HashMap<Box<str>, Box<[u32]>>,
 }
 
 fn prefix(hash: &[u8; 32]) -> u64 {
@@ -145,6 +149,24 @@ impl AuthView {
                 Entry::Occupied(_) => collided.push(i),
             }
         }
+        let owners = data
+            .owners
+            .iter()
+            .filter(|(_, names)| !names.is_empty())
+            .map(|(krate, names)| {
+                let known = names
+                    .iter()
+                    .filter_map(|n| {
+                        let i = data
+                            .users
+                            .iter()
+                            .position(|u| u.name.eq_ignore_ascii_case(n));
+                        i.map(|i| i as u32)
+                    })
+                    .collect();
+                (krate.as_str().into(), known)
+            })
+            .collect();
         AuthView {
             access,
             stamp: Stamp {
@@ -155,6 +177,21 @@ impl AuthView {
             tokens,
             by_prefix,
             collided,
+            owners,
+        }
+    }
+
+    /// Who may manage `krate`, by name, as [`AuthFile::effective_owners`] says: its
+    /// recorded owners, or the admins when none are recorded. No file is read.
+    pub fn owners_of(&self, krate: &str) -> Vec<&str> {
+        match self.owners.get(canonical(krate).as_str()) {
+            Some(o) => o.iter().map(|&i| &*self.users[i as usize].name).collect(),
+            None => self
+                .users
+                .iter()
+                .filter(|u| u.admin)
+                .map(|u| &*u.name)
+                .collect(),
         }
     }
 
