@@ -126,6 +126,7 @@ pub fn serve(
         listeners,
         shared: net::Shared {
             site,
+            throttle: net::throttle::Throttle::new(&config.limits),
             limits: config.limits,
             spool_dir,
             jobs,

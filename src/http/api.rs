@@ -61,12 +61,6 @@ pub enum Job {
     },
     /// Render a page that reads the registry.
     Page(super::pages::Page, super::pages::Ctx),
-    /// Check the login form (read into memory: it never touches the disk) and start a
-    /// session.
-    Login {
-        form: Vec<u8>,
-        ctx: super::pages::Ctx,
-    },
 }
 
 /// `PUT` (add) or `DELETE` (remove) on a crate's owners.
@@ -205,7 +199,6 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<E
         },
         Job::Page(page, ctx) => super::pages::run(reg, page, &ctx),
         Job::Crate { name } => super::crate_json::crate_json(reg, &name),
-        Job::Login { form, ctx } => super::pages::login(&form, &ctx),
         Job::RecordTokenUse(uses) => match reg.record_last_used(&uses) {
             Ok(()) => Response::new(204),
             Err(e) => {

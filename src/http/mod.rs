@@ -78,6 +78,9 @@ impl Site {
 pub struct Refused {
     pub response: Response,
     pub reason: String,
+    /// A token was presented and is not one (unknown, revoked, expired): a failed
+    /// authentication, which the rate limits count.
+    pub bad_token: bool,
 }
 
 /// Whether a request is for this registry at all, before anything else is looked at: its
@@ -97,6 +100,7 @@ pub fn admit(site: &Site, endpoint: &Endpoint, head: &Head, tls: bool) -> Result
                 // answer for its authority.
                 response: Response::error(421, &detail),
                 reason: format!("foreign authority {authority}"),
+                bad_token: false,
             }));
         }
     }
@@ -107,6 +111,7 @@ pub fn admit(site: &Site, endpoint: &Endpoint, head: &Head, tls: bool) -> Result
             return Err(Box::new(Refused {
                 response: Response::error(403, &detail),
                 reason: format!("foreign origin {origin}"),
+                bad_token: false,
             }));
         }
     }
@@ -134,6 +139,7 @@ pub fn authorize(
         return Err(Box::new(Refused {
             response: Response::error(503, &detail),
             reason: "access control files broken".into(),
+            bad_token: false,
         }));
     }
     let page = endpoint.takes_session_cookie();
@@ -156,6 +162,8 @@ pub fn authorize(
         Box::new(Refused {
             response,
             reason: refusal.reason().to_string(),
+            bad_token: refusal.is_unauthenticated()
+                && refusal != crate::registry::auth::Refusal::NoToken,
         })
     })
 }

@@ -20,6 +20,11 @@
 //! [limits]                       # all optional
 //! max-connections = 1024
 //! open-files = 16384             # per tree; fewer if the descriptor limit is low
+//! requests-per-second = 1000     # per peer address (IPv6: per /64); 0 turns it off
+//! request-burst = 10000
+//! auth-failures-per-minute = 30  # refused tokens per peer address
+//! auth-failure-burst = 30
+//! uploads-per-token = 32         # publishes in progress at once
 //! ```
 //!
 //! Request bodies are bounded by what they are for: a publish by the registry's
@@ -77,6 +82,19 @@ pub struct Limits {
     /// upload-pack requests); an upload that would pass it is answered 503 before its body
     /// is read. 0: four times the largest publish body.
     pub max_spool_bytes: u64,
+    /// Requests one peer address (an IPv6 /64) may send each second, sustained; 0: no
+    /// limit. Over it: 429 with `Retry-After`.
+    pub requests_per_second: u64,
+    /// Requests one peer may send at once, above the sustained rate.
+    pub request_burst: u64,
+    /// Refused tokens (unknown, revoked, expired) one peer may present each minute,
+    /// sustained; 0: no limit. Over it, every token it presents is answered 429 until the
+    /// time has passed.
+    pub auth_failures_per_minute: u64,
+    /// Refused tokens one peer may present at once.
+    pub auth_failure_burst: u64,
+    /// Publishes in progress at once for one token; 0: no limit.
+    pub uploads_per_token: u32,
 }
 
 impl Default for Limits {
@@ -90,6 +108,18 @@ impl Default for Limits {
             shutdown_grace_ms: 10_000,
             open_files: 16 * 1024,
             max_spool_bytes: 0,
+            // A cold resolve of a 500-crate workspace is under 1000 requests; ten of them
+            // at once from CI runners behind one NAT stay under the burst, and 1000 a
+            // second sustained is more than a small host serves one client anyway.
+            requests_per_second: 1000,
+            request_burst: 10_000,
+            // A person mistyping a token a few times never meets it; guessing is slowed to
+            // one try every two seconds.
+            auth_failures_per_minute: 30,
+            auth_failure_burst: 30,
+            // cargo publishes one crate at a time; a CI fleet publishing a workspace's crates
+            // in parallel jobs with one token fits (the spool cap bounds the bytes anyway).
+            uploads_per_token: 32,
         }
     }
 }

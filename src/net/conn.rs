@@ -28,6 +28,7 @@ use crate::http::{
 use crate::registry::auth::Principal;
 
 pub use super::ended::{CloseReason, Waited};
+use super::throttle::{Over, UploadPermit};
 use super::transport::{Stream, Transport};
 use super::worker::{Reservation, Ticket};
 use super::Shared;
@@ -89,6 +90,8 @@ pub struct Exchange {
     leftover: Vec<u8>,
     /// The token holder the access check let through (None: the route needs no token).
     principal: Option<Principal>,
+    /// The publish's place among its token's uploads, held until the answer is out.
+    _upload: Option<UploadPermit>,
     /// The thread the request's job runs on, if it makes one.
     lane: Lane,
     /// The head did not parse: the answer ends the connection.
@@ -102,6 +105,24 @@ impl Exchange {
         let rest = self.leftover.split_off(n);
         self.unread -= n as u64;
         std::mem::replace(&mut self.leftover, rest)
+    }
+}
+
+/// Why a request does not go on: over a rate limit, or refused by the access checks.
+enum Refusal {
+    Over(Box<Over>),
+    Refused(Box<http::Refused>),
+}
+
+impl From<Box<Over>> for Refusal {
+    fn from(o: Box<Over>) -> Refusal {
+        Refusal::Over(o)
+    }
+}
+
+impl From<Box<http::Refused>> for Refusal {
+    fn from(r: Box<http::Refused>) -> Refusal {
+        Refusal::Refused(r)
     }
 }
 
@@ -404,6 +425,7 @@ impl<S: Stream> Conn<S> {
                     unread: u64::MAX,
                     leftover: Vec::new(),
                     principal: None,
+                    _upload: None,
                     lane: Lane::Loop,
                     malformed: true,
                 };
@@ -433,22 +455,15 @@ impl<S: Stream> Conn<S> {
         // A bug in a handler costs its request a 500, never the process.
         let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let is_metrics = matches!(endpoint, Endpoint::Metrics);
-            let tls = self.transport.plain_socket().is_none();
-            let admitted = http::admit(&shared.site, &endpoint, &head, tls).and_then(|()| {
-                if self.metrics_listener {
-                    return Ok(None);
-                }
-                http::authorize(&shared.site, &endpoint, &head, crate::registry::auth::now())
-            });
-            match admitted {
+            match self.check(&endpoint, &head, start, shared) {
                 Ok(_) if self.metrics_listener => {
                     let r = match is_metrics {
                         true => metrics_response(head.method, shared),
                         false => Response::error(404, "this listener serves only /metrics"),
                     };
-                    (Routed::Done(r), None)
+                    (Routed::Done(r), None, None)
                 }
-                Ok(principal) => {
+                Ok((principal, permit)) => {
                     if let Some(p) = &principal {
                         shared.note_token_use(p.token, crate::registry::auth::now());
                     }
@@ -456,9 +471,13 @@ impl<S: Stream> Conn<S> {
                         true => Routed::Done(metrics_response(head.method, shared)),
                         false => endpoint.handle(&shared.site, &head),
                     };
-                    (routed, principal)
+                    (routed, principal, permit)
                 }
-                Err(refused) => {
+                Err(Refusal::Over(over)) => {
+                    shared.metrics.rate_limited(over.limit);
+                    (Routed::Done(over.response()), None, None)
+                }
+                Err(Refusal::Refused(refused)) => {
                     let why = format!(
                         "{} {}: {}",
                         head.method.as_str(),
@@ -466,11 +485,11 @@ impl<S: Stream> Conn<S> {
                         refused.reason
                     );
                     shared.log_refused(self.peer, &why);
-                    (Routed::Done(refused.response), None)
+                    (Routed::Done(refused.response), None, None)
                 }
             }
         }));
-        let (routed, principal) = decided.unwrap_or_else(|_| {
+        let (routed, principal, upload) = decided.unwrap_or_else(|_| {
             error!(
                 "error: {} {} failed inside the server",
                 head.method.as_str(),
@@ -478,7 +497,7 @@ impl<S: Stream> Conn<S> {
             );
             let mut r = Response::error(500, "internal error; the server log has details");
             r.close = true;
-            (Routed::Done(r), None)
+            (Routed::Done(r), None, None)
         });
         let expect = head.expect_continue;
         let ex = Exchange {
@@ -495,6 +514,7 @@ impl<S: Stream> Conn<S> {
             unread: head.content_length,
             leftover,
             principal,
+            _upload: upload,
             lane,
             malformed: false,
         };
@@ -510,6 +530,47 @@ impl<S: Stream> Conn<S> {
             Routed::Job(job) => self.skip_body(ex, Then::Job(job), expect, shared),
             Routed::Done(r) => self.skip_body(ex, Then::Answer(r), expect, shared),
         }
+    }
+
+    /// Whether the request may go on, in order: the peer's request rate (nothing else is
+    /// looked at for a flood), the authority and origin, then the credentials, which a peer
+    /// whose refused tokens passed the limit may not present, and whose refusal counts
+    /// against it. A publish also takes one of its token's upload places.
+    fn check(
+        &self,
+        endpoint: &Endpoint,
+        head: &Head,
+        now: Instant,
+        shared: &Shared,
+    ) -> Result<(Option<Principal>, Option<UploadPermit>), Refusal> {
+        let ip = self.peer.ip();
+        if self.metrics_listener {
+            // The scraper's own listener: no token, no limit, nothing but `/metrics`.
+            return Ok((None, None));
+        }
+        shared.throttle.request(ip, now)?;
+        let tls = self.transport.plain_socket().is_none();
+        http::admit(&shared.site, endpoint, head, tls)?;
+        let presents_token = head.authorization.is_some()
+            || matches!(endpoint, Endpoint::LoginForm)
+            || (endpoint.takes_session_cookie() && head.cookie.is_some());
+        if presents_token {
+            shared.throttle.may_authenticate(ip, now)?;
+        }
+        let principal =
+            match http::authorize(&shared.site, endpoint, head, crate::registry::auth::now()) {
+                Ok(p) => p,
+                Err(refused) if refused.bad_token => {
+                    shared.throttle.auth_failed(ip, now)?;
+                    return Err(refused.into());
+                }
+                Err(refused) => return Err(refused.into()),
+            };
+        let permit = match (&principal, endpoint) {
+            (Some(p), Endpoint::Publish) => shared.throttle.upload(p.token)?,
+            _ => None,
+        };
+        Ok((principal, permit))
     }
 
     /// A handler that does not want the body: a small one is read and dropped first, so
@@ -576,7 +637,20 @@ impl<S: Stream> Conn<S> {
         match then {
             Then::Answer(r) => self.queue_response(r, ex, shared),
             Then::Job(job) => self.start_job(job, None, ex, shared),
-            Then::Form(form, ctx) => self.start_job(Job::Login { form, ctx }, None, ex, shared),
+            Then::Form(form, ctx) => {
+                let mut r = crate::http::pages::login(&form, &ctx);
+                if r.status == 401 {
+                    // A refused token costs its peer time (see `throttle`).
+                    if let Err(over) = shared.throttle.auth_failed(self.peer.ip(), Instant::now()) {
+                        shared.metrics.rate_limited(over.limit);
+                        r = over.response();
+                    }
+                }
+                if let Some(why) = &r.refusal {
+                    shared.log_refused(self.peer, why);
+                }
+                self.queue_response(r, ex, shared)
+            }
             Then::Spool(spool) => {
                 let (job, reserved) = spool.into_job();
                 self.start_job(job, reserved, ex, shared)
@@ -983,6 +1057,7 @@ mod tests {
                 Trees::new(index, dir.path().join("crates"), 0),
                 1000,
             ),
+            throttle: crate::net::throttle::Throttle::new(&Limits::default()),
             limits: Limits::default(),
             spool_dir: dir.path().to_owned(),
             jobs: crate::net::worker::Jobs::one_queue(jobs),
@@ -1076,7 +1151,6 @@ mod tests {
             Job::RecordTokenUse(_) | Job::SyncAccess | Job::KeepClone => {
                 unreachable!("no route makes this job")
             }
-            Job::Login { form, .. } => ("login".into(), form, ok(b"")),
             Job::Page(..) | Job::Crate { .. } => {
                 unreachable!("no scripted request is a page or a crate read")
             }
@@ -1514,7 +1588,8 @@ mod tests {
             )],
             &[],
         );
-        assert_eq!(r.jobs, [("login".to_owned(), b"token=pal_secret".to_vec())]);
+        assert!(r.jobs.is_empty(), "the form is checked on the loop");
+        assert_eq!(responses(&r.out, &[]), [resp(401)]);
         assert_eq!(w.shared.spool.used(), 0);
         let names: Vec<_> = std::fs::read_dir(&w.shared.spool_dir)
             .unwrap()

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ended::CloseReason;
+use super::throttle::Limit;
 use crate::http::files::Trees;
 use crate::http::Metric;
 
@@ -160,6 +161,7 @@ pub struct Metrics {
     timed_out: Cell<u64>,
     tls_failures: Cell<u64>,
     closed: [Cell<u64>; CloseReason::ALL.len()],
+    rate_limited: [Cell<u64>; Limit::ALL.len()],
     auth_broken: Cell<u64>,
     publish_accepted: Cell<u64>,
     publish_refused: [Cell<u64>; 7],
@@ -198,6 +200,11 @@ impl Metrics {
     /// Whether the access control files fail to load now.
     pub fn set_auth_broken(&self, broken: bool) {
         self.auth_broken.set(broken.into());
+    }
+
+    /// A request was answered 429 for `limit`.
+    pub fn rate_limited(&self, limit: Limit) {
+        self.rate_limited[limit as usize].add(1);
     }
 
     pub fn accept_failed(&self) {
@@ -310,6 +317,20 @@ impl Metrics {
                 o,
                 "palletizer_connections_closed_total{{reason=\"{}\"}} {n}",
                 reason.name()
+            );
+        }
+        header(
+            o,
+            "palletizer_rate_limited_total",
+            "counter",
+            "Requests answered 429, by the limit they met (see [limits] in the server's config).",
+        );
+        for limit in Limit::ALL {
+            let n = self.rate_limited[limit as usize].get();
+            let _ = writeln!(
+                o,
+                "palletizer_rate_limited_total{{limit=\"{}\"}} {n}",
+                limit.label()
             );
         }
     }

@@ -23,6 +23,7 @@ pub mod conn;
 pub mod ended;
 pub mod metrics;
 pub mod os;
+pub mod throttle;
 pub mod transport;
 pub mod worker;
 
@@ -65,6 +66,8 @@ const RECLAIM_RETRY: Duration = Duration::from_millis(20);
 /// What every connection reads: the site, the limits.
 pub struct Shared {
     pub site: Site,
+    /// The per-peer rate limits and their state.
+    pub throttle: throttle::Throttle,
     pub limits: Limits,
     /// Where request bodies are spooled (inside the registry, for atomic renames).
     pub spool_dir: PathBuf,

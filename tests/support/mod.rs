@@ -368,25 +368,30 @@ pub fn try_read_one(c: &mut impl std::io::Read) -> std::io::Result<(u16, String)
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// The first response in `buf` once it is whole: (status, head length, body length).
+pub fn whole_response(buf: &[u8]) -> Option<(u16, usize, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(len)) = r.parse(buf) else {
+        return None;
+    };
+    let clen: usize = r
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |h| {
+            std::str::from_utf8(h.value).unwrap().parse().unwrap()
+        });
+    (buf.len() >= len + clen).then_some((r.code.unwrap(), len, clen))
+}
+
 /// One response with its body as bytes.
 pub fn try_read_bytes(c: &mut impl std::io::Read) -> std::io::Result<(u16, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut r = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(len)) = r.parse(&buf) {
-            let code = r.code.unwrap();
-            let clen: usize = r
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .map_or(0, |h| {
-                    std::str::from_utf8(h.value).unwrap().parse().unwrap()
-                });
-            if buf.len() >= len + clen {
-                return Ok((code, buf[len..len + clen].to_vec()));
-            }
+        if let Some((code, len, clen)) = whole_response(&buf) {
+            return Ok((code, buf[len..len + clen].to_vec()));
         }
         let n = c.read(&mut chunk)?;
         if n == 0 {
