@@ -341,15 +341,20 @@ fn add_needs_a_description_and_a_license_unless_the_setting_is_off() {
     assert_eq!(out, "Added nothing 1.0.0\n");
 }
 
-#[test]
-fn delete_removes_lines_and_files() {
-    let s = Sandbox::new();
-    init(&s);
+/// Adds `abc` 1.0.0 and 1.1.0.
+fn add_abc(s: &Sandbox) {
     for v in ["1.0.0", "1.1.0"] {
         let p = s.path().join(format!("abc-{v}.crate"));
         fs::write(&p, simple_crate("abc", v, &[])).unwrap();
         s.palletizer_ok(&["add", p.to_str().unwrap()]);
     }
+}
+
+#[test]
+fn delete_removes_lines_and_files() {
+    let s = Sandbox::new();
+    init(&s);
+    add_abc(&s);
     s.palletizer_ok(&["delete", "abc", "1.0.0"]);
     assert!(!s.reg().join("crates/abc/abc-1.0.0.crate").exists());
     assert!(s.reg().join("crates/abc/abc-1.1.0.crate").exists());
@@ -644,4 +649,144 @@ fn check_reports_damaged_tombstones() {
     // The readable tombstone still counts.
     let out = s.palletizer(&["add", p.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+}
+
+/// Asserts that `palletizer ARGS` exits with status 1, nothing on stdout and `want` alone on
+/// stderr.
+fn assert_refused(s: &Sandbox, args: &[&str], want: &str) {
+    let out = s.palletizer(args);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {}", show(&out));
+    assert!(out.stdout.is_empty(), "{args:?}: {}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("{want}\n"),
+        "{args:?}"
+    );
+}
+
+/// A wrong command line is refused with one line on stderr, nothing on stdout and exit
+/// status 1, and changes nothing.
+#[test]
+fn argument_errors_are_one_line_and_change_nothing() {
+    let s = Sandbox::new();
+    init(&s);
+    let before = snapshot(s.path());
+    for (args, want) in [
+        (&["list", "--bogus"][..], "error: invalid option '--bogus'"),
+        (&["-x", "list"], "error: invalid option '-x'"),
+        (
+            &["frobnicate"],
+            "error: unknown command `frobnicate` (see `palletizer --help`)",
+        ),
+        (&[], "error: no command given (see `palletizer --help`)"),
+        (
+            &["add", "--pubtime"],
+            "error: missing argument for option '--pubtime'",
+        ),
+        (
+            &["token", "create", "--user"],
+            "error: missing argument for option '--user'",
+        ),
+        (
+            &["check", "--repair=yes"],
+            "error: unexpected argument for option '--repair': \"yes\"",
+        ),
+        (
+            &["list", "--url", "http://x"],
+            "error: `--url` does not apply to `list`",
+        ),
+        (
+            &["yank", "leaf"],
+            "error: usage: palletizer yank NAME VERSION",
+        ),
+        (
+            &["user", "rename"],
+            "error: unknown `user` subcommand `rename`: use add, list or remove",
+        ),
+        (
+            &["token", "list", "--admin"],
+            "error: `--admin` does not apply to `token list`",
+        ),
+        (
+            &["token", "revoke", "one"],
+            "error: token id `one` is not a number",
+        ),
+    ] {
+        assert_refused(&s, args, want);
+    }
+    assert_eq!(snapshot(s.path()), before);
+}
+
+#[test]
+fn help_is_printed_wherever_it_is_asked_for() {
+    let s = Sandbox::new();
+    let top = s.palletizer_ok(&["--help"]);
+    assert!(
+        top.starts_with("usage: palletizer [-r DIR] COMMAND [ARGS]\n"),
+        "{top}"
+    );
+    assert!(
+        top.contains("\naccess control:\n  user add NAME [--admin]"),
+        "{top}"
+    );
+    assert_eq!(s.palletizer_ok(&["list", "-h"]), top, "after a command too");
+    let access = s.palletizer_ok(&["token", "--help"]);
+    assert!(
+        access.starts_with("usage: palletizer [-r DIR] COMMAND\n\n  user add"),
+        "{access}"
+    );
+}
+
+/// `--release-name` is `delete`'s alone and may stand anywhere on its line; a wrong use is
+/// one line on stderr and changes nothing.
+#[test]
+fn release_name_applies_to_delete_alone_and_stands_anywhere() {
+    let s = Sandbox::new();
+    init(&s);
+    add_abc(&s);
+    let before = snapshot(&s.reg());
+    for (args, want) in [
+        (
+            &["delete", "abc", "--release-name=yes"][..],
+            "error: unexpected argument for option '--release-name': \"yes\"",
+        ),
+        (
+            &["delete", "--release-name"],
+            "error: usage: palletizer delete NAME [VERSION] [--release-name]",
+        ),
+        (
+            &["yank", "abc", "1.0.0", "--release-name"],
+            "error: `--release-name` does not apply to `yank`",
+        ),
+        (
+            &["--release-name", "list"],
+            "error: `--release-name` does not apply to `list`",
+        ),
+        (
+            &["user", "list", "--release-name"],
+            "error: invalid option '--release-name'",
+        ),
+    ] {
+        assert_refused(&s, args, want);
+    }
+    // The name is the whole crate's: with a version, the registry refuses it.
+    let out = s.palletizer(&["delete", "abc", "1.0.0", "--release-name"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        err.lines().count() == 1 && err.contains("every version"),
+        "{err}"
+    );
+    assert!(snapshot(&s.reg()) == before);
+
+    let out = s.palletizer_ok(&["--release-name", "delete", "abc"]);
+    assert_eq!(
+        out,
+        "Deleted abc 1.0.0\nDeleted abc 1.1.0\n\
+         The name abc is free: its owners were forgotten, and anyone who may publish new \
+         crates may take it\n\
+         Deleted version numbers are never reused: abc 1.0.0, 1.1.0 cannot be published \
+         again; new versions can\n"
+    );
+    assert_eq!(s.palletizer_ok(&["list"]), "");
 }

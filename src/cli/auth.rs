@@ -1,112 +1,55 @@
 //! `palletizer user`, `token`, `owner` and `access`: who may do what, over
-//! [`crate::registry::auth`]. The CLI acts as the registry's administrator: it needs no token.
+//! [`crate::registry::auth`], one function per command. The CLI acts as the registry's
+//! administrator: it needs no token.
 //!
 //! `token create` prints the token alone on stdout, once, so a script can capture it; notes
 //! go to stderr.
 
-use std::ffi::OsString;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use lexopt::prelude::*;
-
+use super::args::AuthCommand;
 use super::CliError;
 use crate::registry::auth::{self, AuthFile, NewToken, Scopes, Token};
 use crate::registry::settings::Access;
 use crate::registry::Registry;
 
-/// The commands this module runs.
-pub const COMMANDS: [&str; 4] = ["user", "token", "owner", "access"];
-
-/// Their lines for `palletizer --help`.
-pub const USAGE: &str = "  user add NAME [--admin] | user list | user remove NAME
-                            manage users (removing one revokes their tokens)
-  token create --user NAME [--scope S]... [--crate GLOB]... [--expires DURATION] [--label TEXT]
-                            print a new token (scopes: read, publish-new, publish-update, yank,
-                            change-owners; default all; DURATION: 90d, 12h, 30s, or days)
-  token list [--user NAME] | token revoke ID
-  owner add CRATE USER... | owner remove CRATE USER... | owner list CRATE
-  access [open|public|private]
-                            show or set who needs a token (also rewrites config.json)
-";
-
-/// Options as parsed, before they are checked against the command.
-#[derive(Default)]
-struct Opts {
-    dir: Option<PathBuf>,
-    admin: bool,
-    user: Option<String>,
-    scopes: Vec<String>,
-    crates: Vec<String>,
-    expires: Option<String>,
-    label: Option<String>,
-    positional: Vec<String>,
-    /// Every option given, to refuse those that do not apply.
-    given: Vec<&'static str>,
-}
-
-fn string(v: OsString) -> Result<String, CliError> {
-    v.into_string()
-        .map_err(|v| CliError(format!("argument is not UTF-8: {}", v.to_string_lossy())))
-}
-
-fn parse(args: Vec<OsString>) -> Result<Option<Opts>, CliError> {
-    let mut p = lexopt::Parser::from_args(args);
-    let mut o = Opts::default();
-    while let Some(arg) = p.next()? {
-        let name: &'static str = match arg {
-            Short('h') | Long("help") => return Ok(None),
-            Short('r') | Long("registry") => {
-                o.dir = Some(p.value()?.into());
-                continue;
-            }
-            Value(v) => {
-                o.positional.push(string(v)?);
-                continue;
-            }
-            Long("admin") => {
-                o.admin = true;
-                "admin"
-            }
-            Long("user") => {
-                o.user = Some(string(p.value()?)?);
-                "user"
-            }
-            Long("scope") => {
-                o.scopes.push(string(p.value()?)?);
-                "scope"
-            }
-            Long("crate") => {
-                o.crates.push(string(p.value()?)?);
-                "crate"
-            }
-            Long("expires") => {
-                o.expires = Some(string(p.value()?)?);
-                "expires"
-            }
-            Long("label") => {
-                o.label = Some(string(p.value()?)?);
-                "label"
-            }
-            other => return Err(other.unexpected().into()),
-        };
-        o.given.push(name);
-    }
-    Ok(Some(o))
-}
-
-/// Runs `palletizer COMMAND ARGS` for one of [`COMMANDS`]; `args` follow the command.
-/// `-r DIR` among them overrides `registry_dir`.
-pub fn run(command: &str, args: Vec<OsString>, registry_dir: &Path) -> Result<ExitCode, CliError> {
-    run_with(
-        command,
-        args,
-        registry_dir,
-        &mut io::stdout().lock(),
-        &mut io::stderr().lock(),
-    )
+/// Runs `command` on the registry in `dir`: results to `out`, notes to `err`. A refusal of
+/// the command's arguments is reported only once the registry has opened.
+pub fn run(
+    command: Result<AuthCommand, CliError>,
+    dir: &Path,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<ExitCode, CliError> {
+    let reg = Registry::open(dir)?;
+    let command = command?;
+    let now = auth::now();
+    match command {
+        AuthCommand::UserAdd { name, admin } => user_add(&reg, &name, admin, now, out),
+        AuthCommand::UserList => user_list(&reg, now, out),
+        AuthCommand::UserRemove { name } => user_remove(&reg, &name, now, out),
+        AuthCommand::TokenCreate(req) => token_create(&reg, req, now, out, err),
+        AuthCommand::TokenList { user } => token_list(&reg, user.as_deref(), now, out),
+        AuthCommand::TokenRevoke { id } => token_revoke(&reg, id, now, out),
+        AuthCommand::OwnerAdd { krate, users } => {
+            line(out, reg.add_owners(&krate, &users, None)?);
+            Ok(())
+        }
+        AuthCommand::OwnerRemove { krate, users } => {
+            line(out, reg.remove_owners(&krate, &users, None)?);
+            Ok(())
+        }
+        AuthCommand::OwnerList { krate } => owner_list(&reg, &krate, out, err),
+        AuthCommand::Access(None) => {
+            line(out, reg.settings().access);
+            Ok(())
+        }
+        AuthCommand::Access(Some(mode)) => set_access(&reg, mode, out, err),
+    }?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes a line; a closed stdout (`| head`) is not an error.
@@ -114,250 +57,172 @@ fn line(w: &mut dyn Write, text: impl std::fmt::Display) {
     let _ = writeln!(w, "{text}");
 }
 
-fn run_with(
-    command: &str,
-    args: Vec<OsString>,
-    registry_dir: &Path,
+fn user_add(
+    reg: &Registry,
+    name: &str,
+    admin: bool,
+    now: u64,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let u = reg.add_user(name, admin, now)?;
+    let kind = if u.admin { "admin user" } else { "user" };
+    line(out, format_args!("Added {kind} {}", u.name));
+    Ok(())
+}
+
+fn user_list(reg: &Registry, now: u64, out: &mut dyn Write) -> Result<(), CliError> {
+    let data = AuthFile::load(reg)?;
+    let mut rows = vec![["ID", "NAME", "ADMIN", "ACTIVE TOKENS"].map(String::from)];
+    for u in data.users() {
+        let active = data
+            .tokens()
+            .iter()
+            .filter(|t| t.user == u.name && state(t, now) == "active")
+            .count();
+        let admin = if u.admin { "yes" } else { "no" };
+        rows.push([
+            u.id.to_string(),
+            u.name.clone(),
+            admin.into(),
+            active.to_string(),
+        ]);
+    }
+    table(out, &rows);
+    Ok(())
+}
+
+fn user_remove(reg: &Registry, name: &str, now: u64, out: &mut dyn Write) -> Result<(), CliError> {
+    let revoked = reg.remove_user(name, now)?;
+    line(
+        out,
+        format_args!("Removed user {name} ({revoked} token(s) revoked)"),
+    );
+    Ok(())
+}
+
+fn token_create(
+    reg: &Registry,
+    req: NewToken,
+    now: u64,
     out: &mut dyn Write,
     err: &mut dyn Write,
-) -> Result<ExitCode, CliError> {
-    let Some(o) = parse(args)? else {
+) -> Result<(), CliError> {
+    let (token, secret) = reg.create_token(req, now)?;
+    line(out, &secret);
+    let access = reg.settings().access;
+    if access == Access::Private && !token.scopes.contains(Scopes::READ) {
+        line(
+            err,
+            format_args!(
+                "note: this registry is private and token {} has no `read` scope: \
+                 cargo sends one token for everything, so it will be refused",
+                token.id
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn token_list(
+    reg: &Registry,
+    user: Option<&str>,
+    now: u64,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let data = AuthFile::load(reg)?;
+    if let Some(u) = user {
+        if data.user(u).is_none() {
+            return Err(CliError(format!("user `{u}` does not exist")));
+        }
+    }
+    let header = [
+        "ID",
+        "USER",
+        "SCOPES",
+        "CRATES",
+        "LABEL",
+        "CREATED",
+        "EXPIRES",
+        "LAST USED",
+        "STATE",
+    ];
+    let mut rows = vec![header.map(String::from)];
+    let wanted = |t: &&Token| user.is_none_or(|u| t.user.eq_ignore_ascii_case(u));
+    for t in data.tokens().iter().filter(wanted) {
+        let crates = if t.crates.is_empty() {
+            "*".to_owned()
+        } else {
+            t.crates.join(",")
+        };
+        rows.push([
+            t.id.to_string(),
+            t.user.clone(),
+            t.scopes.names().collect::<Vec<_>>().join(","),
+            crates,
+            t.label.clone().unwrap_or_else(|| "-".into()),
+            time(Some(t.created)),
+            time(t.expires),
+            time(t.last_used),
+            state(t, now).into(),
+        ]);
+    }
+    table(out, &rows);
+    Ok(())
+}
+
+fn token_revoke(reg: &Registry, id: u64, now: u64, out: &mut dyn Write) -> Result<(), CliError> {
+    let (t, fresh) = reg.revoke_token(id, now)?;
+    if fresh {
+        line(out, format_args!("Revoked token {id} of {}", t.user));
+    } else {
         line(
             out,
-            format_args!("usage: palletizer [-r DIR] COMMAND\n\n{USAGE}"),
+            format_args!("Token {id} of {} was already revoked", t.user),
         );
-        return Ok(ExitCode::SUCCESS);
-    };
-    let dir = o.dir.clone().unwrap_or_else(|| registry_dir.to_owned());
-    let sub = o.positional.first().map(String::as_str).unwrap_or("");
-    let args = o.positional.get(1..).unwrap_or(&[]);
-    let (allowed, usage): (&[&str], &str) = match (command, sub) {
-        ("user", "add") => (&["admin"], "user add NAME [--admin]"),
-        ("user", "list") => (&[], "user list"),
-        ("user", "remove") => (&[], "user remove NAME"),
-        ("token", "create") => (
-            &["user", "scope", "crate", "expires", "label"],
-            "token create --user NAME [--scope S]... [--crate GLOB]... [--expires DURATION] [--label TEXT]",
-        ),
-        ("token", "list") => (&["user"], "token list [--user NAME]"),
-        ("token", "revoke") => (&[], "token revoke ID"),
-        ("owner", "add") => (&[], "owner add CRATE USER..."),
-        ("owner", "remove") => (&[], "owner remove CRATE USER..."),
-        ("owner", "list") => (&[], "owner list CRATE"),
-        ("access", _) => (&[], "access [open|public|private]"),
-        (c, s) => {
-            let subs = match c {
-                "user" => "add, list or remove",
-                "token" => "create, list or revoke",
-                "owner" => "add, remove or list",
-                _ => return Err(CliError(format!("unknown command `{c}`"))),
-            };
-            let what = if s.is_empty() {
-                format!("`{c}` needs a subcommand")
-            } else {
-                format!("unknown `{c}` subcommand `{s}`")
-            };
-            return Err(CliError(format!("{what}: use {subs}")));
-        }
-    };
-    if let Some(f) = o.given.iter().find(|f| !allowed.contains(f)) {
-        return Err(CliError(format!(
-            "`--{f}` does not apply to `{command} {sub}`"
-        )));
     }
-    let arity = |n: std::ops::RangeInclusive<usize>, args: &[String]| {
-        if n.contains(&args.len()) {
-            Ok(())
-        } else {
-            Err(CliError(format!("usage: palletizer {usage}")))
-        }
-    };
-    let reg = Registry::open(&dir)?;
-    let now = auth::now();
-    match (command, sub) {
-        ("user", "add") => {
-            arity(1..=1, args)?;
-            let u = reg.add_user(&args[0], o.admin, now)?;
-            let kind = if u.admin { "admin user" } else { "user" };
-            line(out, format_args!("Added {kind} {}", u.name));
-        }
-        ("user", "list") => {
-            arity(0..=0, args)?;
-            let data = AuthFile::load(&reg)?;
-            let mut rows = vec![["ID", "NAME", "ADMIN", "ACTIVE TOKENS"].map(String::from)];
-            for u in data.users() {
-                let active = data
-                    .tokens()
-                    .iter()
-                    .filter(|t| t.user == u.name && state(t, now) == "active")
-                    .count();
-                let admin = if u.admin { "yes" } else { "no" };
-                rows.push([
-                    u.id.to_string(),
-                    u.name.clone(),
-                    admin.into(),
-                    active.to_string(),
-                ]);
-            }
-            table(out, &rows);
-        }
-        ("user", "remove") => {
-            arity(1..=1, args)?;
-            let revoked = reg.remove_user(&args[0], now)?;
-            line(
-                out,
-                format_args!("Removed user {} ({revoked} token(s) revoked)", args[0]),
-            );
-        }
-        ("token", "create") => {
-            arity(0..=0, args)?;
-            let user = o
-                .user
-                .ok_or_else(|| CliError(format!("usage: palletizer {usage}")))?;
-            let scopes = if o.scopes.is_empty() {
-                None
-            } else {
-                let mut s = Scopes::NONE;
-                for name in &o.scopes {
-                    s = s.union(Scopes::parse(name)?);
-                }
-                Some(s)
-            };
-            let expires_in = o.expires.as_deref().map(auth::parse_duration).transpose()?;
-            let req = NewToken {
-                user,
-                scopes,
-                crates: o.crates,
-                expires_in,
-                label: o.label,
-            };
-            let (token, secret) = reg.create_token(req, now)?;
-            line(out, &secret);
-            let access = reg.settings().access;
-            if access == Access::Private && !token.scopes.contains(Scopes::READ) {
-                line(
-                    err,
-                    format_args!(
-                        "note: this registry is private and token {} has no `read` scope: \
-                         cargo sends one token for everything, so it will be refused",
-                        token.id
-                    ),
-                );
-            }
-        }
-        ("token", "list") => {
-            arity(0..=0, args)?;
-            let data = AuthFile::load(&reg)?;
-            if let Some(u) = &o.user {
-                if data.user(u).is_none() {
-                    return Err(CliError(format!("user `{u}` does not exist")));
-                }
-            }
-            let header = [
-                "ID",
-                "USER",
-                "SCOPES",
-                "CRATES",
-                "LABEL",
-                "CREATED",
-                "EXPIRES",
-                "LAST USED",
-                "STATE",
-            ];
-            let mut rows = vec![header.map(String::from)];
-            let wanted = |t: &&Token| {
-                o.user
-                    .as_ref()
-                    .is_none_or(|u| t.user.eq_ignore_ascii_case(u))
-            };
-            for t in data.tokens().iter().filter(wanted) {
-                let crates = if t.crates.is_empty() {
-                    "*".to_owned()
-                } else {
-                    t.crates.join(",")
-                };
-                rows.push([
-                    t.id.to_string(),
-                    t.user.clone(),
-                    t.scopes.names().collect::<Vec<_>>().join(","),
-                    crates,
-                    t.label.clone().unwrap_or_else(|| "-".into()),
-                    time(Some(t.created)),
-                    time(t.expires),
-                    time(t.last_used),
-                    state(t, now).into(),
-                ]);
-            }
-            table(out, &rows);
-        }
-        ("token", "revoke") => {
-            arity(1..=1, args)?;
-            let id: u64 = args[0]
-                .parse()
-                .map_err(|_| CliError(format!("token id `{}` is not a number", args[0])))?;
-            let (t, fresh) = reg.revoke_token(id, now)?;
-            if fresh {
-                line(out, format_args!("Revoked token {id} of {}", t.user));
-            } else {
-                line(
-                    out,
-                    format_args!("Token {id} of {} was already revoked", t.user),
-                );
-            }
-        }
-        ("owner", "add" | "remove") => {
-            if args.len() < 2 {
-                return Err(CliError(format!("usage: palletizer {usage}")));
-            }
-            let users = &args[1..];
-            let msg = if sub == "add" {
-                reg.add_owners(&args[0], users, None)?
-            } else {
-                reg.remove_owners(&args[0], users, None)?
-            };
-            line(out, msg);
-        }
-        ("owner", "list") => {
-            arity(1..=1, args)?;
-            let owners = auth::list_owners(&reg, &args[0])?;
-            if AuthFile::load(&reg)?.recorded_owners(&args[0]).is_empty() {
-                line(
-                    err,
-                    format_args!(
-                        "note: `{}` has no recorded owners; it belongs to the admins",
-                        args[0]
-                    ),
-                );
-            }
-            for u in owners {
-                line(out, u.name);
-            }
-        }
-        ("access", _) => {
-            arity(0..=1, &o.positional)?;
-            let Some(mode) = o.positional.first() else {
-                line(out, reg.settings().access);
-                return Ok(ExitCode::SUCCESS);
-            };
-            let mode: Access = mode.parse().map_err(CliError)?;
-            let settings = reg.set_access(mode)?;
-            let what = match settings.access {
-                Access::Open => "no token is checked; anyone who reaches the server may publish",
-                Access::Public => "reads are public, every write needs a token",
-                Access::Private => "every request needs a token (config.json says auth-required)",
-            };
-            line(out, format_args!("Access is now {mode}: {what}"));
-            if mode != Access::Open && AuthFile::load(&reg)?.users().is_empty() {
-                line(
-                    err,
-                    "note: no user exists yet; create one with `palletizer user add NAME --admin` \
-                     and `palletizer token create --user NAME`",
-                );
-            }
-        }
-        _ => unreachable!("every command was matched above"),
+    Ok(())
+}
+
+fn owner_list(
+    reg: &Registry,
+    krate: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    let owners = auth::list_owners(reg, krate)?;
+    if AuthFile::load(reg)?.recorded_owners(krate).is_empty() {
+        line(
+            err,
+            format_args!("note: `{krate}` has no recorded owners; it belongs to the admins"),
+        );
     }
-    Ok(ExitCode::SUCCESS)
+    for u in owners {
+        line(out, u.name);
+    }
+    Ok(())
+}
+
+fn set_access(
+    reg: &Registry,
+    mode: Access,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CliError> {
+    let settings = reg.set_access(mode)?;
+    let what = match settings.access {
+        Access::Open => "no token is checked; anyone who reaches the server may publish",
+        Access::Public => "reads are public, every write needs a token",
+        Access::Private => "every request needs a token (config.json says auth-required)",
+    };
+    line(out, format_args!("Access is now {mode}: {what}"));
+    if mode != Access::Open && AuthFile::load(reg)?.users().is_empty() {
+        line(
+            err,
+            "note: no user exists yet; create one with `palletizer user add NAME --admin` \
+             and `palletizer token create --user NAME`",
+        );
+    }
+    Ok(())
 }
 
 fn state(t: &Token, now: u64) -> &'static str {
@@ -403,9 +268,33 @@ fn table<const N: usize>(out: &mut dyn Write, rows: &[[String; N]]) {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::cli::args::{self, Command};
     use crate::registry::auth::{AuthView, Need, Refusal};
     use crate::registry::tarball::testing::simple_crate;
+
+    /// Parses and runs `palletizer COMMAND ARGS` as `main` does, with `registry_dir` as the
+    /// directory given before the command.
+    fn run_with(
+        command: &str,
+        args: Vec<OsString>,
+        registry_dir: &Path,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<ExitCode, CliError> {
+        let inv = args::parse_auth(command, args, registry_dir.to_owned())?;
+        match inv.command {
+            Command::Help(text) => {
+                line(out, text);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Auth(c) => run(c, &inv.dir, out, err),
+            _ => unreachable!("an access control command parses into one"),
+        }
+    }
 
     struct Cli {
         _tmp: tempfile::TempDir,

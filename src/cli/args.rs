@@ -1,0 +1,854 @@
+//! The `palletizer` command line parsed once into an [`Invocation`]: the registry directory
+//! and a typed [`Command`], its options checked against the command, its arguments counted
+//! and their values parsed. Nothing here touches a registry; every refusal is one line.
+//!
+//! Options may stand before or after the command name. At the top level a single-valued
+//! option given twice keeps its first value; after an access control command (`user`,
+//! `token`, `owner`, `access`), which parses its own options, the last. Options given before
+//! an access control command are not its own and are ignored.
+
+use std::ffi::{OsStr, OsString};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use lexopt::prelude::*;
+
+use super::CliError;
+use crate::registry::auth::{parse_duration, NewToken, Scopes};
+use crate::registry::index::Pubtime;
+use crate::registry::settings::Access;
+use crate::registry::{CrateName, InitOptions};
+
+const USAGE: &str = "\
+usage: palletizer [-r DIR] COMMAND [ARGS]
+
+commands:
+  init --url URL [--access MODE] [--index-dir D] [--crates-dir D] [--no-crates-io]
+       [--allowed-registry INDEX_URL]...
+                            create a registry in DIR (access: open, public (default), private)
+  add [--pubtime TIME] FILE.crate...
+                            publish crate files (metadata from their Cargo.toml); TIME, as
+                            YYYY-MM-DDTHH:MM:SSZ, is their original publish time (default: now)
+  yank NAME VERSION         mark a version yanked
+  unyank NAME VERSION       undo a yank
+  delete NAME [VERSION] [--release-name]
+                            remove one version, or every version, and their crate files;
+                            their version numbers can never be published again, and the
+                            name stays with the crate's owners (or the admins) unless
+                            --release-name gives it up for anyone to publish
+  list [NAME]               list crates and versions
+  check [--repair]          verify the index against the crate files and git
+  squash-index              replace the index's git history with one commit (clients keep
+                            working; clones get smaller and faster)
+  backup FILE               write the whole registry to FILE (a gzipped tar), under the
+                            registry lock: a running server keeps serving, publishes wait
+  restore FILE DIR          make a registry in DIR (new or empty) from a backup, and check it
+  serve [CONFIG.toml] [--bind ADDR]
+                            run the server (with no config: a registry in DIR, created if needed)
+
+options:
+  -r, --registry DIR        the registry directory (default: the current directory)
+  -h, --help                this help
+";
+
+/// The access control commands' lines of the help.
+const AUTH_USAGE: &str = "  user add NAME [--admin] | user list | user remove NAME
+                            manage users (removing one revokes their tokens)
+  token create --user NAME [--scope S]... [--crate GLOB]... [--expires DURATION] [--label TEXT]
+                            print a new token (scopes: read, publish-new, publish-update, yank,
+                            change-owners; default all; DURATION: 90d, 12h, 30s, or days)
+  token list [--user NAME] | token revoke ID
+  owner add CRATE USER... | owner remove CRATE USER... | owner list CRATE
+  access [open|public|private]
+                            show or set who needs a token (also rewrites config.json)
+";
+
+/// The commands whose options [`parse_auth`] reads.
+const AUTH_COMMANDS: [&str; 4] = ["user", "token", "owner", "access"];
+
+/// A command line as parsed: where the registry is and what to do with it.
+pub struct Invocation {
+    /// `-r DIR`, or the current directory.
+    pub dir: PathBuf,
+    pub command: Command,
+}
+
+pub enum Command {
+    /// `--help`: the text to print.
+    Help(String),
+    Init(Init),
+    Add(Add),
+    /// `yank` and `unyank`.
+    Yank(Yank),
+    Delete(Delete),
+    /// All crates, or one.
+    List(Option<CrateName>),
+    Check {
+        repair: bool,
+    },
+    SquashIndex,
+    Backup(PathBuf),
+    Restore {
+        file: PathBuf,
+        target: PathBuf,
+    },
+    Serve(Serve),
+    /// `user`, `token`, `owner`, `access`: the command, or the refusal of its arguments'
+    /// count or values, reported once the registry has opened (see [`parse_auth`]).
+    Auth(Result<AuthCommand, CliError>),
+}
+
+pub struct Init {
+    pub opts: InitOptions,
+    pub access: Access,
+}
+
+pub struct Add {
+    pub files: Vec<PathBuf>,
+    /// Checked here, before the registry is touched: a bad time adds nothing.
+    pub pubtime: Option<Pubtime>,
+}
+
+pub struct Yank {
+    pub name: CrateName,
+    pub version: String,
+    /// `false` for `unyank`.
+    pub yank: bool,
+}
+
+pub struct Delete {
+    pub name: CrateName,
+    /// `None`: every version.
+    pub version: Option<String>,
+    /// `--release-name`: the crate's owners are forgotten and anyone may take the name.
+    pub release_name: bool,
+}
+
+pub struct Serve {
+    pub from: ServeFrom,
+    /// 0 for `-q`, 2 for `-v`, else 1.
+    pub verbosity: u8,
+}
+
+/// What `serve` serves.
+pub enum ServeFrom {
+    /// The registry in DIR, created if needed, on one plain listener.
+    Dir { bind: String },
+    /// What a server config file says.
+    Config(PathBuf),
+}
+
+pub enum AuthCommand {
+    UserAdd {
+        name: String,
+        admin: bool,
+    },
+    UserList,
+    UserRemove {
+        name: String,
+    },
+    TokenCreate(NewToken),
+    TokenList {
+        user: Option<String>,
+    },
+    TokenRevoke {
+        id: u64,
+    },
+    OwnerAdd {
+        krate: String,
+        users: Vec<String>,
+    },
+    OwnerRemove {
+        krate: String,
+        users: Vec<String>,
+    },
+    OwnerList {
+        krate: String,
+    },
+    /// Show the mode, or set it.
+    Access(Option<Access>),
+}
+
+/// An option of the registry commands, as given.
+enum Flag {
+    Url(OsString),
+    Access(OsString),
+    IndexDir(OsString),
+    CratesDir(OsString),
+    AllowedRegistry(OsString),
+    Bind(OsString),
+    Pubtime(OsString),
+    NoCratesIo,
+    Repair,
+    ReleaseName,
+    Quiet,
+    Verbose,
+}
+
+impl Flag {
+    fn name(&self) -> &'static str {
+        match self {
+            Flag::Url(_) => "url",
+            Flag::Access(_) => "access",
+            Flag::IndexDir(_) => "index-dir",
+            Flag::CratesDir(_) => "crates-dir",
+            Flag::AllowedRegistry(_) => "allowed-registry",
+            Flag::Bind(_) => "bind",
+            Flag::Pubtime(_) => "pubtime",
+            Flag::NoCratesIo => "no-crates-io",
+            Flag::Repair => "repair",
+            Flag::ReleaseName => "release-name",
+            Flag::Quiet => "quiet",
+            Flag::Verbose => "verbose",
+        }
+    }
+}
+
+fn string(v: &OsStr) -> Result<String, CliError> {
+    v.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| CliError(format!("argument is not UTF-8: {}", v.to_string_lossy())))
+}
+
+/// Parses the arguments after the program's name.
+pub fn parse(args: Vec<OsString>) -> Result<Invocation, CliError> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut dir = PathBuf::from(".");
+    let mut command: Option<String> = None;
+    let mut flags = Vec::new();
+    let mut rest = Vec::new();
+    while let Some(arg) = parser.next()? {
+        let flag = match arg {
+            Short('r') | Long("registry") => {
+                dir = parser.value()?.into();
+                continue;
+            }
+            Short('h') | Long("help") => {
+                let help = format!("{USAGE}\naccess control:\n{AUTH_USAGE}");
+                let command = Command::Help(help);
+                return Ok(Invocation { dir, command });
+            }
+            Long("url") => Flag::Url(parser.value()?),
+            Long("access") => Flag::Access(parser.value()?),
+            Long("index-dir") => Flag::IndexDir(parser.value()?),
+            Long("crates-dir") => Flag::CratesDir(parser.value()?),
+            Long("allowed-registry") => Flag::AllowedRegistry(parser.value()?),
+            Long("bind") => Flag::Bind(parser.value()?),
+            Long("pubtime") => Flag::Pubtime(parser.value()?),
+            Long("no-crates-io") => Flag::NoCratesIo,
+            Long("repair") => Flag::Repair,
+            Long("release-name") => Flag::ReleaseName,
+            Short('q') | Long("quiet") => Flag::Quiet,
+            Short('v') | Long("verbose") => Flag::Verbose,
+            Value(v) if command.is_none() => {
+                let name = string(&v)?;
+                if AUTH_COMMANDS.contains(&name.as_str()) {
+                    return parse_auth(&name, parser.raw_args()?.collect(), dir);
+                }
+                command = Some(name);
+                continue;
+            }
+            Value(v) => {
+                rest.push(v);
+                continue;
+            }
+            other => return Err(other.unexpected().into()),
+        };
+        flags.push(flag);
+    }
+    let Some(command) = command else {
+        return Err(CliError(
+            "no command given (see `palletizer --help`)".into(),
+        ));
+    };
+    let given = Given {
+        command,
+        flags,
+        rest,
+    };
+    let command = match given.command.as_str() {
+        "init" => init(&given),
+        "add" => add(&given),
+        "yank" => yank(&given, true),
+        "unyank" => yank(&given, false),
+        "delete" => delete(&given),
+        "list" => list(&given),
+        "check" => check(&given),
+        "squash-index" => squash_index(&given),
+        "backup" => backup(&given),
+        "restore" => restore(&given),
+        "serve" => serve(&given),
+        other => {
+            given.no_options()?;
+            Err(CliError(format!(
+                "unknown command `{other}` (see `palletizer --help`)"
+            )))
+        }
+    }?;
+    Ok(Invocation { dir, command })
+}
+
+/// A registry command's name, options and arguments, as given.
+struct Given {
+    command: String,
+    flags: Vec<Flag>,
+    rest: Vec<OsString>,
+}
+
+impl Given {
+    /// The refusal of an option the command does not take.
+    fn refuse(&self, flag: &Flag) -> CliError {
+        let (f, command) = (flag.name(), &self.command);
+        CliError(format!("`--{f}` does not apply to `{command}`"))
+    }
+
+    /// Refuses the first option given, for a command that takes none.
+    fn no_options(&self) -> Result<(), CliError> {
+        self.flags.first().map_or(Ok(()), |f| Err(self.refuse(f)))
+    }
+
+    /// Whether `switch`, the one option the command takes, was given; any other is refused.
+    fn switch(&self, switch: Flag) -> Result<bool, CliError> {
+        match self.flags.iter().find(|f| f.name() != switch.name()) {
+            Some(other) => Err(self.refuse(other)),
+            None => Ok(!self.flags.is_empty()),
+        }
+    }
+
+    /// The arguments, `n` of them, as text; `what` is the usage line's tail.
+    fn positional(&self, n: RangeInclusive<usize>, what: &str) -> Result<Vec<String>, CliError> {
+        if !n.contains(&self.rest.len()) {
+            return Err(CliError(format!(
+                "usage: palletizer {} {what}",
+                self.command
+            )));
+        }
+        self.rest.iter().map(|a| string(a)).collect()
+    }
+}
+
+fn init(g: &Given) -> Result<Command, CliError> {
+    let (mut url, mut access, mut index_dir, mut crates_dir) = (None, None, None, None);
+    let (mut allowed, mut crates_io) = (Vec::new(), true);
+    for f in &g.flags {
+        // A value given twice: the first counts.
+        match f {
+            Flag::Url(v) => _ = url.get_or_insert(v),
+            Flag::Access(v) => _ = access.get_or_insert(v),
+            Flag::IndexDir(v) => _ = index_dir.get_or_insert(v),
+            Flag::CratesDir(v) => _ = crates_dir.get_or_insert(v),
+            Flag::AllowedRegistry(v) => allowed.push(v),
+            Flag::NoCratesIo => crates_io = false,
+            other => return Err(g.refuse(other)),
+        }
+    }
+    g.positional(0..=0, "--url URL [options]")?;
+    let url = url.ok_or_else(|| CliError("init needs --url URL".into()))?;
+    let opts = InitOptions {
+        url: string(url)?,
+        index_dir: index_dir.map(PathBuf::from),
+        crates_dir: crates_dir.map(PathBuf::from),
+        crates_io,
+        allowed_registries: allowed
+            .into_iter()
+            .map(|a| string(a))
+            .collect::<Result<_, _>>()?,
+    };
+    let access = match access {
+        Some(a) => string(a)?.parse::<Access>()?,
+        None => Access::Public,
+    };
+    Ok(Command::Init(Init { opts, access }))
+}
+
+fn add(g: &Given) -> Result<Command, CliError> {
+    let mut pubtime = None;
+    for f in &g.flags {
+        match f {
+            Flag::Pubtime(v) => _ = pubtime.get_or_insert(v),
+            other => return Err(g.refuse(other)),
+        }
+    }
+    if g.rest.is_empty() {
+        return Err(CliError(
+            "usage: palletizer add [--pubtime TIME] FILE.crate...".into(),
+        ));
+    }
+    let pubtime = match pubtime {
+        Some(t) => Some(Pubtime::parse(&string(t)?)?),
+        None => None,
+    };
+    let files = g.rest.iter().map(PathBuf::from).collect();
+    Ok(Command::Add(Add { files, pubtime }))
+}
+
+fn yank(g: &Given, yank: bool) -> Result<Command, CliError> {
+    g.no_options()?;
+    let mut a = g.positional(2..=2, "NAME VERSION")?;
+    let name = CrateName::parse(&a[0])?;
+    let version = a.remove(1);
+    Ok(Command::Yank(Yank {
+        name,
+        version,
+        yank,
+    }))
+}
+
+fn delete(g: &Given) -> Result<Command, CliError> {
+    let release_name = g.switch(Flag::ReleaseName)?;
+    let mut a = g.positional(1..=2, "NAME [VERSION] [--release-name]")?;
+    let name = CrateName::parse(&a[0])?;
+    let version = a.get_mut(1).map(std::mem::take);
+    Ok(Command::Delete(Delete {
+        name,
+        version,
+        release_name,
+    }))
+}
+
+fn list(g: &Given) -> Result<Command, CliError> {
+    g.no_options()?;
+    let a = g.positional(0..=1, "[NAME]")?;
+    let name = a.first().map(|n| CrateName::parse(n)).transpose()?;
+    Ok(Command::List(name))
+}
+
+fn check(g: &Given) -> Result<Command, CliError> {
+    let repair = g.switch(Flag::Repair)?;
+    g.positional(0..=0, "[--repair]")?;
+    Ok(Command::Check { repair })
+}
+
+fn squash_index(g: &Given) -> Result<Command, CliError> {
+    g.no_options()?;
+    g.positional(0..=0, "")?;
+    Ok(Command::SquashIndex)
+}
+
+fn backup(g: &Given) -> Result<Command, CliError> {
+    g.no_options()?;
+    let a = g.positional(1..=1, "FILE")?;
+    Ok(Command::Backup(PathBuf::from(&a[0])))
+}
+
+fn restore(g: &Given) -> Result<Command, CliError> {
+    g.no_options()?;
+    let a = g.positional(2..=2, "FILE DIR")?;
+    let (file, target) = (PathBuf::from(&a[0]), PathBuf::from(&a[1]));
+    Ok(Command::Restore { file, target })
+}
+
+fn serve(g: &Given) -> Result<Command, CliError> {
+    let (mut bind, mut quiet, mut verbose) = (None, false, false);
+    for f in &g.flags {
+        match f {
+            Flag::Bind(v) => _ = bind.get_or_insert(v),
+            Flag::Quiet => quiet = true,
+            Flag::Verbose => verbose = true,
+            other => return Err(g.refuse(other)),
+        }
+    }
+    let verbosity = if quiet {
+        0
+    } else if verbose {
+        2
+    } else {
+        1
+    };
+    let from = match (g.rest.as_slice(), bind) {
+        ([], bind) => ServeFrom::Dir {
+            bind: bind.map_or(Ok("127.0.0.1:8080".to_owned()), |b| string(b))?,
+        },
+        ([_], Some(_)) => return Err(CliError("--bind applies only without a config file".into())),
+        ([path], None) => ServeFrom::Config(PathBuf::from(path)),
+        _ => {
+            return Err(CliError(
+                "usage: palletizer serve [CONFIG.toml] [--bind ADDR]".into(),
+            ))
+        }
+    };
+    Ok(Command::Serve(Serve { from, verbosity }))
+}
+
+/// An option of the access control commands, as given.
+enum AuthFlag {
+    Admin,
+    User(String),
+    Scope(String),
+    Crate(String),
+    Expires(String),
+    Label(String),
+}
+
+impl AuthFlag {
+    fn name(&self) -> &'static str {
+        match self {
+            AuthFlag::Admin => "admin",
+            AuthFlag::User(_) => "user",
+            AuthFlag::Scope(_) => "scope",
+            AuthFlag::Crate(_) => "crate",
+            AuthFlag::Expires(_) => "expires",
+            AuthFlag::Label(_) => "label",
+        }
+    }
+}
+
+/// Parses `args`, those after `command` (one of the access control commands); `-r DIR`
+/// among them overrides `dir`.
+///
+/// An unknown subcommand, or an option the subcommand does not take, is refused at once.
+/// A wrong count or value of its arguments is kept in [`Command::Auth`] and reported once
+/// the registry has opened, as the access control commands always have: a line that is
+/// also run against a missing registry names the registry.
+pub fn parse_auth(
+    command: &str,
+    args: Vec<OsString>,
+    mut dir: PathBuf,
+) -> Result<Invocation, CliError> {
+    let mut p = lexopt::Parser::from_args(args);
+    let (mut flags, mut positional) = (Vec::new(), Vec::new());
+    while let Some(arg) = p.next()? {
+        let flag = match arg {
+            Short('h') | Long("help") => {
+                let help = format!("usage: palletizer [-r DIR] COMMAND\n\n{AUTH_USAGE}");
+                let command = Command::Help(help);
+                return Ok(Invocation { dir, command });
+            }
+            Short('r') | Long("registry") => {
+                dir = p.value()?.into();
+                continue;
+            }
+            Value(v) => {
+                positional.push(string(&v)?);
+                continue;
+            }
+            Long("admin") => AuthFlag::Admin,
+            Long("user") => AuthFlag::User(string(&p.value()?)?),
+            Long("scope") => AuthFlag::Scope(string(&p.value()?)?),
+            Long("crate") => AuthFlag::Crate(string(&p.value()?)?),
+            Long("expires") => AuthFlag::Expires(string(&p.value()?)?),
+            Long("label") => AuthFlag::Label(string(&p.value()?)?),
+            other => return Err(other.unexpected().into()),
+        };
+        flags.push(flag);
+    }
+    let sub = positional.first().map_or("", String::as_str);
+    let (takes, usage) = auth_usage(command, sub)?;
+    if let Some(f) = flags.iter().find(|f| !takes.contains(&f.name())) {
+        let f = f.name();
+        return Err(CliError(format!(
+            "`--{f}` does not apply to `{command} {sub}`"
+        )));
+    }
+    let g = AuthGiven {
+        sub,
+        usage,
+        flags,
+        args: positional.get(1..).unwrap_or(&[]),
+    };
+    let command = match command {
+        "user" => user(&g),
+        "token" => token(&g),
+        "owner" => owner(&g),
+        _ => access(&g, &positional),
+    };
+    Ok(Invocation {
+        dir,
+        command: Command::Auth(command),
+    })
+}
+
+/// The options an access control command takes and its usage line, or the refusal of an
+/// unknown subcommand.
+fn auth_usage(
+    command: &str,
+    sub: &str,
+) -> Result<(&'static [&'static str], &'static str), CliError> {
+    Ok(match (command, sub) {
+        ("user", "add") => (&["admin"], "user add NAME [--admin]"),
+        ("user", "list") => (&[], "user list"),
+        ("user", "remove") => (&[], "user remove NAME"),
+        ("token", "create") => (
+            &["user", "scope", "crate", "expires", "label"],
+            "token create --user NAME [--scope S]... [--crate GLOB]... [--expires DURATION] [--label TEXT]",
+        ),
+        ("token", "list") => (&["user"], "token list [--user NAME]"),
+        ("token", "revoke") => (&[], "token revoke ID"),
+        ("owner", "add") => (&[], "owner add CRATE USER..."),
+        ("owner", "remove") => (&[], "owner remove CRATE USER..."),
+        ("owner", "list") => (&[], "owner list CRATE"),
+        ("access", _) => (&[], "access [open|public|private]"),
+        (c, s) => {
+            let subs = match c {
+                "user" => "add, list or remove",
+                "token" => "create, list or revoke",
+                _ => "add, remove or list",
+            };
+            let what = if s.is_empty() {
+                format!("`{c}` needs a subcommand")
+            } else {
+                format!("unknown `{c}` subcommand `{s}`")
+            };
+            return Err(CliError(format!("{what}: use {subs}")));
+        }
+    })
+}
+
+/// An access control command's subcommand, options (only those it takes) and arguments.
+struct AuthGiven<'a> {
+    sub: &'a str,
+    usage: &'static str,
+    flags: Vec<AuthFlag>,
+    /// The arguments after the subcommand.
+    args: &'a [String],
+}
+
+impl AuthGiven<'_> {
+    fn usage(&self) -> CliError {
+        CliError(format!("usage: palletizer {}", self.usage))
+    }
+
+    /// Refuses `args` unless there are `n` of them.
+    fn arity(&self, n: RangeInclusive<usize>, args: &[String]) -> Result<(), CliError> {
+        n.contains(&args.len())
+            .then_some(())
+            .ok_or_else(|| self.usage())
+    }
+}
+
+fn user(g: &AuthGiven) -> Result<AuthCommand, CliError> {
+    match g.sub {
+        "add" => {
+            g.arity(1..=1, g.args)?;
+            let name = g.args[0].clone();
+            let admin = g.flags.iter().any(|f| matches!(f, AuthFlag::Admin));
+            Ok(AuthCommand::UserAdd { name, admin })
+        }
+        "list" => {
+            g.arity(0..=0, g.args)?;
+            Ok(AuthCommand::UserList)
+        }
+        _ => {
+            g.arity(1..=1, g.args)?;
+            let name = g.args[0].clone();
+            Ok(AuthCommand::UserRemove { name })
+        }
+    }
+}
+
+fn token(g: &AuthGiven) -> Result<AuthCommand, CliError> {
+    if g.sub == "revoke" {
+        g.arity(1..=1, g.args)?;
+        let id = &g.args[0];
+        let id = id
+            .parse()
+            .map_err(|_| CliError(format!("token id `{id}` is not a number")))?;
+        return Ok(AuthCommand::TokenRevoke { id });
+    }
+    // A value given twice: the last counts.
+    let (mut user, mut scopes, mut crates, mut expires, mut label) =
+        (None, Vec::new(), Vec::new(), None, None);
+    for f in &g.flags {
+        match f {
+            AuthFlag::User(u) => user = Some(u.clone()),
+            AuthFlag::Scope(s) => scopes.push(s),
+            AuthFlag::Crate(c) => crates.push(c.clone()),
+            AuthFlag::Expires(e) => expires = Some(e),
+            AuthFlag::Label(l) => label = Some(l.clone()),
+            AuthFlag::Admin => unreachable!("`--admin` is refused for `token`"),
+        }
+    }
+    g.arity(0..=0, g.args)?;
+    if g.sub == "list" {
+        return Ok(AuthCommand::TokenList { user });
+    }
+    let user = user.ok_or_else(|| g.usage())?;
+    let scopes = if scopes.is_empty() {
+        None
+    } else {
+        let mut s = Scopes::NONE;
+        for name in scopes {
+            s = s.union(Scopes::parse(name)?);
+        }
+        Some(s)
+    };
+    let expires_in = expires.map(|e| parse_duration(e)).transpose()?;
+    Ok(AuthCommand::TokenCreate(NewToken {
+        user,
+        scopes,
+        crates,
+        expires_in,
+        label,
+    }))
+}
+
+fn owner(g: &AuthGiven) -> Result<AuthCommand, CliError> {
+    if g.sub == "list" {
+        g.arity(1..=1, g.args)?;
+        let krate = g.args[0].clone();
+        return Ok(AuthCommand::OwnerList { krate });
+    }
+    let [krate, users @ ..] = g.args else {
+        return Err(g.usage());
+    };
+    if users.is_empty() {
+        return Err(g.usage());
+    }
+    let (krate, users) = (krate.clone(), users.to_vec());
+    Ok(if g.sub == "add" {
+        AuthCommand::OwnerAdd { krate, users }
+    } else {
+        AuthCommand::OwnerRemove { krate, users }
+    })
+}
+
+/// `access [MODE]`: `positional` counts the mode, which stands where a subcommand would.
+fn access(g: &AuthGiven, positional: &[String]) -> Result<AuthCommand, CliError> {
+    g.arity(0..=1, positional)?;
+    let mode = positional.first().map(|m| m.parse::<Access>());
+    Ok(AuthCommand::Access(mode.transpose().map_err(CliError)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(line: &[&str]) -> Result<Invocation, String> {
+        parse(line.iter().map(OsString::from).collect()).map_err(|e| e.0)
+    }
+
+    fn command(line: &[&str]) -> Command {
+        parsed(line)
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+            .command
+    }
+
+    #[test]
+    fn options_stand_anywhere_and_the_first_value_counts() {
+        let line = ["--url", "http://a.example", "init", "-r", "reg"];
+        let inv = parsed(&line).unwrap();
+        assert_eq!(inv.dir, PathBuf::from("reg"));
+        let more = [
+            "init",
+            "--url=http://a.example",
+            "--url",
+            "http://b.example",
+        ];
+        for c in [inv.command, command(&more)] {
+            let Command::Init(init) = c else {
+                panic!("not init")
+            };
+            assert_eq!(init.opts.url, "http://a.example");
+            assert_eq!(init.access, Access::Public);
+            assert!(init.opts.crates_io);
+        }
+    }
+
+    #[test]
+    fn serve_takes_a_config_or_a_bind_address_and_quiet_wins() {
+        let Command::Serve(s) = command(&["serve", "-v", "-q"]) else {
+            panic!("not serve")
+        };
+        assert_eq!(s.verbosity, 0);
+        assert!(matches!(s.from, ServeFrom::Dir { bind } if bind == "127.0.0.1:8080"));
+        let Command::Serve(s) = command(&["serve", "server.toml", "-v"]) else {
+            panic!("not serve")
+        };
+        assert_eq!(s.verbosity, 2);
+        assert!(matches!(s.from, ServeFrom::Config(p) if p == std::path::Path::new("server.toml")));
+        let e = parsed(&["serve", "server.toml", "--bind", "x"])
+            .err()
+            .unwrap();
+        assert_eq!(e, "--bind applies only without a config file");
+    }
+
+    #[test]
+    fn access_control_options_keep_their_last_value_and_are_parsed() {
+        let line = [
+            "token",
+            "create",
+            "--user",
+            "a",
+            "--user",
+            "b",
+            "--scope",
+            "read",
+            "--scope",
+            "yank",
+            "--expires",
+            "12h",
+            "-r",
+            "reg",
+        ];
+        let inv = parsed(&line).unwrap();
+        assert_eq!(inv.dir, PathBuf::from("reg"));
+        let Command::Auth(Ok(AuthCommand::TokenCreate(t))) = inv.command else {
+            panic!("not token create")
+        };
+        assert_eq!(t.user, "b");
+        assert_eq!(t.scopes, Some(Scopes::READ.union(Scopes::YANK)));
+        assert_eq!(t.expires_in, Some(12 * 3600));
+        let access = command(&["access", "private"]);
+        assert!(matches!(
+            access,
+            Command::Auth(Ok(AuthCommand::Access(Some(Access::Private))))
+        ));
+        let owners = command(&["owner", "remove", "foo", "a", "b"]);
+        let Command::Auth(Ok(AuthCommand::OwnerRemove { krate, users })) = owners else {
+            panic!("not owner remove")
+        };
+        assert_eq!(
+            (krate.as_str(), users),
+            ("foo", vec!["a".into(), "b".into()])
+        );
+    }
+
+    #[test]
+    fn release_name_is_a_delete_option_given_anywhere() {
+        for line in [
+            &["delete", "leaf", "--release-name"][..],
+            &["--release-name", "delete", "leaf"],
+        ] {
+            let Command::Delete(d) = command(line) else {
+                panic!("not delete")
+            };
+            assert_eq!(
+                (d.name.as_str(), d.version, d.release_name),
+                ("leaf", None, true)
+            );
+        }
+        let Command::Delete(d) = command(&["delete", "leaf", "1.0.0"]) else {
+            panic!("not delete")
+        };
+        assert_eq!(
+            (d.version.as_deref(), d.release_name),
+            (Some("1.0.0"), false)
+        );
+        let e = parsed(&["yank", "leaf", "1.0.0", "--release-name"]).err();
+        assert_eq!(e.unwrap(), "`--release-name` does not apply to `yank`");
+    }
+
+    #[test]
+    fn an_access_control_commands_counts_and_values_are_refused_after_its_options() {
+        for (line, want) in [
+            (
+                &["user", "add"][..],
+                "usage: palletizer user add NAME [--admin]",
+            ),
+            (&["token", "revoke", "x"], "token id `x` is not a number"),
+            (&["access", "closed"], "unknown access mode `closed`"),
+        ] {
+            let Command::Auth(Err(e)) = command(line) else {
+                panic!("{line:?}: not a refusal kept for after the registry opened")
+            };
+            assert!(e.0.contains(want), "{line:?}: {}", e.0);
+        }
+        let e = parsed(&["user", "add", "--user", "x"]).err().unwrap();
+        assert_eq!(e, "`--user` does not apply to `user add`");
+        let e = parsed(&["owner", "rename"]).err().unwrap();
+        assert_eq!(
+            e,
+            "unknown `owner` subcommand `rename`: use add, remove or list"
+        );
+    }
+}
