@@ -22,7 +22,7 @@ use palletizer::registry::tarball::sha256_hex;
 use palletizer::registry::tarball::testing::{noise, publish_body, simple_crate};
 use palletizer::registry::{check, git, index, CrateName, InitOptions, Registry};
 use support::harness::Tmpfs;
-use support::{get_bytes, meta, show, try_raw_publish, Sandbox};
+use support::{get_bytes, git_in, meta, show, try_raw_publish, Sandbox};
 
 support::harness::tests!(
     a_failed_commit_leaves_no_ghost_for_the_next_one,
@@ -35,6 +35,7 @@ support::harness::tests!(
     a_delete_cut_short_after_its_index_edit_is_finished,
     a_delete_whose_commit_fails_leaves_no_tombstone,
     killed_deletes_leave_each_version_whole_or_deleted,
+    git_in_the_index_prints_no_warning_about_its_config[Git],
 );
 
 fn init(root: &Path) -> Registry {
@@ -100,6 +101,35 @@ fn stale_git_locks_are_removed_at_open() {
     let reg = Registry::open(dir.path()).unwrap();
     reg.publish(None, &simple_crate("after", "1.0.0", &[])[..])
         .unwrap();
+    assert!(check::check(&reg).unwrap().is_empty());
+}
+
+/// git 2.47 warns on every command about `core.fsyncObjectFiles`, which registries used to
+/// set so that libgit2 would fsync; libgit2 is told by a process-wide option instead, and
+/// the old key goes at the next open.
+fn git_in_the_index_prints_no_warning_about_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = init(dir.path());
+    reg.publish(None, &simple_crate("quiet", "1.0.0", &[])[..])
+        .unwrap();
+    let index = dir.path().join("index");
+    for args in [&["status"][..], &["log", "-1"], &["fsck", "--no-progress"]] {
+        let (ok, stderr) = git_in(&index, args);
+        assert!(ok && stderr.is_empty(), "git {args:?}: {stderr}");
+    }
+    // A registry made by an older palletizer.
+    let (ok, _) = git_in(&index, &["config", "core.fsyncObjectFiles", "true"]);
+    assert!(ok);
+    let (_, stderr) = git_in(&index, &["status"]);
+    assert!(
+        stderr.contains("fsyncObjectFiles"),
+        "git no longer warns: {stderr}"
+    );
+    let reg = Registry::open(dir.path()).unwrap();
+    reg.publish(None, &simple_crate("quieter", "1.0.0", &[])[..])
+        .unwrap();
+    let (ok, stderr) = git_in(&index, &["status"]);
+    assert!(ok && stderr.is_empty(), "after open: {stderr}");
     assert!(check::check(&reg).unwrap().is_empty());
 }
 

@@ -1,9 +1,12 @@
 //! The index repository: creating it, committing changes to it, and telling whether its
 //! working tree matches its last commit. Only the registry's writer path calls these.
 //!
-//! Durability: the repository sets `core.fsyncObjectFiles`, which makes libgit2 fsync every
-//! object and every ref it writes (and their directories), so a commit that returned is on
-//! disk.
+//! Durability: every repository this module writes to is opened through [`open_to_write`],
+//! which turns on libgit2's process-wide `GIT_OPT_ENABLE_FSYNC_GITDIR`: libgit2 then fsyncs
+//! every object, pack and ref it writes (and their directories), so a commit that returned is
+//! on disk. No git setting is needed for that; `core.fsyncObjectFiles`, which older registries
+//! set to the same end, makes git 2.47 warn on every command run in the index and is removed
+//! at open (crash recovery).
 //!
 //! Git's index file is only a cache here: a commit is built in memory from HEAD's tree (the
 //! cached index when it still equals HEAD, for its stat data) and the index file is written
@@ -23,8 +26,8 @@ fn signature() -> Result<Signature<'static>, git2::Error> {
 
 /// Creates the repository with its first commit holding `config.json`.
 pub fn init(dir: &Path, config_json: &str) -> Result<(), git2::Error> {
+    sync_writes();
     let repo = Repository::init(dir)?;
-    ensure_durable(&repo)?;
     std::fs::write(dir.join("config.json"), config_json)
         .map_err(|e| git2::Error::from_str(&format!("writing config.json: {e}")))?;
     let mut index = repo.index()?;
@@ -36,11 +39,40 @@ pub fn init(dir: &Path, config_json: &str) -> Result<(), git2::Error> {
     Ok(())
 }
 
-/// Makes libgit2 fsync objects and refs in this repository (see the module docs).
-fn ensure_durable(repo: &Repository) -> Result<(), git2::Error> {
-    let mut config = repo.config()?;
-    if !config.get_bool("core.fsyncObjectFiles").unwrap_or(false) {
-        config.set_bool("core.fsyncObjectFiles", true)?;
+/// The setting older registries used to make libgit2 fsync; git 2.47 warns about it on every
+/// command run in the index.
+const DEPRECATED_FSYNC: &str = "core.fsyncObjectFiles";
+
+/// Turns on libgit2's fsync of everything it writes in a git directory (objects, packs,
+/// refs), for the whole process, once.
+fn sync_writes() {
+    static ON: std::sync::Once = std::sync::Once::new();
+    ON.call_once(|| {
+        libgit2_sys::init();
+        // SAFETY: a documented option taking one int, on an initialized libgit2.
+        let rc = unsafe {
+            libgit2_sys::git_libgit2_opts(
+                libgit2_sys::GIT_OPT_ENABLE_FSYNC_GITDIR as libc::c_int,
+                1 as libc::c_int,
+            )
+        };
+        // It cannot fail: the option only sets a flag.
+        debug_assert!(rc >= 0);
+    });
+}
+
+/// Opens the repository to write to it, with libgit2's fsync on (see the module docs).
+fn open_to_write(dir: &Path) -> Result<Repository, git2::Error> {
+    sync_writes();
+    Repository::open(dir)
+}
+
+/// Drops the repository's `core.fsyncObjectFiles`, which libgit2 no longer needs (see the
+/// module docs) and git warns about.
+fn drop_deprecated_fsync(repo: &Repository) -> Result<(), git2::Error> {
+    let mut local = repo.config()?.open_level(git2::ConfigLevel::Local)?;
+    if local.get_entry(DEPRECATED_FSYNC).is_ok() {
+        local.remove_multivar(DEPRECATED_FSYNC, ".*")?;
     }
     Ok(())
 }
@@ -48,7 +80,7 @@ fn ensure_durable(repo: &Repository) -> Result<(), git2::Error> {
 /// Stages the given paths (added, changed or removed) and commits them with `message`.
 /// Returns false when the tree did not change, in which case nothing is committed.
 pub fn commit_paths(dir: &Path, paths: &[&str], message: &str) -> Result<bool, git2::Error> {
-    let repo = Repository::open(dir)?;
+    let repo = open_to_write(dir)?;
     let mut index = head_index(&repo)?;
     for p in paths {
         if dir.join(p).exists() {
@@ -124,15 +156,16 @@ pub fn stale_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 /// Crash recovery for the repository (registry lock held): removes stale lock and temp
-/// files, turns on durable writes for repositories made before they were, and puts git's
-/// index back to HEAD. Returns what it removed and whether the index had staged changes.
+/// files, drops the `core.fsyncObjectFiles` of repositories made before libgit2 was told to
+/// fsync by [`open_to_write`], and puts git's index back to HEAD. Returns what it removed
+/// and whether the index had staged changes.
 pub fn repair(dir: &Path) -> Result<(Vec<PathBuf>, bool), git2::Error> {
     let stale = stale_files(dir).map_err(|e| io_error("listing lock files", e))?;
     for p in &stale {
         fs::remove_file(p).map_err(|e| io_error(&format!("removing {}", p.display()), e))?;
     }
-    let repo = Repository::open(dir)?;
-    ensure_durable(&repo)?;
+    let repo = open_to_write(dir)?;
+    drop_deprecated_fsync(&repo)?;
     let unreadable = repo.index().is_err();
     cached_index(&repo)?;
     let staged = unreadable || !staged_paths(&repo)?.is_empty();
@@ -230,7 +263,7 @@ pub fn history_is_linear(dir: &Path) -> Result<bool, git2::Error> {
 
 /// Stages every change in the working tree (temp files excepted) and commits it.
 pub fn commit_all(dir: &Path, message: &str) -> Result<bool, git2::Error> {
-    let repo = Repository::open(dir)?;
+    let repo = open_to_write(dir)?;
     let mut index = head_index(&repo)?;
     // Only what the registry itself writes is committed: `config.json` and crate files at
     // their index paths. Anything else (temp files, strays) stays out, for `check` to report.
@@ -316,7 +349,7 @@ pub struct Packed {
 /// files, and reading them costs a system call each. A new pack that would make more than
 /// [`PACKS_BEFORE_MERGING`] is instead one pack of everything (see [`merge_packs`]).
 pub fn maintain(dir: &Path) -> Result<Option<Packed>, git2::Error> {
-    let repo = Repository::open(dir)?;
+    let repo = open_to_write(dir)?;
     let loose = loose_objects(&repo).map_err(|e| io_error("listing loose objects", e))?;
     let packing = loose.len() >= LOOSE_OBJECTS_BEFORE_PACKING;
     let packs = pack_count(&repo).map_err(|e| io_error("listing packs", e))?;
@@ -497,7 +530,7 @@ pub fn squash(dir: &Path, message: &str) -> Result<(git2::Oid, Packed), git2::Er
         format!("{message}\n\n{NEWEST_LINE}{}\n", newest.join(" "))
     };
     let message = message.as_str();
-    let repo = Repository::open(dir)?;
+    let repo = open_to_write(dir)?;
     let head = repo.head()?;
     let branch = head
         .name()
@@ -589,6 +622,34 @@ fn loose_objects(repo: &Repository) -> io::Result<Vec<(git2::Oid, PathBuf)>> {
 mod tests {
     use super::*;
 
+    extern "C" {
+        /// libgit2's own flag behind `GIT_OPT_ENABLE_FSYNC_GITDIR` (repository.c), which has
+        /// no getter; libgit2 is linked statically, so the test reads it where it lives.
+        static git_repository__fsync_gitdir: bool;
+    }
+
+    #[test]
+    fn writes_turn_on_libgit2_fsync_and_set_no_deprecated_git_config() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "{}").unwrap();
+        // SAFETY: a plain bool libgit2 writes only through git_libgit2_opts, done above.
+        assert!(unsafe { std::ptr::read_volatile(&raw const git_repository__fsync_gitdir) });
+        let config = Repository::open(dir.path()).unwrap().config().unwrap();
+        assert!(config.get_entry(DEPRECATED_FSYNC).is_err(), "set by init");
+
+        // A registry made before: recovery removes the old key, whatever it said.
+        let git_config = dir.path().join(".git/config");
+        let mut text = fs::read_to_string(&git_config).unwrap();
+        text.push_str("[core]\n\tfsyncObjectFiles = true\n\tfsyncObjectFiles = false\n");
+        fs::write(&git_config, text).unwrap();
+        repair(dir.path()).unwrap();
+        let text = fs::read_to_string(&git_config).unwrap();
+        assert!(!text.contains("fsyncObjectFiles"), "{text}");
+        assert!(text.contains("bare = false"), "the rest is kept: {text}");
+        fs::write(dir.path().join("config.json"), "{\"a\":1}").unwrap();
+        assert!(commit_paths(dir.path(), &["config.json"], "after").unwrap());
+    }
+
     #[test]
     fn maintain_packs_loose_objects_past_the_threshold_and_loses_none() {
         let dir = tempfile::tempdir().unwrap();
@@ -646,11 +707,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), "{}").unwrap();
         let repo = Repository::open(dir.path()).unwrap();
-        // Syncing every object file is the slow part of this test and not what it tests.
-        repo.config()
-            .unwrap()
-            .set_bool("core.fsyncObjectFiles", false)
-            .unwrap();
         let packs = PACKS_BEFORE_MERGING + 4;
         for i in 0..packs {
             for j in 0..3 {

@@ -15,9 +15,11 @@ use std::sync::OnceLock;
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
-/// What a test needs beyond cargo and git.
+/// What a test needs beyond cargo (and git, which most tests take for granted).
 #[derive(Clone, Copy, Debug)]
 pub enum Need {
+    /// `git` on `PATH`, for tests about what the git command line does in the index.
+    Git,
     /// `chromium` and `chromedriver` on `PATH`.
     Chromium,
     /// `nginx` on `PATH`.
@@ -36,6 +38,7 @@ impl Need {
                 &["chromium", "chromedriver"],
                 "from Debian's `chromium` and `chromium-driver`",
             ),
+            Need::Git => tools_missing(&["git"], "from Debian's `git`"),
             Need::Nginx => tools_missing(&["nginx"], "from Debian's `nginx-light`, in /usr/sbin"),
             Need::Promtool => tools_missing(&["promtool"], "from Debian's `prometheus`"),
             // Probed once: every test of a file asks the same question.

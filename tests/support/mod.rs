@@ -262,6 +262,21 @@ impl Sandbox {
     }
 }
 
+/// Runs `git ARGS` in `dir`, away from the machine's own git configuration: (success, stderr).
+pub fn git_in(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn show(out: &Output) -> String {
     format!(
         "status: {}\n--- stdout\n{}\n--- stderr\n{}",
