@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use palletizer::registry::tarball::testing::{publish_body, simple_crate};
 use support::harness::Tmpfs;
-use support::{get_bytes, meta, raw_publish, read_one, show, snapshot, Sandbox};
+use support::{get_bytes, git_in, meta, raw_publish, read_one, show, snapshot, Sandbox};
 
 support::harness::tests!(
     backup_while_serving_restores_the_same_registry_for_sparse_libgit2_and_git_cli,
@@ -28,6 +28,7 @@ support::harness::tests!(
     restore_never_writes_over_a_directory_with_files,
     backup_refuses_a_registry_that_would_not_restore,
     a_full_disk_leaves_no_backup_file_and_no_restore[Tmpfs],
+    a_restored_index_runs_nothing_its_backup_told_git_to_run[Git],
 );
 
 /// Runs `palletizer ARGS` (no `-r`).
@@ -429,7 +430,7 @@ fn restore_refuses_hostile_backup_files_and_writes_nothing_outside() {
     let abs = escaped.to_str().unwrap().to_owned();
     let file = |p: &str| raw_header(p, tar::EntryType::Regular, 6, None);
     let link = |p: &str, kind, to: &str| raw_header(p, kind, 0, Some(to));
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "traversal",
             forged(&manifest, &[(file("../../../outside/escaped"), b"pwned\n")]),
@@ -507,6 +508,32 @@ fn restore_refuses_hostile_backup_files_and_writes_nothing_outside() {
             "damaged or cut short",
         ),
     ];
+    // What git would run or follow, each the one entry after the manifest.
+    let not_taken = "is not one of the git files a restore takes";
+    let dot_git = "`.git` directory or file";
+    for (path, needle) in [
+        ("index/.git/hooks/post-checkout", "is a git hook"),
+        (
+            "index/.git/objects/info/alternates",
+            "names another object store",
+        ),
+        (
+            "index/.git/objects/info/http-alternates",
+            "names another object store",
+        ),
+        ("index/.git/info/attributes", not_taken),
+        ("index/.git/commondir", not_taken),
+        ("index/.git/worktrees/w/gitdir", not_taken),
+        ("index/.git/modules/m/config", not_taken),
+        ("index/.git/index", not_taken),
+        ("index/.git", "is a `.git` file"),
+        ("index/fo/.git", dot_git),
+        ("index/.GIT/config", dot_git),
+        ("index/.gitattributes", dot_git),
+        ("index/.gitmodules", dot_git),
+    ] {
+        cases.push((path, forged(&manifest, &[(file(path), b"pwned\n")]), needle));
+    }
     for (what, bytes, needle) in cases {
         let f = s.path().join("hostile.backup");
         fs::write(&f, bytes).unwrap();
@@ -534,6 +561,118 @@ fn restore_refuses_hostile_backup_files_and_writes_nothing_outside() {
         "restore",
     );
     assert!(target.join("crates/foo/foo-1.0.0.crate").exists());
+}
+
+/// The backup in `backup` with its entries (paths, directories ending in `/`, and data)
+/// changed by `edit`, and the manifest's counts made to match: whole, and hostile.
+fn rewritten(backup: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) -> Vec<u8> {
+    let gz = flate2::read::GzDecoder::new(fs::File::open(backup).unwrap());
+    let mut archive = tar::Archive::new(gz);
+    let mut manifest = serde_json::Value::Null;
+    let mut entries = Vec::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut path = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        if path == "palletizer-backup.json" {
+            manifest = serde_json::from_slice(&data).unwrap();
+            continue;
+        }
+        if e.header().entry_type().is_dir() && !path.ends_with('/') {
+            path.push('/');
+        }
+        entries.push((path, data));
+    }
+    edit(&mut entries);
+    manifest["entries"] = entries.len().into();
+    manifest["bytes"] = entries.iter().map(|(_, d)| d.len()).sum::<usize>().into();
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let json = serde_json::to_vec(&manifest).unwrap();
+    let manifest_entry = ("palletizer-backup.json".to_owned(), json);
+    for (path, data) in std::iter::once(&manifest_entry).chain(&entries) {
+        let mut h = tar::Header::new_gnu();
+        let (kind, mode) = match path.ends_with('/') {
+            true => (tar::EntryType::Directory, 0o755),
+            false => (tar::EntryType::Regular, 0o644),
+        };
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        tar.append_data(&mut h, path.trim_end_matches('/'), &data[..])
+            .unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// A backup whose index carries a git config that runs a program on `git status`
+/// (`core.fsmonitor`), a hook sample and an ignore rule, as a hostile or an old backup may:
+/// the restore writes git's config itself and leaves the rest out, and git run in the
+/// restored index runs nothing.
+fn a_restored_index_runs_nothing_its_backup_told_git_to_run() {
+    let (s, backup) = with_backup();
+    let pwned = s.path().join("PWNED");
+    let hostile = format!(
+        "[core]\n\trepositoryformatversion = 0\n\tbare = false\n\
+         \tfsmonitor = \"touch {0}\"\n\thooksPath = {1}\n\tsshCommand = touch {0}\n",
+        pwned.display(),
+        s.path().join("hooks").display()
+    );
+    // The config does what it says with this git: a repository of its own runs it.
+    let scratch = s.path().join("scratch");
+    fs::create_dir_all(&scratch).unwrap();
+    assert!(git_in(&scratch, &["init", "-q"]).0);
+    fs::write(scratch.join(".git/config"), &hostile).unwrap();
+    git_in(&scratch, &["status"]);
+    assert!(pwned.exists(), "git did not run core.fsmonitor here");
+    fs::remove_file(&pwned).unwrap();
+
+    let bytes = rewritten(&backup, |entries| {
+        // Older backups hold git's config, hook samples and info/exclude: replaced here.
+        let replaced = ["index/.git/config", "index/.git/hooks/", "index/.git/info/"];
+        entries.retain(|(p, _)| !replaced.iter().any(|r| p.starts_with(r)));
+        let at = entries
+            .iter()
+            .position(|(p, _)| p == "index/.git/HEAD")
+            .unwrap();
+        let hook = format!("#!/bin/sh\ntouch {}\n", pwned.display());
+        for (path, data) in [
+            ("index/.git/config", hostile.as_bytes()),
+            ("index/.git/hooks/", b""),
+            ("index/.git/hooks/pre-commit.sample", hook.as_bytes()),
+            ("index/.git/info/", b""),
+            ("index/.git/info/exclude", b"*\n"),
+            ("index/.git/objects/info/packs", b"P pack-0.pack\n"),
+        ] {
+            entries.insert(at, (path.to_owned(), data.to_vec()));
+        }
+    });
+    let file = s.path().join("hostile.backup");
+    fs::write(&file, bytes).unwrap();
+    let target = s.path().join("restored");
+    ok(
+        palletizer(&["restore", file.to_str().unwrap(), target.to_str().unwrap()]),
+        "restore",
+    );
+    let git_dir = target.join("index/.git");
+    let config = fs::read_to_string(git_dir.join("config")).unwrap();
+    for key in ["fsmonitor", "hooksPath", "sshCommand", "touch"] {
+        assert!(!config.contains(key), "{key} restored: {config}");
+    }
+    for left_out in ["hooks", "info", "objects/info/packs"] {
+        assert!(!git_dir.join(left_out).exists(), "{left_out} restored");
+    }
+    let index = target.join("index");
+    for args in [&["status"][..], &["log", "-1"], &["fsck", "--no-progress"]] {
+        let (ok, stderr) = git_in(&index, args);
+        assert!(ok && stderr.is_empty(), "git {args:?}: {stderr}");
+    }
+    assert!(!pwned.exists(), "git ran what the backup said");
+    ok(
+        palletizer(&["-r", target.to_str().unwrap(), "check"]),
+        "check",
+    );
 }
 
 fn restore_never_writes_over_a_directory_with_files() {

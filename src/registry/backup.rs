@@ -5,8 +5,9 @@
 //! arrives meanwhile waits (the server keeps serving reads) and lands after it. It holds a
 //! manifest first ([`MANIFEST`]: format, version, time, HEAD commit, and how many entries and
 //! data bytes follow), then `palletizer.toml`, `auth.json` (token hashes only, as on disk),
-//! `search.jsonl`, the index repository under `index/` (its `.git` too, less git's `index`
-//! file, a cache of HEAD that the restore rebuilds, and lock and temp files), the crate files
+//! `search.jsonl`, the index repository under `index/` (of its `.git` what a restore takes:
+//! HEAD, refs, logs and objects, less lock and temp files; not git's `index` file, a cache of
+//! HEAD that the restore rebuilds, nor the config, hooks or caches), the crate files
 //! and their page files under `crates/`, and `orphans/`. Never the journal, the lock file or
 //! upload spool files. It is written to `FILE.tmp`, synced and renamed, so `FILE` is always
 //! a whole backup or the previous one.
@@ -15,7 +16,12 @@
 //! taken, paths must be relative, without `..`, and under one of the registry's own top-level
 //! names; nothing is ever written through a link (none is ever made); every count and size is
 //! bounded by the manifest, which is checked against the free space before anything is
-//! written. It extracts into a hidden sibling of `DIR`, opens the registry there (crash
+//! written. Nothing git would run or follow is restored ([`git_entry`]): of the index's `.git`
+//! only HEAD, refs, logs and objects are taken, git's config is written anew, caches and hook
+//! samples are left out, and hooks, alternates, `commondir`, `info/` rules, nested `.git`
+//! entries and `.git*` files in the working tree are refused. A backup takes what a restore
+//! keeps, so a registry with hooks of its admin's still backs up and restores.
+//! It extracts into a hidden sibling of `DIR`, opens the registry there (crash
 //! recovery rebuilds git's index), requires HEAD to be the manifest's and `check` to be clean,
 //! syncs, and only then renames it to `DIR`: a refused restore leaves no `DIR` behind, and
 //! never touches a registry that exists.
@@ -250,6 +256,9 @@ fn list_tree(dir: &Path, prefix: &str, in_git: bool, items: &mut Vec<Item>) -> i
         }
         let rel = format!("{prefix}/{name}");
         let ty = e.file_type()?;
+        if git_entry(&rel, ty.is_dir()) != GitEntry::Keep {
+            continue; // what a restore would leave out or refuse (see `git_entry`)
+        }
         if ty.is_dir() {
             items.push(Item::Dir(rel.clone()));
             list_tree(&e.path(), &rel, in_git || name == ".git", items)?;
@@ -599,7 +608,7 @@ fn extract(input: File, file: &Path, tmp: &Path, parent: &Path) -> Result<Manife
         }
         let dest = tmp.join(&rel);
         if kind.is_dir() {
-            fs::create_dir_all(&dest).map_err(|e| write_error_restore(tmp, e))?;
+            restore_dir(&dest, &rel, tmp)?;
         } else if kind.is_file() {
             bytes = bytes.saturating_add(size);
             if bytes > manifest.bytes {
@@ -737,6 +746,93 @@ fn entry_path(raw: &[u8]) -> Result<String> {
     Ok(parts.join("/"))
 }
 
+/// What a restore does with an entry, and whether a backup takes it: git runs hooks and the
+/// programs its config names (`core.fsmonitor`, `core.hooksPath`, filters), reads objects
+/// from alternates, follows `.git` files, `commondir` and `gitdir` to other repositories, and
+/// applies `info/` and `.git*` rules. Of the index's `.git` only what holds its history is
+/// taken; the config is written anew by [`finish`].
+#[derive(Debug, PartialEq, Eq)]
+enum GitEntry {
+    /// Restored as it is (everything outside the index's git files).
+    Keep,
+    /// Left out: what the restore writes itself (the config), caches git rebuilds, samples.
+    LeaveOut,
+    /// Refused, with why.
+    Refuse(&'static str),
+}
+
+/// [`GitEntry`] for the path `rel` (checked by [`entry_path`]), a directory or a file.
+fn git_entry(rel: &str, dir: bool) -> GitEntry {
+    use GitEntry::{Keep, LeaveOut, Refuse};
+    let parts: Vec<&str> = rel.split('/').collect();
+    if parts[0] != INDEX || parts.len() == 1 {
+        return Keep;
+    }
+    let git_name = |p: &&str| p.len() >= 4 && p[..4].eq_ignore_ascii_case(".git");
+    if parts[1] != ".git" || parts[2..].iter().any(git_name) {
+        return match parts[1..].iter().any(git_name) {
+            true => Refuse(
+                "is a `.git` directory or file (`.git`, `.gitattributes`, `.gitmodules`, ...) \
+                 that git would follow or apply",
+            ),
+            false => Keep,
+        };
+    }
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let pack = |s: &str| {
+        let stem = s.strip_suffix(".pack").or_else(|| s.strip_suffix(".idx"));
+        stem.and_then(|s| s.strip_prefix("pack-"))
+            .is_some_and(|h| hex(h, 40))
+    };
+    match (&parts[2..], dir) {
+        ([], true) | (["HEAD" | "description" | "packed-refs"], false) => Keep,
+        (["refs" | "logs", ..], _) => Keep,
+        (["objects"] | ["objects", "pack" | "info"], true) => Keep,
+        (["objects", d], true) if hex(d, 2) => Keep,
+        (["objects", d, o], false) if hex(d, 2) && hex(o, 38) => Keep,
+        (["objects", "pack", p], false) if pack(p) => Keep,
+        (["objects", "info", "alternates" | "http-alternates"], _) => {
+            Refuse("names another object store, which git would read")
+        }
+        (["objects", "info" | "pack", _, ..], _) => LeaveOut,
+        (["config"], false) | (["hooks"] | ["info"], true) => LeaveOut,
+        (["hooks", h], false) if h.ends_with(".sample") => LeaveOut,
+        (["hooks", ..], _) => Refuse("is a git hook, which git would run"),
+        (["info", "exclude" | "refs"], false) => LeaveOut,
+        (["ORIG_HEAD" | "FETCH_HEAD" | "COMMIT_EDITMSG"], false) => LeaveOut,
+        ([], false) => Refuse("is a `.git` file, which git would follow to another repository"),
+        _ => Refuse(
+            "is not one of the git files a restore takes (HEAD, refs, logs, objects): git could \
+             run or follow it",
+        ),
+    }
+}
+
+/// Whether a restore writes the entry at `rel` ([`git_entry`]); a refusal is the error.
+fn restored(rel: &str, dir: bool) -> Result<bool> {
+    match git_entry(rel, dir) {
+        GitEntry::Keep => Ok(true),
+        GitEntry::LeaveOut => Ok(false),
+        GitEntry::Refuse(why) => Err(BackupError::Refused(format!(
+            "backup entry `{}` {why}; nothing was restored",
+            super::names::shown_at_most(rel, 200)
+        ))),
+    }
+}
+
+/// Makes the directory of entry `rel`, unless a restore leaves it out ([`git_entry`]).
+fn restore_dir(dest: &Path, rel: &str, tmp: &Path) -> Result<()> {
+    if restored(rel, true)? {
+        fs::create_dir_all(dest).map_err(|e| write_error_restore(tmp, e))?;
+    }
+    Ok(())
+}
+
+/// Writes the file of entry `rel`, unless a restore leaves it out ([`git_entry`]).
 fn write_file(
     entry: &mut impl Read,
     dest: &Path,
@@ -746,6 +842,9 @@ fn write_file(
     tmp: &Path,
     shown: &str,
 ) -> Result<()> {
+    if !restored(rel, false)? {
+        return Ok(()); // the tar reader skips its data
+    }
     if let Some(dir) = dest.parent() {
         fs::create_dir_all(dir).map_err(|e| write_error_restore(tmp, e))?;
     }
@@ -817,6 +916,8 @@ fn finish(tmp: &Path, manifest: Manifest) -> Result<Summary> {
             "the backup holds no index repository".into(),
         ));
     }
+    // Before anything opens the repository: the backup's config was left out.
+    super::git::write_config(&tmp.join(INDEX)).map_err(super::Error::Git)?;
     // Opening runs crash recovery, which rebuilds git's index (left out of every backup).
     let reg = Registry::open(tmp)?;
     let head = head_of(reg.index_dir())?;
@@ -873,5 +974,59 @@ mod tests {
         }
         assert!(entry_path(b"index/\xff").is_err());
         assert!(entry_path(format!("index/{}", "a".repeat(256)).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn of_the_index_git_files_only_its_history_is_restored() {
+        let object = format!("index/.git/objects/0f/{}", "a".repeat(38));
+        let pack = format!("index/.git/objects/pack/pack-{}.idx", "b".repeat(40));
+        let (keep, out, refuse) = ("keep", "leave out", "refuse");
+        let cases = [
+            ("index", true, keep),
+            ("index/config.json", false, keep),
+            ("index/fo/o/foo", false, keep),
+            ("crates/foo/.git", false, keep),
+            ("index/.git", true, keep),
+            ("index/.git/HEAD", false, keep),
+            ("index/.git/packed-refs", false, keep),
+            ("index/.git/refs/heads/master", false, keep),
+            ("index/.git/logs/HEAD", false, keep),
+            ("index/.git/objects/0f", true, keep),
+            (&object, false, keep),
+            (&pack, false, keep),
+            ("index/.git/config", false, out),
+            ("index/.git/hooks", true, out),
+            ("index/.git/hooks/pre-commit.sample", false, out),
+            ("index/.git/info/exclude", false, out),
+            ("index/.git/objects/info/commit-graph", false, out),
+            ("index/.git/objects/pack/multi-pack-index", false, out),
+            ("index/.git/objects/pack/pack-x.pack", false, out),
+            ("index/.git", false, refuse),
+            ("index/.git/config", true, refuse),
+            ("index/.git/hooks/pre-commit", false, refuse),
+            ("index/.git/hooks/x.sample", true, refuse),
+            ("index/.git/objects/info/alternates", false, refuse),
+            ("index/.git/objects/0f/short", false, refuse),
+            ("index/.git/info/attributes", false, refuse),
+            ("index/.git/info/grafts", false, refuse),
+            ("index/.git/commondir", false, refuse),
+            ("index/.git/shallow", false, refuse),
+            ("index/.git/index", false, refuse),
+            ("index/.git/worktrees/w/gitdir", false, refuse),
+            ("index/.git/modules", true, refuse),
+            ("index/.git/refs/.git", true, refuse),
+            ("index/fo/.git", false, refuse),
+            ("index/.Git/HEAD", false, refuse),
+            ("index/.gitattributes", false, refuse),
+            ("index/.gitignore", false, refuse),
+        ];
+        for (rel, dir, want) in cases {
+            let got = match git_entry(rel, dir) {
+                GitEntry::Keep => keep,
+                GitEntry::LeaveOut => out,
+                GitEntry::Refuse(_) => refuse,
+            };
+            assert_eq!(got, want, "{rel} (directory: {dir})");
+        }
     }
 }

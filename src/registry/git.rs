@@ -77,6 +77,26 @@ fn drop_deprecated_fsync(repo: &Repository) -> Result<(), git2::Error> {
     Ok(())
 }
 
+/// Writes the git config of the repository in `dir` anew, with what `init` gives a new
+/// index repository and nothing else: a restore's, in place of whatever a backup held (a
+/// config can make git run programs and read other files).
+pub fn write_config(dir: &Path) -> Result<(), git2::Error> {
+    let path = dir.join(".git").join("config");
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io_error(&format!("removing {}", path.display()), e))
+        }
+        _ => {}
+    }
+    sync_writes();
+    let mut config = git2::Config::open(&path)?;
+    config.set_i32("core.repositoryformatversion", 0)?;
+    config.set_bool("core.filemode", true)?;
+    config.set_bool("core.bare", false)?;
+    config.set_bool("core.logallrefupdates", true)?;
+    Ok(())
+}
+
 /// Stages the given paths (added, changed or removed) and commits them with `message`.
 /// Returns false when the tree did not change, in which case nothing is committed.
 pub fn commit_paths(dir: &Path, paths: &[&str], message: &str) -> Result<bool, git2::Error> {
