@@ -8,7 +8,9 @@ mod support;
 use std::fs;
 use std::path::Path;
 
-use palletizer::registry::tarball::testing::{hostile_crates, publish_body, simple_crate};
+use palletizer::registry::tarball::testing::{
+    hostile_crates, publish_body, renaming_crates, simple_crate,
+};
 use support::{publish_json, raw_publish, show, snapshot, vm_hwm_kib, Sandbox};
 
 /// How far the server's peak resident set may rise while it refuses every hostile crate.
@@ -80,6 +82,36 @@ fn hostile_crates_fail_palletizer_add_in_one_line() {
         assert!(stderr.len() < 400, "{what}: {stderr}");
         assert!(snapshot(&s.reg()) == before, "{what} changed the registry");
     }
+}
+
+/// Crate files with a header another tar reader would use to place an entry elsewhere (a PAX
+/// global header with `path=../evil`, GNU sparse names, link names on files, a header name
+/// outside): a 400 that says which, from the server and from `palletizer add`, and nothing
+/// stored.
+#[test]
+fn crates_with_headers_that_would_rename_an_entry_are_refused() {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    let before = snapshot(&s.reg());
+    let path = s.path().join("foo-1.0.0.crate");
+    for (what, krate) in renaming_crates() {
+        let body = publish_body(&publish_json("foo", "1.0.0", serde_json::json!({})), &krate);
+        let (st, answer) = raw_publish(srv.addr(), &s.token(), &body);
+        assert_eq!(st, 400, "{what}: {answer}");
+        assert_short_error(what, st, &answer);
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        let detail = v["errors"][0]["detail"].as_str().unwrap();
+        assert!(detail.starts_with("crate file"), "{what}: {detail}");
+        if what.contains("global") {
+            assert!(detail.contains("PAX global header"), "{what}: {detail}");
+        }
+        fs::write(&path, &krate).unwrap();
+        let out = s.palletizer(&["add", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} was added:\n{}", show(&out));
+        assert!(stderr.contains(detail), "{what}: {stderr}");
+    }
+    assert!(snapshot(&s.reg()) == before, "a renaming crate was stored");
 }
 
 #[test]

@@ -10,9 +10,14 @@
 //!
 //! Extension entries are interpreted here rather than by the tar crate, the way the tar crate
 //! does when cargo unpacks the file (a GNU long name before a PAX `path`, one of each per
-//! entry, global PAX headers ignored), and anything the two readings could disagree on
-//! (duplicates, malformed PAX records, a PAX `size` other than the header's, data hidden after
-//! the end of the archive or in a second gzip member) is refused.
+//! entry), and anything the two readings could disagree on (duplicates, malformed PAX records,
+//! a PAX `size` other than the header's, data hidden after the end of the archive or in a
+//! second gzip member) is refused. So is what other tar readers would apply and cargo's
+//! ignores: every name that can place an entry is checked like its path (the header's own,
+//! a GNU long name or link, a PAX `path` or `linkpath`, which must agree with a long name),
+//! and PAX global headers (`g`, whose `path` other readers apply to every entry after it) and
+//! GNU sparse records (`GNU.sparse.*`, which rename and resize an entry) are refused; cargo
+//! writes neither.
 
 use std::cell::Cell;
 use std::io::{self, BufRead, Read};
@@ -23,7 +28,7 @@ use sha2::{Digest, Sha256};
 const MAX_MANIFEST: u64 = 1 << 20;
 /// The longest GNU long name or long link: Linux's `PATH_MAX`, plus its NUL.
 pub const MAX_LONG_NAME: u64 = 4096 + 1;
-/// The largest PAX extended header, local (`x`) or global (`g`).
+/// The largest PAX extended header (`x`).
 pub const MAX_PAX_HEADER: u64 = 64 * 1024;
 /// The longest entry path, and the longest component of one (`PATH_MAX`, `NAME_MAX`): a longer
 /// one cannot be unpacked on the file systems cargo runs on.
@@ -69,6 +74,8 @@ pub enum TarballError {
     },
     #[error("crate file has a malformed tar extension entry: {0}")]
     BadExtension(String),
+    #[error("crate file has {0}, which cargo never writes and other tar readers would apply")]
+    ForeignExtension(&'static str),
     #[error("crate file has data after the end of its tar archive (at most {MAX_PADDING} zero bytes may follow it)")]
     DataAfterEnd,
     #[error(
@@ -282,6 +289,9 @@ impl Walk {
         }
         let header = entry.header();
         let kind = header.entry_type();
+        // A reader that knows no extension unpacks its entry as a file of that name, and any
+        // entry under its own name.
+        check_header_name(&header.path_bytes())?;
         // The tar crate only honours extension entries in a ustar or GNU header; in an old
         // header they are entries of their own, refused below as neither file nor directory.
         let recognized = header.as_gnu().is_some() || header.as_ustar().is_some();
@@ -292,6 +302,9 @@ impl Walk {
                 "GNU long-link"
             };
             let data = read_extension(&mut entry, what, MAX_LONG_NAME)?;
+            if kind.is_gnu_longlink() {
+                check_path(without_nul(&data))?; // a long name is checked as the entry's path
+            }
             let taken = if kind.is_gnu_longname() {
                 self.pending.long_name.replace(data).is_some()
             } else {
@@ -315,16 +328,11 @@ impl Walk {
             return Ok(());
         }
         if kind.is_pax_global_extensions() {
-            // cargo's tar reader neither applies nor unpacks a global header; it is checked and
-            // skipped. An extension entry before it would describe it, not a file: refused.
-            let data = read_extension(&mut entry, "PAX global header", MAX_PAX_HEADER)?;
-            parse_pax(&data)?;
-            if !self.pending.is_empty() {
-                return Err(TarballError::BadExtension(
-                    "an extension entry describes a PAX global header".into(),
-                ));
-            }
-            return Ok(());
+            // Refused unread, whatever its header: cargo's tar reader skips it, other readers
+            // apply it to every entry after it.
+            return Err(TarballError::ForeignExtension(
+                "a PAX global header (`g` entry)",
+            ));
         }
         let pending = std::mem::take(&mut self.pending);
         let pax = pending.pax.unwrap_or_default();
@@ -337,12 +345,7 @@ impl Walk {
             }
         }
         let path_bytes = match (pending.long_name, pax.path) {
-            (Some(mut name), _) => {
-                if name.last() == Some(&0) {
-                    name.pop();
-                }
-                name
-            }
+            (Some(name), pax_path) => long_name_path(name, pax_path)?,
             (None, Some(path)) => path,
             (None, None) => entry.path_bytes().into_owned(),
         };
@@ -426,6 +429,34 @@ fn check_path(bytes: &[u8]) -> Result<&str, TarballError> {
     Ok(path)
 }
 
+/// A GNU long name or link as its path: without the NUL writers end it with.
+fn without_nul(data: &[u8]) -> &[u8] {
+    data.strip_suffix(b"\0").unwrap_or(data)
+}
+
+/// The path of an entry with a GNU long name: the name, which a PAX `path` for the same entry
+/// must equal (the tar crate takes the long name, other readers the PAX path).
+fn long_name_path(name: Vec<u8>, pax_path: Option<Vec<u8>>) -> Result<Vec<u8>, TarballError> {
+    let name = without_nul(&name).to_vec();
+    if pax_path.is_some_and(|p| p != name) {
+        return Err(TarballError::BadExtension(
+            "a GNU long name and a PAX path name one entry differently".into(),
+        ));
+    }
+    Ok(name)
+}
+
+/// Checks the name in an entry's own header (an extension entry's too) as a reader that knows
+/// no extension would unpack it: never absolute, never with a `..` component. Other checks are
+/// left to [`check_path`] on the entry's real path: a long path's header holds its first 100
+/// bytes, which may end inside a character.
+fn check_header_name(bytes: &[u8]) -> Result<(), TarballError> {
+    if bytes.starts_with(b"/") || bytes.split(|b| *b == b'/').any(|p| p == b"..") {
+        return Err(TarballError::UnsafePath(shown(bytes)));
+    }
+    Ok(())
+}
+
 /// Reads an extension entry's data whole, after checking its declared size against `limit`.
 fn read_extension<R: Read>(
     entry: &mut tar::Entry<'_, R>,
@@ -446,12 +477,18 @@ fn read_extension<R: Read>(
     Ok(data)
 }
 
+/// What [`TarballError::ForeignExtension`] says of PAX records of a GNU sparse file.
+const GNU_SPARSE: &str =
+    "GNU sparse records (PAX `GNU.sparse.*`, which rename and resize an entry)";
+
 /// Parses PAX records (`"<len> <key>=<value>\n"`, `len` counting the whole record). Strict:
-/// every record well formed and newline-free inside, `path` and `size` at most once, so that
-/// the tar crate (which splits on newlines and takes the first match) reads the same values.
+/// every record well formed and newline-free inside, `path`, `linkpath` and `size` at most
+/// once, so that the tar crate (which splits on newlines and takes the first match) reads the
+/// same values; a `linkpath` is checked as a path, and GNU sparse records are refused.
 fn parse_pax(data: &[u8]) -> Result<Pax, TarballError> {
     let bad = |why: &str| TarballError::BadExtension(format!("PAX header: {why}"));
     let mut pax = Pax::default();
+    let mut linkpath = false;
     let mut rest = data;
     while !rest.is_empty() {
         let space = rest
@@ -485,8 +522,17 @@ fn parse_pax(data: &[u8]) -> Result<Pax, TarballError> {
                 let size = decimal(value).ok_or_else(|| bad("`size` is not a number"))?;
                 pax.size.replace(size).is_some()
             }
-            // `linkpath` only matters to links, which are refused; other keys (times, owners,
-            // extended attributes) do not change where or how much an entry unpacks.
+            // Links are refused, but a reader may still take a file's `linkpath`.
+            b"linkpath" => {
+                check_path(value)?;
+                std::mem::replace(&mut linkpath, true)
+            }
+            // GNU tar takes a sparse file's real name and size from these.
+            k if k.starts_with(b"GNU.sparse.") => {
+                return Err(TarballError::ForeignExtension(GNU_SPARSE));
+            }
+            // Other keys (times, owners, extended attributes) do not change where or how much
+            // an entry unpacks.
             _ => false,
         };
         if repeated {
@@ -809,6 +855,71 @@ pub mod testing {
             .collect()
     }
 
+    /// Crate files for `foo` 1.0.0 with a header that would place an entry elsewhere than the
+    /// checked path says, for a reader other than cargo's, each with what it is.
+    pub fn renaming_crates() -> Vec<(&'static str, Vec<u8>)> {
+        let lib = |t: RawTar| t.entry(b"foo-1.0.0/src/lib.rs", b'0', b"").end().finish();
+        let evil = b"../evil".as_slice();
+        let x = |key: &str, value: &[u8]| {
+            let pax = pax_record(key, value);
+            lib(RawTar::new()
+                .foo_manifest()
+                .entry(b"PaxHeaders/a", b'x', &pax)
+                .entry(b"foo-1.0.0/a", b'0', b"a"))
+        };
+        let global = |t: RawTar| lib(t.entry(b"foo-1.0.0/a", b'0', b"a"));
+        vec![
+            (
+                "a PAX global header with a path",
+                global(RawTar::new().foo_manifest().entry(
+                    b"pax_global_header",
+                    b'g',
+                    &pax_record("path", evil),
+                )),
+            ),
+            (
+                "a PAX global header first, as git archive writes",
+                global(
+                    RawTar::new()
+                        .entry(b"pax_global_header", b'g', &pax_record("comment", b"abc"))
+                        .foo_manifest(),
+                ),
+            ),
+            ("a PAX sparse name", x("GNU.sparse.name", evil)),
+            ("a PAX sparse map", x("GNU.sparse.map", b"0,1")),
+            ("a PAX link path on a file", x("linkpath", evil)),
+            (
+                "a GNU long link on a file",
+                lib(RawTar::new()
+                    .foo_manifest()
+                    .entry(b"././@LongLink", b'K', b"../evil\0")
+                    .entry(b"foo-1.0.0/a", b'0', b"a")),
+            ),
+            (
+                "a GNU long name and a PAX path that disagree",
+                lib(RawTar::new()
+                    .foo_manifest()
+                    .entry(b"PaxHeaders/a", b'x', &pax_record("path", evil))
+                    .entry(b"././@LongLink", b'L', b"foo-1.0.0/a\0")
+                    .entry(b"foo-1.0.0/a", b'0', b"a")),
+            ),
+            (
+                "a header name outside, under a PAX path inside",
+                lib(RawTar::new()
+                    .foo_manifest()
+                    .entry(b"PaxHeaders/a", b'x', &pax_record("path", b"foo-1.0.0/a"))
+                    .entry(evil, b'0', b"a")),
+            ),
+            (
+                "an extension entry's own name outside",
+                lib(RawTar::new()
+                    .foo_manifest()
+                    .entry(b"../PaxHeaders/a", b'x', &pax_record("comment", b"x"))
+                    .entry(b"foo-1.0.0/a", b'0', b"a")),
+            ),
+        ]
+    }
+
     /// A minimal valid crate file for `name` `vers`, plus extra files.
     pub fn simple_crate(name: &str, vers: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
         let dir = format!("{name}-{vers}");
@@ -1044,6 +1155,9 @@ mod tests {
             assert!(bytes.len() < 2 << 20, "{what}: {} bytes", bytes.len());
             let err = err_of(&bytes);
             let want = match what {
+                w if w.starts_with("256 MiB PAX global") => {
+                    matches!(err, TarballError::ForeignExtension(_))
+                }
                 w if w.starts_with("256 MiB") => {
                     matches!(err, TarballError::ExtensionTooLarge { .. })
                 }
@@ -1063,7 +1177,6 @@ mod tests {
         let ext = |kind: u8, data: &[u8]| {
             let path: &[u8] = match kind {
                 b'x' => b"PaxHeaders/x",
-                b'g' => b"pax_global_header",
                 _ => b"././@LongLink",
             };
             file(RawTar::new().foo_manifest().entry(path, kind, data))
@@ -1089,15 +1202,6 @@ mod tests {
                     .foo_manifest()
                     .entry(b"././@LongLink", b'L', b"foo-1.0.0/a\0"),
             ),
-            (
-                "a PAX header before a global one",
-                file(
-                    RawTar::new()
-                        .foo_manifest()
-                        .entry(b"PaxHeaders/x", b'x', &rec("path", b"foo-1.0.0/a"))
-                        .entry(b"pax_global_header", b'g', &rec("comment", b"x")),
-                ),
-            ),
             ("two PAX paths", ext(b'x', &two_paths)),
             (
                 "a PAX size the header does not have",
@@ -1113,7 +1217,6 @@ mod tests {
                 ext(b'x', &rec("path", b"a\nb")),
             ),
             ("a PAX record without a key", ext(b'x', b"7 =abc\n")),
-            ("a malformed global header", ext(b'g', b"garbage")),
             ("a long name over PATH_MAX", ext(b'L', &long_name)),
         ];
         for (what, t) in cases {
@@ -1129,6 +1232,41 @@ mod tests {
                 ),
                 "{what}: {err:?}"
             );
+        }
+    }
+
+    #[test]
+    fn every_header_that_can_place_an_entry_is_checked() {
+        for (what, bytes) in renaming_crates() {
+            let err = inspect(&bytes[..], DEFAULTS).expect_err(what);
+            let want = match what {
+                w if w.contains("global") || w.contains("sparse") => {
+                    matches!(err, TarballError::ForeignExtension(_))
+                }
+                w if w.contains("disagree") => matches!(err, TarballError::BadExtension(_)),
+                _ => matches!(err, TarballError::UnsafePath(_)),
+            };
+            assert!(want, "{what}: {err:?}");
+        }
+        // The same headers are read when they agree with the checked path: a link name
+        // inside, a long name and a PAX path that are one name.
+        let long = b"foo-1.0.0/a\0";
+        for t in [
+            RawTar::new()
+                .foo_manifest()
+                .entry(
+                    b"PaxHeaders/a",
+                    b'x',
+                    &pax_record("linkpath", b"foo-1.0.0/b"),
+                )
+                .entry(b"foo-1.0.0/a", b'0', b"a"),
+            RawTar::new()
+                .foo_manifest()
+                .entry(b"PaxHeaders/a", b'x', &pax_record("path", b"foo-1.0.0/a"))
+                .entry(b"././@LongLink", b'L', long)
+                .entry(b"foo-1.0.0/a", b'0', b"a"),
+        ] {
+            inspect(&lib_and_end(t)[..], DEFAULTS).unwrap();
         }
     }
 
@@ -1281,7 +1419,6 @@ mod tests {
                 ]
                 .concat(),
                 [
-                    &raw_entry(b"pax_global_header", b'g', &pax_record("comment", b"abc")),
                     &manifest[..],
                     &raw_entry(b"PaxHeaders/x", b'x', &pax),
                     &raw_entry(b"foo-1.0.0/src/y", b'0', b"y"),
@@ -1376,9 +1513,6 @@ mod tests {
             for entry in cargo_view.entries().unwrap() {
                 let mut entry = entry.unwrap();
                 let kind = entry.header().entry_type();
-                if kind.is_pax_global_extensions() {
-                    continue;
-                }
                 prop_assert!(kind.is_file() || kind.is_dir(), "{kind:?}");
                 let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
                 prop_assert!(
