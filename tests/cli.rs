@@ -790,3 +790,48 @@ fn release_name_applies_to_delete_alone_and_stands_anywhere() {
     );
     assert_eq!(s.palletizer_ok(&["list"]), "");
 }
+
+/// A hand edit that leaves `auth.json` unparsable makes the server refuse every token
+/// (tests/fail_closed.rs): `check` reports it with the file and the parse error, and
+/// `--repair`, run for a problem it does fix, leaves the file as it is for a person to mend.
+#[test]
+fn check_reports_a_broken_auth_json_and_repair_leaves_it_alone() {
+    let s = Sandbox::new();
+    init(&s);
+    s.palletizer_ok(&["user", "add", "bob"]);
+    let auth = s.reg().join("auth.json");
+    let good = fs::read(&auth).unwrap();
+    let broken = &good[..good.len() / 2];
+    fs::write(&auth, broken).unwrap();
+    fs::write(s.reg().join("crates/stray.crate"), b"orphan").unwrap();
+
+    let out = s.palletizer(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("problem: access control does not load"))
+        .unwrap_or_else(|| panic!("not reported: {text}"));
+    assert!(line.contains(auth.to_str().unwrap()), "{line}");
+    assert!(
+        line.contains("EOF while parsing"),
+        "the parse error: {line}"
+    );
+
+    let out = s.palletizer(&["check", "--repair"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("repaired: moved crate file"), "{text}");
+    assert!(
+        text.contains("not repaired: access control does not load"),
+        "{text}"
+    );
+    assert_eq!(
+        fs::read(&auth).unwrap(),
+        broken,
+        "--repair rewrote auth.json"
+    );
+
+    fs::write(&auth, &good).unwrap();
+    assert!(s.palletizer_ok(&["check"]).contains("consistent"));
+}

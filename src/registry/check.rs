@@ -2,7 +2,9 @@
 //!
 //! Every index line has its crate file with the same SHA-256; every crate file has a line;
 //! the index working tree and git's index equal the last commit; no git lock file, temp file
-//! or journal is left; `search.jsonl` agrees with the index; every tombstone can be read.
+//! or journal is left; `search.jsonl` agrees with the index; every tombstone can be read;
+//! the access control files load as the server loads them (a broken `auth.json` makes it
+//! refuse every token, and only a person can mend it).
 //! Deleted versions (tombstones without index lines or crate files) are what a delete leaves,
 //! not a problem. The check holds the registry lock, so a writer at work is never mistaken
 //! for a crash.
@@ -58,6 +60,11 @@ pub enum Problem {
     DamagedTombstones {
         lines: Vec<usize>,
     },
+    /// `auth.json` (or what locates it) does not load: the server answers 503 to every
+    /// request that needs a token. `detail` names the file and says why.
+    BrokenAccessControl {
+        detail: String,
+    },
 }
 
 impl Problem {
@@ -69,6 +76,7 @@ impl Problem {
                 | Problem::ChecksumMismatch { .. }
                 | Problem::InvalidEntry { .. }
                 | Problem::DamagedTombstones { .. }
+                | Problem::BrokenAccessControl { .. }
         )
     }
 }
@@ -125,6 +133,11 @@ impl std::fmt::Display for Problem {
                     lines.join(", ")
                 )
             }
+            Problem::BrokenAccessControl { detail } => write!(
+                f,
+                "access control does not load ({detail}): the server refuses every token until \
+                 it is mended by hand (--repair leaves it alone)"
+            ),
         }
     }
 }
@@ -209,6 +222,12 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
     let (_, damaged) = tombstone::read(reg.root())?;
     if !damaged.is_empty() {
         problems.push(Problem::DamagedTombstones { lines: damaged });
+    }
+    // Loaded as the server loads it, so that what it refuses is what this reports.
+    if let Err(e) = super::auth::AuthView::load(reg.root()) {
+        problems.push(Problem::BrokenAccessControl {
+            detail: e.to_string(),
+        });
     }
     Ok(problems)
 }
