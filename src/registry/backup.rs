@@ -34,7 +34,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{check, search, Registry, Settings, SETTINGS_FILE};
+use super::index::search;
+use super::{check, Registry, Settings, SETTINGS_FILE};
 
 /// The first entry of every backup.
 pub const MANIFEST: &str = "palletizer-backup.json";
@@ -55,7 +56,7 @@ const TOP_FILES: [&str; 4] = [
     SETTINGS_FILE,
     super::auth::AUTH_FILE,
     search::SEARCH_FILE,
-    super::tombstone::TOMBSTONE_FILE,
+    super::versions::tombstone::TOMBSTONE_FILE,
 ];
 const INDEX: &str = "index";
 const CRATES: &str = "crates";

@@ -13,8 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
 
+use super::index::{self, git, search};
 use super::names::{canonical, CrateName};
-use super::{git, index, search, tarball, tombstone, Context, IndexEntry, Registry, Result};
+use super::publish::{crateinfo, tarball};
+use super::versions::tombstone;
+use super::{Context, IndexEntry, Registry, Result};
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +166,7 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
                 }
             };
             expected.insert(crate_path.clone());
-            expected.extend(super::crateinfo::sidecars(&crate_path));
+            expected.extend(crateinfo::sidecars(&crate_path));
             let (name, vers) = (e.name.clone(), e.vers.clone());
             match File::open(&crate_path) {
                 Err(_) => problems.push(Problem::MissingCrateFile {

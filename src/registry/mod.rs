@@ -24,17 +24,16 @@ pub mod auth;
 pub mod backup;
 pub mod check;
 pub mod command;
-pub mod crateinfo;
-pub mod git;
-pub mod gitpack;
 pub mod index;
-pub mod metadata;
 pub mod names;
-pub mod platform;
-pub mod search;
+pub mod publish;
 pub mod settings;
-pub mod tarball;
-pub mod tombstone;
+pub mod versions;
+
+// The files' old paths, for the callers outside the registry until they use the new ones.
+pub use index::{git, gitpack, search};
+pub use publish::{crateinfo, metadata, platform, tarball};
+pub use versions::tombstone;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -43,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use command::{Actor, Applied, Change, Command, Event, Outcome};
 pub use index::{IndexEntry, CRATES_IO_INDEX};
-pub use metadata::PublishMetadata;
+pub use publish::metadata::PublishMetadata;
 pub use settings::Settings;
 
 pub use names::CrateName;

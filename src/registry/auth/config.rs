@@ -4,8 +4,9 @@
 use std::fs;
 
 use super::{auth_path, AuthError};
+use crate::registry::index::git;
 use crate::registry::settings::{Access, Settings};
-use crate::registry::{git, write_atomic, Registry, SETTINGS_FILE};
+use crate::registry::{write_atomic, Registry, SETTINGS_FILE};
 
 /// `palletizer.toml` as it is on disk now (the registry's copy is that of its opening).
 fn current_settings(reg: &Registry) -> Result<Settings, AuthError> {

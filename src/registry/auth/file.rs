@@ -18,8 +18,8 @@ use super::{
     FIRST_ADMIN, MAX_AUTH_FILE, MAX_GLOBS, MAX_LABEL_LEN, MAX_USER_LEN,
 };
 use crate::registry::names::canonical;
+use crate::registry::publish::tarball::hex;
 use crate::registry::settings::Settings;
-use crate::registry::tarball::hex;
 use crate::registry::{Previous, Registry, SETTINGS_FILE};
 
 /// The file format this code writes; a newer one is refused rather than half understood.

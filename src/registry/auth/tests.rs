@@ -5,10 +5,11 @@ use std::path::Path;
 
 use super::tokens::{MAX_LIFETIME, TOKEN_BYTES};
 use super::*;
+use crate::registry::index::git;
+use crate::registry::publish::tarball::hex;
+use crate::registry::publish::tarball::testing::simple_crate;
 use crate::registry::settings::{Access, Settings};
-use crate::registry::tarball::hex;
-use crate::registry::tarball::testing::simple_crate;
-use crate::registry::{git, Actor, Command};
+use crate::registry::{Actor, Command};
 
 const T0: u64 = 1_800_000_000;
 

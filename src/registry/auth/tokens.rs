@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::{AuthError, TOKEN_PREFIX};
 use crate::registry::names::canonical;
-use crate::registry::tarball::hex;
+use crate::registry::publish::tarball::hex;
 
 /// Random bytes per token.
 pub(super) const TOKEN_BYTES: usize = 32;

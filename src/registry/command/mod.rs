@@ -20,8 +20,9 @@ mod shorthand;
 use serde::Serialize;
 
 use super::auth::{self, AuthError, AuthFile, NewToken, Principal, Scopes, Token, User};
+use super::index::git;
 use super::settings::{Access, Settings};
-use super::{git, CheckedCrate, CrateName, IndexEntry, Registry};
+use super::{CheckedCrate, CrateName, IndexEntry, Registry};
 
 /// Who asks for a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -526,7 +527,7 @@ fn token_created(t: &Token) -> Change {
 mod tests {
     use super::*;
     use crate::registry::auth::{scratch_registry, AuthView, Need, Refusal};
-    use crate::registry::tarball::testing::simple_crate;
+    use crate::registry::publish::tarball::testing::simple_crate;
 
     /// A user and a token holder of theirs with every scope.
     fn holder(reg: &Registry, user: &str, admin: bool) -> Actor {

@@ -9,21 +9,25 @@
 //! when null, dependencies sorted, features split between `features` and `features2` by the
 //! same rule, targets in cargo's spelling.
 
+pub mod git;
+pub mod gitpack;
+pub mod search;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::metadata::{DepKind, PublishDep, PublishMetadata};
 use super::names::CrateName;
-use super::platform;
+use super::publish::metadata::{DepKind, PublishDep, PublishMetadata};
+use super::publish::platform;
 
-pub use super::metadata::CRATES_IO_INDEX;
+pub use super::publish::metadata::CRATES_IO_INDEX;
 
 /// The whole index line, a backstop over the metadata's own limits.
 pub const MAX_INDEX_LINE: usize = 256 * 1024;
 
 /// Whether the index line `meta` makes stays within [`MAX_INDEX_LINE`] (checked after
-/// [`super::metadata::validate`], as the last check of the metadata).
+/// [`super::publish::metadata::validate`], as the last check of the metadata).
 pub fn check_line_len(meta: &PublishMetadata) -> Result<(), String> {
     let line = IndexEntry::from_publish(meta, "", String::new(), |_| false).to_line();
     if line.len() > MAX_INDEX_LINE {
@@ -530,7 +534,7 @@ mod round_trip {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::registry::metadata::round_trip::{dep as publish_dep, text};
+    use crate::registry::publish::metadata::round_trip::{dep as publish_dep, text};
 
     fn features() -> impl Strategy<Value = BTreeMap<String, Vec<String>>> {
         proptest::collection::btree_map(text(), proptest::collection::vec(text(), 0..4), 0..4)
@@ -585,7 +589,7 @@ mod round_trip {
     }
 
     proptest! {
-        #![proptest_config(crate::registry::metadata::round_trip::config(128))]
+        #![proptest_config(crate::registry::publish::metadata::round_trip::config(128))]
 
         #[test]
         fn index_lines_parse_back_to_their_entries(

@@ -157,7 +157,7 @@ impl std::error::Error for LimitHit {}
 /// A name from an archive as an error message may repeat it (see [`names::shown_at_most`]):
 /// at most [`SHOWN_CHARS`] characters, escaped.
 pub fn shown(bytes: &[u8]) -> String {
-    super::names::shown_at_most(&String::from_utf8_lossy(bytes), SHOWN_CHARS)
+    crate::registry::names::shown_at_most(&String::from_utf8_lossy(bytes), SHOWN_CHARS)
 }
 
 /// Reads a whole crate file from `reader`, checking its structure; the caller compares
@@ -1531,7 +1531,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(crate::registry::metadata::round_trip::config(96))]
+            #![proptest_config(crate::registry::publish::metadata::round_trip::config(96))]
 
             #[test]
             fn mutated_tar_never_panics_nor_reads_past_limits(

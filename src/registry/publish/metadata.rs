@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// The crates.io index as cargo spells it in publish metadata.
 pub const CRATES_IO_INDEX: &str = "https://github.com/rust-lang/crates.io-index";
-use super::{names, platform};
+use super::platform;
+use crate::registry::names;
 
 /// What a dependency is for. Serialized lowercase, as in the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -322,7 +323,7 @@ pub const MAX_DESCRIPTION_LEN: usize = 4_096;
 pub const MAX_FIELD_LEN: usize = 1_024;
 
 /// A value as an error message may repeat it (bounded, control characters escaped).
-use super::names::shown;
+use crate::registry::names::shown;
 
 fn check_count(what: &str, n: usize, max: usize) -> Result<(), String> {
     if n > max {

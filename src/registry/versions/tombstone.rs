@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::names::{canonical, Version};
-use super::{Context, IndexEntry, Previous, Result};
+use crate::registry::names::{canonical, Version};
+use crate::registry::{Context, IndexEntry, Previous, Result};
 
 pub const TOMBSTONE_FILE: &str = "deleted.jsonl";
 
@@ -130,7 +130,7 @@ pub(crate) fn add(
         text.push(b'\n');
     }
     let previous = Previous::keep(&file)?;
-    if let Err(e) = super::write_atomic(&file, &text) {
+    if let Err(e) = crate::registry::write_atomic(&file, &text) {
         let _ = previous.put_back();
         return Err(e);
     }
@@ -144,7 +144,7 @@ pub(crate) fn release(root: &Path, name: &str, when: &str) -> Result<Option<Stri
     let file = path(root);
     let (text, spelled) = mark_released(&read_bytes(&file)?, name, when);
     if spelled.is_some() {
-        super::write_atomic(&file, &text)?;
+        crate::registry::write_atomic(&file, &text)?;
     }
     Ok(spelled)
 }
@@ -195,7 +195,7 @@ pub(crate) fn forget_indexed(root: &Path, entries: &[IndexEntry]) -> Result<usiz
         }
     }
     if dropped > 0 {
-        super::write_atomic(&file, &kept)?;
+        crate::registry::write_atomic(&file, &kept)?;
     }
     Ok(dropped)
 }

@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 
 use git2::{IndexAddOption, Repository, Signature, Status, StatusOptions};
 
+use crate::registry::names::canonical;
+use crate::registry::{is_temp_name, walk_files_in};
+
 fn signature() -> Result<Signature<'static>, git2::Error> {
     Signature::now("palletizer", "palletizer@localhost")
 }
@@ -161,7 +164,7 @@ pub fn stale_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
         }
     }
     let mut found = |dir: &str, stale: &dyn Fn(&str) -> bool| {
-        super::walk_files_in(&git.join(dir), "", false, &mut |rel, path| {
+        walk_files_in(&git.join(dir), "", false, &mut |rel, path| {
             if stale(rel.rsplit('/').next().unwrap_or(rel)) {
                 out.push(path.to_owned());
             }
@@ -256,8 +259,8 @@ pub fn recently_added(
             .into_iter()
             .flat_map(|l| l.split(' '));
         for name in added.chain(remembered) {
-            let key = super::names::canonical(name);
-            if !name.is_empty() && !out.iter().any(|n| super::names::canonical(n) == key) {
+            let key = canonical(name);
+            if !name.is_empty() && !out.iter().any(|n| canonical(n) == key) {
                 out.push(name.to_owned());
                 if out.len() == names {
                     return Ok(out);
@@ -290,7 +293,7 @@ pub fn commit_all(dir: &Path, message: &str) -> Result<bool, git2::Error> {
     let mut skip_foreign = |path: &Path, _: &[u8]| -> i32 {
         let ours = path
             .to_str()
-            .is_some_and(|p| p == "config.json" || super::index::is_index_path(p));
+            .is_some_and(|p| p == "config.json" || super::is_index_path(p));
         i32::from(!ours)
     };
     index.add_all(["*"], IndexAddOption::DEFAULT, Some(&mut skip_foreign))?;
@@ -339,7 +342,7 @@ pub fn dirty_paths(dir: &Path) -> Result<Vec<String>, git2::Error> {
         .iter()
         .filter(|s| s.status() != Status::CURRENT && !s.status().contains(Status::IGNORED))
         .filter_map(|s| s.path().ok().map(str::to_owned))
-        .filter(|p| !p.rsplit('/').next().is_some_and(super::is_temp_name))
+        .filter(|p| !p.rsplit('/').next().is_some_and(is_temp_name))
         .collect())
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{write_atomic, PublishMetadata, Result};
+use crate::registry::{write_atomic, PublishMetadata, Result};
 
 /// Markdown bytes rendered at most; a longer README is cut (at a character boundary).
 pub const MAX_README_SOURCE: usize = 512 * 1024;
@@ -289,7 +289,7 @@ mod tests {
     /// file, rendered, and stored; deleting the version takes the page files with it.
     #[test]
     fn add_stores_the_readme_and_delete_removes_it() {
-        use crate::registry::tarball::testing::{crate_bytes, file};
+        use crate::registry::publish::tarball::testing::{crate_bytes, file};
         let (tmp, reg) = crate::registry::auth::scratch_registry();
         let manifest = "[package]\nname = \"foo\"\nversion = \"1.0.0\"\n\
 description = \"<b>d</b>\"\nlicense = \"MIT\"\nreadme = \"docs/README.md\"\n";

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::names::{canonical, Version};
-use super::{index::IndexEntry, temp_path, Context, Result};
+use super::IndexEntry;
+use crate::registry::names::{canonical, Version};
+use crate::registry::{temp_path, Context, Result};
 
 pub const SEARCH_FILE: &str = "search.jsonl";
 
@@ -82,7 +83,7 @@ pub fn write_all(root: &Path, mut lines: Vec<SearchLine>) -> Result<()> {
         serde_json::to_writer(&mut text, l).expect("search lines serialize");
         text.push(b'\n');
     }
-    super::write_atomic(&file, &text)
+    crate::registry::write_atomic(&file, &text)
 }
 
 /// The line for the crate `name` (canonically), if any.
