@@ -121,7 +121,7 @@ impl std::fmt::Display for Problem {
             Problem::UnfinishedWrite => write!(
                 f,
                 "a write was cut short (the journal {} names crates to finish)",
-                super::JOURNAL_FILE
+                super::store::JOURNAL_FILE
             ),
             Problem::SearchOutOfDate { name } => {
                 write!(f, "search data for {name} disagrees with the index")
@@ -191,7 +191,7 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
     }
     let temps: BTreeSet<PathBuf> = reg.temp_files()?.into_iter().collect();
     let mut found = Vec::new();
-    super::walk_files(reg.crates_dir(), "", &mut |_, p| found.push(p.to_owned()))
+    super::store::walk_files(reg.crates_dir(), "", &mut |_, p| found.push(p.to_owned()))
         .context(|| format!("reading {}", reg.crates_dir().display()))?;
     for p in found {
         let temp = p
@@ -218,7 +218,7 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
         problems.push(Problem::StaleGitFile { path });
     }
     problems.extend(temps.into_iter().map(|path| Problem::TempFile { path }));
-    if reg.root().join(super::JOURNAL_FILE).exists() {
+    if reg.root().join(super::store::JOURNAL_FILE).exists() {
         problems.push(Problem::UnfinishedWrite);
     }
     problems.extend(search_problems(reg, &crates)?);

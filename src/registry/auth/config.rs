@@ -6,7 +6,8 @@ use std::fs;
 use super::{auth_path, AuthError};
 use crate::registry::index::git;
 use crate::registry::settings::{Access, Settings};
-use crate::registry::{write_atomic, Registry, SETTINGS_FILE};
+use crate::registry::store::{write_atomic, SETTINGS_FILE};
+use crate::registry::Registry;
 
 /// `palletizer.toml` as it is on disk now (the registry's copy is that of its opening).
 fn current_settings(reg: &Registry) -> Result<Settings, AuthError> {

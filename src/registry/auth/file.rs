@@ -20,7 +20,8 @@ use super::{
 use crate::registry::names::canonical;
 use crate::registry::publish::tarball::hex;
 use crate::registry::settings::Settings;
-use crate::registry::{Previous, Registry, SETTINGS_FILE};
+use crate::registry::store::{Previous, SETTINGS_FILE};
+use crate::registry::Registry;
 
 /// The file format this code writes; a newer one is refused rather than half understood.
 const FORMAT: u32 = 1;
@@ -195,7 +196,7 @@ impl AuthFile {
         // Created 0600 before a byte is written, so no reader ever sees it otherwise: hashes
         // of 32 random bytes reveal nothing usable, but user names and owner lists are
         // nobody else's business, and nobody else may add a token hash.
-        crate::registry::write_atomic_mode(path, &bytes, 0o600)?;
+        crate::registry::store::write_atomic_mode(path, &bytes, 0o600)?;
         Ok(())
     }
 

@@ -799,7 +799,7 @@ mod tests {
         publish(&reg, "kept", "1.0.0", &alice).unwrap();
         delete(&reg, "kept", false).unwrap();
         auth::edit(&reg, |data| data.set_first_owner("ghost", "alice")).unwrap();
-        let journal = reg.root().join(crate::registry::JOURNAL_FILE);
+        let journal = reg.root().join(crate::registry::store::JOURNAL_FILE);
         std::fs::write(&journal, "ghost\nkept\n").unwrap();
         let reopened = Registry::open(reg.root()).unwrap();
         assert!(owners(&reopened, "ghost").is_empty());

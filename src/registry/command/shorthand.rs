@@ -2,10 +2,14 @@
 //! on its own behalf: they build the [`Command`], run it through [`Registry::apply_at`] and
 //! unwrap the one [`Outcome`] it answers with.
 
+use std::io::Read;
+use std::path::Path;
+
 use super::{Actor, Command, Outcome};
 use crate::registry::auth::{now, AuthError, NewToken, Principal, Token, User};
+use crate::registry::index::Pubtime;
 use crate::registry::settings::{Access, Settings};
-use crate::registry::Registry;
+use crate::registry::{CheckedCrate, CrateName, IndexEntry, PublishMetadata, Registry};
 
 /// Runs `cmd` as the administrator at the command line (the shorthands below).
 fn as_admin(reg: &Registry, cmd: Command, now: u64) -> Result<Outcome, AuthError> {
@@ -34,6 +38,73 @@ fn owners_shorthand(
 }
 
 impl Registry {
+    /// Publishes a `.crate` file with the metadata in its `Cargo.toml`, as the administrator
+    /// at the command line (`palletizer add`), with the time of the add as its `pubtime`.
+    pub fn add_file(&self, path: &Path) -> Result<IndexEntry, AuthError> {
+        self.add_file_published(path, None)
+    }
+
+    /// [`Registry::add_file`] with the version's original publish time, when it is known.
+    pub fn add_file_published(
+        &self,
+        path: &Path,
+        pubtime: Option<Pubtime>,
+    ) -> Result<IndexEntry, AuthError> {
+        let checked = self.check_crate_file(path, pubtime)?;
+        self.publish_as(checked, &Actor::cli())
+    }
+
+    /// Publishes a crate as the administrator at the command line: `meta` is what cargo
+    /// sent (None: derive it from the manifest), `tarball` the `.crate` bytes.
+    pub fn publish(
+        &self,
+        meta: Option<PublishMetadata>,
+        tarball: impl Read,
+    ) -> Result<IndexEntry, AuthError> {
+        let checked = self.check_upload(meta, tarball)?;
+        self.publish_as(checked, &Actor::cli())
+    }
+
+    fn publish_as(&self, checked: CheckedCrate, actor: &Actor) -> Result<IndexEntry, AuthError> {
+        match self.apply(Command::Publish(checked), actor)?.outcome {
+            Outcome::Published(entry) => Ok(entry),
+            o => unreachable!("a publish answered {o:?}"),
+        }
+    }
+
+    /// Marks a version yanked (or not) as the administrator at the command line. Returns
+    /// false when it already was in that state.
+    pub fn set_yanked(
+        &self,
+        name: &CrateName,
+        vers: &str,
+        yanked: bool,
+    ) -> Result<bool, AuthError> {
+        let cmd = Command::Yank {
+            name: name.clone(),
+            vers: vers.to_owned(),
+            yanked,
+        };
+        match self.apply(cmd, &Actor::cli())?.outcome {
+            Outcome::Yanked { changed } => Ok(changed),
+            o => unreachable!("a yank answered {o:?}"),
+        }
+    }
+
+    /// Removes one version, or every version, of a crate as the administrator at the
+    /// command line (see [`Command::Delete`]). Returns the versions removed.
+    pub fn delete(&self, name: &CrateName, vers: Option<&str>) -> Result<Vec<String>, AuthError> {
+        let cmd = Command::Delete {
+            name: name.clone(),
+            vers: vers.map(str::to_owned),
+            release_name: false,
+        };
+        match self.apply(cmd, &Actor::cli())?.outcome {
+            Outcome::Deleted { versions } => Ok(versions),
+            o => unreachable!("a delete answered {o:?}"),
+        }
+    }
+
     /// Adds a user ([`Command::AddUser`] as the administrator).
     pub fn add_user(&self, name: &str, admin: bool, now: u64) -> Result<User, AuthError> {
         let cmd = Command::AddUser {

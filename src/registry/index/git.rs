@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use git2::{IndexAddOption, Repository, Signature, Status, StatusOptions};
 
 use crate::registry::names::canonical;
-use crate::registry::{is_temp_name, walk_files_in};
+use crate::registry::store::{is_temp_name, walk_files_in};
 
 fn signature() -> Result<Signature<'static>, git2::Error> {
     Signature::now("palletizer", "palletizer@localhost")

@@ -8,7 +8,12 @@
 //! crates.io reads the same here: keys in crates.io's order, `registry` and `package` left out
 //! when null, dependencies sorted, features split between `features` and `features2` by the
 //! same rule, targets in cargo's spelling.
+//!
+//! Beside the lines, the room holds what is kept with them: reading and rewriting a crate's
+//! file and committing it ([`files`]), the git repository the index is ([`git`]), the index
+//! served to git clients ([`gitpack`]), and the search file every write updates ([`search`]).
 
+mod files;
 pub mod git;
 pub mod gitpack;
 pub mod search;
@@ -22,6 +27,7 @@ use super::publish::metadata::{DepKind, PublishDep, PublishMetadata};
 use super::publish::platform;
 
 pub use super::publish::metadata::CRATES_IO_INDEX;
+pub use files::Listed;
 
 /// The whole index line, a backstop over the metadata's own limits.
 pub const MAX_INDEX_LINE: usize = 256 * 1024;

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::IndexEntry;
 use crate::registry::names::{canonical, Version};
-use crate::registry::{temp_path, Context, Result};
+use crate::registry::store::{temp_path, write_atomic};
+use crate::registry::{Context, Result};
 
 pub const SEARCH_FILE: &str = "search.jsonl";
 
@@ -83,7 +84,7 @@ pub fn write_all(root: &Path, mut lines: Vec<SearchLine>) -> Result<()> {
         serde_json::to_writer(&mut text, l).expect("search lines serialize");
         text.push(b'\n');
     }
-    crate::registry::write_atomic(&file, &text)
+    write_atomic(&file, &text)
 }
 
 /// The line for the crate `name` (canonically), if any.

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{write_atomic, PublishMetadata, Result};
+use crate::registry::store::write_atomic;
+use crate::registry::{PublishMetadata, Result};
 
 /// Markdown bytes rendered at most; a longer README is cut (at a character boundary).
 pub const MAX_README_SOURCE: usize = 512 * 1024;

@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::names::{canonical, Version};
-use crate::registry::{Context, IndexEntry, Previous, Result};
+use crate::registry::store::{write_atomic, Previous};
+use crate::registry::{Context, IndexEntry, Result};
 
 pub const TOMBSTONE_FILE: &str = "deleted.jsonl";
 
@@ -130,7 +131,7 @@ pub(crate) fn add(
         text.push(b'\n');
     }
     let previous = Previous::keep(&file)?;
-    if let Err(e) = crate::registry::write_atomic(&file, &text) {
+    if let Err(e) = write_atomic(&file, &text) {
         let _ = previous.put_back();
         return Err(e);
     }
@@ -144,7 +145,7 @@ pub(crate) fn release(root: &Path, name: &str, when: &str) -> Result<Option<Stri
     let file = path(root);
     let (text, spelled) = mark_released(&read_bytes(&file)?, name, when);
     if spelled.is_some() {
-        crate::registry::write_atomic(&file, &text)?;
+        write_atomic(&file, &text)?;
     }
     Ok(spelled)
 }
@@ -195,7 +196,7 @@ pub(crate) fn forget_indexed(root: &Path, entries: &[IndexEntry]) -> Result<usiz
         }
     }
     if dropped > 0 {
-        crate::registry::write_atomic(&file, &kept)?;
+        write_atomic(&file, &kept)?;
     }
     Ok(dropped)
 }

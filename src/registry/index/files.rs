@@ -1,0 +1,285 @@
+//! The index as the registry keeps it: a crate's entries read from its file, the file
+//! rewritten whole and committed, the spelling a canonical name is published under, the
+//! search lines that follow each write, and the listing of every version.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::registry::index::{self, git, search};
+use crate::registry::names::{self, Version};
+use crate::registry::publish::tarball;
+use crate::registry::store::{is_temp_name, walk_files, write_atomic, Previous};
+use crate::registry::{Context, CrateName, Error, IndexEntry, PublishMetadata, Registry, Result};
+
+/// One version as `list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub vers: String,
+    pub yanked: bool,
+}
+
+impl Registry {
+    /// Keeps the index repository packed (see [`git::maintain`]); run after changes, off
+    /// the request path.
+    pub fn maintain(&self) -> Result<Option<git::Packed>> {
+        let _lock = self.lock()?;
+        Ok(git::maintain(&self.index_dir)?)
+    }
+
+    /// Rewrites `search.jsonl` whole from the index (lock held): descriptions are kept from
+    /// old lines that can still be read and are current, else read from the crate files.
+    pub(crate) fn rebuild_search(&self) -> Result<usize> {
+        let mut old = std::collections::HashMap::new();
+        if let Ok(bytes) = fs::read(search::path(&self.root)) {
+            for l in String::from_utf8_lossy(&bytes).lines() {
+                if let Ok(line) = serde_json::from_str::<search::SearchLine>(l) {
+                    old.insert(names::canonical(&line.name), line);
+                }
+            }
+        }
+        let mut lines = Vec::new();
+        for (_, path) in self.index_files()? {
+            let text =
+                fs::read_to_string(&path).context(|| format!("reading {}", path.display()))?;
+            let entries = index::parse_file(&text);
+            let Some(first) = entries.first() else {
+                continue;
+            };
+            let max_version = search::max_version(&entries).unwrap_or_default();
+            let line = match old.remove(&names::canonical(&first.name)) {
+                Some(l) if l.name == first.name && l.max_version == max_version => l,
+                _ => self.search_line_from_files(&entries),
+            };
+            lines.push(line);
+        }
+        let n = lines.len();
+        search::write_all(&self.root, lines)?;
+        Ok(n)
+    }
+
+    /// Whether `search.jsonl` says something else than the index about `name`.
+    pub(crate) fn search_disagrees(&self, name: &str, entries: &[IndexEntry]) -> Result<bool> {
+        let line = search::find(&self.root, name)?;
+        Ok(match (entries.first(), line) {
+            (None, None) => false,
+            (Some(e), Some(l)) => {
+                l.name != e.name
+                    || l.max_version != search::max_version(entries).unwrap_or_default()
+            }
+            _ => true,
+        })
+    }
+
+    /// Rewrites `name`'s search line from the index; the description and keywords come
+    /// from the newest version's `Cargo.toml`.
+    pub(crate) fn rebuild_search_line(&self, name: &str, entries: &[IndexEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return search::update(&self.root, name, None);
+        }
+        search::replace(&self.root, name, self.search_line_from_files(entries))
+    }
+
+    /// A crate's search line from its index entries (not empty) and its newest crate file.
+    fn search_line_from_files(&self, entries: &[IndexEntry]) -> search::SearchLine {
+        let newest = entries
+            .iter()
+            .filter_map(|e| Version::parse(&e.vers).ok().map(|v| (v.0, e)))
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, e)| e);
+        let (description, keywords) = match newest {
+            Some(e) => self.described_by_crate_file(e).unwrap_or_default(),
+            None => (None, Vec::new()),
+        };
+        search::SearchLine {
+            name: entries[0].name.clone(),
+            max_version: search::max_version(entries).unwrap_or_default(),
+            description,
+            keywords,
+        }
+    }
+
+    /// The description and keywords in a version's crate file.
+    fn described_by_crate_file(&self, e: &IndexEntry) -> Result<(Option<String>, Vec<String>)> {
+        let path = self.entry_crate_path(e)?;
+        let f = File::open(&path).context(|| format!("opening {}", path.display()))?;
+        let limits = tarball::Limits {
+            max_size: u64::MAX,
+            max_unpacked: self.settings.max_unpacked_size,
+        };
+        let inspected = tarball::inspect(f, limits)?;
+        let meta = PublishMetadata::from_manifest(&inspected.manifest)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok((meta.description, meta.keywords))
+    }
+
+    /// Reads a crate's index entries (empty when the crate is unknown).
+    pub fn entries(&self, name: &CrateName) -> Result<Vec<IndexEntry>> {
+        let path = self.index_dir.join(index::index_path(name));
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(index::parse_file(&text)
+                .into_iter()
+                .filter(|e| e.name.eq_ignore_ascii_case(name))
+                .collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// The spelling of the published crate whose canonical name equals `name`'s, if any.
+    /// Only the first four characters choose an index directory, so at most eight
+    /// directories (`-`/`_` at positions 1..4) can hold a colliding name.
+    pub fn find_canonical(&self, name: &CrateName) -> Result<Option<String>> {
+        let canon = name.canonical();
+        let lower = name.to_ascii_lowercase();
+        let head: Vec<char> = lower.chars().take(4).collect();
+        let seps: Vec<usize> = (0..head.len())
+            .filter(|&i| head[i] == '-' || head[i] == '_')
+            .collect();
+        let mut dirs = Vec::new();
+        for mask in 0..(1u32 << seps.len()) {
+            let mut variant: Vec<char> = lower.chars().collect();
+            for (bit, &i) in seps.iter().enumerate() {
+                variant[i] = if mask & (1 << bit) != 0 { '-' } else { '_' };
+            }
+            let v: String = variant.into_iter().collect();
+            let p = index::index_path_of(&v);
+            let dir = Path::new(&p)
+                .parent()
+                .expect("index paths have a directory")
+                .to_owned();
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for dir in dirs {
+            let Ok(rd) = fs::read_dir(self.index_dir.join(&dir)) else {
+                continue;
+            };
+            for f in rd.flatten() {
+                let fname = f.file_name();
+                let Some(fname) = fname.to_str() else {
+                    continue;
+                };
+                if is_temp_name(fname) || names::canonical(fname) != canon {
+                    continue;
+                }
+                let path = format!("{}/{fname}", dir.display());
+                let text = fs::read_to_string(self.index_dir.join(&path))
+                    .context(|| format!("reading index file {path}"))?;
+                if let Some(e) = index::parse_file(&text).into_iter().next() {
+                    return Ok(Some(e.name));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rewrites a crate's index file from `entries` (removing it when empty) and commits.
+    /// Must be called with the lock held. On failure the file is put back as it was (see
+    /// [`Previous`]).
+    pub(in crate::registry) fn write_index_file(
+        &self,
+        name: &CrateName,
+        entries: &[IndexEntry],
+        message: &str,
+    ) -> Result<()> {
+        let rel = index::index_path(name);
+        let path = self.index_dir.join(&rel);
+        let previous = Previous::keep(&path)?;
+        let result = (|| {
+            if entries.is_empty() {
+                if previous.existed() {
+                    fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
+                }
+            } else {
+                write_atomic(&path, index::render_file(entries).as_bytes())?;
+            }
+            git::commit_paths(&self.index_dir, &[&rel], message)?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => previous.forget(),
+            // Put the file back so the working tree matches the last commit.
+            Err(_) => {
+                let _ = previous.put_back();
+            }
+        }
+        result
+    }
+
+    /// Refreshes the crate's search line after a write (lock held) and clears the journal.
+    /// The index commit has already happened, so a failure here is reported but does not
+    /// undo the write: the journal keeps the crate, and the next write or open rebuilds it.
+    pub(in crate::registry) fn update_search(
+        &self,
+        name: &CrateName,
+        entries: &[IndexEntry],
+        described: Option<(Option<String>, Vec<String>)>,
+    ) {
+        let line = entries.first().map(|e| search::SearchLine {
+            name: e.name.clone(),
+            max_version: search::max_version(entries).unwrap_or_default(),
+            description: described.as_ref().and_then(|d| d.0.clone()),
+            keywords: described.map(|d| d.1).unwrap_or_default(),
+        });
+        match search::update(&self.root, name, line) {
+            Ok(()) => self.journal_done(),
+            Err(e) => error!("warning: search data not updated for {name}: {e}"),
+        }
+    }
+
+    /// Searches crate names and descriptions (see [`search::search`]).
+    pub fn search(&self, query: &str, per_page: usize) -> Result<search::Found> {
+        search::search(&self.root, query, per_page)
+    }
+
+    /// One page of search hits, after `skip` (see [`search::search_page`]).
+    pub fn search_page(&self, query: &str, skip: usize, per_page: usize) -> Result<search::Found> {
+        search::search_page(&self.root, query, skip, per_page)
+    }
+
+    /// Every version of every crate (or of `name`), sorted by name then version.
+    pub fn list(&self, name: Option<&CrateName>) -> Result<Vec<Listed>> {
+        let mut entries = match name {
+            Some(n) => self.entries(n)?,
+            None => {
+                let mut all = Vec::new();
+                for (_, path) in self.index_files()? {
+                    let text = fs::read_to_string(&path)
+                        .context(|| format!("reading {}", path.display()))?;
+                    all.extend(index::parse_file(&text));
+                }
+                all
+            }
+        };
+        entries.sort_by(|a, b| {
+            let key = |e: &IndexEntry| semver::Version::parse(&e.vers).ok();
+            a.name.cmp(&b.name).then_with(|| key(a).cmp(&key(b)))
+        });
+        Ok(entries
+            .into_iter()
+            .map(|e| Listed {
+                name: e.name,
+                vers: e.vers,
+                yanked: e.yanked,
+            })
+            .collect())
+    }
+
+    /// Every crate index file: (path relative to the index root, absolute path).
+    pub fn index_files(&self) -> Result<Vec<(String, PathBuf)>> {
+        let mut out = Vec::new();
+        walk_files(&self.index_dir, "", &mut |rel, path| {
+            let top_level = !rel.contains('/');
+            let name = rel.rsplit('/').next().unwrap_or(rel);
+            if !top_level && !is_temp_name(name) {
+                out.push((rel.to_owned(), path.to_owned()));
+            }
+        })
+        .context(|| format!("reading {}", self.index_dir.display()))?;
+        out.sort();
+        Ok(out)
+    }
+}
