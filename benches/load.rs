@@ -31,9 +31,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palletizer::registry::names::Version;
-use palletizer::registry::tarball::testing::{noise, publish_body, simple_crate};
-use palletizer::registry::{git, index, CrateName, InitOptions, Registry};
+use palletizer::registry::testing::{commit_all, index_path, noise, publish_body, simple_crate};
+use palletizer::registry::{canonical, CrateName, InitOptions, Registry, Version};
 
 /// Scenarios over plain HTTP.
 const PLAIN: [&str; 5] = [
@@ -459,7 +458,7 @@ fn generate(root: &Path, crates: usize, versions: usize, files: bool) -> Lists {
                 list.push(format!("/crates/{name}/{name}-{vers}.crate"));
             }
         }
-        let rel = index::index_path(&crate_name);
+        let rel = index_path(&crate_name);
         let p = root.join("index").join(&rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, lines).unwrap();
@@ -484,10 +483,10 @@ fn generate(root: &Path, crates: usize, versions: usize, files: bool) -> Lists {
     let mut lines: Vec<&str> = search.lines().collect();
     lines.sort_by_key(|l| {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        palletizer::registry::names::canonical(v["name"].as_str().unwrap())
+        canonical(v["name"].as_str().unwrap())
     });
     fs::write(root.join("search.jsonl"), lines.join("\n") + "\n").unwrap();
-    git::commit_all(&root.join("index"), "Generated").unwrap();
+    commit_all(&root.join("index"), "Generated").unwrap();
     let dir = root.parent().unwrap();
     let write_list = |name: &str, paths: &[String]| {
         let p = dir.join(format!("paths-{name}-{crates}.txt"));

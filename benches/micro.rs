@@ -6,8 +6,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use palletizer::http::request;
-use palletizer::registry::index::{self, IndexEntry};
-use palletizer::registry::{CrateName, PublishMetadata};
+use palletizer::registry::testing::index_path;
+use palletizer::registry::{CrateName, IndexEntry, PublishMetadata};
 
 /// Runs `f` repeatedly for about `budget` and prints ns per call (median of 5 rounds).
 fn bench(name: &str, mut f: impl FnMut()) {
@@ -56,7 +56,7 @@ fn main() {
     });
     let name = CrateName::parse("bar-baz").unwrap();
     bench("index::index_path", || {
-        black_box(index::index_path(black_box(&name)));
+        black_box(index_path(black_box(&name)));
     });
     let meta: PublishMetadata = serde_json::from_str(META).unwrap();
     let entry = IndexEntry::from_publish(

@@ -22,9 +22,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::http::{files::Trees, Site};
 use crate::net::config::{Limits, ServerConfig};
 use crate::net::{self, changes, metrics, os, transport, worker};
-use crate::registry::auth::{self, AuthError, AuthView};
-use crate::registry::settings::Access;
-use crate::registry::{self, Registry};
+use crate::registry::{self, Access, AuthError, AuthView, Registry};
 
 /// The listen backlog: clients the kernel holds while the table is full or the loop busy.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -101,7 +99,7 @@ pub fn serve(
     }
     let changes = changes::Changes::watch(
         &registry.lock_path(),
-        &[auth::AUTH_FILE, registry::SETTINGS_FILE],
+        &[registry::AUTH_FILE, registry::SETTINGS_FILE],
         poll.registry(),
         net::CHANGES_TOKEN,
     );
@@ -192,7 +190,7 @@ fn open_registry(
         let scheme = if first.tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{}", first.addr);
         let reg = Registry::init(root, registry::InitOptions::for_url(&url))?;
-        let token = reg.bootstrap_admin(auth::now())?;
+        let token = reg.bootstrap_admin(registry::now())?;
         let created = Created {
             root: root.to_owned(),
             token,
@@ -270,7 +268,7 @@ fn banner(server: &net::Server, url: &str, created: Option<Created>) {
                 "Its admin user `{}` has this token (shown once; more with \
                  `palletizer token create`). Log cargo in with it:\n\n  \
                  echo {token} | cargo login --registry palletizer\n",
-                auth::FIRST_ADMIN
+                registry::FIRST_ADMIN
             );
         }
     }

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use palletizer::registry::tarball::testing::{noise, publish_body, simple_crate};
+use palletizer::registry::testing::{noise, publish_body, simple_crate};
 use support::{meta, raw_publish, read_one, show, snapshot, Sandbox, ServerProc};
 
 fn setup() -> (Sandbox, ServerProc) {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use palletizer::registry::tarball::testing::{publish_body, simple_crate};
+use palletizer::registry::testing::{publish_body, simple_crate};
 use support::{meta, read_one, send_until_close, show, RawResponse, Sandbox, ServerProc};
 
 const PUBLISH: [&str; 5] = [

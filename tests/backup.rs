@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use palletizer::registry::tarball::testing::{publish_body, simple_crate};
+use palletizer::registry::testing::{publish_body, simple_crate};
 use support::harness::Tmpfs;
 use support::{get_bytes, git_in, meta, raw_publish, read_one, show, snapshot, Sandbox};
 
@@ -725,7 +725,7 @@ fn a_full_disk_leaves_no_backup_file_and_no_restore() {
     // Enough crate data that the backup cannot fit in 1 MiB.
     for i in 0..4 {
         let name = format!("big{i}");
-        let noise = palletizer::registry::tarball::testing::noise(300_000);
+        let noise = palletizer::registry::testing::noise(300_000);
         let f = s.path().join(format!("{name}-1.0.0.crate"));
         fs::write(
             &f,

@@ -6,7 +6,7 @@ mod support;
 use std::fs;
 use std::path::Path;
 
-use palletizer::registry::tarball::testing::{crate_bytes, file, noise, simple_crate, Entry};
+use palletizer::registry::testing::{crate_bytes, file, noise, simple_crate, Entry};
 use support::{show, snapshot, Sandbox};
 
 fn init(s: &Sandbox) {
@@ -91,7 +91,7 @@ fn real_cargo_builds_from_a_file_registry_and_skips_yanked() {
     assert_eq!(pubtime.len(), 20, "{pubtime}");
     let crate_file = s.reg().join("crates/rich/rich-0.2.0.crate");
     let sum =
-        palletizer::registry::tarball::sha256_hex(fs::File::open(&crate_file).unwrap()).unwrap();
+        palletizer::registry::testing::sha256_hex(fs::File::open(&crate_file).unwrap()).unwrap();
     assert_eq!(line["cksum"], sum);
 
     let app = s.test_crate("app", None);
@@ -604,7 +604,7 @@ fn a_deleted_version_cannot_be_added_again() {
     assert_eq!(first["vers"], "1.0.0");
     assert_eq!(
         first["cksum"].as_str().unwrap(),
-        palletizer::registry::tarball::sha256_hex(&simple_crate("abc", "1.0.0", &[])[..]).unwrap()
+        palletizer::registry::testing::sha256_hex(&simple_crate("abc", "1.0.0", &[])[..]).unwrap()
     );
 
     // Tombstones travel with a backup.

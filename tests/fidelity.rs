@@ -7,7 +7,7 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use palletizer::registry::tarball::testing::{crate_bytes, file, publish_body};
+use palletizer::registry::testing::{crate_bytes, file, publish_body};
 use palletizer::registry::CRATES_IO_INDEX;
 use support::{get_bytes, meta, raw_publish, show, snapshot, Sandbox};
 
@@ -260,7 +260,7 @@ fn search_page_two_is_the_second_page() {
     for name in [
         "pager", "pager-b", "pager-a", "a-pager", "z-pager", "m-pager", "other",
     ] {
-        let krate = palletizer::registry::tarball::testing::simple_crate(name, "1.0.0", &[]);
+        let krate = palletizer::registry::testing::simple_crate(name, "1.0.0", &[]);
         let path = dir.join(format!("{name}-1.0.0.crate"));
         fs::write(&path, krate).unwrap();
         files.push(path.to_str().unwrap().to_owned());

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use palletizer::registry::tarball::testing::simple_crate;
+use palletizer::registry::testing::simple_crate;
 use support::{show, Sandbox};
 
 fn add(s: &Sandbox, name: &str, vers: &str) {
@@ -251,7 +251,7 @@ fn full_clones_are_sent_from_a_kept_answer_that_follows_publishes() {
         b"torn",
     )
     .unwrap();
-    let body = palletizer::registry::tarball::testing::publish_body(
+    let body = palletizer::registry::testing::publish_body(
         &support::meta("bar", "1.0.0", serde_json::json!([])),
         &simple_crate("bar", "1.0.0", &[]),
     );

@@ -8,9 +8,7 @@ mod support;
 use std::fs;
 use std::path::Path;
 
-use palletizer::registry::tarball::testing::{
-    hostile_crates, publish_body, renaming_crates, simple_crate,
-};
+use palletizer::registry::testing::{hostile_crates, publish_body, renaming_crates, simple_crate};
 use support::{publish_json, raw_publish, show, snapshot, vm_hwm_kib, Sandbox};
 
 /// How far the server's peak resident set may rise while it refuses every hostile crate.

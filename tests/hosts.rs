@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use palletizer::registry::tarball::testing::{publish_body, simple_crate};
+use palletizer::registry::testing::{publish_body, simple_crate};
 use support::{meta, Sandbox};
 
 fn send(addr: &str, raw: &[u8]) -> (u16, String) {

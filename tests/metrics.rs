@@ -15,7 +15,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use palletizer::registry::tarball::testing::{publish_body, simple_crate};
+use palletizer::registry::testing::{publish_body, simple_crate};
 use support::{meta, raw_publish, read_one, self_signed, send_until_close, Sandbox};
 
 support::harness::tests!(

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palletizer::registry::tarball::testing::{crate_bytes, file, publish_body};
+use palletizer::registry::testing::{crate_bytes, file, publish_body};
 use support::harness::on_path;
 use support::{get_bytes, raw_publish, read_one, Sandbox};
 

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use palletizer::registry::tarball::testing::simple_crate;
+use palletizer::registry::testing::simple_crate;
 use support::{send_until_close, show, split_responses, Sandbox};
 
 support::harness::tests!(

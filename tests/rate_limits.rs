@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use palletizer::registry::tarball::testing::{publish_body, simple_crate};
+use palletizer::registry::testing::{publish_body, simple_crate};
 use support::{meta, split_responses, Sandbox, ServerProc};
 
 /// A connection to `addr` from the local address `from` (another 127.x peer).

@@ -18,9 +18,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use palletizer::registry::tarball::sha256_hex;
-use palletizer::registry::tarball::testing::{noise, publish_body, simple_crate};
-use palletizer::registry::{check, git, index, CrateName, InitOptions, Registry};
+use palletizer::registry::testing::{
+    find_tombstone, history_is_linear, index_path, noise, publish_body, sha256_hex, simple_crate,
+    staged,
+};
+use palletizer::registry::{CrateName, InitOptions, Problem, Registry, Version};
 use support::harness::Tmpfs;
 use support::{get_bytes, git_in, meta, show, try_raw_publish, Sandbox};
 
@@ -73,12 +75,12 @@ fn a_failed_commit_leaves_no_ghost_for_the_next_one() {
     assert!(err.to_string().contains("lock"), "{err}");
     assert_eq!(head(dir.path()), before);
     assert!(!dir.path().join("crates/ghost").exists(), "no crate file");
-    let rel = index::index_path(&name("ghost"));
+    let rel = index_path(&name("ghost"));
     assert!(
         !dir.path().join("index").join(&rel).exists(),
         "no index file"
     );
-    assert!(git::staged(&dir.path().join("index")).unwrap().is_empty());
+    assert!(staged(&dir.path().join("index")).unwrap().is_empty());
     fs::remove_file(&lock).unwrap();
     reg.publish(None, &simple_crate("second", "1.0.0", &[])[..])
         .unwrap();
@@ -87,7 +89,7 @@ fn a_failed_commit_leaves_no_ghost_for_the_next_one() {
         "the next commit must not carry the failed publish"
     );
     assert!(reg.entries(&name("ghost")).unwrap().is_empty());
-    assert!(check::check(&reg).unwrap().is_empty());
+    assert!(reg.check().unwrap().is_empty());
 }
 
 fn stale_git_locks_are_removed_at_open() {
@@ -96,12 +98,12 @@ fn stale_git_locks_are_removed_at_open() {
     for f in ["index/.git/index.lock", "index/.git/refs/heads/master.lock"] {
         fs::write(dir.path().join(f), b"").unwrap();
     }
-    let problems = check::check(&reg).unwrap();
+    let problems = reg.check().unwrap();
     assert_eq!(problems.len(), 2, "{problems:?}");
     let reg = Registry::open(dir.path()).unwrap();
     reg.publish(None, &simple_crate("after", "1.0.0", &[])[..])
         .unwrap();
-    assert!(check::check(&reg).unwrap().is_empty());
+    assert!(reg.check().unwrap().is_empty());
 }
 
 /// git 2.47 warns on every command about `core.fsyncObjectFiles`, which registries used to
@@ -130,7 +132,7 @@ fn git_in_the_index_prints_no_warning_about_its_config() {
         .unwrap();
     let (ok, stderr) = git_in(&index, &["status"]);
     assert!(ok && stderr.is_empty(), "after open: {stderr}");
-    assert!(check::check(&reg).unwrap().is_empty());
+    assert!(reg.check().unwrap().is_empty());
 }
 
 fn a_journaled_write_cut_short_is_finished_at_open() {
@@ -148,11 +150,11 @@ fn a_journaled_write_cut_short_is_finished_at_open() {
     .unwrap();
     fs::write(root.join("search.jsonl"), b"").unwrap();
     fs::write(root.join(".pending"), b"jour\n").unwrap();
-    let problems = check::check(&reg).unwrap();
+    let problems = reg.check().unwrap();
     assert!(
         problems
             .iter()
-            .any(|p| matches!(p, check::Problem::OrphanCrateFile { .. })),
+            .any(|p| matches!(p, Problem::OrphanCrateFile { .. })),
         "{problems:?}"
     );
     let reg = Registry::open(root).unwrap();
@@ -169,7 +171,7 @@ fn a_journaled_write_cut_short_is_finished_at_open() {
         found.hits[0].description.as_deref(),
         Some("test crate jour")
     );
-    assert!(check::check(&reg).unwrap().is_empty());
+    assert!(reg.check().unwrap().is_empty());
 }
 
 /// A small xorshift: the crash loop's moments, replayable from the printed seed.
@@ -198,7 +200,7 @@ fn crate_for(name: &str, salt: u64) -> Vec<u8> {
 
 fn verify(s: &Sandbox, addr: &str, acked: &[Acked]) {
     for a in acked {
-        let rel = index::index_path(&name(&a.name));
+        let rel = index_path(&name(&a.name));
         let (st, body) = get_bytes(addr, &format!("/index/{rel}")).unwrap();
         let body = String::from_utf8_lossy(&body);
         assert_eq!(st, 200, "{} lost from the index", a.name);
@@ -210,7 +212,7 @@ fn verify(s: &Sandbox, addr: &str, acked: &[Acked]) {
     let out = s.palletizer(&["check"]);
     assert!(out.status.success(), "check after restart:\n{}", show(&out));
     let index = s.reg().join("index");
-    assert!(git::history_is_linear(&index).unwrap());
+    assert!(history_is_linear(&index).unwrap());
     let fsck = Command::new("git")
         .arg("-C")
         .arg(&index)
@@ -499,7 +501,7 @@ fn garbled_state_is_repaired_at_open() {
     fs::write(root.join("index/.git/index"), b"DIRC\x00").unwrap();
     fs::write(root.join("search.jsonl"), b"{\"name\":\"ke\xff").unwrap();
     fs::write(root.join("index/junk.txt"), b"not an index file").unwrap();
-    let problems = check::check(&reg).unwrap();
+    let problems = reg.check().unwrap();
     for want in [".pending", "git's index file", "search data for kept"] {
         assert!(
             problems.iter().any(|p| p.to_string().contains(want)),
@@ -513,12 +515,12 @@ fn garbled_state_is_repaired_at_open() {
         found.hits[0].description.as_deref(),
         Some("test crate kept")
     );
-    assert!(git::staged(&root.join("index")).unwrap().is_empty());
+    assert!(staged(&root.join("index")).unwrap().is_empty());
     assert!(
         !head_has(root, "junk.txt"),
         "recovery commits only index files"
     );
-    let problems = check::check(&reg).unwrap();
+    let problems = reg.check().unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].to_string().contains("junk.txt"), "{problems:?}");
     reg.publish(None, &simple_crate("after", "1.0.0", &[])[..])
@@ -534,10 +536,8 @@ fn tombstone_line(name: &str, vers: &str) -> String {
 }
 
 fn tombstoned(root: &Path, n: &str, vers: &str) -> bool {
-    let v = palletizer::registry::names::Version::parse(vers).unwrap();
-    palletizer::registry::tombstone::find(root, n, &v)
-        .unwrap()
-        .is_some()
+    let v = Version::parse(vers).unwrap();
+    find_tombstone(root, n, &v).unwrap().is_some()
 }
 
 fn a_delete_cut_short_before_its_commit_leaves_the_version_whole() {
@@ -564,7 +564,7 @@ fn a_delete_cut_short_before_its_commit_leaves_the_version_whole() {
         older,
         "the cut delete's tombstone is dropped, the others kept"
     );
-    assert!(check::check(&reg).unwrap().is_empty());
+    assert!(reg.check().unwrap().is_empty());
     // And the delete can be made again, whole.
     assert_eq!(reg.delete(&name("dcut"), Some("1.0.0")).unwrap(), ["1.0.0"]);
     assert!(tombstoned(root, "dcut", "1.0.0"));
@@ -580,7 +580,7 @@ fn a_delete_cut_short_after_its_index_edit_is_finished() {
     }
     // As a kill after the tombstone and the index file were written, before the commit.
     fs::write(root.join("deleted.jsonl"), tombstone_line("dfin", "1.0.0")).unwrap();
-    let rel = index::index_path(&name("dfin"));
+    let rel = index_path(&name("dfin"));
     let file = root.join("index").join(&rel);
     let kept: String = fs::read_to_string(&file)
         .unwrap()
@@ -600,7 +600,7 @@ fn a_delete_cut_short_after_its_index_edit_is_finished() {
         root.join("orphans/dfin-1.0.0.crate").exists(),
         "moved aside"
     );
-    assert!(check::check(&reg).unwrap().is_empty());
+    assert!(reg.check().unwrap().is_empty());
     let err = reg
         .publish(None, &simple_crate("dfin", "1.0.0", &[])[..])
         .unwrap_err();
@@ -628,7 +628,7 @@ fn a_delete_whose_commit_fails_leaves_no_tombstone() {
         assert_eq!(reg.entries(&name("dfail")).unwrap().len(), 1);
     }
     fs::remove_file(&lock).unwrap();
-    assert!(check::check(&reg).unwrap().is_empty());
+    assert!(reg.check().unwrap().is_empty());
     reg.delete(&name("dfail"), None).unwrap();
     assert!(tombstoned(root, "dfail", "2.0.0"));
     assert!(tombstoned(root, "dfail", "1.0.0"));
@@ -679,7 +679,7 @@ fn killed_deletes_leave_each_version_whole_or_deleted() {
             );
             deleted += 1;
         }
-        let problems = check::check(&reg).unwrap();
+        let problems = reg.check().unwrap();
         assert!(problems.is_empty(), "{n}: {problems:?}");
     }
     eprintln!("killed deletes: {whole} left whole, {deleted} deleted");

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palletizer::registry::tarball::testing::simple_crate;
+use palletizer::registry::testing::simple_crate;
 use support::{self_signed, Sandbox, ServerProc};
 
 /// One parsed response.
@@ -531,7 +531,7 @@ fn tls_large_download_is_byte_exact_with_a_slow_reader() {
     let (s, cert, cfg) = tls_sandbox();
     let srv = s.serve(&[cfg.to_str().unwrap()]);
     let big = s.path().join("big-1.0.0.crate");
-    let blob = palletizer::registry::tarball::testing::noise(3 << 20);
+    let blob = palletizer::registry::testing::noise(3 << 20);
     fs::write(&big, simple_crate("big", "1.0.0", &[("blob", &blob)])).unwrap();
     s.palletizer_ok(&["add", big.to_str().unwrap()]);
     let want = fs::read(s.reg().join("crates/big/big-1.0.0.crate")).unwrap();
@@ -628,7 +628,7 @@ fn sighup_reloads_the_certificate() {
 
 #[test]
 fn sigterm_finishes_in_flight_and_exits_zero() {
-    use palletizer::registry::tarball::testing::publish_body;
+    use palletizer::registry::testing::publish_body;
     let (s, mut srv) = started();
     let mut idle = connect(srv.addr());
     idle.write_all(b"GET /index/3/f/foo HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -940,10 +940,7 @@ fn downloads_are_byte_exact_small_and_across_mmap_windows() {
         simple_crate(
             "big",
             "1.0.0",
-            &[(
-                "blob",
-                &palletizer::registry::tarball::testing::noise(700 * 1024),
-            )],
+            &[("blob", &palletizer::registry::testing::noise(700 * 1024))],
         ),
     )
     .unwrap();
@@ -982,7 +979,7 @@ fn bytes_read_by(pid: u32) -> u64 {
 /// Adds a crate file of several MiB (larger than the old 64 KiB `sendfile` threshold and
 /// than several mmap windows); returns its bytes as stored.
 fn add_big_crate(s: &Sandbox, name: &str) -> Vec<u8> {
-    let noise = palletizer::registry::tarball::testing::noise(6 << 20);
+    let noise = palletizer::registry::testing::noise(6 << 20);
     let p = s.path().join(format!("{name}-1.0.0.crate"));
     fs::write(&p, simple_crate(name, "1.0.0", &[("blob", &noise)])).unwrap();
     s.palletizer_ok(&["add", p.to_str().unwrap()]);

@@ -14,10 +14,7 @@ use std::path::PathBuf;
 use lexopt::prelude::*;
 
 use super::CliError;
-use crate::registry::auth::{parse_duration, NewToken, Scopes};
-use crate::registry::index::Pubtime;
-use crate::registry::settings::Access;
-use crate::registry::{CrateName, InitOptions};
+use crate::registry::{parse_duration, Access, CrateName, InitOptions, NewToken, Pubtime, Scopes};
 
 const USAGE: &str = "\
 usage: palletizer [-r DIR] COMMAND [ARGS]

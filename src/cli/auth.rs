@@ -1,6 +1,6 @@
-//! `palletizer user`, `token`, `owner` and `access`: who may do what, over
-//! [`crate::registry::auth`], one function per command. The CLI acts as the registry's
-//! administrator: it needs no token.
+//! `palletizer user`, `token`, `owner` and `access`: who may do what, over the registry's
+//! access control data ([`crate::registry::AuthFile`]), one function per command. The CLI
+//! acts as the registry's administrator: it needs no token.
 //!
 //! `token create` prints the token alone on stdout, once, so a script can capture it; notes
 //! go to stderr.
@@ -12,9 +12,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::args::AuthCommand;
 use super::CliError;
-use crate::registry::auth::{self, AuthFile, NewToken, Scopes, Token};
-use crate::registry::settings::Access;
-use crate::registry::Registry;
+use crate::registry::{self, Access, AuthFile, NewToken, Registry, Scopes, Token};
 
 /// Runs `command` on the registry in `dir`: results to `out`, notes to `err`. A refusal of
 /// the command's arguments is reported only once the registry has opened.
@@ -26,7 +24,7 @@ pub fn run(
 ) -> Result<ExitCode, CliError> {
     let reg = Registry::open(dir)?;
     let command = command?;
-    let now = auth::now();
+    let now = registry::now();
     match command {
         AuthCommand::UserAdd { name, admin } => user_add(&reg, &name, admin, now, out),
         AuthCommand::UserList => user_list(&reg, now, out),
@@ -189,7 +187,7 @@ fn owner_list(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let owners = auth::list_owners(reg, krate)?;
+    let owners = reg.list_owners(krate)?;
     if AuthFile::load(reg)?.recorded_owners(krate).is_empty() {
         line(
             err,
@@ -273,8 +271,8 @@ mod tests {
 
     use super::*;
     use crate::cli::args::{self, Command};
-    use crate::registry::auth::{AuthView, Need, Refusal};
-    use crate::registry::tarball::testing::simple_crate;
+    use crate::registry::testing::simple_crate;
+    use crate::registry::{AuthView, Need, Refusal};
 
     /// Parses and runs `palletizer COMMAND ARGS` as `main` does, with `registry_dir` as the
     /// directory given before the command.
@@ -303,7 +301,7 @@ mod tests {
 
     impl Cli {
         fn new() -> Cli {
-            let (tmp, reg) = crate::registry::auth::scratch_registry();
+            let (tmp, reg) = crate::registry::testing::scratch_registry();
             let dir = reg.root().to_owned();
             Cli { _tmp: tmp, dir }
         }
@@ -398,7 +396,7 @@ mod tests {
             "{out:?}"
         );
         let v = c.view();
-        let now = auth::now();
+        let now = registry::now();
         let p = v
             .authorize(Some(token), Need::Yank, Some("foo-x"), now)
             .unwrap();
@@ -470,7 +468,7 @@ mod tests {
             .contains("no token with id 9"));
         assert_eq!(
             c.view()
-                .authorize(Some(a.trim()), Need::Read, None, auth::now()),
+                .authorize(Some(a.trim()), Need::Read, None, registry::now()),
             Err(Refusal::Revoked { token: 1 })
         );
         assert!(c

@@ -13,8 +13,7 @@ use std::process::ExitCode;
 use super::args::{Add, Delete, Init, Serve, ServeFrom, Yank};
 use super::CliError;
 use crate::net::config::{Listener, ServerConfig};
-use crate::registry::settings::Access;
-use crate::registry::{self, backup, check, Actor, CrateName, Event, Outcome, Registry};
+use crate::registry::{self, Access, Actor, CrateName, Event, Outcome, Problem, Registry};
 
 /// The changes one command line made, and what they caused.
 struct Changes {
@@ -176,16 +175,16 @@ pub fn list(dir: &Path, name: Option<CrateName>) -> Result<ExitCode, CliError> {
 
 pub fn check(dir: &Path, repair: bool) -> Result<ExitCode, CliError> {
     let reg = Registry::open_as_is(dir)?;
-    let problems = check::check(&reg)?;
+    let problems = reg.check()?;
     for p in &problems {
         out!("problem: {p}");
     }
     let mut remaining = problems.len();
-    if repair && problems.iter().any(check::Problem::repairable) {
-        for done in check::repair(&reg, &problems)? {
+    if repair && problems.iter().any(Problem::repairable) {
+        for done in reg.repair(&problems)? {
             out!("repaired: {done}");
         }
-        let left = check::check(&reg)?;
+        let left = reg.check()?;
         for p in &left {
             out!("not repaired: {p}");
         }
@@ -223,7 +222,7 @@ pub fn squash_index(dir: &Path) -> Result<ExitCode, CliError> {
 }
 
 pub fn backup(dir: &Path, file: &Path) -> Result<ExitCode, CliError> {
-    let done = backup::backup(dir, file)?;
+    let done = registry::backup(dir, file)?;
     out!(
         "Backed up {} entries ({} bytes of files, index at {}) to {}",
         done.entries,
@@ -235,7 +234,7 @@ pub fn backup(dir: &Path, file: &Path) -> Result<ExitCode, CliError> {
 }
 
 pub fn restore(file: &Path, target: &Path) -> Result<ExitCode, CliError> {
-    let done = backup::restore(file, target)?;
+    let done = registry::restore(file, target)?;
     for note in &done.notes {
         out!("note: {note}");
     }

@@ -7,14 +7,14 @@
 //! and versions, never filesystem paths.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use super::errors::{registry_error, storage_error};
 use super::response::{Body, FileBody, Response};
-use crate::registry::auth::{self, AuthError, Principal, Refusal};
 use crate::registry::{
-    self, gitpack, Actor, Command, CrateName, Event, Outcome, PublishMetadata, Registry,
+    self, Actor, AuthError, Command, CrateName, Event, GitError, Outcome, Principal,
+    PublishMetadata, Refusal, Registry,
 };
 
 /// Largest JSON part of a publish (crates.io's limit).
@@ -155,7 +155,7 @@ pub fn run(reg: &Registry, job: Job, who: Option<&Principal>) -> Answer {
 
 fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<Event>) -> Response {
     match job {
-        Job::GitRefs => match gitpack::advertise(reg.index_dir()) {
+        Job::GitRefs => match reg.git_refs() {
             Ok(bytes) => Response::new(200)
                 .header(
                     "Content-Type",
@@ -166,7 +166,7 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<E
             Err(e) => git_error(e),
         },
         Job::GitUploadPack { body, gzip } => upload_pack(reg, &body, gzip),
-        Job::KeepClone => match gitpack::keep_clone(reg.index_dir(), &reg.clone_cache_dir()) {
+        Job::KeepClone => match reg.keep_clone() {
             Ok(()) => Response::new(204),
             Err(e) => git_error(e),
         },
@@ -233,18 +233,13 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<E
     }
 }
 
-fn git_error(e: gitpack::GitError) -> Response {
-    let trouble = match &e {
-        gitpack::GitError::Io(io) => registry::storage_trouble(io),
-        gitpack::GitError::Git(g) => registry::git_storage_trouble(g),
-        gitpack::GitError::BadRequest(_) => None,
-    };
-    if let Some(detail) = trouble {
+fn git_error(e: GitError) -> Response {
+    if let Some(detail) = e.storage_trouble() {
         error!("error: git: {e}");
         return storage_error(detail);
     }
     match e {
-        gitpack::GitError::BadRequest(m) => Response::error(400, &m),
+        GitError::BadRequest(m) => Response::error(400, &m),
         e => {
             error!("error: git: {e}");
             Response::error(500, "internal error while reading the index repository")
@@ -252,8 +247,9 @@ fn git_error(e: gitpack::GitError) -> Response {
     }
 }
 
-/// Runs upload-pack on a spooled request; the answer goes to a temp file that is unlinked
-/// once open, then sent through the file body (small answers are read into memory).
+/// Runs upload-pack on a spooled request; the answer comes as a file (see
+/// [`Registry::upload_pack`]), sent through the file body (small answers are read into
+/// memory).
 fn upload_pack(reg: &Registry, path: &std::path::Path, gzip: bool) -> Response {
     let mut raw = Vec::new();
     let read = File::open(path).and_then(|f| {
@@ -268,20 +264,7 @@ fn upload_pack(reg: &Registry, path: &std::path::Path, gzip: bool) -> Response {
     if read.is_err() {
         return Response::error(400, "unreadable upload-pack request body");
     }
-    let out_path = registry::temp_path(reg.root(), "git-pack");
-    let result = (|| -> Result<File, gitpack::GitError> {
-        let mut out = std::io::BufWriter::new(registry::create_private(&out_path)?);
-        let kept = reg.clone_cache_dir();
-        if let gitpack::Answer::Kept(file) =
-            gitpack::upload_pack(reg.index_dir(), Some(&kept), &raw, &mut out)?
-        {
-            return Ok(file);
-        }
-        out.flush()?;
-        Ok(File::open(&out_path)?)
-    })();
-    let _ = std::fs::remove_file(&out_path);
-    let file = match result {
+    let file = match reg.upload_pack(&raw) {
         Ok(f) => f,
         Err(e) => return git_error(e),
     };
@@ -344,7 +327,7 @@ fn owners(
 ) -> Response {
     let url = &reg.settings().url;
     let Some((change, body)) = change else {
-        return match auth::list_owners(reg, name) {
+        return match reg.list_owners(name) {
             Ok(users) => super::auth::owners_response(&users),
             Err(e) => super::auth::auth_error(e, url),
         };
@@ -475,7 +458,7 @@ fn publish_ok() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::tarball::testing::{publish_body, simple_crate};
+    use crate::registry::testing::{publish_body, simple_crate};
     use crate::registry::InitOptions;
     use proptest::prelude::*;
 

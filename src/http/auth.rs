@@ -18,7 +18,7 @@
 use std::borrow::Cow;
 
 use super::response::Response;
-use crate::registry::auth::{AuthError, AuthView, Need, Principal, Refusal, User};
+use crate::registry::{AuthError, AuthView, Need, Principal, Refusal, User};
 
 /// The realm git shows when it asks for credentials.
 pub const GIT_REALM: &str = "palletizer";
@@ -183,7 +183,7 @@ pub fn owners_request(body: &[u8]) -> Result<Vec<String>, Response> {
         )));
     }
     for u in &users {
-        crate::registry::auth::validate_user_name(u).map_err(|e| bad(&e.to_string()))?;
+        crate::registry::validate_user_name(u).map_err(|e| bad(&e.to_string()))?;
     }
     Ok(users)
 }
@@ -192,7 +192,7 @@ pub fn owners_request(body: &[u8]) -> Result<Vec<String>, Response> {
 mod tests {
     use super::*;
     use crate::http::Body;
-    use crate::registry::auth::Scopes;
+    use crate::registry::Scopes;
 
     /// A multi-byte character where a scheme's space would be used to panic the event loop.
     #[test]
@@ -336,7 +336,7 @@ mod tests {
 
     #[test]
     fn authorize_reads_every_header_form() {
-        let (_tmp, reg) = crate::registry::auth::scratch_registry();
+        let (_tmp, reg) = crate::registry::testing::scratch_registry();
         let secret = reg.bootstrap_admin(100).unwrap().unwrap();
         let view = AuthView::load(reg.root()).unwrap();
         let req = Required {

@@ -17,9 +17,7 @@ use serde_json::{json, Value};
 
 use super::errors::registry_error;
 use super::response::Response;
-use crate::registry::crateinfo;
-use crate::registry::names::Version;
-use crate::registry::{CrateName, IndexEntry, Registry};
+use crate::registry::{CrateInfo, CrateName, IndexEntry, Registry, Version};
 
 /// crates.io's JSON for the crate `name`, or a 404 that says it is not here.
 pub fn crate_json(reg: &Registry, name: &CrateName) -> Response {
@@ -70,7 +68,7 @@ pub fn crate_json(reg: &Registry, name: &CrateName) -> Response {
 /// One version with what the index line lacks.
 struct Described<'a> {
     entry: &'a IndexEntry,
-    info: crateinfo::CrateInfo,
+    info: CrateInfo,
     created_at: String,
     /// When the crate file was written (once, at publish).
     written: Option<SystemTime>,
@@ -88,10 +86,7 @@ fn describe<'a>(reg: &Registry, entry: &'a IndexEntry) -> Described<'a> {
         .unwrap_or_default();
     Described {
         entry,
-        info: path
-            .as_deref()
-            .map(crateinfo::load_info)
-            .unwrap_or_default(),
+        info: reg.crate_info(entry),
         created_at,
         written,
         crate_size: meta.map(|m| m.len()),

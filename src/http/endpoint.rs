@@ -23,9 +23,7 @@ use super::pages::{self, Ctx, Page, MAX_LOGIN_BODY, MAX_SEARCH_PAGE};
 use super::request::{percent_decode, query_param, Head, Method};
 use super::response::Response;
 use super::{files, Site};
-use crate::registry::auth::Need;
-use crate::registry::settings::Access;
-use crate::registry::CrateName;
+use crate::registry::{Access, CrateName, Need};
 
 /// The Prometheus metrics route, below the base path. The event loop answers it (the
 /// counters are its own); it needs an admin's token in every access mode.
@@ -648,7 +646,7 @@ fn owners(name: Segment, change: Option<OwnersChange>, head: &Head) -> Routed {
 mod tests {
     use super::*;
     use crate::http::files::Trees;
-    use crate::registry::settings::Access::{Open, Private, Public};
+    use crate::registry::Access::{Open, Private, Public};
 
     const METHODS: [Method; 6] = [
         Method::Get,

@@ -23,8 +23,7 @@ use files::Trees;
 
 use std::sync::Arc;
 
-use crate::registry::auth::{AuthView, Principal};
-use crate::registry::settings::Access;
+use crate::registry::{Access, AuthView, Principal};
 
 pub use endpoint::{Endpoint, Lane, Metric, METRICS_PATH};
 
@@ -162,8 +161,7 @@ pub fn authorize(
         Box::new(Refused {
             response,
             reason: refusal.reason().to_string(),
-            bad_token: refusal.is_unauthenticated()
-                && refusal != crate::registry::auth::Refusal::NoToken,
+            bad_token: refusal.is_unauthenticated() && refusal != crate::registry::Refusal::NoToken,
         })
     })
 }

@@ -9,7 +9,7 @@
 //! worker as [`Job::Page`]; the login page needs no file and is answered on the loop.
 //!
 //! Every string from a crate (name, description, README, links) is escaped here or was
-//! sanitized when it was stored (the README, see [`crate::registry::crateinfo`]), and the
+//! sanitized when it was stored (the README, see [`Registry::readme_html`]), and the
 //! answers carry a Content-Security-Policy that lets no script run at all.
 //!
 //! A browser's session in a private registry is a cookie holding the token itself: no
@@ -17,20 +17,15 @@
 //! whose writes it would otherwise expose to cross-site requests).
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::Arc;
 
 use super::request::{query_param, Head};
 use super::response::{Body, Response};
 use super::Site;
-use crate::registry::auth::{self as reg_auth, AuthView, Need, Scopes};
-use crate::registry::crateinfo::{self, CrateInfo};
-use crate::registry::index::IndexEntry;
-use crate::registry::metadata::DepKind;
-use crate::registry::names::{canonical, CrateName, Version};
-use crate::registry::search::{self, SearchLine};
-use crate::registry::settings::Access;
-use crate::registry::Registry;
+use crate::registry::{
+    canonical, Access, AuthView, CrateInfo, CrateName, DepKind, IndexEntry, Need, Registry, Scopes,
+    SearchLine, Version,
+};
 
 /// The cookie that carries a browser's token.
 pub const SESSION_COOKIE: &str = "palletizer_session";
@@ -112,7 +107,7 @@ pub fn login(body: &[u8], ctx: &Ctx) -> Response {
     let token = token.trim();
     let refusal = match ctx
         .auth
-        .authorize(Some(token), Need::Read, None, reg_auth::now())
+        .authorize(Some(token), Need::Read, None, crate::registry::now())
     {
         // The cookie holds the token: one that can change the registry would hand those
         // rights to whatever the browser sends with it.
@@ -518,7 +513,7 @@ thread_local! {
 
 fn newest_crates(reg: &Registry) -> crate::registry::Result<Newest> {
     use std::os::unix::fs::MetadataExt;
-    let key = std::fs::metadata(search::path(reg.root()))
+    let key = std::fs::metadata(reg.search_path())
         .ok()
         .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()));
     if let Some(key) = key {
@@ -539,11 +534,11 @@ fn newest_crates(reg: &Registry) -> crate::registry::Result<Newest> {
 }
 
 fn newest_crates_now(reg: &Registry) -> crate::registry::Result<Newest> {
-    let names = crate::registry::git::recently_added(reg.index_dir(), NEWEST, 2_000)?;
+    let names = reg.recently_added(NEWEST, 2_000)?;
     let keys: Vec<String> = names.iter().map(|n| canonical(n)).collect();
     let mut found: Vec<Option<SearchLine>> = vec![None; keys.len()];
     let mut total = 0;
-    search::for_each_line(reg.root(), |line| {
+    reg.for_each_search_line(|line| {
         total += 1;
         let key = canonical(&line.name);
         if let Some(i) = keys.iter().position(|k| *k == key) {
@@ -634,12 +629,8 @@ fn crate_page(reg: &Registry, ctx: &Ctx, name: &str, vers: Option<&str>) -> Resp
         None => newest,
     };
     let e = &entries[shown];
-    let crate_path = reg.entry_crate_path(e).ok();
-    let info = crate_path
-        .as_deref()
-        .map(crateinfo::load_info)
-        .unwrap_or_default();
-    let mut readme = crate_path.as_deref().and_then(stored_readme);
+    let info = reg.crate_info(e);
+    let mut readme = reg.readme_html(e);
     if ctx.access == Access::Private {
         readme = readme.map(|html| images_as_links(&html));
     }
@@ -660,21 +651,6 @@ fn crate_page(reg: &Registry, ctx: &Ctx, name: &str, vers: Option<&str>) -> Resp
     );
     let title = format!("{} {}: Palletizer", e.name, e.vers);
     layout(ctx, 200, &title, "", &main)
-}
-
-/// The rendered README, unless missing or larger than a page reads back (cut HTML could
-/// leave a tag open).
-fn stored_readme(crate_path: &Path) -> Option<String> {
-    let bytes = crateinfo::read_bounded(
-        &crateinfo::readme_path(crate_path),
-        crateinfo::MAX_README_HTML + 1,
-    )
-    .ok()
-    .flatten()?;
-    if bytes.len() as u64 > crateinfo::MAX_README_HTML {
-        return None;
-    }
-    String::from_utf8(bytes).ok()
 }
 
 /// The versions of a crate, newest first, and the one a page shows.
@@ -892,7 +868,7 @@ mod tests {
     use super::*;
     use crate::http::files::Trees;
     use crate::http::Method;
-    use crate::registry::auth::scratch_registry;
+    use crate::registry::testing::{render_readme, scratch_registry};
 
     fn head(method: Method, target: &str, cookie: Option<&str>) -> Head {
         let raw = format!(
@@ -909,7 +885,7 @@ mod tests {
     fn check(
         s: &Site,
         h: Head,
-    ) -> Result<Option<crate::registry::auth::Principal>, Box<crate::http::Refused>> {
+    ) -> Result<Option<crate::registry::Principal>, Box<crate::http::Refused>> {
         crate::http::authorize(s, &crate::http::Endpoint::of(s, &h), &h, 100)
     }
 
@@ -1009,7 +985,7 @@ mod tests {
         let admin = reg.bootstrap_admin(100).unwrap().unwrap();
         let (_, secret) = reg
             .create_token(
-                reg_auth::NewToken {
+                crate::registry::NewToken {
                     user: "admin".into(),
                     scopes: Some(Scopes::READ),
                     crates: Vec::new(),
@@ -1174,7 +1150,7 @@ mod tests {
     fn private_pages_load_no_remote_image() {
         let md = "# R\n\n![logo](https://tracker.example/p.png?u=1&v=2 \"T\") and \
 ![](http://x.example/y.png) and text `<img src=\"https://t.example/\">`\n";
-        let html = crateinfo::render_readme(md).unwrap();
+        let html = render_readme(md).unwrap();
         assert_eq!(html.matches("<img ").count(), 2, "{html}");
         let private = images_as_links(&html);
         assert!(!private.contains("<img"), "{private}");
@@ -1222,7 +1198,7 @@ mod tests {
             keywords: vec![evil.into()],
             ..Default::default()
         };
-        let readme = crateinfo::render_readme(&format!("# R\n\n{evil}\n")).unwrap();
+        let readme = render_readme(&format!("# R\n\n{evil}\n")).unwrap();
         let shown = Shown {
             entries: std::slice::from_ref(&entry),
             at: 0,

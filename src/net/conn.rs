@@ -25,7 +25,7 @@ use crate::http::api::Spooled;
 use crate::http::{
     self, request, Body, BodyCursor, Endpoint, Head, Job, Lane, Method, Metric, Response, Routed,
 };
-use crate::registry::auth::Principal;
+use crate::registry::Principal;
 
 pub use super::ended::{CloseReason, Waited};
 use super::throttle::{Over, UploadPermit};
@@ -465,7 +465,7 @@ impl<S: Stream> Conn<S> {
                 }
                 Ok((principal, permit)) => {
                     if let Some(p) = &principal {
-                        shared.note_token_use(p.token, crate::registry::auth::now());
+                        shared.note_token_use(p.token, crate::registry::now());
                     }
                     let routed = match is_metrics {
                         true => Routed::Done(metrics_response(head.method, shared)),
@@ -557,15 +557,15 @@ impl<S: Stream> Conn<S> {
         if presents_token {
             shared.throttle.may_authenticate(ip, now)?;
         }
-        let principal =
-            match http::authorize(&shared.site, endpoint, head, crate::registry::auth::now()) {
-                Ok(p) => p,
-                Err(refused) if refused.bad_token => {
-                    shared.throttle.auth_failed(ip, now)?;
-                    return Err(refused.into());
-                }
-                Err(refused) => return Err(refused.into()),
-            };
+        let principal = match http::authorize(&shared.site, endpoint, head, crate::registry::now())
+        {
+            Ok(p) => p,
+            Err(refused) if refused.bad_token => {
+                shared.throttle.auth_failed(ip, now)?;
+                return Err(refused.into());
+            }
+            Err(refused) => return Err(refused.into()),
+        };
         let permit = match (&principal, endpoint) {
             (Some(p), Endpoint::Publish) => shared.throttle.upload(p.token)?,
             _ => None,

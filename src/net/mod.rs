@@ -40,8 +40,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::http::Site;
-use crate::registry::auth::{self, AuthView};
-use crate::registry::Registry;
+use crate::registry::{AuthView, Registry, Stamp, TOKEN_PREFIX};
 
 pub use config::{Limits, ServerConfig};
 use conn::{Conn, Turn};
@@ -128,18 +127,18 @@ impl Shared {
 /// A request target as the log shows it: anything shaped like a token (`pal_` and its hex
 /// digits, which a client may have put in a query by mistake) is cut to `pal_…`.
 fn redact_tokens(target: &str) -> std::borrow::Cow<'_, str> {
-    if !target.contains(auth::TOKEN_PREFIX) {
+    if !target.contains(TOKEN_PREFIX) {
         return target.into();
     }
     let mut out = String::with_capacity(target.len());
     let mut rest = target;
-    while let Some(i) = rest.find(auth::TOKEN_PREFIX) {
-        let after = &rest[i + auth::TOKEN_PREFIX.len()..];
+    while let Some(i) = rest.find(TOKEN_PREFIX) {
+        let after = &rest[i + TOKEN_PREFIX.len()..];
         let secret = after
             .find(|c: char| !c.is_ascii_alphanumeric())
             .unwrap_or(after.len());
         out.push_str(&rest[..i]);
-        out.push_str(auth::TOKEN_PREFIX);
+        out.push_str(TOKEN_PREFIX);
         if secret > 0 {
             out.push('…');
         }
@@ -216,7 +215,7 @@ pub struct Server {
     /// When `auth.json` and `palletizer.toml` are next compared with the loaded view.
     next_auth_check: Instant,
     /// The stamp of access control files that failed to load (not retried until changed).
-    auth_broken: Option<auth::Stamp>,
+    auth_broken: Option<Stamp>,
     /// When the tokens' "last used" times are next handed to the worker.
     next_use_flush: Instant,
     /// Writes to the registry, noticed as they finish (see [`changes`]).
@@ -370,7 +369,7 @@ impl Server {
                 self.shared.site.trees.written(true);
             }
         }
-        let stamp = auth::Stamp::current(&self.root);
+        let stamp = Stamp::current(&self.root);
         if stamp == self.shared.site.auth.stamp() || Some(stamp) == self.auth_broken {
             return;
         }

@@ -28,8 +28,7 @@ use mio::Waker;
 use super::metrics::WorkerMetrics;
 
 use crate::http::{api, Job, Lane, Response};
-use crate::registry::auth::Principal;
-use crate::registry::{Event, Registry};
+use crate::registry::{Event, Principal, Registry};
 
 /// Answers the worker may have made before the loop took them: each holds a whole response
 /// (a rendered page, a ref advertisement), so under a burst of page views the memory they

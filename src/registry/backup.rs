@@ -60,7 +60,7 @@ const TOP_FILES: [&str; 4] = [
 ];
 const INDEX: &str = "index";
 const CRATES: &str = "crates";
-const TOP_DIRS: [&str; 3] = [INDEX, CRATES, super::ORPHANS_DIR];
+const TOP_DIRS: [&str; 3] = [INDEX, CRATES, super::store::ORPHANS_DIR];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -182,7 +182,7 @@ fn refuse_inside(reg: &Registry, file: &Path) -> Result<()> {
     for tree in [
         reg.index_dir().to_owned(),
         reg.crates_dir().to_owned(),
-        reg.root().join(super::ORPHANS_DIR),
+        reg.root().join(super::store::ORPHANS_DIR),
     ] {
         if tree.canonicalize().is_ok_and(|t| parent.starts_with(t)) {
             return Err(BackupError::Refused(format!(
@@ -226,7 +226,10 @@ fn list(reg: &Registry) -> Result<Vec<Item>> {
     let trees = [
         (INDEX, reg.index_dir().to_owned()),
         (CRATES, reg.crates_dir().to_owned()),
-        (super::ORPHANS_DIR, reg.root().join(super::ORPHANS_DIR)),
+        (
+            super::store::ORPHANS_DIR,
+            reg.root().join(super::store::ORPHANS_DIR),
+        ),
     ];
     for (name, dir) in trees {
         if dir.is_dir() {
@@ -247,7 +250,7 @@ fn list_tree(dir: &Path, prefix: &str, in_git: bool, items: &mut Vec<Item>) -> i
         let Ok(name) = e.file_name().into_string() else {
             continue; // never made by the registry, and not restorable by name
         };
-        let skip = super::is_temp_name(&name)
+        let skip = super::store::is_temp_name(&name)
             || (in_git
                 && (name.ends_with(".lock")
                     || name.starts_with("tmp_")
@@ -910,7 +913,7 @@ fn finish(tmp: &Path, manifest: Manifest) -> Result<Summary> {
         ));
         settings.index_dir = INDEX.into();
         settings.crates_dir = CRATES.into();
-        super::write_atomic(&settings_path, settings.to_toml().as_bytes())?;
+        super::store::write_atomic(&settings_path, settings.to_toml().as_bytes())?;
     }
     if !tmp.join(INDEX).join(".git").join("HEAD").is_file() {
         return Err(BackupError::Refused(

@@ -102,7 +102,7 @@ impl std::fmt::Display for Problem {
                 f,
                 "crate file {} has no index line (--repair moves it to {}/)",
                 path.display(),
-                super::ORPHANS_DIR
+                super::store::ORPHANS_DIR
             ),
             Problem::Uncommitted { path } => {
                 write!(f, "index file {path} differs from the last commit")
@@ -142,6 +142,20 @@ impl std::fmt::Display for Problem {
                  it is mended by hand (--repair leaves it alone)"
             ),
         }
+    }
+}
+
+impl Registry {
+    /// Lists every broken invariant (see the module docs).
+    pub fn check(&self) -> Result<Vec<Problem>> {
+        check(self)
+    }
+
+    /// Fixes what `palletizer check --repair` can: the crash recovery of
+    /// [`Registry::recover`], then orphan crate files moved aside and search lines rebuilt.
+    /// Returns what it did.
+    pub fn repair(&self, problems: &[Problem]) -> Result<Vec<String>> {
+        repair(self, problems)
     }
 }
 
@@ -197,7 +211,7 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
         let temp = p
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(super::is_temp_name);
+            .is_some_and(super::store::is_temp_name);
         if !expected.contains(&p) && !temp {
             problems.push(Problem::OrphanCrateFile { path: p });
         }

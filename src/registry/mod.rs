@@ -1,8 +1,8 @@
 //! The registry as files: `palletizer.toml`, the `index/` git repository whose working tree is
 //! the sparse index, and `crates/` with one immutable `.crate` file per version.
 //!
-//! Every change is a [`Command`] run by [`Registry::apply`] ([`command`]): take the registry
-//! lock (an advisory file lock), decide what depends on registry state, note the crate in
+//! Every change is a [`Command`] run by [`Registry::apply`]: take the registry lock (an
+//! advisory file lock), decide what depends on registry state, note the crate in
 //! the journal (`.pending`), write files under a temp name, fsync and rename them into
 //! place, rewrite the crate's index file whole, make one git commit, update the search data,
 //! clear the journal, release the lock, and return the events the change caused. Opening a
@@ -13,44 +13,65 @@
 //! first publish recorded before it was cut short is forgotten, and the search line is
 //! rebuilt.
 //!
-//! A deleted version leaves a tombstone ([`tombstone`]): its number is never published again.
-//! A deleted crate's name stays with its owners (or its admins) until an admin gives it up.
+//! A deleted version leaves a tombstone (in `deleted.jsonl`): its number is never published
+//! again. A deleted crate's name stays with its owners (or its admins) until an admin gives
+//! it up.
 //!
 //! Crate names enter only as [`CrateName`], which only validation makes.
 //!
+//! The registry is built of rooms, all private: the rest of the program uses [`Registry`]'s
+//! methods and the types and few functions re-exported here.
+//!
+//! - `store`: the files at the root, temp files, atomic writes, the previous version of a
+//!   file kept while it is rewritten, the write lock, where a crate file lives; and
+//!   `store::recover`, the journal and what opening the registry repairs;
+//! - `index`: the index lines, a crate's index file rewritten whole and committed, the git
+//!   repository, the index served to git clients, the search file;
+//! - `publish`: the checks of a crate file before the lock (archive, metadata, targets, the
+//!   README rendered) and the publish under it;
+//! - `versions`: yank and unyank, delete and its tombstones, giving up a kept name;
+//! - `auth`: users, tokens and owners in `auth.json`, and who may do what;
+//! - `command`: the one write path, its events, and the one-command shorthands;
+//! - `names` and `settings`: crate names and versions, `palletizer.toml`;
+//! - `check` and `backup`: `palletizer check`, `backup` and `restore`;
+//! - [`testing`]: helpers for the tests and benches, not part of the API.
+//!
 //! This module knows no sockets and no HTTP; the CLI and the server call the same functions.
 
-pub mod auth;
-pub mod backup;
-pub mod check;
-pub mod command;
-pub mod index;
-pub mod names;
-pub mod publish;
-pub mod settings;
+mod auth;
+mod backup;
+mod check;
+mod command;
+mod index;
+mod names;
+mod publish;
+mod settings;
 mod store;
-pub mod versions;
-
-// The files' old paths, for the callers outside the registry until they use the new ones.
-pub use index::{git, gitpack, search};
-pub use publish::{crateinfo, metadata, platform, tarball};
-pub use versions::tombstone;
+pub mod testing;
+mod versions;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use command::{Actor, Applied, Change, Command, Event, Outcome};
-pub use index::{IndexEntry, Listed, CRATES_IO_INDEX};
-pub use publish::metadata::PublishMetadata;
-pub use publish::CheckedCrate;
-pub use settings::Settings;
-pub use store::{
-    create_private, is_stale_temp, is_temp_name, temp_path, write_atomic, CLONE_CACHE_DIR,
-    ORPHANS_DIR, SETTINGS_FILE,
+pub use auth::{
+    now, parse_duration, validate_user_name, AuthError, AuthFile, AuthView, Need, NewToken,
+    Principal, Refusal, Scopes, Stamp, Token, User, AUTH_FILE, FIRST_ADMIN, TOKEN_PREFIX,
 };
+pub use backup::{backup, restore, Summary};
+pub use check::Problem;
+pub use command::{Actor, Applied, Change, Command, Event, Outcome};
+pub use index::{
+    Found, GitError, IndexDep, IndexEntry, Listed, Pubtime, SearchLine, CRATES_IO_INDEX,
+};
+pub use names::{canonical, CrateName, Version};
+pub use publish::{CheckedCrate, CrateInfo, DepKind, PublishDep, PublishMetadata};
+pub use settings::{Access, Settings};
+pub use store::{create_private, temp_path, SETTINGS_FILE};
 
-pub use names::CrateName;
+use index::git;
+use publish::tarball;
+use store::{write_atomic, CLONE_CACHE_DIR};
 
 /// Everything that can go wrong in a registry operation.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +131,7 @@ const DISK_FAILED: &str = "the registry's storage failed (I/O error); nothing wa
 
 /// [`storage_trouble`] for libgit2, which reports OS errors as text: the C library's own
 /// wording is matched.
-pub fn git_storage_trouble(e: &git2::Error) -> Option<&'static str> {
+fn git_storage_trouble(e: &git2::Error) -> Option<&'static str> {
     let msg = e.message();
     let has = |code: i32| {
         let text = io::Error::from_raw_os_error(code).to_string();

@@ -101,7 +101,7 @@ pub fn shown_at_most(text: &str, max: usize) -> String {
     out
 }
 
-/// A crate name that passed [`validate_name`]. Every registry function that turns a name into
+/// A crate name that passed `validate_name`. Every registry function that turns a name into
 /// a path takes this type, and the only way to make one is [`CrateName::parse`]: no
 /// unvalidated string (from a URL, a command line or a file) reaches the file system.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

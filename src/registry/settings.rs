@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Who may do what without a token (see [`super::auth`] for users and tokens).
+/// Who may do what without a token (see [`super::AuthFile`] for users and tokens).
 ///
 /// Files written before `open` existed say `public` or `private`; both still parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -43,8 +43,7 @@ pub(crate) use file::{create_token_in, edit, first_admin_in, Edit};
 pub use file::{validate_user_name, AuthFile, Stamp, Token, User};
 pub(crate) use policy::change_owners;
 pub use policy::{
-    authorize_admin, authorize_owner, authorize_publish, list_owners, owners_of_published,
-    NameState, Need, Principal, Refusal,
+    authorize_admin, authorize_owner, authorize_publish, NameState, Need, Principal, Refusal,
 };
 use tokens::{ct_eq, new_secret, sha256, TokenFields};
 pub use tokens::{glob_matches, parse_duration, validate_glob, NewToken, Scopes};

@@ -17,17 +17,14 @@ fn existing_crate(reg: &Registry, krate: &str) -> Result<String, AuthError> {
         .ok_or_else(|| AuthError::NotFound(format!("crate `{krate}` does not exist")))
 }
 
-/// The users who manage a published crate (its owners, or the admins when none are recorded).
-pub fn list_owners(reg: &Registry, krate: &str) -> Result<Vec<User>, AuthError> {
-    existing_crate(reg, krate)?;
-    owners_of_published(reg, krate)
-}
-
-/// [`list_owners`] for a crate the caller has just read from the index (a crate page), so
-/// without looking for its spelling in the index directories again.
-pub fn owners_of_published(reg: &Registry, krate: &str) -> Result<Vec<User>, AuthError> {
-    let data = AuthFile::load(reg)?;
-    Ok(data.effective_owners(krate).into_iter().cloned().collect())
+impl Registry {
+    /// The users who manage a published crate (its owners, or the admins when none are
+    /// recorded).
+    pub fn list_owners(&self, krate: &str) -> Result<Vec<User>, AuthError> {
+        existing_crate(self, krate)?;
+        let data = AuthFile::load(self)?;
+        Ok(data.effective_owners(krate).into_iter().cloned().collect())
+    }
 }
 
 /// Checks that `by` (a token holder; `None`: an actor the checks do not apply to) may
@@ -233,7 +230,7 @@ impl Refusal {
 pub enum Need {
     /// The `read` scope (private registries).
     Read,
-    /// `publish-new` or `publish-update`; which one is decided with [`authorize_publish`]
+    /// `publish-new` or `publish-update`; which one is decided with `authorize_publish`
     /// once the crate's name and existence are known.
     Publish,
     Yank,

@@ -418,7 +418,7 @@ fn owners_are_recorded_listed_and_checked() {
     assert_eq!(msg, "user bob has been added as an owner of crate Foo-Bar");
     let logins = |v: Vec<User>| v.into_iter().map(|u| u.name).collect::<Vec<_>>();
     assert_eq!(
-        logins(list_owners(&reg, "foo-bar").unwrap()),
+        logins(reg.list_owners("foo-bar").unwrap()),
         ["alice", "bob"]
     );
     let data = AuthFile::load(&reg).unwrap();
@@ -431,7 +431,7 @@ fn owners_are_recorded_listed_and_checked() {
         .add_owners("Foo-Bar", &["carol".into()], None)
         .unwrap_err();
     assert!(matches!(nobody, AuthError::NotFound(_)), "{nobody}");
-    let missing = list_owners(&reg, "nothere").unwrap_err();
+    let missing = reg.list_owners("nothere").unwrap_err();
     assert!(missing
         .to_string()
         .contains("crate `nothere` does not exist"));
@@ -455,7 +455,7 @@ fn owners_are_recorded_listed_and_checked() {
     publish(&reg, "legacy");
     let data = AuthFile::load(&reg).unwrap();
     assert!(data.recorded_owners("legacy").is_empty());
-    assert_eq!(logins(list_owners(&reg, "legacy").unwrap()), ["root"]);
+    assert_eq!(logins(reg.list_owners("legacy").unwrap()), ["root"]);
     authorize_publish(&data, &root, "legacy", NameState::Published).unwrap();
     assert!(authorize_publish(&data, &alice, "legacy", NameState::Published).is_err());
 

@@ -3,13 +3,15 @@
 //! search lines that follow each write, and the listing of every version.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::registry::index::{self, git, search};
+use crate::registry::index::{self, git, gitpack, search, Found, GitError, SearchLine};
 use crate::registry::names::{self, Version};
 use crate::registry::publish::tarball;
-use crate::registry::store::{is_temp_name, walk_files, write_atomic, Previous};
+use crate::registry::store::{
+    create_private, is_temp_name, temp_path, walk_files, write_atomic, Previous,
+};
 use crate::registry::{Context, CrateName, Error, IndexEntry, PublishMetadata, Registry, Result};
 
 /// One version as `list` shows it.
@@ -21,7 +23,8 @@ pub struct Listed {
 }
 
 impl Registry {
-    /// Keeps the index repository packed (see [`git::maintain`]); run after changes, off
+    /// Keeps the index repository packed: once loose objects pass a threshold, they go into
+    /// one new pack (or one pack of everything, when packs pile up). Run after changes, off
     /// the request path.
     pub fn maintain(&self) -> Result<Option<git::Packed>> {
         let _lock = self.lock()?;
@@ -34,7 +37,7 @@ impl Registry {
         let mut old = std::collections::HashMap::new();
         if let Ok(bytes) = fs::read(search::path(&self.root)) {
             for l in String::from_utf8_lossy(&bytes).lines() {
-                if let Ok(line) = serde_json::from_str::<search::SearchLine>(l) {
+                if let Ok(line) = serde_json::from_str::<SearchLine>(l) {
                     old.insert(names::canonical(&line.name), line);
                 }
             }
@@ -82,7 +85,7 @@ impl Registry {
     }
 
     /// A crate's search line from its index entries (not empty) and its newest crate file.
-    fn search_line_from_files(&self, entries: &[IndexEntry]) -> search::SearchLine {
+    fn search_line_from_files(&self, entries: &[IndexEntry]) -> SearchLine {
         let newest = entries
             .iter()
             .filter_map(|e| Version::parse(&e.vers).ok().map(|v| (v.0, e)))
@@ -92,7 +95,7 @@ impl Registry {
             Some(e) => self.described_by_crate_file(e).unwrap_or_default(),
             None => (None, Vec::new()),
         };
-        search::SearchLine {
+        SearchLine {
             name: entries[0].name.clone(),
             max_version: search::max_version(entries).unwrap_or_default(),
             description,
@@ -218,7 +221,7 @@ impl Registry {
         entries: &[IndexEntry],
         described: Option<(Option<String>, Vec<String>)>,
     ) {
-        let line = entries.first().map(|e| search::SearchLine {
+        let line = entries.first().map(|e| SearchLine {
             name: e.name.clone(),
             max_version: search::max_version(entries).unwrap_or_default(),
             description: described.as_ref().and_then(|d| d.0.clone()),
@@ -230,14 +233,70 @@ impl Registry {
         }
     }
 
-    /// Searches crate names and descriptions (see [`search::search`]).
-    pub fn search(&self, query: &str, per_page: usize) -> Result<search::Found> {
+    /// Finds crates whose name or description holds every word of `query`, ignoring case and
+    /// `-`/`_`: exact name first, then names starting with the query, then the rest, each by
+    /// name; `per_page` hits at most.
+    pub fn search(&self, query: &str, per_page: usize) -> Result<Found> {
         search::search(&self.root, query, per_page)
     }
 
-    /// One page of search hits, after `skip` (see [`search::search_page`]).
-    pub fn search_page(&self, query: &str, skip: usize, per_page: usize) -> Result<search::Found> {
+    /// [`Registry::search`], skipping the first `skip` hits of that order (a later page);
+    /// memory holds one page whatever `skip` is.
+    pub fn search_page(&self, query: &str, skip: usize, per_page: usize) -> Result<Found> {
         search::search_page(&self.root, query, skip, per_page)
+    }
+
+    /// Where `search.jsonl` is: a reader that keeps what it made from it checks whether the
+    /// file changed.
+    pub fn search_path(&self) -> PathBuf {
+        search::path(&self.root)
+    }
+
+    /// Calls `f` with every readable line of `search.jsonl`, streaming (damaged lines are
+    /// skipped, as search does).
+    pub fn for_each_search_line(&self, f: impl FnMut(SearchLine)) -> Result<()> {
+        search::for_each_line(&self.root, f)
+    }
+
+    /// The crates of the newest "Add NAME VERS" commits, newest first, each once (by
+    /// canonical name), at most `names` of them, looking at no more than `commits` commits:
+    /// what was published last, read from the index history.
+    pub fn recently_added(&self, names: usize, commits: usize) -> Result<Vec<String>> {
+        Ok(git::recently_added(&self.index_dir, names, commits)?)
+    }
+
+    /// The answer to a git client's `GET info/refs?service=git-upload-pack`.
+    pub fn git_refs(&self) -> Result<Vec<u8>, GitError> {
+        gitpack::advertise(&self.index_dir)
+    }
+
+    /// Answers a git `POST git-upload-pack` body (a negotiation round, an incremental pack,
+    /// or a full clone) as a file: for a full clone of the current HEAD, the answer
+    /// [`Registry::keep_clone`] kept; otherwise the answer written to a temp file (mode 0600)
+    /// in the registry root, unlinked once open.
+    pub fn upload_pack(&self, body: &[u8]) -> Result<File, GitError> {
+        let out_path = temp_path(&self.root, "git-pack");
+        let result = (|| -> Result<File, GitError> {
+            let mut out = std::io::BufWriter::new(create_private(&out_path)?);
+            let kept = self.clone_cache_dir();
+            if let gitpack::Answer::Kept(file) =
+                gitpack::upload_pack(&self.index_dir, Some(&kept), body, &mut out)?
+            {
+                return Ok(file);
+            }
+            out.flush()?;
+            Ok(File::open(&out_path)?)
+        })();
+        let _ = fs::remove_file(&out_path);
+        result
+    }
+
+    /// Makes sure the full-clone answer of the git index for the current HEAD is kept, and
+    /// removes the ones for older HEADs. Run in the background after the index changed, so
+    /// that the next clone is one file send. Nothing is made until someone has cloned: a
+    /// registry used through the sparse index never spends the time.
+    pub fn keep_clone(&self) -> Result<(), GitError> {
+        gitpack::keep_clone(&self.index_dir, &self.clone_cache_dir())
     }
 
     /// Every version of every crate (or of `name`), sorted by name then version.

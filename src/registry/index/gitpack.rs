@@ -31,6 +31,17 @@ pub enum GitError {
     Io(#[from] io::Error),
 }
 
+impl GitError {
+    /// See [`crate::registry::storage_trouble`]: a full or failing disk, not the request.
+    pub fn storage_trouble(&self) -> Option<&'static str> {
+        match self {
+            GitError::Io(io) => crate::registry::storage_trouble(io),
+            GitError::Git(g) => crate::registry::git_storage_trouble(g),
+            GitError::BadRequest(_) => None,
+        }
+    }
+}
+
 /// Appends one pkt-line.
 fn pkt(out: &mut Vec<u8>, line: &str) {
     out.extend_from_slice(format!("{:04x}", line.len() + 4).as_bytes());

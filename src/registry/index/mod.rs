@@ -14,9 +14,9 @@
 //! served to git clients ([`gitpack`]), and the search file every write updates ([`search`]).
 
 mod files;
-pub mod git;
-pub mod gitpack;
-pub mod search;
+pub(super) mod git;
+mod gitpack;
+pub(super) mod search;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +28,8 @@ use super::publish::platform;
 
 pub use super::publish::metadata::CRATES_IO_INDEX;
 pub use files::Listed;
+pub use gitpack::GitError;
+pub use search::{Found, SearchLine};
 
 /// The whole index line, a backstop over the metadata's own limits.
 pub const MAX_INDEX_LINE: usize = 256 * 1024;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::store::write_atomic;
-use crate::registry::{PublishMetadata, Result};
+use crate::registry::{IndexEntry, PublishMetadata, Registry, Result};
 
 /// Markdown bytes rendered at most; a longer README is cut (at a character boundary).
 pub const MAX_README_SOURCE: usize = 512 * 1024;
@@ -221,6 +221,34 @@ pub fn load_info(crate_path: &Path) -> CrateInfo {
         .flatten()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
+}
+
+/// The stored README of a version, unless missing or larger than a page reads back (cut
+/// HTML could leave a tag open).
+pub fn load_readme(crate_path: &Path) -> Option<String> {
+    let bytes = read_bounded(&readme_path(crate_path), MAX_README_HTML + 1)
+        .ok()
+        .flatten()?;
+    if bytes.len() as u64 > MAX_README_HTML {
+        return None;
+    }
+    String::from_utf8(bytes).ok()
+}
+
+impl Registry {
+    /// What a version's page shows that its index line lacks, as stored beside its crate
+    /// file (default when missing or unreadable: a page still shows).
+    pub fn crate_info(&self, e: &IndexEntry) -> CrateInfo {
+        self.entry_crate_path(e)
+            .map(|p| load_info(&p))
+            .unwrap_or_default()
+    }
+
+    /// A version's README as stored, sanitized HTML, unless missing or larger than a page
+    /// reads back (cut HTML could leave a tag open).
+    pub fn readme_html(&self, e: &IndexEntry) -> Option<String> {
+        self.entry_crate_path(e).ok().and_then(|p| load_readme(&p))
+    }
 }
 
 #[cfg(test)]

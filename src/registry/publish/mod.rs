@@ -5,10 +5,13 @@
 //! who may use the name and whether the version is free, moves the file into place with its
 //! page files and commits the index line.
 
-pub mod crateinfo;
-pub mod metadata;
-pub mod platform;
-pub mod tarball;
+pub(super) mod crateinfo;
+pub(super) mod metadata;
+pub(super) mod platform;
+pub(super) mod tarball;
+
+pub use crateinfo::CrateInfo;
+pub use metadata::{DepKind, PublishDep, PublishMetadata};
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -19,9 +22,7 @@ use crate::registry::index::{self, search};
 use crate::registry::names::{self, Version};
 use crate::registry::store::{sync_dir, temp_path, TempFile};
 use crate::registry::versions::tombstone;
-use crate::registry::{
-    Change, Context, CrateName, Error, IndexEntry, PublishMetadata, Registry, Result,
-};
+use crate::registry::{Change, Context, CrateName, Error, IndexEntry, Registry, Result};
 
 /// How a crate file comes in: the rules it is checked by, the name of the file it was read
 /// from (`add`), and its original publish time when the caller knows it.

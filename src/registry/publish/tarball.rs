@@ -96,6 +96,7 @@ pub struct Inspected {
     /// Lowercase hex SHA-256 of the compressed bytes.
     pub cksum: String,
     /// Compressed size in bytes.
+    #[allow(dead_code)] // read by the tests only
     pub size: u64,
 }
 

@@ -30,7 +30,7 @@ impl Drop for TempFile {
 /// The registry's settings file, at its root.
 pub const SETTINGS_FILE: &str = "palletizer.toml";
 const LOCK_FILE: &str = ".palletizer.lock";
-/// Kept full-clone answers of the git index ([`gitpack::keep_clone`](super::index::gitpack::keep_clone)).
+/// Kept full-clone answers of the git index ([`Registry::keep_clone`]).
 pub const CLONE_CACHE_DIR: &str = ".clone-cache";
 const TEMP_PREFIX: &str = ".tmp-";
 /// The journal of crates a write is changing: one name per line, removed when the write is

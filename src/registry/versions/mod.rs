@@ -2,7 +2,7 @@
 //! of a crate) with the tombstones that keep its number from being used again ([`tombstone`]),
 //! and giving up a deleted crate's kept name.
 
-pub mod tombstone;
+pub(super) mod tombstone;
 
 use std::fs;
 use std::io;
