@@ -327,7 +327,8 @@ fn bad_publishes_are_refused_and_change_nothing() {
                 &other,
             ),
             400,
-            "does not allow",
+            "which this registry does not allow; to allow it, add that index URL to \
+             `allowed-registries` in palletizer.toml",
         ),
         (
             "corrupt tarball",

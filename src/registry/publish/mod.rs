@@ -115,6 +115,43 @@ impl Registry {
         tarball: impl Read,
         via: Via<'_>,
     ) -> Result<CheckedCrate> {
+        let (tmp, out, inspected) = self.store_upload(tarball)?;
+        let (meta, manifest_readme) = agreed_metadata(meta, &inspected.manifest)?;
+        metadata::validate(&meta, via.rules)
+            .and_then(|()| index::check_line_len(&meta))
+            .map_err(Error::Invalid)?;
+        let name = CrateName::parse(&meta.name)?;
+        let top = format!("{}-{}", meta.name, meta.vers);
+        check_file_names(&meta, &top, via.file_name, &inspected.top_dir)?;
+        self.check_settings_allow(&meta)?;
+        let tmp_path = tmp.0.as_path();
+        out.sync_all()
+            .context(|| format!("syncing {}", tmp_path.display()))?;
+        drop(out);
+        // Rendered here, before the lock: the crate page only reads the result.
+        let readme_html = render_readme_of(&meta, manifest_readme.as_deref(), tmp_path, &top);
+
+        let version = Version::parse(&meta.vers).map_err(|e| Error::Invalid(e.to_string()))?;
+        let pubtime = via.pubtime.unwrap_or_else(index::Pubtime::now);
+        let entry =
+            IndexEntry::from_publish(&meta, &inspected.cksum, pubtime.as_str().into(), |u| {
+                self.is_own_index(u)
+            });
+        Ok(CheckedCrate {
+            tmp,
+            meta: Box::new(meta),
+            name,
+            version,
+            entry: Box::new(entry),
+            readme_html,
+        })
+    }
+
+    /// Stores an upload under a temp name in the crates directory while its archive is
+    /// checked (within the size limits of the settings); the file is removed if a check
+    /// fails. Returns the temp file, the file still open for its sync, and what the check
+    /// learned.
+    fn store_upload(&self, tarball: impl Read) -> Result<(TempFile, File, tarball::Inspected)> {
         fs::create_dir_all(&self.crates_dir)
             .context(|| format!("creating {}", self.crates_dir.display()))?;
         let tmp = TempFile(temp_path(&self.crates_dir, "upload.crate"));
@@ -143,76 +180,7 @@ impl Registry {
             });
         }
         let inspected = inspected?;
-        let from_manifest = PublishMetadata::from_manifest(&inspected.manifest)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let manifest_readme = from_manifest.readme_file.clone();
-        let meta = match meta {
-            Some(m) => {
-                if m.name != from_manifest.name || m.vers != from_manifest.vers {
-                    return Err(Error::Invalid(format!(
-                        "metadata says {} {} but the crate file's Cargo.toml says {} {}",
-                        names::shown(&m.name),
-                        names::shown(&m.vers),
-                        names::shown(&from_manifest.name),
-                        names::shown(&from_manifest.vers)
-                    )));
-                }
-                m
-            }
-            None => from_manifest,
-        };
-        metadata::validate(&meta, via.rules)
-            .and_then(|()| index::check_line_len(&meta))
-            .map_err(Error::Invalid)?;
-        let name = CrateName::parse(&meta.name)?;
-        let top = format!("{}-{}", meta.name, meta.vers);
-        if let Some(file_name) = via.file_name {
-            if file_name != format!("{top}.crate") {
-                return Err(Error::Invalid(format!(
-                    "file name `{}` does not match its manifest ({} {}); expected `{top}.crate`",
-                    names::shown(file_name),
-                    meta.name,
-                    meta.vers
-                )));
-            }
-        }
-        if inspected.top_dir != top {
-            return Err(Error::Invalid(format!(
-                "crate file's files are under `{}/`, expected `{top}/`",
-                names::shown(&inspected.top_dir)
-            )));
-        }
-        self.check_settings_allow(&meta)?;
-        out.sync_all()
-            .context(|| format!("syncing {}", tmp_path.display()))?;
-        drop(out);
-        // Rendered here, before the lock: the crate page only reads the result.
-        let readme_html = match meta.readme.as_deref() {
-            Some(text) => crateinfo::render_readme(text),
-            None => manifest_readme
-                .as_deref()
-                .and_then(|f| {
-                    crateinfo::readme_from_crate(tmp_path, &top, f)
-                        .ok()
-                        .flatten()
-                })
-                .and_then(|text| crateinfo::render_readme(&text)),
-        };
-
-        let version = Version::parse(&meta.vers).map_err(|e| Error::Invalid(e.to_string()))?;
-        let pubtime = via.pubtime.unwrap_or_else(index::Pubtime::now);
-        let entry =
-            IndexEntry::from_publish(&meta, &inspected.cksum, pubtime.as_str().into(), |u| {
-                self.is_own_index(u)
-            });
-        Ok(CheckedCrate {
-            tmp,
-            meta: Box::new(meta),
-            name,
-            version,
-            entry: Box::new(entry),
-            readme_html,
-        })
+        Ok((tmp, out, inspected))
     }
 
     /// What `palletizer.toml` asks of a crate: dependencies only from the registries it
@@ -224,7 +192,10 @@ impl Registry {
                 if !self.is_own_index(r) && !self.settings.allowed_registries.iter().any(|a| a == r)
                 {
                     return Err(Error::Invalid(format!(
-                        "dependency `{}` is from registry {r}, which this registry does not allow",
+                        "dependency `{}` is from registry {r}, which this registry does not \
+                         allow; to allow it, add that index URL to `allowed-registries` in \
+                         palletizer.toml (or create the registry with `palletizer init \
+                         --allowed-registry {r}`)",
                         d.name
                     )));
                 }
@@ -236,9 +207,9 @@ impl Registry {
         Ok(())
     }
 
-    /// [`Command::Publish`](super::Command::Publish), lock held. `by`: the token holder the checks apply to. A new
-    /// crate's publisher becomes its owner in the same step; a deleted crate's kept name
-    /// keeps its owners.
+    /// [`Command::Publish`](super::Command::Publish), lock held. `by`: the token holder the
+    /// checks apply to. A new crate's publisher becomes its owner in the same step; a deleted
+    /// crate's kept name keeps its owners.
     pub(super) fn publish_locked(
         &self,
         checked: CheckedCrate,
@@ -420,6 +391,81 @@ impl Registry {
             }
         }
         Ok(())
+    }
+}
+
+/// The metadata of a publish: what cargo sent (`meta`), which must name the crate and
+/// version of the crate file's `Cargo.toml`, or (None) what that manifest says. Also returns
+/// the README file the manifest names.
+fn agreed_metadata(
+    meta: Option<PublishMetadata>,
+    manifest: &str,
+) -> Result<(PublishMetadata, Option<String>)> {
+    let from_manifest =
+        PublishMetadata::from_manifest(manifest).map_err(|e| Error::Invalid(e.to_string()))?;
+    let manifest_readme = from_manifest.readme_file.clone();
+    let meta = match meta {
+        Some(m) => {
+            if m.name != from_manifest.name || m.vers != from_manifest.vers {
+                return Err(Error::Invalid(format!(
+                    "metadata says {} {} but the crate file's Cargo.toml says {} {}",
+                    names::shown(&m.name),
+                    names::shown(&m.vers),
+                    names::shown(&from_manifest.name),
+                    names::shown(&from_manifest.vers)
+                )));
+            }
+            m
+        }
+        None => from_manifest,
+    };
+    Ok((meta, manifest_readme))
+}
+
+/// A crate file's names agree with its metadata: the file it was read from (when named like
+/// a crate file) is `{top}.crate`, and its files are under `{top}/`.
+fn check_file_names(
+    meta: &PublishMetadata,
+    top: &str,
+    file_name: Option<&str>,
+    top_dir: &str,
+) -> Result<()> {
+    if let Some(file_name) = file_name {
+        if file_name != format!("{top}.crate") {
+            return Err(Error::Invalid(format!(
+                "file name `{}` does not match its manifest ({} {}); expected `{top}.crate`",
+                names::shown(file_name),
+                meta.name,
+                meta.vers
+            )));
+        }
+    }
+    if top_dir != top {
+        return Err(Error::Invalid(format!(
+            "crate file's files are under `{}/`, expected `{top}/`",
+            names::shown(top_dir)
+        )));
+    }
+    Ok(())
+}
+
+/// The README as sanitized HTML: the text cargo sent, else the file the manifest names,
+/// read from the stored crate file under `{top}/`.
+fn render_readme_of(
+    meta: &PublishMetadata,
+    manifest_readme: Option<&str>,
+    crate_file: &Path,
+    top: &str,
+) -> Option<String> {
+    match meta.readme.as_deref() {
+        Some(text) => crateinfo::render_readme(text),
+        None => manifest_readme
+            .and_then(|f| {
+                crateinfo::readme_from_crate(crate_file, top, f)
+                    .ok()
+                    .flatten()
+            })
+            .and_then(|text| crateinfo::render_readme(&text)),
     }
 }
 
