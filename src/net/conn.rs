@@ -214,6 +214,8 @@ pub struct Conn<S = Transport> {
     pub metrics_listener: bool,
     /// Why it ended, once it did (the first reason given counts).
     pub ended: Option<CloseReason>,
+    /// Its last request was refused for a rate limit: its turn ends.
+    over_limit: std::cell::Cell<bool>,
 }
 
 /// What a turn of the connection ended with.
@@ -249,6 +251,7 @@ impl<S: Stream> Conn<S> {
             draining: false,
             metrics_listener: false,
             ended: None,
+            over_limit: std::cell::Cell::new(false),
         }
     }
 
@@ -315,6 +318,9 @@ impl<S: Stream> Conn<S> {
                 Phase::Closed => return Turn::Closed,
             };
             match step {
+                // A request refused for a rate limit ends the connection's turn: a flooding
+                // peer gets one request per turn of the loop, and everyone else theirs.
+                Ok(true) if self.over_limit.take() => return Turn::Again,
                 Ok(true) => continue,
                 Ok(false) => return Turn::Parked,
                 Err(why) => {
@@ -475,6 +481,7 @@ impl<S: Stream> Conn<S> {
                 }
                 Err(Refusal::Over(over)) => {
                     shared.metrics.rate_limited(over.limit);
+                    self.over_limit.set(true);
                     (Routed::Done(over.response()), None, None)
                 }
                 Err(Refusal::Refused(refused)) => {
