@@ -179,6 +179,10 @@ pub struct Registry {
     settings: Settings,
     index_dir: PathBuf,
     crates_dir: PathBuf,
+    /// Loose objects in the index repository as [`Registry::maintain`] last counted them,
+    /// plus an upper bound for each change since; `usize::MAX`: not counted yet. Shared by
+    /// clones (one repository).
+    loose_estimate: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Options for `init`.
@@ -278,6 +282,7 @@ impl Registry {
             index_dir: root.join(&settings.index_dir),
             crates_dir: root.join(&settings.crates_dir),
             settings,
+            loose_estimate: std::sync::Arc::new(usize::MAX.into()),
         };
         if !reg.index_dir.join(".git").exists() {
             return Err(Error::Settings(format!(

@@ -348,7 +348,7 @@ pub fn dirty_paths(dir: &Path) -> Result<Vec<String>, git2::Error> {
 
 /// Loose objects past which [`maintain`] packs them: a commit adds about five, so this is a
 /// pack every couple of hundred changes, each a few hundred KiB to write.
-const LOOSE_OBJECTS_BEFORE_PACKING: usize = 1024;
+pub(super) const LOOSE_OBJECTS_BEFORE_PACKING: usize = 1024;
 
 /// Packs past which [`maintain`] merges them into one: a lookup that misses a pack's index
 /// costs a binary search in each, and a repository that only ever gained packs would have a
@@ -371,19 +371,32 @@ pub struct Packed {
 /// loose files (one file each, five per publish): 20,000 publishes would leave 100,000
 /// files, and reading them costs a system call each. A new pack that would make more than
 /// [`PACKS_BEFORE_MERGING`] is instead one pack of everything (see [`merge_packs`]).
-pub fn maintain(dir: &Path) -> Result<Option<Packed>, git2::Error> {
+/// Also says how many loose objects are left (0 once packed).
+pub fn maintain(dir: &Path) -> Result<(Option<Packed>, usize), git2::Error> {
     let repo = open_to_write(dir)?;
     let loose = loose_objects(&repo).map_err(|e| io_error("listing loose objects", e))?;
     let packing = loose.len() >= LOOSE_OBJECTS_BEFORE_PACKING;
     let packs = pack_count(&repo).map_err(|e| io_error("listing packs", e))?;
     if packs + usize::from(packing) > PACKS_BEFORE_MERGING {
-        return merge_packs(&repo, loose).map(Some);
+        return Ok((Some(merge_packs(&repo, loose)?), 0));
     }
     if !packing {
-        return Ok(None);
+        return Ok((None, loose.len()));
     }
-    pack_loose(&repo, loose).map(Some)
+    Ok((Some(pack_loose(&repo, loose)?), 0))
 }
+
+/// Whether [`maintain`] can have anything to do after one more change, when `loose` loose
+/// objects were counted since its last look: a change's commit writes at most
+/// [`OBJECTS_PER_CHANGE`] (a blob, the trees down to it, the commit), so the listing of
+/// every object folder (257 directory opens) is skipped until they could pass the threshold.
+pub fn may_need_packing(loose: usize) -> bool {
+    loose.saturating_add(OBJECTS_PER_CHANGE) >= LOOSE_OBJECTS_BEFORE_PACKING
+}
+
+/// The most objects one change's commit writes: the index file's blob, the trees of its
+/// path (at most three folders deep, and the root), the commit; with room to spare.
+pub const OBJECTS_PER_CHANGE: usize = 8;
 
 /// Writes the loose objects into one new pack and removes them.
 fn pack_loose(repo: &Repository, loose: Vec<(git2::Oid, PathBuf)>) -> Result<Packed, git2::Error> {
@@ -679,14 +692,14 @@ mod tests {
         init(dir.path(), "{}").unwrap();
         let repo = Repository::open(dir.path()).unwrap();
         assert_eq!(
-            maintain(dir.path()).unwrap(),
+            maintain(dir.path()).unwrap().0,
             None,
             "few loose objects: left alone"
         );
         let blobs: Vec<git2::Oid> = (0..LOOSE_OBJECTS_BEFORE_PACKING)
             .map(|i| repo.blob(format!("blob {i}").as_bytes()).unwrap())
             .collect();
-        let packed = maintain(dir.path()).unwrap().expect("packed");
+        let packed = maintain(dir.path()).unwrap().0.expect("packed");
         assert!(packed.objects > LOOSE_OBJECTS_BEFORE_PACKING, "{packed:?}");
         assert_eq!(packed.objects, packed.removed_loose);
         assert!(loose_objects(&repo).unwrap().is_empty());
@@ -782,7 +795,7 @@ mod tests {
             }
         };
         wait_for(1);
-        let packed = maintain(dir.path()).unwrap().expect("merged");
+        let packed = maintain(dir.path()).unwrap().0.expect("merged");
         let after = passes.load(Ordering::Acquire);
         wait_for(after + 2);
         stop.store(true, Ordering::Release);
@@ -801,7 +814,7 @@ mod tests {
         // Commits keep working, and one pack is left alone.
         fs::write(dir.path().join("config.json"), "{\"a\":1}").unwrap();
         assert!(commit_paths(dir.path(), &["config.json"], "after").unwrap());
-        assert_eq!(maintain(dir.path()).unwrap(), None);
+        assert_eq!(maintain(dir.path()).unwrap().0, None);
     }
 
     #[test]
