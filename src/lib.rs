@@ -5,6 +5,7 @@
 //! - [`net`]: the event loop: sockets, connections, TLS, timers, the worker threads.
 //! - [`server`]: starts the server: opens the registry, binds, starts the threads, hands
 //!   the pieces to the loop.
+//! - [`webhooks`]: the server's webhook deliveries from the registry's queue on disk.
 //! - [`cli`]: the `palletizer` command line over the registry.
 //! - [`log`]: the one logger, honouring `-q` and `-v`.
 
@@ -16,3 +17,4 @@ pub mod http;
 pub mod net;
 pub mod registry;
 pub mod server;
+pub mod webhooks;

@@ -1,7 +1,8 @@
 //! Starts the server: the one place that composes it. In order: the descriptor limit, the
 //! listeners (sockets and TLS), the registry (opened after its crash recovery, or created
 //! with its first admin on a zero-config start), the site the routes read, the watch on
-//! the registry's files, the worker threads, the signals, and the banner. Then the pieces
+//! the registry's files, the webhook delivery threads, the worker threads, the signals, and
+//! the banner. Then the pieces
 //! go to the event loop ([`net::Server`]), which only runs.
 //!
 //! Startup runs in stages whose code never runs again (the config and TLS files, then the
@@ -113,6 +114,9 @@ pub fn serve(
     let url = registry.settings().url.clone();
     let spool_dir = registry.root().to_owned();
     let metrics = metrics::Metrics::default();
+    // Deliveries queued while no server ran (by the CLI, or before a crash) go out now.
+    let webhooks = crate::webhooks::Deliverer::start(registry.outbox(), metrics.webhooks.clone())
+        .map_err(StartError::Worker)?;
     let (jobs, done) =
         worker::spawn(registry, waker, metrics.worker.clone()).map_err(StartError::Worker)?;
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(StartError::Signals)?;
@@ -137,6 +141,7 @@ pub fn serve(
         done,
         root,
         changes,
+        webhooks,
     });
     banner(&server, &url, created);
     server.run().map_err(StartError::Poll)

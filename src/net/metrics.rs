@@ -167,6 +167,8 @@ pub struct Metrics {
     publish_refused: [Cell<u64>; 7],
     jobs_sent: Cell<u64>,
     pub worker: Arc<WorkerMetrics>,
+    /// Counted by the webhook delivery threads.
+    pub webhooks: Arc<crate::webhooks::Stats>,
 }
 
 impl Metrics {
@@ -265,7 +267,41 @@ impl Metrics {
         );
         self.render_connections(o);
         self.render_work(o, trees);
+        self.render_webhooks(o);
         out
+    }
+
+    fn render_webhooks(&self, o: &mut Vec<u8>) {
+        let w = &self.webhooks;
+        header(
+            o,
+            "palletizer_webhook_deliveries_total",
+            "counter",
+            "Webhook deliveries done with: answered 2xx, given up (4xx, retry time over), \
+             or dropped (the queue was full, or the delivery could not be queued).",
+        );
+        for (result, n) in [
+            ("succeeded", w.succeeded.get()),
+            ("failed", w.failed.get()),
+            ("dropped", crate::registry::outbox_dropped_total()),
+        ] {
+            let _ = writeln!(
+                o,
+                "palletizer_webhook_deliveries_total{{result=\"{result}\"}} {n}"
+            );
+        }
+        counter(
+            o,
+            "palletizer_webhook_attempts_retried_total",
+            "Webhook delivery attempts that failed (unreachable, timeout, 5xx) and are retried.",
+            w.retried.get(),
+        );
+        gauge(
+            o,
+            "palletizer_webhook_queue_length",
+            "Webhook deliveries waiting in the queue on disk.",
+            w.queued.get(),
+        );
     }
 
     fn render_connections(&self, o: &mut Vec<u8>) {
@@ -492,6 +528,10 @@ mod tests {
             &m.jobs_sent,
         ] {
             max(c);
+        }
+        let w = &m.webhooks;
+        for c in [&w.succeeded, &w.failed, &w.retried, &w.queued] {
+            c.store(u64::MAX, Ordering::Relaxed);
         }
         let text = m.render(&trees);
         assert!(text.len() < RENDER_CAP, "{} bytes", text.len());

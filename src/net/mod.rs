@@ -189,6 +189,8 @@ pub struct Parts {
     /// The registry's root, where `auth.json` and `palletizer.toml` are watched.
     pub root: PathBuf,
     pub changes: changes::Changes,
+    /// Sends the registry's queued webhook deliveries; poked on every write noticed.
+    pub webhooks: crate::webhooks::Deliverer,
 }
 
 /// A bound server, ready to run.
@@ -220,6 +222,7 @@ pub struct Server {
     next_use_flush: Instant,
     /// Writes to the registry, noticed as they finish (see [`changes`]).
     changes: changes::Changes,
+    webhooks: crate::webhooks::Deliverer,
 }
 
 /// When the code pages that ran are given back: once the connection table has stayed
@@ -295,6 +298,7 @@ impl Server {
             auth_broken: None,
             next_use_flush: now + TOKEN_USE_FLUSH_EVERY,
             changes: parts.changes,
+            webhooks: parts.webhooks,
         }
     }
 
@@ -342,10 +346,15 @@ impl Server {
         match self.changes.drain() {
             changes::Seen::Nothing => return,
             changes::Seen::Access => {}
-            changes::Seen::Written => self.shared.site.trees.written(true),
+            changes::Seen::Written => {
+                self.shared.site.trees.written(true);
+                // A write may have queued webhook deliveries (this server's or the CLI's).
+                self.webhooks.poke();
+            }
             changes::Seen::Lost => {
                 self.changes.retry();
                 self.shared.site.trees.written(self.changes.watching());
+                self.webhooks.poke();
             }
         }
         self.next_auth_check = Instant::now();
@@ -363,6 +372,8 @@ impl Server {
         }
         self.next_auth_check = now + AUTH_CHECK_EVERY;
         if !self.changes.covers_everything() {
+            // Writes may go unnoticed: the webhook queue is looked at on this clock too.
+            self.webhooks.poke();
             let was = self.changes.watching();
             // Writes from now on are noticed: kept files are checked once more.
             if self.changes.retry() && !was {

@@ -5,13 +5,13 @@
 //! advisory file lock), decide what depends on registry state, note the crate in
 //! the journal (`.pending`), write files under a temp name, fsync and rename them into
 //! place, rewrite the crate's index file whole, make one git commit, update the search data,
-//! clear the journal, release the lock, and return the events the change caused. Opening a
-//! registry (under the lock, so no writer can be alive) repairs what a crash left half-done:
-//! stale git lock files and temp files are removed, git's index is put back to HEAD, index
-//! edits on disk but not committed are committed, and for each crate in the journal, crate
-//! files without an index line are moved aside to `orphans/` (never deleted), the owner a
-//! first publish recorded before it was cut short is forgotten, and the search line is
-//! rebuilt.
+//! clear the journal, queue the webhook deliveries its events cause, release the lock, and
+//! return the events. Opening a registry (under the lock, so no writer can be alive)
+//! repairs what a crash left half-done: stale git lock files and temp files are removed,
+//! git's index is put back to HEAD, index edits on disk but not committed are committed,
+//! and for each crate in the journal, crate files without an index line are moved aside to
+//! `orphans/` (never deleted), the owner a first publish recorded before it was cut short is
+//! forgotten, and the search line is rebuilt.
 //!
 //! A deleted version leaves a tombstone (in `deleted.jsonl`): its number is never published
 //! again. A deleted crate's name stays with its owners (or its admins) until an admin gives
@@ -33,6 +33,7 @@
 //! - `auth`: users, tokens and owners in `auth.json`, and who may do what;
 //! - `command`: the one write path, its events, and the one-command shorthands;
 //! - `names` and `settings`: crate names and versions, `palletizer.toml`;
+//! - `outbox`: webhook deliveries queued on disk by each change, for the server to send;
 //! - `check` and `backup`: `palletizer check`, `backup` and `restore`;
 //! - [`testing`]: helpers for the tests and benches, not part of the API.
 //!
@@ -44,6 +45,7 @@ mod check;
 mod command;
 mod index;
 mod names;
+mod outbox;
 mod publish;
 mod settings;
 mod store;
@@ -60,13 +62,14 @@ pub use auth::{
 };
 pub use backup::{backup, restore, Summary};
 pub use check::Problem;
-pub use command::{Actor, Applied, Change, Command, Event, Outcome};
+pub use command::{Actor, Applied, Change, Command, Event, Outcome, ACTIONS};
 pub use index::{
     Found, GitError, IndexDep, IndexEntry, Listed, Pubtime, SearchLine, CRATES_IO_INDEX,
 };
 pub use names::{canonical, CrateName, Version};
+pub use outbox::{dropped_total as outbox_dropped_total, Delivery, Outbox, QUEUE_DIR};
 pub use publish::{CheckedCrate, CrateInfo, DepKind, PublishDep, PublishMetadata};
-pub use settings::{Access, Settings};
+pub use settings::{shown_url, Access, HookFormat, HookUrl, Settings, Webhook};
 pub use store::{create_private, temp_path, SETTINGS_FILE};
 
 use index::git;

@@ -77,6 +77,211 @@ pub struct Settings {
     /// nor `license-file`, as crates.io does.
     #[serde(default = "default_true")]
     pub require_description_and_license: bool,
+    /// How long a webhook delivery is retried while its receiver is down or failing
+    /// (`24h`, `90s`, `2d`); absent: [`DEFAULT_WEBHOOK_RETRY`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_retry_for: Option<String>,
+    /// Webhook deliveries waiting on disk at most; past it the oldest are dropped.
+    #[serde(
+        default = "default_queue_limit",
+        skip_serializing_if = "is_default_queue_limit"
+    )]
+    pub webhook_queue_limit: u64,
+    /// Receivers of the registry's events (`[[webhook]]`).
+    #[serde(default, rename = "webhook", skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
+}
+
+/// How long a webhook delivery is retried unless `webhook-retry-for` says otherwise.
+pub const DEFAULT_WEBHOOK_RETRY: &str = "24h";
+const DEFAULT_QUEUE_LIMIT: u64 = 1000;
+
+fn default_queue_limit() -> u64 {
+    DEFAULT_QUEUE_LIMIT
+}
+fn is_default_queue_limit(n: &u64) -> bool {
+    *n == DEFAULT_QUEUE_LIMIT
+}
+
+/// One `[[webhook]]`: a receiver that every event it asks for is POSTed to, signed with its
+/// secret. Checked by [`Settings::parse`]: the URL parses ([`HookUrl`]), the secret is set,
+/// every event name is one of [`crate::registry::ACTIONS`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: String,
+    /// The action names it wants; absent: every event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// The key of each delivery's HMAC-SHA256 signature (`X-Palletizer-Signature`).
+    #[serde(default)]
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "HookFormat::is_json")]
+    pub format: HookFormat,
+}
+
+/// What a webhook's body is: the event as JSON, or a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookFormat {
+    /// `{"event":..,"crate":..,"version":..,"actor":..,"time":..,"registry":..,..}`.
+    #[default]
+    Json,
+    /// `{"text":"..."}`: what Slack's incoming webhooks (and Mattermost's, Rocket.Chat's,
+    /// Discord's `/slack` endpoint) accept.
+    Slack,
+}
+
+impl HookFormat {
+    fn is_json(&self) -> bool {
+        *self == HookFormat::Json
+    }
+}
+
+impl Webhook {
+    /// Whether it wants events of `action`.
+    pub fn wants(&self, action: &str) -> bool {
+        self.events
+            .as_ref()
+            .is_none_or(|e| e.iter().any(|a| a == action))
+    }
+}
+
+/// The secret never reaches a log line.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &shown_url(&self.url))
+            .field("events", &self.events)
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A webhook URL taken apart for the client: `http://` or `https://`, a host (a name or an
+/// IP address, IPv6 in brackets), an optional port, a path and query (kept as written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookUrl {
+    pub tls: bool,
+    /// Without the brackets of an IPv6 address.
+    pub host: String,
+    pub port: u16,
+    /// The `Host` header: the authority as written.
+    pub authority: String,
+    /// The request target: path and query, at least `/`.
+    pub target: String,
+}
+
+impl HookUrl {
+    pub fn parse(url: &str) -> Result<HookUrl, String> {
+        let bad = |why: &str| format!("webhook URL `{}`: {why}", shown_url(url));
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(bad("must start with http:// or https://"));
+        };
+        if url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(bad("has spaces or control characters"));
+        }
+        if url.contains('#') {
+            return Err(bad("has a fragment (#)"));
+        }
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, target) = rest.split_at(end);
+        if authority.contains('@') {
+            return Err(bad(
+                "user:password@ is not supported; receivers check the signature",
+            ));
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6.split_once(']').ok_or_else(|| bad("has an unclosed ["))?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        if host.is_empty() {
+            return Err(bad("has no host"));
+        }
+        let port = match port {
+            None => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| bad("has a bad port"))?,
+        };
+        let target = match target.strip_prefix('?') {
+            Some(_) => format!("/{target}"),
+            None if target.is_empty() => "/".to_owned(),
+            None => target.to_owned(),
+        };
+        Ok(HookUrl {
+            tls,
+            host: host.to_owned(),
+            port,
+            authority: authority.to_owned(),
+            target,
+        })
+    }
+}
+
+/// A webhook URL as logs and errors show it: its scheme and authority, with `/…` for a path
+/// or query, which may hold the receiver's own secret (as Slack's URLs do).
+pub fn shown_url(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    match url[start..].find(['/', '?']) {
+        Some(i) if start + i + 1 < url.len() => format!("{}/…", &url[..start + i]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Checks the `[[webhook]]` tables and the webhook settings (see [`Webhook`]).
+fn check_webhooks(s: &Settings) -> Result<(), String> {
+    for w in &s.webhooks {
+        HookUrl::parse(&w.url)?;
+        let shown = shown_url(&w.url);
+        if w.secret.is_empty() {
+            return Err(format!(
+                "webhook {shown}: `secret` is missing (each delivery is signed with it)"
+            ));
+        }
+        let actions = crate::registry::ACTIONS;
+        match &w.events {
+            Some(events) if events.is_empty() => {
+                return Err(format!(
+                    "webhook {shown}: `events` is empty; leave it out for every event"
+                ))
+            }
+            Some(events) => {
+                if let Some(e) = events.iter().find(|e| !actions.contains(&e.as_str())) {
+                    return Err(format!(
+                        "webhook {shown}: unknown event `{e}`; known: {}",
+                        actions.join(", ")
+                    ));
+                }
+            }
+            None => {}
+        }
+    }
+    if let Some(r) = &s.webhook_retry_for {
+        crate::registry::parse_duration(r).map_err(|e| format!("webhook-retry-for: {e}"))?;
+    }
+    if s.webhook_queue_limit == 0 {
+        return Err("webhook-queue-limit must be at least 1".into());
+    }
+    Ok(())
 }
 
 fn default_index_dir() -> PathBuf {
@@ -107,6 +312,9 @@ impl Default for Settings {
             max_crate_size: default_max_crate(),
             max_unpacked_size: default_max_unpacked(),
             require_description_and_license: true,
+            webhook_retry_for: None,
+            webhook_queue_limit: DEFAULT_QUEUE_LIMIT,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -129,7 +337,18 @@ impl Settings {
         let s: Settings = toml::from_str(text).map_err(|e| e.message().to_owned())?;
         let url = s.url.trim_end_matches('/').to_owned();
         check_url(&url)?;
+        check_webhooks(&s)?;
         Ok(Settings { url, ..s })
+    }
+
+    /// Seconds a webhook delivery is retried for (`webhook-retry-for`).
+    pub fn webhook_retry_secs(&self) -> u64 {
+        let text = self
+            .webhook_retry_for
+            .as_deref()
+            .unwrap_or(DEFAULT_WEBHOOK_RETRY);
+        // Checked by `parse`; a value set in code that does not parse gets the default.
+        crate::registry::parse_duration(text).unwrap_or(86_400)
     }
 
     pub fn to_toml(&self) -> String {
@@ -186,6 +405,111 @@ mod tests {
         assert!(cfg.get("auth-required").is_none());
         assert!(Settings::parse("url = \"ftp://x\"").is_err());
         assert!(Settings::parse("url = \"http://x\"\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn webhooks_parse_round_trip_and_keep_their_secret_out_of_debug() {
+        let text = "url = \"http://h\"\nwebhook-retry-for = \"2h\"\n\
+                    [[webhook]]\nurl = \"https://hooks.example/services/T0/B0/xyz\"\n\
+                    secret = \"s3cret\"\nformat = \"slack\"\nevents = [\"publish\", \"yank\"]\n\
+                    [[webhook]]\nurl = \"http://127.0.0.1:9000\"\nsecret = \"k\"\n";
+        let s = Settings::parse(text).unwrap();
+        assert_eq!(s.webhooks.len(), 2);
+        assert_eq!(s.webhooks[0].format, HookFormat::Slack);
+        assert!(s.webhooks[0].wants("yank") && !s.webhooks[0].wants("delete"));
+        assert!(s.webhooks[1].wants("delete"), "no `events`: every event");
+        assert_eq!(s.webhook_retry_secs(), 7200);
+        assert_eq!(Settings::default().webhook_retry_secs(), 86_400);
+        assert_eq!(s.webhook_queue_limit, 1000);
+        // `access` rewrites the file from these settings: the webhooks stay.
+        let again = s.to_toml();
+        assert!(!again.contains("webhook-queue-limit"), "{again}");
+        assert_eq!(Settings::parse(&again).unwrap(), s);
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("xyz"),
+            "{shown}"
+        );
+        assert!(shown.contains("https://hooks.example/…"), "{shown}");
+    }
+
+    /// Each mistake gets one line that says which webhook and what to do.
+    #[test]
+    fn bad_webhooks_are_refused_with_one_line() {
+        let hook =
+            |body: &str| Settings::parse(&format!("url = \"http://h\"\n[[webhook]]\n{body}"));
+        for (body, want) in [
+            (
+                "url = \"ftp://x/\"\nsecret = \"k\"",
+                "must start with http:// or https://",
+            ),
+            ("url = \"http:///x\"\nsecret = \"k\"", "has no host"),
+            (
+                "url = \"http://h:99999/\"\nsecret = \"k\"",
+                "has a bad port",
+            ),
+            (
+                "url = \"http://u:p@h/\"\nsecret = \"k\"",
+                "user:password@ is not supported",
+            ),
+            (
+                "url = \"http://h/\"",
+                "webhook http://h/: `secret` is missing",
+            ),
+            ("url = \"http://h/\"\nsecret = \"\"", "`secret` is missing"),
+            (
+                "url = \"http://h/a/b\"\nsecret = \"k\"\nevents = [\"pubish\"]",
+                "webhook http://h/…: unknown event `pubish`; known: publish, yank, unyank",
+            ),
+            (
+                "url = \"http://h/\"\nsecret = \"k\"\nevents = []",
+                "`events` is empty",
+            ),
+            (
+                "url = \"http://h/\"\nsecret = \"k\"\nformat = \"teams\"",
+                "unknown variant `teams`",
+            ),
+            (
+                "url = \"http://h/\"\nsecret = \"k\"\nsecrte = \"k\"",
+                "unknown field `secrte`",
+            ),
+        ] {
+            let e = hook(body).unwrap_err();
+            assert!(e.contains(want), "{body}: {e}");
+            assert!(!e.contains('\n'), "{body}: {e}");
+        }
+        let e = Settings::parse("url = \"http://h\"\nwebhook-retry-for = \"soon\"").unwrap_err();
+        assert!(
+            e.starts_with("webhook-retry-for: invalid duration `soon`"),
+            "{e}"
+        );
+        let e = Settings::parse("url = \"http://h\"\nwebhook-queue-limit = 0").unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn webhook_urls_come_apart_for_the_client() {
+        let u = HookUrl::parse("https://hooks.example/services/x?y=1").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("hooks.example", 443));
+        assert_eq!(u.authority, "hooks.example");
+        assert_eq!(u.target, "/services/x?y=1");
+        let u = HookUrl::parse("http://[::1]:8080?a").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.target.as_str()),
+            ("::1", 8080, "/?a")
+        );
+        assert_eq!(u.authority, "[::1]:8080");
+        let u = HookUrl::parse("http://127.0.0.1").unwrap();
+        assert_eq!((u.port, u.target.as_str()), (80, "/"));
+        assert!(HookUrl::parse("http://h/a b").is_err());
+        assert!(HookUrl::parse("http://h/#x").is_err());
+        assert_eq!(
+            shown_url("https://h.example/secret/path"),
+            "https://h.example/…"
+        );
+        assert_eq!(shown_url("http://h:1/"), "http://h:1/");
+        assert_eq!(shown_url("http://h:1"), "http://h:1");
     }
 
     #[test]

@@ -297,6 +297,46 @@ pub enum Change {
     },
 }
 
+/// The action names of events, as webhooks (`events`, `X-Palletizer-Event`) and the audit
+/// log name them: one per kind of [`Change`] ([`Change::action`]).
+pub const ACTIONS: [&str; 13] = [
+    "publish",
+    "yank",
+    "unyank",
+    "delete",
+    "name_release",
+    "owner_add",
+    "owner_remove",
+    "user_add",
+    "user_remove",
+    "token_create",
+    "token_revoke",
+    "access",
+    "squash",
+];
+
+impl Change {
+    /// Its action name (one of [`ACTIONS`]). A hand edit of the access mode that
+    /// `config.json` followed is `access`, as a change made with the CLI is.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Change::Published { .. } => "publish",
+            Change::Yanked { .. } => "yank",
+            Change::Unyanked { .. } => "unyank",
+            Change::Deleted { .. } => "delete",
+            Change::NameReleased { .. } => "name_release",
+            Change::OwnersAdded { .. } => "owner_add",
+            Change::OwnersRemoved { .. } => "owner_remove",
+            Change::UserAdded { .. } => "user_add",
+            Change::UserRemoved { .. } => "user_remove",
+            Change::TokenCreated { .. } => "token_create",
+            Change::TokenRevoked { .. } => "token_revoke",
+            Change::AccessSet { .. } | Change::ConfigSynced { .. } => "access",
+            Change::IndexSquashed { .. } => "squash",
+        }
+    }
+}
+
 impl Event {
     /// Whether the index repository got a new commit: after those, the repository is kept
     /// packed and the kept full-clone answer is made again.
@@ -351,7 +391,10 @@ impl Registry {
                 actor: actor.clone(),
                 change,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Under the lock, before the caller hears of the change: an acknowledged change has
+        // its webhook deliveries on disk (`outbox`).
+        self.queue_deliveries(&events);
         Ok(Applied { outcome, events })
     }
 
