@@ -108,6 +108,7 @@ pub fn serve(
     os::release_freed_memory();
     os::release_code_pages();
     warn_about_access(&site, &listeners);
+    warn_about_secrets(&registry);
     let waker =
         Arc::new(mio::Waker::new(poll.registry(), net::WAKER_TOKEN).map_err(StartError::Register)?);
     let spool = worker::SpoolBudget::new(config.limits.spool_cap(site.max_upload));
@@ -238,6 +239,25 @@ fn site_of(registry: &Registry, limits: &Limits) -> Result<Site, StartError> {
     let mut site = Site::new(&settings.url, trees, settings.max_crate_size);
     site.auth = Arc::new(AuthView::load(registry.root())?);
     Ok(site)
+}
+
+/// Webhook secrets live in `palletizer.toml`: say so when other users may read it.
+fn warn_about_secrets(registry: &Registry) {
+    use std::os::unix::fs::PermissionsExt;
+    if registry.settings().webhooks.is_empty() {
+        return;
+    }
+    let path = registry.root().join(crate::registry::SETTINGS_FILE);
+    if let Ok(meta) = std::fs::metadata(&path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            error!(
+                "warning: {} holds webhook secrets and other users may read it; \
+                 run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
 }
 
 fn warn_about_access(site: &Site, listeners: &[net::Listening]) {

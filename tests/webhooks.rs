@@ -631,3 +631,27 @@ fn an_https_receiver_is_checked_against_the_system_roots() {
     }
     assert_eq!(hits[0].json()["crate"], "secure");
 }
+
+/// Webhook secrets sit in `palletizer.toml`: the server says so at start when other users
+/// may read the file, and is quiet once it is private.
+#[test]
+fn a_readable_settings_file_with_secrets_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Sandbox::new();
+    s.palletizer_ok(&["init", "--url", "http://127.0.0.1:1"]);
+    add_webhook(&s, "http://127.0.0.1:1/hook", "");
+    let settings = s.reg().join("palletizer.toml");
+    fs::set_permissions(&settings, fs::Permissions::from_mode(0o644)).unwrap();
+    let warned = |srv: &ServerProc| {
+        srv.log()
+            .iter()
+            .any(|l| l.contains("holds webhook secrets"))
+    };
+    {
+        let srv = s.serve(&[]);
+        assert!(warned(&srv), "{:?}", srv.log());
+    }
+    fs::set_permissions(&settings, fs::Permissions::from_mode(0o600)).unwrap();
+    let srv = s.serve(&[]);
+    assert!(!warned(&srv), "{:?}", srv.log());
+}
