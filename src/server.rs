@@ -130,6 +130,7 @@ pub fn serve(
             jobs,
             spool,
             tokens_used: Default::default(),
+            refused_writes: Default::default(),
             metrics,
         },
         signals,

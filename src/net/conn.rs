@@ -485,6 +485,7 @@ impl<S: Stream> Conn<S> {
                         refused.reason
                     );
                     shared.log_refused(self.peer, &why);
+                    shared.note_refused_write(&endpoint, &refused, self.peer);
                     (Routed::Done(refused.response), None, None)
                 }
             }
@@ -671,6 +672,7 @@ impl<S: Stream> Conn<S> {
             job,
             reserved,
             principal: ex.principal.clone(),
+            peer: Some(self.peer.ip()),
             lane: ex.lane,
         };
         // On failure the ticket comes back: its reservation drops, its spool file goes.
@@ -1063,6 +1065,7 @@ mod tests {
             jobs: crate::net::worker::Jobs::one_queue(jobs),
             spool: SpoolBudget::new(spool_cap),
             tokens_used: Default::default(),
+            refused_writes: Default::default(),
             metrics: Default::default(),
         };
         World {
@@ -1148,7 +1151,11 @@ mod tests {
                 ("upload-pack".into(), bytes, ok(b"0008NAK\n"))
             }
             Job::Yank { name, .. } => (format!("yank {name}"), Vec::new(), ok(b"{\"ok\":true}")),
-            Job::RecordTokenUse(_) | Job::SyncAccess | Job::KeepClone => {
+            Job::RecordTokenUse(_)
+            | Job::RecordDownloads(_)
+            | Job::AuditRefusals { .. }
+            | Job::SyncAccess
+            | Job::KeepClone => {
                 unreachable!("no route makes this job")
             }
             Job::Page(..) | Job::Crate { .. } => {
