@@ -135,6 +135,7 @@ pub fn serve(
             jobs,
             spool,
             tokens_used: Default::default(),
+            refused_writes: Default::default(),
             metrics,
         },
         signals,

@@ -13,11 +13,7 @@ use support::{meta, raw_publish, read_one, show, snapshot, Sandbox, ServerProc};
 
 fn setup() -> (Sandbox, ServerProc) {
     let s = Sandbox::new();
-    let srv = s.serve(&[]);
-    s.cargo_config(&format!(
-        "[registries.local]\nindex = \"sparse+{}/index/\"\n[net]\nretry = 0\n",
-        srv.url()
-    ));
+    let srv = s.serve_for_cargo();
     (s, srv)
 }
 

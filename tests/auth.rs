@@ -13,15 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use palletizer::registry::testing::{publish_body, simple_crate};
-use support::{meta, read_one, send_until_close, show, RawResponse, Sandbox, ServerProc};
-
-const PUBLISH: [&str; 5] = [
-    "publish",
-    "--registry",
-    "local",
-    "--allow-dirty",
-    "--no-verify",
-];
+use support::{meta, read_one, send_until_close, show, RawResponse, Sandbox, ServerProc, PUBLISH};
 
 /// Registry `local` at `index` in the sandbox's `CARGO_HOME`, with the credential provider
 /// cargo insists on for an authenticated registry. `net` holds more `[net]` lines.

@@ -608,14 +608,7 @@ fn a_deleted_version_cannot_be_added_again() {
     );
 
     // Tombstones travel with a backup.
-    let file = s.path().join("reg.backup");
-    s.palletizer_ok(&["backup", file.to_str().unwrap()]);
-    let restored = s.path().join("restored");
-    s.palletizer_ok(&[
-        "restore",
-        file.to_str().unwrap(),
-        restored.to_str().unwrap(),
-    ]);
+    let restored = s.backup_and_restore();
     let p = s.path().join("abc-1.1.0.crate");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_palletizer"))
         .arg("-r")

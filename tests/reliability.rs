@@ -4,7 +4,8 @@
 //! - a commit that fails leaves nothing staged for the next one to sweep in;
 //! - a journaled write cut short is finished at the next open;
 //! - the crash loop: publishes through the server and `palletizer add` killed with SIGKILL at
-//!   random moments (`PALLETIZER_CRASH_KILLS`, default 10; `PALLETIZER_CRASH_SEED` replays);
+//!   random moments (`PALLETIZER_CRASH_KILLS`, default 10; `PALLETIZER_CRASH_SEED` replays):
+//!   no acknowledged publish is lost, nor its `ok` line in the audit log;
 //! - a full disk (a small tmpfs; needs root): every failure is a 507 that leaves no trace.
 //!   Without root it is reported as ignored with the reason, except under `CI=true`, where
 //!   it fails (tests/support/harness.rs).
@@ -211,6 +212,7 @@ fn verify(s: &Sandbox, addr: &str, acked: &[Acked]) {
     }
     let out = s.palletizer(&["check"]);
     assert!(out.status.success(), "check after restart:\n{}", show(&out));
+    verify_audit(s, acked);
     let index = s.reg().join("index");
     assert!(history_is_linear(&index).unwrap());
     let fsck = Command::new("git")
@@ -220,6 +222,48 @@ fn verify(s: &Sandbox, addr: &str, acked: &[Acked]) {
         .output()
         .unwrap();
     assert!(fsck.status.success(), "git fsck:\n{}", show(&fsck));
+}
+
+/// Every acknowledged publish has its `ok` line in the audit log with its actor (the admin's
+/// token through the server, the Unix user for `palletizer add`), and every intent line a
+/// kill left was given its outcome when the registry was opened again.
+fn verify_audit(s: &Sandbox, acked: &[Acked]) {
+    let out = s.palletizer(&["audit", "--json"]);
+    assert!(out.status.success(), "audit:\n{}", show(&out));
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for a in acked {
+        let kind = if a.name.starts_with("srv") {
+            "token"
+        } else {
+            "cli"
+        };
+        let line = records.iter().find(|r| {
+            r["action"] == "publish" && r["crate"] == a.name.as_str() && r["outcome"] == "ok"
+        });
+        let Some(line) = line else {
+            panic!("{} was acknowledged without its audit line", a.name)
+        };
+        assert_eq!(line["actor"]["kind"], kind, "{line}");
+        assert_eq!(line["changes"][0]["cksum"], a.cksum.as_str(), "{line}");
+    }
+    assert!(
+        records.iter().all(|r| r["outcome"] != "started"),
+        "an intent line without its outcome after a restart"
+    );
+    let raw = fs::read_to_string(s.reg().join("audit.jsonl")).unwrap_or_default();
+    let outcomes: Vec<serde_json::Value> = raw
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a whole line"))
+        .collect();
+    for pair in outcomes.windows(2) {
+        assert!(
+            pair[0]["outcome"] != "started" || pair[1]["outcome"] != "started",
+            "an intent followed by another intent: {pair:?}"
+        );
+    }
 }
 
 fn crash_loop_loses_no_acknowledged_publish() {

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use lexopt::prelude::*;
 
 use super::CliError;
-use crate::registry::{parse_duration, Access, CrateName, InitOptions, NewToken, Pubtime, Scopes};
+use crate::registry::{
+    parse_duration, Access, AuditQuery, CrateName, InitOptions, NewToken, Pubtime, Scopes,
+};
 
 const USAGE: &str = "\
 usage: palletizer [-r DIR] COMMAND [ARGS]
@@ -40,6 +42,10 @@ commands:
   backup FILE               write the whole registry to FILE (a gzipped tar), under the
                             registry lock: a running server keeps serving, publishes wait
   restore FILE DIR          make a registry in DIR (new or empty) from a backup, and check it
+  audit [--crate NAME] [--user USER] [--since TIME] [--json]
+                            show the audit log: every change and refused write, oldest first;
+                            TIME is a date (2026-12-01), a time (2026-12-01T12:00:00Z) or how
+                            long ago (7d, 12h); --json prints one JSON object a line
   serve [CONFIG.toml] [--bind ADDR]
                             run the server (with no config: a registry in DIR, created if needed)
 
@@ -90,6 +96,7 @@ pub enum Command {
         target: PathBuf,
     },
     Serve(Serve),
+    Audit(Audit),
     /// `user`, `token`, `owner`, `access`: the command, or the refusal of its arguments'
     /// count or values, reported once the registry has opened (see [`parse_auth`]).
     Auth(Result<AuthCommand, CliError>),
@@ -119,6 +126,13 @@ pub struct Delete {
     pub version: Option<String>,
     /// `--release-name`: the crate's owners are forgotten and anyone may take the name.
     pub release_name: bool,
+}
+
+/// `audit`: which records, and how they are printed.
+pub struct Audit {
+    pub query: AuditQuery,
+    /// One JSON object a line instead of a table.
+    pub json: bool,
 }
 
 pub struct Serve {
@@ -175,6 +189,10 @@ enum Flag {
     AllowedRegistry(OsString),
     Bind(OsString),
     Pubtime(OsString),
+    Crate(OsString),
+    User(OsString),
+    Since(OsString),
+    Json,
     NoCratesIo,
     Repair,
     ReleaseName,
@@ -192,6 +210,10 @@ impl Flag {
             Flag::AllowedRegistry(_) => "allowed-registry",
             Flag::Bind(_) => "bind",
             Flag::Pubtime(_) => "pubtime",
+            Flag::Crate(_) => "crate",
+            Flag::User(_) => "user",
+            Flag::Since(_) => "since",
+            Flag::Json => "json",
             Flag::NoCratesIo => "no-crates-io",
             Flag::Repair => "repair",
             Flag::ReleaseName => "release-name",
@@ -232,6 +254,10 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, CliError> {
             Long("allowed-registry") => Flag::AllowedRegistry(parser.value()?),
             Long("bind") => Flag::Bind(parser.value()?),
             Long("pubtime") => Flag::Pubtime(parser.value()?),
+            Long("crate") => Flag::Crate(parser.value()?),
+            Long("user") => Flag::User(parser.value()?),
+            Long("since") => Flag::Since(parser.value()?),
+            Long("json") => Flag::Json,
             Long("no-crates-io") => Flag::NoCratesIo,
             Long("repair") => Flag::Repair,
             Long("release-name") => Flag::ReleaseName,
@@ -275,6 +301,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, CliError> {
         "backup" => backup(&given),
         "restore" => restore(&given),
         "serve" => serve(&given),
+        "audit" => audit(&given),
         other => {
             given.no_options()?;
             Err(CliError(format!(
@@ -465,6 +492,62 @@ fn serve(g: &Given) -> Result<Command, CliError> {
         }
     };
     Ok(Command::Serve(Serve { from, verbosity }))
+}
+
+fn audit(g: &Given) -> Result<Command, CliError> {
+    let (mut krate, mut user, mut since, mut json) = (None, None, None, false);
+    for f in &g.flags {
+        // A value given twice: the first counts.
+        match f {
+            Flag::Crate(v) => _ = krate.get_or_insert(v),
+            Flag::User(v) => _ = user.get_or_insert(v),
+            Flag::Since(v) => _ = since.get_or_insert(v),
+            Flag::Json => json = true,
+            other => return Err(g.refuse(other)),
+        }
+    }
+    g.positional(
+        0..=0,
+        "[--crate NAME] [--user USER] [--since TIME] [--json]",
+    )?;
+    let krate = match krate {
+        Some(k) => Some(CrateName::parse(&string(k)?)?.to_string()),
+        None => None,
+    };
+    let user = match user.map(|u| string(u)).transpose()? {
+        Some(u) if u.is_empty() => return Err(CliError("`--user` needs a user name".into())),
+        u => u,
+    };
+    let since = match since {
+        Some(t) => Some(since_time(&string(t)?, crate::registry::now())?),
+        None => None,
+    };
+    let query = AuditQuery { krate, user, since };
+    Ok(Command::Audit(Audit { query, json }))
+}
+
+/// `--since`: a date (`2026-12-01`, midnight UTC), a time (`2026-12-01T12:00:00Z`) or how
+/// long before `now` (`7d`, `12h`, `30s`), as unix seconds.
+fn since_time(text: &str, now: u64) -> Result<u64, CliError> {
+    let bad = || {
+        CliError(format!(
+            "`--since {text}`: give a date (2026-12-01), a time (2026-12-01T12:00:00Z) or how \
+             long ago (7d, 12h, 30s)"
+        ))
+    };
+    if text.contains('-') || text.contains(':') {
+        let full = match text.len() {
+            10 => format!("{text}T00:00:00Z"),
+            _ => text.to_owned(),
+        };
+        let t = humantime::parse_rfc3339_weak(&full).map_err(|_| bad())?;
+        return t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .map_err(|_| bad());
+    }
+    let ago = parse_duration(text).map_err(|_| bad())?;
+    Ok(now.saturating_sub(ago))
 }
 
 /// An option of the access control commands, as given.
@@ -798,6 +881,37 @@ mod tests {
             (krate.as_str(), users),
             ("foo", vec!["a".into(), "b".into()])
         );
+    }
+
+    #[test]
+    fn audit_takes_a_crate_a_user_and_a_date_a_time_or_a_duration() {
+        let Command::Audit(a) = command(&["audit", "--crate", "Foo-Bar", "--user", "alice"]) else {
+            panic!("not audit")
+        };
+        assert_eq!(a.query.krate.as_deref(), Some("Foo-Bar"));
+        assert_eq!(a.query.user.as_deref(), Some("alice"));
+        assert!(!a.json && a.query.since.is_none());
+        assert_eq!(since_time("2026-12-01", 0).unwrap(), 1_796_083_200);
+        assert_eq!(
+            since_time("2026-12-01T12:00:00Z", 0).unwrap(),
+            1_796_083_200 + 12 * 3600
+        );
+        assert_eq!(since_time("7d", 1_000_000).unwrap(), 1_000_000 - 7 * 86_400);
+        assert_eq!(since_time("12h", 100).unwrap(), 0);
+        for bad in ["yesterday", "2026-13-01", "7w", ""] {
+            let e = since_time(bad, 0).unwrap_err().0;
+            assert!(e.contains("give a date"), "{bad}: {e}");
+        }
+        let e = parsed(&["audit", "--crate", "no/such"]).err().unwrap();
+        assert!(e.contains("invalid") || e.contains("crate name"), "{e}");
+        let e = parsed(&["audit", "extra"]).err().unwrap();
+        assert!(e.starts_with("usage: palletizer audit"), "{e}");
+        let e = parsed(&["audit", "--repair"]).err().unwrap();
+        assert_eq!(e, "`--repair` does not apply to `audit`");
+        let Command::Audit(a) = command(&["--json", "audit", "--since", "1d"]) else {
+            panic!("not audit")
+        };
+        assert!(a.json && a.query.since.is_some());
     }
 
     #[test]

@@ -244,7 +244,7 @@ fn time(t: Option<u64>) -> String {
 }
 
 /// Left-aligned columns, two spaces apart.
-fn table<const N: usize>(out: &mut dyn Write, rows: &[[String; N]]) {
+pub(super) fn table<const N: usize>(out: &mut dyn Write, rows: &[[String; N]]) {
     let mut widths = [0; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -1,6 +1,6 @@
 //! The `palletizer` command line: `args` parses it once into a typed command, and one
 //! function per command runs it over [`crate::registry`] (`commands` for the registry's
-//! contents, `auth` for who may do what).
+//! contents, `auth` for who may do what, `audit` for the audit log).
 //!
 //! Errors are printed as one line on stderr, and the exit status is non-zero.
 
@@ -16,6 +16,7 @@ macro_rules! out {
 }
 
 mod args;
+mod audit;
 mod auth;
 mod commands;
 
@@ -60,6 +61,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
         Command::Backup(file) => commands::backup(&dir, &file),
         Command::Restore { file, target } => commands::restore(&file, &target),
         Command::Serve(c) => commands::serve(dir, c),
+        Command::Audit(c) => audit::run(&dir, c, &mut io::stdout().lock()),
         Command::Auth(c) => auth::run(c, &dir, &mut io::stdout().lock(), &mut io::stderr().lock()),
     }
 }

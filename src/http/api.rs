@@ -8,13 +8,14 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use super::errors::{registry_error, storage_error};
 use super::response::{Body, FileBody, Response};
 use crate::registry::{
     self, Actor, AuthError, Command, CrateName, Event, GitError, Outcome, Principal,
-    PublishMetadata, Refusal, Registry,
+    PublishMetadata, Refusal, Registry, WriteRefusal,
 };
 
 /// Largest JSON part of a publish (crates.io's limit).
@@ -51,6 +52,13 @@ pub enum Job {
     },
     /// Write when tokens were last used: `(token id, unix seconds)`.
     RecordTokenUse(Vec<(u64, u64)>),
+    /// Add downloads: `(crate file path below the crates directory, count)`.
+    RecordDownloads(Vec<(String, u64)>),
+    /// Log writes the event loop refused (and how many more it did not keep).
+    AuditRefusals {
+        refusals: Vec<WriteRefusal>,
+        dropped: u64,
+    },
     /// Make `config.json` say what the access setting says (after a hand edit).
     SyncAccess,
     /// List a crate's owners, or change them with the `{"users":[...]}` body spooled here
@@ -133,11 +141,25 @@ pub struct Answer {
     pub events: Vec<Event>,
 }
 
-/// Runs a job against the registry and renders its answer. `who` is the token holder the
-/// event loop let through (None where the access mode asks for no token); writes are
+/// Who a job runs for: the token holder the event loop let through (None where the access
+/// mode asks for no token) and the client's address (None for the loop's own jobs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    pub who: Option<&'a Principal>,
+    pub peer: Option<IpAddr>,
+}
+
+impl Caller<'_> {
+    /// The actor of the commands it asks for.
+    fn actor(&self) -> Actor {
+        Actor::remote(self.who, self.peer)
+    }
+}
+
+/// Runs a job against the registry and renders its answer, for `caller`; writes are
 /// [`Command`]s, which check ownership under the registry lock, against the current
 /// `auth.json`, since only there is it known whether the crate exists.
-pub fn run(reg: &Registry, job: Job, who: Option<&Principal>) -> Answer {
+pub fn run(reg: &Registry, job: Job, caller: Caller<'_>) -> Answer {
     /// Removes the spooled body however the job ends, a panic included.
     struct RemoveOnDrop(Option<PathBuf>);
     impl Drop for RemoveOnDrop {
@@ -149,11 +171,12 @@ pub fn run(reg: &Registry, job: Job, who: Option<&Principal>) -> Answer {
     }
     let _spooled = RemoveOnDrop(job.body_file().map(std::path::Path::to_owned));
     let mut events = Vec::new();
-    let response = run_job(reg, job, who, &mut events);
+    let response = run_job(reg, job, caller, &mut events);
     Answer { response, events }
 }
 
-fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<Event>) -> Response {
+fn run_job(reg: &Registry, job: Job, caller: Caller<'_>, events: &mut Vec<Event>) -> Response {
+    let who = caller.who;
     match job {
         Job::GitRefs => match reg.git_refs() {
             Ok(bytes) => Response::new(200)
@@ -170,14 +193,14 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<E
             Ok(()) => Response::new(204),
             Err(e) => git_error(e),
         },
-        Job::Publish(path) => publish(reg, &path, who, events),
+        Job::Publish(path) => publish(reg, &path, caller, events),
         Job::Yank { name, vers, yank } => {
             let cmd = Command::Yank {
                 name: name.clone(),
                 vers,
                 yanked: yank,
             };
-            match apply(reg, cmd, who, events) {
+            match apply(reg, cmd, caller, events) {
                 Ok(_) => Response::json(200, &serde_json::json!({ "ok": true })),
                 Err(e) => {
                     let real = reg.find_canonical(&name).ok().flatten();
@@ -186,7 +209,7 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<E
                 }
             }
         }
-        Job::Owners { name, change } => owners(reg, &name, change, who, events),
+        Job::Owners { name, change } => owners(reg, &name, change, caller, events),
         Job::SyncAccess => match reg.apply(Command::SyncAccess, &Actor::Server) {
             Ok(applied) => {
                 events.extend(applied.events);
@@ -203,6 +226,20 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<E
             Ok(()) => Response::new(204),
             Err(e) => {
                 error!("warning: tokens' last use not recorded: {e}");
+                Response::new(500)
+            }
+        },
+        Job::RecordDownloads(counts) => match reg.record_downloads(&counts, registry::now()) {
+            Ok(()) => Response::new(204),
+            Err(e) => {
+                error!("warning: download counts not recorded: {e}");
+                Response::new(500)
+            }
+        },
+        Job::AuditRefusals { refusals, dropped } => match reg.audit_refusals(&refusals, dropped) {
+            Ok(()) => Response::new(204),
+            Err(e) => {
+                error!("warning: refused writes not in the audit log: {e}");
                 Response::new(500)
             }
         },
@@ -293,16 +330,15 @@ fn refused_here(reg: &Registry, p: &Principal, refusal: Refusal, route: &str) ->
     r
 }
 
-/// Runs a command as `who` (anonymous when the access mode asks for no token), keeping the
-/// events it caused.
+/// Runs a command for `caller` (anonymous when the access mode asks for no token), keeping
+/// the events it caused.
 fn apply(
     reg: &Registry,
     cmd: Command,
-    who: Option<&Principal>,
+    caller: Caller<'_>,
     events: &mut Vec<Event>,
 ) -> Result<Outcome, AuthError> {
-    let actor = who.map_or(Actor::Anonymous, |p| Actor::Token(p.clone()));
-    let applied = reg.apply(cmd, &actor)?;
+    let applied = reg.apply(cmd, &caller.actor())?;
     events.extend(applied.events);
     Ok(applied.outcome)
 }
@@ -322,9 +358,10 @@ fn owners(
     reg: &Registry,
     name: &CrateName,
     change: Option<(OwnersChange, PathBuf)>,
-    who: Option<&Principal>,
+    caller: Caller<'_>,
     events: &mut Vec<Event>,
 ) -> Response {
+    let who = caller.who;
     let url = &reg.settings().url;
     let Some((change, body)) = change else {
         return match reg.list_owners(name) {
@@ -350,7 +387,7 @@ fn owners(
         OwnersChange::Add => Command::AddOwners { krate, users },
         OwnersChange::Remove => Command::RemoveOwners { krate, users },
     };
-    match apply(reg, cmd, who, events) {
+    match apply(reg, cmd, caller, events) {
         Ok(Outcome::OwnersChanged { msg }) => super::auth::owners_changed(&msg),
         Ok(o) => unreachable!("an owner change answered {o:?}"),
         Err(AuthError::Refused(refusal)) if who.is_some() => refused_here(
@@ -367,9 +404,10 @@ fn owners(
 fn publish(
     reg: &Registry,
     path: &std::path::Path,
-    who: Option<&Principal>,
+    caller: Caller<'_>,
     events: &mut Vec<Event>,
 ) -> Response {
+    let who = caller.who;
     let bad = |m: &str| Response::error(400, m);
     let mut f = match File::open(path) {
         Ok(f) => f,
@@ -442,7 +480,7 @@ fn publish(
         Ok(c) => c,
         Err(e) => return registry_error(e),
     };
-    match apply(reg, Command::Publish(checked), who, events) {
+    match apply(reg, Command::Publish(checked), caller, events) {
         Ok(_) => publish_ok(),
         Err(e) => write_error(reg, who, e, &format!("publish of {name}")),
     }
@@ -485,7 +523,7 @@ mod tests {
     fn run_publish(reg: &Registry, body: &[u8]) -> Response {
         let path = registry::temp_path(reg.root(), "test-upload");
         std::fs::write(&path, body).unwrap();
-        run(reg, Job::Publish(path.clone()), None).response
+        run(reg, Job::Publish(path.clone()), Caller::default()).response
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! `yanked`, `created_at`, `license`, `crate_size`, `checksum`, `rust_version` and the
 //! version's own `description` and links. Times are RFC 3339: the index line's `pubtime` where it has one, else the
 //! time the crate file was written (it is written once, when the version is published).
-//! Fields crates.io has and this registry does not know (downloads, categories) are left
-//! out rather than made up.
+//! Download counts as crates.io names them: `downloads` (all time) and `recent_downloads`
+//! (the last 90 days) on the crate, `downloads` on each version; they lag the downloads by
+//! up to a minute (the server writes them once a minute). Fields crates.io has and this
+//! registry does not know (categories) are left out rather than made up.
 
 use std::time::SystemTime;
 
@@ -17,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::errors::registry_error;
 use super::response::Response;
-use crate::registry::{CrateInfo, CrateName, IndexEntry, Registry, Version};
+use crate::registry::{CrateDownloads, CrateInfo, CrateName, IndexEntry, Registry, Version};
 
 /// crates.io's JSON for the crate `name`, or a 404 that says it is not here.
 pub fn crate_json(reg: &Registry, name: &CrateName) -> Response {
@@ -30,7 +32,14 @@ pub fn crate_json(reg: &Registry, name: &CrateName) -> Response {
     }
     // Highest first; an entry whose version does not parse sorts last.
     entries.sort_by_cached_key(|e| std::cmp::Reverse(Version::parse(&e.vers).ok().map(|v| v.0)));
-    let versions: Vec<Described> = entries.iter().map(|e| describe(reg, e)).collect();
+    let downloads = match reg.downloads(name, crate::registry::now()) {
+        Ok(d) => d,
+        Err(e) => return registry_error(e),
+    };
+    let versions: Vec<Described> = entries
+        .iter()
+        .map(|e| describe(reg, e, &downloads))
+        .collect();
     let real_name = &entries[0].name;
     let max = |stable: bool| {
         entries
@@ -59,6 +68,8 @@ pub fn crate_json(reg: &Registry, name: &CrateName) -> Response {
             "newest_version": newest.map(|v| v.entry.vers.as_str()),
             "created_at": oldest.map(|v| v.created_at.as_str()),
             "updated_at": newest.map(|v| v.created_at.as_str()),
+            "downloads": downloads.total(),
+            "recent_downloads": downloads.recent(),
         },
         "versions": versions.iter().map(Described::to_json).collect::<Vec<Value>>(),
     });
@@ -73,9 +84,15 @@ struct Described<'a> {
     /// When the crate file was written (once, at publish).
     written: Option<SystemTime>,
     crate_size: Option<u64>,
+    /// All time.
+    downloads: u64,
 }
 
-fn describe<'a>(reg: &Registry, entry: &'a IndexEntry) -> Described<'a> {
+fn describe<'a>(
+    reg: &Registry,
+    entry: &'a IndexEntry,
+    downloads: &CrateDownloads,
+) -> Described<'a> {
     let path = reg.entry_crate_path(entry).ok();
     let meta = path.as_deref().and_then(|p| std::fs::metadata(p).ok());
     let written = meta.as_ref().and_then(|m| m.modified().ok());
@@ -90,6 +107,7 @@ fn describe<'a>(reg: &Registry, entry: &'a IndexEntry) -> Described<'a> {
         created_at,
         written,
         crate_size: meta.map(|m| m.len()),
+        downloads: downloads.version(&entry.vers).0,
     }
 }
 
@@ -114,6 +132,7 @@ impl Described<'_> {
             "crate_size": self.crate_size,
             "checksum": e.cksum,
             "rust_version": e.rust_version,
+            "downloads": self.downloads,
         })
     }
 }

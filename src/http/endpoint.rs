@@ -354,6 +354,32 @@ impl<'a> Endpoint<'a> {
             || matches!(self, Endpoint::LoginForm | Endpoint::Logout { end: true })
     }
 
+    /// For a write route, what the audit log calls it and the crate and version its path
+    /// names (a publish names its crate only in its body): `None` for the rest. A write
+    /// refused before it becomes a command is logged under these.
+    pub fn audited_write(&self) -> Option<(&'static str, Option<String>, Option<String>)> {
+        match self {
+            Endpoint::Publish => Some(("publish", None, None)),
+            Endpoint::Yank { name, vers, yank } => Some((
+                if *yank { "yank" } else { "unyank" },
+                Some(name.decoded()),
+                Some(decode(vers).unwrap_or_else(|| (*vers).to_owned())),
+            )),
+            Endpoint::Owners {
+                name,
+                change: Some(change),
+            } => Some((
+                match change {
+                    OwnersChange::Add => "owner_add",
+                    OwnersChange::Remove => "owner_remove",
+                },
+                Some(name.decoded()),
+                None,
+            )),
+            _ => None,
+        }
+    }
+
     /// Whether a browser's session cookie may stand for the token: on page reads only,
     /// never on the API, where a cross-site request would carry it.
     pub fn takes_session_cookie(&self) -> bool {
@@ -375,7 +401,14 @@ impl<'a> Endpoint<'a> {
                 Err(status) => Response::error(status, "invalid path"),
             }),
             Endpoint::CrateFile(rest) => done(match files::safe_relative(rest) {
-                Ok(rel) => files::crate_file(&site.trees.crates, &rel, head, caches),
+                Ok(rel) => {
+                    let r = files::crate_file(&site.trees.crates, &rel, head, caches);
+                    // A download is a whole crate file sent: not a HEAD, not a 304.
+                    if r.status == 200 && head.method == Method::Get {
+                        site.downloads.note(&rel);
+                    }
+                    r
+                }
                 Err(status) => Response::error(status, "invalid path"),
             }),
             Endpoint::GitRefs => Routed::Job(Job::GitRefs),

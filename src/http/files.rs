@@ -359,6 +359,40 @@ pub fn crate_file(crates: &Tree, rel: &str, head: &Head, caches: Caches) -> Resp
     validators(r, &tag, mtime)
 }
 
+/// The crate files served since the counts were last taken, by path below the crates
+/// directory: one entry per version downloaded, a counter each, on the event loop (no
+/// system call, no allocation but a version's first download of the minute). The loop hands
+/// them to the writer once a minute and at shutdown ([`crate::registry::Registry::record_downloads`]).
+#[derive(Debug, Default)]
+pub struct Downloads(RefCell<HashMap<Box<str>, u64>>);
+
+impl Downloads {
+    /// Counts one download of the crate file at `rel`.
+    pub fn note(&self, rel: &str) {
+        let mut counts = self.0.borrow_mut();
+        match counts.get_mut(rel) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(rel.into(), 1);
+            }
+        }
+    }
+
+    /// Whether any download waits to be written.
+    pub fn any(&self) -> bool {
+        !self.0.borrow().is_empty()
+    }
+
+    /// The counts so far, which start again from zero.
+    pub fn take(&self) -> Vec<(String, u64)> {
+        let mut counts = self.0.borrow_mut();
+        let taken = counts.drain().map(|(k, n)| (k.into(), n)).collect();
+        // A burst of many versions must not keep its table's memory.
+        counts.shrink_to(16);
+        taken
+    }
+}
+
 /// A served directory, with a descriptor kept open for `openat2` and a cache of open files.
 #[derive(Debug)]
 pub struct Tree {
@@ -882,6 +916,26 @@ mod cache_tests {
         cache.insert("hot", f, stamp, 0, later);
         assert_eq!((cache.slots.len(), cache.free.len()), (10, 9));
         assert!(cache.get("hot", later).is_some());
+    }
+
+    #[test]
+    fn downloads_are_counted_per_file_and_start_again_once_taken() {
+        let d = Downloads::default();
+        assert!(!d.any());
+        for rel in ["a/a-1.0.0.crate", "a/a-1.0.0.crate", "b/b-2.0.0.crate"] {
+            d.note(rel);
+        }
+        assert!(d.any());
+        let mut taken = d.take();
+        taken.sort();
+        assert_eq!(
+            taken,
+            [
+                ("a/a-1.0.0.crate".to_owned(), 2),
+                ("b/b-2.0.0.crate".to_owned(), 1)
+            ]
+        );
+        assert!(!d.any() && d.take().is_empty());
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Site {
     pub auth_broken: Option<String>,
     /// The authorities requests may be for (see [`authority`]).
     pub authorities: authority::Authorities,
+    /// Crate files served since the counts were last handed to the writer.
+    pub downloads: files::Downloads,
 }
 
 impl Site {
@@ -63,6 +65,7 @@ impl Site {
             auth: Arc::new(AuthView::new(Access::Open, &Default::default())),
             auth_broken: None,
             authorities: authority::Authorities::of_url(url),
+            downloads: files::Downloads::default(),
         }
     }
 
@@ -80,6 +83,9 @@ pub struct Refused {
     /// A token was presented and is not one (unknown, revoked, expired): a failed
     /// authentication, which the rate limits count.
     pub bad_token: bool,
+    /// The token the refusal names (by id: expired, revoked, or short of what the route
+    /// needs), for the audit log.
+    pub token: Option<u64>,
 }
 
 /// Whether a request is for this registry at all, before anything else is looked at: its
@@ -100,6 +106,7 @@ pub fn admit(site: &Site, endpoint: &Endpoint, head: &Head, tls: bool) -> Result
                 response: Response::error(421, &detail),
                 reason: format!("foreign authority {authority}"),
                 bad_token: false,
+                token: None,
             }));
         }
     }
@@ -111,6 +118,7 @@ pub fn admit(site: &Site, endpoint: &Endpoint, head: &Head, tls: bool) -> Result
                 response: Response::error(403, &detail),
                 reason: format!("foreign origin {origin}"),
                 bad_token: false,
+                token: None,
             }));
         }
     }
@@ -139,6 +147,7 @@ pub fn authorize(
             response: Response::error(503, &detail),
             reason: "access control files broken".into(),
             bad_token: false,
+            token: None,
         }));
     }
     let page = endpoint.takes_session_cookie();
@@ -162,6 +171,7 @@ pub fn authorize(
             response,
             reason: refusal.reason().to_string(),
             bad_token: refusal.is_unauthenticated() && refusal != crate::registry::Refusal::NoToken,
+            token: refusal.token(),
         })
     })
 }

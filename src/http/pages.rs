@@ -23,8 +23,8 @@ use super::request::{query_param, Head};
 use super::response::{Body, Response};
 use super::Site;
 use crate::registry::{
-    canonical, Access, AuthView, CrateInfo, CrateName, DepKind, IndexEntry, Need, Registry, Scopes,
-    SearchLine, Version,
+    canonical, Access, AuthView, CrateDownloads, CrateInfo, CrateName, DepKind, IndexEntry, Need,
+    Registry, Scopes, SearchLine, Version, RECENT_DAYS,
 };
 
 /// The cookie that carries a browser's token.
@@ -636,10 +636,18 @@ fn crate_page(reg: &Registry, ctx: &Ctx, name: &str, vers: Option<&str>) -> Resp
     }
     let owners: Vec<&str> = ctx.auth.owners_of(&e.name);
     let mut main = String::with_capacity(16 * 1024 + readme.as_ref().map_or(0, String::len));
+    // Counts that cannot be read show as none: the page is still worth showing.
+    let downloads = reg
+        .downloads(&parsed, crate::registry::now())
+        .unwrap_or_else(|err| {
+            error!("warning: download counts of {name}: {err}");
+            CrateDownloads::default()
+        });
     let shown_page = Shown {
         entries: &entries,
         at: shown,
         pinned: shown != newest,
+        downloads: &downloads,
     };
     render_crate(
         ctx,
@@ -659,6 +667,7 @@ struct Shown<'a> {
     at: usize,
     /// Not the version `cargo add` picks: the copied lines name it.
     pinned: bool,
+    downloads: &'a CrateDownloads,
 }
 
 fn render_crate(
@@ -715,6 +724,16 @@ fn render_crate(
             &format!("<time datetime=\"{0}\">{0}</time>", esc(t)),
         );
     }
+    let counts = |(total, recent): (u64, u64)| {
+        format!("{total} <span class=\"muted\">({recent} in the last {RECENT_DAYS} days)</span>")
+    };
+    let all = (shown.downloads.total(), shown.downloads.recent());
+    dd(out, "Downloads", &counts(all));
+    dd(
+        out,
+        "Of this version",
+        &counts(shown.downloads.version(&e.vers)),
+    );
     for (term, url) in [
         ("Repository", &info.repository),
         ("Homepage", &info.homepage),
@@ -1203,6 +1222,7 @@ mod tests {
             entries: std::slice::from_ref(&entry),
             at: 0,
             pinned: false,
+            downloads: &CrateDownloads::default(),
         };
         let mut out = String::new();
         render_crate(

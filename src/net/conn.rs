@@ -492,6 +492,7 @@ impl<S: Stream> Conn<S> {
                         refused.reason
                     );
                     shared.log_refused(self.peer, &why);
+                    shared.note_refused_write(&endpoint, &refused, self.peer);
                     (Routed::Done(refused.response), None, None)
                 }
             }
@@ -678,6 +679,7 @@ impl<S: Stream> Conn<S> {
             job,
             reserved,
             principal: ex.principal.clone(),
+            peer: Some(self.peer.ip()),
             lane: ex.lane,
         };
         // On failure the ticket comes back: its reservation drops, its spool file goes.
@@ -1070,6 +1072,7 @@ mod tests {
             jobs: crate::net::worker::Jobs::one_queue(jobs),
             spool: SpoolBudget::new(spool_cap),
             tokens_used: Default::default(),
+            refused_writes: Default::default(),
             metrics: Default::default(),
         };
         World {
@@ -1155,7 +1158,11 @@ mod tests {
                 ("upload-pack".into(), bytes, ok(b"0008NAK\n"))
             }
             Job::Yank { name, .. } => (format!("yank {name}"), Vec::new(), ok(b"{\"ok\":true}")),
-            Job::RecordTokenUse(_) | Job::SyncAccess | Job::KeepClone => {
+            Job::RecordTokenUse(_)
+            | Job::RecordDownloads(_)
+            | Job::AuditRefusals { .. }
+            | Job::SyncAccess
+            | Job::KeepClone => {
                 unreachable!("no route makes this job")
             }
             Job::Page(..) | Job::Crate { .. } => {

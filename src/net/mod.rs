@@ -40,7 +40,9 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::http::Site;
-use crate::registry::{AuthView, Registry, Stamp, TOKEN_PREFIX};
+use crate::registry::{
+    AuthView, Registry, Stamp, WriteRefusal, MAX_REFUSALS_PER_BATCH, TOKEN_PREFIX,
+};
 
 pub use config::{Limits, ServerConfig};
 use conn::{Conn, Turn};
@@ -76,6 +78,9 @@ pub struct Shared {
     /// Tokens used since the last flush to `auth.json`: token id -> newest use (seconds).
     /// One entry per token, whatever the number of requests.
     pub tokens_used: std::cell::RefCell<std::collections::HashMap<u64, u64>>,
+    /// Writes refused by the access checks since the last hand-over to the writer, for the
+    /// audit log: at most [`MAX_REFUSALS_PER_BATCH`] a second are kept, the rest counted.
+    pub refused_writes: std::cell::RefCell<RefusedWrites>,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
 }
@@ -94,15 +99,47 @@ impl Shared {
         self.tokens_used.borrow_mut().insert(token, now);
     }
 
-    /// Whether token uses wait to be written to `auth.json`.
+    /// Whether token uses wait to be written to `auth.json`, or downloads to `downloads/`.
     fn has_token_uses(&self) -> bool {
-        !self.tokens_used.borrow().is_empty()
+        !self.tokens_used.borrow().is_empty() || self.site.downloads.any()
+    }
+
+    /// Whether refused writes wait for the audit log.
+    fn has_refusals(&self) -> bool {
+        !self.refused_writes.borrow().is_empty()
     }
 
     /// A request refused for its credentials or ownership: peer, route and reason, never
     /// the token.
     fn log_refused(&self, peer: SocketAddr, why: &str) {
         info!("{} refused {why}", peer.ip());
+    }
+
+    /// A write route refused before it became a command: kept for the audit log (a batch a
+    /// second goes to the writer), or only counted once the batch is full.
+    fn note_refused_write(
+        &self,
+        endpoint: &crate::http::Endpoint,
+        refused: &crate::http::Refused,
+        peer: SocketAddr,
+    ) {
+        let Some((action, krate, version)) = endpoint.audited_write() else {
+            return;
+        };
+        let mut pending = self.refused_writes.borrow_mut();
+        if pending.kept.len() >= MAX_REFUSALS_PER_BATCH {
+            pending.dropped += 1;
+            return;
+        }
+        pending.kept.push(WriteRefusal {
+            at: crate::registry::now(),
+            action,
+            krate,
+            version,
+            token: refused.token,
+            peer: Some(peer.ip()),
+            reason: refused.reason.clone(),
+        });
     }
 
     fn log_request(
@@ -121,6 +158,20 @@ impl Shared {
             redact_tokens(target),
             start.elapsed().as_micros()
         );
+    }
+}
+
+/// Refused writes waiting for the audit log.
+#[derive(Debug, Default)]
+pub struct RefusedWrites {
+    kept: Vec<WriteRefusal>,
+    /// Refused beyond what a batch keeps.
+    dropped: u64,
+}
+
+impl RefusedWrites {
+    fn is_empty(&self) -> bool {
+        self.kept.is_empty() && self.dropped == 0
     }
 }
 
@@ -218,8 +269,11 @@ pub struct Server {
     next_auth_check: Instant,
     /// The stamp of access control files that failed to load (not retried until changed).
     auth_broken: Option<Stamp>,
-    /// When the tokens' "last used" times are next handed to the worker.
+    /// When the tokens' "last used" times and the download counts are next handed to the
+    /// worker.
     next_use_flush: Instant,
+    /// When the refused writes are next handed to the worker (for the audit log).
+    next_refusal_flush: Instant,
     /// Writes to the registry, noticed as they finish (see [`changes`]).
     changes: changes::Changes,
     webhooks: crate::webhooks::Deliverer,
@@ -272,8 +326,13 @@ const AUTH_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// before the code pages that ran are given back (see [`release_code_pages`]). Clients
 /// keep connections alive through a burst of requests, so this is once per burst.
 const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
-/// How often the tokens' "last used" times are written to `auth.json` (when any was used).
+/// How often the tokens' "last used" times are written to `auth.json` (when any was used),
+/// and the download counts to `downloads/` (when any crate file was served): a kill loses
+/// at most this much of either.
 const TOKEN_USE_FLUSH_EVERY: Duration = Duration::from_secs(60);
+/// How often refused writes go to the audit log (when any was refused): one write a second
+/// at most, whatever a flood of refused requests.
+const REFUSAL_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 impl Server {
     /// The loop over the pieces the startup made.
@@ -297,19 +356,36 @@ impl Server {
             next_auth_check: now + AUTH_CHECK_EVERY,
             auth_broken: None,
             next_use_flush: now + TOKEN_USE_FLUSH_EVERY,
+            next_refusal_flush: now + REFUSAL_FLUSH_EVERY,
             changes: parts.changes,
             webhooks: parts.webhooks,
         }
     }
 
-    /// Hands the tokens' "last used" times to the worker, which writes them to `auth.json`.
-    /// Its answer goes to no connection.
+    /// Hands the tokens' "last used" times to the worker, which writes them to `auth.json`,
+    /// and the download counts, which it adds to `downloads/`. Their answers go to no
+    /// connection.
     fn flush_token_uses(&mut self) {
         let uses: Vec<(u64, u64)> = self.shared.tokens_used.borrow_mut().drain().collect();
-        if uses.is_empty() {
+        if !uses.is_empty() {
+            self.send_background(crate::http::Job::RecordTokenUse(uses));
+        }
+        if self.shared.site.downloads.any() {
+            let counts = self.shared.site.downloads.take();
+            self.send_background(crate::http::Job::RecordDownloads(counts));
+        }
+    }
+
+    /// Hands the refused writes to the worker, for the audit log.
+    fn flush_refusals(&mut self) {
+        let pending = std::mem::take(&mut *self.shared.refused_writes.borrow_mut());
+        if pending.is_empty() {
             return;
         }
-        self.send_background(crate::http::Job::RecordTokenUse(uses));
+        self.send_background(crate::http::Job::AuditRefusals {
+            refusals: pending.kept,
+            dropped: pending.dropped,
+        });
     }
 
     /// A write for the worker whose answer goes to no connection.
@@ -320,21 +396,35 @@ impl Server {
             job,
             reserved: None,
             principal: None,
+            peer: None,
             lane: crate::http::Lane::Writer,
         });
     }
 
-    /// At shutdown, on this thread: the worker may not get to a last job.
+    /// At shutdown, on this thread (the worker may not get to a last job): the tokens' last
+    /// uses, the download counts and the refused writes.
     fn record_token_uses_now(&mut self) {
         let uses: Vec<(u64, u64)> = self.shared.tokens_used.borrow_mut().drain().collect();
-        if uses.is_empty() {
+        let counts = self.shared.site.downloads.take();
+        let refused = std::mem::take(&mut *self.shared.refused_writes.borrow_mut());
+        if uses.is_empty() && counts.is_empty() && refused.is_empty() {
             return;
         }
-        let recorded = Registry::open_as_is(&self.root)
-            .map_err(|e| e.to_string())
-            .and_then(|reg| reg.record_last_used(&uses).map_err(|e| e.to_string()));
-        if let Err(e) = recorded {
+        let reg = match Registry::open_as_is(&self.root) {
+            Ok(reg) => reg,
+            Err(e) => {
+                error!("last uses, downloads and refusals not recorded: {e}");
+                return;
+            }
+        };
+        if let Err(e) = reg.record_last_used(&uses) {
             error!("tokens' last use not recorded: {e}");
+        }
+        if let Err(e) = reg.record_downloads(&counts, crate::registry::now()) {
+            error!("download counts not recorded: {e}");
+        }
+        if let Err(e) = reg.audit_refusals(&refused.kept, refused.dropped) {
+            error!("refused writes not in the audit log: {e}");
         }
     }
 
@@ -366,6 +456,10 @@ impl Server {
         if now >= self.next_use_flush {
             self.next_use_flush = now + TOKEN_USE_FLUSH_EVERY;
             self.flush_token_uses();
+        }
+        if now >= self.next_refusal_flush {
+            self.next_refusal_flush = now + REFUSAL_FLUSH_EVERY;
+            self.flush_refusals();
         }
         if now < self.next_auth_check {
             return;
@@ -516,6 +610,9 @@ impl Server {
                 (!self.changes.covers_everything()).then_some(self.next_auth_check),
                 trim.due(),
                 self.shared.has_token_uses().then_some(self.next_use_flush),
+                self.shared
+                    .has_refusals()
+                    .then_some(self.next_refusal_flush),
             ];
             wake.into_iter()
                 .flatten()

@@ -45,6 +45,8 @@ pub struct Ticket {
     pub reserved: Option<Reservation>,
     /// The token holder the loop let through, for the ownership checks on the worker.
     pub principal: Option<Principal>,
+    /// The client's address, for the audit log (None for the loop's own jobs).
+    pub peer: Option<std::net::IpAddr>,
     /// The thread that runs it: its endpoint's, or the sender's choice for background jobs.
     pub lane: Lane,
 }
@@ -164,7 +166,7 @@ pub fn spawn(
             let answered = if matches!(t.job, Job::KeepClone) {
                 rebuild_taken.store(false, Ordering::Release);
                 // No one waits for it; a failure only means the next clone makes it.
-                let _ = reader.run(t.job, None);
+                let _ = reader.run(t.job, api::Caller::default());
                 true
             } else {
                 reader.answer(t).is_some()
@@ -208,6 +210,7 @@ pub fn spawn(
                     job: Job::KeepClone,
                     reserved: None,
                     principal: None,
+                    peer: None,
                     lane: Lane::IndexReader,
                 });
             }
@@ -241,20 +244,24 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(&self, job: Job, principal: Option<&Principal>) -> api::Answer {
-        catch_unwind(AssertUnwindSafe(|| api::run(&self.reg, job, principal))).unwrap_or_else(
-            |_| api::Answer {
+    fn run(&self, job: Job, caller: api::Caller<'_>) -> api::Answer {
+        catch_unwind(AssertUnwindSafe(|| api::run(&self.reg, job, caller))).unwrap_or_else(|_| {
+            api::Answer {
                 response: Response::error(500, "internal error; the server log has details"),
                 events: Vec::new(),
-            },
-        )
+            }
+        })
     }
 
     /// Runs a ticket's job and hands the answer to the loop. Returns the events its write
     /// caused; `None` once the loop is gone.
     fn answer(&self, t: Ticket) -> Option<Vec<Event>> {
         let started = matches!(t.job, Job::Publish(_)).then(Instant::now);
-        let api::Answer { response, events } = self.run(t.job, t.principal.as_ref());
+        let caller = api::Caller {
+            who: t.principal.as_ref(),
+            peer: t.peer,
+        };
+        let api::Answer { response, events } = self.run(t.job, caller);
         // The job removed its spool file: the space is free again.
         drop(t.reserved);
         self.metrics.job_done(started.map(|s| s.elapsed()));

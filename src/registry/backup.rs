@@ -8,7 +8,8 @@
 //! `search.jsonl`, the index repository under `index/` (of its `.git` what a restore takes:
 //! HEAD, refs, logs and objects, less lock and temp files; not git's `index` file, a cache of
 //! HEAD that the restore rebuilds, nor the config, hooks or caches), the crate files
-//! and their page files under `crates/`, and `orphans/`. Never the journal, the lock file or
+//! and their page files under `crates/`, `orphans/`, the audit log (`audit.jsonl` and
+//! `audit.jsonl.1`, streamed) and the download counts (`downloads/`). Never the journal, the lock file or
 //! upload spool files. It is written to `FILE.tmp`, synced and renamed, so `FILE` is always
 //! a whole backup or the previous one.
 //!
@@ -23,7 +24,7 @@
 //! keeps, so a registry with hooks of its admin's still backs up and restores.
 //! It extracts into a hidden sibling of `DIR`, opens the registry there (crash
 //! recovery rebuilds git's index), requires HEAD to be the manifest's and `check` to be clean,
-//! syncs, and only then renames it to `DIR`: a refused restore leaves no `DIR` behind, and
+//! notes the restore in the restored audit log, syncs, and only then renames it to `DIR`: a refused restore leaves no `DIR` behind, and
 //! never touches a registry that exists.
 
 use std::fs::{self, File};
@@ -60,7 +61,20 @@ const TOP_FILES: [&str; 4] = [
 ];
 const INDEX: &str = "index";
 const CRATES: &str = "crates";
-const TOP_DIRS: [&str; 3] = [INDEX, CRATES, super::store::ORPHANS_DIR];
+const TOP_DIRS: [&str; 4] = [
+    INDEX,
+    CRATES,
+    super::store::ORPHANS_DIR,
+    super::downloads::DOWNLOADS_DIR,
+];
+/// The audit log's files: streamed, not read whole (they may be megabytes), and readable by
+/// the registry's owner only, like `auth.json`.
+const TOP_LOGS: [&str; 2] = [super::audit::AUDIT_OLD_FILE, super::audit::AUDIT_FILE];
+
+/// Whether a top-level file is the owner's only (mode 0600): token hashes, the audit log.
+fn private_file(name: &str) -> bool {
+    name == super::auth::AUTH_FILE || TOP_LOGS.contains(&name)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -223,12 +237,28 @@ fn list(reg: &Registry) -> Result<Vec<Item>> {
             Err(e) => return Err(io_err(|| format!("reading {}", path.display()))(e)),
         }
     }
+    for name in TOP_LOGS {
+        let path = reg.root().join(name);
+        match fs::metadata(&path) {
+            Ok(m) => items.push(Item::File {
+                name: name.to_owned(),
+                path,
+                size: m.len(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(|| format!("reading {}", path.display()))(e)),
+        }
+    }
     let trees = [
         (INDEX, reg.index_dir().to_owned()),
         (CRATES, reg.crates_dir().to_owned()),
         (
             super::store::ORPHANS_DIR,
             reg.root().join(super::store::ORPHANS_DIR),
+        ),
+        (
+            super::downloads::DOWNLOADS_DIR,
+            reg.root().join(super::downloads::DOWNLOADS_DIR),
         ),
     ];
     for (name, dir) in trees {
@@ -423,11 +453,7 @@ fn write_archive<W: Write>(out: W, manifest: &Manifest, items: &[Item], now: u64
                 tar.append_data(&mut h, name, io::empty()).map_err(fail)?;
             }
             Item::Bytes(name, bytes) => {
-                let mode = if name == super::auth::AUTH_FILE {
-                    0o600
-                } else {
-                    0o644
-                };
+                let mode = if private_file(name) { 0o600 } else { 0o644 };
                 let mut h = header(tar::EntryType::Regular, bytes.len() as u64, mode, now);
                 tar.append_data(&mut h, name, &bytes[..]).map_err(fail)?;
             }
@@ -438,7 +464,8 @@ fn write_archive<W: Write>(out: W, manifest: &Manifest, items: &[Item], now: u64
                     .metadata()
                     .and_then(|m| m.modified())
                     .map_or(now, unix_secs);
-                let mut h = header(tar::EntryType::Regular, *size, 0o644, mtime);
+                let mode = if private_file(name) { 0o600 } else { 0o644 };
+                let mut h = header(tar::EntryType::Regular, *size, mode, mtime);
                 let data = Exactly {
                     inner: f,
                     left: *size,
@@ -465,7 +492,7 @@ pub fn restore(file: &Path, dir: &Path) -> Result<Summary> {
         .mode(0o755)
         .create(&tmp)
         .map_err(io_err(|| format!("creating {}", tmp.display())))?;
-    let done = extract(input, file, &tmp, &parent).and_then(|m| finish(&tmp, m));
+    let done = extract(input, file, &tmp, &parent).and_then(|m| finish(&tmp, m, file));
     let done = done.and_then(|summary| {
         let d = File::open(&tmp).map_err(io_err(|| format!("opening {}", tmp.display())))?;
         // One sync of the file system instead of one per file: nothing is under its final
@@ -743,7 +770,8 @@ fn entry_path(raw: &[u8]) -> Result<String> {
         return Err(refuse("is not a plain relative path"));
     }
     let top = parts[0];
-    let ok = (parts.len() == 1 && TOP_FILES.contains(&top)) || TOP_DIRS.contains(&top);
+    let ok = (parts.len() == 1 && (TOP_FILES.contains(&top) || TOP_LOGS.contains(&top)))
+        || TOP_DIRS.contains(&top);
     if !ok {
         return Err(refuse("is not part of a registry"));
     }
@@ -852,12 +880,9 @@ fn write_file(
     if let Some(dir) = dest.parent() {
         fs::create_dir_all(dir).map_err(|e| write_error_restore(tmp, e))?;
     }
-    // auth.json holds token hashes: readable by the registry's owner only, from the start.
-    let mode = if rel == super::auth::AUTH_FILE {
-        0o600
-    } else {
-        0o644
-    };
+    // auth.json holds token hashes, the audit log users and addresses: readable by the
+    // registry's owner only, from the start.
+    let mode = if private_file(rel) { 0o600 } else { 0o644 };
     let mut f = match File::options()
         .write(true)
         .create_new(true)
@@ -895,8 +920,8 @@ fn write_file(
 }
 
 /// Opens the extracted registry (crash recovery rebuilds git's index), points its settings at
-/// the restored trees, and checks it.
-fn finish(tmp: &Path, manifest: Manifest) -> Result<Summary> {
+/// the restored trees, checks it, and notes the restore in its audit log.
+fn finish(tmp: &Path, manifest: Manifest, file: &Path) -> Result<Summary> {
     let settings_path = tmp.join(SETTINGS_FILE);
     let text = fs::read_to_string(&settings_path).map_err(|_| {
         BackupError::Refused(format!("the backup holds no readable {SETTINGS_FILE}"))
@@ -939,6 +964,16 @@ fn finish(tmp: &Path, manifest: Manifest) -> Result<Summary> {
             problems.len()
         )));
     }
+    let actor = super::command::audit_actor(&super::Actor::cli());
+    let mut line = super::audit::AuditRecord::new(super::now(), "restore", actor);
+    line.outcome = super::audit::AuditOutcome::Ok;
+    line.reason = Some(format!(
+        "from the backup {} taken at {}, index at {}",
+        file.display(),
+        manifest.created,
+        manifest.head
+    ));
+    reg.audit_one(&line)?;
     Ok(Summary {
         entries: manifest.entries,
         bytes: manifest.bytes,

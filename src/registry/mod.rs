@@ -31,7 +31,10 @@
 //!   README rendered) and the publish under it;
 //! - `versions`: yank and unyank, delete and its tombstones, giving up a kept name;
 //! - `auth`: users, tokens and owners in `auth.json`, and who may do what;
-//! - `command`: the one write path, its events, and the one-command shorthands;
+//! - `command`: the one write path, its events, the audit lines it writes for them, and the
+//!   one-command shorthands;
+//! - `audit`: the audit log (`audit.jsonl`), its crash invariant, rotation and reading;
+//! - `downloads`: download counts per version and day, flushed by the server;
 //! - `names` and `settings`: crate names and versions, `palletizer.toml`;
 //! - `outbox`: webhook deliveries queued on disk by each change, for the server to send;
 //! - `check` and `backup`: `palletizer check`, `backup` and `restore`;
@@ -39,10 +42,12 @@
 //!
 //! This module knows no sockets and no HTTP; the CLI and the server call the same functions.
 
+mod audit;
 mod auth;
 mod backup;
 mod check;
 mod command;
+mod downloads;
 mod index;
 mod names;
 mod outbox;
@@ -56,6 +61,10 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use audit::{
+    AuditActor, AuditOutcome, AuditQuery, AuditRecord, WriteRefusal, AUDIT_FILE, AUDIT_OLD_FILE,
+    MAX_REFUSALS_PER_BATCH,
+};
 pub use auth::{
     now, parse_duration, validate_user_name, AuthError, AuthFile, AuthView, Need, NewToken,
     Principal, Refusal, Scopes, Stamp, Token, User, AUTH_FILE, FIRST_ADMIN, TOKEN_PREFIX,
@@ -63,6 +72,7 @@ pub use auth::{
 pub use backup::{backup, restore, Summary};
 pub use check::Problem;
 pub use command::{Actor, Applied, Change, Command, Event, Outcome, ACTIONS};
+pub use downloads::{CrateDownloads, DOWNLOADS_DIR, RECENT_DAYS};
 pub use index::{
     Found, GitError, IndexDep, IndexEntry, Listed, Pubtime, SearchLine, CRATES_IO_INDEX,
 };

@@ -77,6 +77,9 @@ pub struct Settings {
     /// nor `license-file`, as crates.io does.
     #[serde(default = "default_true")]
     pub require_description_and_license: bool,
+    /// The audit log's size, in bytes, at which `audit.jsonl` is rotated to `audit.jsonl.1`.
+    #[serde(default = "default_audit_max")]
+    pub audit_max_bytes: u64,
     /// How long a webhook delivery is retried while its receiver is down or failing
     /// (`24h`, `90s`, `2d`); absent: [`DEFAULT_WEBHOOK_RETRY`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -299,6 +302,11 @@ fn default_max_unpacked() -> u64 {
 fn default_true() -> bool {
     true
 }
+fn default_audit_max() -> u64 {
+    8 * 1024 * 1024
+}
+/// The smallest `audit-max-bytes`: a few lines.
+const MIN_AUDIT_MAX: u64 = 4096;
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -312,6 +320,7 @@ impl Default for Settings {
             max_crate_size: default_max_crate(),
             max_unpacked_size: default_max_unpacked(),
             require_description_and_license: true,
+            audit_max_bytes: default_audit_max(),
             webhook_retry_for: None,
             webhook_queue_limit: DEFAULT_QUEUE_LIMIT,
             webhooks: Vec::new(),
@@ -338,6 +347,13 @@ impl Settings {
         let url = s.url.trim_end_matches('/').to_owned();
         check_url(&url)?;
         check_webhooks(&s)?;
+        if s.audit_max_bytes < MIN_AUDIT_MAX {
+            return Err(format!(
+                "audit-max-bytes = {} is too small; use at least {MIN_AUDIT_MAX} (the default is {})",
+                s.audit_max_bytes,
+                default_audit_max()
+            ));
+        }
         Ok(Settings { url, ..s })
     }
 
@@ -404,6 +420,9 @@ mod tests {
         assert_eq!(cfg["api"], "https://reg.example");
         assert!(cfg.get("auth-required").is_none());
         assert!(Settings::parse("url = \"ftp://x\"").is_err());
+        assert_eq!(s.audit_max_bytes, 8 << 20);
+        let small = Settings::parse("url = \"http://x\"\naudit-max-bytes = 100").unwrap_err();
+        assert!(small.contains("at least 4096"), "{small}");
         assert!(Settings::parse("url = \"http://x\"\nbogus = 1").is_err());
     }
 

@@ -17,6 +17,15 @@ pub const RICH_DEPS: [(&str, &str); 5] = [
     ("devonly", "0.1.0"),
 ];
 
+/// `cargo publish` of a test crate's folder to registry `local`, without building it.
+pub const PUBLISH: [&str; 5] = [
+    "publish",
+    "--registry",
+    "local",
+    "--allow-dirty",
+    "--no-verify",
+];
+
 /// One test's sandbox: a temp dir holding the registry, a `CARGO_HOME` and work dirs.
 pub struct Sandbox {
     pub tmp: tempfile::TempDir,
@@ -299,13 +308,19 @@ pub fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
-/// Every file under `dir` with its bytes, for byte-for-byte comparisons (`.git` included).
+/// Every file under `dir` with its bytes, for byte-for-byte comparisons (`.git` included),
+/// but the audit log and the download counts at a registry's root: a refused write is
+/// meant to leave its line there, and only there.
 pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     fn walk(base: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
         for e in fs::read_dir(dir).unwrap() {
             let e = e.unwrap();
             let p = e.path();
+            let logged = ["audit.jsonl", "audit.jsonl.1", "downloads"];
+            if dir == base && logged.iter().any(|n| e.file_name() == *n) {
+                continue;
+            }
             if e.file_type().unwrap().is_dir() {
                 walk(base, &p, out);
             } else {
@@ -505,6 +520,30 @@ impl Sandbox {
         self.serve_with(args, |_| {})
     }
 
+    /// `backup` of the registry, then `restore` of it into a new folder, which it returns.
+    pub fn backup_and_restore(&self) -> PathBuf {
+        let file = self.path().join("backup.tar.gz");
+        self.palletizer_ok(&["backup", file.to_str().unwrap()]);
+        let restored = self.path().join("restored");
+        self.palletizer_ok(&[
+            "restore",
+            file.to_str().unwrap(),
+            restored.to_str().unwrap(),
+        ]);
+        restored
+    }
+
+    /// `serve` on a new registry, with `$CARGO_HOME/config.toml` naming it registry `local`
+    /// (sparse).
+    pub fn serve_for_cargo(&self) -> ServerProc {
+        let srv = self.serve(&[]);
+        self.cargo_config(&format!(
+            "[registries.local]\nindex = \"sparse+{}/index/\"\n[net]\nretry = 0\n",
+            srv.url()
+        ));
+        srv
+    }
+
     /// `serve`, with a chance to adjust the command (limits, environment) first.
     pub fn serve_with(&self, args: &[&str], adjust: impl FnOnce(&mut Command)) -> ServerProc {
         use std::io::BufRead;
@@ -681,6 +720,14 @@ pub fn split_responses(mut bytes: &[u8], no_body: &[usize]) -> Vec<RawResponse> 
         bytes = &bytes[len + body_len..];
     }
     out
+}
+
+/// The status code of the first response in `bytes`.
+pub fn status_of(bytes: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(bytes);
+    let code = text.split(' ').nth(1);
+    code.and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not a response: {text}"))
 }
 
 /// Sends `raw` on a new connection and reads until the server closes it (or 30 s pass).

@@ -185,6 +185,18 @@ impl Refusal {
         }
     }
 
+    /// The token the refusal names, by id (none for a missing or unknown token, and for the
+    /// owner and admin checks, which name the user).
+    pub fn token(&self) -> Option<u64> {
+        match self {
+            Refusal::Expired { token }
+            | Refusal::Revoked { token }
+            | Refusal::Scope { token, .. }
+            | Refusal::CrateScope { token, .. } => Some(*token),
+            _ => None,
+        }
+    }
+
     /// True when the credentials are missing or no good (401), false when they are good but
     /// not enough (403).
     pub fn is_unauthenticated(&self) -> bool {

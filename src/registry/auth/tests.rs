@@ -27,7 +27,7 @@ fn publish_as(reg: &Registry, name: &str, p: &Principal) {
     let checked = reg
         .check_upload(None, &simple_crate(name, "1.0.0", &[])[..])
         .unwrap();
-    reg.apply(Command::Publish(checked), &Actor::Token(p.clone()))
+    reg.apply(Command::Publish(checked), &Actor::remote(Some(p), None))
         .unwrap();
 }
 

@@ -6,16 +6,26 @@
 //! when a later step fails, and returns the [`Outcome`] with the [`Event`]s it caused.
 //!
 //! The CLI and the server's writer thread both call it; the server passes the token holder it
-//! let through, the CLI the Unix user running it ([`Actor`]). Events are how the rest of the
-//! system learns of a change (maintenance of the index repository now; an audit log and
-//! webhooks later): they carry what changed, who changed it and when, never a token secret,
-//! so none of them needs a second look at the files or a write path of its own.
+//! let through and the client's address, the CLI the Unix user running it ([`Actor`]).
+//! Events are how the rest of the system learns of a change (maintenance of the index
+//! repository, the audit log; webhooks later): they carry what changed, who changed it and
+//! when, never a token secret, so none of them needs a second look at the files or a write
+//! path of its own.
+//!
+//! The audit log is written here, for every command alike (`record`): the intent line before
+//! the command runs, its outcome line (from its result and events) after, both synced under
+//! the lock before `apply` returns; see [`crate::registry::audit`] for what a crash leaves.
 //!
 //! What needs no registry state (a crate file's archive, its metadata, the settings) is
 //! checked before the lock, by [`Registry::check_upload`] and [`Registry::check_crate_file`],
 //! so that the lock is never held while an upload is unpacked.
 
+mod record;
 mod shorthand;
+
+pub(crate) use record::audit_actor;
+
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -27,10 +37,14 @@ use super::{CheckedCrate, CrateName, IndexEntry, Registry};
 /// Who asks for a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
-    /// A token holder, as the server authenticated them: every check applies.
-    Token(Principal),
+    /// A token holder, as the server authenticated them: every check applies. `peer`: the
+    /// client's address.
+    Token {
+        holder: Principal,
+        peer: Option<IpAddr>,
+    },
     /// A request the server let through without a token (access mode `open`): no checks.
-    Anonymous,
+    Anonymous { peer: Option<IpAddr> },
     /// The registry's administrator at the command line, by Unix user name: no checks.
     Cli { user: String },
     /// The server on its own behalf (the first start's admin, token bookkeeping).
@@ -43,33 +57,65 @@ impl Actor {
         Actor::Cli { user: unix_user() }
     }
 
+    /// Who a request through the server comes from: the token holder the server let
+    /// through, or no one (a route that needs no token), and the client's address.
+    pub fn remote(holder: Option<&Principal>, peer: Option<IpAddr>) -> Actor {
+        match holder {
+            Some(p) => Actor::Token {
+                holder: p.clone(),
+                peer,
+            },
+            None => Actor::Anonymous { peer },
+        }
+    }
+
     /// The token holder, when the checks apply.
     pub fn principal(&self) -> Option<&Principal> {
         match self {
-            Actor::Token(p) => Some(p),
+            Actor::Token { holder, .. } => Some(holder),
+            _ => None,
+        }
+    }
+
+    /// The client's address, for a request through the server.
+    pub fn peer(&self) -> Option<IpAddr> {
+        match self {
+            Actor::Token { peer, .. } | Actor::Anonymous { peer } => *peer,
             _ => None,
         }
     }
 }
 
 /// `{"kind":"token","user":..,"token":ID}` (the token's id, never its secret), `{"kind":
-/// "anonymous"}`, `{"kind":"cli","user":..}`, `{"kind":"server"}`.
+/// "anonymous"}`, `{"kind":"cli","user":..}`, `{"kind":"server"}`; with `"peer":ADDRESS`
+/// for a request through the server.
 impl Serialize for Actor {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         #[serde(tag = "kind", rename_all = "kebab-case")]
         enum Shown<'a> {
-            Token { user: &'a str, token: u64 },
-            Anonymous,
-            Cli { user: &'a str },
+            Token {
+                user: &'a str,
+                token: u64,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                peer: Option<IpAddr>,
+            },
+            Anonymous {
+                #[serde(skip_serializing_if = "Option::is_none")]
+                peer: Option<IpAddr>,
+            },
+            Cli {
+                user: &'a str,
+            },
             Server,
         }
         match self {
-            Actor::Token(p) => Shown::Token {
-                user: &p.user,
-                token: p.token,
+            Actor::Token { holder, peer } => Shown::Token {
+                user: &holder.user,
+                token: holder.token,
+                peer: *peer,
             },
-            Actor::Anonymous => Shown::Anonymous,
+            Actor::Anonymous { peer } => Shown::Anonymous { peer: *peer },
             Actor::Cli { user } => Shown::Cli { user },
             Actor::Server => Shown::Server,
         }
@@ -81,8 +127,10 @@ impl std::fmt::Display for Actor {
     /// `user alice (token 3)`, `anonymous`, `cli user pi`, `server`: for logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Actor::Token(p) => write!(f, "user {} (token {})", p.user, p.token),
-            Actor::Anonymous => f.write_str("anonymous"),
+            Actor::Token { holder, .. } => {
+                write!(f, "user {} (token {})", holder.user, holder.token)
+            }
+            Actor::Anonymous { .. } => f.write_str("anonymous"),
             Actor::Cli { user } => write!(f, "cli user {user}"),
             Actor::Server => f.write_str("server"),
         }
@@ -375,6 +423,10 @@ impl Registry {
     }
 
     /// [`Registry::apply`] with the clock read by the caller (tests pin it).
+    ///
+    /// The audit log's lines are written here, for every command alike: the intent before
+    /// the command runs, the outcome (from its result and events) after it, both synced
+    /// under the lock, before anyone is answered (see [`crate::registry::audit`]).
     pub(crate) fn apply_at(
         &self,
         cmd: Command,
@@ -382,16 +434,40 @@ impl Registry {
         now: u64,
     ) -> Result<Applied, AuthError> {
         let _lock = self.lock()?;
+        let intent = record::intent(&cmd, actor, now);
+        let mut log = match &intent {
+            Some(line) => {
+                let mut log = self.audit_log()?;
+                let at = log.append(std::slice::from_ref(line), true)?;
+                Some((log, at))
+            }
+            None => None,
+        };
         let mut changes = Vec::new();
-        let outcome = self.run_locked(cmd, actor, now, &mut changes)?;
-        let events = changes
+        let result = self.run_locked(cmd, actor, now, &mut changes);
+        let events: Vec<Event> = changes
             .into_iter()
             .map(|change| Event {
                 at: now,
                 actor: actor.clone(),
                 change,
             })
-            .collect::<Vec<_>>();
+            .collect();
+        if let (Some((log, at)), Some(intent)) = (&mut log, &intent) {
+            let quiet = *actor == Actor::Server && result.is_ok() && events.is_empty();
+            let line = record::outcome(intent, result.as_ref().map(drop), &events);
+            // The server's own checks that found nothing to do leave no line; a change
+            // whose outcome line cannot be written still has its intent line, which the
+            // next opening of the log settles.
+            let written = match quiet {
+                true => log.truncate(*at),
+                false => log.append(&[line], false).map(drop),
+            };
+            if let Err(e) = written {
+                error!("warning: the audit log's outcome of {}: {e}", intent.action);
+            }
+        }
+        let outcome = result?;
         // Under the lock, before the caller hears of the change: an acknowledged change has
         // its webhook deliveries on disk (`outbox`).
         self.queue_deliveries(&events);
@@ -584,7 +660,7 @@ mod tests {
         let p = view
             .authorize(Some(&secret), Need::Publish, None, auth::now())
             .unwrap();
-        Actor::Token(p)
+        Actor::remote(Some(&p), None)
     }
 
     fn publish(

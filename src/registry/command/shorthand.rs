@@ -30,7 +30,7 @@ fn owners_shorthand(
     cmd: Command,
     by: Option<&Principal>,
 ) -> Result<String, AuthError> {
-    let actor = by.map_or_else(Actor::cli, |p| Actor::Token(p.clone()));
+    let actor = by.map_or_else(Actor::cli, |p| Actor::remote(Some(p), None));
     match as_actor(reg, cmd, &actor, now())? {
         Outcome::OwnersChanged { msg } => Ok(msg),
         o => unexpected(o),

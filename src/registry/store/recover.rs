@@ -37,6 +37,8 @@ impl Registry {
             done.push(format!("rebuilt search.jsonl ({n} crates)"));
         }
         done.extend(self.finish_journal()?);
+        // Last: a change a crash interrupted is settled as the repaired registry shows it.
+        done.extend(self.recover_audit()?);
         Ok(done)
     }
 
