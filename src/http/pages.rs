@@ -640,6 +640,7 @@ fn crate_page(reg: &Registry, ctx: &Ctx, name: &str, vers: Option<&str>) -> Resp
         entries: &entries,
         at: shown,
         pinned: shown != newest,
+        docs: reg.has_docs(&e.name, &e.vers),
     };
     render_crate(
         ctx,
@@ -659,6 +660,8 @@ struct Shown<'a> {
     at: usize,
     /// Not the version `cargo add` picks: the copied lines name it.
     pinned: bool,
+    /// The version has docs here.
+    docs: bool,
 }
 
 fn render_crate(
@@ -729,6 +732,17 @@ fn render_crate(
             };
             dd(out, term, &value);
         }
+    }
+    if shown.docs {
+        let href = format!(
+            "{}/docs/{}/{}/{}/index.html",
+            ctx.base,
+            enc(&e.name),
+            enc(&e.vers),
+            enc(&crate::registry::crate_folder(&e.name))
+        );
+        let link = format!("<a class=\"docs\" href=\"{href}\">{name} {vers} (rustdoc)</a>");
+        dd(out, "Docs", &link);
     }
     if !owners.is_empty() {
         let list: Vec<String> = owners.iter().map(|o| esc(o)).collect();
@@ -1203,6 +1217,7 @@ mod tests {
             entries: std::slice::from_ref(&entry),
             at: 0,
             pinned: false,
+            docs: true,
         };
         let mut out = String::new();
         render_crate(

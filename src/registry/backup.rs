@@ -8,8 +8,8 @@
 //! `search.jsonl`, the index repository under `index/` (of its `.git` what a restore takes:
 //! HEAD, refs, logs and objects, less lock and temp files; not git's `index` file, a cache of
 //! HEAD that the restore rebuilds, nor the config, hooks or caches), the crate files
-//! and their page files under `crates/`, and `orphans/`. Never the journal, the lock file or
-//! upload spool files. It is written to `FILE.tmp`, synced and renamed, so `FILE` is always
+//! and their page files under `crates/`, `orphans/`, and each version's docs under `docs/`.
+//! Never the journal, the lock file or upload spool files. It is written to `FILE.tmp`, synced and renamed, so `FILE` is always
 //! a whole backup or the previous one.
 //!
 //! A restore trusts nothing in the file: only directories, plain files and GNU long names are
@@ -60,7 +60,7 @@ const TOP_FILES: [&str; 4] = [
 ];
 const INDEX: &str = "index";
 const CRATES: &str = "crates";
-const TOP_DIRS: [&str; 3] = [INDEX, CRATES, super::store::ORPHANS_DIR];
+const TOP_DIRS: [&str; 4] = [INDEX, CRATES, super::store::ORPHANS_DIR, super::DOCS_DIR];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -230,6 +230,7 @@ fn list(reg: &Registry) -> Result<Vec<Item>> {
             super::store::ORPHANS_DIR,
             reg.root().join(super::store::ORPHANS_DIR),
         ),
+        (super::DOCS_DIR, reg.docs_dir()),
     ];
     for (name, dir) in trees {
         if dir.is_dir() {

@@ -77,6 +77,15 @@ pub struct Settings {
     /// nor `license-file`, as crates.io does.
     #[serde(default = "default_true")]
     pub require_description_and_license: bool,
+    /// Largest docs upload (the `.tar.gz` of `target/doc`), in bytes.
+    #[serde(default = "default_max_docs")]
+    pub max_docs_size: u64,
+    /// Largest unpacked size of a docs upload, in bytes.
+    #[serde(default = "default_max_docs_unpacked")]
+    pub max_docs_unpacked_size: u64,
+    /// Most entries (files and directories) in a docs upload.
+    #[serde(default = "default_max_docs_files")]
+    pub max_docs_files: u64,
 }
 
 fn default_index_dir() -> PathBuf {
@@ -90,6 +99,17 @@ fn default_max_crate() -> u64 {
 }
 fn default_max_unpacked() -> u64 {
     512 * 1024 * 1024
+}
+/// Room for the docs of a large crate: `cargo doc --no-deps` of the biggest crates people
+/// publish writes tens of MiB (a few MiB gzipped) in some thousands of files.
+fn default_max_docs() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_docs_unpacked() -> u64 {
+    512 * 1024 * 1024
+}
+fn default_max_docs_files() -> u64 {
+    50_000
 }
 fn default_true() -> bool {
     true
@@ -107,6 +127,9 @@ impl Default for Settings {
             max_crate_size: default_max_crate(),
             max_unpacked_size: default_max_unpacked(),
             require_description_and_license: true,
+            max_docs_size: default_max_docs(),
+            max_docs_unpacked_size: default_max_docs_unpacked(),
+            max_docs_files: default_max_docs_files(),
         }
     }
 }
