@@ -6,7 +6,8 @@
 # Makes a registry with one crate whose 1.0.0 has docs (`palletizer docs add`: a crate page
 # of about 30 KiB, like a rustdoc module page, and a 200 KiB script like rustdoc's
 # search.js), then, $ROUNDS times (default 3), interleaved on the same server, wrk -t1
-# -c10 for $SECS s (default 3) on: an index file, the docs page, the docs script. Prints the
+# -c10 for $SECS s (default 3) on: an index file, the crate file (about 30 KiB, sent like
+# docs files), the docs page, the docs script. Prints the
 # medians (requests/s, and the server's CPU µs per request) as a Markdown table. Needs wrk,
 # curl and python3; 127.0.0.1 only.
 set -euo pipefail
@@ -25,7 +26,9 @@ manifest = (b'[package]\nname = "bench-docs"\nversion = "1.0.0"\nedition = "2021
             b'description = "docs bench"\nlicense = "MIT"\n')
 raw = io.BytesIO()
 with tarfile.open(fileobj=raw, mode="w") as t:
-    for path, data in [("Cargo.toml", manifest), ("src/lib.rs", b"pub fn f() {}\n")]:
+    # Incompressible bytes: a crate file about as large as the docs page.
+    for path, data in [("Cargo.toml", manifest), ("src/lib.rs", b"pub fn f() {}\n"),
+                       ("data.bin", os.urandom(30 * 1024))]:
         info = tarfile.TarInfo(f"bench-docs-1.0.0/{path}"); info.size = len(data)
         t.addfile(info, io.BytesIO(data))
 open(f"{work}/bench-docs-1.0.0.crate", "wb").write(gzip.compress(raw.getvalue(), mtime=0))
@@ -53,6 +56,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 hz=$(getconf CLK_TCK)
 declare -A paths=(
   [index]="/index/be/nc/bench-docs"
+  [crate file]="/crates/bench-docs/bench-docs-1.0.0.crate"
   [docs page]="/docs/bench-docs/1.0.0/bench_docs/index.html"
   [docs script]="/docs/bench-docs/1.0.0/static.files/search-0123.js"
 )
@@ -62,7 +66,7 @@ for p in "${paths[@]}"; do
 done
 results=$work/results.tsv
 for round in $(seq "$ROUNDS"); do
-  for name in "index" "docs page" "docs script"; do
+  for name in "index" "crate file" "docs page" "docs script"; do
     before=$(ticks)
     out=$(wrk -t1 -c10 -d"${SECS}s" "http://127.0.0.1:$port${paths[$name]}" 2>&1)
     after=$(ticks)
