@@ -81,13 +81,15 @@ pub fn serve(
     config_path: Option<PathBuf>,
     create: bool,
 ) -> Result<(), StartError> {
-    // 2 x (connections + open files) + 64: a socket and a file being sent per connection,
-    // both trees' caches, the server's own (what Limits::open_files_within counts on).
+    // 2 x connections + 3 x open files + 64: a socket and a file being sent per
+    // connection, the three trees' caches, the server's own (what
+    // Limits::open_files_within counts on).
     os::raise_fd_limit(
         config
             .limits
             .max_connections
-            .saturating_add(config.limits.open_files),
+            .saturating_add(config.limits.open_files)
+            .saturating_add(config.limits.open_files / 2),
     );
     let poll = Poll::new().map_err(StartError::Poller)?;
     let listeners = bind_listeners(&config, &poll)?;
@@ -111,7 +113,8 @@ pub fn serve(
     warn_about_secrets(&registry);
     let waker =
         Arc::new(mio::Waker::new(poll.registry(), net::WAKER_TOKEN).map_err(StartError::Register)?);
-    let spool = worker::SpoolBudget::new(config.limits.spool_cap(site.max_upload));
+    let spool =
+        worker::SpoolBudget::new(config.limits.spool_cap(site.max_upload.max(site.max_docs)));
     let url = registry.settings().url.clone();
     let spool_dir = registry.root().to_owned();
     let metrics = metrics::Metrics::default();
@@ -232,12 +235,19 @@ fn site_of(registry: &Registry, limits: &Limits) -> Result<Site, StartError> {
         );
     }
     let settings = registry.settings();
+    // Made now, so that the docs tree has a kept descriptor for `openat2` from the start.
+    let docs_dir = registry.docs_dir();
+    if let Err(e) = std::fs::create_dir_all(&docs_dir) {
+        error!("warning: creating {}: {e}", docs_dir.display());
+    }
     let trees = Trees::new(
         registry.index_dir().to_owned(),
         registry.crates_dir().to_owned(),
         cached_files,
-    );
+    )
+    .with_docs(docs_dir, cached_files);
     let mut site = Site::new(&settings.url, trees, settings.max_crate_size);
+    site.max_docs = settings.max_docs_size;
     site.auth = Arc::new(AuthView::load(registry.root())?);
     Ok(site)
 }

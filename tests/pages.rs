@@ -9,28 +9,18 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use palletizer::registry::testing::{crate_bytes, file, publish_body};
-use support::harness::on_path;
+use support::browser::{browser, dom, screenshot, Driver, DEADLINE};
 use support::{get_bytes, raw_publish, read_one, Sandbox};
 
 support::harness::tests!(
     browser_reads_home_search_and_crate_pages_and_logs_in_when_private[Chromium],
     home_page_follows_publishes_and_yanks_between_views,
 );
-
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// `chromium` and `chromedriver` (the test declares it needs them).
-fn browser() -> (PathBuf, PathBuf) {
-    let find = |name| on_path(name).unwrap_or_else(|| panic!("{name} is not on PATH"));
-    (find("chromium"), find("chromedriver"))
-}
 
 /// Publishes `name` `vers` with cargo's metadata (description, README, deps) over HTTP.
 fn publish(addr: &str, token: &str, name: &str, vers: &str, extra: serde_json::Value) {
@@ -63,227 +53,6 @@ fn yank(addr: &str, token: &str, name: &str, vers: &str) {
     )
     .unwrap();
     assert_eq!(read_one(&mut c).0, 200);
-}
-
-/// Runs chromium headless with `args` and waits for it (bounded); returns stdout.
-fn chromium(bin: &Path, profile: &Path, args: &[&str]) -> String {
-    let mut child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium {args:?} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    reader.join().unwrap()
-}
-
-/// The DOM of `url` after the page's scripts (if any could run) ran.
-fn dom(bin: &Path, profile: &Path, url: &str) -> String {
-    chromium(bin, profile, &["--dump-dom", url])
-}
-
-fn screenshot(bin: &Path, profile: &Path, url: &str, to: &Path) {
-    let arg = format!("--screenshot={}", to.display());
-    chromium(bin, profile, &[&arg, "--window-size=1100,900", url]);
-    let png = std::fs::read(to).unwrap_or_else(|e| panic!("no screenshot of {url}: {e}"));
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{url}: not a PNG");
-    if let Some(dir) = std::env::var_os("PALLETIZER_SCREENSHOTS") {
-        std::fs::copy(to, Path::new(&dir).join(to.file_name().unwrap())).unwrap();
-    }
-}
-
-/// A minimal WebDriver client: one JSON request per connection.
-struct Driver {
-    addr: String,
-    child: Child,
-    session: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if !self.session.is_empty() {
-            let _ = self.call("DELETE", &format!("/session/{}", self.session), None);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_json(
-    addr: &str,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> std::io::Result<serde_json::Value> {
-    let mut c = TcpStream::connect(addr)?;
-    c.set_read_timeout(Some(DEADLINE))?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        c,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    // By Content-Length: chromedriver may keep the connection open after answering.
-    let (_, body) = support::try_read_bytes(&mut c)?;
-    Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
-}
-
-impl Driver {
-    fn start(driver: &Path, chromium: &Path, profile: &Path) -> Driver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = profile.with_extension("log");
-        let child = Command::new(driver)
-            .arg(format!("--port={port}"))
-            .arg(format!("--log-path={}", log.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        // Owned by the driver from here, so a failed start still ends chromedriver.
-        let mut driver = Driver {
-            addr,
-            child,
-            session: String::new(),
-        };
-        let addr = driver.addr.clone();
-        let start = Instant::now();
-        while http_json(&addr, "GET", "/status", None)
-            .map(|v| v["value"]["ready"] != true)
-            .unwrap_or(true)
-        {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "chromedriver did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium.display().to_string(),
-                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         format!("--user-data-dir={}", profile.display())]
-            }
-        }}});
-        let v = http_json(&addr, "POST", "/session", Some(caps)).unwrap();
-        driver.session = v["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
-            .to_owned();
-        // A form post navigates: an element looked up while the next page is still loading
-        // is waited for (a deadline only as the failure condition), not reported missing.
-        let path = format!("/session/{}/timeouts", driver.session);
-        let timeouts = serde_json::json!({ "implicit": 20_000, "pageLoad": 60_000 });
-        driver.call("POST", &path, Some(timeouts)).unwrap();
-        driver
-    }
-
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> std::io::Result<serde_json::Value> {
-        http_json(&self.addr, method, path, body).map(|v| v["value"].clone())
-    }
-
-    fn go(&self, url: &str) {
-        let path = format!("/session/{}/url", self.session);
-        self.call("POST", &path, Some(serde_json::json!({ "url": url })))
-            .unwrap();
-    }
-
-    fn get(&self, what: &str) -> String {
-        let path = format!("/session/{}/{what}", self.session);
-        let v = self.call("GET", &path, None).unwrap();
-        v.as_str()
-            .unwrap_or_else(|| panic!("{what}: {v}"))
-            .to_owned()
-    }
-
-    fn element(&self, css: &str) -> String {
-        let path = format!("/session/{}/element", self.session);
-        let body = serde_json::json!({ "using": "css selector", "value": css });
-        let v = self.call("POST", &path, Some(body)).unwrap();
-        v["element-6066-11e4-a52e-4f735466cecf"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element {css}: {v}"))
-            .to_owned()
-    }
-
-    /// Types `text` into the field `css` and checks that the field holds exactly that (a
-    /// page still settling after a navigation could have dropped or doubled keys).
-    fn type_into(&self, css: &str, text: &str) {
-        let element = self.element(css);
-        let base = format!("/session/{}/element/{element}", self.session);
-        let v = self.call(
-            "POST",
-            &format!("{base}/clear"),
-            Some(serde_json::json!({})),
-        );
-        assert!(v.unwrap().is_null(), "clearing {css}");
-        let body = serde_json::json!({ "text": text });
-        let v = self
-            .call("POST", &format!("{base}/value"), Some(body))
-            .unwrap();
-        assert!(v.is_null(), "typing into {css}: {v}");
-        let v = self
-            .call("GET", &format!("{base}/property/value"), None)
-            .unwrap();
-        assert_eq!(v.as_str(), Some(text), "{css} holds what was typed");
-    }
-
-    /// Waits (bounded) until `done`: a click may return before the page it loads.
-    fn wait_until(&self, what: &str, done: impl Fn(&Driver) -> bool) {
-        let start = Instant::now();
-        while !done(self) {
-            assert!(start.elapsed() < DEADLINE, "never happened: {what}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn click(&self, css: &str) {
-        let path = format!(
-            "/session/{}/element/{}/click",
-            self.session,
-            self.element(css)
-        );
-        self.call("POST", &path, Some(serde_json::json!({})))
-            .unwrap();
-    }
 }
 
 fn browser_reads_home_search_and_crate_pages_and_logs_in_when_private() {

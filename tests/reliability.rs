@@ -20,12 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palletizer::registry::testing::{
-    find_tombstone, history_is_linear, index_path, noise, publish_body, sha256_hex, simple_crate,
-    staged,
+    crate_bytes, file, find_tombstone, history_is_linear, index_path, noise, publish_body,
+    sha256_hex, simple_crate, staged,
 };
 use palletizer::registry::{CrateName, InitOptions, Problem, Registry, Version};
 use support::harness::Tmpfs;
-use support::{get_bytes, git_in, meta, show, try_raw_publish, Sandbox};
+use support::{get_bytes, git_in, meta, put_docs, show, try_raw_publish, Sandbox};
 
 support::harness::tests!(
     a_failed_commit_leaves_no_ghost_for_the_next_one,
@@ -33,6 +33,7 @@ support::harness::tests!(
     a_journaled_write_cut_short_is_finished_at_open,
     crash_loop_loses_no_acknowledged_publish,
     a_full_disk_answers_507_and_keeps_nothing[Tmpfs],
+    a_docs_upload_on_a_full_disk_is_a_507_and_leaves_nothing[Tmpfs],
     garbled_state_is_repaired_at_open,
     a_delete_cut_short_before_its_commit_leaves_the_version_whole,
     a_delete_cut_short_after_its_index_edit_is_finished,
@@ -481,6 +482,43 @@ fn a_full_disk_answers_507_and_keeps_nothing() {
     in_head.sort();
     stored.sort();
     assert_eq!(in_head, stored);
+    drop(mnt);
+}
+
+/// A docs upload that unpacks to more than the disk holds (its archive is small: zeros):
+/// a 507 that says so, no staging tree left, and the same upload works once there is room.
+fn a_docs_upload_on_a_full_disk_is_a_507_and_leaves_nothing() {
+    let s = Sandbox::new();
+    let mnt = Tmpfs::mount(&s.reg(), "6m");
+    let srv = s.serve(&["-q"]);
+    let reg = s.reg();
+    let krate = simple_crate("docfull", "1.0.0", &[]);
+    let body = publish_body(&meta("docfull", "1.0.0", serde_json::json!([])), &krate);
+    let (st, text) = try_raw_publish(srv.addr(), &s.token(), &body).unwrap();
+    assert_eq!(st, 200, "{text}");
+    let zeros = vec![0u8; 2 << 20];
+    let docs = crate_bytes(&[
+        file("./docfull/index.html", b"<title>docfull</title>"),
+        file("./docfull/big.bin", &zeros),
+    ]);
+    assert!(docs.len() < 64 << 10, "{}", docs.len());
+    let st = nix_statvfs(&reg);
+    let filler = reg.join("filler");
+    fs::write(
+        &filler,
+        vec![0u8; ((st.0 * st.1) as usize).saturating_sub(512 << 10)],
+    )
+    .unwrap();
+    let (st, text) = put_docs(srv.addr(), &s.token(), "docfull", "1.0.0", &docs);
+    assert_eq!(st, 507, "{text}");
+    assert!(text.contains("disk is full"), "{text}");
+    let left: Vec<_> = fs::read_dir(reg.join("docs")).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+    fs::remove_file(&filler).unwrap();
+    let (st, text) = put_docs(srv.addr(), &s.token(), "docfull", "1.0.0", &docs);
+    assert_eq!(st, 200, "{text}");
+    assert!(reg.join("docs/docfull/1.0.0/docfull/big.bin").is_file());
+    drop(srv);
     drop(mnt);
 }
 

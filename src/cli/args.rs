@@ -35,6 +35,11 @@ commands:
                             their version numbers can never be published again, and the
                             name stays with the crate's owners (or the admins) unless
                             --release-name gives it up for anyone to publish
+  docs add NAME VERSION DIR|FILE.tar.gz
+                            store a version's rustdoc output: the target/doc that
+                            `cargo doc --no-deps` wrote, or a .tar.gz of its contents
+  docs remove NAME [VERSION]
+                            remove the docs of one version, or of every version
   list [NAME]               list crates and versions
   check [--repair]          verify the index against the crate files and git
   squash-index              replace the index's git history with one commit (clients keep
@@ -84,6 +89,7 @@ pub enum Command {
     /// `yank` and `unyank`.
     Yank(Yank),
     Delete(Delete),
+    Docs(Docs),
     /// All crates, or one.
     List(Option<CrateName>),
     Check {
@@ -133,6 +139,21 @@ pub struct Audit {
     pub query: AuditQuery,
     /// One JSON object a line instead of a table.
     pub json: bool,
+}
+
+/// `docs add` and `docs remove`.
+pub enum Docs {
+    Add {
+        name: CrateName,
+        version: String,
+        /// A `target/doc` directory, or a `.tar.gz` of its contents.
+        from: PathBuf,
+    },
+    Remove {
+        name: CrateName,
+        /// `None`: every version.
+        version: Option<String>,
+    },
 }
 
 pub struct Serve {
@@ -295,6 +316,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, CliError> {
         "yank" => yank(&given, true),
         "unyank" => yank(&given, false),
         "delete" => delete(&given),
+        "docs" => docs(&given),
         "list" => list(&given),
         "check" => check(&given),
         "squash-index" => squash_index(&given),
@@ -428,6 +450,32 @@ fn delete(g: &Given) -> Result<Command, CliError> {
         version,
         release_name,
     }))
+}
+
+fn docs(g: &Given) -> Result<Command, CliError> {
+    g.no_options()?;
+    let usage = || {
+        CliError(
+            "usage: palletizer docs add NAME VERSION DIR|FILE.tar.gz, or palletizer docs \
+             remove NAME [VERSION]"
+                .into(),
+        )
+    };
+    let sub = g.rest.first().map(|s| string(s)).transpose()?;
+    let text = |i: usize| string(&g.rest[i]);
+    let docs = match (sub.as_deref(), g.rest.len()) {
+        (Some("add"), 4) => Docs::Add {
+            name: CrateName::parse(&text(1)?)?,
+            version: text(2)?,
+            from: PathBuf::from(&g.rest[3]),
+        },
+        (Some("remove"), 2 | 3) => Docs::Remove {
+            name: CrateName::parse(&text(1)?)?,
+            version: g.rest.get(2).map(|v| string(v)).transpose()?,
+        },
+        _ => return Err(usage()),
+    };
+    Ok(Command::Docs(docs))
 }
 
 fn list(g: &Given) -> Result<Command, CliError> {

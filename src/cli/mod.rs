@@ -19,6 +19,7 @@ mod args;
 mod audit;
 mod auth;
 mod commands;
+mod docs;
 
 use args::{Command, Invocation};
 
@@ -55,6 +56,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
         Command::Add(c) => commands::add(&dir, c),
         Command::Yank(c) => commands::yank(&dir, c),
         Command::Delete(c) => commands::delete(&dir, c),
+        Command::Docs(c) => docs::run(&dir, c),
         Command::List(name) => commands::list(&dir, name),
         Command::Check { repair } => commands::check(&dir, repair),
         Command::SquashIndex => commands::squash_index(&dir),

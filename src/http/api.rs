@@ -69,6 +69,18 @@ pub enum Job {
     },
     /// Render a page that reads the registry.
     Page(super::pages::Page, super::pages::Ctx),
+    /// A version's docs, the `.tar.gz` spooled here (removed by the job).
+    UploadDocs {
+        name: CrateName,
+        vers: String,
+        body: PathBuf,
+    },
+    /// Where `/docs/{name}/latest/{rest}` goes: `base` is the registry's base path.
+    DocsLatest {
+        name: CrateName,
+        rest: String,
+        base: String,
+    },
 }
 
 /// `PUT` (add) or `DELETE` (remove) on a crate's owners.
@@ -84,6 +96,7 @@ impl Job {
         match self {
             Job::Publish(path)
             | Job::GitUploadPack { body: path, .. }
+            | Job::UploadDocs { body: path, .. }
             | Job::Owners {
                 change: Some((_, path)),
                 ..
@@ -118,6 +131,10 @@ pub enum Spooled {
         name: CrateName,
         change: OwnersChange,
     },
+    Docs {
+        name: CrateName,
+        vers: String,
+    },
 }
 
 impl Spooled {
@@ -129,6 +146,7 @@ impl Spooled {
                 name,
                 change: Some((change, body)),
             },
+            Spooled::Docs { name, vers } => Job::UploadDocs { name, vers, body },
         }
     }
 }
@@ -210,6 +228,10 @@ fn run_job(reg: &Registry, job: Job, caller: Caller<'_>, events: &mut Vec<Event>
             }
         }
         Job::Owners { name, change } => owners(reg, &name, change, caller, events),
+        Job::UploadDocs { name, vers, body } => {
+            upload_docs(reg, &name, &vers, &body, caller, events)
+        }
+        Job::DocsLatest { name, rest, base } => docs_latest(reg, &name, &rest, &base),
         Job::SyncAccess => match reg.apply(Command::SyncAccess, &Actor::Server) {
             Ok(applied) => {
                 events.extend(applied.events);
@@ -483,6 +505,61 @@ fn publish(
     match apply(reg, Command::Publish(checked), caller, events) {
         Ok(_) => publish_ok(),
         Err(e) => write_error(reg, who, e, &format!("publish of {name}")),
+    }
+}
+
+/// `PUT /api/v1/crates/{name}/{vers}/docs`: the spooled `.tar.gz` checked and unpacked
+/// before the lock, then stored by the command, which decides who may.
+fn upload_docs(
+    reg: &Registry,
+    name: &CrateName,
+    vers: &str,
+    body: &std::path::Path,
+    caller: Caller<'_>,
+    events: &mut Vec<Event>,
+) -> Response {
+    let who = caller.who;
+    let file = match File::open(body) {
+        Ok(f) => f,
+        Err(e) => {
+            return registry_error(registry::Error::Io {
+                context: "opening the upload".into(),
+                source: e,
+            })
+        }
+    };
+    let checked = match reg.check_docs(name, vers, file) {
+        Ok(c) => c,
+        Err(e) => return registry_error(e),
+    };
+    match apply(reg, Command::UploadDocs(checked), caller, events) {
+        Ok(Outcome::DocsUploaded { name, vers }) => Response::json(
+            200,
+            &serde_json::json!({ "ok": true, "name": name, "vers": vers }),
+        ),
+        Ok(o) => unreachable!("a docs upload answered {o:?}"),
+        Err(e) => write_error(reg, who, e, &format!("docs upload of {name} {vers}")),
+    }
+}
+
+/// `/docs/{name}/latest/{rest}`: a redirect to the newest version that is not yanked and
+/// has docs (`rest` empty: the crate's own page).
+fn docs_latest(reg: &Registry, name: &CrateName, rest: &str, base: &str) -> Response {
+    match reg.latest_docs(name) {
+        Ok(Some((real, vers))) => {
+            let rest = match rest {
+                "" => format!("{}/index.html", registry::crate_folder(&real)),
+                r => r.to_owned(),
+            };
+            Response::new(302)
+                .header("Location", format!("{base}/docs/{real}/{vers}/{rest}"))
+                .header("Cache-Control", "no-cache")
+        }
+        Ok(None) => Response::error(
+            404,
+            &format!("no version of `{name}` that is not yanked has docs here"),
+        ),
+        Err(e) => registry_error(e),
     }
 }
 

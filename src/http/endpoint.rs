@@ -68,6 +68,20 @@ pub enum Endpoint<'a> {
     },
     /// `GET`/`HEAD` of a page: `/`, `/search?q=…`, `/crates/{name}[/{version}]`.
     Page(Page),
+    /// `PUT /api/v1/crates/{name}/{version}/docs`: a version's rustdoc output (`.tar.gz`).
+    UploadDocs { name: Segment<'a>, vers: &'a str },
+    /// `GET`/`HEAD /docs/{name}/{version}/{file}`: a file of a version's docs, sandboxed;
+    /// `/docs/~{ticket}/{name}/{version}/{file}` in a private registry (see
+    /// [`super::tickets`]).
+    Docs {
+        name: Segment<'a>,
+        vers: &'a str,
+        file: &'a str,
+        ticket: Option<&'a str>,
+    },
+    /// `GET`/`HEAD /docs/{name}/latest/{file}` (and `/docs/{name}`): a redirect to the
+    /// newest version that is not yanked and has docs.
+    DocsLatest { name: Segment<'a>, file: &'a str },
     /// `GET`/`HEAD /login` (or `/me`): how to get a token, and the login form.
     LoginPage,
     /// `POST /login`: the login form's answer.
@@ -140,6 +154,8 @@ pub enum Metric {
     ApiOwners,
     ApiSearch,
     ApiCrate,
+    ApiDocs,
+    Docs,
     Git,
     Login,
     Metrics,
@@ -147,7 +163,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 13] = [
         Metric::Index,
         Metric::Download,
         Metric::ApiPublish,
@@ -155,6 +171,8 @@ impl Metric {
         Metric::ApiOwners,
         Metric::ApiSearch,
         Metric::ApiCrate,
+        Metric::ApiDocs,
+        Metric::Docs,
         Metric::Git,
         Metric::Login,
         Metric::Metrics,
@@ -170,6 +188,8 @@ impl Metric {
             Metric::ApiOwners => "api_owners",
             Metric::ApiSearch => "api_search",
             Metric::ApiCrate => "api_crate",
+            Metric::ApiDocs => "api_docs",
+            Metric::Docs => "docs",
             Metric::Git => "git",
             Metric::Login => "login",
             Metric::Metrics => "metrics",
@@ -242,6 +262,12 @@ impl<'a> Endpoint<'a> {
                 _ => not_allowed(Metric::Index, CARGO, "GET, HEAD"),
             };
         }
+        if let Some(rest) = path.strip_prefix("/docs/") {
+            return match read {
+                true => docs_endpoint(rest),
+                false => not_allowed(Metric::Docs, CARGO, "GET, HEAD"),
+            };
+        }
         if let Some(rest) = path.strip_prefix("/crates/") {
             let metric = if path.ends_with(".crate") {
                 Metric::Download
@@ -275,6 +301,10 @@ impl<'a> Endpoint<'a> {
             | Endpoint::Refused {
                 guard: Guard::Free, ..
             } => None,
+            // The ticket is the credential: its handler serves nothing without a good one.
+            Endpoint::Docs {
+                ticket: Some(_), ..
+            } => None,
             Endpoint::Publish => Some(required(Need::Publish, None, Challenge::Cargo)),
             Endpoint::Yank { name, .. } => {
                 Some(required(Need::Yank, Some(name.decoded()), Challenge::Cargo))
@@ -284,6 +314,12 @@ impl<'a> Endpoint<'a> {
                 change: Some(_),
             } => Some(required(
                 Need::ChangeOwners,
+                Some(name.decoded()),
+                Challenge::Cargo,
+            )),
+            // Docs are part of a publish: who may publish the crate may upload them.
+            Endpoint::UploadDocs { name, .. } => Some(required(
+                Need::Publish,
                 Some(name.decoded()),
                 Challenge::Cargo,
             )),
@@ -299,6 +335,8 @@ impl<'a> Endpoint<'a> {
             | Endpoint::Crate(_)
             | Endpoint::Owners { change: None, .. }
             | Endpoint::Page(_)
+            | Endpoint::Docs { .. }
+            | Endpoint::DocsLatest { .. }
             | Endpoint::Metrics
             | Endpoint::Refused { .. } => read(Challenge::Cargo),
         }
@@ -316,6 +354,8 @@ impl<'a> Endpoint<'a> {
             Endpoint::Crate(_) => Metric::ApiCrate,
             Endpoint::Yank { .. } => Metric::ApiYank,
             Endpoint::Owners { .. } => Metric::ApiOwners,
+            Endpoint::UploadDocs { .. } => Metric::ApiDocs,
+            Endpoint::Docs { .. } | Endpoint::DocsLatest { .. } => Metric::Docs,
             Endpoint::LoginPage | Endpoint::LoginForm => Metric::Login,
             Endpoint::Metrics => Metric::Metrics,
             Endpoint::Refused { metric, .. } => *metric,
@@ -327,6 +367,7 @@ impl<'a> Endpoint<'a> {
         match self {
             Endpoint::IndexFile(_)
             | Endpoint::CrateFile(_)
+            | Endpoint::Docs { .. }
             | Endpoint::LoginPage
             // The login form is a token check against the loop's view, once its small
             // body is in memory.
@@ -338,8 +379,10 @@ impl<'a> Endpoint<'a> {
             Endpoint::Search { .. }
             | Endpoint::Crate(_)
             | Endpoint::Owners { change: None, .. }
+            | Endpoint::DocsLatest { .. }
             | Endpoint::Page(_) => Lane::Pages,
             Endpoint::Publish
+            | Endpoint::UploadDocs { .. }
             | Endpoint::Yank { .. }
             | Endpoint::Owners {
                 change: Some(_), ..
@@ -380,10 +423,13 @@ impl<'a> Endpoint<'a> {
         }
     }
 
-    /// Whether a browser's session cookie may stand for the token: on page reads only,
-    /// never on the API, where a cross-site request would carry it.
+    /// Whether a browser's session cookie may stand for the token: on page and docs reads
+    /// only, never on the API, where a cross-site request would carry it.
     pub fn takes_session_cookie(&self) -> bool {
-        matches!(self, Endpoint::Page(_))
+        matches!(
+            self,
+            Endpoint::Page(_) | Endpoint::Docs { ticket: None, .. } | Endpoint::DocsLatest { .. }
+        )
     }
 
     /// Runs the handler: the answer now, or the job (with or without the body) for
@@ -430,6 +476,42 @@ impl<'a> Endpoint<'a> {
             Endpoint::Yank { name, vers, yank } => yank_job(name, vers, yank, head),
             Endpoint::Owners { name, change } => owners(name, change, head),
             Endpoint::Page(page) => Routed::Job(Job::Page(page, Ctx::of(site, head))),
+            Endpoint::UploadDocs { name, vers } => upload_docs(name, vers, head, site.max_docs),
+            Endpoint::Docs {
+                name,
+                vers,
+                file,
+                ticket,
+            } => docs_file(
+                site,
+                DocsPath {
+                    name,
+                    vers,
+                    file,
+                    ticket,
+                },
+                head,
+                caches,
+            ),
+            // The rest goes into a Location header: only a path of the served characters.
+            Endpoint::DocsLatest { name, file } => {
+                let rest = match file {
+                    "" => Ok(String::new()),
+                    f => files::safe_relative(f.strip_suffix('/').unwrap_or(f)).map(|r| {
+                        let dir = if f.ends_with('/') { "/index.html" } else { "" };
+                        format!("{r}{dir}")
+                    }),
+                };
+                match (name.name(), rest) {
+                    (Ok(name), Ok(rest)) => Routed::Job(Job::DocsLatest {
+                        name,
+                        rest,
+                        base: site.base_path.clone(),
+                    }),
+                    (Err(r), _) => done(r),
+                    (_, Err(status)) => done(Response::error(status, "invalid path")),
+                }
+            }
             Endpoint::LoginPage => {
                 let next = head.query().and_then(|q| query_param(q, "next"));
                 done(pages::login_page(
@@ -570,6 +652,11 @@ fn api_endpoint<'a>(method: Method, path: &'a str, query: Option<&str>) -> Endpo
             };
             refused(Metric::ApiYank, CARGO, refusal)
         }
+        (Method::Put, &["crates", name, vers, "docs"]) => Endpoint::UploadDocs {
+            name: Segment(name),
+            vers,
+        },
+        (_, ["crates", _, _, "docs"]) => not_allowed(Metric::ApiDocs, CARGO, "PUT"),
         (_, &["crates", name, "owners"]) => {
             let change = match method {
                 Method::Get | Method::Head => None,
@@ -612,6 +699,127 @@ fn search(query: &str) -> Endpoint<'static> {
         skip: (page.unwrap_or(1) - 1).saturating_mul(per_page),
         per_page,
     }
+}
+
+/// `/docs/…` (`rest` follows `/docs/`): `{name}/latest/{file}` and `{name}` go to the
+/// newest version with docs, `{name}/{vers}/{file}` is a file.
+fn docs_endpoint(rest: &str) -> Endpoint<'_> {
+    if rest.starts_with('~') {
+        let mut segs = rest.splitn(4, '/');
+        let ticket = segs.next();
+        return match (segs.next(), segs.next(), segs.next()) {
+            (Some(name), Some(vers), file) => Endpoint::Docs {
+                name: Segment(name),
+                vers,
+                file: file.unwrap_or(""),
+                ticket,
+            },
+            _ => refused(Metric::Docs, CARGO, Response::error(404, "not found")),
+        };
+    }
+    let mut segs = rest.splitn(3, '/');
+    let name = Segment(segs.next().unwrap_or(""));
+    match (segs.next(), segs.next()) {
+        (None | Some(""), None) | (Some("latest"), None) => Endpoint::DocsLatest { name, file: "" },
+        (Some("latest"), Some(file)) => Endpoint::DocsLatest { name, file },
+        (Some(vers), file) => Endpoint::Docs {
+            name,
+            vers,
+            file: file.unwrap_or(""),
+            ticket: None,
+        },
+        (None, Some(_)) => unreachable!("splitn yields segments in order"),
+    }
+}
+
+/// The parts of a docs file's path, as sent.
+struct DocsPath<'a> {
+    name: Segment<'a>,
+    vers: &'a str,
+    file: &'a str,
+    ticket: Option<&'a str>,
+}
+
+impl DocsPath<'_> {
+    /// `{base}/docs/[{ticket}/]{name}/{vers}/{file}[?{query}]`.
+    fn url(&self, base: &str, ticket: Option<&str>, file: &str, query: Option<&str>) -> String {
+        let ticket = ticket.map_or(String::new(), |t| format!("{t}/"));
+        let query = query.map_or(String::new(), |q| format!("?{q}"));
+        let (name, vers) = (self.name.0, self.vers);
+        format!("{base}/docs/{ticket}{name}/{vers}/{file}{query}")
+    }
+}
+
+/// A file of a version's docs; a folder (`…/` or nothing after the version) goes to its
+/// `index.html`, the version's own to the crate's page. In a private registry a reader whose
+/// login cookie opened the page is sent on to the same page with a ticket (and one whose
+/// ticket is stale, back to get a new one): see [`super::tickets`].
+fn docs_file(site: &Site, p: DocsPath, head: &Head, caches: files::Caches) -> Routed {
+    let done = Routed::Done;
+    let crate_name = match p.name.name() {
+        Ok(n) => n,
+        Err(r) => return done(r),
+    };
+    let no_store = |location: String| {
+        Response::new(302)
+            .header("Location", location)
+            .header("Cache-Control", "no-store")
+    };
+    let tree = format!("{}/{}", p.name.0, p.vers);
+    let now = crate::registry::now();
+    match p.ticket {
+        Some(t) if !site.docs_key.check(t, &tree, now) => {
+            return done(no_store(p.url(&site.base_path, None, p.file, head.query())));
+        }
+        None if site.access() == Access::Private && head.authorization.is_none() => {
+            let ticket = site.docs_key.issue(&tree, now);
+            let to = p.url(&site.base_path, Some(&ticket), p.file, head.query());
+            return done(no_store(to));
+        }
+        _ => {}
+    }
+    let (file, vers) = (p.file, p.vers);
+    if file.is_empty() || file.ends_with('/') {
+        let to = match file {
+            "" => format!("{}/index.html", crate::registry::crate_folder(&crate_name)),
+            dir => format!("{dir}index.html"),
+        };
+        return done(
+            Response::new(302).header("Location", p.url(&site.base_path, p.ticket, &to, None)),
+        );
+    }
+    done(
+        match files::safe_relative(&format!("{}/{vers}/{file}", p.name.0)) {
+            Ok(rel) => files::docs_file(&site.trees.docs, &rel, head, caches),
+            Err(status) => Response::error(status, "invalid path")
+                .header("Content-Security-Policy", files::DOCS_CSP),
+        },
+    )
+}
+
+/// A docs upload: a body within `max-docs-size`, refused before any of it is read.
+fn upload_docs(name: Segment, vers: &str, head: &Head, max_docs: u64) -> Routed {
+    let name = match name.name() {
+        Ok(n) => n,
+        Err(r) => return Routed::Done(r),
+    };
+    let Some(vers) = decode(vers) else {
+        return Routed::Done(Response::error(400, "invalid version in path"));
+    };
+    if head.content_length == 0 {
+        return Routed::Done(Response::error(
+            400,
+            "docs upload has no body: send the .tar.gz of target/doc",
+        ));
+    }
+    if head.content_length > max_docs {
+        let detail = format!(
+            "docs archive is larger than the limit of {max_docs} bytes (max-docs-size in \
+             palletizer.toml)"
+        );
+        return Routed::Done(Response::error(413, &detail));
+    }
+    Routed::Upload(Spooled::Docs { name, vers })
 }
 
 /// Refused before any of the body is read (and before `100 Continue`).
@@ -778,6 +986,15 @@ mod tests {
             (Put, "/api/v1/crates/foo", "-", "-", "read"),
             (Get, "/logout", "-", "-", "-"),
             (Put, "/logout", "-", "-", "-"),
+            (Put, "/api/v1/crates/foo/1.0.0/docs", "-", "publish:foo", "publish:foo"),
+            (Get, "/api/v1/crates/foo/1.0.0/docs", "-", "-", "read"),
+            (Get, "/docs/foo/1.0.0/foo/index.html", "-", "-", "read"),
+            (Head, "/docs/foo/latest/foo/index.html", "-", "-", "read"),
+            (Get, "/docs/foo", "-", "-", "read"),
+            (Put, "/docs/foo/1.0.0/foo/index.html", "-", "-", "read"),
+            // A ticket is the credential, checked by the handler.
+            (Get, "/docs/~1.ab/foo/1.0.0/foo/index.html", "-", "-", "-"),
+            (Get, "/docs/~1.ab/foo", "-", "-", "read"),
         ];
         for &(method, path, open, public, private) in table {
             for (mode, want) in [(Open, open), (Public, public), (Private, private)] {
@@ -850,6 +1067,14 @@ mod tests {
             (Get, "/metrics", "metrics", Loop),
             (Get, "/", "other", Pages),
             (Get, "/search?q=x", "other", Pages),
+            (Put, "/api/v1/crates/foo/1.0.0/docs", "api_docs", Writer),
+            (Post, "/api/v1/crates/foo/1.0.0/docs", "api_docs", Loop),
+            (Get, "/docs/foo/1.0.0/foo/index.html", "docs", Loop),
+            (Get, "/docs/foo/1.0.0/", "docs", Loop),
+            (Get, "/docs/foo/latest/foo/index.html", "docs", Pages),
+            (Get, "/docs/foo/latest", "docs", Pages),
+            (Get, "/docs/foo", "docs", Pages),
+            (Delete, "/docs/foo/1.0.0/x.html", "docs", Loop),
         ];
         for (method, target, label, lane) in cases {
             let (path, query) = target
@@ -896,6 +1121,13 @@ mod tests {
             "/login",
             "/logout",
             "/metrics",
+            "/api/v1/crates/foo/1.0.0/docs",
+            "/docs/foo/1.0.0/foo/index.html",
+            "/docs/foo/1.0.0/",
+            "/docs/foo/1.0.0",
+            "/docs/foo/latest/",
+            "/docs/foo/latest/foo/struct.A.html",
+            "/docs/foo",
         ];
         let s = site();
         for target in paths {

@@ -1,6 +1,12 @@
-//! Static files: index files (read whole; they are small and change) and crate files
-//! (sent from the open file; they never change), with validators and conditional requests.
-//! A 404 for either asks caches to check again: the file may be published a moment later.
+//! Static files: index files (read whole; they are small and change), crate files (sent
+//! from the open file; they never change) and the files of a version's docs (sent like
+//! crate files, but revalidated: an upload may replace them), with validators and
+//! conditional requests. A 404 for any asks caches to check again: the file may be
+//! published a moment later.
+//!
+//! Docs are HTML and JavaScript a publisher wrote: every docs response carries
+//! [`DOCS_CSP`], which puts the page in a sandbox with an origin of its own (opaque), so its
+//! scripts run but cannot read the registry's pages or API with the reader's credentials.
 //!
 //! Only files inside the served tree are reachable: the path is decoded first and then
 //! refused if it holds `..`, `.`, empty segments, backslashes, NUL or other bytes that no
@@ -81,6 +87,9 @@ fn open_beneath(tree: &Tree, rel: &str) -> io::Result<(Arc<File>, Stamp)> {
 }
 
 fn open_uncached(tree: &Tree, rel: &str) -> io::Result<(File, fs::Metadata)> {
+    if tree.path.as_os_str().is_empty() {
+        return Err(io::ErrorKind::NotFound.into()); // a tree that serves nothing
+    }
     let file = match &tree.dir {
         Some(dir) => match openat2_beneath(dir, rel) {
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => open_checked(&tree.path, rel)?,
@@ -341,20 +350,38 @@ pub fn crate_file(crates: &Tree, rel: &str, head: &Head, caches: Caches) -> Resp
     if !rel.ends_with(".crate") || rel.split('/').any(|s| s.starts_with('.')) {
         return not_found("crate file", caches);
     }
-    let (file, meta) = match open_beneath(crates, rel) {
+    let sent = Sent {
+        what: "crate file",
+        content_type: "application/gzip",
+        cache_control: caches.for_crate(),
+    };
+    send_file(crates, rel, head, caches, sent)
+}
+
+/// How [`send_file`] answers for one kind of file.
+struct Sent {
+    what: &'static str,
+    content_type: &'static str,
+    cache_control: &'static str,
+}
+
+/// A file sent from its open descriptor (`sendfile`, or mmap windows over TLS), with its
+/// validators, or a 304.
+fn send_file(tree: &Tree, rel: &str, head: &Head, caches: Caches, sent: Sent) -> Response {
+    let (file, meta) = match open_beneath(tree, rel) {
         Ok(opened) => opened,
-        Err(e) => return open_failed(e, "crate file", caches),
+        Err(e) => return open_failed(e, sent.what, caches),
     };
     let tag = etag(&meta);
     let mtime = modified(&meta);
     if not_modified(head, &tag, mtime) {
         return validators(Response::new(304), &tag, mtime)
-            .header("Cache-Control", caches.for_crate());
+            .header("Cache-Control", sent.cache_control);
     }
     let body = Body::File(FileBody::new(file, meta.len));
     let r = Response::new(200)
-        .header("Content-Type", "application/gzip")
-        .header("Cache-Control", caches.for_crate())
+        .header("Content-Type", sent.content_type)
+        .header("Cache-Control", sent.cache_control)
         .body(body);
     validators(r, &tag, mtime)
 }
@@ -393,6 +420,63 @@ impl Downloads {
     }
 }
 
+/// The policy of every docs response: a sandbox whose scripts run (rustdoc's search and
+/// settings) in an opaque origin, so that a request they make to the registry is
+/// cross-origin: no answer is readable, and the session cookie (`SameSite=Strict`) is not
+/// sent. Popups (a link opened in a new tab) leave the sandbox, as ordinary pages.
+pub const DOCS_CSP: &str = "sandbox allow-scripts allow-popups allow-popups-to-escape-sandbox";
+
+/// Serves a file of a version's docs (`rel` is `{name}/{vers}/{file}`), sandboxed.
+pub fn docs_file(docs: &Tree, rel: &str, head: &Head, caches: Caches) -> Response {
+    let r = if rel.split('/').any(|s| s.starts_with('.')) {
+        not_found("docs file", caches)
+    } else {
+        let sent = Sent {
+            what: "docs file",
+            content_type: docs_type(rel),
+            // An upload may replace them: kept, but asked for again with the ETag.
+            cache_control: caches.for_index(),
+        };
+        let r = send_file(docs, rel, head, caches, sent);
+        // Fonts load in CORS mode, and the sandbox's origin is opaque: rustdoc's stock
+        // fonts may be read by any page (a credentialed request gets no such header).
+        match docs_type(rel).starts_with("font/") {
+            true => r.header("Access-Control-Allow-Origin", "*"),
+            false => r,
+        }
+    };
+    // A private registry's docs URLs carry a read ticket (see `super::tickets`): no
+    // Referer repeats them.
+    r.header("Content-Security-Policy", DOCS_CSP)
+        .header("X-Content-Type-Options", "nosniff")
+        .header("Referrer-Policy", "no-referrer")
+}
+
+/// The content type of a docs file, by its extension (what rustdoc writes, and the images
+/// a crate's docs may carry); anything else is served as bytes, never sniffed.
+fn docs_type(rel: &str) -> &'static str {
+    let ext = rel.rsplit_once('.').map_or("", |(_, e)| e);
+    match ext {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "js" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "ico" => "image/x-icon",
+        "woff2" => "font/woff2",
+        "woff" => "font/woff",
+        "ttf" => "font/ttf",
+        "otf" => "font/otf",
+        "json" => "application/json",
+        "txt" | "md" => "text/plain; charset=utf-8",
+        "wasm" => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}
+
 /// A served directory, with a descriptor kept open for `openat2` and a cache of open files.
 #[derive(Debug)]
 pub struct Tree {
@@ -412,7 +496,10 @@ pub struct Tree {
 
 impl Tree {
     pub fn new(path: PathBuf, cached_files: usize) -> Tree {
-        let dir = File::open(&path).ok();
+        let dir = match path.as_os_str().is_empty() {
+            true => None,
+            false => File::open(&path).ok(),
+        };
         Tree {
             path,
             dir,
@@ -449,6 +536,8 @@ impl Tree {
 pub struct Trees {
     pub index: Tree,
     pub crates: Tree,
+    /// Each version's docs; serves nothing until [`Trees::with_docs`] says where they are.
+    pub docs: Tree,
 }
 
 impl Trees {
@@ -457,6 +546,15 @@ impl Trees {
         Trees {
             index: Tree::new(index_dir, cached_files),
             crates: Tree::new(crates_dir, cached_files),
+            docs: Tree::new(PathBuf::new(), 0),
+        }
+    }
+
+    /// The trees, with each version's docs served from `docs_dir`.
+    pub fn with_docs(self, docs_dir: PathBuf, cached_files: usize) -> Trees {
+        Trees {
+            docs: Tree::new(docs_dir, cached_files),
+            ..self
         }
     }
 
@@ -466,6 +564,7 @@ impl Trees {
     pub fn written(&self, watching: bool) {
         self.index.written(watching);
         self.crates.written(watching);
+        self.docs.written(watching);
     }
 }
 

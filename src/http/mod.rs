@@ -14,6 +14,7 @@ pub mod files;
 pub mod pages;
 pub mod request;
 pub mod response;
+pub mod tickets;
 
 pub use request::{Head, Method};
 pub use response::{Body, BodyCursor, Response};
@@ -37,6 +38,10 @@ pub struct Site {
     pub trees: Trees,
     /// Largest publish body: the crate size limit plus the metadata and its framing.
     pub max_upload: u64,
+    /// Largest docs upload (`max-docs-size`).
+    pub max_docs: u64,
+    /// The key of the docs read tickets of a private registry (see [`tickets`]).
+    pub docs_key: tickets::TicketKey,
     /// Who may do what; reloaded by the server when `auth.json` or `palletizer.toml` change.
     pub auth: Arc<AuthView>,
     /// Why the access files do not load now (a hand edit left them broken). While set,
@@ -62,6 +67,8 @@ impl Site {
             base_path,
             trees,
             max_upload: max_crate_size + api::MAX_METADATA + 8,
+            max_docs: crate::registry::Settings::default().max_docs_size,
+            docs_key: tickets::TicketKey::random(),
             auth: Arc::new(AuthView::new(Access::Open, &Default::default())),
             auth_broken: None,
             authorities: authority::Authorities::of_url(url),

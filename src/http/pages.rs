@@ -648,6 +648,7 @@ fn crate_page(reg: &Registry, ctx: &Ctx, name: &str, vers: Option<&str>) -> Resp
         at: shown,
         pinned: shown != newest,
         downloads: &downloads,
+        docs: reg.has_docs(&e.name, &e.vers),
     };
     render_crate(
         ctx,
@@ -668,6 +669,8 @@ struct Shown<'a> {
     /// Not the version `cargo add` picks: the copied lines name it.
     pinned: bool,
     downloads: &'a CrateDownloads,
+    /// The version has docs here.
+    docs: bool,
 }
 
 fn render_crate(
@@ -748,6 +751,17 @@ fn render_crate(
             };
             dd(out, term, &value);
         }
+    }
+    if shown.docs {
+        let href = format!(
+            "{}/docs/{}/{}/{}/index.html",
+            ctx.base,
+            enc(&e.name),
+            enc(&e.vers),
+            enc(&crate::registry::crate_folder(&e.name))
+        );
+        let link = format!("<a class=\"docs\" href=\"{href}\">{name} {vers} (rustdoc)</a>");
+        dd(out, "Docs", &link);
     }
     if !owners.is_empty() {
         let list: Vec<String> = owners.iter().map(|o| esc(o)).collect();
@@ -1223,6 +1237,7 @@ mod tests {
             at: 0,
             pinned: false,
             downloads: &CrateDownloads::default(),
+            docs: true,
         };
         let mut out = String::new();
         render_crate(

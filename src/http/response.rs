@@ -264,6 +264,7 @@ pub fn reason(status: u16) -> &'static str {
         100 => "Continue",
         200 => "OK",
         204 => "No Content",
+        302 => "Found",
         303 => "See Other",
         304 => "Not Modified",
         400 => "Bad Request",

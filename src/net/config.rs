@@ -142,13 +142,13 @@ impl Limits {
     }
     /// Open files kept per tree when the process may hold `fd_limit` descriptors: what is
     /// left once every connection has its socket and file and the server its own few,
-    /// split between the two trees, and never more than `open-files`. A low limit shrinks
+    /// split between the three trees (index, crates, docs), and never more than `open-files`. A low limit shrinks
     /// the cache, down to nothing, rather than leave a connection without its socket.
     pub fn open_files_within(&self, fd_limit: u64) -> usize {
         let reserved = (self.max_connections as u64)
             .saturating_mul(2)
             .saturating_add(FD_RESERVE);
-        let per_tree = fd_limit.saturating_sub(reserved) / 2;
+        let per_tree = fd_limit.saturating_sub(reserved) / 3;
         per_tree.min(self.open_files as u64) as usize
     }
 
@@ -298,8 +298,8 @@ tls = {
     #[test]
     fn the_open_file_cache_fits_the_descriptor_limit() {
         let l = Limits::default();
-        // What the server asks for at start: 2 x (connections + open files) + 64.
-        let asked = 2 * (l.max_connections + l.open_files) as u64 + FD_RESERVE;
+        // What the server asks for at start: 2 x connections + 3 x open files + 64.
+        let asked = (2 * l.max_connections + 3 * l.open_files) as u64 + FD_RESERVE;
         assert_eq!(l.open_files_within(asked), l.open_files);
         assert!(
             l.open_files >= 10_000,
@@ -307,7 +307,7 @@ tls = {
         );
         assert_eq!(l.open_files_within(u64::MAX), l.open_files);
         // A hard limit of 4096: the rest after 1,024 sockets, 1,024 files in flight and 64.
-        assert_eq!(l.open_files_within(4096), (4096 - 2 * 1024 - 64) / 2);
+        assert_eq!(l.open_files_within(4096), (4096 - 2 * 1024 - 64) / 3);
         // A hard limit of 1024: connections come first, nothing is cached.
         assert_eq!(l.open_files_within(1024), 0);
         let small = Limits {
@@ -315,7 +315,7 @@ tls = {
             open_files: 5000,
             ..Limits::default()
         };
-        assert_eq!(small.open_files_within(1024), (1024 - 264) / 2);
+        assert_eq!(small.open_files_within(1024), (1024 - 264) / 3);
     }
 
     #[test]

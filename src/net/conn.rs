@@ -575,7 +575,9 @@ impl<S: Stream> Conn<S> {
             Err(refused) => return Err(refused.into()),
         };
         let permit = match (&principal, endpoint) {
-            (Some(p), Endpoint::Publish) => shared.throttle.upload(p.token)?,
+            (Some(p), Endpoint::Publish | Endpoint::UploadDocs { .. }) => {
+                shared.throttle.upload(p.token)?
+            }
             _ => None,
         };
         Ok((principal, permit))
@@ -1165,9 +1167,10 @@ mod tests {
             | Job::KeepClone => {
                 unreachable!("no route makes this job")
             }
-            Job::Page(..) | Job::Crate { .. } => {
+            Job::Page(..) | Job::Crate { .. } | Job::DocsLatest { .. } => {
                 unreachable!("no scripted request is a page or a crate read")
             }
+            Job::UploadDocs { .. } => unreachable!("no scripted request uploads docs"),
             Job::Owners { name, change } => {
                 let body = change.map(|(_, path)| {
                     let bytes = std::fs::read(&path).unwrap();

@@ -8,9 +8,10 @@
 //! `search.jsonl`, the index repository under `index/` (of its `.git` what a restore takes:
 //! HEAD, refs, logs and objects, less lock and temp files; not git's `index` file, a cache of
 //! HEAD that the restore rebuilds, nor the config, hooks or caches), the crate files
-//! and their page files under `crates/`, `orphans/`, the audit log (`audit.jsonl` and
-//! `audit.jsonl.1`, streamed) and the download counts (`downloads/`). Never the journal, the lock file or
-//! upload spool files. It is written to `FILE.tmp`, synced and renamed, so `FILE` is always
+//! and their page files under `crates/`, `orphans/`, each version's docs under `docs/`, the
+//! audit log (`audit.jsonl` and `audit.jsonl.1`, streamed) and the download counts
+//! (`downloads/`). Never the journal, the lock file or upload spool files. It is written to
+//! `FILE.tmp`, synced and renamed, so `FILE` is always
 //! a whole backup or the previous one.
 //!
 //! A restore trusts nothing in the file: only directories, plain files and GNU long names are
@@ -61,11 +62,12 @@ const TOP_FILES: [&str; 4] = [
 ];
 const INDEX: &str = "index";
 const CRATES: &str = "crates";
-const TOP_DIRS: [&str; 4] = [
+const TOP_DIRS: [&str; 5] = [
     INDEX,
     CRATES,
     super::store::ORPHANS_DIR,
     super::downloads::DOWNLOADS_DIR,
+    super::DOCS_DIR,
 ];
 /// The audit log's files: streamed, not read whole (they may be megabytes), and readable by
 /// the registry's owner only, like `auth.json`.
@@ -260,6 +262,7 @@ fn list(reg: &Registry) -> Result<Vec<Item>> {
             super::downloads::DOWNLOADS_DIR,
             reg.root().join(super::downloads::DOWNLOADS_DIR),
         ),
+        (super::DOCS_DIR, reg.docs_dir()),
     ];
     for (name, dir) in trees {
         if dir.is_dir() {

@@ -3,6 +3,7 @@
 //! Every index line has its crate file with the same SHA-256; every crate file has a line;
 //! the index working tree and git's index equal the last commit; no git lock file, temp file
 //! or journal is left; `search.jsonl` agrees with the index; every tombstone can be read;
+//! every docs tree is of a version in the index;
 //! the access control files load as the server loads them (a broken `auth.json` makes it
 //! refuse every token, and only a person can mend it).
 //! Deleted versions (tombstones without index lines or crate files) are what a delete leaves,
@@ -67,6 +68,12 @@ pub enum Problem {
     /// request that needs a token. `detail` names the file and says why.
     BrokenAccessControl {
         detail: String,
+    },
+    /// Docs of a version the index does not have (left by a hand edit or a crash).
+    OrphanDocs {
+        name: String,
+        vers: String,
+        path: PathBuf,
     },
 }
 
@@ -140,6 +147,12 @@ impl std::fmt::Display for Problem {
                 f,
                 "access control does not load ({detail}): the server refuses every token until \
                  it is mended by hand (--repair leaves it alone)"
+            ),
+            Problem::OrphanDocs { name, vers, path } => write!(
+                f,
+                "docs {} are of {name} {vers}, which the index does not have (--repair removes \
+                 them)",
+                path.display()
             ),
         }
     }
@@ -232,10 +245,18 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
         problems.push(Problem::StaleGitFile { path });
     }
     problems.extend(temps.into_iter().map(|path| Problem::TempFile { path }));
+    problems.extend(
+        reg.stale_docs_temps()
+            .into_iter()
+            .map(|path| Problem::TempFile { path }),
+    );
     if reg.root().join(super::store::JOURNAL_FILE).exists() {
         problems.push(Problem::UnfinishedWrite);
     }
     problems.extend(search_problems(reg, &crates)?);
+    for (name, vers, path) in reg.orphan_docs(&crates) {
+        problems.push(Problem::OrphanDocs { name, vers, path });
+    }
     let (_, damaged) = tombstone::read(reg.root())?;
     if !damaged.is_empty() {
         problems.push(Problem::DamagedTombstones { lines: damaged });
@@ -296,6 +317,13 @@ pub fn repair(reg: &Registry, problems: &[Problem]) -> Result<Vec<String>> {
                     "moved crate file without index line {} to {}",
                     path.display(),
                     to.display()
+                ));
+            }
+            Problem::OrphanDocs { path, .. } if path.exists() => {
+                reg.remove_orphan_docs(path)?;
+                done.push(format!(
+                    "removed docs without their version {}",
+                    path.display()
                 ));
             }
             Problem::SearchOutOfDate { name } => {

@@ -30,6 +30,7 @@
 //! - `publish`: the checks of a crate file before the lock (archive, metadata, targets, the
 //!   README rendered) and the publish under it;
 //! - `versions`: yank and unyank, delete and its tombstones, giving up a kept name;
+//! - `docs`: each version's rustdoc output, uploaded, checked, swapped in whole, removed;
 //! - `auth`: users, tokens and owners in `auth.json`, and who may do what;
 //! - `command`: the one write path, its events, the audit lines it writes for them, and the
 //!   one-command shorthands;
@@ -47,6 +48,7 @@ mod auth;
 mod backup;
 mod check;
 mod command;
+mod docs;
 mod downloads;
 mod index;
 mod names;
@@ -72,6 +74,7 @@ pub use auth::{
 pub use backup::{backup, restore, Summary};
 pub use check::Problem;
 pub use command::{Actor, Applied, Change, Command, Event, Outcome, ACTIONS};
+pub use docs::{crate_folder, CheckedDocs, DOCS_DIR};
 pub use downloads::{CrateDownloads, DOWNLOADS_DIR, RECENT_DAYS};
 pub use index::{
     Found, GitError, IndexDep, IndexEntry, Listed, Pubtime, SearchLine, CRATES_IO_INDEX,

@@ -77,6 +77,15 @@ pub struct Settings {
     /// nor `license-file`, as crates.io does.
     #[serde(default = "default_true")]
     pub require_description_and_license: bool,
+    /// Largest docs upload (the `.tar.gz` of `target/doc`), in bytes.
+    #[serde(default = "default_max_docs")]
+    pub max_docs_size: u64,
+    /// Largest unpacked size of a docs upload, in bytes.
+    #[serde(default = "default_max_docs_unpacked")]
+    pub max_docs_unpacked_size: u64,
+    /// Most entries (files and directories) in a docs upload.
+    #[serde(default = "default_max_docs_files")]
+    pub max_docs_files: u64,
     /// The audit log's size, in bytes, at which `audit.jsonl` is rotated to `audit.jsonl.1`.
     #[serde(default = "default_audit_max")]
     pub audit_max_bytes: u64,
@@ -299,6 +308,17 @@ fn default_max_crate() -> u64 {
 fn default_max_unpacked() -> u64 {
     512 * 1024 * 1024
 }
+/// Room for the docs of a large crate: `cargo doc --no-deps` of the biggest crates people
+/// publish writes tens of MiB (a few MiB gzipped) in some thousands of files.
+fn default_max_docs() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_docs_unpacked() -> u64 {
+    512 * 1024 * 1024
+}
+fn default_max_docs_files() -> u64 {
+    50_000
+}
 fn default_true() -> bool {
     true
 }
@@ -324,6 +344,9 @@ impl Default for Settings {
             webhook_retry_for: None,
             webhook_queue_limit: DEFAULT_QUEUE_LIMIT,
             webhooks: Vec::new(),
+            max_docs_size: default_max_docs(),
+            max_docs_unpacked_size: default_max_docs_unpacked(),
+            max_docs_files: default_max_docs_files(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! with its own `CARGO_HOME`, and copying the test crates from `tests/crates/`.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod harness;
 
 use std::fs;
@@ -385,6 +386,23 @@ pub fn try_raw_publish(addr: &str, token: &str, body: &[u8]) -> std::io::Result<
     // answered still counts.
     let _ = c.write_all(body);
     try_read_one(&mut c)
+}
+
+/// `PUT /api/v1/crates/{name}/{vers}/docs` with `body` (a docs archive): (status, body).
+pub fn put_docs(addr: &str, token: &str, name: &str, vers: &str, body: &[u8]) -> (u16, String) {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "PUT /api/v1/crates/{name}/{vers}/docs HTTP/1.1\r\nHost: localhost\r\nAuthorization: \
+         {token}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    // A server that refuses before taking the whole body may close early.
+    let _ = c.write_all(body);
+    read_one(&mut c)
 }
 
 /// Reads one response: (status, body).

@@ -32,7 +32,7 @@ use serde::Serialize;
 use super::auth::{self, AuthError, AuthFile, NewToken, Principal, Scopes, Token, User};
 use super::index::git;
 use super::settings::{Access, Settings};
-use super::{CheckedCrate, CrateName, IndexEntry, Registry};
+use super::{CheckedCrate, CheckedDocs, CrateName, IndexEntry, Registry};
 
 /// Who asks for a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +206,14 @@ pub enum Command {
     SyncAccess,
     /// Replaces the index's git history with one commit of the current tree.
     SquashIndex,
+    /// Stores a version's rustdoc output (checked and unpacked before the lock by
+    /// [`Registry::check_docs`]), replacing the docs it had.
+    UploadDocs(CheckedDocs),
+    /// Removes the docs of one version, or of every version, of a crate.
+    RemoveDocs {
+        name: CrateName,
+        vers: Option<String>,
+    },
 }
 
 /// What a command did, for the caller to report.
@@ -252,6 +260,15 @@ pub enum Outcome {
     IndexSquashed {
         head: String,
         packed: git::Packed,
+    },
+    /// The crate and version (as the index spells them) whose docs were stored.
+    DocsUploaded {
+        name: String,
+        vers: String,
+    },
+    /// The versions whose docs were removed.
+    DocsRemoved {
+        versions: Vec<String>,
     },
 }
 
@@ -343,11 +360,22 @@ pub enum Change {
     IndexSquashed {
         head: String,
     },
+    /// A version's docs were stored (replacing any it had): `files` files of `bytes` bytes.
+    DocsUploaded {
+        name: String,
+        vers: String,
+        files: u64,
+        bytes: u64,
+    },
+    DocsRemoved {
+        name: String,
+        versions: Vec<String>,
+    },
 }
 
 /// The action names of events, as webhooks (`events`, `X-Palletizer-Event`) and the audit
 /// log name them: one per kind of [`Change`] ([`Change::action`]).
-pub const ACTIONS: [&str; 13] = [
+pub const ACTIONS: [&str; 15] = [
     "publish",
     "yank",
     "unyank",
@@ -361,6 +389,8 @@ pub const ACTIONS: [&str; 13] = [
     "token_revoke",
     "access",
     "squash",
+    "docs_upload",
+    "docs_remove",
 ];
 
 impl Change {
@@ -381,6 +411,8 @@ impl Change {
             Change::TokenRevoked { .. } => "token_revoke",
             Change::AccessSet { .. } | Change::ConfigSynced { .. } => "access",
             Change::IndexSquashed { .. } => "squash",
+            Change::DocsUploaded { .. } => "docs_upload",
+            Change::DocsRemoved { .. } => "docs_remove",
         }
     }
 }
@@ -410,7 +442,9 @@ impl Event {
             | Change::Deleted { name, .. }
             | Change::NameReleased { name, .. }
             | Change::OwnersAdded { name, .. }
-            | Change::OwnersRemoved { name, .. } => Some(name),
+            | Change::OwnersRemoved { name, .. }
+            | Change::DocsUploaded { name, .. }
+            | Change::DocsRemoved { name, .. } => Some(name),
             _ => None,
         }
     }
@@ -515,6 +549,14 @@ impl Registry {
                 });
                 Outcome::OwnersChanged { msg }
             }
+            Command::UploadDocs(checked) => {
+                let (name, vers) = self.upload_docs_locked(checked, by, changes)?;
+                Outcome::DocsUploaded { name, vers }
+            }
+            Command::RemoveDocs { name, vers } => {
+                let versions = self.remove_docs_locked(&name, vers.as_deref(), by, changes)?;
+                Outcome::DocsRemoved { versions }
+            }
             Command::SquashIndex => {
                 require_admin(self, by)?;
                 let (oid, packed) = git::squash(self.index_dir(), "Squash index history")
@@ -617,6 +659,8 @@ impl Registry {
             | Command::Delete { .. }
             | Command::AddOwners { .. }
             | Command::RemoveOwners { .. }
+            | Command::UploadDocs(_)
+            | Command::RemoveDocs { .. }
             | Command::SquashIndex => unreachable!("crate commands are run by run_locked"),
         })
     }

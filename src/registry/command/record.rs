@@ -25,6 +25,8 @@ fn action(cmd: &Command) -> Option<&'static str> {
         Command::SetAccess(_) => "access",
         Command::SyncAccess => "access_sync",
         Command::SquashIndex => "squash_index",
+        Command::UploadDocs(_) => "docs_upload",
+        Command::RemoveDocs { .. } => "docs_remove",
     })
 }
 
@@ -72,6 +74,14 @@ pub(super) fn intent(cmd: &Command, actor: &Actor, now: u64) -> Option<AuditReco
         Command::CreateToken(req) => r.user = Some(req.user.clone()),
         Command::RevokeToken { id } => r.token = Some(*id),
         Command::SetAccess(a) => r.access = Some(a.to_string()),
+        Command::UploadDocs(d) => {
+            r.krate = Some(d.name().to_string());
+            r.version = Some(d.vers().to_string());
+        }
+        Command::RemoveDocs { name, vers } => {
+            r.krate = Some(name.to_string());
+            r.version = vers.clone();
+        }
         Command::RecordTokenUse(_)
         | Command::FirstAdmin
         | Command::SyncAccess

@@ -75,7 +75,8 @@ fn json_body(registry: &str, event: &Event, id: &str) -> String {
     let version = match &event.change {
         Change::Published { vers, .. }
         | Change::Yanked { vers, .. }
-        | Change::Unyanked { vers, .. } => Some(vers.as_str()),
+        | Change::Unyanked { vers, .. }
+        | Change::DocsUploaded { vers, .. } => Some(vers.as_str()),
         Change::Deleted { versions, .. } if versions.len() == 1 => Some(versions[0].as_str()),
         _ => None,
     };
@@ -128,6 +129,10 @@ fn summary(registry: &str, event: &Event) -> String {
             format!("set access to {access}")
         }
         Change::IndexSquashed { .. } => "squashed the index history".to_owned(),
+        Change::DocsUploaded { name, vers, .. } => format!("uploaded the docs of {name} {vers}"),
+        Change::DocsRemoved { name, versions } => {
+            format!("removed the docs of {name} {}", versions.join(", "))
+        }
     };
     format!("{} {what} on {registry}", event.actor)
 }

@@ -164,6 +164,51 @@ pub fn shown(bytes: &[u8]) -> String {
 /// Reads a whole crate file from `reader`, checking its structure; the caller compares
 /// `top_dir` with the name and version it expects.
 pub fn inspect<R: Read>(reader: R, limits: Limits) -> Result<Inspected, TarballError> {
+    let mut krate = CrateVisit::default();
+    let walked = walk_archive(reader, limits, &mut krate)?;
+    let top = krate.top.ok_or(TarballError::Empty)?;
+    let manifest = krate
+        .manifest
+        .ok_or_else(|| TarballError::NoManifest(top.clone()))?;
+    Ok(Inspected {
+        top_dir: top,
+        manifest,
+        cksum: walked.cksum,
+        size: walked.size,
+    })
+}
+
+/// What a walk does with each entry once every name that places it was checked: a crate
+/// file keeps its manifest ([`inspect`]), a docs archive writes its files.
+pub(crate) trait Visit {
+    /// One plain file or directory: `path` is checked (relative, no `..`, bounded),
+    /// `raw` is it as the archive spells it (for messages), `data` the file's bytes.
+    fn entry(
+        &mut self,
+        path: &str,
+        raw: &[u8],
+        dir: bool,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> Result<(), TarballError>;
+}
+
+/// What [`walk_archive`] learned of the compressed bytes.
+#[derive(Debug)]
+pub(crate) struct Walked {
+    /// Lowercase hex SHA-256 of the compressed bytes.
+    pub cksum: String,
+    pub size: u64,
+}
+
+/// Reads a whole gzip'd tar from `reader` under the rules of the module docs (one gzip
+/// member, only plain files and directories, every name checked, everything bounded by
+/// `limits`), handing each entry to `visit`.
+pub(crate) fn walk_archive<R: Read>(
+    reader: R,
+    limits: Limits,
+    visit: &mut dyn Visit,
+) -> Result<Walked, TarballError> {
     let mut hashing = Hashing {
         inner: reader,
         hash: Sha256::new(),
@@ -171,7 +216,7 @@ pub fn inspect<R: Read>(reader: R, limits: Limits) -> Result<Inspected, TarballE
         limit: limits.max_size,
     };
     let inflated = Cell::new(0);
-    let (top_dir, manifest) = match walk(&mut hashing, limits, &inflated) {
+    match walk(&mut hashing, limits, &inflated, visit) {
         // A limit error may arrive wrapped by the tar or gzip reader: trust the counts.
         Err(_) if hashing.count > limits.max_size => {
             return Err(TarballError::TooLarge(limits.max_size))
@@ -184,9 +229,7 @@ pub fn inspect<R: Read>(reader: R, limits: Limits) -> Result<Inspected, TarballE
     if hashing.count == 0 {
         return Err(TarballError::Empty);
     }
-    Ok(Inspected {
-        top_dir,
-        manifest,
+    Ok(Walked {
         cksum: hex(&hashing.hash.finalize()),
         size: hashing.count,
     })
@@ -201,7 +244,8 @@ fn walk<R: Read>(
     hashing: &mut Hashing<R>,
     limits: Limits,
     inflated: &Cell<u64>,
-) -> Result<(String, String), TarballError> {
+    visit: &mut dyn Visit,
+) -> Result<(), TarballError> {
     // A buffered reader we keep hold of, so that bytes after the gzip member stay visible.
     let mut compressed = io::BufReader::with_capacity(32 * 1024, &mut *hashing);
     let gz = flate2::bufread::GzDecoder::new(&mut compressed);
@@ -212,7 +256,7 @@ fn walk<R: Read>(
     });
     let mut state = Walk::default();
     for entry in archive.entries().map_err(corrupt)?.raw(true) {
-        state.entry(entry.map_err(corrupt)?, limits)?;
+        state.entry(entry.map_err(corrupt)?, limits, visit)?;
     }
     if !state.pending.is_empty() {
         return Err(TarballError::BadExtension(
@@ -240,11 +284,7 @@ fn walk<R: Read>(
     if !compressed.fill_buf().map_err(corrupt)?.is_empty() {
         return Err(TarballError::TrailingData);
     }
-    let top = state.top.ok_or(TarballError::Empty)?;
-    let manifest = state
-        .manifest
-        .ok_or_else(|| TarballError::NoManifest(top.clone()))?;
-    Ok((top, manifest))
+    Ok(())
 }
 
 /// Extension entries seen since the last real entry, to be applied to the next one.
@@ -270,8 +310,6 @@ struct Pax {
 
 #[derive(Default)]
 struct Walk {
-    top: Option<String>,
-    manifest: Option<String>,
     /// Sum of the entries' declared sizes: refuses a huge entry before its data is inflated.
     declared: u64,
     pending: Pending,
@@ -282,6 +320,7 @@ impl Walk {
         &mut self,
         mut entry: tar::Entry<'_, R>,
         limits: Limits,
+        visit: &mut dyn Visit,
     ) -> Result<(), TarballError> {
         let size = entry.size();
         self.declared = self.declared.saturating_add(size);
@@ -297,26 +336,7 @@ impl Walk {
         // header they are entries of their own, refused below as neither file nor directory.
         let recognized = header.as_gnu().is_some() || header.as_ustar().is_some();
         if recognized && (kind.is_gnu_longname() || kind.is_gnu_longlink()) {
-            let what = if kind.is_gnu_longname() {
-                "GNU long-name"
-            } else {
-                "GNU long-link"
-            };
-            let data = read_extension(&mut entry, what, MAX_LONG_NAME)?;
-            if kind.is_gnu_longlink() {
-                check_path(without_nul(&data))?; // a long name is checked as the entry's path
-            }
-            let taken = if kind.is_gnu_longname() {
-                self.pending.long_name.replace(data).is_some()
-            } else {
-                std::mem::replace(&mut self.pending.long_link, true)
-            };
-            if taken {
-                return Err(TarballError::BadExtension(format!(
-                    "two {what} entries describe one entry"
-                )));
-            }
-            return Ok(());
+            return self.long_name_or_link(&mut entry, kind.is_gnu_longname());
         }
         if recognized && kind.is_pax_local_extensions() {
             let data = read_extension(&mut entry, "PAX header", MAX_PAX_HEADER)?;
@@ -354,50 +374,96 @@ impl Walk {
         if !(kind.is_file() || kind.is_dir()) {
             return Err(TarballError::BadEntryType(shown(&path_bytes)));
         }
-        let mut parts = path.split('/').filter(|p| !p.is_empty() && *p != ".");
-        let first = parts
-            .next()
-            .ok_or_else(|| TarballError::UnsafePath(shown(&path_bytes)))?;
-        match &self.top {
-            None => self.top = Some(first.to_owned()),
-            Some(t) if t != first => {
-                return Err(TarballError::WrongPrefix(shown(&path_bytes), t.clone()))
-            }
-            Some(_) => {}
+        visit.entry(path, &path_bytes, kind.is_dir(), size, &mut entry)
+    }
+
+    /// A GNU long name (`long_name`) or long link, applied to the next entry.
+    fn long_name_or_link<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        long_name: bool,
+    ) -> Result<(), TarballError> {
+        let what = if long_name {
+            "GNU long-name"
+        } else {
+            "GNU long-link"
+        };
+        let data = read_extension(entry, what, MAX_LONG_NAME)?;
+        if !long_name {
+            check_path(without_nul(&data))?; // a long name is checked as the entry's path
         }
-        let rest: Vec<&str> = parts.collect();
-        if kind.is_file() && rest.len() == 1 && rest[0].eq_ignore_ascii_case("Cargo.toml") {
-            if rest[0] != "Cargo.toml" {
-                return Err(TarballError::ManyManifests(shown(&path_bytes)));
-            }
-            if size > MAX_MANIFEST {
-                return Err(TarballError::ManifestTooLarge);
-            }
-            if let Some(first) = &self.manifest {
-                // Old cargo wrote `Cargo.toml` twice, and crates.io (which keys manifests by
-                // path) serves those crates. A copy with other bytes is refused: this check
-                // reads the first copy, while a tar extractor (cargo's too) and crates.io keep
-                // the last, so the index would describe a manifest cargo never builds with.
-                if !same_bytes(&mut entry, first.as_bytes())? {
-                    return Err(TarballError::DifferingManifests(shown(&path_bytes)));
-                }
-                return Ok(());
-            }
-            let mut text = Vec::new();
-            // The reader already stops at the header's size; the cap holds whatever it says.
-            (&mut entry)
-                .take(MAX_MANIFEST)
-                .read_to_end(&mut text)
-                .map_err(corrupt)?;
-            let text = String::from_utf8(text).map_err(|_| TarballError::ManifestNotUtf8)?;
-            self.manifest = Some(text);
+        let taken = if long_name {
+            self.pending.long_name.replace(data).is_some()
+        } else {
+            std::mem::replace(&mut self.pending.long_link, true)
+        };
+        if taken {
+            return Err(TarballError::BadExtension(format!(
+                "two {what} entries describe one entry"
+            )));
         }
         Ok(())
     }
 }
 
+/// A crate file's entries: all under one top directory, with one `Cargo.toml` kept.
+#[derive(Default)]
+struct CrateVisit {
+    top: Option<String>,
+    manifest: Option<String>,
+}
+
+impl Visit for CrateVisit {
+    fn entry(
+        &mut self,
+        path: &str,
+        raw: &[u8],
+        dir: bool,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> Result<(), TarballError> {
+        let mut parts = path.split('/').filter(|p| !p.is_empty() && *p != ".");
+        let first = parts
+            .next()
+            .ok_or_else(|| TarballError::UnsafePath(shown(raw)))?;
+        match &self.top {
+            None => self.top = Some(first.to_owned()),
+            Some(t) if t != first => return Err(TarballError::WrongPrefix(shown(raw), t.clone())),
+            Some(_) => {}
+        }
+        let rest: Vec<&str> = parts.collect();
+        if dir || rest.len() != 1 || !rest[0].eq_ignore_ascii_case("Cargo.toml") {
+            return Ok(());
+        }
+        if rest[0] != "Cargo.toml" {
+            return Err(TarballError::ManyManifests(shown(raw)));
+        }
+        if size > MAX_MANIFEST {
+            return Err(TarballError::ManifestTooLarge);
+        }
+        if let Some(first) = &self.manifest {
+            // Old cargo wrote `Cargo.toml` twice, and crates.io (which keys manifests by
+            // path) serves those crates. A copy with other bytes is refused: this check
+            // reads the first copy, while a tar extractor (cargo's too) and crates.io keep
+            // the last, so the index would describe a manifest cargo never builds with.
+            if !same_bytes(data, first.as_bytes())? {
+                return Err(TarballError::DifferingManifests(shown(raw)));
+            }
+            return Ok(());
+        }
+        let mut text = Vec::new();
+        // The reader already stops at the header's size; the cap holds whatever it says.
+        data.take(MAX_MANIFEST)
+            .read_to_end(&mut text)
+            .map_err(corrupt)?;
+        let text = String::from_utf8(text).map_err(|_| TarballError::ManifestNotUtf8)?;
+        self.manifest = Some(text);
+        Ok(())
+    }
+}
+
 /// Whether an entry's data is exactly `want`, read in small pieces (never a second copy).
-fn same_bytes(entry: &mut impl Read, want: &[u8]) -> Result<bool, TarballError> {
+fn same_bytes(entry: &mut dyn Read, want: &[u8]) -> Result<bool, TarballError> {
     let mut buf = [0u8; 8 * 1024];
     let mut at = 0;
     loop {
@@ -1499,14 +1565,17 @@ mod tests {
                 limit: SMALL.max_size,
             };
             let inflated = Cell::new(0);
-            let walked = walk(&mut hashing, SMALL, &inflated);
+            let mut krate = CrateVisit::default();
+            let walked = walk(&mut hashing, SMALL, &inflated, &mut krate)
+                .ok()
+                .and_then(|()| krate.top.zip(krate.manifest));
             prop_assert!(hashing.count <= SMALL.max_size + SLACK);
             prop_assert!(
                 inflated.get() <= SMALL.max_unpacked + SLACK,
                 "{}",
                 inflated.get()
             );
-            let Ok((top, manifest)) = walked else {
+            let Some((top, manifest)) = walked else {
                 return Ok(());
             };
             let mut cargo_view = tar::Archive::new(flate2::read::GzDecoder::new(bytes));

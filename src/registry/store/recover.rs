@@ -28,6 +28,7 @@ impl Registry {
             fs::remove_file(&t).context(|| format!("removing {}", t.display()))?;
             done.push(format!("removed temp file {}", t.display()));
         }
+        done.extend(self.remove_stale_docs_temps()?);
         if git::commit_all(&self.index_dir, "Commit index changes left uncommitted")? {
             done.push("committed uncommitted index changes".to_owned());
         }

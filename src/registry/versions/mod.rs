@@ -130,6 +130,8 @@ impl Registry {
             versions: removed.iter().map(|e| e.vers.clone()).collect(),
         });
         self.remove_crate_files(&real, &removed)?;
+        let versions: Vec<String> = removed.iter().map(|e| e.vers.clone()).collect();
+        self.remove_docs_of(&real, &versions)?;
         self.update_search(name, &kept, None);
         if let Some(mut edit) = access {
             let owners = edit.data.forget_owners(&real);
