@@ -446,17 +446,7 @@ impl<'a> Endpoint<'a> {
                 Ok(rel) => files::index_file(&site.trees.index, &rel, head, caches),
                 Err(status) => Response::error(status, "invalid path"),
             }),
-            Endpoint::CrateFile(rest) => done(match files::safe_relative(rest) {
-                Ok(rel) => {
-                    let r = files::crate_file(&site.trees.crates, &rel, head, caches);
-                    // A download is a whole crate file sent: not a HEAD, not a 304.
-                    if r.status == 200 && head.method == Method::Get {
-                        site.downloads.note(&rel);
-                    }
-                    r
-                }
-                Err(status) => Response::error(status, "invalid path"),
-            }),
+            Endpoint::CrateFile(rest) => done(crate_file(site, rest, head, caches)),
             Endpoint::GitRefs => Routed::Job(Job::GitRefs),
             Endpoint::GitUploadPack => upload_pack(head),
             Endpoint::Publish => publish(head, site.max_upload),
@@ -493,25 +483,7 @@ impl<'a> Endpoint<'a> {
                 head,
                 caches,
             ),
-            // The rest goes into a Location header: only a path of the served characters.
-            Endpoint::DocsLatest { name, file } => {
-                let rest = match file {
-                    "" => Ok(String::new()),
-                    f => files::safe_relative(f.strip_suffix('/').unwrap_or(f)).map(|r| {
-                        let dir = if f.ends_with('/') { "/index.html" } else { "" };
-                        format!("{r}{dir}")
-                    }),
-                };
-                match (name.name(), rest) {
-                    (Ok(name), Ok(rest)) => Routed::Job(Job::DocsLatest {
-                        name,
-                        rest,
-                        base: site.base_path.clone(),
-                    }),
-                    (Err(r), _) => done(r),
-                    (_, Err(status)) => done(Response::error(status, "invalid path")),
-                }
-            }
+            Endpoint::DocsLatest { name, file } => docs_latest(site, name, file),
             Endpoint::LoginPage => {
                 let next = head.query().and_then(|q| query_param(q, "next"));
                 done(pages::login_page(
@@ -538,6 +510,42 @@ impl<'a> Endpoint<'a> {
             Endpoint::Metrics => done(Response::error(404, "not found")),
             Endpoint::Refused { response, .. } => done(response),
         }
+    }
+}
+
+/// A crate file, counted as a download when it is sent whole (a GET's 200: not a HEAD,
+/// not a 304).
+fn crate_file(site: &Site, rest: &str, head: &Head, caches: files::Caches) -> Response {
+    match files::safe_relative(rest) {
+        Ok(rel) => {
+            let r = files::crate_file(&site.trees.crates, &rel, head, caches);
+            if r.status == 200 && head.method == Method::Get {
+                site.downloads.note(&rel);
+            }
+            r
+        }
+        Err(status) => Response::error(status, "invalid path"),
+    }
+}
+
+/// `/docs/{name}/latest/{file}`: the job that finds the version. The rest goes into a
+/// Location header: only a path of the served characters.
+fn docs_latest(site: &Site, name: Segment<'_>, file: &str) -> Routed {
+    let rest = match file {
+        "" => Ok(String::new()),
+        f => files::safe_relative(f.strip_suffix('/').unwrap_or(f)).map(|r| {
+            let dir = if f.ends_with('/') { "/index.html" } else { "" };
+            format!("{r}{dir}")
+        }),
+    };
+    match (name.name(), rest) {
+        (Ok(name), Ok(rest)) => Routed::Job(Job::DocsLatest {
+            name,
+            rest,
+            base: site.base_path.clone(),
+        }),
+        (Err(r), _) => Routed::Done(r),
+        (_, Err(status)) => Routed::Done(Response::error(status, "invalid path")),
     }
 }
 

@@ -727,6 +727,39 @@ fn render_crate(
             &format!("<time datetime=\"{0}\">{0}</time>", esc(t)),
         );
     }
+    render_links(ctx, shown, info, &name, &vers, out);
+    if !owners.is_empty() {
+        let list: Vec<String> = owners.iter().map(|o| esc(o)).collect();
+        dd(out, "Owners", &list.join(", "));
+    }
+    if !info.authors.is_empty() {
+        let list: Vec<String> = info.authors.iter().map(|a| esc(a)).collect();
+        dd(out, "Authors", &list.join(", "));
+    }
+    if !info.keywords.is_empty() {
+        let list: Vec<String> = info.keywords.iter().map(|k| esc(k)).collect();
+        dd(out, "Keywords", &list.join(", "));
+    }
+    out.push_str("</dl>");
+    render_deps(ctx, e, out);
+    render_features(e, out);
+    render_versions(ctx, shown.entries, shown.at, out);
+    out.push_str("</aside></div>");
+}
+
+/// The download counts, the project's links and the docs link of a crate page.
+fn render_links(
+    ctx: &Ctx,
+    shown: &Shown<'_>,
+    info: &CrateInfo,
+    name: &str,
+    vers: &str,
+    out: &mut String,
+) {
+    let e = &shown.entries[shown.at];
+    let dd = |out: &mut String, term: &str, value: &str| {
+        let _ = write!(out, "<dt>{term}</dt><dd>{value}</dd>");
+    };
     let counts = |(total, recent): (u64, u64)| {
         format!("{total} <span class=\"muted\">({recent} in the last {RECENT_DAYS} days)</span>")
     };
@@ -763,23 +796,6 @@ fn render_crate(
         let link = format!("<a class=\"docs\" href=\"{href}\">{name} {vers} (rustdoc)</a>");
         dd(out, "Docs", &link);
     }
-    if !owners.is_empty() {
-        let list: Vec<String> = owners.iter().map(|o| esc(o)).collect();
-        dd(out, "Owners", &list.join(", "));
-    }
-    if !info.authors.is_empty() {
-        let list: Vec<String> = info.authors.iter().map(|a| esc(a)).collect();
-        dd(out, "Authors", &list.join(", "));
-    }
-    if !info.keywords.is_empty() {
-        let list: Vec<String> = info.keywords.iter().map(|k| esc(k)).collect();
-        dd(out, "Keywords", &list.join(", "));
-    }
-    out.push_str("</dl>");
-    render_deps(ctx, e, out);
-    render_features(e, out);
-    render_versions(ctx, shown.entries, shown.at, out);
-    out.push_str("</aside></div>");
 }
 
 fn render_deps(ctx: &Ctx, e: &IndexEntry, out: &mut String) {
