@@ -20,6 +20,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::http::{files::Trees, Site};
+use crate::mirror::Mirror;
 use crate::net::config::{Limits, ServerConfig};
 use crate::net::{self, changes, metrics, os, transport, worker};
 use crate::registry::{self, Access, AuthError, AuthView, Registry};
@@ -58,6 +59,8 @@ pub enum StartError {
     Auth(#[from] AuthError),
     #[error("opening the registry failed (see the error above)")]
     Recovery,
+    #[error("the mirror: {0}")]
+    Mirror(String),
     #[error("starting the worker threads: {0}")]
     Worker(#[source] io::Error),
     #[error("signals: {0}")]
@@ -112,9 +115,14 @@ pub fn serve(
     let spool = worker::SpoolBudget::new(config.limits.spool_cap(site.max_upload));
     let url = registry.settings().url.clone();
     let spool_dir = registry.root().to_owned();
-    let metrics = metrics::Metrics::default();
-    let (jobs, done) =
-        worker::spawn(registry, waker, metrics.worker.clone()).map_err(StartError::Worker)?;
+    let mut metrics = metrics::Metrics::default();
+    let mirror = match &registry.settings().mirror {
+        Some(m) => Some(Mirror::open(registry.root(), m).map_err(StartError::Mirror)?),
+        None => None,
+    };
+    metrics.mirror = mirror.clone();
+    let (jobs, done) = worker::spawn(registry, waker, metrics.worker.clone(), mirror)
+        .map_err(StartError::Worker)?;
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(StartError::Signals)?;
     poll.registry()
         .register(&mut signals, net::SIGNAL_TOKEN, Interest::READABLE)
@@ -231,6 +239,7 @@ fn site_of(registry: &Registry, limits: &Limits) -> Result<Site, StartError> {
         cached_files,
     );
     let mut site = Site::new(&settings.url, trees, settings.max_crate_size);
+    site.mirror = settings.mirror.is_some();
     site.auth = Arc::new(AuthView::load(registry.root())?);
     Ok(site)
 }

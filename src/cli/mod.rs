@@ -18,6 +18,7 @@ macro_rules! out {
 mod args;
 mod auth;
 mod commands;
+mod mirror;
 
 use args::{Command, Invocation};
 
@@ -60,6 +61,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
         Command::Backup(file) => commands::backup(&dir, &file),
         Command::Restore { file, target } => commands::restore(&file, &target),
         Command::Serve(c) => commands::serve(dir, c),
+        Command::Mirror(c) => mirror::run(&dir, c),
         Command::Auth(c) => auth::run(c, &dir, &mut io::stdout().lock(), &mut io::stderr().lock()),
     }
 }

@@ -61,6 +61,8 @@ pub enum Job {
     },
     /// Render a page that reads the registry.
     Page(super::pages::Page, super::pages::Ctx),
+    /// A file of the mirror (run on the mirror lane, never by a registry worker).
+    Mirror(Box<super::mirror::Want>),
 }
 
 /// `PUT` (add) or `DELETE` (remove) on a crate's owners.
@@ -198,6 +200,7 @@ fn run_job(reg: &Registry, job: Job, who: Option<&Principal>, events: &mut Vec<E
             }
         },
         Job::Page(page, ctx) => super::pages::run(reg, page, &ctx),
+        Job::Mirror(_) => Response::error(500, "a mirror request reached a registry worker"),
         Job::Crate { name } => super::crate_json::crate_json(reg, &name),
         Job::RecordTokenUse(uses) => match reg.record_last_used(&uses) {
             Ok(()) => Response::new(204),

@@ -11,6 +11,7 @@ pub mod crate_json;
 pub mod endpoint;
 pub mod errors;
 pub mod files;
+pub mod mirror;
 pub mod pages;
 pub mod request;
 pub mod response;
@@ -45,6 +46,8 @@ pub struct Site {
     pub auth_broken: Option<String>,
     /// The authorities requests may be for (see [`authority`]).
     pub authorities: authority::Authorities,
+    /// The registry has a `[mirror]`: `/mirror/` is served.
+    pub mirror: bool,
 }
 
 impl Site {
@@ -63,6 +66,7 @@ impl Site {
             auth: Arc::new(AuthView::new(Access::Open, &Default::default())),
             auth_broken: None,
             authorities: authority::Authorities::of_url(url),
+            mirror: false,
         }
     }
 

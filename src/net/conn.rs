@@ -1151,8 +1151,8 @@ mod tests {
             Job::RecordTokenUse(_) | Job::SyncAccess | Job::KeepClone => {
                 unreachable!("no route makes this job")
             }
-            Job::Page(..) | Job::Crate { .. } => {
-                unreachable!("no scripted request is a page or a crate read")
+            Job::Page(..) | Job::Crate { .. } | Job::Mirror(_) => {
+                unreachable!("no scripted request is a page, a crate read or the mirror's")
             }
             Job::Owners { name, change } => {
                 let body = change.map(|(_, path)| {

@@ -22,6 +22,7 @@ pub mod config;
 pub mod conn;
 pub mod ended;
 pub mod metrics;
+pub mod mirror;
 pub mod os;
 pub mod throttle;
 pub mod transport;

@@ -62,11 +62,12 @@ pub use backup::{backup, restore, Summary};
 pub use check::Problem;
 pub use command::{Actor, Applied, Change, Command, Event, Outcome};
 pub use index::{
-    Found, GitError, IndexDep, IndexEntry, Listed, Pubtime, SearchLine, CRATES_IO_INDEX,
+    index_path_of, Found, GitError, IndexDep, IndexEntry, Listed, Pubtime, SearchLine,
+    CRATES_IO_INDEX,
 };
 pub use names::{canonical, CrateName, Version};
 pub use publish::{CheckedCrate, CrateInfo, DepKind, PublishDep, PublishMetadata};
-pub use settings::{Access, Settings};
+pub use settings::{Access, CrateRule, MirrorSettings, Settings, CRATES_IO_SPARSE};
 pub use store::{create_private, temp_path, SETTINGS_FILE};
 
 use index::git;
