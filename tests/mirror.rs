@@ -340,6 +340,8 @@ fn cargo_builds_through_the_mirror_with_the_upstreams_lockfile_and_after_it_stop
     assert!(metric(&srv, &token, "palletizer_mirror_upstream_errors_total") >= 2);
     assert!(metric(&srv, &token, "palletizer_mirror_hits_total") >= 1);
     assert!(metric(&srv, &token, "palletizer_mirror_cache_bytes") > 0);
+    // Mirror requests are not the registry workers' jobs.
+    assert_eq!(metric(&srv, &token, "palletizer_worker_queue_depth"), 0);
     // A file the mirror never saw: a cargo-readable 502.
     let (status, body) = get_bytes(srv.addr(), "/mirror/index/3/n/new").unwrap();
     assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));

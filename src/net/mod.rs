@@ -85,8 +85,12 @@ impl Shared {
     /// Hands a job to the worker, counted for the queue depth. On failure the ticket
     /// comes back.
     pub fn send_job(&self, ticket: worker::Ticket) -> Result<(), Box<worker::Ticket>> {
+        // The queue depth is the registry workers': the mirror lane answers no worker count.
+        let counted = ticket.lane != crate::http::Lane::Mirror;
         self.jobs.send(ticket)?;
-        self.metrics.job_sent();
+        if counted {
+            self.metrics.job_sent();
+        }
         Ok(())
     }
 
