@@ -686,4 +686,30 @@ fn a_private_registrys_mirror_asks_for_a_token() {
     let (status, body) = support::read_one(&mut c);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"auth-required\":true"), "{body}");
+    // cargo through it: crates.io replaced by a registry entry, whose token cargo sends.
+    let home = s.path().join("home-private");
+    fs::create_dir_all(&home).unwrap();
+    fs::write(
+        home.join("config.toml"),
+        format!(
+            "[registry]\nglobal-credential-providers = [\"cargo:token\"]\n\n\
+             [source.crates-io]\nreplace-with = \"pal-mirror\"\n\n\
+             [registries.pal-mirror]\nindex = \"{}\"\n",
+            mirror_index(&srv)
+        ),
+    )
+    .unwrap();
+    let app = project(&s, "app", "mira", "0.1");
+    let out = s
+        .cargo_cmd(&app, &["run", "-q"])
+        .env("CARGO_HOME", &home)
+        .env("CARGO_TARGET_DIR", app.join("target"))
+        .env("CARGO_REGISTRIES_PAL_MIRROR_TOKEN", s.token())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "mira 0.1.0 + mirb 0.1.0"
+    );
 }
