@@ -85,6 +85,7 @@ pub fn serve(
 ) -> Result<(), StartError> {
     // 2 x (connections + open files) + 64: a socket and a file being sent per connection,
     // both trees' caches, the server's own (what Limits::open_files_within counts on).
+    os::limit_malloc_arenas();
     os::raise_fd_limit(
         config
             .limits

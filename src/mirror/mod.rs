@@ -245,7 +245,7 @@ impl Mirror {
         let Some(raw) = self.layout().read_index(rel).map_err(|e| storage(rel, e))? else {
             return Ok(None);
         };
-        let (bytes, hidden) = self.policy().filter(&raw, now());
+        let (bytes, hidden) = self.policy().filter(raw, now());
         self.stats().hidden.fetch_add(hidden, Relaxed);
         let digest = Sha256::digest(&bytes);
         let etag = format!("\"{}\"", &format!("{digest:x}")[..32]);

@@ -76,8 +76,12 @@ impl Upstream {
             .http_status_as_error(false)
             .timeout_connect(Some(timeout))
             .timeout_recv_response(Some(timeout))
-            .max_idle_connections(8)
-            .max_idle_connections_per_host(settings.fetchers.max(2))
+            // ureq's default buffers are 128 KiB each way per connection: index answers and
+            // crate bodies stream through 32 KiB, requests are a few hundred bytes.
+            .input_buffer_size(32 * 1024)
+            .output_buffer_size(16 * 1024)
+            .max_idle_connections(settings.fetchers)
+            .max_idle_connections_per_host(settings.fetchers)
             .max_redirects(4)
             .user_agent(concat!(
                 "palletizer/",

@@ -111,6 +111,8 @@ impl Lane {
                 let (mirror, landed) = (self.mirror.clone(), self.landed.clone());
                 let started = self.pool.run(move || {
                     let result = fetch(&mirror, &file);
+                    // An index file read whole, a connection's buffers: freed, given back.
+                    super::os::release_freed_memory();
                     let _ = landed.send(Msg::Landed(key, result));
                 });
                 if !started {
