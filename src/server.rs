@@ -21,6 +21,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::http::{files::Trees, Site};
+use crate::mirror::Mirror;
 use crate::net::config::{Limits, ServerConfig};
 use crate::net::{self, changes, metrics, os, transport, worker};
 use crate::registry::{self, Access, AuthError, AuthView, Registry};
@@ -59,6 +60,8 @@ pub enum StartError {
     Auth(#[from] AuthError),
     #[error("opening the registry failed (see the error above)")]
     Recovery,
+    #[error("the mirror: {0}")]
+    Mirror(String),
     #[error("starting the worker threads: {0}")]
     Worker(#[source] io::Error),
     #[error("signals: {0}")]
@@ -84,6 +87,7 @@ pub fn serve(
     // 2 x connections + 3 x open files + 64: a socket and a file being sent per
     // connection, the three trees' caches, the server's own (what
     // Limits::open_files_within counts on).
+    os::limit_malloc_arenas();
     os::raise_fd_limit(
         config
             .limits
@@ -117,12 +121,17 @@ pub fn serve(
         worker::SpoolBudget::new(config.limits.spool_cap(site.max_upload.max(site.max_docs)));
     let url = registry.settings().url.clone();
     let spool_dir = registry.root().to_owned();
-    let metrics = metrics::Metrics::default();
+    let mut metrics = metrics::Metrics::default();
     // Deliveries queued while no server ran (by the CLI, or before a crash) go out now.
     let webhooks = crate::webhooks::Deliverer::start(registry.outbox(), metrics.webhooks.clone())
         .map_err(StartError::Worker)?;
-    let (jobs, done) =
-        worker::spawn(registry, waker, metrics.worker.clone()).map_err(StartError::Worker)?;
+    let mirror = match &registry.settings().mirror {
+        Some(m) => Some(Mirror::open(registry.root(), m).map_err(StartError::Mirror)?),
+        None => None,
+    };
+    metrics.mirror = mirror.clone();
+    let (jobs, done) = worker::spawn(registry, waker, metrics.worker.clone(), mirror)
+        .map_err(StartError::Worker)?;
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(StartError::Signals)?;
     poll.registry()
         .register(&mut signals, net::SIGNAL_TOKEN, Interest::READABLE)
@@ -248,6 +257,7 @@ fn site_of(registry: &Registry, limits: &Limits) -> Result<Site, StartError> {
     .with_docs(docs_dir, cached_files);
     let mut site = Site::new(&settings.url, trees, settings.max_crate_size);
     site.max_docs = settings.max_docs_size;
+    site.mirror = settings.mirror.is_some();
     site.auth = Arc::new(AuthView::load(registry.root())?);
     Ok(site)
 }

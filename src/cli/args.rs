@@ -53,6 +53,14 @@ commands:
                             long ago (7d, 12h); --json prints one JSON object a line
   serve [CONFIG.toml] [--bind ADDR]
                             run the server (with no config: a registry in DIR, created if needed)
+  mirror fetch Cargo.lock...
+                            fill the crates.io mirror's cache with every crates.io package
+                            of the lockfiles (the registry needs a [mirror] table)
+  mirror export FILE | mirror import FILE
+                            the mirror's cache as one file, and back (import checks every
+                            crate file against its index line, and refuses a bad bundle whole)
+  mirror prune [--older-than DURATION] [--max-bytes N] | mirror check
+                            drop old crate files from the cache; verify the cached ones
 
 options:
   -r, --registry DIR        the registry directory (default: the current directory)
@@ -103,6 +111,7 @@ pub enum Command {
     },
     Serve(Serve),
     Audit(Audit),
+    Mirror(MirrorCommand),
     /// `user`, `token`, `owner`, `access`: the command, or the refusal of its arguments'
     /// count or values, reported once the registry has opened (see [`parse_auth`]).
     Auth(Result<AuthCommand, CliError>),
@@ -154,6 +163,18 @@ pub enum Docs {
         /// `None`: every version.
         version: Option<String>,
     },
+}
+
+/// `mirror …`: the crates.io mirror's cache.
+pub enum MirrorCommand {
+    Fetch(Vec<PathBuf>),
+    Export(PathBuf),
+    Import(PathBuf),
+    Prune {
+        older_than: Option<std::time::Duration>,
+        max_bytes: Option<u64>,
+    },
+    Check,
 }
 
 pub struct Serve {
@@ -214,6 +235,8 @@ enum Flag {
     User(OsString),
     Since(OsString),
     Json,
+    OlderThan(OsString),
+    MaxBytes(OsString),
     NoCratesIo,
     Repair,
     ReleaseName,
@@ -235,6 +258,8 @@ impl Flag {
             Flag::User(_) => "user",
             Flag::Since(_) => "since",
             Flag::Json => "json",
+            Flag::OlderThan(_) => "older-than",
+            Flag::MaxBytes(_) => "max-bytes",
             Flag::NoCratesIo => "no-crates-io",
             Flag::Repair => "repair",
             Flag::ReleaseName => "release-name",
@@ -279,6 +304,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, CliError> {
             Long("user") => Flag::User(parser.value()?),
             Long("since") => Flag::Since(parser.value()?),
             Long("json") => Flag::Json,
+            Long("older-than") => Flag::OlderThan(parser.value()?),
+            Long("max-bytes") => Flag::MaxBytes(parser.value()?),
             Long("no-crates-io") => Flag::NoCratesIo,
             Long("repair") => Flag::Repair,
             Long("release-name") => Flag::ReleaseName,
@@ -324,6 +351,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, CliError> {
         "restore" => restore(&given),
         "serve" => serve(&given),
         "audit" => audit(&given),
+        "mirror" => mirror(&given),
         other => {
             given.no_options()?;
             Err(CliError(format!(
@@ -596,6 +624,58 @@ fn since_time(text: &str, now: u64) -> Result<u64, CliError> {
     }
     let ago = parse_duration(text).map_err(|_| bad())?;
     Ok(now.saturating_sub(ago))
+}
+
+fn mirror(g: &Given) -> Result<Command, CliError> {
+    const USAGE: &str = "usage: palletizer mirror fetch Cargo.lock... | export FILE | import FILE \
+                         | prune [--older-than DURATION] [--max-bytes N] | check";
+    let action = g.rest.first().map(|a| string(a)).transpose()?;
+    let args: Vec<PathBuf> = g.rest.iter().skip(1).map(PathBuf::from).collect();
+    let one = |args: &[PathBuf]| match args {
+        [file] => Ok(file.clone()),
+        _ => Err(CliError(USAGE.into())),
+    };
+    let cmd = match action.as_deref() {
+        Some("prune") => return mirror_prune(g, &args, USAGE),
+        Some(_) if !g.flags.is_empty() => return Err(g.refuse(&g.flags[0])),
+        Some("fetch") if !args.is_empty() => MirrorCommand::Fetch(args),
+        Some("export") => MirrorCommand::Export(one(&args)?),
+        Some("import") => MirrorCommand::Import(one(&args)?),
+        Some("check") if args.is_empty() => MirrorCommand::Check,
+        _ => return Err(CliError(USAGE.into())),
+    };
+    Ok(Command::Mirror(cmd))
+}
+
+fn mirror_prune(g: &Given, args: &[PathBuf], usage: &str) -> Result<Command, CliError> {
+    let (mut older_than, mut max_bytes) = (None, None);
+    for f in &g.flags {
+        match f {
+            Flag::OlderThan(v) => {
+                let text = string(v)?;
+                let d = humantime::parse_duration(&text)
+                    .map_err(|e| CliError(format!("--older-than `{text}`: {e} (e.g. 30d)")))?;
+                older_than = Some(d);
+            }
+            Flag::MaxBytes(v) => {
+                let text = string(v)?;
+                let n = text.parse::<u64>().map_err(|_| {
+                    CliError(format!("--max-bytes `{text}` is not a number of bytes"))
+                })?;
+                max_bytes = Some(n);
+            }
+            other => return Err(g.refuse(other)),
+        }
+    }
+    if !args.is_empty() || (older_than.is_none() && max_bytes.is_none()) {
+        return Err(CliError(format!(
+            "{usage} (prune needs --older-than or --max-bytes)"
+        )));
+    }
+    Ok(Command::Mirror(MirrorCommand::Prune {
+        older_than,
+        max_bytes,
+    }))
 }
 
 /// An option of the access control commands, as given.

@@ -20,6 +20,7 @@ mod audit;
 mod auth;
 mod commands;
 mod docs;
+mod mirror;
 
 use args::{Command, Invocation};
 
@@ -64,6 +65,7 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, CliError> {
         Command::Restore { file, target } => commands::restore(&file, &target),
         Command::Serve(c) => commands::serve(dir, c),
         Command::Audit(c) => audit::run(&dir, c, &mut io::stdout().lock()),
+        Command::Mirror(c) => mirror::run(&dir, c),
         Command::Auth(c) => auth::run(c, &dir, &mut io::stdout().lock(), &mut io::stderr().lock()),
     }
 }

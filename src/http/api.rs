@@ -81,6 +81,8 @@ pub enum Job {
         rest: String,
         base: String,
     },
+    /// A file of the mirror (run on the mirror lane, never by a registry worker).
+    Mirror(Box<super::mirror::Want>),
 }
 
 /// `PUT` (add) or `DELETE` (remove) on a crate's owners.
@@ -243,6 +245,7 @@ fn run_job(reg: &Registry, job: Job, caller: Caller<'_>, events: &mut Vec<Event>
             }
         },
         Job::Page(page, ctx) => super::pages::run(reg, page, &ctx),
+        Job::Mirror(_) => Response::error(500, "a mirror request reached a registry worker"),
         Job::Crate { name } => super::crate_json::crate_json(reg, &name),
         Job::RecordTokenUse(uses) => match reg.record_last_used(&uses) {
             Ok(()) => Response::new(204),

@@ -22,7 +22,7 @@ use super::auth::{Challenge, Required};
 use super::pages::{self, Ctx, Page, MAX_LOGIN_BODY, MAX_SEARCH_PAGE};
 use super::request::{percent_decode, query_param, Head, Method};
 use super::response::Response;
-use super::{files, Site};
+use super::{files, mirror, Site};
 use crate::registry::{Access, CrateName, Need};
 
 /// The Prometheus metrics route, below the base path. The event loop answers it (the
@@ -40,6 +40,10 @@ pub enum Endpoint<'a> {
     IndexFile(&'a str),
     /// `GET`/`HEAD /crates/{file}`: a crate file (only names ending in `.crate` are served).
     CrateFile(&'a str),
+    /// `GET`/`HEAD /mirror/index/{file}`: an index file of the crates.io mirror.
+    MirrorIndex(&'a str),
+    /// `GET`/`HEAD /mirror/crates/{name}/{name}-{vers}.crate`: a crate file of the mirror.
+    MirrorCrate(&'a str),
     /// `GET`/`HEAD /index/info/refs?service=git-upload-pack`: the git ref advertisement.
     GitRefs,
     /// `POST /index/git-upload-pack`.
@@ -142,6 +146,8 @@ pub enum Lane {
     IndexReader,
     /// The page reader: pages, searches, crate JSON, owner lists, the login form.
     Pages,
+    /// The mirror: its cache, and its fetches from the upstream.
+    Mirror,
 }
 
 /// The label of a request's series in `/metrics`.
@@ -159,11 +165,13 @@ pub enum Metric {
     Git,
     Login,
     Metrics,
+    MirrorIndex,
+    MirrorDownload,
     Other,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 15] = [
         Metric::Index,
         Metric::Download,
         Metric::ApiPublish,
@@ -176,6 +184,8 @@ impl Metric {
         Metric::Git,
         Metric::Login,
         Metric::Metrics,
+        Metric::MirrorIndex,
+        Metric::MirrorDownload,
         Metric::Other,
     ];
 
@@ -193,6 +203,8 @@ impl Metric {
             Metric::Git => "git",
             Metric::Login => "login",
             Metric::Metrics => "metrics",
+            Metric::MirrorIndex => "mirror_index",
+            Metric::MirrorDownload => "mirror_download",
             Metric::Other => "other",
         }
     }
@@ -268,6 +280,18 @@ impl<'a> Endpoint<'a> {
                 false => not_allowed(Metric::Docs, CARGO, "GET, HEAD"),
             };
         }
+        if let Some(rest) = path.strip_prefix("/mirror/index/") {
+            return match read {
+                true => Endpoint::MirrorIndex(rest),
+                false => not_allowed(Metric::MirrorIndex, CARGO, "GET, HEAD"),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/mirror/crates/") {
+            return match read {
+                true => Endpoint::MirrorCrate(rest),
+                false => not_allowed(Metric::MirrorDownload, CARGO, "GET, HEAD"),
+            };
+        }
         if let Some(rest) = path.strip_prefix("/crates/") {
             let metric = if path.ends_with(".crate") {
                 Metric::Download
@@ -331,6 +355,8 @@ impl<'a> Endpoint<'a> {
             } => read(Challenge::Basic),
             Endpoint::IndexFile(_)
             | Endpoint::CrateFile(_)
+            | Endpoint::MirrorIndex(_)
+            | Endpoint::MirrorCrate(_)
             | Endpoint::Search { .. }
             | Endpoint::Crate(_)
             | Endpoint::Owners { change: None, .. }
@@ -346,6 +372,8 @@ impl<'a> Endpoint<'a> {
     pub fn metric(&self) -> Metric {
         match self {
             Endpoint::IndexFile(_) => Metric::Index,
+            Endpoint::MirrorIndex(_) => Metric::MirrorIndex,
+            Endpoint::MirrorCrate(_) => Metric::MirrorDownload,
             Endpoint::CrateFile(rest) if rest.ends_with(".crate") => Metric::Download,
             Endpoint::CrateFile(_) | Endpoint::Page(_) | Endpoint::Logout { .. } => Metric::Other,
             Endpoint::GitRefs | Endpoint::GitUploadPack => Metric::Git,
@@ -376,6 +404,7 @@ impl<'a> Endpoint<'a> {
             | Endpoint::Metrics
             | Endpoint::Refused { .. } => Lane::Loop,
             Endpoint::GitRefs | Endpoint::GitUploadPack => Lane::IndexReader,
+            Endpoint::MirrorIndex(_) | Endpoint::MirrorCrate(_) => Lane::Mirror,
             Endpoint::Search { .. }
             | Endpoint::Crate(_)
             | Endpoint::Owners { change: None, .. }
@@ -447,6 +476,8 @@ impl<'a> Endpoint<'a> {
                 Err(status) => Response::error(status, "invalid path"),
             }),
             Endpoint::CrateFile(rest) => done(crate_file(site, rest, head, caches)),
+            Endpoint::MirrorIndex(rest) => mirror_job(site, head, mirror::want_index(rest)),
+            Endpoint::MirrorCrate(rest) => mirror_job(site, head, mirror::want_crate(rest)),
             Endpoint::GitRefs => Routed::Job(Job::GitRefs),
             Endpoint::GitUploadPack => upload_pack(head),
             Endpoint::Publish => publish(head, site.max_upload),
@@ -546,6 +577,24 @@ fn docs_latest(site: &Site, name: Segment<'_>, file: &str) -> Routed {
         }),
         (Err(r), _) => Routed::Done(r),
         (_, Err(status)) => Routed::Done(Response::error(status, "invalid path")),
+    }
+}
+
+/// A mirror request for the mirror lane, or its refusal.
+fn mirror_job(site: &Site, head: &Head, file: Result<mirror::File, Response>) -> Routed {
+    if !site.mirror {
+        return Routed::Done(Response::error(
+            404,
+            "this registry has no mirror; a [mirror] table in palletizer.toml starts one",
+        ));
+    }
+    match file {
+        Ok(file) => Routed::Job(Job::Mirror(Box::new(mirror::Want {
+            file,
+            head: head.clone(),
+            private: site.access() == Access::Private,
+        }))),
+        Err(r) => Routed::Done(r),
     }
 }
 
@@ -1003,6 +1052,11 @@ mod tests {
             // A ticket is the credential, checked by the handler.
             (Get, "/docs/~1.ab/foo/1.0.0/foo/index.html", "-", "-", "-"),
             (Get, "/docs/~1.ab/foo", "-", "-", "read"),
+            (Get, "/mirror/index/config.json", "-", "-", "read"),
+            (Get, "/mirror/index/3/f/foo", "-", "-", "read"),
+            (Put, "/mirror/index/3/f/foo", "-", "-", "read"),
+            (Get, "/mirror/crates/foo/foo-1.0.0.crate", "-", "-", "read"),
+            (Delete, "/mirror/crates/foo/foo-1.0.0.crate", "-", "-", "read"),
         ];
         for &(method, path, open, public, private) in table {
             for (mode, want) in [(Open, open), (Public, public), (Private, private)] {
@@ -1023,7 +1077,9 @@ mod tests {
 
     fn site() -> Site {
         let t = Trees::new("/nonexistent/i".into(), "/nonexistent/c".into(), 0);
-        Site::new("http://127.0.0.1:1", t, 1 << 20)
+        let mut s = Site::new("http://127.0.0.1:1", t, 1 << 20);
+        s.mirror = true;
+        s
     }
 
     /// What the handler made: `done STATUS`, `job`, `upload` or `after-body`.
@@ -1083,6 +1139,10 @@ mod tests {
             (Get, "/docs/foo/latest", "docs", Pages),
             (Get, "/docs/foo", "docs", Pages),
             (Delete, "/docs/foo/1.0.0/x.html", "docs", Loop),
+            (Get, "/mirror/index/3/f/foo", "mirror_index", Mirror),
+            (Head, "/mirror/index/config.json", "mirror_index", Mirror),
+            (Post, "/mirror/index/3/f/foo", "mirror_index", Loop),
+            (Get, "/mirror/crates/foo/foo-1.0.0.crate", "mirror_download", Mirror),
         ];
         for (method, target, label, lane) in cases {
             let (path, query) = target
@@ -1136,6 +1196,9 @@ mod tests {
             "/docs/foo/latest/",
             "/docs/foo/latest/foo/struct.A.html",
             "/docs/foo",
+            "/mirror/index/config.json",
+            "/mirror/index/3/f/foo",
+            "/mirror/crates/foo/foo-1.0.0.crate",
         ];
         let s = site();
         for target in paths {

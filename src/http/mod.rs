@@ -11,6 +11,7 @@ pub mod crate_json;
 pub mod endpoint;
 pub mod errors;
 pub mod files;
+pub mod mirror;
 pub mod pages;
 pub mod request;
 pub mod response;
@@ -52,6 +53,8 @@ pub struct Site {
     pub authorities: authority::Authorities,
     /// Crate files served since the counts were last handed to the writer.
     pub downloads: files::Downloads,
+    /// The registry has a `[mirror]`: `/mirror/` is served.
+    pub mirror: bool,
 }
 
 impl Site {
@@ -73,6 +76,7 @@ impl Site {
             auth_broken: None,
             authorities: authority::Authorities::of_url(url),
             downloads: files::Downloads::default(),
+            mirror: false,
         }
     }
 

@@ -1167,8 +1167,8 @@ mod tests {
             | Job::KeepClone => {
                 unreachable!("no route makes this job")
             }
-            Job::Page(..) | Job::Crate { .. } | Job::DocsLatest { .. } => {
-                unreachable!("no scripted request is a page or a crate read")
+            Job::Page(..) | Job::Crate { .. } | Job::DocsLatest { .. } | Job::Mirror(_) => {
+                unreachable!("no scripted request is a page, a crate read or the mirror's")
             }
             Job::UploadDocs { .. } => unreachable!("no scripted request uploads docs"),
             Job::Owners { name, change } => {

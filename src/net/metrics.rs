@@ -169,6 +169,8 @@ pub struct Metrics {
     pub worker: Arc<WorkerMetrics>,
     /// Counted by the webhook delivery threads.
     pub webhooks: Arc<crate::webhooks::Stats>,
+    /// The mirror's counters, when the registry has one.
+    pub mirror: Option<crate::mirror::Mirror>,
 }
 
 impl Metrics {
@@ -268,6 +270,9 @@ impl Metrics {
         self.render_connections(o);
         self.render_work(o, trees);
         self.render_webhooks(o);
+        if let Some(m) = &self.mirror {
+            render_mirror(o, m.stats());
+        }
         out
     }
 
@@ -445,6 +450,67 @@ impl Metrics {
             open_fds(),
         );
     }
+}
+
+/// The mirror's rows: its counters are atomics its threads add to.
+fn render_mirror(o: &mut Vec<u8>, s: &crate::mirror::Stats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let rows: [(&str, &str, &AtomicU64); 9] = [
+        (
+            "palletizer_mirror_hits_total",
+            "Mirror requests answered from the cache.",
+            &s.hits,
+        ),
+        (
+            "palletizer_mirror_misses_total",
+            "Files the mirror fetched for lack of a copy.",
+            &s.misses,
+        ),
+        (
+            "palletizer_mirror_revalidations_total",
+            "Index files the upstream confirmed (304).",
+            &s.revalidated,
+        ),
+        (
+            "palletizer_mirror_refreshes_total",
+            "Index files the upstream replaced on revalidation.",
+            &s.refreshed,
+        ),
+        (
+            "palletizer_mirror_stale_total",
+            "Index files served stale because the upstream failed.",
+            &s.stale,
+        ),
+        (
+            "palletizer_mirror_upstream_errors_total",
+            "Upstream requests that failed or timed out.",
+            &s.upstream_errors,
+        ),
+        (
+            "palletizer_mirror_fetched_bytes_total",
+            "Bytes fetched from the upstream.",
+            &s.bytes_fetched,
+        ),
+        (
+            "palletizer_mirror_policy_hidden_total",
+            "Index lines the mirror's policy left out.",
+            &s.hidden,
+        ),
+        (
+            "palletizer_mirror_checksum_refused_total",
+            "Crate files refused: not their index line's checksum.",
+            &s.checksum_refused,
+        ),
+    ];
+    for (name, help, v) in rows {
+        counter(o, name, help, v.load(Relaxed));
+    }
+    gauge(
+        o,
+        "palletizer_mirror_cache_bytes",
+        "Bytes of crate files in the mirror's cache.",
+        s.cache_bytes.load(Relaxed),
+    );
 }
 
 fn header(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) {

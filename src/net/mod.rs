@@ -22,6 +22,7 @@ pub mod config;
 pub mod conn;
 pub mod ended;
 pub mod metrics;
+pub mod mirror;
 pub mod os;
 pub mod throttle;
 pub mod transport;
@@ -89,8 +90,12 @@ impl Shared {
     /// Hands a job to the worker, counted for the queue depth. On failure the ticket
     /// comes back.
     pub fn send_job(&self, ticket: worker::Ticket) -> Result<(), Box<worker::Ticket>> {
+        // The queue depth is the registry workers': the mirror lane answers no worker count.
+        let counted = ticket.lane != crate::http::Lane::Mirror;
         self.jobs.send(ticket)?;
-        self.metrics.job_sent();
+        if counted {
+            self.metrics.job_sent();
+        }
         Ok(())
     }
 

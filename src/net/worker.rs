@@ -115,6 +115,8 @@ pub struct Jobs {
     writer: Sender<Ticket>,
     reader: Sender<Ticket>,
     pages: Sender<Ticket>,
+    /// The mirror lane, when the registry has a mirror.
+    mirror: Option<Sender<super::mirror::Msg>>,
 }
 
 impl Jobs {
@@ -125,8 +127,36 @@ impl Jobs {
             Lane::Writer | Lane::Loop => &self.writer,
             Lane::IndexReader => &self.reader,
             Lane::Pages => &self.pages,
+            Lane::Mirror => return self.send_mirror(ticket),
         };
         to.send(ticket).map_err(|e| Box::new(e.0))
+    }
+
+    fn send_mirror(&self, ticket: Ticket) -> Result<(), Box<Ticket>> {
+        let Some(mirror) = &self.mirror else {
+            return Err(Box::new(ticket));
+        };
+        let Ticket {
+            key, serial, job, ..
+        } = ticket;
+        let Job::Mirror(want) = job else {
+            unreachable!("only mirror routes run on the mirror lane")
+        };
+        let msg = super::mirror::Msg::Request { key, serial, want };
+        mirror.send(msg).map_err(|e| {
+            let super::mirror::Msg::Request { key, serial, want } = e.0 else {
+                unreachable!("the message sent comes back")
+            };
+            Box::new(Ticket {
+                key,
+                serial,
+                job: Job::Mirror(want),
+                reserved: None,
+                principal: None,
+                peer: None,
+                lane: Lane::Mirror,
+            })
+        })
     }
 
     /// Every job to one channel (connection tests play every worker).
@@ -136,20 +166,27 @@ impl Jobs {
             writer: tx.clone(),
             reader: tx.clone(),
             pages: tx,
+            mirror: None,
         }
     }
 }
 
-/// Starts the workers. Dropping the returned [`Jobs`] ends them.
+/// Starts the workers, and the mirror lane when `mirror` is given. Dropping the returned
+/// [`Jobs`] ends the registry's workers.
 pub fn spawn(
     reg: Registry,
     waker: Arc<Waker>,
     metrics: Arc<WorkerMetrics>,
+    mirror: Option<crate::mirror::Mirror>,
 ) -> std::io::Result<(Jobs, Receiver<Done>)> {
     let (writer_tx, writer_rx) = channel::<Ticket>();
     let (reader_tx, reader_rx) = channel::<Ticket>();
     let (pages_tx, pages_rx) = channel::<Ticket>();
     let (done_tx, done_rx) = sync_channel::<Done>(DONE_BACKLOG);
+    let mirror = match mirror {
+        Some(m) => Some(spawn_mirror(m, &reg, waker.clone(), done_tx.clone())?),
+        None => None,
+    };
     // At most one rebuild of the kept clone waits at a time: a burst of publishes makes one
     // rebuild for the newest HEAD, not one per publish queued ahead of fetches.
     let rebuild_queued = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -221,9 +258,30 @@ pub fn spawn(
             writer: writer_tx,
             reader: reader_tx,
             pages: pages_tx,
+            mirror,
         },
         done_rx,
     ))
+}
+
+/// The mirror lane, answering through the same channel and waker as the workers.
+fn spawn_mirror(
+    mirror: crate::mirror::Mirror,
+    reg: &Registry,
+    waker: Arc<Waker>,
+    done: SyncSender<Done>,
+) -> std::io::Result<Sender<super::mirror::Msg>> {
+    let answer = move |key, serial, response| {
+        let sent = done.send(Done {
+            key,
+            serial,
+            response,
+        });
+        let _ = waker.wake();
+        sent.is_ok()
+    };
+    let url = reg.settings().url.clone();
+    super::mirror::spawn(mirror, url, Box::new(answer))
 }
 
 /// Starts a worker thread; its stack is reserved at 1 MiB (only what it touches is memory).

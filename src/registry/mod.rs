@@ -77,12 +77,16 @@ pub use command::{Actor, Applied, Change, Command, Event, Outcome, ACTIONS};
 pub use docs::{crate_folder, CheckedDocs, DOCS_DIR};
 pub use downloads::{CrateDownloads, DOWNLOADS_DIR, RECENT_DAYS};
 pub use index::{
-    Found, GitError, IndexDep, IndexEntry, Listed, Pubtime, SearchLine, CRATES_IO_INDEX,
+    index_path_of, Found, GitError, IndexDep, IndexEntry, Listed, Pubtime, SearchLine,
+    CRATES_IO_INDEX,
 };
 pub use names::{canonical, CrateName, Version};
 pub use outbox::{dropped_total as outbox_dropped_total, Delivery, Outbox, QUEUE_DIR};
 pub use publish::{CheckedCrate, CrateInfo, DepKind, PublishDep, PublishMetadata};
-pub use settings::{shown_url, Access, HookFormat, HookUrl, Settings, Webhook};
+pub use settings::{
+    shown_url, Access, CrateRule, HookFormat, HookUrl, MirrorSettings, Settings, Webhook,
+    CRATES_IO_SPARSE,
+};
 pub use store::{create_private, temp_path, SETTINGS_FILE};
 
 use index::git;

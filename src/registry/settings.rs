@@ -99,6 +99,10 @@ pub struct Settings {
         skip_serializing_if = "is_default_queue_limit"
     )]
     pub webhook_queue_limit: u64,
+    /// `[mirror]`: serve a caching mirror of crates.io (or another sparse index) under
+    /// `/mirror/`. Absent: no mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSettings>,
     /// Receivers of the registry's events (`[[webhook]]`).
     #[serde(default, rename = "webhook", skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
@@ -296,6 +300,184 @@ fn check_webhooks(s: &Settings) -> Result<(), String> {
     Ok(())
 }
 
+/// crates.io's sparse index, the mirror's default upstream.
+pub const CRATES_IO_SPARSE: &str = "sparse+https://index.crates.io/";
+
+/// The `[mirror]` table. Durations and crate lists are kept as written (so that rewriting
+/// the file keeps them) and checked when the file is read; the accessors give them parsed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MirrorSettings {
+    /// The sparse index mirrored: `sparse+http(s)://…/`.
+    #[serde(default = "default_upstream")]
+    pub upstream: String,
+    /// Never contact the upstream: serve what the cache holds.
+    #[serde(default)]
+    pub offline: bool,
+    /// How long a fetched index file is served before it is revalidated upstream.
+    #[serde(default = "default_ttl")]
+    pub ttl: String,
+    /// Versions published less than this long ago are hidden (`3d`; none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_age: Option<String>,
+    /// Crates (`name`, or `name@REQ` for some versions) hidden from the mirror's index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// When not empty, only these crates (`name` or `name@REQ`) are shown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Upstream fetches running at once.
+    #[serde(default = "default_fetchers")]
+    pub fetchers: usize,
+    /// Time allowed to connect and for an index file's answer (a crate file gets ten times
+    /// as long for its body).
+    #[serde(default = "default_timeout")]
+    pub timeout: String,
+    /// Largest crate file fetched, in bytes.
+    #[serde(default = "default_mirror_max_crate")]
+    pub max_crate_size: u64,
+    /// A PEM file of the certificate authorities the upstream's TLS certificate is checked
+    /// against (default: the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// An HTTP proxy for upstream requests (`http://host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+}
+
+fn default_upstream() -> String {
+    CRATES_IO_SPARSE.into()
+}
+fn default_ttl() -> String {
+    "60s".into()
+}
+fn default_fetchers() -> usize {
+    4
+}
+fn default_timeout() -> String {
+    "30s".into()
+}
+fn default_mirror_max_crate() -> u64 {
+    256 * 1024 * 1024
+}
+
+impl Default for MirrorSettings {
+    fn default() -> MirrorSettings {
+        MirrorSettings {
+            upstream: default_upstream(),
+            offline: false,
+            ttl: default_ttl(),
+            min_age: None,
+            deny: Vec::new(),
+            allow: Vec::new(),
+            fetchers: default_fetchers(),
+            timeout: default_timeout(),
+            max_crate_size: default_mirror_max_crate(),
+            ca_file: None,
+            proxy: None,
+        }
+    }
+}
+
+/// One entry of `deny` or `allow`: a crate name, and the versions meant (all when `None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrateRule {
+    /// Compared as crates.io compares names (lowercase, `-` as `_`).
+    pub canonical: String,
+    pub req: Option<semver::VersionReq>,
+}
+
+impl CrateRule {
+    pub fn parse(text: &str) -> Result<CrateRule, String> {
+        let (name, req) = match text.split_once('@') {
+            Some((n, r)) => (n, Some(r)),
+            None => (text, None),
+        };
+        let name = super::CrateName::parse(name.trim())
+            .map_err(|e| format!("mirror crate rule `{text}`: {e}"))?;
+        let req = match req {
+            Some(r) => Some(semver::VersionReq::parse(r.trim()).map_err(|e| {
+                format!("mirror crate rule `{text}`: bad version requirement: {e}")
+            })?),
+            None => None,
+        };
+        Ok(CrateRule {
+            canonical: super::canonical(&name),
+            req,
+        })
+    }
+
+    /// Whether the rule covers `vers` of the crate whose canonical name is `canonical`.
+    pub fn covers(&self, canonical: &str, vers: &semver::Version) -> bool {
+        self.canonical == canonical && self.req.as_ref().is_none_or(|r| r.matches(vers))
+    }
+}
+
+fn duration(key: &str, text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("[mirror] {key} = \"{text}\": {e} (use e.g. \"60s\", \"3d\")"))
+}
+
+impl MirrorSettings {
+    /// Every value checked: the upstream's URL, the durations, the crate rules.
+    pub fn check(&self) -> Result<(), String> {
+        let url = self.upstream.strip_prefix("sparse+").unwrap_or("");
+        let scheme = url.starts_with("http://") || url.starts_with("https://");
+        if !scheme || !url.ends_with('/') || url.contains(['?', '#', ' ']) {
+            return Err(format!(
+                "[mirror] upstream `{}` must be a sparse index URL: sparse+https://host/path/ \
+                 (ending in `/`)",
+                self.upstream
+            ));
+        }
+        self.ttl()?;
+        self.min_age()?;
+        self.timeout()?;
+        self.rules()?;
+        if self.fetchers == 0 || self.fetchers > 64 {
+            return Err("[mirror] fetchers must be between 1 and 64".into());
+        }
+        if let Some(p) = &self.proxy {
+            if !p.starts_with("http://") && !p.starts_with("https://") {
+                return Err(format!(
+                    "[mirror] proxy `{p}` must start with http:// or https://"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstream index's base URL, without `sparse+`, ending in `/`.
+    pub fn upstream_url(&self) -> &str {
+        self.upstream
+            .strip_prefix("sparse+")
+            .unwrap_or(&self.upstream)
+    }
+
+    pub fn ttl(&self) -> Result<std::time::Duration, String> {
+        duration("ttl", &self.ttl)
+    }
+
+    pub fn timeout(&self) -> Result<std::time::Duration, String> {
+        duration("timeout", &self.timeout)
+    }
+
+    pub fn min_age(&self) -> Result<Option<std::time::Duration>, String> {
+        self.min_age
+            .as_deref()
+            .map(|t| duration("min-age", t))
+            .transpose()
+    }
+
+    /// `deny` and `allow`, parsed.
+    pub fn rules(&self) -> Result<(Vec<CrateRule>, Vec<CrateRule>), String> {
+        let parse = |v: &[String]| -> Result<Vec<CrateRule>, String> {
+            v.iter().map(|t| CrateRule::parse(t)).collect()
+        };
+        Ok((parse(&self.deny)?, parse(&self.allow)?))
+    }
+}
+
 fn default_index_dir() -> PathBuf {
     "index".into()
 }
@@ -347,6 +529,7 @@ impl Default for Settings {
             max_docs_size: default_max_docs(),
             max_docs_unpacked_size: default_max_docs_unpacked(),
             max_docs_files: default_max_docs_files(),
+            mirror: None,
         }
     }
 }
@@ -376,6 +559,9 @@ impl Settings {
                 s.audit_max_bytes,
                 default_audit_max()
             ));
+        }
+        if let Some(m) = &s.mirror {
+            m.check()?;
         }
         Ok(Settings { url, ..s })
     }
@@ -552,6 +738,48 @@ mod tests {
         );
         assert_eq!(shown_url("http://h:1/"), "http://h:1/");
         assert_eq!(shown_url("http://h:1"), "http://h:1");
+    }
+
+    #[test]
+    fn mirror_table_parses_checks_and_round_trips() {
+        let s = Settings::parse("url = \"http://h\"\n[mirror]\n").unwrap();
+        let m = s.mirror.clone().unwrap();
+        assert_eq!(m.upstream, CRATES_IO_SPARSE);
+        assert_eq!(m.ttl().unwrap(), std::time::Duration::from_secs(60));
+        assert_eq!(m.min_age().unwrap(), None);
+        assert_eq!(Settings::parse(&s.to_toml()).unwrap(), s);
+        let text = "url = \"http://h\"\n[mirror]\nupstream = \"sparse+http://127.0.0.1:9/x/\"\n\
+                    offline = true\nttl = \"5m\"\nmin-age = \"3d\"\ndeny = [\"openssl-sys\", \"Foo_bar@<2\"]\n\
+                    allow = [\"serde\"]\n";
+        let s = Settings::parse(text).unwrap();
+        let m = s.mirror.clone().unwrap();
+        assert!(m.offline);
+        assert_eq!(m.upstream_url(), "http://127.0.0.1:9/x/");
+        assert_eq!(
+            m.min_age().unwrap(),
+            Some(std::time::Duration::from_secs(3 * 86400))
+        );
+        let (deny, allow) = m.rules().unwrap();
+        assert_eq!(deny[1].canonical, "foo_bar");
+        let v = |s| semver::Version::parse(s).unwrap();
+        assert!(deny[1].covers("foo_bar", &v("1.9.0")));
+        assert!(!deny[1].covers("foo_bar", &v("2.0.0")));
+        assert!(deny[0].covers("openssl_sys", &v("0.9.0")));
+        assert_eq!(allow.len(), 1);
+        assert_eq!(Settings::parse(&s.to_toml()).unwrap(), s);
+        for bad in [
+            "[mirror]\nbogus = 1",
+            "[mirror]\nupstream = \"https://index.crates.io/\"",
+            "[mirror]\nupstream = \"sparse+https://index.crates.io\"",
+            "[mirror]\nttl = \"soon\"",
+            "[mirror]\nmin-age = \"3 fortnights\"",
+            "[mirror]\ndeny = [\"not a name\"]",
+            "[mirror]\ndeny = [\"serde@>>1\"]",
+            "[mirror]\nfetchers = 0",
+        ] {
+            let e = Settings::parse(&format!("url = \"http://h\"\n{bad}")).unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
+        }
     }
 
     #[test]

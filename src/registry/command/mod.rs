@@ -251,7 +251,7 @@ pub enum Outcome {
     FirstAdmin {
         secret: Option<String>,
     },
-    AccessSet(Settings),
+    AccessSet(Box<Settings>),
     /// Whether `config.json` had to change.
     AccessSynced {
         changed: bool,
@@ -643,7 +643,7 @@ impl Registry {
                 if changed {
                     changes.push(Change::AccessSet { access });
                 }
-                Outcome::AccessSet(settings)
+                Outcome::AccessSet(Box::new(settings))
             }
             Command::SyncAccess => {
                 let (settings, changed) = auth::sync_config_json_locked(self)?;

@@ -206,7 +206,7 @@ impl Registry {
     /// settings.
     pub fn set_access(&self, access: Access) -> Result<Settings, AuthError> {
         match as_admin(self, Command::SetAccess(access), now())? {
-            Outcome::AccessSet(settings) => Ok(settings),
+            Outcome::AccessSet(settings) => Ok(*settings),
             o => unexpected(o),
         }
     }

@@ -61,7 +61,7 @@ pub fn is_index_path(rel: &str) -> bool {
 }
 
 /// [`index_path`] for a string known to be a valid name (a `-`/`_` variant of one).
-pub(crate) fn index_path_of(name: &str) -> String {
+pub fn index_path_of(name: &str) -> String {
     let n = name.to_ascii_lowercase();
     match n.len() {
         1 => format!("1/{n}"),

@@ -314,6 +314,10 @@ pub const MAX_CATEGORIES: usize = 5;
 pub const MAX_FEATURE_VALUES: usize = 1_000;
 /// A dependency can only ask for features it has, at most [`MAX_FEATURES`].
 pub const MAX_DEP_FEATURES: usize = MAX_FEATURES;
+/// The feature bound of a crate file another registry already serves (`palletizer add`):
+/// crates.io's cap of 300 applies to new publishes only (web-sys has 1,727 features), so
+/// this one is a safety bound, with the index line's own size limit behind it.
+pub const MAX_FEATURES_SERVED: usize = 10_000;
 /// Feature names, and each value of a feature's list.
 pub const MAX_FEATURE_LEN: usize = 128;
 pub const MAX_AUTHORS: usize = 100;
@@ -344,11 +348,16 @@ fn check_len(what: &str, s: &str, max: usize) -> Result<(), String> {
 }
 
 /// Checks the sizes of everything a publish carries into the index and the search file.
-fn check_sizes(meta: &PublishMetadata) -> Result<(), String> {
+fn check_sizes(meta: &PublishMetadata, rules: Rules) -> Result<(), String> {
+    // crates.io's caps on a new publish; safety bounds only for what it already serves.
+    let max_features = match rules {
+        Rules::Publish => MAX_FEATURES,
+        Rules::Add => MAX_FEATURES_SERVED,
+    };
     // Before the name rules, whose messages repeat the whole value.
     check_len("crate name", &meta.name, names::MAX_NAME_LEN)?;
     check_len("version", &meta.vers, names::MAX_VERSION_LEN)?;
-    check_count("too many features", meta.features.len(), MAX_FEATURES)?;
+    check_count("too many features", meta.features.len(), max_features)?;
     check_count("too many dependencies", meta.deps.len(), MAX_DEPS)?;
     check_count("too many keywords", meta.keywords.len(), MAX_KEYWORDS)?;
     check_count("too many categories", meta.categories.len(), MAX_CATEGORIES)?;
@@ -369,7 +378,7 @@ fn check_sizes(meta: &PublishMetadata) -> Result<(), String> {
         check_count(
             &format!("too many features asked of dependency `{shown_name}`"),
             d.features.len(),
-            MAX_DEP_FEATURES,
+            max_features.max(MAX_DEP_FEATURES),
         )?;
         for f in &d.features {
             check_len("dependency feature", f, MAX_FEATURE_LEN)?;
@@ -448,7 +457,7 @@ pub fn require_description_and_license(meta: &PublishMetadata) -> Result<(), Str
 /// Checks what the index line will carry: sizes, names, requirements, targets, features,
 /// rust-version. Returns a message a person can act on.
 pub fn validate(meta: &PublishMetadata, rules: Rules) -> Result<(), String> {
-    check_sizes(meta)?;
+    check_sizes(meta, rules)?;
     names::validate_name(&meta.name).map_err(|e| e.to_string())?;
     names::Version::parse(&meta.vers).map_err(|e| e.to_string())?;
     for d in &meta.deps {
@@ -644,6 +653,20 @@ registry-index = "https://elsewhere.example/index"
             .map(|i| (format!("f{i}"), vec![]))
             .collect();
         assert_eq!(validate(&m, Rules::Publish), Ok(()));
+    }
+
+    /// crates.io's cap of 300 features is for new publishes: a crate file it already
+    /// serves with more (web-sys has 1,727) is taken by `palletizer add`.
+    #[test]
+    fn web_sys_sized_feature_lists_are_added_but_not_published() {
+        let mut m = small();
+        m.features = (0..1_727).map(|i| (format!("f{i}"), vec![])).collect();
+        assert_eq!(validate(&m, Rules::Add), Ok(()));
+        assert!(validate(&m, Rules::Publish).is_err());
+        m.features = (0..=MAX_FEATURES_SERVED)
+            .map(|i| (format!("f{i}"), vec![]))
+            .collect();
+        assert!(validate(&m, Rules::Add).is_err());
     }
 
     fn dep(name: String) -> PublishDep {
