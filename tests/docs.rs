@@ -128,6 +128,7 @@ fn hostile_docs_uploads_are_refused_leave_nothing_and_memory_flat() {
         &docs_of("my_crate", "good"),
     );
     assert_eq!(st, 200, "{body}");
+    support::wait_for_checkpoint(&s.reg());
     let before = snapshot(&s.reg());
     let tree = docs_tree(&s.reg());
     let baseline = vm_hwm_kib(pid);

@@ -391,7 +391,12 @@ fn visible_state(reg: &Path) -> (Vec<(std::path::PathBuf, Vec<u8>)>, String) {
         .into_iter()
         .filter(|(p, _)| {
             let p = p.to_string_lossy();
-            !p.contains(".git/") && !p.contains("filler") && !p.contains(".tmp-")
+            // The journal names crates changed since the server's last checkpoint; a
+            // refused publish may add its name, which only repeats a repair after a crash.
+            !p.contains(".git/")
+                && !p.contains("filler")
+                && !p.contains(".tmp-")
+                && !p.ends_with(".pending")
         })
         .collect();
     files.sort();

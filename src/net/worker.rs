@@ -18,7 +18,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
 
 use std::time::Instant;
@@ -225,33 +225,10 @@ pub fn spawn(
         }
     })?;
     let writer = worker(reg);
+    writer.reg.defer_checkpoints();
     let keep = reader_tx.clone();
     start("registry-writer", move || {
-        for t in writer_rx {
-            let Some(events) = writer.answer(t) else {
-                break;
-            };
-            // Maintenance follows from what the write changed, not from the kind of job.
-            if events.iter().any(Event::moves_index_head) {
-                // After the answer went out: the client that changed the index does
-                // not wait for the packing.
-                if let Err(e) = writer.reg.maintain() {
-                    error!("warning: packing the index: {e}");
-                }
-                if rebuild_queued.swap(true, Ordering::AcqRel) {
-                    continue;
-                }
-                let _ = keep.send(Ticket {
-                    key: usize::MAX,
-                    serial: 0,
-                    job: Job::KeepClone,
-                    reserved: None,
-                    principal: None,
-                    peer: None,
-                    lane: Lane::IndexReader,
-                });
-            }
-        }
+        run_writer(&writer, &writer_rx, &keep, &rebuild_queued)
     })?;
     Ok((
         Jobs {
@@ -284,6 +261,62 @@ fn spawn_mirror(
     super::mirror::spawn(mirror, url, Box::new(answer))
 }
 
+/// The registry writer's loop: jobs one at a time, a checkpoint when idle or after
+/// [`CHECKPOINT_EVERY`] changes, and a rebuild of the kept clone after each change (at most
+/// one waiting).
+fn run_writer(
+    writer: &Worker,
+    writer_rx: &Receiver<Ticket>,
+    keep: &Sender<Ticket>,
+    rebuild_queued: &std::sync::atomic::AtomicBool,
+) {
+    let mut since_checkpoint = 0usize;
+    loop {
+        // While commits wait for their checkpoint, the writer runs it once no job comes
+        // for a moment, or after a number of them (see `Registry::checkpoint`).
+        let t = match since_checkpoint {
+            0 => writer_rx.recv().ok(),
+            _ => match writer_rx.recv_timeout(CHECKPOINT_IDLE) {
+                Ok(t) => Some(t),
+                Err(RecvTimeoutError::Timeout) => {
+                    writer.checkpoint();
+                    since_checkpoint = 0;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        let Some(t) = t else {
+            writer.checkpoint();
+            break;
+        };
+        let Some(events) = writer.answer(t) else {
+            writer.checkpoint();
+            break;
+        };
+        // Maintenance follows from what the write changed, not from the kind of job.
+        if events.iter().any(Event::moves_index_head) {
+            since_checkpoint += 1;
+            if since_checkpoint >= CHECKPOINT_EVERY {
+                writer.checkpoint();
+                since_checkpoint = 0;
+            }
+            if rebuild_queued.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let _ = keep.send(Ticket {
+                key: usize::MAX,
+                serial: 0,
+                job: Job::KeepClone,
+                reserved: None,
+                principal: None,
+                peer: None,
+                lane: Lane::IndexReader,
+            });
+        }
+    }
+}
+
 /// Starts a worker thread; its stack is reserved at 1 MiB (only what it touches is memory).
 fn start(name: &str, run: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -292,6 +325,11 @@ fn start(name: &str, run: impl FnOnce() + Send + 'static) -> std::io::Result<()>
         .spawn(run)
         .map(drop)
 }
+
+/// How long the writer waits for another job before it syncs the commits written since its
+/// last checkpoint, and how many changes it writes at most before it does anyway.
+const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
+const CHECKPOINT_EVERY: usize = 64;
 
 /// What a worker thread holds.
 struct Worker {
@@ -302,6 +340,17 @@ struct Worker {
 }
 
 impl Worker {
+    /// Syncs the index commits written since the last checkpoint, then keeps the
+    /// repository packed (after the answers went out: no client waits for either).
+    fn checkpoint(&self) {
+        if let Err(e) = self.reg.checkpoint() {
+            error!("warning: syncing the index: {e}");
+        }
+        if let Err(e) = self.reg.maintain() {
+            error!("warning: packing the index: {e}");
+        }
+    }
+
     fn run(&self, job: Job, caller: api::Caller<'_>) -> api::Answer {
         catch_unwind(AssertUnwindSafe(|| api::run(&self.reg, job, caller))).unwrap_or_else(|_| {
             api::Answer {

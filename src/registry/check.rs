@@ -250,7 +250,8 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
             .into_iter()
             .map(|path| Problem::TempFile { path }),
     );
-    if reg.root().join(super::store::JOURNAL_FILE).exists() {
+    let journal = reg.read_journal()?;
+    if !journal.is_empty() && !journal.is_live() {
         problems.push(Problem::UnfinishedWrite);
     }
     problems.extend(search_problems(reg, &crates)?);

@@ -203,6 +203,14 @@ pub struct Registry {
     /// plus an upper bound for each change since; `usize::MAX`: not counted yet. Shared by
     /// clones (one repository).
     loose_estimate: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The index commits written since the last checkpoint, on a repository kept open (see
+    /// [`index::deferred`]). Shared by clones: one writer.
+    git: std::sync::Arc<std::sync::Mutex<index::deferred::Writer>>,
+    /// Whether the caller runs checkpoints ([`Registry::defer_checkpoints`]); if not, every
+    /// command ends with one.
+    deferred: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The audit intent of the command running now, for the journal line it writes.
+    intent_note: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Options for `init`.
@@ -303,6 +311,9 @@ impl Registry {
             crates_dir: root.join(&settings.crates_dir),
             settings,
             loose_estimate: std::sync::Arc::new(usize::MAX.into()),
+            git: Default::default(),
+            deferred: Default::default(),
+            intent_note: Default::default(),
         };
         if !reg.index_dir.join(".git").exists() {
             return Err(Error::Settings(format!(

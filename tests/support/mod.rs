@@ -312,6 +312,21 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 /// Every file under `dir` with its bytes, for byte-for-byte comparisons (`.git` included),
 /// but the audit log and the download counts at a registry's root: a refused write is
 /// meant to leave its line there, and only there.
+/// Waits (at most 10 s) for the server's writer to sync the commits it wrote, which it does
+/// once no write has come for a moment: the journal (`.pending`) is gone then, and the
+/// index's git objects have moved into a pack. A test that compares snapshots of the
+/// registry across refused writes takes its first one after this.
+pub fn wait_for_checkpoint(reg: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reg.join(".pending").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never synced its commits"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     fn walk(base: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {

@@ -252,6 +252,23 @@ impl Registry {
         Ok(self.open_audit_log()?.1)
     }
 
+    /// Writes back the audit intent `line` (the journal's copy of it) when a crash lost it
+    /// from the log: the journal is synced before a change starts, the log's intent line
+    /// only with its outcome (lock held). Returns whether it was missing.
+    pub(crate) fn restore_intent(&self, line: &str) -> Result<bool> {
+        let Ok(record) = serde_json::from_str::<AuditRecord>(line) else {
+            return Ok(false);
+        };
+        let mut log = Log::open(self.root(), self.settings().audit_max_bytes)?;
+        let (_, tail) = log.tail(TAIL)?;
+        let wanted = format!("{line}\n");
+        if tail.windows(wanted.len()).any(|w| w == wanted.as_bytes()) {
+            return Ok(false);
+        }
+        log.append(&[record], false)?;
+        Ok(true)
+    }
+
     /// Appends the server's refusals of writes (a batch; `dropped` more were not kept), each
     /// token holder by user and id: the user is looked up in `auth.json` now.
     pub fn audit_refusals(&self, refusals: &[WriteRefusal], dropped: u64) -> Result<()> {
@@ -451,6 +468,17 @@ impl Log {
     /// outcome, which go to the same file). A failed write is cut back off. Returns where
     /// the last file written starts to hold them (to cut an intent back off).
     pub(crate) fn append(&mut self, records: &[AuditRecord], may_rotate: bool) -> Result<u64> {
+        self.append_as(records, may_rotate, true)
+    }
+
+    /// [`Log::append`], the last write synced only when `sync` (an intent whose journal line
+    /// keeps a synced copy; its outcome line syncs both, see `Registry::journal`).
+    pub(crate) fn append_as(
+        &mut self,
+        records: &[AuditRecord],
+        may_rotate: bool,
+        sync: bool,
+    ) -> Result<u64> {
         let mut bytes = Vec::with_capacity(256 * records.len());
         for r in records {
             let start = bytes.len();
@@ -460,24 +488,24 @@ impl Log {
             let before = self.len + start as u64;
             if may_rotate && before > 0 && before + line > self.max {
                 let next = bytes.split_off(start);
-                self.write_synced(&bytes)?;
+                self.write(&bytes, true)?;
                 self.rotate()?;
                 bytes = next;
             }
         }
         let at = self.len;
-        self.write_synced(&bytes)?;
+        self.write(&bytes, sync)?;
         Ok(at)
     }
 
-    fn write_synced(&mut self, bytes: &[u8]) -> Result<()> {
+    fn write(&mut self, bytes: &[u8], sync: bool) -> Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
-        let written = self
-            .file
-            .write_all(bytes)
-            .and_then(|()| self.file.sync_data());
+        let written = self.file.write_all(bytes).and_then(|()| match sync {
+            true => self.file.sync_data(),
+            false => Ok(()),
+        });
         if let Err(e) = written {
             let _ = self.file.set_len(self.len);
             return Err(e).context(|| format!("writing {}", self.path().display()));

@@ -469,16 +469,25 @@ impl Registry {
     ) -> Result<Applied, AuthError> {
         let _lock = self.lock()?;
         let intent = record::intent(&cmd, actor, now);
+        // A publish or a yank journals its crate, synced, before it changes anything; the
+        // journal line keeps a copy of the intent, which then needs no sync of its own (the
+        // outcome line syncs both). Other commands sync their intent first.
+        let journaled = matches!(cmd, Command::Publish(_) | Command::Yank { .. });
         let mut log = match &intent {
             Some(line) => {
                 let mut log = self.audit_log()?;
-                let at = log.append(std::slice::from_ref(line), true)?;
+                let at = log.append_as(std::slice::from_ref(line), true, !journaled)?;
+                if journaled {
+                    *self.intent_note.lock().expect("intent note") =
+                        Some(serde_json::to_string(line).expect("audit records serialize"));
+                }
                 Some((log, at))
             }
             None => None,
         };
         let mut changes = Vec::new();
         let result = self.run_locked(cmd, actor, now, &mut changes);
+        *self.intent_note.lock().expect("intent note") = None;
         let events: Vec<Event> = changes
             .into_iter()
             .map(|change| Event {
@@ -499,6 +508,16 @@ impl Registry {
             };
             if let Err(e) = written {
                 error!("warning: the audit log's outcome of {}: {e}", intent.action);
+            }
+        }
+        // A command that failed with no commit waiting (a refused publish while idle)
+        // leaves no journal behind.
+        let deferred = self.deferred.load(std::sync::atomic::Ordering::Relaxed);
+        if !deferred || (result.is_err() && !self.needs_checkpoint()) {
+            // What the command changed is durable already (the journal and the files it
+            // names); this syncs its commit, for callers that run no checkpoints of their own.
+            if let Err(e) = self.checkpoint_locked() {
+                error!("warning: syncing the index commit: {e}");
             }
         }
         let outcome = result?;

@@ -211,7 +211,8 @@ impl Registry {
             } else {
                 write_atomic(&path, index::render_file(entries).as_bytes())?;
             }
-            git::commit_paths(&self.index_dir, &[&rel], message)?;
+            self.git_writer()
+                .commit_paths(&self.index_dir, &[&rel], message)?;
             Ok(())
         })();
         match result {
@@ -239,9 +240,10 @@ impl Registry {
             description: described.as_ref().and_then(|d| d.0.clone()),
             keywords: described.map(|d| d.1).unwrap_or_default(),
         });
-        match search::update(&self.root, name, line) {
-            Ok(()) => self.journal_done(),
-            Err(e) => error!("warning: search data not updated for {name}: {e}"),
+        if let Err(e) = search::update(&self.root, name, line) {
+            // The journal keeps the crate until the next checkpoint, which repairs nothing:
+            // rebuild the line now.
+            error!("warning: search data not updated for {name}: {e}");
         }
     }
 

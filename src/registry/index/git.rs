@@ -31,6 +31,7 @@ fn signature() -> Result<Signature<'static>, git2::Error> {
 pub fn init(dir: &Path, config_json: &str) -> Result<(), git2::Error> {
     sync_writes();
     let repo = Repository::init(dir)?;
+    drop_reflogs(&repo)?;
     std::fs::write(dir.join("config.json"), config_json)
         .map_err(|e| git2::Error::from_str(&format!("writing config.json: {e}")))?;
     let mut index = repo.index()?;
@@ -50,22 +51,26 @@ const DEPRECATED_FSYNC: &str = "core.fsyncObjectFiles";
 /// refs), for the whole process, once.
 fn sync_writes() {
     static ON: std::sync::Once = std::sync::Once::new();
-    ON.call_once(|| {
-        libgit2_sys::init();
-        // SAFETY: a documented option taking one int, on an initialized libgit2.
-        let rc = unsafe {
-            libgit2_sys::git_libgit2_opts(
-                libgit2_sys::GIT_OPT_ENABLE_FSYNC_GITDIR as libc::c_int,
-                1 as libc::c_int,
-            )
-        };
-        // It cannot fail: the option only sets a flag.
-        debug_assert!(rc >= 0);
-    });
+    ON.call_once(|| set_fsync(true));
+}
+
+/// Sets libgit2's process-wide fsync of what it writes in a git directory (see
+/// [`super::deferred`] for the one place that turns it off for a while).
+pub(super) fn set_fsync(on: bool) {
+    libgit2_sys::init();
+    // SAFETY: a documented option taking one int, on an initialized libgit2.
+    let rc = unsafe {
+        libgit2_sys::git_libgit2_opts(
+            libgit2_sys::GIT_OPT_ENABLE_FSYNC_GITDIR as libc::c_int,
+            libc::c_int::from(on),
+        )
+    };
+    // It cannot fail: the option only sets a flag.
+    debug_assert!(rc >= 0);
 }
 
 /// Opens the repository to write to it, with libgit2's fsync on (see the module docs).
-fn open_to_write(dir: &Path) -> Result<Repository, git2::Error> {
+pub(super) fn open_to_write(dir: &Path) -> Result<Repository, git2::Error> {
     sync_writes();
     Repository::open(dir)
 }
@@ -96,7 +101,8 @@ pub fn write_config(dir: &Path) -> Result<(), git2::Error> {
     config.set_i32("core.repositoryformatversion", 0)?;
     config.set_bool("core.filemode", true)?;
     config.set_bool("core.bare", false)?;
-    config.set_bool("core.logallrefupdates", true)?;
+    // No reflogs: the history is the record, and each ref update would sync two more files.
+    config.set_bool("core.logallrefupdates", false)?;
     Ok(())
 }
 
@@ -112,12 +118,12 @@ pub fn commit_paths(dir: &Path, paths: &[&str], message: &str) -> Result<bool, g
             index.remove_path(Path::new(p))?;
         }
     }
-    commit_index(&repo, &mut index, message)
+    Ok(commit_index(&repo, &mut index, message)?.is_some())
 }
 
 /// Git's index as HEAD has it: the cached file when it agrees with HEAD (keeping its stat
 /// data), else rebuilt in memory from HEAD's tree.
-fn head_index(repo: &Repository) -> Result<git2::Index, git2::Error> {
+pub(super) fn head_index(repo: &Repository) -> Result<git2::Index, git2::Error> {
     let head = repo.head()?.peel_to_tree()?;
     let mut index = cached_index(repo)?;
     if index.write_tree()? != head.id() {
@@ -189,6 +195,7 @@ pub fn repair(dir: &Path) -> Result<(Vec<PathBuf>, bool), git2::Error> {
     }
     let repo = open_to_write(dir)?;
     drop_deprecated_fsync(&repo)?;
+    drop_reflogs(&repo)?;
     let unreadable = repo.index().is_err();
     cached_index(&repo)?;
     let staged = unreadable || !staged_paths(&repo)?.is_empty();
@@ -298,20 +305,21 @@ pub fn commit_all(dir: &Path, message: &str) -> Result<bool, git2::Error> {
     };
     index.add_all(["*"], IndexAddOption::DEFAULT, Some(&mut skip_foreign))?;
     index.update_all(["*"], None)?;
-    commit_index(&repo, &mut index, message)
+    Ok(commit_index(&repo, &mut index, message)?.is_some())
 }
 
 /// Commits the in-memory index, then caches it in the index file (best effort: the commit
-/// is what counts, and the next commit checks the cache against HEAD).
-fn commit_index(
+/// is what counts, and the next commit checks the cache against HEAD). Returns the new
+/// commit, or `None` when the tree did not change.
+pub(super) fn commit_index(
     repo: &Repository,
     index: &mut git2::Index,
     message: &str,
-) -> Result<bool, git2::Error> {
+) -> Result<Option<git2::Oid>, git2::Error> {
     let tree_id = index.write_tree()?;
     let head = repo.head()?.peel_to_commit()?;
     if head.tree_id() == tree_id {
-        return Ok(false);
+        return Ok(None);
     }
     let tree = repo.find_tree(tree_id)?;
     let sig = signature()?;
@@ -329,7 +337,7 @@ fn commit_index(
         ));
     }
     let _ = index.write();
-    Ok(true)
+    Ok(Some(oid))
 }
 
 /// Paths in the working tree that differ from the last commit (temp files excluded).
@@ -397,6 +405,17 @@ pub fn may_need_packing(loose: usize) -> bool {
 /// The most objects one change's commit writes: the index file's blob, the trees of its
 /// path (at most three folders deep, and the root), the commit; with room to spare.
 pub const OBJECTS_PER_CHANGE: usize = 8;
+
+/// Writes every loose object into one new synced pack and removes them (registry lock held;
+/// after a crash recovery, see [`super::deferred`]). Returns how many were packed.
+pub fn pack_all_loose(dir: &Path) -> Result<usize, git2::Error> {
+    let repo = open_to_write(dir)?;
+    let loose = loose_objects_of(&repo)?;
+    if loose.is_empty() {
+        return Ok(0);
+    }
+    Ok(pack_loose(&repo, loose)?.objects)
+}
 
 /// Writes the loose objects into one new pack and removes them.
 fn pack_loose(repo: &Repository, loose: Vec<(git2::Oid, PathBuf)>) -> Result<Packed, git2::Error> {
@@ -654,6 +673,79 @@ fn loose_objects(repo: &Repository) -> io::Result<Vec<(git2::Oid, PathBuf)>> {
     Ok(out)
 }
 
+/// The branch HEAD points at (`refs/heads/master` unless HEAD says otherwise).
+pub(super) fn head_branch(repo: &Repository) -> String {
+    repo.find_reference("HEAD")
+        .ok()
+        .and_then(|r| r.symbolic_target().ok().flatten().map(str::to_owned))
+        .unwrap_or_else(|| "refs/heads/master".to_owned())
+}
+
+/// Syncs the file of the branch HEAD points at and its folder (or `packed-refs`, where a
+/// packed branch lives): what a ref update written without fsync needs to be durable.
+pub(super) fn sync_head_ref(repo: &Repository) -> Result<(), git2::Error> {
+    let branch = head_branch(repo);
+    let loose = repo.path().join(&branch);
+    let file = match loose.exists() {
+        true => loose,
+        false => repo.path().join("packed-refs"),
+    };
+    let dir = file.parent().expect("ref files have a folder").to_owned();
+    for path in [&file, &dir] {
+        fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_error(&format!("syncing {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+/// [`sync_head_ref`] of the repository in `dir`.
+pub fn sync_head_ref_of(dir: &Path) -> Result<(), git2::Error> {
+    sync_head_ref(&Repository::open(dir)?)
+}
+
+/// Writes the objects `oids` (each one alone, not what it reaches) into one new synced
+/// pack. Returns how many went in.
+pub(super) fn pack_objects(repo: &Repository, oids: &[git2::Oid]) -> Result<usize, git2::Error> {
+    let mut pb = repo.packbuilder()?;
+    for oid in oids {
+        pb.insert_object(*oid, None)?;
+    }
+    Ok(write_pack(repo, &mut pb)?.0)
+}
+
+/// Removes the loose files of objects that are now in a synced pack (those missing are
+/// skipped: an object that already was in a pack was never written loose).
+pub(super) fn remove_loose_copies(repo: &Repository, oids: &[git2::Oid]) {
+    let objects = repo.path().join("objects");
+    for oid in oids {
+        let hex = oid.to_string();
+        let _ = fs::remove_file(objects.join(&hex[..2]).join(&hex[2..]));
+    }
+}
+
+/// Every loose object file of the repository.
+pub(crate) fn loose_objects_of(
+    repo: &Repository,
+) -> Result<Vec<(git2::Oid, PathBuf)>, git2::Error> {
+    loose_objects(repo).map_err(|e| io_error("listing loose objects", e))
+}
+
+/// Drops the reflogs of repositories made before reflogs were turned off (see
+/// [`write_config`]): libgit2 keeps appending to a reflog that exists.
+fn drop_reflogs(repo: &Repository) -> Result<bool, git2::Error> {
+    let mut local = repo.config()?.open_level(git2::ConfigLevel::Local)?;
+    if local.get_bool("core.logallrefupdates").ok() != Some(false) {
+        local.set_bool("core.logallrefupdates", false)?;
+    }
+    let logs = repo.path().join("logs");
+    match fs::remove_dir_all(&logs) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_error(&format!("removing {}", logs.display()), e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -668,6 +760,8 @@ mod tests {
     fn writes_turn_on_libgit2_fsync_and_set_no_deprecated_git_config() {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), "{}").unwrap();
+        // Not while another test's deferred commit has it off.
+        let _on = super::super::deferred::FSYNC_OFF.lock();
         // SAFETY: a plain bool libgit2 writes only through git_libgit2_opts, done above.
         assert!(unsafe { std::ptr::read_volatile(&raw const git_repository__fsync_gitdir) });
         let config = Repository::open(dir.path()).unwrap().config().unwrap();

@@ -13,6 +13,7 @@
 //! file and committing it ([`files`]), the git repository the index is ([`git`]), the index
 //! served to git clients ([`gitpack`]), and the search file every write updates ([`search`]).
 
+pub(super) mod deferred;
 mod files;
 pub(super) mod git;
 mod gitpack;

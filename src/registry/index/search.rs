@@ -182,8 +182,9 @@ fn rewrite(
         if let Some(new) = pending.take() {
             write(&mut out, &new)?;
         }
-        let f = out.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
+        // Not synced here: the crate is in the journal until the next checkpoint syncs this
+        // file, and a crash before it rebuilds what is torn (see `Registry::recover`).
+        out.into_inner().map_err(|e| e.into_error())?;
         std::fs::rename(&tmp, &file)
     })();
     if result.is_err() {

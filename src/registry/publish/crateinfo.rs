@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::store::write_atomic;
+use crate::registry::store::write_synced_in_place;
 use crate::registry::{IndexEntry, PublishMetadata, Registry, Result};
 
 /// Markdown bytes rendered at most; a longer README is cut (at a character boundary).
@@ -189,11 +189,12 @@ pub fn readme_from_crate(
 
 /// Stores the page files of the version whose crate file is `crate_path`. Without a
 /// README, a stale rendered one (a version deleted and published again) is removed.
+/// Each file is synced; the folder is not: the caller syncs it once with the crate file.
 pub fn store(crate_path: &Path, info: &CrateInfo, readme_html: Option<&str>) -> Result<()> {
     let json = serde_json::to_vec(info).expect("crate info serializes");
-    write_atomic(&info_path(crate_path), &json)?;
+    write_synced_in_place(&info_path(crate_path), &json)?;
     match readme_html {
-        Some(html) => write_atomic(&readme_path(crate_path), html.as_bytes()),
+        Some(html) => write_synced_in_place(&readme_path(crate_path), html.as_bytes()),
         None => {
             let _ = std::fs::remove_file(readme_path(crate_path));
             Ok(())

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::registry::auth::{self, AuthError, NameState};
 use crate::registry::index::{self, search};
 use crate::registry::names::{self, Version};
-use crate::registry::store::{sync_dir, temp_path, TempFile};
+use crate::registry::store::{create_dir_all_synced, sync_dir, temp_path, TempFile};
 use crate::registry::versions::tombstone;
 use crate::registry::{Change, Context, CrateName, Error, IndexEntry, Registry, Result};
 
@@ -244,13 +244,7 @@ impl Registry {
         self.journal(&name)?;
         // The owner goes in first, kept to be put back: a publish that fails takes it along,
         // and the journal's repair drops it after a crash (see `drop_unpublished_owners`).
-        let previous_owners = match access.map(auth::Edit::save_keeping).transpose() {
-            Ok(p) => p.flatten(),
-            Err(e) => {
-                self.journal_done();
-                return Err(e);
-            }
-        };
+        let previous_owners = access.map(auth::Edit::save_keeping).transpose()?.flatten();
         let placed = self.place(&tmp.0, &name, &version, &meta, readme_html.as_deref());
         let committed = placed.and_then(|dest| {
             entries.push((*entry).clone());
@@ -262,7 +256,6 @@ impl Registry {
             if let Some(previous) = previous_owners {
                 let _ = previous.put_back();
             }
-            self.journal_done();
             return Err(e.into());
         }
         if let Some(previous) = previous_owners {
@@ -337,7 +330,8 @@ impl Registry {
         // journal's repair moves leftovers aside like the crate file).
         let info = crateinfo::CrateInfo::from_meta(meta);
         let placed = (|| {
-            fs::create_dir_all(dest_dir).context(|| format!("creating {}", dest_dir.display()))?;
+            create_dir_all_synced(dest_dir)
+                .context(|| format!("creating {}", dest_dir.display()))?;
             crateinfo::store(&dest, &info, readme_html)?;
             fs::rename(tmp, &dest)
                 .context(|| format!("moving crate file to {}", dest.display()))?;

@@ -80,11 +80,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_mode(path, bytes, 0o666)
 }
 
+/// [`write_atomic`] but for the directory's sync, which is the caller's: several files
+/// renamed into one folder share it.
+pub(crate) fn write_synced_in_place(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_as(path, bytes, 0o666, false)
+}
+
 /// [`write_atomic`] with the file created with `mode` (less the umask) from the start.
 pub(crate) fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_atomic_as(path, bytes, mode, true)
+}
+
+fn write_atomic_as(path: &Path, bytes: &[u8], mode: u32, sync_folder: bool) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().expect("registry paths have a parent");
-    fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+    create_dir_all_synced(dir).context(|| format!("creating {}", dir.display()))?;
     let tmp = temp_path(dir, "write");
     let result = (|| {
         let mut f = File::options()
@@ -95,12 +105,35 @@ pub(crate) fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        match sync_folder {
+            true => sync_dir(dir),
+            false => Ok(()),
+        }
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result.context(|| format!("writing {}", path.display()))
+}
+
+/// Creates `dir` and its missing parents, each parent synced once a folder is made in it:
+/// a file synced into a new folder is durable only once the folder's own entry is.
+pub(crate) fn create_dir_all_synced(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_all_synced(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => Ok(()),
+    }
 }
 
 pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{is_temp_name, sync_dir, write_atomic, JOURNAL_FILE, ORPHANS_DIR};
 use crate::registry::auth::{self, AuthError};
-use crate::registry::index::{git, search};
+use crate::registry::index::{deferred, git, search};
 use crate::registry::publish::crateinfo;
 use crate::registry::versions::tombstone;
 use crate::registry::{Context, CrateName, IndexEntry, Registry, Result};
@@ -17,6 +17,25 @@ impl Registry {
     pub fn recover(&self) -> Result<Vec<String>> {
         let mut done = Vec::new();
         let _lock = self.lock()?;
+        // A journal another live process writes (the server, between its checkpoints) is
+        // its own to finish.
+        let journal = self.read_journal()?.unless_live();
+        if !journal.is_empty() {
+            // Commits after the last checkpoint were written without syncs: after a power
+            // cut some may be torn (see `index::deferred`).
+            let found = deferred::verify_since(&self.index_dir, journal.base)?;
+            if found.removed > 0 {
+                done.push(format!(
+                    "removed {} git object(s) a crash left torn",
+                    found.removed
+                ));
+            }
+            if let Some(base) = found.reset_to {
+                done.push(format!(
+                    "pointed the index back at {base}, the last commit synced before a crash"
+                ));
+            }
+        }
         let (stale, staged) = git::repair(&self.index_dir)?;
         for p in stale {
             done.push(format!("removed stale git file {}", p.display()));
@@ -29,17 +48,29 @@ impl Registry {
             done.push(format!("removed temp file {}", t.display()));
         }
         done.extend(self.remove_stale_docs_temps()?);
+        let journal_done = self.repair_journaled(&journal)?;
         if git::commit_all(&self.index_dir, "Commit index changes left uncommitted")? {
             done.push("committed uncommitted index changes".to_owned());
         }
-        let no_search_file = !search::path(&self.root).exists();
-        if !search::is_sound(&self.root)? || (no_search_file && self.has_crates()?) {
+        // Missing, or emptied by a power cut before the checkpoint that syncs it.
+        let no_search_lines = fs::metadata(search::path(&self.root)).map_or(true, |m| m.len() == 0);
+        if !search::is_sound(&self.root)? || (no_search_lines && self.has_crates()?) {
             let n = self.rebuild_search()?;
             done.push(format!("rebuilt search.jsonl ({n} crates)"));
         }
-        done.extend(self.finish_journal()?);
+        done.extend(journal_done);
+        if let Some(intent) = &journal.last_intent {
+            if self.restore_intent(intent)? {
+                done.push("wrote back the audit intent a crash lost".to_owned());
+            }
+        }
         // Last: a change a crash interrupted is settled as the repaired registry shows it.
         done.extend(self.recover_audit()?);
+        if !journal.is_empty() {
+            // Everything repaired is made durable, and the journal emptied.
+            git::pack_all_loose(&self.index_dir)?;
+            self.checkpoint_locked()?;
+        }
         Ok(done)
     }
 
@@ -49,22 +80,24 @@ impl Registry {
         Ok(!self.index_files()?.is_empty())
     }
 
+    /// What the journal names (lock held). A torn or garbled journal must not stop the
+    /// registry from opening: what does not parse is skipped.
+    pub(in crate::registry) fn read_journal(&self) -> Result<Journal> {
+        let path = self.root.join(JOURNAL_FILE);
+        match fs::read(&path) {
+            Ok(t) => Ok(Journal::parse(&String::from_utf8_lossy(&t))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Journal::default()),
+            Err(e) => Err(e).context(|| format!("reading {}", path.display())),
+        }
+    }
+
     /// Completes the writes the journal names (lock held): orphan crate files of those
     /// crates are moved aside and their search lines rebuilt from the index.
-    fn finish_journal(&self) -> Result<Vec<String>> {
-        let path = self.root.join(JOURNAL_FILE);
-        // Read as bytes: a torn or garbled journal must not stop the registry from opening;
-        // what does not name a crate is skipped.
-        let text = match fs::read(&path) {
-            Ok(t) => String::from_utf8_lossy(&t).into_owned(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e).context(|| format!("reading {}", path.display())),
-        };
+    fn repair_journaled(&self, journal: &Journal) -> Result<Vec<String>> {
         let mut done = Vec::new();
-        for name in text.lines().filter_map(|l| CrateName::parse(l.trim()).ok()) {
-            done.extend(self.repair_crate(&name)?);
+        for name in &journal.names {
+            done.extend(self.repair_crate(name)?);
         }
-        fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
         Ok(done)
     }
 
@@ -129,19 +162,132 @@ impl Registry {
         }
     }
 
-    /// Notes in the journal that `name` is about to change (lock held). A journal left by
-    /// an earlier write is completed first.
+    /// Notes in the journal that `name` is about to change, synced (lock held): the journal
+    /// keeps every crate changed since the last checkpoint (see [`Registry::checkpoint`]),
+    /// and the first line after one names the commit HEAD was then at, which the checkpoint
+    /// synced. A line carries the running command's audit intent too, for the recovery of a
+    /// crash that lost it (the audit log syncs it with the outcome).
     pub(in crate::registry) fn journal(&self, name: &str) -> Result<()> {
-        self.finish_journal()?;
-        write_atomic(
-            &self.root.join(JOURNAL_FILE),
-            format!("{name}\n").as_bytes(),
-        )
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.root.join(JOURNAL_FILE);
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .context(|| format!("opening {}", path.display()))?;
+        let mut len = file
+            .metadata()
+            .context(|| format!("reading {}", path.display()))?
+            .len();
+        if len > 0 && !self.git_writer().knows_journal(len) && !self.read_journal()?.is_live() {
+            // Left by a process that is gone (a killed `palletizer` command): finished
+            // first, as its own next open would.
+            self.checkpoint_locked()?;
+            file = fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&path)
+                .context(|| format!("opening {}", path.display()))?;
+            len = 0;
+        }
+        let mut line = String::new();
+        if len == 0 {
+            if let Some(head) = self.git_writer().head(&self.index_dir) {
+                let (pid, boot) = (std::process::id(), boot_id());
+                line.push_str(&format!("{BASE_PREFIX}{head} {pid} {boot}\n"));
+            }
+        }
+        line.push_str(name);
+        if let Some(intent) = self.intent_note.lock().expect("intent note").as_deref() {
+            line.push('\t');
+            line.push_str(intent);
+        }
+        line.push('\n');
+        let written = file
+            .write_all(line.as_bytes())
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            let _ = file.set_len(len);
+            return Err(e).context(|| format!("writing {}", path.display()));
+        }
+        self.git_writer().journaled(len, len + line.len() as u64);
+        if len == 0 {
+            sync_dir(&self.root).context(|| format!("syncing {}", self.root.display()))?;
+        }
+        Ok(())
     }
 
-    /// The write the journal names is complete.
-    pub(in crate::registry) fn journal_done(&self) {
-        let _ = fs::remove_file(self.root.join(JOURNAL_FILE));
+    /// The writer's repository and the commits it has not synced yet.
+    pub(in crate::registry) fn git_writer(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::registry::index::deferred::Writer> {
+        // A panic while committing leaves nothing the next commit would trust wrongly: its
+        // objects are checked again at the next open.
+        self.git.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The caller runs [`Registry::checkpoint`] itself (the server's writer, when idle): a
+    /// command then ends once what it changed is durable as the journal describes, not
+    /// after its commit's objects are synced too.
+    pub fn defer_checkpoints(&self) {
+        self.deferred
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether commands wait for a [`Registry::checkpoint`] (not yet run).
+    pub fn needs_checkpoint(&self) -> bool {
+        self.git_writer().has_pending()
+    }
+
+    /// Makes everything the journal names durable in its final form: the index commits since
+    /// the last checkpoint go into one synced pack with the ref synced, the search file is
+    /// synced, and the journal is emptied.
+    pub fn checkpoint(&self) -> Result<()> {
+        let _lock = self.lock()?;
+        self.checkpoint_locked()
+    }
+
+    /// [`Registry::checkpoint`], lock held.
+    pub(in crate::registry) fn checkpoint_locked(&self) -> Result<()> {
+        let path = self.root.join(JOURNAL_FILE);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).context(|| format!("reading {}", path.display())),
+        };
+        let mut writer = self.git_writer();
+        if len == 0 && !writer.has_pending() {
+            return Ok(());
+        }
+        if !writer.knows_journal(len) {
+            // Lines of another process's (or handle's) writes, which may have been cut
+            // short (a killed command): each crate is repaired, whatever is loose goes.
+            drop(writer);
+            self.repair_journaled(&self.read_journal()?)?;
+            git::pack_all_loose(&self.index_dir)?;
+            git::sync_head_ref_of(&self.index_dir)?;
+            writer = self.git_writer();
+        }
+        writer.sync(&self.index_dir)?;
+        let search = search::path(&self.root);
+        match fs::File::open(&search).and_then(|f| f.sync_all()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(e).context(|| format!("syncing {}", search.display()))
+            }
+            _ => {}
+        }
+        // Not synced: a journal that comes back after a crash only repeats repairs.
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(e).context(|| format!("removing {}", path.display()))
+            }
+            _ => {}
+        }
+        writer.journal_emptied();
+        Ok(())
     }
 
     /// Crate files in `name`'s directory that no index entry accounts for.
@@ -208,5 +354,260 @@ impl Registry {
             let _ = fs::remove_dir(parent); // only if now empty
         }
         Ok(to)
+    }
+}
+
+/// The journal's first line after a checkpoint: the commit HEAD was then at.
+const BASE_PREFIX: &str = "@base ";
+
+/// What the journal says (see [`Registry::journal`]).
+#[derive(Debug, Default)]
+pub(in crate::registry) struct Journal {
+    names: Vec<CrateName>,
+    base: Option<git2::Oid>,
+    last_intent: Option<String>,
+    /// The process that wrote it, and the boot it ran in.
+    writer: Option<u32>,
+    boot: Option<String>,
+}
+
+/// Whether process `pid` runs (a killed process its parent has not reaped yet, a zombie,
+/// does not).
+fn running(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (name) S ...`: the state follows the last `)`.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+/// This boot of the machine (a process id names one process only within a boot).
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+impl Journal {
+    /// Reads a journal, this format or the older one (a name a line); what does not parse is
+    /// skipped.
+    fn parse(text: &str) -> Journal {
+        let mut j = Journal::default();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix(BASE_PREFIX) {
+                let mut parts = rest.split(' ');
+                if j.base.is_none() {
+                    j.base = parts.next().and_then(|o| git2::Oid::from_str(o).ok());
+                    j.writer = parts.next().and_then(|p| p.parse().ok());
+                    j.boot = parts.next().map(str::to_owned);
+                }
+                continue;
+            }
+            let (name, intent) = match line.split_once('\t') {
+                Some((n, i)) => (n, Some(i)),
+                None => (line, None),
+            };
+            let Ok(name) = CrateName::parse(name.trim()) else {
+                continue;
+            };
+            if !j.names.contains(&name) {
+                j.names.push(name);
+            }
+            j.last_intent = intent.map(str::to_owned);
+        }
+        j
+    }
+
+    pub(in crate::registry) fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.base.is_none()
+    }
+
+    /// Whether another process of this boot that is still running writes it: its commits
+    /// wait for that process's checkpoint, not for a crash's repair.
+    pub(in crate::registry) fn is_live(&self) -> bool {
+        let (Some(pid), Some(boot)) = (self.writer, &self.boot) else {
+            return false;
+        };
+        pid != std::process::id() && *boot == boot_id() && running(pid)
+    }
+
+    /// This journal, or an empty one when another live process writes it.
+    fn unless_live(self) -> Journal {
+        match self.is_live() {
+            true => Journal::default(),
+            false => self,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::auth::scratch_registry;
+    use crate::registry::publish::tarball::testing::simple_crate;
+    use crate::registry::{Actor, Command};
+
+    /// Publishes the way the server's writer does: the commit waits for a checkpoint.
+    fn publish_deferred(reg: &Registry, name: &str) {
+        let checked = reg
+            .check_upload(None, &simple_crate(name, "1.0.0", &[])[..])
+            .unwrap();
+        reg.apply(Command::Publish(checked), &Actor::cli()).unwrap();
+    }
+
+    fn loose_count(reg: &Registry) -> usize {
+        let repo = git2::Repository::open(reg.index_dir()).unwrap();
+        git::loose_objects_of(&repo).unwrap().len()
+    }
+
+    fn head_names(reg: &Registry) -> Vec<String> {
+        let repo = git2::Repository::open(reg.index_dir()).unwrap();
+        let tree = repo.head().unwrap().peel_to_tree().unwrap();
+        let mut names = Vec::new();
+        tree.walk(git2::TreeWalkMode::PreOrder, |_, e| {
+            if e.kind() == Some(git2::ObjectType::Blob) {
+                names.push(e.name().unwrap().to_owned());
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .unwrap();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_checkpoint_packs_the_deferred_commits_and_empties_the_journal() {
+        let (_t, reg) = scratch_registry();
+        reg.defer_checkpoints();
+        let before = loose_count(&reg);
+        for name in ["alpha", "beta", "gamma"] {
+            publish_deferred(&reg, name);
+        }
+        let journal = reg.root().join(JOURNAL_FILE);
+        let text = fs::read_to_string(&journal).unwrap();
+        assert!(text.starts_with(BASE_PREFIX), "{text}");
+        assert!(
+            text.contains("alpha\t{") && text.contains("gamma\t{"),
+            "{text}"
+        );
+        assert!(reg.needs_checkpoint());
+        assert!(
+            loose_count(&reg) > before,
+            "the commits wait as loose objects"
+        );
+        reg.checkpoint().unwrap();
+        assert!(!journal.exists());
+        assert!(!reg.needs_checkpoint());
+        assert_eq!(loose_count(&reg), before, "every deferred object is packed");
+        assert_eq!(head_names(&reg), ["alpha", "beta", "config.json", "gamma"]);
+        assert!(git::history_is_linear(reg.index_dir()).unwrap());
+    }
+
+    /// A power cut before the checkpoint: the loose objects of the deferred commits come
+    /// back empty and the branch's ref file torn. The index files, synced before each
+    /// publish was answered, are what the reopened registry commits again.
+    #[test]
+    fn a_power_cut_before_the_checkpoint_loses_no_acknowledged_publish() {
+        let (_t, reg) = scratch_registry();
+        publish_deferred(&reg, "base"); // not deferred yet: synced at once
+        let repo = git2::Repository::open(reg.index_dir()).unwrap();
+        let synced = git::loose_objects_of(&repo).unwrap();
+        reg.defer_checkpoints();
+        for name in ["one", "two"] {
+            publish_deferred(&reg, name);
+        }
+        let mut loose = git::loose_objects_of(&repo).unwrap();
+        loose.retain(|o| !synced.contains(o));
+        assert!(loose.len() >= 8, "two commits' objects: {loose:?}");
+        // Only what was written since the last sync is torn.
+        for (_, path) in &loose {
+            let mut perms = fs::metadata(path).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            fs::set_permissions(path, perms).unwrap();
+            fs::write(path, b"").unwrap();
+        }
+        fs::write(repo.path().join("refs/heads/master"), b"").unwrap();
+        drop(repo);
+        let root = reg.root().to_owned();
+        drop(reg);
+        let reg = Registry::open(&root).unwrap();
+        assert_eq!(head_names(&reg), ["base", "config.json", "one", "two"]);
+        assert!(!root.join(JOURNAL_FILE).exists());
+        let repo = git2::Repository::open(reg.index_dir()).unwrap();
+        let head = repo.head().unwrap().peel_to_commit().unwrap();
+        assert_eq!(
+            head.message().ok(),
+            Some("Commit index changes left uncommitted")
+        );
+        assert!(history_reads_all(&repo));
+        let problems = reg.check().unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    /// A kill -9 before the checkpoint loses nothing and rewrites no history: the reopened
+    /// registry finds every deferred commit whole.
+    #[test]
+    fn a_kill_before_the_checkpoint_keeps_every_commit() {
+        let (_t, reg) = scratch_registry();
+        reg.defer_checkpoints();
+        for name in ["one", "two"] {
+            publish_deferred(&reg, name);
+        }
+        let head = git2::Repository::open(reg.index_dir())
+            .unwrap()
+            .head()
+            .unwrap()
+            .target();
+        let root = reg.root().to_owned();
+        drop(reg);
+        let reg = Registry::open(&root).unwrap();
+        let repo = git2::Repository::open(reg.index_dir()).unwrap();
+        assert_eq!(repo.head().unwrap().target(), head);
+        assert_eq!(loose_count(&reg), 0);
+        assert!(history_reads_all(&repo));
+    }
+
+    /// The journal's copy of an intent is written back when the audit log lost it.
+    #[test]
+    fn an_intent_the_audit_log_lost_comes_back_from_the_journal() {
+        let (_t, reg) = scratch_registry();
+        publish_deferred(&reg, "kept");
+        let intent = r#"{"time":"2026-01-01T00:00:00Z","action":"publish","crate":"kept","version":"1.0.0","actor":{"kind":"cli","user":"ops"},"outcome":"started"}"#;
+        fs::write(reg.root().join(JOURNAL_FILE), format!("kept\t{intent}\n")).unwrap();
+        let done = reg.recover().unwrap();
+        assert!(done.iter().any(|d| d.contains("audit intent")), "{done:?}");
+        let log = fs::read_to_string(reg.root().join("audit.jsonl")).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| *l == intent)
+            .expect("intent back");
+        assert!(lines[at + 1].contains("\"crate\":\"kept\""), "{log}");
+        assert!(!lines[at + 1].contains("\"started\""), "settled: {log}");
+        // Once there, it is not written twice.
+        fs::write(reg.root().join(JOURNAL_FILE), format!("kept\t{intent}\n")).unwrap();
+        reg.recover().unwrap();
+        let again = fs::read_to_string(reg.root().join("audit.jsonl")).unwrap();
+        assert_eq!(again.matches(intent).count(), 1);
+    }
+
+    fn history_reads_all(repo: &git2::Repository) -> bool {
+        let mut walk = repo.revwalk().unwrap();
+        walk.push_head().unwrap();
+        walk.all(|oid| {
+            let c = repo.find_commit(oid.unwrap()).unwrap();
+            let tree = c.tree().unwrap();
+            let mut ok = true;
+            tree.walk(git2::TreeWalkMode::PreOrder, |_, e| {
+                ok &= repo.find_object(e.id(), None).is_ok();
+                git2::TreeWalkResult::Ok
+            })
+            .unwrap();
+            ok
+        })
     }
 }

@@ -51,10 +51,7 @@ impl Registry {
         let verb = if yanked { "Yank" } else { "Unyank" };
         let message = format!("{verb} {} {}", entries[i].name, entries[i].vers);
         self.journal(name)?;
-        if let Err(e) = self.write_index_file(name, &entries, &message) {
-            self.journal_done();
-            return Err(e.into());
-        }
+        self.write_index_file(name, &entries, &message)?;
         self.update_search(name, &entries, None);
         let (name, vers) = (entries[i].name.clone(), entries[i].vers.clone());
         changes.push(if yanked {
@@ -109,18 +106,15 @@ impl Registry {
         // Journaled by the real spelling: the crate files live under it.
         self.journal(&real)?;
         let now = index::Pubtime::now();
-        let previous = match tombstone::add(&self.root, &removed, now.as_str(), release_name) {
-            Ok(p) => p,
-            Err(e) => {
-                self.journal_done();
-                return Err(e.into());
-            }
-        };
+        let previous = tombstone::add(&self.root, &removed, now.as_str(), release_name)?;
         if let Err(e) = self.write_index_file(name, &kept, &message) {
             // Not deleted after all: no tombstones. If they cannot be taken back, the
-            // journal stays and its repair drops them (they name versions in the index).
-            if previous.put_back().is_ok() {
-                self.journal_done();
+            // journal's repair drops them (they name versions in the index), now rather
+            // than after a crash.
+            if previous.put_back().is_err() {
+                if let Ok(real) = CrateName::parse(&real) {
+                    let _ = self.repair_crate(&real);
+                }
             }
             return Err(e.into());
         }
