@@ -32,6 +32,7 @@ support::harness::tests!(
     stale_git_locks_are_removed_at_open,
     a_journaled_write_cut_short_is_finished_at_open,
     crash_loop_loses_no_acknowledged_publish,
+    crash_loop_with_eight_clients_loses_no_acknowledged_publish,
     a_full_disk_answers_507_and_keeps_nothing[Tmpfs],
     a_docs_upload_on_a_full_disk_is_a_507_and_leaves_nothing[Tmpfs],
     garbled_state_is_repaired_at_open,
@@ -268,6 +269,18 @@ fn verify_audit(s: &Sandbox, acked: &[Acked]) {
 }
 
 fn crash_loop_loses_no_acknowledged_publish() {
+    crash_loop(1);
+}
+
+/// The same with 8 clients publishing at once: the writer's commits wait for their
+/// checkpoint while the next ones come in, and a kill lands between them.
+fn crash_loop_with_eight_clients_loses_no_acknowledged_publish() {
+    crash_loop(8);
+}
+
+/// Rounds of `clients` publishing through the server beside `palletizer add`, each ended
+/// by a SIGKILL at a random moment; after each restart every acknowledged publish is there.
+fn crash_loop(clients: usize) {
     let kills: usize = std::env::var("PALLETIZER_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -293,27 +306,32 @@ fn crash_loop_loses_no_acknowledged_publish() {
         let stop = Arc::new(AtomicBool::new(false));
         let addr = srv.addr().to_owned();
         let token = s.token();
-        let publisher = {
-            let (stop, acked) = (stop.clone(), acked.clone());
-            std::thread::spawn(move || {
-                for j in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
+        let publishers: Vec<_> = (0..clients)
+            .map(|k| {
+                let (stop, acked) = (stop.clone(), acked.clone());
+                let (addr, token) = (addr.clone(), token.clone());
+                std::thread::spawn(move || {
+                    for j in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let name = format!("srv{round}c{k}n{j}");
+                        let salt = (round * 100_000 + k * 1000 + j) as u64;
+                        let krate = crate_for(&name, salt);
+                        let meta = meta(&name, "1.0.0", serde_json::json!([]));
+                        let body = publish_body(&meta, &krate);
+                        match try_raw_publish(&addr, &token, &body) {
+                            Ok((200, _)) => acked.lock().unwrap().push(Acked {
+                                cksum: sha256_hex(&krate[..]).unwrap(),
+                                name,
+                            }),
+                            Ok((status, body)) => panic!("{name}: {status} {body}"),
+                            Err(_) => break, // the server was killed
+                        }
                     }
-                    let name = format!("srv{round}n{j}");
-                    let krate = crate_for(&name, (round * 1000 + j) as u64);
-                    let body = publish_body(&meta(&name, "1.0.0", serde_json::json!([])), &krate);
-                    match try_raw_publish(&addr, &token, &body) {
-                        Ok((200, _)) => acked.lock().unwrap().push(Acked {
-                            cksum: sha256_hex(&krate[..]).unwrap(),
-                            name,
-                        }),
-                        Ok((status, body)) => panic!("{name}: {status} {body}"),
-                        Err(_) => break, // the server was killed
-                    }
-                }
+                })
             })
-        };
+            .collect();
         let adding: Arc<Mutex<Option<u32>>> = Arc::default();
         let adder = {
             let (stop, acked, adding) = (stop.clone(), acked.clone(), adding.clone());
@@ -366,7 +384,9 @@ fn crash_loop_loses_no_acknowledged_publish() {
                 }
             }
         }
-        publisher.join().unwrap();
+        for p in publishers {
+            p.join().unwrap();
+        }
         adder.join().unwrap();
         drop(srv);
     }

@@ -261,9 +261,10 @@ fn spawn_mirror(
     super::mirror::spawn(mirror, url, Box::new(answer))
 }
 
-/// The registry writer's loop: jobs one at a time, a checkpoint when idle or after
-/// [`CHECKPOINT_EVERY`] changes, and a rebuild of the kept clone after each change (at most
-/// one waiting).
+/// The registry writer's loop: jobs one at a time; once no job comes for a moment, or
+/// after [`CHECKPOINT_EVERY`] changes, a checkpoint, then a rebuild of the kept clone (at
+/// most one waiting): while publishes come in, the index reader builds no clone answer
+/// that the next publish makes stale.
 fn run_writer(
     writer: &Worker,
     writer_rx: &Receiver<Ticket>,
@@ -271,26 +272,35 @@ fn run_writer(
     rebuild_queued: &std::sync::atomic::AtomicBool,
 ) {
     let mut since_checkpoint = 0usize;
+    let checkpoint = |since: &mut usize| {
+        writer.checkpoint();
+        *since = 0;
+        if rebuild_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = keep.send(Ticket {
+            key: usize::MAX,
+            serial: 0,
+            job: Job::KeepClone,
+            reserved: None,
+            principal: None,
+            peer: None,
+            lane: Lane::IndexReader,
+        });
+    };
     loop {
-        // While commits wait for their checkpoint, the writer runs it once no job comes
-        // for a moment, or after a number of them (see `Registry::checkpoint`).
         let t = match since_checkpoint {
             0 => writer_rx.recv().ok(),
             _ => match writer_rx.recv_timeout(CHECKPOINT_IDLE) {
                 Ok(t) => Some(t),
                 Err(RecvTimeoutError::Timeout) => {
-                    writer.checkpoint();
-                    since_checkpoint = 0;
+                    checkpoint(&mut since_checkpoint);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => None,
             },
         };
-        let Some(t) = t else {
-            writer.checkpoint();
-            break;
-        };
-        let Some(events) = writer.answer(t) else {
+        let Some(events) = t.and_then(|t| writer.answer(t)) else {
             writer.checkpoint();
             break;
         };
@@ -298,21 +308,8 @@ fn run_writer(
         if events.iter().any(Event::moves_index_head) {
             since_checkpoint += 1;
             if since_checkpoint >= CHECKPOINT_EVERY {
-                writer.checkpoint();
-                since_checkpoint = 0;
+                checkpoint(&mut since_checkpoint);
             }
-            if rebuild_queued.swap(true, Ordering::AcqRel) {
-                continue;
-            }
-            let _ = keep.send(Ticket {
-                key: usize::MAX,
-                serial: 0,
-                job: Job::KeepClone,
-                reserved: None,
-                principal: None,
-                peer: None,
-                lane: Lane::IndexReader,
-            });
         }
     }
 }

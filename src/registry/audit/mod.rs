@@ -16,7 +16,12 @@
 //! without one. Under the lock, before the change touches anything, its intent line
 //! (`"outcome":"started"`) is appended and synced; after the change, its outcome line, synced,
 //! before `apply` returns (and so before any answer goes out). Nothing else is written
-//! between them. A crash in between leaves a `started` line last: the next opening of the
+//! between them. A publish or a yank syncs its intent in the registry's journal instead,
+//! which is synced before the change touches anything, and its two lines reach the disk at
+//! the next checkpoint; lines a crash lost are written back from the journal, the outcome
+//! as the registry shows it ([`crate::registry::Registry::restore_intents`]). This assumes
+//! what a power cut leaves of an appended file is a prefix of it. A crash in between leaves
+//! a `started` line last: the next opening of the
 //! log (at the next open of the registry, or the next write) appends its outcome as the
 //! registry shows it (`ok` or `failed` for crate changes, whose result the index tells;
 //! `interrupted` for the rest), so every `started` line is followed by its outcome. A torn
@@ -252,21 +257,31 @@ impl Registry {
         Ok(self.open_audit_log()?.1)
     }
 
-    /// Writes back the audit intent `line` (the journal's copy of it) when a crash lost it
-    /// from the log: the journal is synced before a change starts, the log's intent line
-    /// only with its outcome (lock held). Returns whether it was missing.
-    pub(crate) fn restore_intent(&self, line: &str) -> Result<bool> {
-        let Ok(record) = serde_json::from_str::<AuditRecord>(line) else {
-            return Ok(false);
-        };
+    /// Writes back the audit lines of journaled writes that a crash lost (lock held, after
+    /// the registry's repairs): a publish or yank syncs its intent in the journal only, and
+    /// the log's lines at the next checkpoint. Each intent (the journal's copy) missing from
+    /// the end of the log comes back with its outcome as the repaired registry shows it.
+    /// Returns how many came back.
+    pub(crate) fn restore_intents(&self, intents: &[String]) -> Result<usize> {
+        if intents.is_empty() {
+            return Ok(0);
+        }
         let mut log = Log::open(self.root(), self.settings().audit_max_bytes)?;
         let (_, tail) = log.tail(TAIL)?;
-        let wanted = format!("{line}\n");
-        if tail.windows(wanted.len()).any(|w| w == wanted.as_bytes()) {
-            return Ok(false);
+        let mut restored = 0;
+        for line in intents {
+            let Ok(record) = serde_json::from_str::<AuditRecord>(line) else {
+                continue;
+            };
+            let wanted = format!("{line}\n");
+            if tail.windows(wanted.len()).any(|w| w == wanted.as_bytes()) {
+                continue;
+            }
+            let settled = self.settle(record.clone());
+            log.append(&[record, settled], false)?;
+            restored += 1;
         }
-        log.append(&[record], false)?;
-        Ok(true)
+        Ok(restored)
     }
 
     /// Appends the server's refusals of writes (a batch; `dropped` more were not kept), each
@@ -471,8 +486,8 @@ impl Log {
         self.append_as(records, may_rotate, true)
     }
 
-    /// [`Log::append`], the last write synced only when `sync` (an intent whose journal line
-    /// keeps a synced copy; its outcome line syncs both, see `Registry::journal`).
+    /// [`Log::append`], the last write synced only when `sync` (not for the lines of a
+    /// journaled write, synced at the checkpoint; see the module docs).
     pub(crate) fn append_as(
         &mut self,
         records: &[AuditRecord],

@@ -504,7 +504,9 @@ impl Registry {
             // next opening of the log settles.
             let written = match quiet {
                 true => log.truncate(*at),
-                false => log.append(&[line], false).map(drop),
+                // A journaled write's lines are synced at the checkpoint (the journal keeps
+                // a synced copy of the intent until then).
+                false => log.append_as(&[line], false, !journaled).map(drop),
             };
             if let Err(e) = written {
                 error!("warning: the audit log's outcome of {}: {e}", intent.action);

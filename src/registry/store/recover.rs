@@ -59,10 +59,11 @@ impl Registry {
             done.push(format!("rebuilt search.jsonl ({n} crates)"));
         }
         done.extend(journal_done);
-        if let Some(intent) = &journal.last_intent {
-            if self.restore_intent(intent)? {
-                done.push("wrote back the audit intent a crash lost".to_owned());
-            }
+        let restored = self.restore_intents(&journal.intents)?;
+        if restored > 0 {
+            done.push(format!(
+                "wrote back {restored} audit line(s) a crash lost, from the journal"
+            ));
         }
         // Last: a change a crash interrupted is settled as the repaired registry shows it.
         done.extend(self.recover_audit()?);
@@ -165,8 +166,9 @@ impl Registry {
     /// Notes in the journal that `name` is about to change, synced (lock held): the journal
     /// keeps every crate changed since the last checkpoint (see [`Registry::checkpoint`]),
     /// and the first line after one names the commit HEAD was then at, which the checkpoint
-    /// synced. A line carries the running command's audit intent too, for the recovery of a
-    /// crash that lost it (the audit log syncs it with the outcome).
+    /// synced. A line carries the running command's audit intent too: the audit log's lines
+    /// of a journaled write are synced at the checkpoint, and recovery writes back those a
+    /// crash lost (see [`Registry::restore_intents`]).
     pub(in crate::registry) fn journal(&self, name: &str) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -272,12 +274,18 @@ impl Registry {
             writer = self.git_writer();
         }
         writer.sync(&self.index_dir)?;
-        let search = search::path(&self.root);
-        match fs::File::open(&search).and_then(|f| f.sync_all()) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(e).context(|| format!("syncing {}", search.display()))
+        // The search file, and the audit log's lines of the journaled writes (their intents
+        // have a synced copy in the journal until now).
+        for file in [
+            search::path(&self.root),
+            self.root.join(crate::registry::AUDIT_FILE),
+        ] {
+            match fs::File::open(&file).and_then(|f| f.sync_data()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(e).context(|| format!("syncing {}", file.display()))
+                }
+                _ => {}
             }
-            _ => {}
         }
         // Not synced: a journal that comes back after a crash only repeats repairs.
         match fs::remove_file(&path) {
@@ -365,7 +373,8 @@ const BASE_PREFIX: &str = "@base ";
 pub(in crate::registry) struct Journal {
     names: Vec<CrateName>,
     base: Option<git2::Oid>,
-    last_intent: Option<String>,
+    /// The audit intents of the lines, in order.
+    intents: Vec<String>,
     /// The process that wrote it, and the boot it ran in.
     writer: Option<u32>,
     boot: Option<String>,
@@ -416,7 +425,7 @@ impl Journal {
             if !j.names.contains(&name) {
                 j.names.push(name);
             }
-            j.last_intent = intent.map(str::to_owned);
+            j.intents.extend(intent.map(str::to_owned));
         }
         j
     }
@@ -579,7 +588,7 @@ mod tests {
         let intent = r#"{"time":"2026-01-01T00:00:00Z","action":"publish","crate":"kept","version":"1.0.0","actor":{"kind":"cli","user":"ops"},"outcome":"started"}"#;
         fs::write(reg.root().join(JOURNAL_FILE), format!("kept\t{intent}\n")).unwrap();
         let done = reg.recover().unwrap();
-        assert!(done.iter().any(|d| d.contains("audit intent")), "{done:?}");
+        assert!(done.iter().any(|d| d.contains("audit line")), "{done:?}");
         let log = fs::read_to_string(reg.root().join("audit.jsonl")).unwrap();
         let lines: Vec<&str> = log.lines().collect();
         let at = lines
