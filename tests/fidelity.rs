@@ -234,6 +234,70 @@ fn a_wildcard_requirement_is_added_but_not_published() {
     assert_eq!(line["deps"][0]["req"], "*");
 }
 
+/// A crate over every cap crates.io puts on a new publish: 7 keywords (strsim 0.1.0, on
+/// crates.io, has as many), 6 categories, 600 dependencies on crates.io, 301 features.
+fn roomy_crate(vers: &str) -> Vec<u8> {
+    let mut manifest = format!(
+        "[package]\nname = \"roomy\"\nversion = \"{vers}\"\ndescription = \"big\"\n\
+         license = \"MIT\"\nkeywords = [\"a\", \"b\", \"c\", \"d\", \"e\", \"f\", \"g\"]\n\
+         categories = [\"a\", \"b\", \"c\", \"d\", \"e\", \"f\"]\n\n[dependencies]\n"
+    );
+    for i in 0..600 {
+        manifest.push_str(&format!("dep{i} = \"1\"\n"));
+    }
+    manifest.push_str("\n[features]\n");
+    for i in 0..301 {
+        manifest.push_str(&format!("f{i} = []\n"));
+    }
+    let top = format!("roomy-{vers}");
+    crate_bytes(&[
+        file(&format!("{top}/Cargo.toml"), manifest.as_bytes()),
+        file(&format!("{top}/src/lib.rs"), b""),
+    ])
+}
+
+/// The caps of a new publish are settings, named in the refusal cargo prints; `add` takes a
+/// crate file over them, since crates.io applies them to new publishes only.
+#[test]
+fn a_crate_over_the_publish_caps_is_added_and_published_once_the_setting_allows_it() {
+    let s = Sandbox::new();
+    let srv = s.serve(&[]);
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&meta("roomy", "1.0.0", serde_json::json!([]))).unwrap();
+    json["keywords"] = serde_json::json!(["a", "b", "c", "d", "e", "f", "g"]);
+    let body = publish_body(&serde_json::to_vec(&json).unwrap(), &roomy_crate("1.0.0"));
+    let before = snapshot(&s.reg().join("index"));
+    let (status, answer) = raw_publish(srv.addr(), &s.token(), &body);
+    assert_eq!(status, 400, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        answer["errors"][0]["detail"],
+        "too many keywords: 7, more than the limit of 5 (this registry's `max-keywords`; an \
+         admin can raise it in palletizer.toml)"
+    );
+    assert!(snapshot(&s.reg().join("index")) == before);
+    drop(srv);
+
+    let out = add_bytes(&s, "roomy-2.0.0.crate", &roomy_crate("2.0.0"));
+    assert!(out.status.success(), "{}", show(&out));
+    let line = s.index_line("ro/om/roomy", "2.0.0");
+    assert_eq!(line["deps"].as_array().unwrap().len(), 600);
+    assert_eq!(line["features"].as_object().unwrap().len(), 301);
+
+    let settings = s.reg().join("palletizer.toml");
+    let text = fs::read_to_string(&settings).unwrap();
+    assert!(text.contains("max-keywords = 5\n"), "{text}");
+    fs::write(
+        &settings,
+        text.replace("max-keywords = 5\n", "max-keywords = 7\n"),
+    )
+    .unwrap();
+    let srv = s.serve(&[]);
+    let (status, answer) = raw_publish(srv.addr(), &s.token(), &body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(s.index_line("ro/om/roomy", "1.0.0")["name"], "roomy");
+}
+
 fn search(addr: &str, query: &str) -> (u16, serde_json::Value) {
     let (status, body) = get_bytes(addr, &format!("/api/v1/crates?{query}")).unwrap();
     (status, serde_json::from_slice(&body).unwrap())

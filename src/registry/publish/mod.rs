@@ -99,7 +99,7 @@ impl Registry {
         tarball: impl Read,
     ) -> Result<CheckedCrate> {
         let via = Via {
-            rules: metadata::Rules::Publish,
+            rules: metadata::Rules::Publish(self.settings.publish_caps()),
             file_name: None,
             pubtime: None,
         };
