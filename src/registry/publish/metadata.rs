@@ -1,5 +1,6 @@
 //! Publish metadata: the JSON cargo sends with `cargo publish`, and the same structure derived
-//! from the normalized `Cargo.toml` inside a `.crate` file (for `palletizer add`).
+//! from the normalized `Cargo.toml` inside a `.crate` file (for `palletizer add`), with its
+//! dependencies as crates.io recorded them at the version's publish time ([`Era`]).
 //!
 //! Both roads end in [`PublishMetadata`], so the index line is built by one function whatever
 //! the way in. The checks of it come in two sets ([`Rules`]): a new publish meets crates.io's
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// The crates.io index as cargo spells it in publish metadata.
 pub const CRATES_IO_INDEX: &str = "https://github.com/rust-lang/crates.io-index";
+use super::history::Era;
 use super::platform;
 use crate::registry::names;
 
@@ -105,6 +107,8 @@ pub enum ManifestError {
 // The subset of a normalized manifest that publish metadata needs.
 #[derive(Deserialize)]
 struct Manifest {
+    /// `[project]` is what manifests said before `[package]` (crates of 2014 and 2015).
+    #[serde(alias = "project")]
     package: Option<Package>,
     #[serde(default)]
     dependencies: BTreeMap<String, TomlDep>,
@@ -190,10 +194,17 @@ fn plain_strings(v: Option<toml::Value>) -> Vec<String> {
 
 impl PublishMetadata {
     /// Derives publish metadata from a normalized `Cargo.toml` (what `cargo package` writes),
-    /// converting it the way cargo does for a publish: requirements re-serialized (`1` →
-    /// `^1`), renamed dependencies split into alias and package, `registry-index` kept, and a
-    /// dependency without one pointing at crates.io.
+    /// as crates.io reads one today: requirements re-serialized (`1` → `^1`), targets as
+    /// written, renamed dependencies split into alias and package, `registry-index` kept, and
+    /// a dependency without one pointing at crates.io.
     pub fn from_manifest(text: &str) -> Result<PublishMetadata, ManifestError> {
+        PublishMetadata::from_manifest_in(text, Era::Manifest)
+    }
+
+    /// [`PublishMetadata::from_manifest`], with the dependencies as crates.io recorded them
+    /// for a version published in `era`: what cargo sent then (kinds, targets in cargo's
+    /// spelling) as the semver crate of the day printed it.
+    pub fn from_manifest_in(text: &str, era: Era) -> Result<PublishMetadata, ManifestError> {
         let m: Manifest =
             toml::from_str(text).map_err(|e| ManifestError::Toml(e.message().to_owned()))?;
         let p = m.package.ok_or(ManifestError::NoPackage)?;
@@ -209,7 +220,7 @@ impl PublishMetadata {
             (None, &m.build_dependencies, DepKind::Build),
         ];
         for (target, table, kind) in tables {
-            push_deps(&mut deps, target, table, kind)?;
+            push_deps(&mut deps, target, table, kind, era)?;
         }
         for (cfg, t) in &m.target {
             for (table, kind) in [
@@ -217,7 +228,7 @@ impl PublishMetadata {
                 (&t.dev_dependencies, DepKind::Dev),
                 (&t.build_dependencies, DepKind::Build),
             ] {
-                push_deps(&mut deps, Some(cfg), table, kind)?;
+                push_deps(&mut deps, Some(cfg), table, kind, era)?;
             }
         }
         Ok(PublishMetadata {
@@ -242,11 +253,25 @@ impl PublishMetadata {
     }
 }
 
+impl PublishMetadata {
+    /// Every dependency's target in cargo's spelling, as an index line built from cargo's
+    /// publish JSON holds it (cargo sends that spelling; another client may not). A target
+    /// cargo cannot read is kept, for [`validate`] to refuse.
+    pub fn spell_targets_as_cargo(&mut self) {
+        for t in self.deps.iter_mut().filter_map(|d| d.target.as_mut()) {
+            if let Ok(spelled) = platform::normalize(t) {
+                *t = spelled;
+            }
+        }
+    }
+}
+
 fn push_deps(
     out: &mut Vec<PublishDep>,
     target: Option<&String>,
     table: &BTreeMap<String, TomlDep>,
     kind: DepKind,
+    era: Era,
 ) -> Result<(), ManifestError> {
     for (key, dep) in table {
         let d = match dep {
@@ -273,9 +298,9 @@ fn push_deps(
             ));
         }
         let req = match &d.version {
-            Some(v) => semver::VersionReq::parse(v)
-                .map_err(|e| ManifestError::BadDep(key.clone(), e.to_string()))?
-                .to_string(),
+            Some(v) => era
+                .requirement(v)
+                .map_err(|e| ManifestError::BadDep(key.clone(), e.to_string()))?,
             None => "*".to_owned(),
         };
         let (name, explicit) = match &d.package {
@@ -291,8 +316,8 @@ fn push_deps(
                 .default_features
                 .or(d.default_features_legacy)
                 .unwrap_or(true),
-            target: target.cloned(),
-            kind,
+            target: target.map(|t| era.target(t)),
+            kind: era.kind(kind),
             registry: Some(
                 d.registry_index
                     .unwrap_or_else(|| CRATES_IO_INDEX.to_owned()),
@@ -704,6 +729,31 @@ registry-index = "https://elsewhere.example/index"
             Some("https://elsewhere.example/index")
         );
         assert_eq!(validate(&m, PUBLISH), Ok(()));
+    }
+
+    /// A manifest of 2014 (`[project]`), read as crates.io recorded it then: no kinds,
+    /// requirements as semver 0.x printed them.
+    #[test]
+    fn manifest_as_crates_io_recorded_it_in_2014() {
+        let old = MANIFEST.replace("[package]", "[project]");
+        let m = PublishMetadata::from_manifest_in(&old, Era::NoKinds).unwrap();
+        assert_eq!(m.name, "rich");
+        let by = |n: &str| m.deps.iter().find(|d| d.name == n).unwrap();
+        assert_eq!(
+            (by("tester").kind, by("tester").version_req.as_str()),
+            (DepKind::Normal, "= 0.3")
+        );
+        assert_eq!(by("cc").kind, DepKind::Normal);
+        let today = PublishMetadata::from_manifest(&old).unwrap();
+        assert_eq!(
+            today
+                .deps
+                .iter()
+                .find(|d| d.name == "tester")
+                .unwrap()
+                .version_req,
+            "=0.3"
+        );
     }
 
     #[test]
