@@ -150,8 +150,7 @@ fn compact(json: &str) -> String {
     out
 }
 
-/// A registry standing in for crates.io (its index URL an alias of this one), taking crates
-/// of 2014 without a description or a license.
+/// A registry standing in for crates.io (its index URL an alias of this one).
 fn registry() -> Sandbox {
     let s = Sandbox::new();
     let url = format!("file://{}", s.reg().display());
@@ -160,7 +159,6 @@ fn registry() -> Sandbox {
     let text = fs::read_to_string(&settings).unwrap();
     let alias = format!("index-aliases = [\"{CRATES_IO_INDEX}\"]");
     fs::write(&settings, text.replace("index-aliases = []", &alias)).unwrap();
-    s.stop_requiring_description_and_license();
     s
 }
 

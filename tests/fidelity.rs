@@ -75,9 +75,6 @@ fn init_mirror(s: &Sandbox) {
     );
     assert!(text.contains(CRATES_IO_INDEX));
     fs::write(&settings, text).unwrap();
-    // Three of the lines are of crates published in 2014, before crates.io asked for a
-    // description and a license.
-    s.stop_requiring_description_and_license();
 }
 
 #[test]

@@ -75,8 +75,9 @@ pub struct Settings {
     /// Largest unpacked size of a `.crate` file, in bytes.
     #[serde(default = "default_max_unpacked")]
     pub max_unpacked_size: u64,
-    /// Refuse a publish (or `add`) whose manifest has no `description` or neither `license`
-    /// nor `license-file`, as crates.io does.
+    /// Refuse a publish whose manifest has no `description` or neither `license` nor
+    /// `license-file`, as crates.io does (`palletizer add` takes crate files without them:
+    /// crates.io serves crates of 2014 that have neither).
     #[serde(default = "default_true")]
     pub require_description_and_license: bool,
     /// crates.io's caps on a new publish ([`PublishCaps`]; `palletizer add` is held only to

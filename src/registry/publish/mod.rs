@@ -128,7 +128,7 @@ impl Registry {
         let name = CrateName::parse(&meta.name)?;
         let top = format!("{}-{}", meta.name, meta.vers);
         check_file_names(&meta, &top, via.file_name, &inspected.top_dir)?;
-        self.check_settings_allow(&meta)?;
+        self.check_settings_allow(&meta, via.rules)?;
         let tmp_path = tmp.0.as_path();
         out.sync_all()
             .context(|| format!("syncing {}", tmp_path.display()))?;
@@ -188,9 +188,10 @@ impl Registry {
     }
 
     /// What `palletizer.toml` asks of a crate: dependencies only from the registries it
-    /// allows, and (last, so that everything else wrong with a crate is said first) a
-    /// description and a license unless the setting is off.
-    fn check_settings_allow(&self, meta: &PublishMetadata) -> Result<()> {
+    /// allows, and (last, so that everything else wrong with a crate is said first) of a new
+    /// publish a description and a license unless the setting is off; a crate file another
+    /// registry serves may lack them (crates.io serves crates of 2014 that have neither).
+    fn check_settings_allow(&self, meta: &PublishMetadata, rules: metadata::Rules) -> Result<()> {
         for d in &meta.deps {
             if let Some(r) = &d.registry {
                 if !self.is_own_index(r) && !self.settings.allowed_registries.iter().any(|a| a == r)
@@ -205,7 +206,8 @@ impl Registry {
                 }
             }
         }
-        if self.settings.require_description_and_license {
+        let publish = matches!(rules, metadata::Rules::Publish(_));
+        if publish && self.settings.require_description_and_license {
             metadata::require_description_and_license(meta).map_err(Error::Invalid)?;
         }
         Ok(())
