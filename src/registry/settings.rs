@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::publish::metadata::PublishCaps;
+
 /// Who may do what without a token (see [`super::AuthFile`] for users and tokens).
 ///
 /// Files written before `open` existed say `public` or `private`; both still parse.
@@ -73,10 +75,25 @@ pub struct Settings {
     /// Largest unpacked size of a `.crate` file, in bytes.
     #[serde(default = "default_max_unpacked")]
     pub max_unpacked_size: u64,
-    /// Refuse a publish (or `add`) whose manifest has no `description` or neither `license`
-    /// nor `license-file`, as crates.io does.
+    /// Refuse a publish whose manifest has no `description` or neither `license` nor
+    /// `license-file`, as crates.io does (`palletizer add` takes crate files without them:
+    /// crates.io serves crates of 2014 that have neither).
     #[serde(default = "default_true")]
     pub require_description_and_license: bool,
+    /// crates.io's caps on a new publish ([`PublishCaps`]; `palletizer add` is held only to
+    /// the safety bounds): features, and the values one feature lists.
+    #[serde(default = "default_max_features")]
+    pub max_features: usize,
+    /// Dependencies of every kind.
+    #[serde(default = "default_max_dependencies")]
+    pub max_dependencies: usize,
+    #[serde(default = "default_max_keywords")]
+    pub max_keywords: usize,
+    /// Bytes of one keyword.
+    #[serde(default = "default_max_keyword_length")]
+    pub max_keyword_length: usize,
+    #[serde(default = "default_max_categories")]
+    pub max_categories: usize,
     /// Largest docs upload (the `.tar.gz` of `target/doc`), in bytes.
     #[serde(default = "default_max_docs")]
     pub max_docs_size: u64,
@@ -504,6 +521,21 @@ fn default_max_docs_files() -> u64 {
 fn default_true() -> bool {
     true
 }
+fn default_max_features() -> usize {
+    PublishCaps::CRATES_IO.features
+}
+fn default_max_dependencies() -> usize {
+    PublishCaps::CRATES_IO.dependencies
+}
+fn default_max_keywords() -> usize {
+    PublishCaps::CRATES_IO.keywords
+}
+fn default_max_keyword_length() -> usize {
+    PublishCaps::CRATES_IO.keyword_len
+}
+fn default_max_categories() -> usize {
+    PublishCaps::CRATES_IO.categories
+}
 fn default_audit_max() -> u64 {
     8 * 1024 * 1024
 }
@@ -522,6 +554,11 @@ impl Default for Settings {
             max_crate_size: default_max_crate(),
             max_unpacked_size: default_max_unpacked(),
             require_description_and_license: true,
+            max_features: default_max_features(),
+            max_dependencies: default_max_dependencies(),
+            max_keywords: default_max_keywords(),
+            max_keyword_length: default_max_keyword_length(),
+            max_categories: default_max_categories(),
             audit_max_bytes: default_audit_max(),
             webhook_retry_for: None,
             webhook_queue_limit: DEFAULT_QUEUE_LIMIT,
@@ -553,6 +590,7 @@ impl Settings {
         let url = s.url.trim_end_matches('/').to_owned();
         check_url(&url)?;
         check_webhooks(&s)?;
+        s.publish_caps().check()?;
         if s.audit_max_bytes < MIN_AUDIT_MAX {
             return Err(format!(
                 "audit-max-bytes = {} is too small; use at least {MIN_AUDIT_MAX} (the default is {})",
@@ -564,6 +602,17 @@ impl Settings {
             m.check()?;
         }
         Ok(Settings { url, ..s })
+    }
+
+    /// The caps a new publish is held to.
+    pub fn publish_caps(&self) -> PublishCaps {
+        PublishCaps {
+            features: self.max_features,
+            dependencies: self.max_dependencies,
+            keywords: self.max_keywords,
+            keyword_len: self.max_keyword_length,
+            categories: self.max_categories,
+        }
     }
 
     /// Seconds a webhook delivery is retried for (`webhook-retry-for`).
@@ -633,6 +682,39 @@ mod tests {
         let small = Settings::parse("url = \"http://x\"\naudit-max-bytes = 100").unwrap_err();
         assert!(small.contains("at least 4096"), "{small}");
         assert!(Settings::parse("url = \"http://x\"\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn publish_caps_default_to_crates_ios_and_are_bounded() {
+        let s = Settings::parse("url = \"http://x\"").unwrap();
+        assert_eq!(s.publish_caps(), PublishCaps::CRATES_IO);
+        let text = s.to_toml();
+        for (key, value) in PublishCaps::SETTINGS
+            .iter()
+            .zip(PublishCaps::CRATES_IO.values())
+        {
+            assert!(text.contains(&format!("{key} = {value}\n")), "{text}");
+        }
+        let raised = Settings::parse(
+            "url = \"http://x\"\nmax-features = 2000\nmax-dependencies = 600\n\
+             max-keywords = 10\nmax-keyword-length = 32\nmax-categories = 0\n",
+        )
+        .unwrap();
+        let caps = PublishCaps {
+            features: 2000,
+            dependencies: 600,
+            keywords: 10,
+            keyword_len: 32,
+            categories: 0,
+        };
+        assert_eq!(raised.publish_caps(), caps);
+        assert_eq!(Settings::parse(&raised.to_toml()).unwrap(), raised);
+        let e = Settings::parse("url = \"http://x\"\nmax-features = 20000").unwrap_err();
+        assert_eq!(
+            e,
+            "max-features = 20000 is more than 10000, the most any crate may carry here"
+        );
+        assert!(Settings::parse("url = \"http://x\"\nmax-keywords = -1").is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The harness of the test files whose tests need a tool or a privilege the machine may lack
 //! (`harness = false` in Cargo.toml; libtest-mimic). One rule: a test whose need is missing
 //! is reported as ignored, with the reason on its line and in the summary's count, except
-//! under `CI=true`, where it fails. Filters, `--exact`, `--skip`, `--list`,
+//! under `CI=true`, where it fails; a test that must be opted in (it reaches the Internet) is
+//! ignored unless it is, under CI too. Filters, `--exact`, `--skip`, `--list`,
 //! `--test-threads`, `--nocapture` (and their `RUST_TEST_*` variables) work as with the
 //! built-in harness, and a test's output is shown only when it fails.
 //!
@@ -28,6 +29,8 @@ pub enum Need {
     Promtool,
     /// Mounting a tmpfs, which needs root.
     Tmpfs,
+    /// `PALLETIZER_CRATES_IO_TESTS=1`: the opt-in to download from crates.io.
+    CratesIo,
 }
 
 impl Need {
@@ -41,12 +44,23 @@ impl Need {
             Need::Git => tools_missing(&["git"], "from Debian's `git`"),
             Need::Nginx => tools_missing(&["nginx"], "from Debian's `nginx-light`, in /usr/sbin"),
             Need::Promtool => tools_missing(&["promtool"], "from Debian's `prometheus`"),
+            Need::CratesIo => (std::env::var("PALLETIZER_CRATES_IO_TESTS").as_deref() != Ok("1"))
+                .then(|| {
+                    "opt-in: set PALLETIZER_CRATES_IO_TESTS=1 to download from crates.io".into()
+                }),
             // Probed once: every test of a file asks the same question.
             Need::Tmpfs => {
                 static REFUSED: OnceLock<Option<String>> = OnceLock::new();
                 REFUSED.get_or_init(tmpfs_refused).clone()
             }
         }
+    }
+}
+
+impl Need {
+    /// Whether the test runs only when asked to, so that its absence is no failure in CI.
+    fn opt_in(self) -> bool {
+        matches!(self, Need::CratesIo)
     }
 }
 
@@ -145,8 +159,8 @@ pub fn run(tests: &'static [Test]) -> ExitCode {
 /// One test: ignored with the reason when a need is missing, failed instead under `CI=true`.
 fn trial(&(name, body, needs): &'static Test, capture: bool) -> Trial {
     Trial::ignorable_test(name, move || {
-        if let Some(why) = needs.iter().find_map(|n| n.missing()) {
-            if std::env::var("CI").as_deref() == Ok("true") {
+        if let Some((need, why)) = needs.iter().find_map(|n| n.missing().map(|w| (n, w))) {
+            if std::env::var("CI").as_deref() == Ok("true") && !need.opt_in() {
                 return Err(format!("{why}; under CI=true that is a failure").into());
             }
             return Ok(Completion::ignored_with(why));

@@ -456,7 +456,12 @@ pub fn try_read_bytes(c: &mut impl std::io::Read) -> std::io::Result<(u16, Vec<u
         if let Some((code, len, clen)) = whole_response(&buf) {
             return Ok((code, buf[len..len + clen].to_vec()));
         }
-        let n = c.read(&mut chunk)?;
+        // A read with a timeout is not restarted after a signal (a stopped and continued
+        // process gets EINTR): try again.
+        let n = match c.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            n => n?,
+        };
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,

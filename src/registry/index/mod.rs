@@ -7,7 +7,7 @@
 //! A line is written as crates.io writes it (`crates_io_index`), so that a crate added from
 //! crates.io reads the same here: keys in crates.io's order, `registry` and `package` left out
 //! when null, dependencies sorted, features split between `features` and `features2` by the
-//! same rule, targets in cargo's spelling.
+//! same rule, targets as the metadata spells them.
 //!
 //! Beside the lines, the room holds what is kept with them: reading and rewriting a crate's
 //! file and committing it ([`files`]), the git repository the index is ([`git`]), the index
@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 
 use super::names::CrateName;
 use super::publish::metadata::{DepKind, PublishDep, PublishMetadata};
-use super::publish::platform;
 
 pub use super::publish::metadata::CRATES_IO_INDEX;
 pub use files::Listed;
@@ -265,11 +264,9 @@ impl IndexDep {
             features: d.features.clone(),
             optional: d.optional,
             default_features: d.default_features,
-            // `validate` refuses a target that does not parse; none reaches here.
-            target: d
-                .target
-                .as_deref()
-                .map(|t| platform::normalize(t).unwrap_or_else(|_| t.to_owned())),
+            // Spelled by the metadata: cargo's spelling, or the manifest's (crates.io's since
+            // October 2023; see `publish::history`).
+            target: d.target.clone(),
             kind: Some(d.kind),
             registry: d.registry.clone().filter(|r| !own_index(r)),
             package,
@@ -468,7 +465,7 @@ mod tests {
                 ("Zed", Normal, "^1", None),
                 ("aa", Dev, "^1", None),
                 ("libc", Normal, "^0.1", Some("cfg(windows)")),
-                ("libc", Normal, "^0.2", Some(r#"cfg(target_os = "wasi")"#)),
+                ("libc", Normal, "^0.2", Some(r#"cfg(target_os="wasi")"#)),
                 ("libc", Normal, "^0.2", Some("cfg(unix)")),
                 ("libc", Build, "^0.2", None),
                 ("libc", Dev, "^0.2", None),

@@ -1,8 +1,11 @@
 //! Publish metadata: the JSON cargo sends with `cargo publish`, and the same structure derived
-//! from the normalized `Cargo.toml` inside a `.crate` file (for `palletizer add`).
+//! from the normalized `Cargo.toml` inside a `.crate` file (for `palletizer add`), with its
+//! dependencies as crates.io recorded them at the version's publish time ([`Era`]).
 //!
 //! Both roads end in [`PublishMetadata`], so the index line is built by one function whatever
-//! the way in.
+//! the way in. The checks of it come in two sets ([`Rules`]): a new publish meets crates.io's
+//! caps, as `palletizer.toml` sets them ([`PublishCaps`]); a crate file another registry
+//! already serves meets only the bounds that keep an index line and a search record small.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// The crates.io index as cargo spells it in publish metadata.
 pub const CRATES_IO_INDEX: &str = "https://github.com/rust-lang/crates.io-index";
+use super::history::Era;
 use super::platform;
 use crate::registry::names;
 
@@ -103,6 +107,8 @@ pub enum ManifestError {
 // The subset of a normalized manifest that publish metadata needs.
 #[derive(Deserialize)]
 struct Manifest {
+    /// `[project]` is what manifests said before `[package]` (crates of 2014 and 2015).
+    #[serde(alias = "project")]
     package: Option<Package>,
     #[serde(default)]
     dependencies: BTreeMap<String, TomlDep>,
@@ -188,10 +194,17 @@ fn plain_strings(v: Option<toml::Value>) -> Vec<String> {
 
 impl PublishMetadata {
     /// Derives publish metadata from a normalized `Cargo.toml` (what `cargo package` writes),
-    /// converting it the way cargo does for a publish: requirements re-serialized (`1` →
-    /// `^1`), renamed dependencies split into alias and package, `registry-index` kept, and a
-    /// dependency without one pointing at crates.io.
+    /// as crates.io reads one today: requirements re-serialized (`1` → `^1`), targets as
+    /// written, renamed dependencies split into alias and package, `registry-index` kept, and
+    /// a dependency without one pointing at crates.io.
     pub fn from_manifest(text: &str) -> Result<PublishMetadata, ManifestError> {
+        PublishMetadata::from_manifest_in(text, Era::Manifest)
+    }
+
+    /// [`PublishMetadata::from_manifest`], with the dependencies as crates.io recorded them
+    /// for a version published in `era`: what cargo sent then (kinds, targets in cargo's
+    /// spelling) as the semver crate of the day printed it.
+    pub fn from_manifest_in(text: &str, era: Era) -> Result<PublishMetadata, ManifestError> {
         let m: Manifest =
             toml::from_str(text).map_err(|e| ManifestError::Toml(e.message().to_owned()))?;
         let p = m.package.ok_or(ManifestError::NoPackage)?;
@@ -207,7 +220,7 @@ impl PublishMetadata {
             (None, &m.build_dependencies, DepKind::Build),
         ];
         for (target, table, kind) in tables {
-            push_deps(&mut deps, target, table, kind)?;
+            push_deps(&mut deps, target, table, kind, era)?;
         }
         for (cfg, t) in &m.target {
             for (table, kind) in [
@@ -215,7 +228,7 @@ impl PublishMetadata {
                 (&t.dev_dependencies, DepKind::Dev),
                 (&t.build_dependencies, DepKind::Build),
             ] {
-                push_deps(&mut deps, Some(cfg), table, kind)?;
+                push_deps(&mut deps, Some(cfg), table, kind, era)?;
             }
         }
         Ok(PublishMetadata {
@@ -240,11 +253,25 @@ impl PublishMetadata {
     }
 }
 
+impl PublishMetadata {
+    /// Every dependency's target in cargo's spelling, as an index line built from cargo's
+    /// publish JSON holds it (cargo sends that spelling; another client may not). A target
+    /// cargo cannot read is kept, for [`validate`] to refuse.
+    pub fn spell_targets_as_cargo(&mut self) {
+        for t in self.deps.iter_mut().filter_map(|d| d.target.as_mut()) {
+            if let Ok(spelled) = platform::normalize(t) {
+                *t = spelled;
+            }
+        }
+    }
+}
+
 fn push_deps(
     out: &mut Vec<PublishDep>,
     target: Option<&String>,
     table: &BTreeMap<String, TomlDep>,
     kind: DepKind,
+    era: Era,
 ) -> Result<(), ManifestError> {
     for (key, dep) in table {
         let d = match dep {
@@ -271,9 +298,9 @@ fn push_deps(
             ));
         }
         let req = match &d.version {
-            Some(v) => semver::VersionReq::parse(v)
-                .map_err(|e| ManifestError::BadDep(key.clone(), e.to_string()))?
-                .to_string(),
+            Some(v) => era
+                .requirement(v)
+                .map_err(|e| ManifestError::BadDep(key.clone(), e.to_string()))?,
             None => "*".to_owned(),
         };
         let (name, explicit) = match &d.package {
@@ -289,8 +316,8 @@ fn push_deps(
                 .default_features
                 .or(d.default_features_legacy)
                 .unwrap_or(true),
-            target: target.cloned(),
-            kind,
+            target: target.map(|t| era.target(t)),
+            kind: era.kind(kind),
             registry: Some(
                 d.registry_index
                     .unwrap_or_else(|| CRATES_IO_INDEX.to_owned()),
@@ -301,23 +328,82 @@ fn push_deps(
     Ok(())
 }
 
-/// crates.io's limits, which cargo users already live within.
-pub const MAX_FEATURES: usize = 300;
-pub const MAX_DEPS: usize = 500;
-pub const MAX_KEYWORDS: usize = 5;
-pub const MAX_KEYWORD_LEN: usize = 20;
-pub const MAX_CATEGORIES: usize = 5;
-/// Our own bounds, far above what real crates carry, so that one publish cannot make an index
-/// line (every line of a crate's file is sent to every cargo that resolves it) or a search
-/// record of unbounded size.
+/// The caps crates.io puts on a new publish, which `palletizer.toml` may change
+/// ([`PublishCaps::SETTINGS`]): crates.io's values unless it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishCaps {
+    /// Features, and the values of one feature's list (crates.io caps both with one number).
+    pub features: usize,
+    pub dependencies: usize,
+    pub keywords: usize,
+    /// Bytes of one keyword.
+    pub keyword_len: usize,
+    pub categories: usize,
+}
+
+impl PublishCaps {
+    /// crates.io's: its `PublishLimitsConfig` defaults, and the keyword and category checks
+    /// of its publish.
+    pub const CRATES_IO: PublishCaps = PublishCaps {
+        features: 300,
+        dependencies: 500,
+        keywords: 5,
+        keyword_len: 20,
+        categories: 5,
+    };
+
+    /// The bounds of every crate file, far above what real crates carry (web-sys has 1,727
+    /// features), so that no crate file makes an index line (every line of a crate's file is
+    /// sent to every cargo that resolves it) or a search record of unbounded size; the index
+    /// line's own size limit stands behind them. A crate file another registry already
+    /// serves (`palletizer add`) meets only these, since crates.io's caps apply to new
+    /// publishes (and it raises them per crate); a setting may raise a cap up to them.
+    pub const SAFETY: PublishCaps = PublishCaps {
+        features: 10_000,
+        dependencies: 10_000,
+        keywords: 100,
+        keyword_len: MAX_FIELD_LEN,
+        categories: 100,
+    };
+
+    /// The settings, as `palletizer.toml` names them, in the order of [`PublishCaps::values`].
+    pub const SETTINGS: [&'static str; 5] = [
+        "max-features",
+        "max-dependencies",
+        "max-keywords",
+        "max-keyword-length",
+        "max-categories",
+    ];
+
+    pub fn values(&self) -> [usize; 5] {
+        [
+            self.features,
+            self.dependencies,
+            self.keywords,
+            self.keyword_len,
+            self.categories,
+        ]
+    }
+
+    /// Refuses a cap above its safety bound, naming the setting.
+    pub fn check(&self) -> Result<(), String> {
+        let bounds = PublishCaps::SAFETY.values();
+        for ((setting, value), bound) in PublishCaps::SETTINGS.iter().zip(self.values()).zip(bounds)
+        {
+            if value > bound {
+                return Err(format!(
+                    "{setting} = {value} is more than {bound}, the most any crate may carry here"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A feature can list this crate's features and its dependencies (and their features).
 pub const MAX_FEATURE_VALUES: usize = 1_000;
-/// A dependency can only ask for features it has, at most [`MAX_FEATURES`].
-pub const MAX_DEP_FEATURES: usize = MAX_FEATURES;
-/// The feature bound of a crate file another registry already serves (`palletizer add`):
-/// crates.io's cap of 300 applies to new publishes only (web-sys has 1,727 features), so
-/// this one is a safety bound, with the index line's own size limit behind it.
-pub const MAX_FEATURES_SERVED: usize = 10_000;
+/// A dependency can only ask for features it has, at most [`PublishCaps::SAFETY`]'s.
+pub const MAX_DEP_FEATURES: usize = PublishCaps::SAFETY.features;
 /// Feature names, and each value of a feature's list.
 pub const MAX_FEATURE_LEN: usize = 128;
 pub const MAX_AUTHORS: usize = 100;
@@ -336,6 +422,16 @@ fn check_count(what: &str, n: usize, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Names the setting in a refusal when the limit is one, for the admin who may raise it.
+fn naming(setting: Option<&str>) -> impl Fn(String) -> String + '_ {
+    move |e| match setting {
+        Some(setting) => {
+            format!("{e} (this registry's `{setting}`; an admin can raise it in palletizer.toml)")
+        }
+        None => e,
+    }
+}
+
 fn check_len(what: &str, s: &str, max: usize) -> Result<(), String> {
     if s.len() > max {
         return Err(format!(
@@ -349,26 +445,51 @@ fn check_len(what: &str, s: &str, max: usize) -> Result<(), String> {
 
 /// Checks the sizes of everything a publish carries into the index and the search file.
 fn check_sizes(meta: &PublishMetadata, rules: Rules) -> Result<(), String> {
-    // crates.io's caps on a new publish; safety bounds only for what it already serves.
-    let max_features = match rules {
-        Rules::Publish => MAX_FEATURES,
-        Rules::Add => MAX_FEATURES_SERVED,
+    // The caps of a new publish, named for the admin; only the safety bounds for a crate
+    // file that is already served.
+    let (caps, [features, deps, keywords, keyword_len, categories]) = match rules {
+        Rules::Publish(caps) => (caps, PublishCaps::SETTINGS.map(Some)),
+        Rules::Add => (PublishCaps::SAFETY, [None; 5]),
     };
     // Before the name rules, whose messages repeat the whole value.
     check_len("crate name", &meta.name, names::MAX_NAME_LEN)?;
     check_len("version", &meta.vers, names::MAX_VERSION_LEN)?;
-    check_count("too many features", meta.features.len(), max_features)?;
-    check_count("too many dependencies", meta.deps.len(), MAX_DEPS)?;
-    check_count("too many keywords", meta.keywords.len(), MAX_KEYWORDS)?;
-    check_count("too many categories", meta.categories.len(), MAX_CATEGORIES)?;
+    let counts = [
+        (
+            "too many features",
+            meta.features.len(),
+            caps.features,
+            features,
+        ),
+        (
+            "too many dependencies",
+            meta.deps.len(),
+            caps.dependencies,
+            deps,
+        ),
+        (
+            "too many keywords",
+            meta.keywords.len(),
+            caps.keywords,
+            keywords,
+        ),
+        (
+            "too many categories",
+            meta.categories.len(),
+            caps.categories,
+            categories,
+        ),
+    ];
+    for (what, n, max, setting) in counts {
+        check_count(what, n, max).map_err(naming(setting))?;
+    }
     check_count("too many authors", meta.authors.len(), MAX_AUTHORS)?;
     for (feature, values) in &meta.features {
         check_len("feature name", feature, MAX_FEATURE_LEN)?;
-        check_count(
-            &format!("too many values in feature `{}`", shown(feature)),
-            values.len(),
-            MAX_FEATURE_VALUES,
-        )?;
+        let what = format!("too many values in feature `{}`", shown(feature));
+        check_count(&what, values.len(), MAX_FEATURE_VALUES)?;
+        // crates.io caps what one feature enables with its cap on features.
+        check_count(&what, values.len(), caps.features).map_err(naming(features))?;
         for v in values {
             check_len("feature value", v, MAX_FEATURE_LEN)?;
         }
@@ -378,7 +499,7 @@ fn check_sizes(meta: &PublishMetadata, rules: Rules) -> Result<(), String> {
         check_count(
             &format!("too many features asked of dependency `{shown_name}`"),
             d.features.len(),
-            max_features.max(MAX_DEP_FEATURES),
+            MAX_DEP_FEATURES,
         )?;
         for f in &d.features {
             check_len("dependency feature", f, MAX_FEATURE_LEN)?;
@@ -391,7 +512,7 @@ fn check_sizes(meta: &PublishMetadata, rules: Rules) -> Result<(), String> {
         }
     }
     for k in &meta.keywords {
-        check_len("keyword", k, MAX_KEYWORD_LEN)?;
+        check_len("keyword", k, caps.keyword_len).map_err(naming(keyword_len))?;
     }
     for c in meta.categories.iter().chain(&meta.authors) {
         check_len("category or author", c, MAX_FIELD_LEN)?;
@@ -420,11 +541,13 @@ fn check_sizes(meta: &PublishMetadata, rules: Rules) -> Result<(), String> {
 /// Which rules a version is checked by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rules {
-    /// A new version through the web API: crates.io's rules for a publish.
-    Publish,
+    /// A new version through the web API: crates.io's rules for a publish, with the caps
+    /// `palletizer.toml` sets.
+    Publish(PublishCaps),
     /// `palletizer add`: a crate file that another registry may have taken under older rules
-    /// and still serves (crates.io refuses `*` requirements only in new publishes, so clap 1,
-    /// iron 0.5 or openssl 0.7 have them).
+    /// and still serves, checked only for what keeps the registry safe (crates.io refuses `*`
+    /// requirements only in new publishes, so clap 1, iron 0.5 or openssl 0.7 have them;
+    /// strsim 0.1.0 has 7 keywords, web-sys 1,727 features).
     Add,
 }
 
@@ -476,7 +599,8 @@ pub fn validate(meta: &PublishMetadata, rules: Rules) -> Result<(), String> {
                 shown(&d.version_req)
             ));
         }
-        if rules == Rules::Publish && d.version_req.trim() == "*" && d.kind != DepKind::Dev {
+        let publish = matches!(rules, Rules::Publish(_));
+        if publish && d.version_req.trim() == "*" && d.kind != DepKind::Dev {
             return Err(format!(
                 "wildcard (`*`) dependency constraints are not allowed: dependency `{shown_name}`"
             ));
@@ -604,24 +728,45 @@ registry-index = "https://elsewhere.example/index"
             unixy.registry.as_deref(),
             Some("https://elsewhere.example/index")
         );
-        assert_eq!(validate(&m, Rules::Publish), Ok(()));
+        assert_eq!(validate(&m, PUBLISH), Ok(()));
+    }
+
+    /// A manifest of 2014 (`[project]`), read as crates.io recorded it then: no kinds,
+    /// requirements as semver 0.x printed them.
+    #[test]
+    fn manifest_as_crates_io_recorded_it_in_2014() {
+        let old = MANIFEST.replace("[package]", "[project]");
+        let m = PublishMetadata::from_manifest_in(&old, Era::NoKinds).unwrap();
+        assert_eq!(m.name, "rich");
+        let by = |n: &str| m.deps.iter().find(|d| d.name == n).unwrap();
+        assert_eq!(
+            (by("tester").kind, by("tester").version_req.as_str()),
+            (DepKind::Normal, "= 0.3")
+        );
+        assert_eq!(by("cc").kind, DepKind::Normal);
+        let today = PublishMetadata::from_manifest(&old).unwrap();
+        assert_eq!(
+            today
+                .deps
+                .iter()
+                .find(|d| d.name == "tester")
+                .unwrap()
+                .version_req,
+            "=0.3"
+        );
     }
 
     #[test]
     fn invalid_metadata_is_explained() {
         let mut m = PublishMetadata::from_manifest(MANIFEST).unwrap();
         m.features.insert("bad name".into(), vec![]);
-        assert!(validate(&m, Rules::Publish)
-            .unwrap_err()
-            .contains("bad name"));
+        assert!(validate(&m, PUBLISH).unwrap_err().contains("bad name"));
         let mut m = PublishMetadata::from_manifest(MANIFEST).unwrap();
         m.deps[0].version_req = "not a req".into();
-        assert!(validate(&m, Rules::Publish)
-            .unwrap_err()
-            .contains("not a req"));
+        assert!(validate(&m, PUBLISH).unwrap_err().contains("not a req"));
         let mut m = PublishMetadata::from_manifest(MANIFEST).unwrap();
         m.rust_version = Some("1.70-nightly".into());
-        assert!(validate(&m, Rules::Publish).is_err());
+        assert!(validate(&m, PUBLISH).is_err());
         assert!(matches!(
             PublishMetadata::from_manifest("[package]\nname='x'"),
             Err(ManifestError::Toml(_) | ManifestError::NoPackage)
@@ -632,12 +777,16 @@ registry-index = "https://elsewhere.example/index"
         ));
     }
 
+    /// A publish under crates.io's caps, the settings' defaults.
+    const PUBLISH: Rules = Rules::Publish(PublishCaps::CRATES_IO);
+    const MAX_FEATURES: usize = PublishCaps::CRATES_IO.features;
+
     fn small() -> PublishMetadata {
         serde_json::from_str(r#"{"name":"foo","vers":"1.0.0"}"#).unwrap()
     }
 
     fn refused(m: &PublishMetadata, want: &str) {
-        let err = validate(m, Rules::Publish)
+        let err = validate(m, PUBLISH)
             .and_then(|()| crate::registry::index::check_line_len(m))
             .expect_err(want);
         assert!(err.contains(want), "want `{want}` in: {err}");
@@ -648,11 +797,15 @@ registry-index = "https://elsewhere.example/index"
     fn sixty_thousand_features_are_refused() {
         let mut m = small();
         m.features = (0..60_000).map(|i| (format!("f{i}"), vec![])).collect();
-        refused(&m, "too many features: 60000, more than the limit of 300");
+        refused(
+            &m,
+            "too many features: 60000, more than the limit of 300 (this registry's \
+             `max-features`; an admin can raise it in palletizer.toml)",
+        );
         m.features = (0..MAX_FEATURES)
             .map(|i| (format!("f{i}"), vec![]))
             .collect();
-        assert_eq!(validate(&m, Rules::Publish), Ok(()));
+        assert_eq!(validate(&m, PUBLISH), Ok(()));
     }
 
     /// crates.io's cap of 300 features is for new publishes: a crate file it already
@@ -662,11 +815,77 @@ registry-index = "https://elsewhere.example/index"
         let mut m = small();
         m.features = (0..1_727).map(|i| (format!("f{i}"), vec![])).collect();
         assert_eq!(validate(&m, Rules::Add), Ok(()));
-        assert!(validate(&m, Rules::Publish).is_err());
-        m.features = (0..=MAX_FEATURES_SERVED)
+        assert!(validate(&m, PUBLISH).is_err());
+        m.features = (0..=PublishCaps::SAFETY.features)
             .map(|i| (format!("f{i}"), vec![]))
             .collect();
-        assert!(validate(&m, Rules::Add).is_err());
+        let e = validate(&m, Rules::Add).unwrap_err();
+        assert_eq!(e, "too many features: 10001, more than the limit of 10000");
+    }
+
+    /// crates.io's caps on a new publish are settings: each one a publish goes over is named,
+    /// and an add is held only to the safety bounds (strsim 0.1.0, on crates.io, has 7
+    /// keywords).
+    #[test]
+    fn publish_caps_are_the_settings_and_an_add_is_not_held_to_them() {
+        let mut m = small();
+        m.keywords = (0..7).map(|i| format!("k{i}")).collect();
+        m.categories = (0..6).map(|i| format!("c{i}")).collect();
+        m.deps = (0..600).map(|i| dep(format!("d{i}"))).collect();
+        m.features = (0..2)
+            .map(|i| (format!("f{i}"), (0..301).map(|j| format!("d{j}")).collect()))
+            .collect();
+        assert_eq!(validate(&m, Rules::Add), Ok(()));
+        let mut caps = PublishCaps::CRATES_IO;
+        let mut refusals = Vec::new();
+        while let Err(e) = validate(&m, Rules::Publish(caps)) {
+            assert!(
+                e.contains("an admin can raise it in palletizer.toml"),
+                "{e}"
+            );
+            let named = PublishCaps::SETTINGS
+                .iter()
+                .position(|s| e.contains(&format!("`{s}`")))
+                .unwrap_or_else(|| panic!("no setting named in {e}"));
+            refusals.push(PublishCaps::SETTINGS[named]);
+            match named {
+                0 => caps.features = 301,
+                1 => caps.dependencies = 600,
+                2 => caps.keywords = 7,
+                _ => caps.categories = 6,
+            }
+        }
+        assert_eq!(
+            refusals,
+            [
+                "max-dependencies",
+                "max-keywords",
+                "max-categories",
+                "max-features"
+            ]
+        );
+        m.keywords = vec!["k".repeat(21)];
+        let e = validate(&m, Rules::Publish(caps)).unwrap_err();
+        assert!(e.contains("`max-keyword-length`"), "{e}");
+        caps.keyword_len = 21;
+        assert_eq!(validate(&m, Rules::Publish(caps)), Ok(()));
+        // A lowered cap holds too.
+        caps.dependencies = 10;
+        assert!(validate(&m, Rules::Publish(caps)).is_err());
+    }
+
+    #[test]
+    fn a_cap_above_its_safety_bound_is_refused_by_name() {
+        PublishCaps::CRATES_IO.check().unwrap();
+        PublishCaps::SAFETY.check().unwrap();
+        let caps = PublishCaps {
+            keywords: 101,
+            ..PublishCaps::CRATES_IO
+        };
+        assert_eq!(
+            caps.check().unwrap_err(),
+            "max-keywords = 101 is more than 100, the most any crate may carry here"
+        );
     }
 
     fn dep(name: String) -> PublishDep {
@@ -686,15 +905,17 @@ registry-index = "https://elsewhere.example/index"
     #[test]
     fn counts_and_lengths_are_capped() {
         let mut m = small();
-        m.deps = (0..MAX_DEPS).map(|i| dep(format!("d{i}"))).collect();
-        assert_eq!(validate(&m, Rules::Publish), Ok(()));
+        m.deps = (0..PublishCaps::CRATES_IO.dependencies)
+            .map(|i| dep(format!("d{i}")))
+            .collect();
+        assert_eq!(validate(&m, PUBLISH), Ok(()));
         m.deps.push(dep("one-more".into()));
         refused(&m, "too many dependencies: 501, more than the limit of 500");
 
         let mut m = small();
         m.deps = vec![dep("d0".into())];
         m.deps[0].features = (0..=MAX_DEP_FEATURES).map(|i| format!("f{i}")).collect();
-        refused(&m, "too many features asked of dependency `d0`: 301");
+        refused(&m, "too many features asked of dependency `d0`: 10001");
 
         let mut m = small();
         m.features.insert(
@@ -702,6 +923,12 @@ registry-index = "https://elsewhere.example/index"
             (0..=MAX_FEATURE_VALUES).map(|i| format!("f{i}")).collect(),
         );
         refused(&m, "too many values in feature `all`: 1001");
+        m.features
+            .insert("all".into(), (0..=300).map(|i| format!("f{i}")).collect());
+        refused(
+            &m,
+            "too many values in feature `all`: 301, more than the limit of 300",
+        );
 
         let mut m = small();
         m.keywords = (0..6).map(|i| format!("k{i}")).collect();
@@ -717,7 +944,7 @@ registry-index = "https://elsewhere.example/index"
         m.description = Some("d".repeat(MAX_DESCRIPTION_LEN + 1));
         refused(&m, "description `ddd");
         m.description = Some("d".repeat(MAX_DESCRIPTION_LEN));
-        assert_eq!(validate(&m, Rules::Publish), Ok(()));
+        assert_eq!(validate(&m, PUBLISH), Ok(()));
 
         let mut m = small();
         m.repository = Some(format!("https://example.com/{}", "r".repeat(MAX_FIELD_LEN)));
@@ -748,7 +975,7 @@ registry-index = "https://elsewhere.example/index"
         );
         assert!(validate(&m, Rules::Add).is_err());
         m.deps[0].target = Some(r#"cfg(target_os="hermit")"#.into());
-        assert_eq!(validate(&m, Rules::Publish), Ok(()));
+        assert_eq!(validate(&m, PUBLISH), Ok(()));
     }
 
     #[test]
@@ -768,7 +995,7 @@ registry-index = "https://elsewhere.example/index"
     fn echoed_values_are_bounded() {
         let mut m = small();
         m.deps = vec![dep(format!("\u{1b}[2J{}", "n".repeat(1 << 20)))];
-        let err = validate(&m, Rules::Publish).unwrap_err();
+        let err = validate(&m, PUBLISH).unwrap_err();
         assert!(err.len() < 400 && !err.contains('\u{1b}'), "{err}");
         let mut m = small();
         m.name = "n".repeat(1 << 20);
@@ -915,7 +1142,7 @@ pub(crate) mod round_trip {
 
         #[test]
         fn valid_metadata_makes_an_index_line_that_parses_back(m in meta()) {
-            if validate(&m, Rules::Publish).and_then(|()| index::check_line_len(&m)).is_err() {
+            if validate(&m, Rules::Publish(PublishCaps::CRATES_IO)).and_then(|()| index::check_line_len(&m)).is_err() {
                 return Ok(());
             }
             let e = index::IndexEntry::from_publish(&m, &"0".repeat(64), index::pubtime_now(), |_| false);

@@ -6,6 +6,7 @@
 //! page files and commits the index line.
 
 pub(super) mod crateinfo;
+pub(super) mod history;
 pub(super) mod metadata;
 pub(super) mod platform;
 pub(super) mod tarball;
@@ -25,7 +26,8 @@ use crate::registry::versions::tombstone;
 use crate::registry::{Change, Context, CrateName, Error, IndexEntry, Registry, Result};
 
 /// How a crate file comes in: the rules it is checked by, the name of the file it was read
-/// from (`add`), and its original publish time when the caller knows it.
+/// from (`add`), and its original publish time when the caller knows it (which decides how
+/// its dependencies are recorded, [`history::Era`]).
 struct Via<'a> {
     rules: metadata::Rules,
     file_name: Option<&'a str>,
@@ -69,9 +71,10 @@ impl Registry {
             || norm(&file_url) == url
     }
 
-    /// Checks a crate file for `palletizer add` (its metadata from its `Cargo.toml`, under
-    /// the rules for crate files another registry took): a file named like a crate file must
-    /// be named for the crate it holds. `pubtime`: its original publish time, when known.
+    /// Checks a crate file for `palletizer add` (its metadata from its `Cargo.toml`, recorded
+    /// as crates.io recorded it at `pubtime`, under the rules for crate files another
+    /// registry took): a file named like a crate file must be named for the crate it holds.
+    /// `pubtime`: its original publish time, when known (else now).
     pub fn check_crate_file(
         &self,
         path: &Path,
@@ -99,7 +102,7 @@ impl Registry {
         tarball: impl Read,
     ) -> Result<CheckedCrate> {
         let via = Via {
-            rules: metadata::Rules::Publish,
+            rules: metadata::Rules::Publish(self.settings.publish_caps()),
             file_name: None,
             pubtime: None,
         };
@@ -116,14 +119,16 @@ impl Registry {
         via: Via<'_>,
     ) -> Result<CheckedCrate> {
         let (tmp, out, inspected) = self.store_upload(tarball)?;
-        let (meta, manifest_readme) = agreed_metadata(meta, &inspected.manifest)?;
+        let pubtime = via.pubtime.unwrap_or_else(index::Pubtime::now);
+        let era = history::Era::at(pubtime.as_str());
+        let (meta, manifest_readme) = agreed_metadata(meta, &inspected.manifest, era)?;
         metadata::validate(&meta, via.rules)
             .and_then(|()| index::check_line_len(&meta))
             .map_err(Error::Invalid)?;
         let name = CrateName::parse(&meta.name)?;
         let top = format!("{}-{}", meta.name, meta.vers);
         check_file_names(&meta, &top, via.file_name, &inspected.top_dir)?;
-        self.check_settings_allow(&meta)?;
+        self.check_settings_allow(&meta, via.rules)?;
         let tmp_path = tmp.0.as_path();
         out.sync_all()
             .context(|| format!("syncing {}", tmp_path.display()))?;
@@ -132,7 +137,6 @@ impl Registry {
         let readme_html = render_readme_of(&meta, manifest_readme.as_deref(), tmp_path, &top);
 
         let version = Version::parse(&meta.vers).map_err(|e| Error::Invalid(e.to_string()))?;
-        let pubtime = via.pubtime.unwrap_or_else(index::Pubtime::now);
         let entry =
             IndexEntry::from_publish(&meta, &inspected.cksum, pubtime.as_str().into(), |u| {
                 self.is_own_index(u)
@@ -184,9 +188,10 @@ impl Registry {
     }
 
     /// What `palletizer.toml` asks of a crate: dependencies only from the registries it
-    /// allows, and (last, so that everything else wrong with a crate is said first) a
-    /// description and a license unless the setting is off.
-    fn check_settings_allow(&self, meta: &PublishMetadata) -> Result<()> {
+    /// allows, and (last, so that everything else wrong with a crate is said first) of a new
+    /// publish a description and a license unless the setting is off; a crate file another
+    /// registry serves may lack them (crates.io serves crates of 2014 that have neither).
+    fn check_settings_allow(&self, meta: &PublishMetadata, rules: metadata::Rules) -> Result<()> {
         for d in &meta.deps {
             if let Some(r) = &d.registry {
                 if !self.is_own_index(r) && !self.settings.allowed_registries.iter().any(|a| a == r)
@@ -201,7 +206,8 @@ impl Registry {
                 }
             }
         }
-        if self.settings.require_description_and_license {
+        let publish = matches!(rules, metadata::Rules::Publish(_));
+        if publish && self.settings.require_description_and_license {
             metadata::require_description_and_license(meta).map_err(Error::Invalid)?;
         }
         Ok(())
@@ -388,18 +394,20 @@ impl Registry {
     }
 }
 
-/// The metadata of a publish: what cargo sent (`meta`), which must name the crate and
-/// version of the crate file's `Cargo.toml`, or (None) what that manifest says. Also returns
-/// the README file the manifest names.
+/// The metadata of a publish: what cargo sent (`meta`, its targets in cargo's spelling),
+/// which must name the crate and version of the crate file's `Cargo.toml`, or (None) what
+/// that manifest says, recorded as crates.io recorded it in `era`. Also returns the README
+/// file the manifest names.
 fn agreed_metadata(
     meta: Option<PublishMetadata>,
     manifest: &str,
+    era: history::Era,
 ) -> Result<(PublishMetadata, Option<String>)> {
-    let from_manifest =
-        PublishMetadata::from_manifest(manifest).map_err(|e| Error::Invalid(e.to_string()))?;
+    let from_manifest = PublishMetadata::from_manifest_in(manifest, era)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     let manifest_readme = from_manifest.readme_file.clone();
     let meta = match meta {
-        Some(m) => {
+        Some(mut m) => {
             if m.name != from_manifest.name || m.vers != from_manifest.vers {
                 return Err(Error::Invalid(format!(
                     "metadata says {} {} but the crate file's Cargo.toml says {} {}",
@@ -409,6 +417,7 @@ fn agreed_metadata(
                     names::shown(&from_manifest.vers)
                 )));
             }
+            m.spell_targets_as_cargo();
             m
         }
         None => from_manifest,

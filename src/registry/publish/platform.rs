@@ -1,10 +1,11 @@
 //! A dependency's `target`: a plain target name (`x86_64-unknown-linux-gnu`) or a
-//! `cfg(...)` expression, written into the index in the one spelling cargo's publish gives it.
+//! `cfg(...)` expression, and the one spelling cargo's publish gives it.
 //!
-//! cargo parses a `[target.'cfg(...)']` key and prints it back when it publishes, so crates.io
-//! holds `cfg(target_os = "hermit")` where the manifest said `cfg(target_os="hermit")`. A crate
-//! file only carries the manifest's spelling; [`normalize`] gives the published one, so that
-//! `palletizer add` writes the line crates.io has. The grammar is cargo's: identifiers
+//! cargo parses a `[target.'cfg(...)']` key and prints it back in its publish JSON, so the
+//! lines crates.io built from that JSON (until October 2023) hold `cfg(target_os = "hermit")`
+//! where the manifest said `cfg(target_os="hermit")`. A crate file only carries the manifest's
+//! spelling; [`normalize`] gives cargo's, so that `palletizer add` of a crate of that time
+//! writes the line crates.io has (see [`super::history`]). The grammar is cargo's: identifiers
 //! (`r#` raw ones too), `key = "value"` with no escapes in the string, `all(..)`, `any(..)`
 //! (a trailing comma allowed) and `not(..)`, tokens separated by spaces only.
 
