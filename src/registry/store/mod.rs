@@ -137,7 +137,10 @@ pub(crate) fn create_dir_all_synced(dir: &Path) -> io::Result<()> {
 }
 
 pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    #[cfg(test)]
+    synced::note(dir);
+    Ok(())
 }
 
 /// A file's previous version, kept under a hard link (which needs no data blocks) while the
@@ -294,4 +297,25 @@ pub(crate) fn walk_files_in(
         }
     }
     Ok(())
+}
+
+/// The folders [`sync_dir`] synced on this thread, for tests that model a power cut: a
+/// file created, renamed or removed is durable only once its folder is synced after.
+#[cfg(test)]
+pub(crate) mod synced {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    thread_local! {
+        static DIRS: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn note(dir: &Path) {
+        DIRS.with(|d| d.borrow_mut().push(dir.to_owned()));
+    }
+
+    /// The folders synced since the last call, oldest first.
+    pub(crate) fn take() -> Vec<PathBuf> {
+        DIRS.with(|d| std::mem::take(&mut *d.borrow_mut()))
+    }
 }

@@ -557,6 +557,90 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
     }
 
+    /// Zeroes the loose objects that are not in `synced` and tears the branch's ref file: what
+    /// a power cut leaves of commits written without syncs.
+    fn tear_unsynced_commits(reg: &Registry, synced: &[(git2::Oid, PathBuf)]) {
+        let repo = git2::Repository::open(reg.index_dir()).unwrap();
+        let mut loose = git::loose_objects_of(&repo).unwrap();
+        loose.retain(|o| !synced.contains(o));
+        for (_, path) in &loose {
+            let mut perms = fs::metadata(path).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            fs::set_permissions(path, perms).unwrap();
+            fs::write(path, b"").unwrap();
+        }
+        fs::write(repo.path().join("refs/heads/master"), b"").unwrap();
+    }
+
+    /// A delete of every version removes the crate's index file: acknowledged before the
+    /// checkpoint, the removal must be durable on its own, or a power cut brings the file
+    /// back and the reopened registry commits it again (and drops the tombstones, which then
+    /// name versions in the index): the delete is undone.
+    #[test]
+    fn a_power_cut_after_a_deferred_delete_keeps_the_crate_deleted() {
+        let (_t, reg) = scratch_registry();
+        publish_deferred(&reg, "gone"); // not deferred yet: synced at once
+        publish_deferred(&reg, "kept");
+        let synced =
+            git::loose_objects_of(&git2::Repository::open(reg.index_dir()).unwrap()).unwrap();
+        reg.defer_checkpoints();
+        let name = CrateName::parse("gone").unwrap();
+        let file = reg
+            .index_dir()
+            .join(crate::registry::index::index_path(&name));
+        let before = fs::read(&file).unwrap();
+        super::super::synced::take();
+        reg.apply(
+            Command::Delete {
+                name: name.clone(),
+                vers: None,
+                release_name: false,
+            },
+            &Actor::cli(),
+        )
+        .unwrap();
+        assert!(!file.exists());
+        // The power cut: a removal whose folder was not synced after it did not happen.
+        let folder = file.parent().unwrap().to_owned();
+        if !super::super::synced::take().contains(&folder) {
+            fs::write(&file, &before).unwrap();
+        }
+        tear_unsynced_commits(&reg, &synced);
+        let root = reg.root().to_owned();
+        drop(reg);
+        let reg = Registry::open(&root).unwrap();
+        assert_eq!(
+            reg.entries(&name).unwrap(),
+            [],
+            "the acknowledged delete was undone"
+        );
+        assert_eq!(head_names(&reg), ["config.json", "kept"]);
+    }
+
+    /// The CLI squashes the history while the server's writer has commits waiting for their
+    /// checkpoint: the squash drops those commits' objects (no longer reachable), and the
+    /// server's next checkpoints must still complete (and empty the journal), not fail on
+    /// objects that are gone for good.
+    #[test]
+    fn a_squash_by_another_process_leaves_the_servers_checkpoints_working() {
+        let (_t, server) = scratch_registry();
+        server.defer_checkpoints();
+        publish_deferred(&server, "one");
+        assert!(server.needs_checkpoint());
+        let cli = Registry::open(server.root()).unwrap();
+        cli.apply(Command::SquashIndex, &Actor::cli()).unwrap();
+        drop(cli);
+        publish_deferred(&server, "two");
+        server.checkpoint().unwrap();
+        assert!(!server.root().join(JOURNAL_FILE).exists());
+        assert!(!server.needs_checkpoint());
+        publish_deferred(&server, "three");
+        server.checkpoint().unwrap();
+        assert!(!server.root().join(JOURNAL_FILE).exists());
+        assert_eq!(head_names(&server), ["config.json", "one", "three", "two"]);
+    }
+
     /// A kill -9 before the checkpoint loses nothing and rewrites no history: the reopened
     /// registry finds every deferred commit whole.
     #[test]
