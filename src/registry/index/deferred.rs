@@ -166,15 +166,21 @@ impl Writer {
         if self.pending.is_empty() {
             return Ok(0);
         }
+        let repo = open(&mut self.repo, dir)?;
+        // An object that is gone was removed under the lock by another process's squash
+        // (it was no longer reachable): nothing is left of it to sync.
+        let odb = repo.odb()?;
         let mut seen = HashSet::new();
         let oids: Vec<Oid> = self
             .pending
             .iter()
             .copied()
-            .filter(|o| seen.insert(*o))
+            .filter(|o| seen.insert(*o) && odb.exists(*o))
             .collect();
-        let repo = self.repo(dir)?;
-        let packed = git::pack_objects(repo, &oids)?;
+        let packed = match oids.is_empty() {
+            true => 0,
+            false => git::pack_objects(repo, &oids)?,
+        };
         git::sync_head_ref(repo)?;
         git::remove_loose_copies(repo, &oids);
         self.pending.clear();
