@@ -272,9 +272,14 @@ fn run_writer(
     rebuild_queued: &std::sync::atomic::AtomicBool,
 ) {
     let mut since_checkpoint = 0usize;
-    let checkpoint = |since: &mut usize| {
+    // When the first change since the last checkpoint was written: a stream of jobs that
+    // keeps the writer from idling (refused publishes, token changes) never puts the
+    // checkpoint off by more than CHECKPOINT_LATEST.
+    let mut first_unsynced: Option<Instant> = None;
+    let checkpoint = |since: &mut usize, first: &mut Option<Instant>| {
         writer.checkpoint();
         *since = 0;
+        *first = None;
         if rebuild_queued.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -289,17 +294,23 @@ fn run_writer(
         });
     };
     loop {
-        let t = match since_checkpoint {
-            0 => writer_rx.recv().ok(),
-            _ => match writer_rx.recv_timeout(CHECKPOINT_IDLE) {
-                Ok(t) => Some(t),
-                Err(RecvTimeoutError::Timeout) => {
-                    checkpoint(&mut since_checkpoint);
-                    continue;
+        let t = match first_unsynced {
+            None => writer_rx.recv().ok(),
+            Some(first) => {
+                let latest = (first + CHECKPOINT_LATEST).saturating_duration_since(Instant::now());
+                match writer_rx.recv_timeout(CHECKPOINT_IDLE.min(latest)) {
+                    Ok(t) => Some(t),
+                    Err(RecvTimeoutError::Timeout) => {
+                        checkpoint(&mut since_checkpoint, &mut first_unsynced);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => None,
                 }
-                Err(RecvTimeoutError::Disconnected) => None,
-            },
+            }
         };
+        if first_unsynced.is_some_and(|f| f.elapsed() >= CHECKPOINT_LATEST) {
+            checkpoint(&mut since_checkpoint, &mut first_unsynced);
+        }
         let Some(events) = t.and_then(|t| writer.answer(t)) else {
             writer.checkpoint();
             break;
@@ -307,8 +318,9 @@ fn run_writer(
         // Maintenance follows from what the write changed, not from the kind of job.
         if events.iter().any(Event::moves_index_head) {
             since_checkpoint += 1;
+            first_unsynced.get_or_insert_with(Instant::now);
             if since_checkpoint >= CHECKPOINT_EVERY {
-                checkpoint(&mut since_checkpoint);
+                checkpoint(&mut since_checkpoint, &mut first_unsynced);
             }
         }
     }
@@ -327,6 +339,8 @@ fn start(name: &str, run: impl FnOnce() + Send + 'static) -> std::io::Result<()>
 /// last checkpoint, and how many changes it writes at most before it does anyway.
 const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_millis(50);
 const CHECKPOINT_EVERY: usize = 64;
+/// The longest a change waits for its checkpoint while jobs keep coming.
+const CHECKPOINT_LATEST: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a worker thread holds.
 struct Worker {

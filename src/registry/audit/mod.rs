@@ -268,15 +268,24 @@ impl Registry {
         }
         let mut log = Log::open(self.root(), self.settings().audit_max_bytes)?;
         let (_, tail) = log.tail(TAIL)?;
+        let mut missing: Vec<&String> = intents
+            .iter()
+            .filter(|line| {
+                let wanted = format!("{line}\n");
+                !tail.windows(wanted.len()).any(|w| w == wanted.as_bytes())
+            })
+            .collect();
+        if !missing.is_empty() {
+            // Further back (later lines pushed them out of the tail, or into the rotated
+            // file): both files, a line at a time. Only after a crash, with a journal left.
+            each_line(self.root(), &mut |l| missing.retain(|m| m.as_bytes() != l))
+                .context(|| format!("reading the audit log in {}", self.root().display()))?;
+        }
         let mut restored = 0;
-        for line in intents {
+        for line in missing {
             let Ok(record) = serde_json::from_str::<AuditRecord>(line) else {
                 continue;
             };
-            let wanted = format!("{line}\n");
-            if tail.windows(wanted.len()).any(|w| w == wanted.as_bytes()) {
-                continue;
-            }
             let settled = self.settle(record.clone());
             log.append(&[record, settled], false)?;
             restored += 1;

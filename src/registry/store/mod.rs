@@ -179,14 +179,20 @@ impl Previous {
         }
     }
 
-    /// Puts the previous version back (or removes the file when there was none).
+    /// Puts the previous version back (or removes the file when there was none), synced:
+    /// a write refused after its file was renamed into place stays refused after a power
+    /// cut.
     pub(crate) fn put_back(self) -> io::Result<()> {
         match self.link {
-            Some(link) => fs::rename(link, &self.path),
+            Some(link) => fs::rename(link, &self.path)?,
             None => match fs::remove_file(&self.path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             },
+        }
+        match self.path.parent() {
+            Some(dir) => sync_dir(dir),
+            None => Ok(()),
         }
     }
 }

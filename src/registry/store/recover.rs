@@ -287,6 +287,8 @@ impl Registry {
                 _ => {}
             }
         }
+        // The search file is renamed into place at each write.
+        sync_dir(&self.root).context(|| format!("syncing {}", self.root.display()))?;
         // Not synced: a journal that comes back after a crash only repeats repairs.
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -440,7 +442,9 @@ impl Journal {
         let (Some(pid), Some(boot)) = (self.writer, &self.boot) else {
             return false;
         };
-        pid != std::process::id() && *boot == boot_id() && running(pid)
+        // Without a boot id to compare (no /proc), a process id alone could be another
+        // boot's: not live.
+        !boot.is_empty() && pid != std::process::id() && *boot == boot_id() && running(pid)
     }
 
     /// This journal, or an empty one when another live process writes it.
@@ -686,6 +690,41 @@ mod tests {
         reg.recover().unwrap();
         let again = fs::read_to_string(reg.root().join("audit.jsonl")).unwrap();
         assert_eq!(again.matches(intent).count(), 1);
+    }
+
+    /// A kill -9 while the journal still names a publish whose audit lines are further back
+    /// in the log than its last 64 KiB (the server's refused writes, a batch a second, came
+    /// after it): the intent is in the log, whole, and must not be written a second time
+    /// (which the opening of the log then settles as a second publish).
+    #[test]
+    fn an_intent_further_back_than_the_tail_is_not_written_twice() {
+        let (_t, reg) = scratch_registry();
+        reg.defer_checkpoints();
+        publish_deferred(&reg, "kept");
+        let journal = fs::read_to_string(reg.root().join(JOURNAL_FILE)).unwrap();
+        let intent = journal.lines().last().unwrap().split_once('\t').unwrap().1;
+        let refusal = crate::registry::WriteRefusal {
+            at: 1_800_000_000,
+            action: "publish",
+            krate: Some("x".repeat(150)),
+            version: Some("1.0.0".to_owned()),
+            token: None,
+            peer: None,
+            reason: "r".repeat(150),
+        };
+        for _ in 0..10 {
+            reg.audit_refusals(&vec![refusal.clone(); 64], 0).unwrap();
+        }
+        let root = reg.root().to_owned();
+        drop(reg);
+        let reg = Registry::open(&root).unwrap();
+        let log = fs::read_to_string(reg.root().join("audit.jsonl")).unwrap();
+        assert!(log.len() > 64 * 1024);
+        assert_eq!(log.matches(intent).count(), 1, "written twice");
+        assert_eq!(
+            log.matches(r#""action":"publish","crate":"kept""#).count(),
+            2
+        );
     }
 
     fn history_reads_all(repo: &git2::Repository) -> bool {
