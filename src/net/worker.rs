@@ -327,12 +327,19 @@ fn run_writer(
 }
 
 /// Starts a worker thread; its stack is reserved at 1 MiB (only what it touches is memory).
+/// Returns once the thread runs: the code a thread's start touches is then behind the
+/// startup's last release of code pages, not resident until the first idle trim.
 fn start(name: &str, run: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    let (ready_tx, ready) = sync_channel::<()>(1);
     std::thread::Builder::new()
         .name(name.into())
         .stack_size(1024 * 1024)
-        .spawn(run)
-        .map(drop)
+        .spawn(move || {
+            let _ = ready_tx.send(());
+            run()
+        })?;
+    let _ = ready.recv();
+    Ok(())
 }
 
 /// How long the writer waits for another job before it syncs the commits written since its
