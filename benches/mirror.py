@@ -2,7 +2,8 @@
 """The crates.io mirror against its upstream, and against kellnr's crates.io proxy:
 `cargo fetch --locked` of one lockfile with a fresh CARGO_HOME, (1) straight from the
 upstream, (2) through a cold mirror (a new registry), (3) through the warm mirror; and the
-server's peak resident set (VmHWM) before and after the cold fetch.
+server's peak resident set (VmHWM) before and after the cold fetch, and the peaks of its
+anonymous and file-backed parts (RssAnon, RssFile) sampled every 10 ms during it.
 
     python3 benches/mirror.py [BIN_DIR] [--kellnr PATH] [--upstream local|crates.io]
                               [--project repo|300] [--rounds N]
@@ -21,6 +22,8 @@ static.crates.io), for palletizer's mirror and kellnr's proxy alike.
 --project (env MIRROR_PROJECT): `repo` is this repository's own lockfile (177 crates.io
 packages); `300` is benches/fetch300.lock (304 packages). The default is `300` with
 --kellnr, else `repo`.
+
+MIRROR_SETTINGS: lines added to palletizer's [mirror] table (e.g. "fetchers = 16").
 
 --rounds (env MIRROR_ROUNDS; default 3 with --kellnr, else 1): each round measures every
 server in turn, the order rotated from round to round; the table gives medians. Writes the
@@ -97,6 +100,27 @@ def serve_upstream(tree, port):
     return srv
 
 
+class Peaks:
+    """The largest RssAnon and RssFile of a process, read from /proc every 10 ms while in
+    the `with`: what its VmHWM was made of."""
+
+    def __init__(self, pid):
+        self.pid, self.anon, self.file, self.done = pid, 0, 0, threading.Event()
+
+    def __enter__(self):
+        def sample():
+            while not self.done.wait(0.01):
+                self.anon = max(self.anon, status(self.pid, "RssAnon"))
+                self.file = max(self.file, status(self.pid, "RssFile"))
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+
 def make_project(work, which):
     proj = os.path.join(work, "project")
     os.makedirs(proj)
@@ -156,7 +180,7 @@ class Palletizer:
         subprocess.run([self.pal, "-r", reg, "init", "--url", f"http://127.0.0.1:{port}", "--access", "open"],
                        check=True, stdout=subprocess.DEVNULL)
         with open(os.path.join(reg, "palletizer.toml"), "a") as f:
-            f.write(f'\n[mirror]\nupstream = "sparse+{self.upstream}"\n')
+            f.write(f'\n[mirror]\nupstream = "sparse+{self.upstream}"\n{os.environ.get("MIRROR_SETTINGS", "")}\n')
         proc = subprocess.Popen([self.pal, "-r", reg, "serve", "--bind", f"127.0.0.1:{port}", "-q"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port, proc)
@@ -220,7 +244,7 @@ def main():
             servers.append(Kellnr(os.path.abspath(args.kellnr), index, dl, api, log))
         direct_index = f"sparse+{index}" if args.upstream == "local" else None
 
-        rows = []  # (label, round, cold, warm, hwm_before, hwm_after, anon, file)
+        rows = []  # (label, round, cold, warm, hwm_before, hwm_after, peak anon, peak file, anon after)
         for r in range(rounds):
             order = ["direct"] + servers
             k = r % len(order)
@@ -228,20 +252,20 @@ def main():
             for s in order:
                 if s == "direct":
                     t = cargo_fetch(work, proj, f"home-direct-{r}", direct_index)
-                    rows.append(("straight from the upstream", r, t, None, None, None, None, None))
+                    rows.append(("straight from the upstream", r, t, None, None, None, None, None, None))
                     print(f"round {r + 1}: straight {t:.2f} s", file=sys.stderr)
                     continue
                 proc, mirror, state = s.start(work, r)
                 try:
                     before = status(proc.pid)
-                    cold = cargo_fetch(work, proj, f"home-cold-{r}", mirror)
-                    after = status(proc.pid)
-                    anon, file_backed = status(proc.pid, "RssAnon"), status(proc.pid, "RssFile")
+                    with Peaks(proc.pid) as peaks:
+                        cold = cargo_fetch(work, proj, f"home-cold-{r}", mirror)
+                    after, anon = status(proc.pid), status(proc.pid, "RssAnon")
                     warm = cargo_fetch(work, proj, f"home-warm-{r}", mirror)
                 finally:
                     stop(proc)
                 shutil.rmtree(state, ignore_errors=True)
-                rows.append((s.label, r, cold, warm, before, after, anon, file_backed))
+                rows.append((s.label, r, cold, warm, before, after, peaks.anon, peaks.file, anon))
                 print(f"round {r + 1}: {s.label} cold {cold:.2f} s, warm {warm:.2f} s, "
                       f"VmHWM {before} -> {after} KiB", file=sys.stderr)
 
@@ -252,10 +276,11 @@ def main():
                  f"{upstream_name}, a fresh CARGO_HOME for each fetch and a new registry (empty cache) "
                  f"for each cold one; " +
                  (f"medians of {rounds} rounds, the order rotated each round\n\n" if rounds > 1 else "one round\n\n") +
-                 "| through | cold s | warm s | VmHWM before cold KiB | VmHWM after cold KiB | then RssAnon KiB | then RssFile KiB |\n"
-                 "|---|---|---|---|---|---|---|\n")
+                 "| through | cold s | warm s | VmHWM before cold KiB | VmHWM after cold KiB "
+                 "| peak RssAnon KiB | peak RssFile KiB | RssAnon after KiB |\n"
+                 "|---|---|---|---|---|---|---|---|\n")
         for label in labels:
-            cols = [fmt(med(label, 2), ".2f"), fmt(med(label, 3), ".2f")] + [fmt(med(label, i), ".0f") for i in range(4, 8)]
+            cols = [fmt(med(label, 2), ".2f"), fmt(med(label, 3), ".2f")] + [fmt(med(label, i), ".0f") for i in range(4, 9)]
             table += f"| {label} | " + " | ".join(cols) + " |\n"
         if rounds > 1:
             table += "\nper round, cold s: " + "; ".join(
@@ -272,7 +297,7 @@ def main():
         os.makedirs(os.path.join(ROOT, "target"), exist_ok=True)
         open(os.path.join(ROOT, "target/bench-mirror.md"), "w").write(table)
         with open(os.path.join(ROOT, "target/bench-mirror.tsv"), "w") as f:
-            f.write("server\tround\tcold_s\twarm_s\thwm_before_kib\thwm_after_kib\trss_anon_kib\trss_file_kib\n")
+            f.write("server\tround\tcold_s\twarm_s\thwm_before_kib\thwm_after_kib\tpeak_rss_anon_kib\tpeak_rss_file_kib\trss_anon_after_kib\n")
             for row in rows:
                 f.write("\t".join("" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row) + "\n")
     finally:
