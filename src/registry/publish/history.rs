@@ -29,7 +29,6 @@
 //! crates.io has deleted since is gone from its lines (the database drops it with the crate:
 //! `winapi 0.2.8` lists 48 dev-dependencies, its line 32), and whether a version is yanked.
 
-use super::metadata::DepKind;
 use super::platform;
 
 /// What crates.io recorded of a publish at a time: see the module docs.
@@ -83,12 +82,9 @@ impl Era {
             .map_or(Era::NoKinds, |&(_, era)| era)
     }
 
-    /// The kind recorded for a dependency of `kind`.
-    pub fn kind(self, kind: DepKind) -> DepKind {
-        match self {
-            Era::NoKinds => DepKind::Normal,
-            _ => kind,
-        }
+    /// Whether every dependency was recorded as `normal` (cargo sent no kinds yet).
+    pub fn records_kinds(self) -> bool {
+        self != Era::NoKinds
     }
 
     /// The target recorded for a manifest's `[target.KEY]` (a key cargo cannot read is kept,
@@ -370,7 +366,7 @@ mod tests {
         assert_eq!(Era::Semver1.target(key), r#"cfg(target_os = "hermit")"#);
         assert_eq!(Era::Manifest.target(key), key);
         assert_eq!(Era::Semver1.target("cfg(unix"), "cfg(unix");
-        assert_eq!(Era::NoKinds.kind(DepKind::Build), DepKind::Normal);
-        assert_eq!(Era::SpacedOps.kind(DepKind::Dev), DepKind::Dev);
+        assert!(!Era::NoKinds.records_kinds());
+        assert!(Era::SpacedOps.records_kinds());
     }
 }

@@ -317,7 +317,11 @@ fn push_deps(
                 .or(d.default_features_legacy)
                 .unwrap_or(true),
             target: target.map(|t| era.target(t)),
-            kind: era.kind(kind),
+            kind: if era.records_kinds() {
+                kind
+            } else {
+                DepKind::Normal
+            },
             registry: Some(
                 d.registry_index
                     .unwrap_or_else(|| CRATES_IO_INDEX.to_owned()),

@@ -535,16 +535,9 @@ mod tests {
         let mut loose = git::loose_objects_of(&repo).unwrap();
         loose.retain(|o| !synced.contains(o));
         assert!(loose.len() >= 8, "two commits' objects: {loose:?}");
-        // Only what was written since the last sync is torn.
-        for (_, path) in &loose {
-            let mut perms = fs::metadata(path).unwrap().permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perms.set_readonly(false);
-            fs::set_permissions(path, perms).unwrap();
-            fs::write(path, b"").unwrap();
-        }
-        fs::write(repo.path().join("refs/heads/master"), b"").unwrap();
         drop(repo);
+        // Only what was written since the last sync is torn.
+        tear_unsynced_commits(&reg, &synced);
         let root = reg.root().to_owned();
         drop(reg);
         let reg = Registry::open(&root).unwrap();
