@@ -6,9 +6,8 @@
 #
 #   benches/publish-syscalls.sh [PATH/TO/palletizer-server]     (needs strace, python3, curl)
 #
-# PUB_N: publishes; PUB_MAX_FSYNC (default 8) and PUB_MAX_OPEN (default 90, what the write
-# path takes now; the aim is 30, which needs the commit's objects written without libgit2's
-# loose-object store, see docs/performance.md): the budgets per
+# PUB_N: publishes; PUB_MAX_FSYNC (default 8) and PUB_MAX_OPEN (default 60, what the write
+# path takes now; the aim is 30, see docs/performance.md): the budgets per
 # publish; PUB_CLI: the `palletizer` that makes the registry (default: beside the server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +15,7 @@ SRV=${1:-target/release/palletizer-server}
 CLI=${PUB_CLI:-$(dirname "$SRV")/palletizer}
 N=${PUB_N:-20}
 MAX_FSYNC=${PUB_MAX_FSYNC:-8}
-MAX_OPEN=${PUB_MAX_OPEN:-90}
+MAX_OPEN=${PUB_MAX_OPEN:-60}
 for tool in strace python3 curl; do
   command -v "$tool" >/dev/null || { echo "error: $tool is needed" >&2; exit 1; }
 done

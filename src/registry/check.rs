@@ -233,8 +233,12 @@ pub fn check(reg: &Registry) -> Result<Vec<Problem>> {
         for path in git::dirty_paths(reg.index_dir())? {
             problems.push(Problem::Uncommitted { path });
         }
-        for path in git::staged(reg.index_dir())? {
-            problems.push(Problem::Staged { path });
+        // Commits leave git's index file behind HEAD until the next checkpoint, which puts
+        // it back in step: staged paths tell of a failed commit only once none waits.
+        if reg.read_journal()?.is_empty() {
+            for path in git::staged(reg.index_dir())? {
+                problems.push(Problem::Staged { path });
+            }
         }
     } else {
         problems.push(Problem::BrokenGitIndex);

@@ -23,12 +23,14 @@ use std::path::Path;
 
 use git2::{Oid, Repository};
 
-use super::git;
+use super::{git, objects};
 
 /// The writer's open repository and what it committed since the last checkpoint.
 #[derive(Default)]
 pub struct Writer {
     repo: Option<Repository>,
+    /// The trees the last commit wrote, which the next one starts from.
+    trees: objects::Trees,
     pending: Vec<Oid>,
     /// The journal's length after this writer's last append (0 after a checkpoint), and
     /// whether it holds lines another process (or registry handle) wrote, whose commits
@@ -112,8 +114,9 @@ impl Writer {
     ) -> Result<bool, git2::Error> {
         let result = self.commit_unsynced(dir, paths, message);
         if result.is_err() {
-            // Whatever libgit2 keeps of a failed write (a full disk) is not trusted.
+            // Whatever was kept of a failed write (a full disk) is not trusted.
             self.repo = None;
+            self.trees = objects::Trees::default();
         }
         result
     }
@@ -125,58 +128,52 @@ impl Writer {
         message: &str,
     ) -> Result<bool, git2::Error> {
         let repo = open(&mut self.repo, dir)?;
-        let _unsynced = Unsynced::new();
-        let before = repo.head()?.target();
-        let mut index = git::head_index(repo)?;
-        for p in paths {
-            if dir.join(p).exists() {
-                index.add_path(Path::new(p))?;
-            } else {
-                index.remove_path(Path::new(p))?;
-            }
-        }
-        let Some(commit) = git::commit_index(repo, &mut index, message)? else {
-            return Ok(false);
+        let git = repo.path().to_owned();
+        let branch = git::head_branch(repo);
+        // The branch as its loose ref file says (one read); libgit2 when it is packed.
+        let before = match objects::read_loose_ref(&git, &branch) {
+            Some(oid) => Some(oid),
+            None => repo.head().ok().and_then(|h| h.target()),
         };
-        let commit = repo.find_commit(commit)?;
-        let mut written = vec![commit.id()];
-        let tree = commit.tree()?;
-        written.push(tree.id());
+        let root = match before {
+            Some(oid) => Some(repo.find_commit(oid)?.tree_id()),
+            None => None,
+        };
+        let mut written = Vec::new();
+        let mut changes = Vec::with_capacity(paths.len());
         for p in paths {
-            // Each folder of the path and the file itself (a removed file has none).
-            let mut at = String::new();
-            for part in p.split('/') {
-                if !at.is_empty() {
-                    at.push('/');
+            let blob = match fs::read(dir.join(p)) {
+                Ok(data) => {
+                    let blob = objects::blob(data)?;
+                    let oid = blob.oid;
+                    written.push(blob);
+                    Some(oid)
                 }
-                at.push_str(part);
-                match tree.get_path(Path::new(&at)) {
-                    Ok(entry) => written.push(entry.id()),
-                    Err(_) => break,
-                }
-            }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_error(&format!("reading {p}"), e)),
+            };
+            changes.push(objects::Change { path: p, blob });
         }
-        // libgit2 1.9 can report an object write on a full disk as done, and only the
-        // commit itself is checked for that (`git::commit_index`): each object is read
-        // back from the disk before the commit counts. One that does not read back takes
-        // the branch back to where it was.
-        let odb = repo.odb()?;
-        if let Some(missing) = written.iter().find(|o| odb.read(**o).is_err()) {
-            let cause = git2::Error::last_error(-1);
-            if let Some(before) = before {
-                let branch = git::head_branch(repo);
-                repo.reference(&branch, before, true, "palletizer: commit not written")?;
-            }
-            return Err(git2::Error::new(
-                git2::ErrorCode::GenericError,
-                git2::ErrorClass::Odb,
-                format!(
-                    "the commit's object {missing} was not written: {}",
-                    cause.message()
-                ),
-            ));
+        let tree = self.trees.edit(repo, root, &changes, &mut written)?;
+        let tree = match tree {
+            Some(t) => t,
+            // Git stores no empty trees but the root's.
+            None => objects::empty_tree(&mut written)?,
+        };
+        if Some(tree) == root {
+            return Ok(false);
         }
-        self.pending.extend(written);
+        let commit = objects::commit(tree, before, message)?;
+        let commit_oid = commit.oid;
+        written.push(commit);
+        let objects_dir = git.join("objects");
+        for object in &written {
+            objects::write_loose(&objects_dir, object)
+                .map_err(|e| io_error(&format!("writing the object {}", object.oid), e))?;
+        }
+        objects::write_ref(&git, &branch, commit_oid)
+            .map_err(|e| io_error(&format!("writing {branch}"), e))?;
+        self.pending.extend(written.iter().map(|o| o.oid));
         Ok(true)
     }
 
@@ -205,6 +202,12 @@ impl Writer {
         git::sync_head_ref(repo)?;
         git::remove_loose_copies(repo, &oids);
         self.pending.clear();
+        // Git's index file, a cache the commits do not keep, is put back in step with HEAD
+        // for `git status` in the folder (unsynced: nothing depends on it).
+        let _unsynced = Unsynced::new();
+        if let Err(e) = git::reset_to_head(repo) {
+            error!("warning: refreshing git's index file: {e}");
+        }
         Ok(packed)
     }
 }
@@ -316,4 +319,12 @@ fn history_reads(repo: &Repository, base: Option<Oid>) -> Result<bool, git2::Err
         }
     }
     Ok(true)
+}
+
+fn io_error(what: &str, e: std::io::Error) -> git2::Error {
+    git2::Error::new(
+        git2::ErrorCode::GenericError,
+        git2::ErrorClass::Os,
+        format!("{what}: {e}"),
+    )
 }

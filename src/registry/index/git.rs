@@ -18,7 +18,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use git2::{IndexAddOption, Repository, Signature, Status, StatusOptions};
+use git2::{IndexAddOption, Repository, Signature};
 
 use crate::registry::names::canonical;
 use crate::registry::store::{is_temp_name, walk_files_in};
@@ -150,7 +150,7 @@ pub fn index_readable(dir: &Path) -> Result<bool, git2::Error> {
 }
 
 /// Puts git's index back to HEAD's tree (the working tree is left alone).
-fn reset_to_head(repo: &Repository) -> Result<(), git2::Error> {
+pub(super) fn reset_to_head(repo: &Repository) -> Result<(), git2::Error> {
     let tree = repo.head()?.peel_to_tree()?;
     let mut index = repo.index()?;
     index.read_tree(&tree)?;
@@ -218,16 +218,18 @@ fn staged_paths(repo: &Repository) -> Result<Vec<String>, git2::Error> {
     let head = repo.head()?.peel_to_tree()?;
     let index = repo.index()?;
     let diff = repo.diff_tree_to_index(Some(&head), Some(&index), None)?;
-    Ok(diff
-        .deltas()
-        .filter_map(|d| {
-            d.new_file()
-                .path()
-                .or(d.old_file().path())
-                .and_then(|p| p.to_str())
-                .map(str::to_owned)
-        })
-        .collect())
+    Ok(delta_paths(&diff).collect())
+}
+
+/// The path of each file a diff names (the new one's, else the old one's).
+fn delta_paths<'a>(diff: &'a git2::Diff<'_>) -> impl Iterator<Item = String> + 'a {
+    diff.deltas().filter_map(|d| {
+        d.new_file()
+            .path()
+            .or(d.old_file().path())
+            .and_then(|p| p.to_str())
+            .map(str::to_owned)
+    })
 }
 
 /// [`staged_paths`] for `check`.
@@ -340,18 +342,21 @@ pub(super) fn commit_index(
     Ok(Some(oid))
 }
 
-/// Paths in the working tree that differ from the last commit (temp files excluded).
+/// Paths in the working tree that differ from the last commit (temp files excluded),
+/// compared with HEAD's tree itself: git's index file is only a cache, which commits do not
+/// keep current (see [`super::objects`]).
 pub fn dirty_paths(dir: &Path) -> Result<Vec<String>, git2::Error> {
     let repo = Repository::open(dir)?;
-    let mut opts = StatusOptions::new();
+    let head = repo.head()?.peel_to_tree()?;
+    let mut opts = git2::DiffOptions::new();
     opts.include_untracked(true).recurse_untracked_dirs(true);
-    let statuses = repo.statuses(Some(&mut opts))?;
-    Ok(statuses
-        .iter()
-        .filter(|s| s.status() != Status::CURRENT && !s.status().contains(Status::IGNORED))
-        .filter_map(|s| s.path().ok().map(str::to_owned))
+    let diff = repo.diff_tree_to_workdir(Some(&head), Some(&mut opts))?;
+    let mut out: Vec<String> = delta_paths(&diff)
         .filter(|p| !p.rsplit('/').next().is_some_and(is_temp_name))
-        .collect())
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// Loose objects past which [`maintain`] packs them: a commit adds about five, so this is a

@@ -442,26 +442,11 @@ mod tests {
                 3 => files.remove(&name),
                 _ => files.insert(name, "v0".to_owned()),
             };
-            let mut index = git2::Index::new().unwrap();
-            for (path, text) in &files {
-                let blob = repo.blob(text.as_bytes()).unwrap();
-                let entry = git2::IndexEntry {
-                    ctime: git2::IndexTime::new(0, 0),
-                    mtime: git2::IndexTime::new(0, 0),
-                    dev: 0,
-                    ino: 0,
-                    mode: 0o100644,
-                    uid: 0,
-                    gid: 0,
-                    file_size: 0,
-                    id: blob,
-                    flags: 0,
-                    flags_extended: 0,
-                    path: path.as_bytes().to_vec(),
-                };
-                index.add(&entry).unwrap();
-            }
-            let tree = repo.find_tree(index.write_tree_to(&repo).unwrap()).unwrap();
+            let tree = crate::registry::index::objects::tree_of_files(
+                &repo,
+                files.iter().map(|(p, t)| (p.as_str(), t.as_bytes())),
+            );
+            let tree = repo.find_tree(tree).unwrap();
             let parents: Vec<git2::Commit<'_>> = match commits.last() {
                 Some(p) if i != 30 => vec![repo.find_commit(*p).unwrap()],
                 _ => vec![],

@@ -17,6 +17,7 @@ pub(super) mod deferred;
 mod files;
 pub(super) mod git;
 mod gitpack;
+mod objects;
 pub(super) mod search;
 
 use std::collections::{BTreeMap, BTreeSet};
