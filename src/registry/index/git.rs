@@ -648,7 +648,61 @@ fn write_pack(
     fs::File::open(&pack_dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_error("syncing objects/pack", e))?;
+    if let Err(e) = verify_pack(repo, &stem, objects) {
+        // Not left for readers to consult before the loose objects: index first, as
+        // `remove_packs_except` does.
+        for ext in ["idx", "pack"] {
+            let _ = fs::remove_file(pack_dir.join(format!("{stem}.{ext}")));
+        }
+        return Err(e);
+    }
     Ok((objects, stem))
+}
+
+/// Reads back every object of the new pack `stem` from the pack alone, before anything is
+/// removed because it is in there: libgit2 1.9 can report a write on a full disk as done
+/// (see `commit_index`), and a pack that does not read back must not replace the loose
+/// objects or packs it copies. The pack is looked at through hard links in a folder of its
+/// own (no data blocks), where no loose object can answer for it.
+fn verify_pack(repo: &Repository, stem: &str, objects: usize) -> Result<(), git2::Error> {
+    let pack_dir = repo.path().join("objects/pack");
+    let alone = repo
+        .path()
+        .join(format!("objects/verify-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&alone);
+    let checked = (|| {
+        fs::create_dir_all(alone.join("pack")).map_err(|e| io_error("creating a folder", e))?;
+        for ext in ["pack", "idx"] {
+            let name = format!("{stem}.{ext}");
+            fs::hard_link(pack_dir.join(&name), alone.join("pack").join(&name))
+                .map_err(|e| io_error(&format!("linking {name}"), e))?;
+        }
+        let idx = fs::read(pack_dir.join(format!("{stem}.idx")))
+            .map_err(|e| io_error("reading the new pack's index", e))?;
+        let ids: Vec<git2::Oid> = pack_index_ids(&idx)
+            .ok_or_else(|| git2::Error::from_str("the new pack's index cannot be read"))?
+            .collect();
+        if ids.len() != objects {
+            return Err(git2::Error::from_str(&format!(
+                "the new pack holds {} objects, not {objects}",
+                ids.len()
+            )));
+        }
+        let odb = git2::Odb::new()?;
+        odb.add_disk_alternate(
+            alone
+                .to_str()
+                .ok_or_else(|| git2::Error::from_str("the repository's path is not UTF-8"))?,
+        )?;
+        for id in ids {
+            // libgit2 checks each object's hash as it reads it.
+            odb.read(id)?;
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&alone);
+    checked
+        .map_err(|e| git2::Error::from_str(&format!("the new pack {stem} does not read back: {e}")))
 }
 
 /// Every loose object file: `objects/xx/yyyy...`.
@@ -778,6 +832,55 @@ mod tests {
         assert!(text.contains("bare = false"), "the rest is kept: {text}");
         fs::write(dir.path().join("config.json"), "{\"a\":1}").unwrap();
         assert!(commit_paths(dir.path(), &["config.json"], "after").unwrap());
+    }
+
+    /// A pack that does not read back whole (a write a full disk cut short, which libgit2
+    /// may report as done) is refused and taken away; the loose objects stay.
+    #[test]
+    fn a_pack_that_does_not_read_back_is_refused_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "{}").unwrap();
+        let repo = Repository::open(dir.path()).unwrap();
+        let loose = loose_objects(&repo).unwrap();
+        let oids: Vec<git2::Oid> = loose.iter().map(|(o, _)| *o).collect();
+        let mut pb = repo.packbuilder().unwrap();
+        for o in &oids {
+            pb.insert_object(*o, None).unwrap();
+        }
+        let (_, stem) = write_pack(&repo, &mut pb).unwrap();
+        let pack = repo.path().join(format!("objects/pack/{stem}.pack"));
+        // Truncated in the middle of its objects: the index still lists them.
+        let len = fs::metadata(&pack).unwrap().len();
+        let mut perms = fs::metadata(&pack).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        fs::set_permissions(&pack, perms).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&pack)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let err = verify_pack(&repo, &stem, oids.len()).unwrap_err();
+        assert!(err.message().contains("does not read back"), "{err}");
+        assert!(!repo
+            .path()
+            .join(format!("objects/verify-{}", std::process::id()))
+            .exists());
+        // Whole again, it reads back.
+        let mut pb = repo.packbuilder().unwrap();
+        for o in &oids {
+            pb.insert_object(*o, None).unwrap();
+        }
+        fs::remove_file(&pack).unwrap();
+        fs::remove_file(repo.path().join(format!("objects/pack/{stem}.idx"))).unwrap();
+        let (n, again) = write_pack(&repo, &mut pb).unwrap();
+        assert_eq!((n, &again), (oids.len(), &stem));
+        assert_eq!(
+            loose_objects(&repo).unwrap().len(),
+            loose.len(),
+            "loose ones untouched"
+        );
     }
 
     #[test]
