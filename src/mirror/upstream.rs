@@ -32,6 +32,58 @@ pub enum IndexAnswer {
     Missing,
 }
 
+/// Host name lookups kept for [`LOOKUP_KEPT`]: ureq looks the host up for every request,
+/// a reused connection's too, and a cold fetch of 300 crates asked the resolver 1,152
+/// times for 6 connections, each lookup a chance of the resolver's 5 s retry.
+#[derive(Debug, Default)]
+struct KeptLookups<R = ureq::unversioned::resolver::DefaultResolver> {
+    inner: R,
+    kept: std::sync::Mutex<
+        Vec<(
+            String,
+            std::time::Instant,
+            ureq::unversioned::resolver::ResolvedSocketAddrs,
+        )>,
+    >,
+}
+
+/// How long a lookup is kept, and for how many hosts at most (the upstream, its crate
+/// file host, a proxy).
+const LOOKUP_KEPT: Duration = Duration::from_secs(60);
+const LOOKUP_HOSTS: usize = 8;
+
+impl<R: ureq::unversioned::resolver::Resolver> ureq::unversioned::resolver::Resolver
+    for KeptLookups<R>
+{
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+        let now = std::time::Instant::now();
+        {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.retain(|(_, at, _)| now.duration_since(*at) < LOOKUP_KEPT);
+            if let Some((_, _, addrs)) = kept.iter().find(|(k, _, _)| *k == key) {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= LOOKUP_HOSTS {
+            kept.remove(0);
+        }
+        kept.push((key, now, addrs.clone()));
+        Ok(addrs)
+    }
+}
+
 /// The upstream's client.
 #[derive(Clone)]
 pub struct Upstream {
@@ -103,8 +155,13 @@ impl Upstream {
             let proxy = ureq::Proxy::new(p).map_err(|e| format!("[mirror] proxy `{p}`: {e}"))?;
             config = config.proxy(Some(proxy));
         }
+        let agent = ureq::Agent::with_parts(
+            config.build(),
+            ureq::unversioned::transport::DefaultConnector::default(),
+            KeptLookups::<ureq::unversioned::resolver::DefaultResolver>::default(),
+        );
         Ok(Upstream {
-            agent: config.build().new_agent(),
+            agent,
             base,
             timeout,
         })
@@ -228,5 +285,60 @@ fn failure(url: &str, e: ureq::Error) -> Failure {
     Failure {
         detail: format!("{url}: {e}"),
         timeout,
+    }
+}
+
+#[cfg(test)]
+mod lookup_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+
+    /// Answers 127.0.0.1 and counts the lookups.
+    #[derive(Debug, Default)]
+    struct Counting(AtomicUsize);
+
+    impl Resolver for Counting {
+        fn resolve(
+            &self,
+            _: &ureq::http::Uri,
+            _: &ureq::config::Config,
+            _: ureq::unversioned::transport::NextTimeout,
+        ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            let mut addrs = self.empty();
+            addrs.push("127.0.0.1:443".parse().unwrap());
+            Ok(addrs)
+        }
+    }
+
+    #[test]
+    fn a_host_is_looked_up_once_for_many_requests() {
+        let kept = KeptLookups::<Counting>::default();
+        let config = ureq::config::Config::default();
+        let timeout = || ureq::unversioned::transport::NextTimeout {
+            after: ureq::unversioned::transport::time::Duration::from_secs(5),
+            reason: ureq::Timeout::Resolve,
+            per_read: None,
+            per_write: None,
+        };
+        let index: ureq::http::Uri = "https://index.crates.io/se/rd/serde".parse().unwrap();
+        let other: ureq::http::Uri = "https://index.crates.io/to/ki/tokio".parse().unwrap();
+        let files: ureq::http::Uri = "https://static.crates.io/crates/serde".parse().unwrap();
+        for uri in [&index, &other, &index, &other] {
+            let addrs = kept.resolve(uri, &config, timeout()).unwrap();
+            assert_eq!(addrs.len(), 1);
+        }
+        assert_eq!(
+            kept.inner.0.load(Ordering::Relaxed),
+            1,
+            "one host, one lookup"
+        );
+        kept.resolve(&files, &config, timeout()).unwrap();
+        assert_eq!(
+            kept.inner.0.load(Ordering::Relaxed),
+            2,
+            "another host, its own"
+        );
     }
 }
