@@ -126,6 +126,7 @@ impl Writer {
     ) -> Result<bool, git2::Error> {
         let repo = open(&mut self.repo, dir)?;
         let _unsynced = Unsynced::new();
+        let before = repo.head()?.target();
         let mut index = git::head_index(repo)?;
         for p in paths {
             if dir.join(p).exists() {
@@ -154,6 +155,26 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+        }
+        // libgit2 1.9 can report an object write on a full disk as done, and only the
+        // commit itself is checked for that (`git::commit_index`): each object is read
+        // back from the disk before the commit counts. One that does not read back takes
+        // the branch back to where it was.
+        let odb = repo.odb()?;
+        if let Some(missing) = written.iter().find(|o| odb.read(**o).is_err()) {
+            let cause = git2::Error::last_error(-1);
+            if let Some(before) = before {
+                let branch = git::head_branch(repo);
+                repo.reference(&branch, before, true, "palletizer: commit not written")?;
+            }
+            return Err(git2::Error::new(
+                git2::ErrorCode::GenericError,
+                git2::ErrorClass::Odb,
+                format!(
+                    "the commit's object {missing} was not written: {}",
+                    cause.message()
+                ),
+            ));
         }
         self.pending.extend(written);
         Ok(true)
