@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What one publish costs the server in system calls: fsync/fdatasync, openat, rename and
+# What one publish costs the server in system calls: fsync/fdatasync/syncfs, openat, rename and
 # mkdir per publish, counted with `strace -f -c` over N sequential publishes (default 20)
 # into a registry that already holds 300 crates. Fails (exit 1) when a count passes its
 # budget, so a change that adds work to the write path shows up here.
@@ -47,7 +47,7 @@ printf 'registry = "%s"\n[[listener]]\nbind = "127.0.0.1:%s"\n' "$work/run" "$po
 # measure N OUT: a fresh copy of the registry, the server under strace, N publishes.
 measure() {
   rm -rf "$work/run"; cp -a "$work/reg" "$work/run"
-  strace -f -c -o "$2" -e trace=fsync,fdatasync,openat,rename,renameat,renameat2,mkdir,mkdirat \
+  strace -f -c -o "$2" -e trace=fsync,fdatasync,syncfs,openat,rename,renameat,renameat2,mkdir,mkdirat \
     "$SRV" "$work/server.toml" -q &
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/index/config.json" && break; sleep 0.05; done
   python3 - "$work/pub" "$port" "$1" <<'PY'
@@ -84,7 +84,7 @@ def counts(path):
 calls, start = counts(path), counts(base)
 group = lambda *names: sum(calls.get(k, 0) - start.get(k, 0) for k in names)
 per = {
-    "fsync": group("fsync", "fdatasync") / n,
+    "fsync": group("fsync", "fdatasync", "syncfs") / n,
     "openat": group("openat") / n,
     "rename": group("rename", "renameat", "renameat2") / n,
     "mkdir": group("mkdir", "mkdirat") / n,

@@ -574,10 +574,20 @@ fn publish_checked(
         }
         507 => {
             assert!(text.contains("disk is full"), "{text}");
-            assert!(
-                visible_state(reg) == before,
-                "{name}: a refused publish left a trace"
-            );
+            let after = visible_state(reg);
+            if after != before {
+                let changed: Vec<_> = after
+                    .0
+                    .iter()
+                    .filter(|f| !before.0.contains(f))
+                    .chain(before.0.iter().filter(|f| !after.0.contains(f)))
+                    .map(|f| f.0.display().to_string())
+                    .collect();
+                panic!(
+                    "{name}: a refused publish left a trace: {changed:?}, HEAD {} then {}",
+                    before.1, after.1
+                );
+            }
             false
         }
         other => panic!("{name}: {other} {text}"),

@@ -558,6 +558,13 @@ impl AuthFile {
         Ok(user)
     }
 
+    /// Whether the crate has owners recorded.
+    pub(crate) fn has_owners(&self, krate: &str) -> bool {
+        self.owners
+            .get(&canonical(krate))
+            .is_some_and(|o| !o.is_empty())
+    }
+
     /// Forgets a crate's recorded owners (a name given up). Returns them.
     pub(crate) fn forget_owners(&mut self, krate: &str) -> Vec<String> {
         self.owners.remove(&canonical(krate)).unwrap_or_default()

@@ -10,7 +10,7 @@ use crate::registry::index::{self, git, gitpack, search, Found, GitError, Search
 use crate::registry::names::{self, Version};
 use crate::registry::publish::tarball;
 use crate::registry::store::{
-    create_private, is_temp_name, sync_dir, temp_path, walk_files, write_atomic, Previous,
+    create_private, is_temp_name, temp_path, walk_files, write_unsynced, Previous,
 };
 use crate::registry::{Context, CrateName, Error, IndexEntry, PublishMetadata, Registry, Result};
 
@@ -206,14 +206,12 @@ impl Registry {
         let result = (|| {
             if entries.is_empty() {
                 if previous.existed() {
+                    // Not synced: the journal line holds the removal until the checkpoint.
                     fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
-                    // The removal is what the answer promises (its commit waits for the
-                    // checkpoint): durable only once the folder is synced.
-                    let dir = path.parent().expect("index files have a folder");
-                    sync_dir(dir).context(|| format!("syncing {}", dir.display()))?;
                 }
             } else {
-                write_atomic(&path, index::render_file(entries).as_bytes())?;
+                // Not synced: the journal line holds these bytes until the checkpoint.
+                write_unsynced(&path, index::render_file(entries).as_bytes())?;
             }
             self.git_writer()
                 .commit_paths(&self.index_dir, &[&rel], message)?;

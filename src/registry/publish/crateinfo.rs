@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::store::write_synced_in_place;
+use crate::registry::store::{write_synced_in_place, write_unsynced};
 use crate::registry::{IndexEntry, PublishMetadata, Registry, Result};
 
 /// Markdown bytes rendered at most; a longer README is cut (at a character boundary).
@@ -189,12 +189,22 @@ pub fn readme_from_crate(
 
 /// Stores the page files of the version whose crate file is `crate_path`. Without a
 /// README, a stale rendered one (a version deleted and published again) is removed.
-/// Each file is synced; the folder is not: the caller syncs it once with the crate file.
-pub fn store(crate_path: &Path, info: &CrateInfo, readme_html: Option<&str>) -> Result<()> {
-    let json = serde_json::to_vec(info).expect("crate info serializes");
-    write_synced_in_place(&info_path(crate_path), &json)?;
+/// Writes the page files of a crate file (`info`: its [`CrateInfo`] as JSON). Each file is
+/// synced when `synced`; the folder is not: the caller syncs it once with the crate file.
+/// Unsynced, the journal line of the publish holds them until the checkpoint.
+pub fn store(
+    crate_path: &Path,
+    info: &[u8],
+    readme_html: Option<&str>,
+    synced: bool,
+) -> Result<()> {
+    let write = |path: &Path, bytes: &[u8]| match synced {
+        true => write_synced_in_place(path, bytes),
+        false => write_unsynced(path, bytes),
+    };
+    write(&info_path(crate_path), info)?;
     match readme_html {
-        Some(html) => write_synced_in_place(&readme_path(crate_path), html.as_bytes()),
+        Some(html) => write(&readme_path(crate_path), html.as_bytes()),
         None => {
             let _ = std::fs::remove_file(readme_path(crate_path));
             Ok(())

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::registry::auth::{self, AuthError, NameState};
 use crate::registry::index::{self, search};
 use crate::registry::names::{self, Version};
-use crate::registry::store::{create_dir_all_synced, sync_dir, temp_path, TempFile};
+use crate::registry::store::{create_dir_all_synced, sync_dir, temp_path, Needs, Redo, TempFile};
 use crate::registry::versions::tombstone;
 use crate::registry::{Change, Context, CrateName, Error, IndexEntry, Registry, Result};
 
@@ -130,8 +130,11 @@ impl Registry {
         check_file_names(&meta, &top, via.file_name, &inspected.top_dir)?;
         self.check_settings_allow(&meta, via.rules)?;
         let tmp_path = tmp.0.as_path();
-        out.sync_all()
-            .context(|| format!("syncing {}", tmp_path.display()))?;
+        // A crate file small enough for the journal line is made durable by that line.
+        if out.metadata().map_or(true, |m| m.len() > REDO_MAX_CRATE) {
+            out.sync_all()
+                .context(|| format!("syncing {}", tmp_path.display()))?;
+        }
         drop(out);
         // Rendered here, before the lock: the crate page only reads the result.
         let readme_html = render_readme_of(&meta, manifest_readme.as_deref(), tmp_path, &top);
@@ -247,13 +250,44 @@ impl Registry {
         let mut entries = self.entries(&name)?;
         self.check_version_free(&meta, &version, &entries)?;
         let new_crate = entries.is_empty();
-        self.journal(&name)?;
+        entries.push((*entry).clone());
+        // The journal line holds what this publish leaves: with it synced, the files are
+        // written without syncs (a crate file too large for the line is synced itself).
+        let dest = self.crate_path(&name, &version);
+        let info = serde_json::to_vec(&crateinfo::CrateInfo::from_meta(&meta))
+            .expect("crate info serializes");
+        let size = fs::metadata(&tmp.0)
+            .context(|| format!("reading {}", tmp.0.display()))?
+            .len();
+        let in_journal = size <= REDO_MAX_CRATE;
+        let mut redo = Redo::default();
+        if in_journal {
+            let bytes = fs::read(&tmp.0).context(|| format!("reading {}", tmp.0.display()))?;
+            redo.write(&dest, bytes);
+        }
+        let [info_path, readme_path] = crateinfo::sidecars(&dest);
+        redo.write(&info_path, info.clone());
+        match &readme_html {
+            Some(html) => redo.write(&readme_path, html.clone().into_bytes()),
+            None => redo.remove(&readme_path),
+        }
+        let index_file = self.index_dir.join(index::index_path(&name));
+        redo.write(&index_file, index::render_file(&entries).into_bytes());
+        if first_owner.is_some() {
+            redo.needs(Needs::Owner);
+        }
+        let mark = self.journal(&name, &redo)?;
         // The owner goes in first, kept to be put back: a publish that fails takes it along,
         // and the journal's repair drops it after a crash (see `drop_unpublished_owners`).
-        let previous_owners = access.map(auth::Edit::save_keeping).transpose()?.flatten();
-        let placed = self.place(&tmp.0, &name, &version, &meta, readme_html.as_deref());
+        let previous_owners = match access.map(auth::Edit::save_keeping).transpose() {
+            Ok(p) => p.flatten(),
+            Err(e) => {
+                self.journal_cancel(mark);
+                return Err(e);
+            }
+        };
+        let placed = self.place(&tmp.0, &dest, &info, readme_html.as_deref(), !in_journal);
         let committed = placed.and_then(|dest| {
-            entries.push((*entry).clone());
             let message = format!("Add {} {}", meta.name, meta.vers);
             self.write_index_file(&name, &entries, &message)
                 .inspect_err(|_| self.unplace(&dest))
@@ -262,6 +296,7 @@ impl Registry {
             if let Some(previous) = previous_owners {
                 let _ = previous.put_back();
             }
+            self.journal_cancel(mark);
             return Err(e.into());
         }
         if let Some(previous) = previous_owners {
@@ -319,34 +354,39 @@ impl Registry {
         Ok(())
     }
 
-    /// Moves a journaled crate's file into place with its page files (lock held). Returns
-    /// where the crate file went.
+    /// Moves a journaled crate's file into place with its page files (lock held): synced
+    /// when `synced` (a crate file too large for the journal line), else left for the
+    /// checkpoint. Returns where the crate file went.
     fn place(
         &self,
         tmp: &Path,
-        name: &CrateName,
-        version: &Version,
-        meta: &PublishMetadata,
+        dest: &Path,
+        info: &[u8],
         readme_html: Option<&str>,
+        synced: bool,
     ) -> Result<PathBuf> {
-        let dest = self.crate_path(name, version);
         let dest_dir = dest.parent().expect("crate paths have a parent");
         // The page files go in with the crate file, before the commit: a publish that is
         // answered 200 has them, and one that fails (or is killed) takes them along (the
         // journal's repair moves leftovers aside like the crate file).
-        let info = crateinfo::CrateInfo::from_meta(meta);
         let placed = (|| {
-            create_dir_all_synced(dest_dir)
-                .context(|| format!("creating {}", dest_dir.display()))?;
-            crateinfo::store(&dest, &info, readme_html)?;
-            fs::rename(tmp, &dest)
-                .context(|| format!("moving crate file to {}", dest.display()))?;
-            sync_dir(dest_dir).context(|| format!("syncing {}", dest_dir.display()))
+            if synced {
+                create_dir_all_synced(dest_dir)
+            } else {
+                fs::create_dir_all(dest_dir)
+            }
+            .context(|| format!("creating {}", dest_dir.display()))?;
+            crateinfo::store(dest, info, readme_html, synced)?;
+            fs::rename(tmp, dest).context(|| format!("moving crate file to {}", dest.display()))?;
+            match synced {
+                true => sync_dir(dest_dir).context(|| format!("syncing {}", dest_dir.display())),
+                false => Ok(()),
+            }
         })();
         match placed {
-            Ok(()) => Ok(dest),
+            Ok(()) => Ok(dest.to_owned()),
             Err(e) => {
-                self.unplace(&dest);
+                self.unplace(dest);
                 Err(e)
             }
         }
@@ -393,6 +433,10 @@ impl Registry {
         Ok(())
     }
 }
+
+/// The largest crate file a publish's journal line carries (written there in hex): larger
+/// ones are synced on their own before the line.
+const REDO_MAX_CRATE: u64 = 256 * 1024;
 
 /// The metadata of a publish: what cargo sent (`meta`, its targets in cargo's spelling),
 /// which must name the crate and version of the crate file's `Cargo.toml`, or (None) what

@@ -9,6 +9,8 @@
 
 mod recover;
 
+pub(super) use recover::{Needs, Redo};
+
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -133,6 +135,36 @@ pub(crate) fn create_dir_all_synced(dir: &Path) -> io::Result<()> {
     match dir.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
         _ => Ok(()),
+    }
+}
+
+/// Writes `bytes` to `path` through a temp file and a rename, without syncs: for the files
+/// of a journaled write, whose journal line holds the bytes until the checkpoint syncs them
+/// (see [`recover`]).
+pub(crate) fn write_unsynced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("registry paths have a parent");
+    fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+    let tmp = temp_path(dir, "write");
+    let result = (|| {
+        let mut f = File::options().write(true).create_new(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.context(|| format!("writing {}", path.display()))
+}
+
+/// Syncs the whole file system `dir` is on (`syncfs`): what a checkpoint makes durable in
+/// one call instead of one fsync per file and folder.
+pub(super) fn sync_file_system(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir)?;
+    // SAFETY: syncfs on a descriptor this function owns.
+    match unsafe { libc::syncfs(d.as_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 

@@ -21,6 +21,10 @@ impl Registry {
         // its own to finish.
         let journal = self.read_journal()?.unless_live();
         if !journal.is_empty() {
+            let n = self.redo(&journal)?;
+            if n > 0 {
+                done.push(format!("wrote {n} file(s) again from the journal"));
+            }
             // Commits after the last checkpoint were written without syncs: after a power
             // cut some may be torn (see `index::deferred`).
             let found = deferred::verify_since(&self.index_dir, journal.base)?;
@@ -163,22 +167,29 @@ impl Registry {
         }
     }
 
-    /// Notes in the journal that `name` is about to change, synced (lock held): the journal
-    /// keeps every crate changed since the last checkpoint (see [`Registry::checkpoint`]),
-    /// and the first line after one names the commit HEAD was then at, which the checkpoint
-    /// synced. A line carries the running command's audit intent too: the audit log's lines
-    /// of a journaled write are synced at the checkpoint, and recovery writes back those a
-    /// crash lost (see [`Registry::restore_intents`]).
-    pub(in crate::registry) fn journal(&self, name: &str) -> Result<()> {
+    /// Notes in the journal that `name` is about to change, with what the change will
+    /// leave in the files it writes (`redo`), synced (lock held). This line is what makes
+    /// the change durable: the files themselves are written without syncs and reach the
+    /// disk at the next checkpoint (see [`Registry::checkpoint`]); recovery after a crash
+    /// writes them again from the journal. The first line after a checkpoint names the
+    /// commit HEAD was then at, which the checkpoint synced. A line carries the running
+    /// command's audit intent too: the audit log's lines of a journaled write are synced at
+    /// the checkpoint, and recovery writes back those a crash lost (see
+    /// [`Registry::restore_intents`]). Returns the journal's length before the line, for
+    /// [`Registry::journal_cancel`].
+    pub(in crate::registry) fn journal(&self, name: &str, redo: &Redo) -> Result<u64> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.root.join(JOURNAL_FILE);
-        let mut file = fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&path)
-            .context(|| format!("opening {}", path.display()))?;
+        let open = || {
+            fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&path)
+                .context(|| format!("opening {}", path.display()))
+        };
+        let mut file = open()?;
         let mut len = file
             .metadata()
             .context(|| format!("reading {}", path.display()))?
@@ -186,13 +197,8 @@ impl Registry {
         if len > 0 && !self.git_writer().knows_journal(len) && !self.read_journal()?.is_live() {
             // Left by a process that is gone (a killed `palletizer` command): finished
             // first, as its own next open would.
-            self.checkpoint_locked()?;
-            file = fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(&path)
-                .context(|| format!("opening {}", path.display()))?;
+            self.finish_dead_journal()?;
+            file = open()?;
             len = 0;
         }
         let mut line = String::new();
@@ -202,11 +208,14 @@ impl Registry {
                 line.push_str(&format!("{BASE_PREFIX}{head} {pid} {boot}\n"));
             }
         }
-        line.push_str(name);
-        if let Some(intent) = self.intent_note.lock().expect("intent note").as_deref() {
-            line.push('\t');
-            line.push_str(intent);
-        }
+        let intent = self.intent_note.lock().expect("intent note").clone();
+        let record = Record {
+            krate: name.to_owned(),
+            intent,
+            redo: redo.to_lines(&self.root),
+            needs: redo.needs.clone(),
+        };
+        line.push_str(&serde_json::to_string(&record).expect("journal records serialize"));
         line.push('\n');
         let written = file
             .write_all(line.as_bytes())
@@ -219,7 +228,99 @@ impl Registry {
         if len == 0 {
             sync_dir(&self.root).context(|| format!("syncing {}", self.root.display()))?;
         }
-        Ok(())
+        Ok(len)
+    }
+
+    /// Takes back the journal line written at `mark` by [`Registry::journal`]: its change
+    /// failed and was undone, and recovery must not redo it.
+    pub(in crate::registry) fn journal_cancel(&self, mark: u64) {
+        let path = self.root.join(JOURNAL_FILE);
+        if mark == 0 {
+            // The line was the journal's first: no journal at all, as before it.
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    error!("warning: taking back the journal line of a failed write: {e}");
+                }
+                _ => self.git_writer().journal_emptied(),
+            }
+            return;
+        }
+        let cut = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(mark).and_then(|()| f.sync_data()));
+        if let Err(e) = cut {
+            error!("warning: taking back the journal line of a failed write: {e}");
+            return;
+        }
+        self.git_writer().journaled(mark, mark);
+    }
+
+    /// A journal a process that is gone left (lock held): its writes are redone, its crates
+    /// repaired, and everything made durable.
+    fn finish_dead_journal(&self) -> Result<()> {
+        let journal = self.read_journal()?;
+        self.redo(&journal)?;
+        self.checkpoint_locked()
+    }
+
+    /// Writes every file the journal's records name as they left it, synced, where the file
+    /// on disk differs (lock held). Returns how many were written or removed.
+    fn redo(&self, journal: &Journal) -> Result<usize> {
+        let met: Vec<bool> = journal
+            .needs
+            .iter()
+            .map(|(name, needs)| self.written_before(name, needs.as_ref()))
+            .collect::<Result<_>>()?;
+        let mut last: std::collections::BTreeMap<&str, Option<&[u8]>> = Default::default();
+        for (path, bytes, record) in &journal.redo {
+            if met[*record] {
+                last.insert(path, bytes.as_deref());
+            }
+        }
+        let mut n = 0;
+        for (rel, bytes) in last {
+            let path = self.root.join(rel);
+            let now = match fs::read(&path) {
+                Ok(b) => Some(b),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e).context(|| format!("reading {}", path.display())),
+            };
+            if now.as_deref() == bytes {
+                continue;
+            }
+            match bytes {
+                Some(b) => write_atomic(&path, b)?,
+                None => {
+                    fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
+                    if let Some(dir) = path.parent() {
+                        sync_dir(dir).context(|| format!("syncing {}", dir.display()))?;
+                    }
+                }
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Whether what a journal record `needs` is on disk: when not, its change was cut short
+    /// right after its line, before it wrote anything the line redoes (lock held).
+    fn written_before(&self, name: &CrateName, needs: Option<&Needs>) -> Result<bool> {
+        match needs {
+            None => Ok(true),
+            // Access control data that cannot be read is left for its own error to tell;
+            // the change is redone (an acknowledged one must never be lost).
+            Some(Needs::Owner) => {
+                Ok(auth::Edit::open(self).map_or(true, |e| e.data.has_owners(name)))
+            }
+            Some(Needs::Tombstones(versions)) => {
+                let (stones, _) = tombstone::read(&self.root)?;
+                Ok(versions.iter().all(|v| {
+                    crate::registry::Version::parse(v)
+                        .map_or(true, |v| stones.iter().any(|t| t.covers(name, &v)))
+                }))
+            }
+        }
     }
 
     /// The writer's repository and the commits it has not synced yet.
@@ -268,27 +369,20 @@ impl Registry {
             // Lines of another process's (or handle's) writes, which may have been cut
             // short (a killed command): each crate is repaired, whatever is loose goes.
             drop(writer);
-            self.repair_journaled(&self.read_journal()?)?;
+            let journal = self.read_journal()?;
+            self.redo(&journal)?;
+            self.repair_journaled(&journal)?;
             git::pack_all_loose(&self.index_dir)?;
             git::sync_head_ref_of(&self.index_dir)?;
             writer = self.git_writer();
         }
         writer.sync(&self.index_dir)?;
-        // The search file, and the audit log's lines of the journaled writes (their intents
-        // have a synced copy in the journal until now).
-        for file in [
-            search::path(&self.root),
-            self.root.join(crate::registry::AUDIT_FILE),
-        ] {
-            match fs::File::open(&file).and_then(|f| f.sync_data()) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(e).context(|| format!("syncing {}", file.display()))
-                }
-                _ => {}
-            }
+        // Every file the journaled writes wrote without syncs (crate files, page files,
+        // index files and their folders), the search file and the audit log: one sync of
+        // each file system they are on.
+        for dir in [&self.root, &self.crates_dir, &self.index_dir] {
+            super::sync_file_system(dir).context(|| format!("syncing {}", dir.display()))?;
         }
-        // The search file is renamed into place at each write.
-        sync_dir(&self.root).context(|| format!("syncing {}", self.root.display()))?;
         // Not synced: a journal that comes back after a crash only repeats repairs.
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -377,6 +471,11 @@ pub(in crate::registry) struct Journal {
     base: Option<git2::Oid>,
     /// The audit intents of the lines, in order.
     intents: Vec<String>,
+    /// The files the records leave, in order (a later one wins): path from the root, bytes
+    /// or `None` for removed, and the record's index in `needs`.
+    redo: Vec<(String, Option<Vec<u8>>, usize)>,
+    /// Each record's crate and what it needs written before its files count.
+    needs: Vec<(CrateName, Option<Needs>)>,
     /// The process that wrote it, and the boot it ran in.
     writer: Option<u32>,
     boot: Option<String>,
@@ -393,6 +492,91 @@ fn running(pid: u32) -> bool {
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, Some('Z' | 'X') | None)
+}
+
+/// One journal line (see [`Registry::journal`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    #[serde(rename = "crate")]
+    krate: String,
+    intent: Option<String>,
+    /// Path from the registry root, and the bytes in hex (`None`: removed).
+    redo: Vec<(String, Option<String>)>,
+    /// What the change writes itself, synced, after this line and before its other files:
+    /// without it, the change was cut short before it wrote anything else, and is not redone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    needs: Option<Needs>,
+}
+
+/// What a journaled change writes (synced) before the files its line redoes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(in crate::registry) enum Needs {
+    /// The crate's first owner, in the access control file (a first publish).
+    Owner,
+    /// The tombstones of these versions of the crate (a delete).
+    Tombstones(Vec<String>),
+}
+
+/// What a journaled write leaves in the files it writes without syncs.
+#[derive(Debug, Default)]
+pub(in crate::registry) struct Redo {
+    files: Vec<(PathBuf, Option<Vec<u8>>)>,
+    needs: Option<Needs>,
+}
+
+impl Redo {
+    /// The change writes `needs` (synced) after its journal line, before these files.
+    pub(in crate::registry) fn needs(&mut self, needs: Needs) {
+        self.needs = Some(needs);
+    }
+
+    /// `path` will hold `bytes`.
+    pub(in crate::registry) fn write(&mut self, path: &Path, bytes: Vec<u8>) {
+        self.files.push((path.to_owned(), Some(bytes)));
+    }
+
+    /// `path` will be gone.
+    pub(in crate::registry) fn remove(&mut self, path: &Path) {
+        self.files.push((path.to_owned(), None));
+    }
+
+    fn to_lines(&self, root: &Path) -> Vec<(String, Option<String>)> {
+        self.files
+            .iter()
+            .filter_map(|(p, b)| {
+                let rel = p.strip_prefix(root).ok()?.to_str()?.to_owned();
+                Some((rel, b.as_deref().map(to_hex)))
+            })
+            .collect()
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A path inside the registry: relative, no `..`.
+fn safe_relative(path: &str) -> bool {
+    let p = Path::new(path);
+    p.is_relative()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 /// This boot of the machine (a process id names one process only within a boot).
@@ -414,6 +598,34 @@ impl Journal {
                     j.base = parts.next().and_then(|o| git2::Oid::from_str(o).ok());
                     j.writer = parts.next().and_then(|p| p.parse().ok());
                     j.boot = parts.next().map(str::to_owned);
+                }
+                continue;
+            }
+            if line.starts_with('{') {
+                // A torn last line (its write never completed, nor its answer) is skipped.
+                let Ok(r) = serde_json::from_str::<Record>(line) else {
+                    continue;
+                };
+                let Ok(name) = CrateName::parse(&r.krate) else {
+                    continue;
+                };
+                if !j.names.contains(&name) {
+                    j.names.push(name.clone());
+                }
+                j.intents.extend(r.intent);
+                let record = j.needs.len();
+                j.needs.push((name, r.needs));
+                for (path, hex) in r.redo {
+                    let bytes = match hex {
+                        Some(h) => match from_hex(&h) {
+                            Some(b) => Some(b),
+                            None => continue,
+                        },
+                        None => None,
+                    };
+                    if safe_relative(&path) {
+                        j.redo.push((path, bytes, record));
+                    }
                 }
                 continue;
             }
@@ -502,10 +714,20 @@ mod tests {
         let journal = reg.root().join(JOURNAL_FILE);
         let text = fs::read_to_string(&journal).unwrap();
         assert!(text.starts_with(BASE_PREFIX), "{text}");
-        assert!(
-            text.contains("alpha\t{") && text.contains("gamma\t{"),
-            "{text}"
-        );
+        let records: Vec<Record> = text
+            .lines()
+            .skip(1)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let names: Vec<&str> = records.iter().map(|r| r.krate.as_str()).collect();
+        assert_eq!(names, ["alpha", "beta", "gamma"]);
+        for r in &records {
+            assert!(r.intent.as_deref().unwrap().contains("\"started\""));
+            // The crate file, its page file, no README, the index file.
+            let paths: Vec<&str> = r.redo.iter().map(|(p, _)| p.as_str()).collect();
+            assert_eq!(paths.len(), 4, "{paths:?}");
+            assert!(paths[0].ends_with("-1.0.0.crate") && paths[3].starts_with("index/"));
+        }
         assert!(reg.needs_checkpoint());
         assert!(
             loose_count(&reg) > before,
@@ -517,6 +739,54 @@ mod tests {
         assert_eq!(loose_count(&reg), before, "every deferred object is packed");
         assert_eq!(head_names(&reg), ["alpha", "beta", "config.json", "gamma"]);
         assert!(git::history_is_linear(reg.index_dir()).unwrap());
+    }
+
+    /// A journal line is written before the change's own synced writes (a delete's
+    /// tombstones, a first publish's owner): a change killed in between wrote nothing its
+    /// line redoes, and recovery leaves its crate as it was, while a line that needs
+    /// nothing (a yank) is redone.
+    #[test]
+    fn a_change_cut_short_before_its_own_writes_is_not_redone() {
+        let (_t, reg) = scratch_registry();
+        for name in ["cut", "yanked"] {
+            publish_deferred(&reg, name);
+        }
+        let index_dir = reg.index_dir().to_owned();
+        let path = |n: &str| {
+            let n = CrateName::parse(n).unwrap();
+            index_dir.join(crate::registry::index::index_path(&n))
+        };
+        let before = fs::read(path("cut")).unwrap();
+        let mut entries = reg.entries(&CrateName::parse("yanked").unwrap()).unwrap();
+        entries[0].yanked = true;
+        let yanked = crate::registry::index::render_file(&entries);
+        {
+            let _lock = reg.lock().unwrap();
+            let mut delete = Redo::default();
+            delete.remove(&path("cut"));
+            delete.needs(Needs::Tombstones(vec!["1.0.0".to_owned()]));
+            reg.journal("cut", &delete).unwrap();
+            let mut yank = Redo::default();
+            yank.write(&path("yanked"), yanked.clone().into_bytes());
+            reg.journal("yanked", &yank).unwrap();
+        }
+        let root = reg.root().to_owned();
+        drop(reg);
+        let reg = Registry::open(&root).unwrap();
+        assert_eq!(fs::read(path("cut")).unwrap(), before, "not deleted");
+        assert_eq!(
+            fs::read_to_string(path("yanked")).unwrap(),
+            yanked,
+            "yanked"
+        );
+        assert!(reg
+            .crate_path(
+                &CrateName::parse("cut").unwrap(),
+                &crate::registry::Version::parse("1.0.0").unwrap()
+            )
+            .exists());
+        assert!(!root.join(JOURNAL_FILE).exists());
+        assert_eq!(reg.check().unwrap(), Vec::new());
     }
 
     /// A power cut before the checkpoint: the loose objects of the deferred commits come
@@ -538,9 +808,35 @@ mod tests {
         drop(repo);
         // Only what was written since the last sync is torn.
         tear_unsynced_commits(&reg, &synced);
+        // The files the publishes wrote without syncs never reached the disk either: the
+        // index files, crate files and page files come back from the journal.
+        let files = |reg: &Registry| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+            let mut out = Vec::new();
+            for name in ["one", "two"] {
+                let n = CrateName::parse(name).unwrap();
+                let v = crate::registry::Version::parse("1.0.0").unwrap();
+                let krate = reg.crate_path(&n, &v);
+                let [info, _] = crateinfo::sidecars(&krate);
+                let index = reg.index_dir().join(crate::registry::index::index_path(&n));
+                for p in [krate, info, index] {
+                    let bytes = fs::read(&p).unwrap();
+                    out.push((p, bytes));
+                }
+            }
+            out
+        };
+        let written = files(&reg);
+        for (p, _) in &written {
+            fs::remove_file(p).unwrap();
+        }
         let root = reg.root().to_owned();
         drop(reg);
         let reg = Registry::open(&root).unwrap();
+        assert_eq!(
+            files(&reg),
+            written,
+            "rewritten byte for byte from the journal"
+        );
         assert_eq!(head_names(&reg), ["base", "config.json", "one", "two"]);
         assert!(!root.join(JOURNAL_FILE).exists());
         let repo = git2::Repository::open(reg.index_dir()).unwrap();
@@ -695,7 +991,8 @@ mod tests {
         reg.defer_checkpoints();
         publish_deferred(&reg, "kept");
         let journal = fs::read_to_string(reg.root().join(JOURNAL_FILE)).unwrap();
-        let intent = journal.lines().last().unwrap().split_once('\t').unwrap().1;
+        let record: Record = serde_json::from_str(journal.lines().last().unwrap()).unwrap();
+        let intent = record.intent.as_deref().unwrap();
         let refusal = crate::registry::WriteRefusal {
             at: 1_800_000_000,
             action: "publish",

@@ -11,6 +11,7 @@ use crate::registry::auth::{self, AuthError, NameState};
 use crate::registry::index;
 use crate::registry::names::Version;
 use crate::registry::publish::crateinfo;
+use crate::registry::store::{Needs, Redo};
 use crate::registry::{Change, Context, CrateName, Error, IndexEntry, Registry, Result};
 
 impl Registry {
@@ -50,8 +51,11 @@ impl Registry {
         entries[i].yanked = yanked;
         let verb = if yanked { "Yank" } else { "Unyank" };
         let message = format!("{verb} {} {}", entries[i].name, entries[i].vers);
-        self.journal(name)?;
-        self.write_index_file(name, &entries, &message)?;
+        let mark = self.journal(name, &self.index_redo(name, &entries))?;
+        if let Err(e) = self.write_index_file(name, &entries, &message) {
+            self.journal_cancel(mark);
+            return Err(e.into());
+        }
         self.update_search(name, &entries, None);
         let (name, vers) = (entries[i].name.clone(), entries[i].vers.clone());
         changes.push(if yanked {
@@ -104,10 +108,28 @@ impl Registry {
             false => None,
         };
         // Journaled by the real spelling: the crate files live under it.
-        self.journal(&real)?;
+        let mut redo = self.index_redo(name, &kept);
+        for e in &removed {
+            let crate_path = self.entry_crate_path(e)?;
+            for p in crateinfo::sidecars(&crate_path) {
+                redo.remove(&p);
+            }
+            redo.remove(&crate_path);
+        }
+        redo.needs(Needs::Tombstones(
+            removed.iter().map(|e| e.vers.clone()).collect(),
+        ));
+        let mark = self.journal(&real, &redo)?;
         let now = index::Pubtime::now();
-        let previous = tombstone::add(&self.root, &removed, now.as_str(), release_name)?;
+        let previous = match tombstone::add(&self.root, &removed, now.as_str(), release_name) {
+            Ok(p) => p,
+            Err(e) => {
+                self.journal_cancel(mark);
+                return Err(e.into());
+            }
+        };
         if let Err(e) = self.write_index_file(name, &kept, &message) {
+            self.journal_cancel(mark);
             // Not deleted after all: no tombstones. If they cannot be taken back, the
             // journal's repair drops them (they name versions in the index), now rather
             // than after a crash.
@@ -136,6 +158,17 @@ impl Registry {
             });
         }
         Ok(removed.into_iter().map(|e| e.vers).collect())
+    }
+
+    /// What a journaled write of `name`'s index file leaves: `entries` rendered, or no file.
+    fn index_redo(&self, name: &CrateName, entries: &[IndexEntry]) -> Redo {
+        let mut redo = Redo::default();
+        let path = self.index_dir.join(index::index_path(name));
+        match entries.is_empty() {
+            true => redo.remove(&path),
+            false => redo.write(&path, index::render_file(entries).into_bytes()),
+        }
+        redo
     }
 
     /// Removes deleted versions' crate files and page files (lock held, index committed).
