@@ -115,6 +115,19 @@ impl Default for AuthFile {
 /// index repository would contain it: recovery commits whatever is in the index's tree.
 pub(super) fn auth_path(root: &Path, settings: &Settings) -> Result<PathBuf, AuthError> {
     let index = root.join(&settings.index_dir);
+    // A plain folder below the root (the usual `index`, no link on the way) cannot hold the
+    // root: told with one `lstat` a part, not two path resolutions on every read.
+    let rel = Path::new(&settings.index_dir);
+    let mut at = root.to_owned();
+    let plain = rel.is_relative()
+        && rel.components().all(|c| {
+            at.push(c);
+            matches!(c, std::path::Component::Normal(_))
+                && fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir())
+        });
+    if plain {
+        return Ok(root.join(AUTH_FILE));
+    }
     if let (Ok(index), Ok(root)) = (index.canonicalize(), root.canonicalize()) {
         if root.starts_with(&index) {
             return Err(AuthError::Invalid(format!(
@@ -148,7 +161,8 @@ pub(super) fn read_stamped(path: &Path) -> Result<Option<(String, FileStamp)>, A
             msg: format!("larger than {MAX_AUTH_FILE} bytes"),
         });
     }
-    let mut text = String::new();
+    // Sized from the start: one read for the whole file, not a dozen growing ones.
+    let mut text = String::with_capacity(meta.len() as usize + 1);
     (&mut f)
         .take(MAX_AUTH_FILE + 1)
         .read_to_string(&mut text)

@@ -833,3 +833,31 @@ fn the_view_names_owners_as_the_file_does() {
     assert_eq!(names(&v, "bar"), file("bar"));
     assert!(names(&v, "bar").is_empty());
 }
+
+#[test]
+fn the_access_file_is_never_placed_inside_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs::create_dir_all(root.join("index/sub")).unwrap();
+    let with = |index_dir: &str| Settings {
+        index_dir: index_dir.into(),
+        ..Settings::default()
+    };
+    // A plain folder below the root: the file is at the root.
+    for plain in ["index", "index/sub", "missing"] {
+        assert_eq!(
+            file::auth_path(root, &with(plain)).unwrap(),
+            root.join(AUTH_FILE)
+        );
+    }
+    // The root itself, or a folder that holds it, is refused; so is a link back to the root.
+    std::os::unix::fs::symlink(root, root.join("loop")).unwrap();
+    let outer = root.parent().unwrap().to_str().unwrap().to_owned();
+    for holder in [".", "..", "loop", outer.as_str()] {
+        let err = file::auth_path(root, &with(holder)).unwrap_err();
+        assert!(
+            err.to_string().contains("contains the registry root"),
+            "{holder}: {err}"
+        );
+    }
+}
