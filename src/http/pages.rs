@@ -499,12 +499,13 @@ fn home(reg: &Registry, ctx: &Ctx) -> Response {
 /// The [`NEWEST`] crates published last (from the index's history: a few commit reads,
 /// whatever the registry's size), and the number of crates (one pass over `search.jsonl`).
 /// The home page's list, kept between requests on the thread that renders pages: it is
-/// worked out again only when `search.jsonl` changed (every publish, yank and delete rewrites
-/// it), so a home page view costs a `stat` instead of a read of every crate's search line
-/// and a walk of the history.
+/// worked out again only when the search files changed (every publish, yank and delete
+/// appends to them), so a home page view costs two `stat`s instead of a read of every
+/// crate's search line and a walk of the history.
 type Newest = (Vec<SearchLine>, usize);
-/// Which `search.jsonl` a kept list was made from: device, inode, size, modification time.
-type SearchFileId = (u64, u64, u64, i64, i64);
+/// Which search files a kept list was made from: device, inode, size, modification time of
+/// each (`None`: missing).
+type SearchFileId = [Option<(u64, u64, u64, i64, i64)>; 2];
 
 thread_local! {
     static NEWEST_SEEN: std::cell::RefCell<Option<(SearchFileId, Newest)>> =
@@ -513,9 +514,14 @@ thread_local! {
 
 fn newest_crates(reg: &Registry) -> crate::registry::Result<Newest> {
     use std::os::unix::fs::MetadataExt;
-    let key = std::fs::metadata(reg.search_path())
-        .ok()
-        .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()));
+    let key = reg.search_paths().map(|p| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    });
+    // The sorted file is there once the registry holds a crate and checkpointed; before,
+    // nothing is kept.
+    let key = key[0].is_some().then_some(key);
     if let Some(key) = key {
         let kept = NEWEST_SEEN.with_borrow(|seen| {
             seen.as_ref()

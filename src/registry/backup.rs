@@ -54,10 +54,11 @@ const MAX_LONG_NAME: u64 = MAX_PATH as u64 + 1;
 /// Zero blocks allowed after the end of the archive (tar writers pad their last record).
 const MAX_PADDING: u64 = 1 << 20;
 /// The registry's own top-level names: nothing else is read from a backup.
-const TOP_FILES: [&str; 4] = [
+const TOP_FILES: [&str; 5] = [
     SETTINGS_FILE,
     super::auth::AUTH_FILE,
     search::SEARCH_FILE,
+    search::TAIL_FILE,
     super::versions::tombstone::TOMBSTONE_FILE,
 ];
 const INDEX: &str = "index";

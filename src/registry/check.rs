@@ -281,14 +281,10 @@ fn search_problems(
     crates: &BTreeMap<String, Vec<IndexEntry>>,
 ) -> Result<Vec<Problem>> {
     let mut lines = BTreeMap::new();
-    let file = search::path(reg.root());
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        for l in text.lines() {
-            if let Ok(line) = serde_json::from_str::<search::SearchLine>(l) {
-                lines.insert(canonical(&line.name), line);
-            }
-        }
-    }
+    // What cannot be read counts as missing.
+    let _ = reg.for_each_search_line(|line| {
+        lines.insert(canonical(&line.name), line);
+    });
     let mut out = Vec::new();
     for (key, entries) in crates {
         let agrees = lines.remove(key).is_some_and(|l| {
@@ -342,5 +338,8 @@ pub fn repair(reg: &Registry, problems: &[Problem]) -> Result<Vec<String>> {
             _ => {}
         }
     }
+    // The rebuilt lines go into the sorted file: a repaired registry is left as a
+    // checkpoint leaves it.
+    search::compact(reg.root())?;
     Ok(done)
 }

@@ -47,13 +47,10 @@ impl Registry {
     /// old lines that can still be read and are current, else read from the crate files.
     pub(crate) fn rebuild_search(&self) -> Result<usize> {
         let mut old = std::collections::HashMap::new();
-        if let Ok(bytes) = fs::read(search::path(&self.root)) {
-            for l in String::from_utf8_lossy(&bytes).lines() {
-                if let Ok(line) = serde_json::from_str::<SearchLine>(l) {
-                    old.insert(names::canonical(&line.name), line);
-                }
-            }
-        }
+        // Lines that cannot be read (a torn file, the reason for a rebuild) are left out.
+        let _ = search::for_each_line(&self.root, |line| {
+            old.insert(names::canonical(&line.name), line);
+        });
         let mut lines = Vec::new();
         for (_, path) in self.index_files()? {
             let text =
@@ -262,10 +259,10 @@ impl Registry {
         search::search_page(&self.root, query, skip, per_page)
     }
 
-    /// Where `search.jsonl` is: a reader that keeps what it made from it checks whether the
-    /// file changed.
-    pub fn search_path(&self) -> PathBuf {
-        search::path(&self.root)
+    /// Where the search files are (`search.jsonl` and the changes since): a reader that
+    /// keeps what it made from them checks whether they changed.
+    pub fn search_paths(&self) -> [PathBuf; 2] {
+        [search::path(&self.root), search::tail_path(&self.root)]
     }
 
     /// Calls `f` with every readable line of `search.jsonl`, streaming (damaged lines are

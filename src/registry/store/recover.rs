@@ -57,7 +57,7 @@ impl Registry {
             done.push("committed uncommitted index changes".to_owned());
         }
         // Missing, or emptied by a power cut before the checkpoint that syncs it.
-        let no_search_lines = fs::metadata(search::path(&self.root)).map_or(true, |m| m.len() == 0);
+        let no_search_lines = search::is_empty(&self.root);
         if !search::is_sound(&self.root)? || (no_search_lines && self.has_crates()?) {
             let n = self.rebuild_search()?;
             done.push(format!("rebuilt search.jsonl ({n} crates)"));
@@ -377,6 +377,12 @@ impl Registry {
             writer = self.git_writer();
         }
         writer.sync(&self.index_dir)?;
+        // The search changes appended since the last checkpoint go into the sorted file
+        // (synced with the rest below). Were that to fail, searches still read them where
+        // they are.
+        if let Err(e) = search::compact(&self.root) {
+            error!("warning: folding the search changes into search.jsonl: {e}");
+        }
         // Every file the journaled writes wrote without syncs (crate files, page files,
         // index files and their folders), the search file and the audit log: one sync of
         // each file system they are on.
