@@ -220,6 +220,7 @@ fn open<'a>(slot: &'a mut Option<Repository>, dir: &Path) -> Result<&'a Reposito
         let _unsynced = Unsynced::new();
         let repo = Repository::open(dir)?;
         repo.odb()?;
+        super::objects::fan_out(&repo.path().join("objects"));
         let _ = repo.head();
         *slot = Some(repo);
     }

@@ -294,6 +294,35 @@ pub(super) fn write_loose(objects: &Path, object: &Object) -> io::Result<()> {
     result
 }
 
+/// Makes the 256 fan-out folders of the object folder `objects` that are missing. A new
+/// repository has none, and each first object of a prefix would cost a publish a folder
+/// creation (on a file system slow to create, as much as the object's own file); git's own
+/// tools keep working with them there, empty or not. Errors are left to the writes.
+pub(super) fn fan_out(objects: &Path) {
+    let Ok(dir) = fs::read_dir(objects) else {
+        return;
+    };
+    let mut have = [false; 256];
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let lower_hex = |n: &&str| {
+            n.len() == 2
+                && n.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if let Some(i) = name
+            .to_str()
+            .filter(lower_hex)
+            .and_then(|n| u8::from_str_radix(n, 16).ok())
+        {
+            have[usize::from(i)] = true;
+        }
+    }
+    for (i, _) in have.iter().enumerate().filter(|(_, h)| !**h) {
+        let _ = fs::create_dir(objects.join(format!("{i:02x}")));
+    }
+}
+
 /// Points the loose ref `name` (e.g. `refs/heads/master`) of the git folder `git` at `oid`:
 /// its lock file, as libgit2 and git name it (so a stale one is swept), renamed over it.
 /// Not synced. Fails when the lock file exists: another writer is at it.
@@ -357,6 +386,25 @@ pub(super) fn tree_of_files<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fan_out_folders_are_made_once_and_objects_land_in_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let objects = repo.path().join("objects");
+        fs::create_dir(objects.join("AB")).unwrap();
+        fan_out(&objects);
+        for i in 0..=255u8 {
+            assert!(objects.join(format!("{i:02x}")).is_dir(), "{i:02x}");
+        }
+        let blob = blob(b"hello\n".to_vec()).unwrap();
+        write_loose(&objects, &blob).unwrap();
+        assert_eq!(repo.find_blob(blob.oid).unwrap().content(), b"hello\n");
+        // Nothing else was made: 256 folders, `info`, `pack` and the upper-case stranger.
+        assert_eq!(fs::read_dir(&objects).unwrap().count(), 259);
+        fan_out(&objects);
+        assert_eq!(fs::read_dir(&objects).unwrap().count(), 259);
+    }
 
     /// Trees built here are the trees libgit2 builds from the same files, entry for entry
     /// and id for id, through additions, changes, removals and folders that empty.
