@@ -119,7 +119,9 @@ pub(super) fn auth_path(root: &Path, settings: &Settings) -> Result<PathBuf, Aut
     // root: told with one `lstat` a part, not two path resolutions on every read.
     let rel = Path::new(&settings.index_dir);
     let mut at = root.to_owned();
+    // (An empty setting names the root itself: not plain.)
     let plain = rel.is_relative()
+        && rel.components().next().is_some()
         && rel.components().all(|c| {
             at.push(c);
             matches!(c, std::path::Component::Normal(_))

@@ -853,7 +853,7 @@ fn the_access_file_is_never_placed_inside_the_index() {
     // The root itself, or a folder that holds it, is refused; so is a link back to the root.
     std::os::unix::fs::symlink(root, root.join("loop")).unwrap();
     let outer = root.parent().unwrap().to_str().unwrap().to_owned();
-    for holder in [".", "..", "loop", outer.as_str()] {
+    for holder in ["", ".", "..", "loop", outer.as_str()] {
         let err = file::auth_path(root, &with(holder)).unwrap_err();
         assert!(
             err.to_string().contains("contains the registry root"),

@@ -321,20 +321,30 @@ fn append(root: &Path, name: &str, line: Option<SearchLine>, keep_description: b
             .create(true)
             .open(&file)?;
         let before = f.metadata()?.len();
+        let mut line = Vec::with_capacity(text.len() + 1);
         if before > 0 {
             // A line a crash tore is ended first: the change after it stays whole.
             let mut last = [0u8];
             f.read_exact_at(&mut last, before - 1)?;
             if last[0] != b'\n' {
-                f.write_all(b"\n")?;
+                line.push(b'\n');
             }
         }
-        f.write_all(&text)?;
-        Ok(before + text.len() as u64)
+        line.extend_from_slice(&text);
+        if let Err(e) = f.write_all(&line) {
+            // A part written (a full disk) is taken back: no torn change is left behind.
+            let _ = f.set_len(before);
+            return Err(e);
+        }
+        Ok(before + line.len() as u64)
     })()
     .context(|| format!("updating {}", file.display()))?;
+    // The change is recorded: folding it in is housekeeping, and a failure (a full disk)
+    // leaves the changes readable where they are until the next checkpoint tries again.
     if size > MAX_TAIL {
-        compact(root)?;
+        if let Err(e) = compact(root) {
+            error!("warning: folding the search changes into search.jsonl: {e}");
+        }
     }
     Ok(())
 }
