@@ -180,19 +180,64 @@ impl Caller<'_> {
 /// [`Command`]s, which check ownership under the registry lock, against the current
 /// `auth.json`, since only there is it known whether the crate exists.
 pub fn run(reg: &Registry, job: Job, caller: Caller<'_>) -> Answer {
-    /// Removes the spooled body however the job ends, a panic included.
-    struct RemoveOnDrop(Option<PathBuf>);
-    impl Drop for RemoveOnDrop {
-        fn drop(&mut self) {
-            if let Some(path) = &self.0 {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
     let _spooled = RemoveOnDrop(job.body_file().map(std::path::Path::to_owned));
     let mut events = Vec::new();
     let response = run_job(reg, job, caller, &mut events);
     Answer { response, events }
+}
+
+/// Removes a spooled body however its job ends, a panic included.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Publishes that waited for the writer together: each spooled body is checked on its own,
+/// then those that pass are written as one batch ([`Registry::apply_publishes`]: one
+/// journal sync for all, one commit each). The answers are in the order of `jobs`.
+pub fn run_publishes(reg: &Registry, jobs: Vec<(PathBuf, Caller<'_>)>) -> Vec<Answer> {
+    let _spooled: Vec<RemoveOnDrop> = jobs
+        .iter()
+        .map(|(path, _)| RemoveOnDrop(Some(path.clone())))
+        .collect();
+    let mut answers: Vec<Option<Answer>> = jobs.iter().map(|_| None).collect();
+    let mut batch = Vec::new();
+    let mut waiting = Vec::new();
+    for (i, (path, caller)) in jobs.iter().enumerate() {
+        match check_publish(reg, path, caller.who) {
+            Ok((checked, name)) => {
+                batch.push((checked, caller.actor()));
+                waiting.push((i, name));
+            }
+            Err(response) => {
+                answers[i] = Some(Answer {
+                    response,
+                    events: Vec::new(),
+                })
+            }
+        }
+    }
+    for ((i, name), result) in waiting.into_iter().zip(reg.apply_publishes(batch)) {
+        answers[i] = Some(match result {
+            Ok(applied) => Answer {
+                response: publish_ok(),
+                events: applied.events,
+            },
+            Err(e) => Answer {
+                response: write_error(reg, jobs[i].1.who, e, &format!("publish of {name}")),
+                events: Vec::new(),
+            },
+        });
+    }
+    answers
+        .into_iter()
+        .map(|a| a.expect("every publish is answered"))
+        .collect()
 }
 
 fn run_job(reg: &Registry, job: Job, caller: Caller<'_>, events: &mut Vec<Event>) -> Response {
@@ -425,31 +470,48 @@ fn owners(
     }
 }
 
-/// `u32 LE json_len | json | u32 LE crate_len | .crate`, with nothing after the tarball.
+/// `PUT /api/v1/crates/new`: the body checked (before the lock), then the command.
 fn publish(
     reg: &Registry,
     path: &std::path::Path,
     caller: Caller<'_>,
     events: &mut Vec<Event>,
 ) -> Response {
-    let who = caller.who;
+    let (checked, name) = match check_publish(reg, path, caller.who) {
+        Ok(c) => c,
+        Err(response) => return response,
+    };
+    match apply(reg, Command::Publish(checked), caller, events) {
+        Ok(_) => publish_ok(),
+        Err(e) => write_error(reg, caller.who, e, &format!("publish of {name}")),
+    }
+}
+
+/// A spooled publish body, `u32 LE json_len | json | u32 LE crate_len | .crate` with nothing
+/// after the tarball, checked against everything that needs no registry state. Returns the
+/// checked crate and the name it was published as, or the answer that refuses it.
+fn check_publish(
+    reg: &Registry,
+    path: &std::path::Path,
+    who: Option<&Principal>,
+) -> Result<(registry::CheckedCrate, String), Response> {
     let bad = |m: &str| Response::error(400, m);
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) => {
-            return registry_error(registry::Error::Io {
+            return Err(registry_error(registry::Error::Io {
                 context: "opening the upload".into(),
                 source: e,
-            })
+            }))
         }
     };
     let total = match f.metadata() {
         Ok(m) => m.len(),
         Err(e) => {
-            return registry_error(registry::Error::Io {
+            return Err(registry_error(registry::Error::Io {
                 context: "reading the upload".into(),
                 source: e,
-            })
+            }))
         }
     };
     let read_u32 = |f: &mut File| -> io::Result<u64> {
@@ -458,28 +520,30 @@ fn publish(
         Ok(u32::from_le_bytes(b) as u64)
     };
     let Ok(json_len) = read_u32(&mut f) else {
-        return bad("publish body is truncated: no metadata length");
+        return Err(bad("publish body is truncated: no metadata length"));
     };
     if json_len > MAX_METADATA {
-        return Response::error(
+        return Err(Response::error(
             413,
             &format!("metadata is larger than {MAX_METADATA} bytes"),
-        );
+        ));
     }
     if 4 + json_len + 4 > total {
-        return bad("publish body is truncated: metadata length goes beyond the body");
+        return Err(bad(
+            "publish body is truncated: metadata length goes beyond the body",
+        ));
     }
     let mut json = vec![0u8; json_len as usize];
     if f.read_exact(&mut json).is_err() {
-        return bad("publish body is truncated inside the metadata");
+        return Err(bad("publish body is truncated inside the metadata"));
     }
     let meta: PublishMetadata = match serde_json::from_slice(&json) {
         Ok(m) => m,
-        Err(e) => return bad(&format!("invalid JSON metadata: {e}")),
+        Err(e) => return Err(bad(&format!("invalid JSON metadata: {e}"))),
     };
     drop(json);
     let Ok(crate_len) = read_u32(&mut f) else {
-        return bad("publish body is truncated: no crate file length");
+        return Err(bad("publish body is truncated: no crate file length"));
     };
     let expected = 4 + json_len + 4 + crate_len;
     if expected != total {
@@ -488,26 +552,22 @@ fn publish(
         } else {
             "leaves bytes after the crate file"
         };
-        return bad(&format!("crate file length {crate_len} {how}"));
+        return Err(bad(&format!("crate file length {crate_len} {how}")));
     }
     if f.seek(SeekFrom::Start(8 + json_len)).is_err() {
-        return bad("publish body is unreadable");
+        return Err(bad("publish body is unreadable"));
     }
     // A token holder's publish names a valid crate before anything else is said of it.
     if who.is_some() {
         if let Err(e) = CrateName::parse(&meta.name) {
-            return bad(&e.to_string());
+            return Err(bad(&e.to_string()));
         }
     }
     let name = meta.name.clone();
     // Checked before the lock; who may publish it is decided under the lock, by the command.
-    let checked = match reg.check_upload(Some(meta), f.take(crate_len)) {
-        Ok(c) => c,
-        Err(e) => return registry_error(e),
-    };
-    match apply(reg, Command::Publish(checked), caller, events) {
-        Ok(_) => publish_ok(),
-        Err(e) => write_error(reg, who, e, &format!("publish of {name}")),
+    match reg.check_upload(Some(meta), f.take(crate_len)) {
+        Ok(c) => Ok((c, name)),
+        Err(e) => Err(registry_error(e)),
     }
 }
 

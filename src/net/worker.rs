@@ -293,10 +293,13 @@ fn run_writer(
             lane: Lane::IndexReader,
         });
     };
+    // A job taken while gathering a batch of publishes, run next.
+    let mut held: Option<Ticket> = None;
     loop {
-        let t = match first_unsynced {
-            None => writer_rx.recv().ok(),
-            Some(first) => {
+        let t = match (held.take(), first_unsynced) {
+            (Some(t), _) => Some(t),
+            (None, None) => writer_rx.recv().ok(),
+            (None, Some(first)) => {
                 let latest = (first + CHECKPOINT_LATEST).saturating_duration_since(Instant::now());
                 match writer_rx.recv_timeout(CHECKPOINT_IDLE.min(latest)) {
                     Ok(t) => Some(t),
@@ -311,13 +314,33 @@ fn run_writer(
         if first_unsynced.is_some_and(|f| f.elapsed() >= CHECKPOINT_LATEST) {
             checkpoint(&mut since_checkpoint, &mut first_unsynced);
         }
-        let Some(events) = t.and_then(|t| writer.answer(t)) else {
+        let events = match t {
+            Some(t) if matches!(t.job, Job::Publish(_)) => {
+                // Every publish already waiting joins this one: their journal lines are
+                // synced together (see `Registry::apply_publishes`).
+                let mut batch = vec![t];
+                while batch.len() < PUBLISH_BATCH {
+                    match writer_rx.try_recv() {
+                        Ok(t) if matches!(t.job, Job::Publish(_)) => batch.push(t),
+                        Ok(t) => {
+                            held = Some(t);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                writer.answer_publishes(batch)
+            }
+            t => t.and_then(|t| writer.answer(t)),
+        };
+        let Some(events) = events else {
             writer.checkpoint();
             break;
         };
         // Maintenance follows from what the write changed, not from the kind of job.
-        if events.iter().any(Event::moves_index_head) {
-            since_checkpoint += 1;
+        let moved = events.iter().filter(|e| e.moves_index_head()).count();
+        if moved > 0 {
+            since_checkpoint += moved;
             first_unsynced.get_or_insert_with(Instant::now);
             if since_checkpoint >= CHECKPOINT_EVERY {
                 checkpoint(&mut since_checkpoint, &mut first_unsynced);
@@ -341,6 +364,9 @@ fn start(name: &str, run: impl FnOnce() + Send + 'static) -> std::io::Result<()>
     let _ = ready.recv();
     Ok(())
 }
+
+/// The most publishes the writer takes together.
+const PUBLISH_BATCH: usize = 32;
 
 /// How long the writer waits for another job before it syncs the commits written since its
 /// last checkpoint, and how many changes it writes at most before it does anyway.
@@ -376,6 +402,58 @@ impl Worker {
                 events: Vec::new(),
             }
         })
+    }
+
+    /// Runs publishes as one batch and hands each answer to the loop. Returns the events
+    /// their writes caused; `None` once the loop is gone.
+    fn answer_publishes(&self, batch: Vec<Ticket>) -> Option<Vec<Event>> {
+        if batch.len() == 1 {
+            return self.answer(batch.into_iter().next().expect("one ticket"));
+        }
+        let started = Instant::now();
+        let jobs: Vec<(std::path::PathBuf, api::Caller<'_>)> = batch
+            .iter()
+            .map(|t| {
+                let Job::Publish(path) = &t.job else {
+                    unreachable!("a batch holds publishes only")
+                };
+                let caller = api::Caller {
+                    who: t.principal.as_ref(),
+                    peer: t.peer,
+                };
+                (path.clone(), caller)
+            })
+            .collect();
+        let n = jobs.len();
+        let answers = catch_unwind(AssertUnwindSafe(|| api::run_publishes(&self.reg, jobs)))
+            .unwrap_or_else(|_| {
+                (0..n)
+                    .map(|_| api::Answer {
+                        response: Response::error(
+                            500,
+                            "internal error; the server log has details",
+                        ),
+                        events: Vec::new(),
+                    })
+                    .collect()
+            });
+        let mut events = Vec::new();
+        for (t, answer) in batch.into_iter().zip(answers) {
+            // The batch removed its spool files: the space is free again.
+            drop(t.reserved);
+            self.metrics.job_done(Some(started.elapsed()));
+            events.extend(answer.events);
+            let done = Done {
+                key: t.key,
+                serial: t.serial,
+                response: answer.response,
+            };
+            if self.done.send(done).is_err() {
+                return None;
+            }
+            let _ = self.waker.wake();
+        }
+        Some(events)
     }
 
     /// Runs a ticket's job and hands the answer to the loop. Returns the events its write

@@ -29,9 +29,11 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::audit::{AuditRecord, Log};
 use super::auth::{self, AuthError, AuthFile, NewToken, Principal, Scopes, Token, User};
 use super::index::git;
 use super::settings::{Access, Settings};
+use super::store::Journaled;
 use super::{CheckedCrate, CheckedDocs, CrateName, IndexEntry, Registry};
 
 /// Who asks for a change.
@@ -272,6 +274,18 @@ pub enum Outcome {
     },
 }
 
+/// A command's intent line in the audit log: where it starts, for the outcome that follows.
+struct Audited {
+    log: Log,
+    at: u64,
+    intent: AuditRecord,
+}
+
+/// An intent as the journal line keeps it.
+fn intent_line(intent: &AuditRecord) -> String {
+    serde_json::to_string(intent).expect("audit records serialize")
+}
+
 /// A command's outcome and the events it caused, in the order they happened.
 #[derive(Debug)]
 pub struct Applied {
@@ -468,26 +482,195 @@ impl Registry {
         now: u64,
     ) -> Result<Applied, AuthError> {
         let _lock = self.lock()?;
-        let intent = record::intent(&cmd, actor, now);
         // A publish or a yank journals its crate, synced, before it changes anything; the
         // journal line keeps a copy of the intent, which then needs no sync of its own (the
         // outcome line syncs both). Other commands sync their intent first.
         let journaled = matches!(cmd, Command::Publish(_) | Command::Yank { .. });
-        let mut log = match &intent {
-            Some(line) => {
-                let mut log = self.audit_log()?;
-                let at = log.append_as(std::slice::from_ref(line), true, !journaled)?;
-                if journaled {
-                    *self.intent_note.lock().expect("intent note") =
-                        Some(serde_json::to_string(line).expect("audit records serialize"));
-                }
-                Some((log, at))
-            }
-            None => None,
-        };
+        let audit = self.audit_intent(&cmd, actor, now, journaled)?;
+        if journaled {
+            *self.intent_note.lock().expect("intent note") =
+                audit.as_ref().map(|a| intent_line(&a.intent));
+        }
         let mut changes = Vec::new();
         let result = self.run_locked(cmd, actor, now, &mut changes);
         *self.intent_note.lock().expect("intent note") = None;
+        let applied = self.audit_outcome(audit, actor, now, result, changes, journaled);
+        // A command that failed with no commit waiting (a refused publish while idle)
+        // leaves no journal behind.
+        self.checkpoint_unless_deferred(applied.is_err());
+        let applied = applied?;
+        // Under the lock, before the caller hears of the change: an acknowledged change has
+        // its webhook deliveries on disk (`outbox`).
+        self.queue_deliveries(&applied.events);
+        Ok(applied)
+    }
+
+    /// Publishes that came in together (the server's writer takes every publish waiting),
+    /// under one lock: each is decided on its own as [`Registry::apply`] would, their
+    /// journal lines are written and synced once, then each is written and committed in
+    /// turn (one commit each) and answered. A publish that is refused or fails changes
+    /// nothing for the others. Two publishes of one crate are never planned together: the
+    /// later one goes into the next group, planned once the earlier is written.
+    pub fn apply_publishes(
+        &self,
+        jobs: Vec<(CheckedCrate, Actor)>,
+    ) -> Vec<Result<Applied, AuthError>> {
+        let now = auth::now();
+        let mut out: Vec<Option<Result<Applied, AuthError>>> = jobs.iter().map(|_| None).collect();
+        let mut group = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, (checked, actor)) in jobs.into_iter().enumerate() {
+            if !names.insert(checked.name().canonical()) {
+                self.publish_group(std::mem::take(&mut group), now, &mut out);
+                names.clear();
+                names.insert(checked.name().canonical());
+            }
+            group.push((i, checked, actor));
+        }
+        self.publish_group(group, now, &mut out);
+        out.into_iter()
+            .map(|r| r.expect("every publish of a batch is answered"))
+            .collect()
+    }
+
+    /// One group of [`Registry::apply_publishes`]: publishes of different crates.
+    fn publish_group(
+        &self,
+        group: Vec<(usize, CheckedCrate, Actor)>,
+        now: u64,
+        out: &mut [Option<Result<Applied, AuthError>>],
+    ) {
+        let lock = match group.len() {
+            0 => return,
+            1 => None,
+            _ => self.lock().ok(),
+        };
+        // The audit log opens (settling what a crash left) before anything is decided; one
+        // that cannot has each publish run alone, and say so itself.
+        let log = lock.as_ref().and_then(|_| self.audit_log().ok());
+        let (Some(_lock), Some(_)) = (lock, log) else {
+            for (i, checked, actor) in group {
+                out[i] = Some(self.apply_at(Command::Publish(checked), &actor, now));
+            }
+            return;
+        };
+        // Each publish's intent and outcome lines are written together once it is decided
+        // (the log holds at most one unfinished intent, its last line); until then its
+        // journal line keeps a synced copy of the intent, which recovery writes back.
+        let mut queue = std::collections::VecDeque::new();
+        for (i, checked, actor) in group {
+            let cmd = Command::Publish(checked);
+            let intent = record::intent(&cmd, &actor, now);
+            let Command::Publish(checked) = cmd else {
+                unreachable!("the command is the publish made above")
+            };
+            match self.plan_publish(checked, actor.principal()) {
+                Ok(planned) => queue.push_back((i, actor, intent, planned)),
+                Err(e) => out[i] = Some(self.audit_late(intent, &actor, now, Err(e), vec![])),
+            }
+        }
+        // Lines are written together; a failure to write them has each publish try its own.
+        let mut one_at_a_time = false;
+        let mut auth_changed = false;
+        while !queue.is_empty() {
+            let take = if one_at_a_time { 1 } else { queue.len() };
+            let lines: Vec<Journaled<'_>> = queue
+                .iter()
+                .take(take)
+                .map(|(_, _, intent, planned)| Journaled {
+                    name: &planned.name,
+                    redo: &planned.redo,
+                    intent: intent.as_ref().map(intent_line),
+                })
+                .collect();
+            let marks = match self.journal_all(&lines) {
+                Ok(marks) => marks,
+                Err(_) if take > 1 => {
+                    one_at_a_time = true;
+                    continue;
+                }
+                Err(e) => {
+                    let (i, actor, intent, _) = queue.pop_front().expect("one was taken");
+                    out[i] = Some(self.audit_late(intent, &actor, now, Err(e.into()), vec![]));
+                    continue;
+                }
+            };
+            for mark in marks {
+                let (i, actor, intent, planned) = queue.pop_front().expect("one line each");
+                let owner = planned.has_first_owner();
+                let mut changes = Vec::new();
+                let result = self
+                    .finish_publish(planned, mark, auth_changed, &mut changes)
+                    .map(Outcome::Published);
+                // Written, or written and put back: the later publishes' reads are stale.
+                auth_changed |= owner;
+                let failed = result.is_err();
+                let applied = self.audit_late(intent, &actor, now, result, changes);
+                if let Ok(a) = &applied {
+                    self.queue_deliveries(&a.events);
+                }
+                out[i] = Some(applied);
+                if failed {
+                    // Its line was taken back with every line after it: those are written
+                    // again before their publishes go on.
+                    break;
+                }
+            }
+        }
+        self.checkpoint_unless_deferred(!self.needs_checkpoint());
+    }
+
+    /// The audit log's intent line of a command about to run (lock held): synced unless the
+    /// command is `journaled` (its journal line keeps a synced copy).
+    fn audit_intent(
+        &self,
+        cmd: &Command,
+        actor: &Actor,
+        now: u64,
+        journaled: bool,
+    ) -> Result<Option<Audited>, AuthError> {
+        let Some(intent) = record::intent(cmd, actor, now) else {
+            return Ok(None);
+        };
+        let mut log = self.audit_log()?;
+        let at = log.append_as(std::slice::from_ref(&intent), true, !journaled)?;
+        Ok(Some(Audited { log, at, intent }))
+    }
+
+    /// The audit lines of a journaled command of a batch, intent and outcome, written once
+    /// it ran (lock held). A log that cannot take them is a warning: the change stands,
+    /// and its journal line keeps the intent until the checkpoint.
+    fn audit_late(
+        &self,
+        intent: Option<AuditRecord>,
+        actor: &Actor,
+        now: u64,
+        result: Result<Outcome, AuthError>,
+        changes: Vec<Change>,
+    ) -> Result<Applied, AuthError> {
+        let audit = intent.and_then(|intent| {
+            let mut log = self.audit_log().ok()?;
+            match log.append_as(std::slice::from_ref(&intent), true, false) {
+                Ok(at) => Some(Audited { log, at, intent }),
+                Err(e) => {
+                    error!("warning: the audit log's intent of {}: {e}", intent.action);
+                    None
+                }
+            }
+        });
+        self.audit_outcome(audit, actor, now, result, changes, true)
+    }
+
+    /// The audit log's outcome line of a command that ran (lock held), and its events.
+    fn audit_outcome(
+        &self,
+        audit: Option<Audited>,
+        actor: &Actor,
+        now: u64,
+        result: Result<Outcome, AuthError>,
+        changes: Vec<Change>,
+        journaled: bool,
+    ) -> Result<Applied, AuthError> {
         let events: Vec<Event> = changes
             .into_iter()
             .map(|change| Event {
@@ -496,14 +679,19 @@ impl Registry {
                 change,
             })
             .collect();
-        if let (Some((log, at)), Some(intent)) = (&mut log, &intent) {
+        if let Some(Audited {
+            mut log,
+            at,
+            intent,
+        }) = audit
+        {
             let quiet = *actor == Actor::Server && result.is_ok() && events.is_empty();
-            let line = record::outcome(intent, result.as_ref().map(drop), &events);
+            let line = record::outcome(&intent, result.as_ref().map(drop), &events);
             // The server's own checks that found nothing to do leave no line; a change
             // whose outcome line cannot be written still has its intent line, which the
             // next opening of the log settles.
             let written = match quiet {
-                true => log.truncate(*at),
+                true => log.truncate(at),
                 // A journaled write's lines are synced at the checkpoint (the journal keeps
                 // a synced copy of the intent until then).
                 false => log.append_as(&[line], false, !journaled).map(drop),
@@ -512,21 +700,23 @@ impl Registry {
                 error!("warning: the audit log's outcome of {}: {e}", intent.action);
             }
         }
-        // A command that failed with no commit waiting (a refused publish while idle)
-        // leaves no journal behind.
+        Ok(Applied {
+            outcome: result?,
+            events,
+        })
+    }
+
+    /// Syncs the index commit of a command just run (lock held), for callers that run no
+    /// checkpoints of their own; a server's writer does, unless nothing waits for one
+    /// (`idle`: a refused publish while idle leaves no journal behind). What a journaled
+    /// command changed is durable already (the journal and the files it names).
+    fn checkpoint_unless_deferred(&self, idle: bool) {
         let deferred = self.deferred.load(std::sync::atomic::Ordering::Relaxed);
-        if !deferred || (result.is_err() && !self.needs_checkpoint()) {
-            // What the command changed is durable already (the journal and the files it
-            // names); this syncs its commit, for callers that run no checkpoints of their own.
+        if !deferred || (idle && !self.needs_checkpoint()) {
             if let Err(e) = self.checkpoint_locked() {
                 error!("warning: syncing the index commit: {e}");
             }
         }
-        let outcome = result?;
-        // Under the lock, before the caller hears of the change: an acknowledged change has
-        // its webhook deliveries on disk (`outbox`).
-        self.queue_deliveries(&events);
-        Ok(Applied { outcome, events })
     }
 
     fn run_locked(
@@ -755,6 +945,154 @@ mod tests {
 
     fn changes(a: &Applied) -> Vec<&Change> {
         a.events.iter().map(|e| &e.change).collect()
+    }
+
+    /// A batch as the server's writer takes it: each publish decided alone (a refusal or
+    /// a conflict touches no other), the first owners of two new crates both recorded (the
+    /// second planned before the first was written), two versions of one crate put in
+    /// order, and one commit per publish.
+    #[test]
+    fn publishes_taken_together_are_decided_one_by_one_and_committed_one_each() {
+        let (_t, reg) = scratch_registry();
+        let alice = holder(&reg, "alice", false);
+        let bob = holder(&reg, "bob", false);
+        publish(&reg, "taken", "1.0.0", &alice).unwrap();
+        let job = |name: &str, vers: &str, actor: &Actor| {
+            let checked = reg
+                .check_upload(None, &simple_crate(name, vers, &[])[..])
+                .unwrap();
+            (checked, actor.clone())
+        };
+        let results = reg.apply_publishes(vec![
+            job("fresh-a", "1.0.0", &alice),
+            job("fresh-b", "1.0.0", &bob),
+            job("taken", "1.0.0", &alice),
+            job("taken", "1.1.0", &bob),
+            job("fresh-a", "1.1.0", &alice),
+        ]);
+        let said: Vec<Result<(), String>> = results
+            .iter()
+            .map(|r| r.as_ref().map(drop).map_err(|e| e.to_string()))
+            .collect();
+        assert!(
+            said[0].is_ok() && said[1].is_ok() && said[4].is_ok(),
+            "{said:?}"
+        );
+        assert!(
+            said[2].as_ref().unwrap_err().contains("already uploaded"),
+            "{said:?}"
+        );
+        assert!(matches!(results[3], Err(AuthError::Refused(_))), "{said:?}");
+        assert_eq!(owners(&reg, "fresh-a"), ["alice"]);
+        assert_eq!(owners(&reg, "fresh-b"), ["bob"]);
+        assert_eq!(owners(&reg, "taken"), ["alice"]);
+        let versions = |name: &str| -> Vec<String> {
+            let name = CrateName::parse(name).unwrap();
+            reg.entries(&name)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.vers)
+                .collect()
+        };
+        assert_eq!(versions("fresh-a"), ["1.0.0", "1.1.0"]);
+        assert_eq!(versions("taken"), ["1.0.0"]);
+        assert!(reg
+            .crate_path(
+                &CrateName::parse("fresh-b").unwrap(),
+                &crate::registry::Version::parse("1.0.0").unwrap()
+            )
+            .is_file());
+        let repo = git2::Repository::open(reg.index_dir()).unwrap();
+        let mut walk = repo.revwalk().unwrap();
+        walk.push_head().unwrap();
+        let messages: Vec<String> = walk
+            .map(|oid| {
+                let c = repo.find_commit(oid.unwrap()).unwrap();
+                c.message().unwrap().trim().to_owned()
+            })
+            .take(4)
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "Add fresh-a 1.1.0",
+                "Add fresh-b 1.0.0",
+                "Add fresh-a 1.0.0",
+                "Add taken 1.0.0"
+            ]
+        );
+        // Nothing is left waiting: the batch ended with its checkpoint (no server here).
+        assert!(!reg
+            .root()
+            .join(crate::registry::store::JOURNAL_FILE)
+            .exists());
+        // The batch's publishes are in the audit log like any other.
+        let log = std::fs::read_to_string(reg.root().join("audit.jsonl")).unwrap();
+        for krate in ["fresh-a", "fresh-b", "taken"] {
+            let outcomes: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(&format!("\"crate\":\"{krate}\"")))
+                .map(|l| {
+                    l.split("\"outcome\":\"")
+                        .nth(1)
+                        .unwrap()
+                        .split('"')
+                        .next()
+                        .unwrap()
+                })
+                .collect();
+            let want: &[&str] = match krate {
+                "fresh-a" => &["started", "ok", "started", "ok"],
+                "fresh-b" => &["started", "ok"],
+                _ => &["started", "ok", "started", "failed", "started", "refused"],
+            };
+            assert_eq!(outcomes, want, "{krate}: {log}");
+        }
+    }
+
+    /// A publish of a batch that fails while writing (its crate folder cannot be made)
+    /// takes back its journal line and nothing else: the publishes after it are journaled
+    /// again and written, and the journal holds exactly the publishes that stand.
+    #[test]
+    fn a_publish_failing_inside_a_batch_leaves_the_others_journaled_and_written() {
+        let (_t, reg) = scratch_registry();
+        reg.defer_checkpoints();
+        let alice = holder(&reg, "alice", false);
+        std::fs::create_dir_all(reg.crates_dir()).unwrap();
+        std::fs::write(reg.crates_dir().join("broken"), b"not a folder").unwrap();
+        let jobs = ["first", "broken", "third"]
+            .iter()
+            .map(|name| {
+                let checked = reg
+                    .check_upload(None, &simple_crate(name, "1.0.0", &[])[..])
+                    .unwrap();
+                (checked, alice.clone())
+            })
+            .collect();
+        let results = reg.apply_publishes(jobs);
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(
+            matches!(results[1], Err(AuthError::Registry(_))),
+            "{results:?}"
+        );
+        let journal =
+            std::fs::read_to_string(reg.root().join(crate::registry::store::JOURNAL_FILE)).unwrap();
+        let crates: Vec<&str> = journal
+            .lines()
+            .filter_map(|l| l.split("\"crate\":\"").nth(1))
+            .map(|rest| rest.split('"').next().unwrap())
+            .collect();
+        assert_eq!(crates, ["first", "third"], "{journal}");
+        assert!(owners(&reg, "broken").is_empty());
+        assert_eq!(owners(&reg, "third"), ["alice"]);
+        reg.checkpoint().unwrap();
+        let reopened = Registry::open(reg.root()).unwrap();
+        let name = CrateName::parse("third").unwrap();
+        assert_eq!(reopened.entries(&name).unwrap().len(), 1);
+        assert!(reopened
+            .entries(&CrateName::parse("broken").unwrap())
+            .unwrap()
+            .is_empty());
     }
 
     /// What broke: after `delete foo`, anyone with publish-new published `foo 2.0.0` and

@@ -82,6 +82,15 @@ impl Writer {
         self.journal_len = after;
     }
 
+    /// Notes that the journal was cut back to `len` bytes (a failed change took back its
+    /// line and those after it, none of which left a commit).
+    pub fn journal_cut(&mut self, len: u64) {
+        match len <= self.journal_len {
+            true => self.journal_len = len,
+            false => self.foreign = true,
+        }
+    }
+
     /// Whether a journal of `len` bytes names only commits this writer knows of.
     pub fn knows_journal(&self, len: u64) -> bool {
         !self.foreign && len == self.journal_len

@@ -48,6 +48,31 @@ pub struct CheckedCrate {
     readme_html: Option<String>,
 }
 
+/// A publish decided under the lock, not yet written: what its journal line holds and what
+/// [`Registry::finish_publish`] then writes.
+pub(super) struct PlannedPublish {
+    tmp: TempFile,
+    meta: Box<PublishMetadata>,
+    pub(super) name: CrateName,
+    entry: Box<IndexEntry>,
+    readme_html: Option<String>,
+    entries: Vec<IndexEntry>,
+    new_crate: bool,
+    /// The first owner of a new crate, with the access file that records it.
+    first_owner: Option<(String, auth::Edit)>,
+    dest: PathBuf,
+    info: Vec<u8>,
+    in_journal: bool,
+    pub(super) redo: Redo,
+}
+
+impl PlannedPublish {
+    /// Whether the publish makes its publisher the crate's first owner.
+    pub(super) fn has_first_owner(&self) -> bool {
+        self.first_owner.is_some()
+    }
+}
+
 impl CheckedCrate {
     pub fn name(&self) -> &CrateName {
         &self.name
@@ -225,6 +250,19 @@ impl Registry {
         by: Option<&auth::Principal>,
         changes: &mut Vec<Change>,
     ) -> Result<IndexEntry, AuthError> {
+        let planned = self.plan_publish(checked, by)?;
+        let mark = self.journal(&planned.name, &planned.redo)?;
+        self.finish_publish(planned, mark, false, changes)
+    }
+
+    /// The part of a publish that decides (lock held): who may publish under the name, and
+    /// whether the version is free (a refusal says nothing of what else is wrong), and what
+    /// the publish will leave, for its journal line. Nothing is written yet.
+    pub(super) fn plan_publish(
+        &self,
+        checked: CheckedCrate,
+        by: Option<&auth::Principal>,
+    ) -> Result<PlannedPublish, AuthError> {
         let CheckedCrate {
             tmp,
             meta,
@@ -233,18 +271,15 @@ impl Registry {
             entry,
             readme_html,
         } = checked;
-        // Who may publish under this name, decided first (a refusal says nothing of what
-        // else is wrong).
         let mut first_owner = None;
-        let mut access = None;
         if let Some(p) = by {
             let mut edit = auth::Edit::open(self)?;
             let state = self.name_state(&name, &edit.data)?;
             auth::authorize_publish(&edit.data, p, &name, state)?;
             if state == NameState::Free {
-                first_owner = Some(edit.data.set_first_owner(&name, &p.user)?);
+                let user = edit.data.set_first_owner(&name, &p.user)?;
+                first_owner = Some((user, edit));
             }
-            access = Some(edit);
         }
         self.check_name_free(&name)?;
         let mut entries = self.entries(&name)?;
@@ -276,10 +311,63 @@ impl Registry {
         if first_owner.is_some() {
             redo.needs(Needs::Owner);
         }
-        let mark = self.journal(&name, &redo)?;
+        Ok(PlannedPublish {
+            tmp,
+            meta,
+            name,
+            entry,
+            readme_html,
+            entries,
+            new_crate,
+            first_owner,
+            dest,
+            info,
+            in_journal,
+            redo,
+        })
+    }
+
+    /// The part of a publish that writes, once its journal line (at `mark`) is synced (lock
+    /// held). `auth_changed`: the access file was written since the publish was planned (by
+    /// an earlier publish of the same batch), so its first owner goes into the file as it
+    /// is now. A failure undoes what this publish wrote and takes back its journal line
+    /// (with every line after it).
+    pub(super) fn finish_publish(
+        &self,
+        planned: PlannedPublish,
+        mark: u64,
+        auth_changed: bool,
+        changes: &mut Vec<Change>,
+    ) -> Result<IndexEntry, AuthError> {
+        let PlannedPublish {
+            tmp,
+            meta,
+            name,
+            entry,
+            readme_html,
+            entries,
+            new_crate,
+            first_owner,
+            dest,
+            info,
+            in_journal,
+            redo: _,
+        } = planned;
+        let (first_owner, edit) = match first_owner {
+            Some((user, edit)) => (Some(user), Some(edit)),
+            None => (None, None),
+        };
+        let edit = match (edit, &first_owner) {
+            (Some(_), Some(user)) if auth_changed => auth::Edit::open(self).and_then(|mut e| {
+                e.data.set_first_owner(&name, user)?;
+                Ok(Some(e))
+            }),
+            (edit, _) => Ok(edit),
+        };
         // The owner goes in first, kept to be put back: a publish that fails takes it along,
         // and the journal's repair drops it after a crash (see `drop_unpublished_owners`).
-        let previous_owners = match access.map(auth::Edit::save_keeping).transpose() {
+        let saved = edit.and_then(|e| e.map(auth::Edit::save_keeping).transpose());
+        let previous_owners = match saved {
             Ok(p) => p.flatten(),
             Err(e) => {
                 self.journal_cancel(mark);

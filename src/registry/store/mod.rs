@@ -9,7 +9,7 @@
 
 mod recover;
 
-pub(super) use recover::{Needs, Redo};
+pub(super) use recover::{Journaled, Needs, Redo};
 
 use std::fs::{self, File};
 use std::io::{self, Write};

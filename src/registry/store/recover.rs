@@ -178,6 +178,15 @@ impl Registry {
     /// [`Registry::restore_intents`]). Returns the journal's length before the line, for
     /// [`Registry::journal_cancel`].
     pub(in crate::registry) fn journal(&self, name: &str, redo: &Redo) -> Result<u64> {
+        let intent = self.intent_note.lock().expect("intent note").clone();
+        let marks = self.journal_all(&[Journaled { name, redo, intent }])?;
+        Ok(marks[0])
+    }
+
+    /// [`Registry::journal`] for several changes at once (a batch of publishes): their lines
+    /// are written in order and synced once. Returns each line's offset, for
+    /// [`Registry::journal_cancel`] (which takes back that line and every one after it).
+    pub(in crate::registry) fn journal_all(&self, changes: &[Journaled<'_>]) -> Result<Vec<u64>> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.root.join(JOURNAL_FILE);
@@ -201,34 +210,43 @@ impl Registry {
             file = open()?;
             len = 0;
         }
-        let mut line = String::new();
+        let mut text = String::new();
         if len == 0 {
             if let Some(head) = self.git_writer().head(&self.index_dir) {
                 let (pid, boot) = (std::process::id(), boot_id());
-                line.push_str(&format!("{BASE_PREFIX}{head} {pid} {boot}\n"));
+                text.push_str(&format!("{BASE_PREFIX}{head} {pid} {boot}\n"));
             }
         }
-        let intent = self.intent_note.lock().expect("intent note").clone();
-        let record = Record {
-            krate: name.to_owned(),
-            intent,
-            redo: redo.to_lines(&self.root),
-            needs: redo.needs.clone(),
-        };
-        line.push_str(&serde_json::to_string(&record).expect("journal records serialize"));
-        line.push('\n');
+        let mut marks = Vec::with_capacity(changes.len());
+        for c in changes {
+            marks.push(len + text.len() as u64);
+            let record = Record {
+                krate: c.name.to_owned(),
+                intent: c.intent.clone(),
+                redo: c.redo.to_lines(&self.root),
+                needs: c.redo.needs.clone(),
+            };
+            text.push_str(&serde_json::to_string(&record).expect("journal records serialize"));
+            text.push('\n');
+        }
+        // The first mark of a new journal is 0: taking back its line removes the journal.
+        if len == 0 {
+            if let Some(m) = marks.first_mut() {
+                *m = 0;
+            }
+        }
         let written = file
-            .write_all(line.as_bytes())
+            .write_all(text.as_bytes())
             .and_then(|()| file.sync_data());
         if let Err(e) = written {
             let _ = file.set_len(len);
             return Err(e).context(|| format!("writing {}", path.display()));
         }
-        self.git_writer().journaled(len, len + line.len() as u64);
+        self.git_writer().journaled(len, len + text.len() as u64);
         if len == 0 {
             sync_dir(&self.root).context(|| format!("syncing {}", self.root.display()))?;
         }
-        Ok(len)
+        Ok(marks)
     }
 
     /// Takes back the journal line written at `mark` by [`Registry::journal`]: its change
@@ -253,7 +271,7 @@ impl Registry {
             error!("warning: taking back the journal line of a failed write: {e}");
             return;
         }
-        self.git_writer().journaled(mark, mark);
+        self.git_writer().journal_cut(mark);
     }
 
     /// A journal a process that is gone left (lock held): its writes are redone, its crates
@@ -522,6 +540,14 @@ pub(in crate::registry) enum Needs {
     Owner,
     /// The tombstones of these versions of the crate (a delete).
     Tombstones(Vec<String>),
+}
+
+/// One change for [`Registry::journal_all`]: its crate, what it leaves, and the audit intent
+/// of the command that makes it.
+pub(in crate::registry) struct Journaled<'a> {
+    pub(in crate::registry) name: &'a str,
+    pub(in crate::registry) redo: &'a Redo,
+    pub(in crate::registry) intent: Option<String>,
 }
 
 /// What a journaled write leaves in the files it writes without syncs.
