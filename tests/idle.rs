@@ -116,8 +116,12 @@ fn startup_code_is_not_resident_while_serving() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let again = serving_text_kib(server.addr(), pid);
+    // Startup's code left resident would be megabytes (2.3 MiB of the static build's text
+    // before the release); what varies from run to run is a few 64 KiB fault-around
+    // windows of code some thread ran once after the release (256-384 KiB seen here, in
+    // pages of toml, serde and hashbrown code), not yet traced further.
     assert!(
-        first <= again + 256,
+        first <= again + 512,
         "serving right after start kept {first} KiB of code resident, {again} KiB later"
     );
 }
