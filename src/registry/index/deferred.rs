@@ -32,6 +32,11 @@ pub struct Writer {
     /// The trees the last commit wrote, which the next one starts from.
     trees: objects::Trees,
     pending: Vec<Oid>,
+    /// The packs the commits since the last checkpoint wrote (one each, by its index file),
+    /// folded into the checkpoint's synced pack and removed then.
+    packs: Vec<std::path::PathBuf>,
+    /// The last commit this writer made and its tree, which the next one starts from.
+    last: Option<(Oid, Oid)>,
     /// The journal's length after this writer's last append (0 after a checkpoint), and
     /// whether it holds lines another process (or registry handle) wrote, whose commits
     /// are not in `pending`.
@@ -126,6 +131,7 @@ impl Writer {
             // Whatever was kept of a failed write (a full disk) is not trusted.
             self.repo = None;
             self.trees = objects::Trees::default();
+            self.last = None;
         }
         result
     }
@@ -144,9 +150,10 @@ impl Writer {
             Some(oid) => Some(oid),
             None => repo.head().ok().and_then(|h| h.target()),
         };
-        let root = match before {
-            Some(oid) => Some(repo.find_commit(oid)?.tree_id()),
-            None => None,
+        let root = match (before, self.last) {
+            (Some(oid), Some((last, tree))) if oid == last => Some(tree),
+            (Some(oid), _) => Some(repo.find_commit(oid)?.tree_id()),
+            (None, _) => None,
         };
         let mut written = Vec::new();
         let mut changes = Vec::with_capacity(paths.len());
@@ -175,14 +182,13 @@ impl Writer {
         let commit = objects::commit(tree, before, message)?;
         let commit_oid = commit.oid;
         written.push(commit);
-        let objects_dir = git.join("objects");
-        for object in &written {
-            objects::write_loose(&objects_dir, object)
-                .map_err(|e| io_error(&format!("writing the object {}", object.oid), e))?;
-        }
+        let idx = objects::write_pack(&git.join("objects"), &written)
+            .map_err(|e| io_error(&format!("writing the objects of {commit_oid}"), e))?;
+        self.packs.push(idx);
+        self.pending.extend(written.iter().map(|o| o.oid));
         objects::write_ref(&git, &branch, commit_oid)
             .map_err(|e| io_error(&format!("writing {branch}"), e))?;
-        self.pending.extend(written.iter().map(|o| o.oid));
+        self.last = Some((commit_oid, tree));
         Ok(true)
     }
 
@@ -210,12 +216,25 @@ impl Writer {
         };
         git::sync_head_ref(repo)?;
         git::remove_loose_copies(repo, &oids);
+        // The commits' own packs: their objects are in the synced pack now. The index
+        // file goes first (git then no longer looks in the pack), then the pack.
+        let removed = !self.packs.is_empty();
+        for idx in self.packs.drain(..) {
+            let _ = fs::remove_file(&idx);
+            let _ = fs::remove_file(idx.with_extension("pack"));
+        }
         self.pending.clear();
         // Git's index file, a cache the commits do not keep, is put back in step with HEAD
         // for `git status` in the folder (unsynced: nothing depends on it).
         let _unsynced = Unsynced::new();
         if let Err(e) = git::reset_to_head(repo) {
             error!("warning: refreshing git's index file: {e}");
+        }
+        drop(_unsynced);
+        drop(odb);
+        if removed {
+            // libgit2 keeps every pack it has seen open: the removed ones go with the handle.
+            self.repo = None;
         }
         Ok(packed)
     }
@@ -239,7 +258,7 @@ fn open<'a>(slot: &'a mut Option<Repository>, dir: &Path) -> Result<&'a Reposito
 /// What [`verify_since`] found and did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Verified {
-    /// Loose object files that did not read back whole, removed.
+    /// Loose object files and packs that did not read back whole, removed.
     pub removed: usize,
     /// The branch pointed back at the last checkpoint's commit (history after it was torn).
     pub reset_to: Option<Oid>,
@@ -252,6 +271,17 @@ pub struct Verified {
 pub fn verify_since(dir: &Path, base: Option<Oid>) -> Result<Verified, git2::Error> {
     let repo = git::open_to_write(dir)?;
     let mut found = Verified::default();
+    // A commit's pack written without syncs that a power cut tore goes before libgit2
+    // loads it: its objects are then missing, and the history check below finds them so.
+    let packs = repo.path().join("objects").join("pack");
+    for entry in fs::read_dir(&packs).into_iter().flatten().flatten() {
+        let idx = entry.path();
+        if idx.extension().is_some_and(|e| e == "idx") && !objects::pack_is_whole(&idx) {
+            let _ = fs::remove_file(&idx);
+            let _ = fs::remove_file(idx.with_extension("pack"));
+            found.removed += 1;
+        }
+    }
     let odb = repo.odb()?;
     for (oid, path) in git::loose_objects_of(&repo)? {
         // libgit2 checks the object's hash as it reads it.

@@ -1,20 +1,21 @@
 //! A commit's objects built and written by hand: the changed index files' blobs, the trees
-//! on their paths, the commit and the branch's ref, each a loose file written once (temp
-//! file, rename), with no syncs (see [`super::deferred`] for what makes them durable).
+//! on their paths and the commit, written as one pack with its index (two files, not one
+//! per object), and the branch's ref, with no syncs (see [`super::deferred`] for what makes
+//! them durable).
 //!
 //! libgit2 wrote the same objects with about 180 system calls a publish: for each object it
 //! looked in every pack first (rescanning the pack folder when the object was not there,
 //! which a new object never is), read each tree entry's object back to check it exists,
 //! staged through git's index file (reading `.gitattributes` three times) and re-read HEAD
 //! and the ref a dozen times. Here a commit of one file three folders deep is five objects
-//! of four system calls each and the ref's four, and the trees it starts from are the ones
-//! the last commit wrote, kept in memory.
+//! of four system calls each and the ref's four (now one pack of two files), and the trees
+//! it starts from are the ones the last commit wrote, kept in memory.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use git2::{ObjectType, Oid, Repository};
@@ -255,6 +256,7 @@ pub(super) fn commit(tree: Oid, parent: Option<Oid>, message: &str) -> Result<Ob
 /// Writes `object` as a loose file under `objects` (the `.git/objects` folder): compressed
 /// into a temp file named as libgit2 names its own (so recovery sweeps a torn one), then
 /// renamed into its fan-out folder, made when missing. Not synced.
+#[cfg(test)]
 pub(super) fn write_loose(objects: &Path, object: &Object) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut z = flate2::write::ZlibEncoder::new(
@@ -292,6 +294,142 @@ pub(super) fn write_loose(objects: &Path, object: &Object) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Writes `objects` as one pack in `objects/pack`, with its index, without syncs (see
+/// [`super::deferred`]): two files for a commit instead of one per object. The pack goes in
+/// under its final name first; its index, which is what makes git see the pack, follows
+/// through a temp file and a rename, so a reader never finds an index without its whole
+/// pack. Returns the index's path.
+pub(super) fn write_pack(objects: &Path, list: &[Object]) -> io::Result<PathBuf> {
+    use sha1::{Digest, Sha1};
+    let mut seen = std::collections::HashSet::new();
+    let list: Vec<&Object> = list.iter().filter(|o| seen.insert(o.oid)).collect();
+    let count = u32::try_from(list.len()).map_err(|_| io::Error::other("too many objects"))?;
+    let mut pack =
+        Vec::with_capacity(64 + list.iter().map(|o| o.data.len() / 2 + 32).sum::<usize>());
+    pack.extend_from_slice(b"PACK");
+    pack.extend_from_slice(&2u32.to_be_bytes());
+    pack.extend_from_slice(&count.to_be_bytes());
+    // (oid, crc32 of the entry, offset), sorted by oid for the index.
+    let mut entries = Vec::with_capacity(list.len());
+    for o in &list {
+        let offset = u32::try_from(pack.len()).map_err(|_| io::Error::other("pack too large"))?;
+        let start = pack.len();
+        let kind: u8 = match o.kind {
+            ObjectType::Commit => 1,
+            ObjectType::Tree => 2,
+            ObjectType::Blob => 3,
+            _ => return Err(io::Error::other("unexpected object kind")),
+        };
+        // Type and size: 3 bits of type, the size's low 4 bits, then 7 bits a byte.
+        let mut size = o.data.len();
+        let mut byte = (kind << 4) | (size & 0x0f) as u8;
+        size >>= 4;
+        while size > 0 {
+            pack.push(byte | 0x80);
+            byte = (size & 0x7f) as u8;
+            size >>= 7;
+        }
+        pack.push(byte);
+        let mut z = flate2::write::ZlibEncoder::new(&mut pack, flate2::Compression::fast());
+        z.write_all(&o.data)?;
+        z.finish()?;
+        let mut crc = flate2::Crc::new();
+        crc.update(&pack[start..]);
+        entries.push((o.oid, crc.sum(), offset));
+    }
+    let checksum: [u8; 20] = Sha1::digest(&pack).into();
+    pack.extend_from_slice(&checksum);
+    entries.sort_by_key(|e| e.0);
+    let mut idx = Vec::with_capacity(8 + 1024 + entries.len() * 28 + 40);
+    idx.extend_from_slice(b"\xfftOc");
+    idx.extend_from_slice(&2u32.to_be_bytes());
+    let mut fan = [0u32; 256];
+    for (oid, _, _) in &entries {
+        fan[oid.as_bytes()[0] as usize] += 1;
+    }
+    let mut total = 0u32;
+    for n in fan {
+        total += n;
+        idx.extend_from_slice(&total.to_be_bytes());
+    }
+    for (oid, _, _) in &entries {
+        idx.extend_from_slice(oid.as_bytes());
+    }
+    for (_, crc, _) in &entries {
+        idx.extend_from_slice(&crc.to_be_bytes());
+    }
+    for (_, _, offset) in &entries {
+        idx.extend_from_slice(&offset.to_be_bytes());
+    }
+    idx.extend_from_slice(&checksum);
+    let own: [u8; 20] = Sha1::digest(&idx).into();
+    idx.extend_from_slice(&own);
+    let dir = objects.join("pack");
+    let name = format!("pack-{}", hex(&checksum));
+    let pack_path = dir.join(format!("{name}.pack"));
+    let idx_path = dir.join(format!("{name}.idx"));
+    let write_new = |path: &Path, bytes: &[u8]| -> io::Result<()> {
+        let mut f = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(path)?;
+        f.write_all(bytes)
+    };
+    match write_new(&pack_path, &pack) {
+        Ok(()) => {}
+        // The same objects packed before (a commit made again): that pack is whole.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && idx_path.exists() => {
+            return Ok(idx_path)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(&dir)?;
+            write_new(&pack_path, &pack)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Left by a write cut short: written again.
+            fs::remove_file(&pack_path)?;
+            write_new(&pack_path, &pack)?;
+        }
+        Err(e) => return Err(e),
+    }
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        "tmp_pack_idx_palletizer_{}_{n}",
+        std::process::id()
+    ));
+    let placed = write_new(&tmp, &idx).and_then(|()| fs::rename(&tmp, &idx_path));
+    if let Err(e) = placed {
+        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(&pack_path);
+        return Err(e);
+    }
+    Ok(idx_path)
+}
+
+/// Whether the pack of the index file `idx` reads back whole: the index's own checksum,
+/// and the pack's checksum over all its bytes, both as written. A pack written without
+/// syncs that a power cut tore fails this.
+pub(crate) fn pack_is_whole(idx: &Path) -> bool {
+    use sha1::{Digest, Sha1};
+    let (Ok(i), Ok(p)) = (fs::read(idx), fs::read(idx.with_extension("pack"))) else {
+        return false;
+    };
+    if i.len() < 8 + 1024 + 40 || p.len() < 12 + 20 {
+        return false;
+    }
+    let (i_body, i_sum) = i.split_at(i.len() - 20);
+    let (p_body, p_sum) = p.split_at(p.len() - 20);
+    Sha1::digest(i_body).as_slice() == i_sum
+        && Sha1::digest(p_body).as_slice() == p_sum
+        && &i_body[i_body.len() - 20..] == p_sum
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Makes the 256 fan-out folders of the object folder `objects` that are missing. A new

@@ -30,7 +30,7 @@ impl Registry {
             let found = deferred::verify_since(&self.index_dir, journal.base)?;
             if found.removed > 0 {
                 done.push(format!(
-                    "removed {} git object(s) a crash left torn",
+                    "removed {} git object file(s) a crash left torn",
                     found.removed
                 ));
             }
@@ -720,6 +720,18 @@ mod tests {
         git::loose_objects_of(&repo).unwrap().len()
     }
 
+    /// The index files of the repository's packs.
+    fn packs(reg: &Registry) -> Vec<PathBuf> {
+        let dir = reg.index_dir().join(".git/objects/pack");
+        let mut out: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+            .collect();
+        out.sort();
+        out
+    }
+
     fn head_names(reg: &Registry) -> Vec<String> {
         let repo = git2::Repository::open(reg.index_dir()).unwrap();
         let tree = repo.head().unwrap().peel_to_tree().unwrap();
@@ -739,7 +751,8 @@ mod tests {
     fn a_checkpoint_packs_the_deferred_commits_and_empties_the_journal() {
         let (_t, reg) = scratch_registry();
         reg.defer_checkpoints();
-        let before = loose_count(&reg);
+        let before = packs(&reg).len();
+        let loose = loose_count(&reg);
         for name in ["alpha", "beta", "gamma"] {
             publish_deferred(&reg, name);
         }
@@ -761,14 +774,20 @@ mod tests {
             assert!(paths[0].ends_with("-1.0.0.crate") && paths[3].starts_with("index/"));
         }
         assert!(reg.needs_checkpoint());
-        assert!(
-            loose_count(&reg) > before,
-            "the commits wait as loose objects"
+        assert_eq!(
+            packs(&reg).len(),
+            before + 3,
+            "the commits wait in a pack each"
         );
+        assert_eq!(loose_count(&reg), loose, "and write no loose object");
         reg.checkpoint().unwrap();
         assert!(!journal.exists());
         assert!(!reg.needs_checkpoint());
-        assert_eq!(loose_count(&reg), before, "every deferred object is packed");
+        assert_eq!(
+            packs(&reg).len(),
+            before + 1,
+            "the commits' packs are folded into the checkpoint's"
+        );
         assert_eq!(head_names(&reg), ["alpha", "beta", "config.json", "gamma"]);
         assert!(git::history_is_linear(reg.index_dir()).unwrap());
     }
@@ -828,16 +847,14 @@ mod tests {
     fn a_power_cut_before_the_checkpoint_loses_no_acknowledged_publish() {
         let (_t, reg) = scratch_registry();
         publish_deferred(&reg, "base"); // not deferred yet: synced at once
-        let repo = git2::Repository::open(reg.index_dir()).unwrap();
-        let synced = git::loose_objects_of(&repo).unwrap();
+        let synced = packs(&reg);
         reg.defer_checkpoints();
         for name in ["one", "two"] {
             publish_deferred(&reg, name);
         }
-        let mut loose = git::loose_objects_of(&repo).unwrap();
-        loose.retain(|o| !synced.contains(o));
-        assert!(loose.len() >= 8, "two commits' objects: {loose:?}");
-        drop(repo);
+        let mut unsynced = packs(&reg);
+        unsynced.retain(|p| !synced.contains(p));
+        assert_eq!(unsynced.len(), 2, "two commits' packs: {unsynced:?}");
         // Only what was written since the last sync is torn.
         tear_unsynced_commits(&reg, &synced);
         // The files the publishes wrote without syncs never reached the disk either: the
@@ -882,20 +899,29 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
     }
 
-    /// Zeroes the loose objects that are not in `synced` and tears the branch's ref file: what
-    /// a power cut leaves of commits written without syncs.
-    fn tear_unsynced_commits(reg: &Registry, synced: &[(git2::Oid, PathBuf)]) {
-        let repo = git2::Repository::open(reg.index_dir()).unwrap();
-        let mut loose = git::loose_objects_of(&repo).unwrap();
-        loose.retain(|o| !synced.contains(o));
-        for (_, path) in &loose {
-            let mut perms = fs::metadata(path).unwrap().permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perms.set_readonly(false);
-            fs::set_permissions(path, perms).unwrap();
-            fs::write(path, b"").unwrap();
+    /// Zeroes the packs that are not in `synced` (the commits' own, written without syncs:
+    /// the second of the two keeps its length, its blocks gone) and tears the branch's ref
+    /// file: what a power cut leaves of commits written without syncs.
+    fn tear_unsynced_commits(reg: &Registry, synced: &[PathBuf]) {
+        let mut unsynced = packs(reg);
+        unsynced.retain(|p| !synced.contains(p));
+        assert!(!unsynced.is_empty(), "no commit waits for a checkpoint");
+        for (i, idx) in unsynced.iter().enumerate() {
+            for path in [idx.clone(), idx.with_extension("pack")] {
+                let len = fs::metadata(&path).unwrap().len() as usize;
+                let mut perms = fs::metadata(&path).unwrap().permissions();
+                #[allow(clippy::permissions_set_readonly_false)]
+                perms.set_readonly(false);
+                fs::set_permissions(&path, perms).unwrap();
+                let torn = if i % 2 == 0 {
+                    Vec::new()
+                } else {
+                    vec![0u8; len]
+                };
+                fs::write(&path, torn).unwrap();
+            }
         }
-        fs::write(repo.path().join("refs/heads/master"), b"").unwrap();
+        fs::write(reg.index_dir().join(".git/refs/heads/master"), b"").unwrap();
     }
 
     /// A delete of every version removes the crate's index file: acknowledged before the
@@ -907,8 +933,7 @@ mod tests {
         let (_t, reg) = scratch_registry();
         publish_deferred(&reg, "gone"); // not deferred yet: synced at once
         publish_deferred(&reg, "kept");
-        let synced =
-            git::loose_objects_of(&git2::Repository::open(reg.index_dir()).unwrap()).unwrap();
+        let synced = packs(&reg);
         reg.defer_checkpoints();
         let name = CrateName::parse("gone").unwrap();
         let file = reg
