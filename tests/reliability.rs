@@ -428,9 +428,7 @@ fn visible_state(reg: &Path) -> (Vec<(std::path::PathBuf, Vec<u8>)>, String) {
                     .collect();
                 (
                     p,
-                    kept.join("\n")
-                        .replace(",\n    }", "\n    }")
-                        .into_bytes(),
+                    kept.join("\n").replace(",\n    }", "\n    }").into_bytes(),
                 )
             }
             false => (p, bytes),

@@ -341,31 +341,7 @@ pub(super) fn write_pack(objects: &Path, list: &[Object]) -> io::Result<PathBuf>
     }
     let checksum: [u8; 20] = Sha1::digest(&pack).into();
     pack.extend_from_slice(&checksum);
-    entries.sort_by_key(|e| e.0);
-    let mut idx = Vec::with_capacity(8 + 1024 + entries.len() * 28 + 40);
-    idx.extend_from_slice(b"\xfftOc");
-    idx.extend_from_slice(&2u32.to_be_bytes());
-    let mut fan = [0u32; 256];
-    for (oid, _, _) in &entries {
-        fan[oid.as_bytes()[0] as usize] += 1;
-    }
-    let mut total = 0u32;
-    for n in fan {
-        total += n;
-        idx.extend_from_slice(&total.to_be_bytes());
-    }
-    for (oid, _, _) in &entries {
-        idx.extend_from_slice(oid.as_bytes());
-    }
-    for (_, crc, _) in &entries {
-        idx.extend_from_slice(&crc.to_be_bytes());
-    }
-    for (_, _, offset) in &entries {
-        idx.extend_from_slice(&offset.to_be_bytes());
-    }
-    idx.extend_from_slice(&checksum);
-    let own: [u8; 20] = Sha1::digest(&idx).into();
-    idx.extend_from_slice(&own);
+    let idx = pack_index(&mut entries, &checksum);
     let dir = objects.join("pack");
     let name = format!("pack-{}", hex(&checksum));
     let pack_path = dir.join(format!("{name}.pack"));
@@ -408,6 +384,38 @@ pub(super) fn write_pack(objects: &Path, list: &[Object]) -> io::Result<PathBuf>
         return Err(e);
     }
     Ok(idx_path)
+}
+
+/// A pack's index (version 2) for its `entries` (oid, crc32 of the entry, offset; sorted
+/// here) and the pack's `checksum`, with the index's own checksum at the end.
+fn pack_index(entries: &mut [(Oid, u32, u32)], checksum: &[u8; 20]) -> Vec<u8> {
+    use sha1::{Digest, Sha1};
+    entries.sort_by_key(|e| e.0);
+    let mut idx = Vec::with_capacity(8 + 1024 + entries.len() * 28 + 40);
+    idx.extend_from_slice(b"\xfftOc");
+    idx.extend_from_slice(&2u32.to_be_bytes());
+    let mut fan = [0u32; 256];
+    for (oid, _, _) in entries.iter() {
+        fan[oid.as_bytes()[0] as usize] += 1;
+    }
+    let mut total = 0u32;
+    for n in fan {
+        total += n;
+        idx.extend_from_slice(&total.to_be_bytes());
+    }
+    for (oid, _, _) in entries.iter() {
+        idx.extend_from_slice(oid.as_bytes());
+    }
+    for (_, crc, _) in entries.iter() {
+        idx.extend_from_slice(&crc.to_be_bytes());
+    }
+    for (_, _, offset) in entries.iter() {
+        idx.extend_from_slice(&offset.to_be_bytes());
+    }
+    idx.extend_from_slice(checksum);
+    let own: [u8; 20] = Sha1::digest(&idx).into();
+    idx.extend_from_slice(&own);
+    idx
 }
 
 /// Whether the pack of the index file `idx` reads back whole: the index's own checksum,
